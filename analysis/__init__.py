@@ -1,0 +1,1 @@
+"""Reads models: per-image traces, compute accounting, dataset tables, attributions, figures, benchmarks."""

@@ -1,0 +1,47 @@
+"""Routing traces on the command line: ``python -m analysis.inspect --checkpoint P IMAGE [IMAGE ...]``.
+
+Prints one JSON object per image (JSON lines, see DESIGN.md). An unreadable image gets one line on
+stderr and the others still get their traces; the exit status is non-zero if anything failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from analysis.images import ImageError, load_model_input
+from analysis.routing import trace_batch
+from models.checkpoint import CheckpointError, load_checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.inspect", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--no-structure", action="store_true", help="omit the per-model 'structure' entries")
+    p.add_argument("--indent", type=int, default=None, help="pretty-print (then it is no longer JSON lines)")
+    args = p.parse_args(argv)
+    try:
+        model = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed = 0
+    torch.set_grad_enabled(False)
+    for path in args.images:
+        try:
+            model_input = load_model_input(path, model.meta)
+        except ImageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        record = trace_batch(model, model_input.tensor, [path], structure=not args.no_structure)[0]
+        record["preprocessing"] = model_input.notes
+        print(json.dumps(record, indent=args.indent), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The routing trace of DESIGN.md: one JSON-ready dict per image, from one real (traced) forward pass."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from models.cost import full_macs
+from models.trace import traced_forward
+
+
+def model_summary(model: torch.nn.Module) -> dict:
+    meta = model.meta
+    return {"name": meta["name"], "method": meta["method"], "dataset": meta["dataset"]}
+
+
+@lru_cache(maxsize=32)
+def _dense_macs(model: torch.nn.Module) -> int:
+    return full_macs(model, tuple(model.meta["input_size"]))
+
+
+def dense_macs(model: torch.nn.Module) -> int:
+    """``cost.macs_full``: the dense backbone's MACs, from the meta when measured, else counted once."""
+    measured = model.meta.get("metrics", {}).get("macs_full")
+    return int(measured) if measured else _dense_macs(model)
+
+
+def model_structure(model: torch.nn.Module) -> list[dict]:
+    """Per-model learned structure (DGConv groups, RePr filter overlaps); empty for other methods."""
+    structure = getattr(model, "structure", None)
+    return structure() if callable(structure) else []
+
+
+def trace_batch(model: torch.nn.Module, x: torch.Tensor, names: list[str], structure: bool = True, top: int = 5) -> list[dict]:
+    """Routing traces for a batch ``x`` (normalized like the model's data) named ``names``."""
+    logits, trace = traced_forward(model, x)
+    probabilities = logits.softmax(1).cpu()
+    classes = model.meta["classes"]
+    shared = {"model": model_summary(model)}
+    per_model = model_structure(model) if structure else None
+    full = dense_macs(model)
+    out = []
+    for i, name in enumerate(names):
+        p, order = probabilities[i].sort(descending=True)
+        record = {
+            "image": name,
+            **shared,
+            "prediction": {"index": int(order[0]), "label": classes[int(order[0])], "probability": round(float(p[0]), 6)},
+            "top": [{"index": int(k), "label": classes[int(k)], "probability": round(float(q), 6)} for q, k in zip(p[:top], order[:top])],
+            "cost": {"macs": int(round(float(trace.macs[i]))), "macs_full": full},
+            "decisions": trace.decisions[i],
+        }
+        if per_model is not None:
+            record["structure"] = per_model
+        out.append(record)
+    return out

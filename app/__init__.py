@@ -1,0 +1,1 @@
+"""RouteScope's Streamlit front end: thin pages over ``analysis``."""

@@ -1,0 +1,96 @@
+"""RouteScope checkpoints: plain tensors and builtins only (``torch.load(weights_only=True)``), atomic writes.
+
+Layout of the saved dict::
+
+    {"format": "routescope", "version": 1, "arch": "resnet20", "config": {...builder kwargs...},
+     "state_dict": {...}, "meta": {...see DESIGN.md...}, "train_state": {...} (only in resumable files)}
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .registry import create_model
+
+FORMAT, VERSION = "routescope", 1
+META_KEYS = ("name", "method", "dataset", "classes", "input_size", "mean", "std", "metrics", "recipe")
+
+
+class CheckpointError(ValueError):
+    """The file is not a RouteScope checkpoint, or does not fit its architecture."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, train_state: dict | None = None) -> None:
+    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": model.arch,
+        "config": dict(model.arch_config),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
+    if train_state is not None:
+        payload["train_state"] = train_state
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate the raw dict; every failure is a one-line ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a loadable RouteScope checkpoint ({first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a RouteScope checkpoint (a plain state_dict or another tool's file?)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: RouteScope checkpoint version {payload.get('version')} is not supported (want {VERSION})")
+    missing = [k for k in ("arch", "config", "state_dict", "meta") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: RouteScope checkpoint lacks {', '.join(missing)}")
+    return payload
+
+
+def build_from_payload(payload: dict, source: str = "checkpoint") -> nn.Module:
+    """Instantiate the architecture and load the weights strictly."""
+    try:
+        model = create_model(payload["arch"], **payload["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: cannot build architecture {payload['arch']!r}: {e}") from None
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        raise CheckpointError(f"{source}: weights do not fit architecture {payload['arch']!r}: {detail[:300]}") from None
+    model.meta = dict(payload["meta"])
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The model in eval mode with ``.meta``, ready for true dynamic inference."""
+    model = build_from_payload(read_checkpoint(path), str(path))
+    prepare = getattr(model, "for_inference", None)
+    if callable(prepare):  # e.g. DGConv exports its masked convs to grouped convs
+        model = prepare()
+    return model.to(map_location).eval()

@@ -1,0 +1,285 @@
+"""Datasets, normalization and batched augmentation.
+
+Small data sets (Fashion-MNIST, CIFAR-10/100, SVHN) are read once from their original files into a
+uint8 tensor, so a batch is one indexing operation: on a 2-core machine per-sample PIL transforms would
+cost more than the network. ImageFolder trees (ImageNet-style) are decoded lazily, one file at a time.
+torchvision is deliberately not a dependency: its PyPI wheels do not import beside the CPU build of
+torch these machines install, and the readers below are a few lines each.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import struct
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_SUBSET = REPO_ROOT / "models" / "assets" / "fashion-mnist-subset"
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set is not on this machine; the message says where it was looked for and how to get it."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its data: shape, classes, normalization, photo convention."""
+
+    name: str
+    classes: tuple[str, ...]
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool = True
+    dark_background: bool = False  # Fashion-MNIST: light object on black; photos on white get inverted
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+FASHION_MNIST = DatasetInfo(
+    "fashion-mnist",
+    ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    (1, 28, 28), (0.2860,), (0.3530,), dark_background=True,
+)
+CIFAR10 = DatasetInfo(
+    "cifar10",
+    ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+)
+SVHN = DatasetInfo("svhn", tuple(str(d) for d in range(10)), (3, 32, 32), (0.4377, 0.4438, 0.4728),
+                   (0.1980, 0.2010, 0.1970), hflip=False)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "svhn", "imagefolder")
+
+
+class TensorImages(Dataset):
+    """Images held as one uint8 tensor (N, C, H, W); ``__getitems__`` lets DataLoader fetch a batch at once."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("TensorImages wants uint8 images (N, C, H, W) and one label each")
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index]
+
+
+class ImageFolderImages(Dataset):
+    """``root/<class>/<image>`` decoded with PIL, resized (shorter side) and center-cropped to ``size``."""
+
+    EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        self.samples = [
+            (p, label)
+            for label, name in enumerate(self.classes)
+            for p in sorted((root / name).rglob("*"))
+            if p.suffix.lower() in self.EXTENSIONS
+        ]
+        if not self.samples:
+            raise DataNotFoundError(f"no images under {root} (expected {root}/<class>/<image>)")
+        self.size = size
+        self.labels = torch.tensor([label for _, label in self.samples])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            scale = self.size / min(img.size)
+            img = img.resize((max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale))))
+            left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+            array = np.asarray(img, dtype=np.uint8).copy()
+        return torch.from_numpy(array).permute(2, 0, 1), label
+
+
+def collate_batch(batch):
+    """DataLoader collate that accepts both a ready batch (``__getitems__``) and a list of samples."""
+    if isinstance(batch, tuple):
+        return batch
+    return torch.stack([x for x, _ in batch]), torch.tensor([y for _, y in batch])
+
+
+# --- readers of the original file formats -------------------------------------------------------------
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST family), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file (used to ship the Fashion-MNIST subset)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.GzipFile(path, "wb", mtime=0) as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def fashion_mnist_roots(data_dir: str | os.PathLike | None) -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order: --data-dir, $ROUTESCOPE_DATA, the Debian package."""
+    roots = [Path(p) for p in (data_dir, os.environ.get("ROUTESCOPE_DATA")) if p]
+    candidates = []
+    for root in roots:
+        candidates += [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+    return candidates + [SYSTEM_FASHION_MNIST]
+
+
+def load_fashion_mnist(split: str, data_dir=None, download: bool = False) -> TensorImages:
+    prefix = "train" if split == "train" else "t10k"
+    roots = fashion_mnist_roots(data_dir)
+    for folder in roots:
+        images, labels = _idx_file(folder, f"{prefix}-images-idx3-ubyte"), _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+        if images and labels:
+            return TensorImages(torch.from_numpy(read_idx(images).copy()).unsqueeze(1), torch.from_numpy(read_idx(labels).astype(np.int64)))
+    if download:
+        target = Path(data_dir or os.environ.get("ROUTESCOPE_DATA") or "data") / "fashion-mnist"
+        download_fashion_mnist(target)
+        return load_fashion_mnist(split, target)
+    raise DataNotFoundError(
+        f"Fashion-MNIST ({split}) not found in: {', '.join(map(str, roots))}. "
+        "Install it with `apt-get install dataset-fashion-mnist`, put the four original .gz files in a folder "
+        "given by --data-dir or $ROUTESCOPE_DATA, or pass --download where the network allows."
+    )
+
+
+def download_fashion_mnist(target: Path, base_url: str = FASHION_MNIST_URL) -> None:
+    """Fetch the four original files into ``target`` (atomic per file)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        dest = target / f"{stem}.gz"
+        if dest.exists():
+            continue
+        tmp = dest.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(base_url + dest.name, timeout=60) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise DataNotFoundError(f"could not download {base_url + dest.name}: {e}") from e
+        os.replace(tmp, dest)
+
+
+def _require_dir(data_dir, sub: str, what: str) -> Path:
+    for root in [Path(p) for p in (data_dir, os.environ.get("ROUTESCOPE_DATA")) if p]:
+        for folder in (root / sub, root):
+            if folder.is_dir() and any(folder.iterdir()):
+                return folder
+    raise DataNotFoundError(f"{what} not found: pass --data-dir (or set $ROUTESCOPE_DATA) to a folder holding {sub}/")
+
+
+def load_cifar(split: str, data_dir, num_classes: int) -> tuple[TensorImages, tuple[str, ...]]:
+    """The python-pickle release of CIFAR-10/100 (cifar-10-batches-py, cifar-100-python)."""
+    sub = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
+    folder = _require_dir(data_dir, sub, f"CIFAR-{num_classes}")
+    if num_classes == 10:
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        label_key, meta_file, names_key = b"labels", "batches.meta", b"label_names"
+    else:
+        files, label_key, meta_file, names_key = [split], b"fine_labels", "meta", b"fine_label_names"
+    images, labels = [], []
+    for name in files:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels += list(batch[label_key])
+    with open(folder / meta_file, "rb") as f:
+        classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[names_key])
+    return TensorImages(torch.from_numpy(np.concatenate(images)), torch.tensor(labels)), classes
+
+
+def load_svhn(split: str, data_dir) -> TensorImages:
+    """The cropped-digits .mat release (train_32x32.mat, test_32x32.mat); label 10 means digit 0."""
+    from scipy.io import loadmat
+
+    folder = _require_dir(data_dir, "svhn", "SVHN")
+    mat = loadmat(folder / f"{split}_32x32.mat")
+    images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)))
+    labels = torch.from_numpy(mat["y"].astype(np.int64).ravel() % 10)
+    return TensorImages(images, labels)
+
+
+def load_dataset(name: str, split: str, data_dir=None, download: bool = False, image_size: int = 32) -> tuple[Dataset, DatasetInfo]:
+    """Return ``(dataset, info)`` for ``split`` in {"train", "test"}; images are uint8 (C, H, W)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if name == "fashion-mnist":
+        return load_fashion_mnist(split, data_dir, download), FASHION_MNIST
+    if name == "fashion-mnist-subset":
+        return load_fashion_mnist("test", BUNDLED_SUBSET), FASHION_MNIST
+    if name == "cifar10":
+        return load_cifar(split, data_dir, 10)[0], CIFAR10
+    if name == "cifar100":
+        data, classes = load_cifar(split, data_dir, 100)
+        return data, DatasetInfo("cifar100", classes, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD)
+    if name == "svhn":
+        return load_svhn(split, data_dir), SVHN
+    if name == "imagefolder":
+        root = _require_dir(data_dir, split if split == "train" else "val", "ImageFolder tree")
+        if root.name != ("train" if split == "train" else "val") and (root / split).is_dir():
+            root = root / split
+        data = ImageFolderImages(root, image_size)
+        return data, DatasetInfo("imagefolder", tuple(data.classes), (3, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD)
+    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
+
+
+# --- tensors the model sees ----------------------------------------------------------------------------
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float, scaled to [0, 1] and standardized per channel."""
+    x = images.float().div_(255)
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def augment(images: torch.Tensor, hflip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batched random crop (zero padding of 1/8 of the side) and horizontal flip, on uint8 or float."""
+    n, _, h, w = images.shape
+    pad = max(1, h // 8)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(images.device)  # (n, h)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(images.device)  # (n, w)
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        cols = torch.where(flip[:, None].to(images.device), cols.flip(1), cols)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
+    return out.permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,102 @@
+"""Evaluation CLI: ``python -m models.evaluate --checkpoint P [--dataset D] [--write]``.
+
+Prints test accuracy and the mean/min/max MACs each test image really executed (from the per-image
+trace), plus the dense backbone's MACs. ``--write`` stores them in the checkpoint's meta and in the
+manifest beside it, which is how the bundled models' numbers are produced.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .cost import full_macs
+from .data import DataNotFoundError, DatasetInfo, collate_batch, load_dataset, normalize
+from .trace import traced_forward
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data, info: DatasetInfo, limit: int | None = None, batch_size: int = 500,
+             progress: bool = True) -> dict:
+    """Accuracy and per-image executed MACs over ``data`` (the first ``limit`` images if given)."""
+    model.eval()
+    device = next(model.parameters()).device
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
+    correct, macs = [], []
+    seen = 0
+    for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        if limit is not None and seen >= limit:
+            break
+        x = normalize(images, info.mean, info.std).to(device)
+        logits, trace = traced_forward(model, x)
+        correct.append(logits.argmax(1).cpu() == labels)
+        macs.append(trace.macs)
+        seen += len(labels)
+    correct_t, macs_t = torch.cat(correct), torch.cat(macs)
+    dense = full_macs(model, info.input_size)
+    return {
+        "test_acc": round(correct_t.float().mean().item(), 5),
+        "n_test": len(correct_t),
+        "macs_mean": round(macs_t.mean().item()),
+        "macs_min": round(macs_t.min().item()),
+        "macs_max": round(macs_t.max().item()),
+        "macs_full": dense,
+        "mac_ratio": round(macs_t.mean().item() / dense, 4),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's data set (fashion-mnist-subset for the bundled subset)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N test images only")
+    p.add_argument("--write", action="store_true", help="store the metrics in the checkpoint meta and manifest.json")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    args = p.parse_args(argv)
+    try:
+        model = ckpt.load_checkpoint(args.checkpoint)
+        dataset = args.dataset or model.meta["dataset"]
+        data, info = load_dataset(dataset, "test", args.data_dir)
+        if list(info.input_size) != list(model.meta["input_size"]):
+            raise ValueError(f"{dataset} images are {info.input_size}, the model expects {tuple(model.meta['input_size'])}")
+        metrics = evaluate(model, data, info, args.limit)
+    except (ckpt.CheckpointError, DataNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{Path(args.checkpoint).name} on {dataset} test ({metrics['n_test']} images): accuracy {metrics['test_acc'] * 100:.2f}%")
+        print(f"MACs per image: mean {metrics['macs_mean']:,} min {metrics['macs_min']:,} max {metrics['macs_max']:,} "
+              f"(dense backbone {metrics['macs_full']:,}, ratio {metrics['mac_ratio']:.3f}); params {metrics['params']:,}")
+    if args.write:
+        if args.limit or dataset != model.meta["dataset"]:
+            print("error: --write needs the full test set of the checkpoint's own data set", file=sys.stderr)
+            return 2
+        write_metrics(Path(args.checkpoint), metrics)
+    return 0
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    """Update the checkpoint's meta["metrics"] (keeping training-time entries) and the manifest beside it."""
+    from .train import write_manifest_entry
+
+    payload = ckpt.read_checkpoint(path)
+    model = ckpt.build_from_payload(payload, str(path))
+    meta = payload["meta"]
+    meta["metrics"] = {**meta.get("metrics", {}), **metrics}
+    ckpt.save_checkpoint(path, model, meta)
+    manifest = path.parent / "manifest.json"
+    write_manifest_entry(manifest, meta["name"], {"file": path.name, "metrics": metrics})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

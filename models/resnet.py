@@ -1,0 +1,108 @@
+"""CIFAR-style ResNet (He et al. 2016, section 4.2): 6n+2 layers of BasicBlocks in three stages.
+
+Every method in RouteScope builds on this backbone, so block and stage names (``layer2.1``) are the
+names that appear in routing traces. Downsampling blocks use a projection shortcut (1x1 conv + BN,
+"option B"), which SkipNet needs: a skipped downsampling block still runs its shortcut.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_model
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN; ``residual(x)`` is F(x), ``shortcut(x)`` the skip path."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, out_ch, stride)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = conv3x3(out_ch, out_ch)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    @property
+    def downsamples(self) -> bool:
+        return not isinstance(self.shortcut, nn.Identity)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.residual(x) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Stem conv, three stages of ``n`` blocks (widths ``widths``), global average pool, linear head."""
+
+    method = "baseline"
+
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        block: type[nn.Module] = BasicBlock,
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.depth, self.widths = depth, tuple(widths)
+        self.stem = nn.Sequential(conv3x3(in_chans, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        in_ch = widths[0]
+        stages = []
+        for i, width in enumerate(widths):
+            blocks = [block(in_ch if j == 0 else width, width, stride=1 if i == 0 or j else 2) for j in range(n)]
+            stages.append(nn.Sequential(*blocks))
+            in_ch = width
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(widths[-1], num_classes)
+        init_weights(self)
+
+    def stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages():
+            x = stage(x)
+        return self.head(x)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convs, unit BN, and zero-init of each block's last BN (Goyal et al.) for stable early training."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+
+
+def _resnet(depth: int):
+    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> ResNet:
+        return ResNet(depth, num_classes, in_chans, tuple(widths))
+
+    builder.__name__ = f"resnet{depth}"
+    builder.__doc__ = f"Plain CIFAR-style ResNet-{depth} ({(depth - 2) // 6} BasicBlocks per stage)."
+    return register_model(builder)
+
+
+resnet8, resnet14, resnet20, resnet32, resnet44, resnet56, resnet110 = (_resnet(d) for d in (8, 14, 20, 32, 44, 56, 110))

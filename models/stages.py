@@ -1,0 +1,61 @@
+"""A training stage: epochs, optimizer, and the loss of one step. Recipes are lists of stages.
+
+SkipNet (supervised, then RL), DS-Net (supernet, then gate) and RePr (prune/re-init cycles) are
+multi-stage; each stage subclass overrides only what differs, and ``train.Trainer`` runs them all
+with one loop, one checkpoint format and one ``--resume``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_recipe
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+class Stage:
+    """Supervised cross-entropy with SGD (momentum 0.9, Nesterov) and a per-step cosine schedule."""
+
+    def __init__(self, name: str, epochs: int, lr: float, weight_decay: float = 5e-4, momentum: float = 0.9) -> None:
+        self.name, self.epochs, self.lr = name, epochs, lr
+        self.weight_decay, self.momentum = weight_decay, momentum
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Which parameters this stage trains (all, by default)."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        decay = [p for p in self.parameters(model) if p.ndim > 1]
+        no_decay = [p for p in self.parameters(model) if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+
+    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        logits = model(x)
+        return StepOutput(F.cross_entropy(logits, y), logits)
+
+    # hooks for stateful stages (EMA teachers, pruning masks); the trainer checkpoints this state
+    def on_stage_start(self, trainer) -> None: ...
+    def on_epoch_end(self, trainer, epoch: int) -> None: ...
+    def after_optimizer_step(self, trainer) -> None: ...
+    def state_dict(self) -> dict:
+        return {}
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@register_recipe("baseline")
+def supervised_recipe(args) -> list[Stage]:
+    """Plain training: one supervised stage."""
+    return [Stage("supervised", args.epochs, args.lr, args.weight_decay)]

@@ -1,0 +1,95 @@
+"""Per-input record of one forward pass: the decisions each dynamic layer took and the MACs really executed.
+
+``traced_forward(model, x)`` runs the model inside a ``Trace``. Dynamic layers find the active trace with
+``current_trace()`` and call ``record``; a layer that runs on part of the batch wraps that work in
+``trace.subset(rows)``. MACs are counted at the ATen level with the formulas of
+``torch.utils.flop_counter`` (the same ones ``FlopCounterMode`` uses, 2 FLOPs = 1 MAC), each op's
+count being split evenly over the samples it ran on, so a skipped block or a sliced layer is counted
+exactly as executed. The trace lives in a context variable and a thread-local dispatch mode: a model
+shared by many app sessions is never mutated.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+_ACTIVE: ContextVar["Trace | None"] = ContextVar("routescope_trace", default=None)
+
+
+def current_trace() -> "Trace | None":
+    return _ACTIVE.get()
+
+
+class _MacCounter(TorchDispatchMode):
+    """Adds the MACs of every counted ATen op to the samples of the trace's current subset."""
+
+    def __init__(self, trace: "Trace") -> None:
+        super().__init__()
+        self.trace = trace
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            rows = self.trace.rows
+            self.trace.macs[rows] += formula(*args, **kwargs, out_val=out) / 2 / len(rows)
+        return out
+
+
+class Trace:
+    """Decisions and executed MACs for each of ``batch_size`` inputs."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.macs = torch.zeros(batch_size, dtype=torch.float64)
+        self.decisions: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
+        self._rows = [torch.arange(batch_size)]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """Indices (into the whole batch) of the samples the code now running works on."""
+        return self._rows[-1]
+
+    @contextmanager
+    def subset(self, local_rows: torch.Tensor) -> Iterator[None]:
+        """Run a block on part of the current batch; ``local_rows`` index the current subset."""
+        self._rows.append(self.rows[local_rows.cpu()])
+        try:
+            yield
+        finally:
+            self._rows.pop()
+
+    def record(self, layer: str, kind: str, **fields: Any) -> None:
+        """One decision per sample of the current subset; tensor fields are split along dim 0."""
+        rows = self.rows.tolist()
+        for i, row in enumerate(rows):
+            entry: dict[str, Any] = {"layer": layer, "kind": kind}
+            for key, value in fields.items():
+                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == len(rows):
+                    value = value[i]
+                entry[key] = value.tolist() if isinstance(value, torch.Tensor) else value
+            self.decisions[row].append(entry)
+
+    @contextmanager
+    def active(self) -> Iterator["Trace"]:
+        token = _ACTIVE.set(self)
+        try:
+            with _MacCounter(self):
+                yield self
+        finally:
+            _ACTIVE.reset(token)
+
+
+@torch.no_grad()
+def traced_forward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Trace]:
+    """``(logits, trace)`` for a batch, with per-input decisions and executed MACs."""
+    trace = Trace(x.shape[0])
+    with trace.active():
+        logits = model(x)
+    return logits, trace

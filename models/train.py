@@ -1,0 +1,294 @@
+"""Training engine and CLI: ``python -m models.train --model resnet20 --dataset fashion-mnist``.
+
+One loop runs every method's recipe (a list of ``stages.Stage``). After every epoch the whole state
+(weights, optimizer, schedule, stage state, history, RNG) goes atomically to ``OUT/NAME.last.pt``, so
+``--resume`` continues a killed run at the epoch it was in; the finished model goes to ``OUT/NAME.pt``
+with its measured metrics, and ``OUT/manifest.json`` records how it was made.
+Multi-process: ``torchrun --nproc_per_node 2 -m models.train ...`` (DDP; gloo on CPU, nccl on GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .data import DATASET_NAMES, DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
+from .registry import create_model, get_recipe
+from .stages import Stage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="registered model name (see models.list_models())")
+    p.add_argument("--model-args", default="{}", help='JSON of extra builder arguments, e.g. \'{"gate": "rnn"}\'')
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASET_NAMES)
+    p.add_argument("--data-dir", default=None, help="folder with the data set (else $ROUTESCOPE_DATA, then system paths)")
+    p.add_argument("--download", action="store_true", help="download Fashion-MNIST if it is not found")
+    p.add_argument("--image-size", type=int, default=32, help="side of ImageFolder images")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size (split over processes)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs", help="output folder")
+    p.add_argument("--name", default=None, help="checkpoint name (default: MODEL_DATASET)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/NAME.last.pt")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (useful for ImageFolder)")
+    p.add_argument("--limit-batches", type=int, default=0, help="stop each epoch after N batches (smoke tests)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return p
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+class Trainer:
+    """Runs ``stages`` in order on ``model``; checkpoints after every epoch."""
+
+    def __init__(self, model: nn.Module, stages: list[Stage], train_data, test_data, info: DatasetInfo, args: argparse.Namespace) -> None:
+        self.model, self.stages, self.info, self.args = model, stages, info, args
+        self.device = torch.device(args.device)
+        self.train_data, self.test_data = train_data, test_data
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.preserve_format
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.net: nn.Module = model
+        if self.world > 1:
+            self.net = DistributedDataParallel(model, find_unused_parameters=model.method != "baseline")
+        self.name = args.name or f"{args.model}_{info.name}"
+        self.out = Path(args.out)
+        self.history: list[dict] = []
+        self.position = (0, 0)  # (stage index, epoch within stage) to run next
+        self.elapsed = 0.0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self._resume_state: dict | None = None
+        launcher = f"torchrun --nproc_per_node {self.world}" if self.world > 1 else "python"
+        self.command = f"{launcher} -m models.train " + shlex.join(getattr(args, "argv", []))
+
+    # --- data ----------------------------------------------------------------------------------------
+    def loader(self, data, train: bool, epoch: int = 0) -> DataLoader:
+        sampler = DistributedSampler(data, num_replicas=self.world, rank=self.rank, shuffle=train, seed=self.args.seed, drop_last=train)
+        sampler.set_epoch(epoch)
+        batch = max(1, self.args.batch_size // self.world) if train else 500
+        return DataLoader(data, batch_size=batch, sampler=sampler, drop_last=train, collate_fn=collate_batch,
+                          num_workers=self.args.workers, persistent_workers=False)
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalize(images.to(self.device), self.info.mean, self.info.std)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def steps_per_epoch(self) -> int:
+        steps = len(self.train_data) // self.args.batch_size
+        return min(steps, self.args.limit_batches) if self.args.limit_batches else steps
+
+    # --- state ---------------------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.out / f"{self.name}.last.pt"
+
+    def meta(self) -> dict:
+        return {
+            "name": self.name,
+            "method": self.model.method,
+            "dataset": self.info.name,
+            "classes": list(self.info.classes),
+            "input_size": list(self.info.input_size),
+            "mean": list(self.info.mean),
+            "std": list(self.info.std),
+            "dark_background": self.info.dark_background,
+            "metrics": {},
+            "recipe": {"stages": [{"name": s.name, "epochs": s.epochs, "lr": s.lr} for s in self.stages],
+                       "args": {k: v for k, v in vars(self.args).items() if k not in ("resume", "no_progress", "argv")}},
+            "history": self.history,
+        }
+
+    def save_last(self) -> None:
+        stage_index, _ = self.position
+        stage_state = self.stages[stage_index].state_dict() if stage_index < len(self.stages) else {}
+        state = {
+            "position": list(self.position),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "stage_state": stage_state,
+            "elapsed": self.elapsed,
+            "rng": torch.get_rng_state(),
+        }
+        ckpt.save_checkpoint(self.last_path, self.model, self.meta(), train_state=state)
+
+    def resume(self) -> None:
+        if not self.last_path.exists():
+            print(f"--resume: {self.last_path} does not exist, starting from scratch", file=sys.stderr)
+            return
+        payload = ckpt.read_checkpoint(self.last_path)
+        if payload["arch"] != self.model.arch or "train_state" not in payload:
+            raise ckpt.CheckpointError(f"{self.last_path}: not a resumable run of {self.model.arch}")
+        self.model.load_state_dict(payload["state_dict"])
+        state = payload["train_state"]
+        self.history = list(payload["meta"].get("history", []))
+        self.position = tuple(state["position"])
+        self.elapsed = float(state["elapsed"])
+        torch.set_rng_state(state["rng"])
+        self._resume_state = state
+        if is_main_process():
+            print(f"resumed {self.last_path} at stage {self.position[0]} epoch {self.position[1]} ({self.elapsed / 60:.1f} min so far)")
+
+    # --- loop ----------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        for stage_index in range(self.position[0], len(self.stages)):
+            stage = self.stages[stage_index]
+            self.optimizer = stage.optimizer(self.model)
+            self.scheduler = stage.scheduler(self.optimizer, max(1, stage.epochs * self.steps_per_epoch()))
+            start_epoch = 0
+            if self._resume_state is not None and stage_index == self.position[0]:
+                state, self._resume_state = self._resume_state, None
+                start_epoch = self.position[1]
+                stage.load_state_dict(state["stage_state"])
+                if start_epoch > 0 and state["optimizer"] is not None:
+                    self.optimizer.load_state_dict(state["optimizer"])
+                    self.scheduler.load_state_dict(state["scheduler"])
+            if start_epoch == 0:
+                stage.on_stage_start(self)
+            for epoch in range(start_epoch, stage.epochs):
+                tic = time.perf_counter()
+                train_stats = self.train_epoch(stage, stage_index, epoch)
+                stage.on_epoch_end(self, epoch)
+                test_acc = self.test_accuracy()
+                self.elapsed += time.perf_counter() - tic
+                self.history.append({"stage": stage.name, "epoch": epoch, "global_epoch": len(self.history),
+                                     **train_stats, "test_acc": test_acc, "lr": self.optimizer.param_groups[0]["lr"],
+                                     "elapsed_s": round(self.elapsed, 1)})
+                self.position = (stage_index, epoch + 1) if epoch + 1 < stage.epochs else (stage_index + 1, 0)
+                if is_main_process():
+                    print(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss {train_stats['train_loss']:.4f} "
+                          f"train acc {train_stats['train_acc']:.4f} test acc {test_acc:.4f} ({self.elapsed / 60:.1f} min)", flush=True)
+                    self.save_last()
+
+    def train_epoch(self, stage: Stage, stage_index: int, epoch: int) -> dict:
+        self.net.train()
+        global_epoch = len(self.history)
+        generator = torch.Generator().manual_seed(self.args.seed * 100_003 + global_epoch * 101 + self.rank)
+        loader = self.loader(self.train_data, train=True, epoch=global_epoch)
+        steps = self.steps_per_epoch()
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(loader, total=steps, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
+                   disable=self.args.no_progress or not is_main_process())
+        for step, (images, labels) in enumerate(bar):
+            if step >= steps:
+                break
+            x = self.to_input(augment(images, self.info.hflip, generator))
+            y = labels.to(self.device)
+            out = stage.training_step(self.net, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            stage.after_optimizer_step(self)
+            total_loss += out.loss.item() * len(y)
+            correct += int((out.logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        stats = torch.tensor([total_loss, correct, seen], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(stats)
+        return {"train_loss": stats[0].item() / max(1, stats[2].item()), "train_acc": stats[1].item() / max(1, stats[2].item())}
+
+    @torch.no_grad()
+    def test_accuracy(self) -> float:
+        """Top-1 accuracy on the test split (sharded over processes)."""
+        self.model.eval()
+        correct, seen = 0, 0
+        for step, (images, labels) in enumerate(self.loader(self.test_data, train=False)):
+            if self.args.limit_batches and step >= self.args.limit_batches:
+                break
+            correct += int((self.model(self.to_input(images)).argmax(1).cpu() == labels).sum())
+            seen += len(labels)
+        stats = torch.tensor([correct, seen], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(stats)
+        return stats[0].item() / max(1, stats[1].item())
+
+    def finish(self) -> Path:
+        """Measure the final model with ``models.evaluate`` and write ``OUT/NAME.pt`` plus its manifest entry."""
+        from .evaluate import evaluate
+
+        self.model.eval()
+        metrics = evaluate(self.model, self.test_data, self.info, limit=500 * self.args.limit_batches or None,
+                           progress=not self.args.no_progress)
+        meta = self.meta()
+        meta["metrics"] = {**metrics, "train_wall_time_s": round(self.elapsed, 1)}
+        final = self.out / f"{self.name}.pt"
+        ckpt.save_checkpoint(final, self.model.cpu(), meta)
+        write_manifest_entry(self.out / "manifest.json", self.name, {
+            "file": final.name,
+            "command": self.command,
+            "seed": self.args.seed,
+            "world_size": self.world,
+            "wall_time_s": round(self.elapsed, 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, device {self.device.type}",
+            "date": dt.date.today().isoformat(),
+            "metrics": metrics,
+        })
+        return final
+
+
+def write_manifest_entry(path: Path, name: str, entry: dict) -> None:
+    """Merge one model's entry into a JSON manifest (atomic replace)."""
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest[name] = {**manifest.get(name, {}), **entry}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def setup_distributed(device: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    setup_distributed(args.device)
+    torch.manual_seed(args.seed)
+    try:
+        train_data, info = load_dataset(args.dataset, "train", args.data_dir, args.download, args.image_size)
+        test_data, _ = load_dataset(args.dataset, "test", args.data_dir, args.download, args.image_size)
+        model = create_model(args.model, num_classes=len(info.classes), in_chans=info.input_size[0], **json.loads(args.model_args))
+        trainer = Trainer(model, get_recipe(model.method)(args), train_data, test_data, info, args)
+        if args.resume:
+            trainer.resume()
+        trainer.fit()
+        if is_main_process():
+            final = trainer.finish()
+            print(f"saved {final}")
+    except (DataNotFoundError, ckpt.CheckpointError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The training engine: a run, a killed run resumed to the same result, DDP with torchrun, evaluation."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models import train
+from models.checkpoint import load_checkpoint, read_checkpoint
+from models.evaluate import main as evaluate_main
+
+from conftest import REPO
+
+ARGS = ["--model", "resnet8", "--dataset", "fashion-mnist", "--epochs", "2", "--batch-size", "32",
+        "--limit-batches", "3", "--no-progress", "--lr", "0.05"]
+
+
+def run(fmnist_dir, out, *extra):
+    return train.main([*ARGS, "--data-dir", str(fmnist_dir), "--out", str(out), "--name", "tiny", *extra])
+
+
+def test_train_writes_checkpoint_meta_and_manifest(fmnist_dir, tmp_path):
+    assert run(fmnist_dir, tmp_path) == 0
+    model = load_checkpoint(tmp_path / "tiny.pt")
+    meta = model.meta
+    assert meta["method"] == "baseline" and meta["dataset"] == "fashion-mnist" and meta["input_size"] == [1, 28, 28]
+    assert len(meta["history"]) == 2 and {"train_loss", "test_acc", "stage"} <= set(meta["history"][0])
+    assert 0 <= meta["metrics"]["test_acc"] <= 1 and meta["metrics"]["macs_mean"] == meta["metrics"]["macs_full"]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["tiny"]
+    assert manifest["command"].startswith("python -m models.train --model resnet8") and manifest["seed"] == 0
+    assert "train_state" not in read_checkpoint(tmp_path / "tiny.pt")
+    assert "train_state" in read_checkpoint(tmp_path / "tiny.last.pt")
+
+
+def test_killed_run_resumes_to_the_same_weights(fmnist_dir, tmp_path, monkeypatch):
+    assert run(fmnist_dir, tmp_path / "full") == 0
+    original = train.Trainer.train_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(fmnist_dir, tmp_path / "killed")
+    assert not (tmp_path / "killed" / "tiny.pt").exists()
+    assert read_checkpoint(tmp_path / "killed" / "tiny.last.pt")["train_state"]["position"] == [0, 1]
+    monkeypatch.setattr(train.Trainer, "train_epoch", original)
+    assert run(fmnist_dir, tmp_path / "killed", "--resume") == 0
+    a = read_checkpoint(tmp_path / "full" / "tiny.pt")
+    b = read_checkpoint(tmp_path / "killed" / "tiny.pt")
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    assert [h["train_loss"] for h in a["meta"]["history"]] == pytest.approx([h["train_loss"] for h in b["meta"]["history"]], rel=1e-5)
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from models import data
+
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "nowhere")
+    assert train.main([*ARGS, "--data-dir", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_torchrun_ddp_on_cpu(fmnist_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "models.train",
+               *ARGS, "--epochs", "1", "--data-dir", str(fmnist_dir), "--out", str(tmp_path), "--name", "ddp"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["ddp"]
+    assert manifest["world_size"] == 2
+    assert load_checkpoint(tmp_path / "ddp.pt").meta["history"][0]["train_loss"] > 0
+
+
+def test_evaluate_cli_writes_metrics(fmnist_dir, tmp_path, capsys):
+    assert run(fmnist_dir, tmp_path) == 0
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(tmp_path / "tiny.pt"), "--data-dir", str(fmnist_dir), "--write", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n_test"] == 500
+    assert load_checkpoint(tmp_path / "tiny.pt").meta["metrics"]["test_acc"] == printed["test_acc"]
+    assert json.loads((tmp_path / "manifest.json").read_text())["tiny"]["metrics"] == printed
+    assert evaluate_main(["--checkpoint", str(tmp_path / "tiny.pt"), "--dataset", "fashion-mnist-subset"]) == 0
+    assert "accuracy" in capsys.readouterr().out
