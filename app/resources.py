@@ -5,16 +5,21 @@ import hashlib
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 import torch
 
 from analysis.catalog import bundled_checkpoints
+from analysis.dataset_table import dataset_table, load_test_images
+from models.data import DataNotFoundError, load_dataset
 from models.checkpoint import CheckpointError, load_checkpoint
 
 
 @st.cache_resource(show_spinner="Loading model…")
 def _load(path: str, mtime: float) -> torch.nn.Module:
-    return load_checkpoint(path)
+    model = load_checkpoint(path)
+    model.cache_key = f"{path}@{mtime}"
+    return model
 
 
 def load_bundled(name: str) -> torch.nn.Module:
@@ -29,11 +34,16 @@ def load_uploaded(data: bytes) -> torch.nn.Module:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload-{digest}.pt"
         path.write_bytes(data)
-        return load_checkpoint(path)
+        model = load_checkpoint(path)
+    model.cache_key = f"upload:{digest}"
+    return model
 
 
 def choose_model(key: str = "model") -> torch.nn.Module | None:
-    """Sidebar: a bundled model or an uploaded checkpoint; shows a message and returns None on failure."""
+    """Sidebar: a bundled model or an uploaded checkpoint; shows a message and returns None on failure.
+
+    The returned model carries ``cache_key`` (path and mtime, or the upload's digest) for dataset tables.
+    """
     bundled = bundled_checkpoints()
     source = st.sidebar.radio("Model", ["Bundled", "Upload a checkpoint"], key=f"{key}-source", horizontal=True)
     if source == "Bundled":
@@ -51,3 +61,38 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
     except CheckpointError as e:
         st.sidebar.error(str(e).replace(str(Path(tempfile.gettempdir())), "…"))
         return None
+
+
+@st.cache_resource
+def _table_store() -> dict:
+    """Dataset tables shared by all sessions, keyed by (model, data set)."""
+    return {}
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def test_sets() -> list[str]:
+    """The bundled subset always; the full Fashion-MNIST test set when it is on this machine."""
+    names = ["fashion-mnist-subset"]
+    try:
+        load_dataset("fashion-mnist", "test")
+        names.append("fashion-mnist")
+    except DataNotFoundError:
+        pass
+    return names
+
+
+@st.cache_resource(show_spinner="Loading test images…")
+def test_images(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_test_images(dataset)
+
+
+def cached_table(model: torch.nn.Module, dataset: str) -> pd.DataFrame:
+    """Trace a whole test set once (with a progress bar), then reuse it across reruns and sessions."""
+    store = _table_store()
+    key = (model.cache_key, dataset)
+    if key not in store:
+        images, labels = test_images(dataset)
+        bar = st.progress(0.0, text=f"Tracing {len(images):,} test images…")
+        store[key] = dataset_table(model, images, labels, progress=lambda f: bar.progress(f, text=f"Tracing test images… {f:.0%}"))
+        bar.empty()
+    return store[key]

@@ -1,6 +1,6 @@
 """RouteScope backend: ``create_model``, ``list_models``, ``load_checkpoint``."""
-from . import resnet  # noqa: F401  (registers the models)
-from . import skipnet  # noqa: F401
+from . import condconv, resnet, skipnet  # noqa: F401  (importing a family registers its models and recipe)
+from .checkpoint import CheckpointError, load_checkpoint
 from .registry import create_model, list_models, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["CheckpointError", "create_model", "list_models", "load_checkpoint", "register_model"]

@@ -67,6 +67,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
             in_ch = width
         self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)  # a module, so attributions (GradCAM) can hook the last feature map
         self.fc = nn.Linear(widths[-1], num_classes)
         init_weights(self)
 
@@ -74,7 +75,7 @@ class ResNet(nn.Module):
         return [self.layer1, self.layer2, self.layer3]
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return self.fc(torch.flatten(self.pool(x), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

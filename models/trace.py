@@ -45,8 +45,10 @@ class _MacCounter(TorchDispatchMode):
 class Trace:
     """Decisions and executed MACs for each of ``batch_size`` inputs."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, keep_tensors: bool = False) -> None:
         self.batch_size = batch_size
+        self.keep_tensors = keep_tensors  # keep differentiable decision tensors (for attributions)
+        self._tensors: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.macs = torch.zeros(batch_size, dtype=torch.float64)
         self.decisions: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
         self._rows = [torch.arange(batch_size)]
@@ -67,14 +69,29 @@ class Trace:
 
     def record(self, layer: str, kind: str, **fields: Any) -> None:
         """One decision per sample of the current subset; tensor fields are split along dim 0."""
+        if self.keep_tensors:
+            for key, value in fields.items():
+                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == len(self.rows):
+                    self._tensors.setdefault((layer, key), []).append((self.rows, value))
         rows = self.rows.tolist()
         for i, row in enumerate(rows):
             entry: dict[str, Any] = {"layer": layer, "kind": kind}
             for key, value in fields.items():
                 if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == len(rows):
                     value = value[i]
-                entry[key] = value.tolist() if isinstance(value, torch.Tensor) else value
+                entry[key] = value.detach().tolist() if isinstance(value, torch.Tensor) else value
             self.decisions[row].append(entry)
+
+    def tensor(self, layer: str, key: str) -> torch.Tensor:
+        """The recorded field as one (batch, ...) tensor, still attached to the graph (``keep_tensors=True``)."""
+        parts = self._tensors.get((layer, key))
+        if not parts:
+            raise KeyError(f"no recorded tensor {key!r} for layer {layer!r}")
+        first = parts[0][1]
+        out = first.new_zeros((self.batch_size, *first.shape[1:]))
+        for rows, value in parts:
+            out = out.index_copy(0, rows.to(value.device), value)
+        return out
 
     @contextmanager
     def active(self) -> Iterator["Trace"]:
@@ -86,10 +103,13 @@ class Trace:
             _ACTIVE.reset(token)
 
 
-@torch.no_grad()
-def traced_forward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Trace]:
-    """``(logits, trace)`` for a batch, with per-input decisions and executed MACs."""
-    trace = Trace(x.shape[0])
-    with trace.active():
+def traced_forward(model: torch.nn.Module, x: torch.Tensor, keep_tensors: bool = False) -> tuple[torch.Tensor, Trace]:
+    """``(logits, trace)`` for a batch, with per-input decisions and executed MACs.
+
+    Without ``keep_tensors`` it runs under ``no_grad``; with it, gradients flow from the recorded decision
+    tensors to the input (captum attributions of a gate, a width choice or a routing weight).
+    """
+    trace = Trace(x.shape[0], keep_tensors=keep_tensors)
+    with torch.set_grad_enabled(keep_tensors and torch.is_grad_enabled()), trace.active():
         logits = model(x)
     return logits, trace

@@ -27,8 +27,12 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .data import DATASET_NAMES, DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
+from .condconv import add_condconv_arguments
 from .registry import create_model, get_recipe
+from .skipnet import add_skipnet_arguments
 from .stages import Stage
+
+METHOD_ARGUMENTS = [add_skipnet_arguments, add_condconv_arguments]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,10 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="output folder")
     p.add_argument("--name", default=None, help="checkpoint name (default: MODEL_DATASET)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/NAME.last.pt")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from the matching weights of another checkpoint (e.g. a SkipNet from the plain ResNet)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (useful for ImageFolder)")
     p.add_argument("--limit-batches", type=int, default=0, help="stop each epoch after N batches (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    for add_method_arguments in METHOD_ARGUMENTS:
+        add_method_arguments(p)
     return p
 
 
@@ -258,6 +266,18 @@ def write_manifest_entry(path: Path, name: str, entry: dict) -> None:
     os.replace(tmp, path)
 
 
+def init_from(model: nn.Module, path: str) -> None:
+    """Copy every weight of ``path`` whose name and shape match; the rest (gates, routers) keep their init."""
+    source = ckpt.read_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ckpt.CheckpointError(f"{path}: no weight matches {model.arch}")
+    model.load_state_dict(matched, strict=False)
+    if is_main_process():
+        print(f"initialized {len(matched)}/{len(own)} tensors from {path}; new: {len(own) - len(matched)}")
+
+
 def setup_distributed(device: str) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
@@ -273,7 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_data, info = load_dataset(args.dataset, "train", args.data_dir, args.download, args.image_size)
         test_data, _ = load_dataset(args.dataset, "test", args.data_dir, args.download, args.image_size)
-        model = create_model(args.model, num_classes=len(info.classes), in_chans=info.input_size[0], **json.loads(args.model_args))
+        model_args = json.loads(args.model_args)
+        if getattr(args, "gate", None) and args.model.startswith("skipnet"):
+            model_args["gate"] = args.gate
+        model = create_model(args.model, num_classes=len(info.classes), in_chans=info.input_size[0], **model_args)
+        if args.init_from:
+            init_from(model, args.init_from)
         trainer = Trainer(model, get_recipe(model.method)(args), train_data, test_data, info, args)
         if args.resume:
             trainer.resume()

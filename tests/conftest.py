@@ -25,6 +25,7 @@ def fmnist_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch):
-    """Tests never read $ROUTESCOPE_DATA from the developer's shell and use few threads."""
+    """Tests never read $ROUTESCOPE_DATA or $ROUTESCOPE_MODELS from the developer's shell."""
     monkeypatch.delenv("ROUTESCOPE_DATA", raising=False)
+    monkeypatch.delenv("ROUTESCOPE_MODELS", raising=False)
     torch.manual_seed(0)

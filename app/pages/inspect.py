@@ -1,56 +1,44 @@
-"""Inspect: one model, one or more images; the tensor the model saw, its prediction and its cost."""
+"""Inspect: one model and one or more images, two images side by side, or one image across all models."""
 from __future__ import annotations
 
-import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from analysis.catalog import sample_images
-from analysis.images import ImageError, load_model_input
-from analysis.routing import trace_batch
-from app.resources import choose_model
+from app.components import explain, image_report, pick_images
+from app.resources import choose_model, load_bundled
+from analysis.catalog import bundled_checkpoints
 
 st.title("Inspect")
 model = choose_model()
 if model is None:
     st.stop()
 meta = model.meta
-st.caption(f"**{meta['name']}** · method `{meta['method']}` · trained on {meta['dataset']} · "
-           f"test accuracy {meta.get('metrics', {}).get('test_acc', float('nan')) * 100:.2f}%")
+accuracy = meta.get("metrics", {}).get("test_acc")
+st.caption(f"**{meta['name']}** · method `{meta['method']}` · trained on {meta['dataset']}"
+           + (f" · test accuracy {accuracy * 100:.2f}%" if accuracy is not None else ""))
 
-samples = {p.name: p for p in sample_images()}
-left, right = st.columns(2)
-picked = left.multiselect("Sample images", list(samples), default=list(samples)[:1])
-uploads = right.file_uploader("…or upload images", accept_multiple_files=True,
-                              type=["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"])
+mode = st.radio("View", ["Images", "Side by side", "Across all bundled models"], horizontal=True, key="inspect-mode")
 
-inputs = [(name, samples[name].read_bytes()) for name in picked] + [(u.name, u.getvalue()) for u in uploads or []]
-if not inputs:
-    st.info("Pick a sample image or upload one.")
-    st.stop()
-
-for name, data in inputs:
-    with st.container(border=True):
-        try:
-            model_input = load_model_input(data, meta, name)
-        except ImageError as e:
-            st.error(str(e))
-            continue
-        trace = trace_batch(model, model_input.tensor, [name])[0]
-        seen, result = st.columns([1, 3])
-        seen.image(model_input.pixels, caption=f"{name}: what the model saw", width=168, clamp=True)
-        for note in model_input.notes:
-            seen.caption(note)
-        prediction, cost = trace["prediction"], trace["cost"]
-        a, b = result.columns(2)
-        a.metric("Prediction", prediction["label"], f"{prediction['probability'] * 100:.1f}% confidence", delta_color="off")
-        b.metric("MACs executed", f"{cost['macs'] / 1e6:.2f} M", f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of the dense "
-                 f"{cost['macs_full'] / 1e6:.2f} M", delta_color="off")
-        top = pd.DataFrame(trace["top"])
-        figure = px.bar(top, x="probability", y="label", orientation="h", range_x=[0, 1], height=220)
-        figure.update_layout(margin=dict(l=0, r=0, t=10, b=0), yaxis=dict(autorange="reversed", title=None))
-        result.plotly_chart(figure, use_container_width=True, key=f"top-{name}")
-        if trace["decisions"]:
-            result.dataframe(pd.DataFrame(trace["decisions"]), hide_index=True)
-        else:
-            result.caption("A static network: every layer runs for every image, so there are no routing decisions.")
+if mode == "Images":
+    inputs = pick_images("inspect")
+    if not inputs:
+        st.info("Pick a sample image or upload one.")
+    for i, (name, data) in enumerate(inputs):
+        with st.container(border=True):
+            trace = image_report(model, name, data, key=f"img{i}")
+            if trace is not None:
+                with st.expander("Explain this prediction or a decision (captum)"):
+                    explain(model, trace, key=f"img{i}")
+elif mode == "Side by side":
+    columns = st.columns(2)
+    for i, column in enumerate(columns):
+        with column:
+            inputs = pick_images(f"side{i}", multiple=False)
+            if inputs:
+                image_report(model, *inputs[0], key=f"side{i}", compact=True)
+else:
+    inputs = pick_images("across", multiple=False)
+    if inputs:
+        for name in bundled_checkpoints():
+            with st.container(border=True):
+                st.subheader(name)
+                image_report(load_bundled(name), *inputs[0], key=f"across-{name}")

@@ -1,0 +1,135 @@
+"""Speed benchmarks: ``python -m analysis.bench [--checkpoint P ...] [--json]``.
+
+For each model, every comparison it offers (``model.benchmark_references()``: e.g. SkipNet's true skipping
+vs masking, DS-Net's widths, DGConv's export vs its dense masked form; by default the dense backbone)
+is measured in one run on the same test images, alternating the two sides round by round so that the
+machine's noise hits both: median batch-1 latency per image, batched throughput, and the MAC ratio.
+Numbers are printed, never asserted: the machine is shared and noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from analysis.catalog import bundled_checkpoints
+from analysis.dataset_table import load_test_images
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.data import normalize
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def references(model: torch.nn.Module) -> dict[str, Forward]:
+    """What to compare the model's own inference against: its declared references, else the dense backbone."""
+    declared = getattr(model, "benchmark_references", None)
+    if callable(declared):
+        return declared()
+    dense = model.dense_counterpart().eval() if hasattr(model, "dense_counterpart") else None
+    return {"dense backbone": dense} if dense is not None else {}
+
+
+@torch.no_grad()
+def mean_macs(forward: Forward, images: torch.Tensor) -> float:
+    """Mean MACs per image over batch-1 forwards (FlopCounterMode, 2 FLOPs per MAC)."""
+    total = 0
+    for i in range(len(images)):
+        with FlopCounterMode(display=False) as counter:
+            forward(images[i:i + 1])
+        total += counter.get_total_flops() // 2
+    return total / len(images)
+
+
+@torch.no_grad()
+def paired_timing(a: Forward, b: Forward, images: torch.Tensor, batch: int, rounds: int) -> tuple[float, float, float, float]:
+    """(a, b) median seconds per image at batch 1, and (a, b) images/s at ``batch``, measured alternately."""
+    big = images[:batch] if len(images) >= batch else images.repeat((batch + len(images) - 1) // len(images), 1, 1, 1)[:batch]
+    singles = [images[i:i + 1] for i in range(min(len(images), 64))]
+    for forward in (a, b):  # warm-up
+        forward(singles[0]), forward(big)
+    latency = {0: [], 1: []}
+    throughput = {0: [], 1: []}
+    for _ in range(rounds):
+        for side, forward in enumerate((a, b)):
+            tic = time.perf_counter()
+            for x in singles:
+                forward(x)
+            latency[side].append((time.perf_counter() - tic) / len(singles))
+            tic = time.perf_counter()
+            forward(big)
+            throughput[side].append(len(big) / (time.perf_counter() - tic))
+    return (statistics.median(latency[0]), statistics.median(latency[1]),
+            statistics.median(throughput[0]), statistics.median(throughput[1]))
+
+
+def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int = 256, rounds: int = 5) -> list[dict]:
+    """One row per comparison of ``model`` with one of its references."""
+    x = normalize(images, model.meta["mean"], model.meta["std"])
+    rows = []
+    metrics = model.meta.get("metrics", {})
+    for label, reference in references(model).items():
+        macs_model, macs_ref = mean_macs(model, x), mean_macs(reference, x)
+        lat_model, lat_ref, thr_model, thr_ref = paired_timing(model, reference, x, batch, rounds)
+        rows.append({
+            "model": model.meta["name"], "method": model.meta["method"], "vs": label,
+            "test_acc": metrics.get("test_acc"), "macs_mean": macs_model, "macs_ref": macs_ref,
+            "mac_ratio": macs_model / macs_ref,
+            "latency_ms": lat_model * 1e3, "latency_ref_ms": lat_ref * 1e3, "latency_ratio": lat_model / lat_ref,
+            "throughput": thr_model, "throughput_ref": thr_ref, "throughput_ratio": thr_model / thr_ref,
+            "batch": batch, "images": len(images), "threads": torch.get_num_threads(),
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (f"{'model':<24} {'vs':<28} {'acc':>6} {'MACs':>8} {'MAC ratio':>9} {'b1 ms':>7} {'ref ms':>7} "
+              f"{'lat ratio':>9} {'img/s':>8} {'ref img/s':>9} {'thr ratio':>9}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        acc = f"{r['test_acc'] * 100:.2f}" if r["test_acc"] is not None else "-"
+        lines.append(f"{r['model']:<24} {r['vs']:<28} {acc:>6} {r['macs_mean'] / 1e6:>7.2f}M {r['mac_ratio']:>9.3f} "
+                     f"{r['latency_ms']:>7.2f} {r['latency_ref_ms']:>7.2f} {r['latency_ratio']:>9.3f} "
+                     f"{r['throughput']:>8.0f} {r['throughput_ref']:>9.0f} {r['throughput_ratio']:>9.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", action="append", default=[], help="benchmark these (default: every bundled model)")
+    p.add_argument("--images", type=int, default=64, help="test images (from the bundled subset)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = [Path(c) for c in args.checkpoint] or list(bundled_checkpoints().values())
+    images, _ = load_test_images("fashion-mnist-subset")
+    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: args.images]]
+    rows = []
+    for path in paths:
+        try:
+            model = load_checkpoint(path)
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        rows += bench_model(model, images, args.batch, args.rounds)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+        print(f"\n{len(images)} test images, batch {args.batch}, {args.rounds} alternating rounds, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Dataset-level view of a dynamic model: one row per test image with its class, prediction, cost and decisions.
+
+Everything the Compare page and the figures show (easy vs hard images, per-class cost, per-layer skip
+ratios, width distributions, mean routing per class) is a pandas operation on this table.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from models.data import collate_batch, load_dataset, normalize
+from models.trace import traced_forward
+
+DECISION_COLUMNS: dict[str, Callable[[dict], dict]] = {
+    "skip": lambda d: {f"{d['layer']}/executed": bool(d["executed"]), f"{d['layer']}/p": float(d["probability"])},
+    "width": lambda d: {f"{d['layer']}/width": float(d["width"]), f"{d['layer']}/channels": int(d["channels"])},
+    "routing": lambda d: {f"{d['layer']}/expert{e}": float(w) for e, w in enumerate(d["weights"])},
+}
+
+
+def decision_columns(decisions: list[dict]) -> dict:
+    """Flatten one image's decisions into ``layer/field`` columns (unknown kinds are left out)."""
+    row: dict = {}
+    for decision in decisions:
+        flatten = DECISION_COLUMNS.get(decision["kind"])
+        if flatten is not None:
+            row.update(flatten(decision))
+    return row
+
+
+@torch.no_grad()
+def dataset_table(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250,
+                  progress: Callable[[float], None] | None = None) -> pd.DataFrame:
+    """Trace every image (uint8, N x C x H x W) in batches; ``progress(fraction)`` is called after each batch."""
+    meta = model.meta
+    classes = meta["classes"]
+    rows = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        logits, trace = traced_forward(model, normalize(chunk, meta["mean"], meta["std"]))
+        probabilities = logits.softmax(1)
+        confidence, predicted = probabilities.max(1)
+        pixels = chunk.float().flatten(1) / 255
+        for i in range(len(chunk)):
+            label = int(labels[start + i])
+            rows.append({
+                "index": start + i,
+                "label": label,
+                "class": classes[label],
+                "predicted": classes[int(predicted[i])],
+                "correct": int(predicted[i]) == label,
+                "confidence": float(confidence[i]),
+                "macs": float(trace.macs[i]),
+                "brightness": float(pixels[i].mean()),
+                "contrast": float(pixels[i].std()),
+                **decision_columns(trace.decisions[i]),
+            })
+        if progress is not None:
+            progress(min(1.0, (start + len(chunk)) / len(images)))
+    table = pd.DataFrame(rows).set_index("index")
+    table["class"] = pd.Categorical(table["class"], categories=classes)
+    return table
+
+
+def load_test_images(dataset: str = "fashion-mnist-subset", data_dir=None, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All test images of a data set as one uint8 tensor (the bundled subset by default)."""
+    data, _ = load_dataset(dataset, "test", data_dir)
+    images, labels = next(iter(DataLoader(data, batch_size=limit or len(data), collate_fn=collate_batch)))
+    return images, labels
+
+
+def easy_and_hard(table: pd.DataFrame, k: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``k`` images that executed the fewest MACs (easy) and the most (hard); ties broken by confidence."""
+    ordered = table.sort_values(["macs", "confidence"], ascending=[True, False])
+    return ordered.head(k), ordered.tail(k).iloc[::-1]
+
+
+def per_class_cost(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, min and max MACs and accuracy per class."""
+    return table.groupby("class", observed=False).agg(
+        images=("macs", "size"), macs_mean=("macs", "mean"), macs_min=("macs", "min"), macs_max=("macs", "max"),
+        accuracy=("correct", "mean"),
+    )
+
+
+def layer_columns(table: pd.DataFrame, field: str) -> list[str]:
+    """Columns ``layer/field`` in network order, e.g. ``layer_columns(t, "executed")``."""
+    return [c for c in table.columns if c.endswith(f"/{field}")]
+
+
+def width_distribution(table: pd.DataFrame) -> pd.DataFrame:
+    """Share of images at each width, per dynamic stage (rows: stage, columns: width)."""
+    columns = layer_columns(table, "width")
+    return pd.DataFrame({c.split("/")[0]: table[c].value_counts(normalize=True) for c in columns}).T.fillna(0.0).sort_index(axis=1)
+
+
+def routing_layers(table: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(c.split("/")[0] for c in table.columns if "/expert" in c))
+
+
+def routing_by_class(table: pd.DataFrame, layer: str) -> pd.DataFrame:
+    """Mean routing weight of each expert of ``layer``, per class (rows: class, columns: expert)."""
+    columns = [c for c in table.columns if c.startswith(f"{layer}/expert")]
+    return table.groupby("class", observed=False)[columns].mean().rename(columns=lambda c: c.split("/")[1])

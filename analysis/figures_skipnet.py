@@ -1,0 +1,105 @@
+"""SkipNet figures (Wang et al. 2018): skip ratio per block, easy vs hard images, blocks per class,
+input scale vs blocks executed, accuracy vs MACs over the alpha sweep."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+from analysis.dataset_table import easy_and_hard, layer_columns
+from analysis.figures import FigureContext, register_figure
+from analysis.skipping import blocks_executed, scale_response, skip_ratios
+
+
+def main_skipnet(context: FigureContext) -> str:
+    """The SkipNet the single-model figures show: the one named ``skipnet_*`` with the best accuracy."""
+    models = context.models("skipnet")
+    return max(models, key=lambda n: models[n].meta.get("metrics", {}).get("test_acc", 0))
+
+
+@register_figure("skipnet_skip_ratio", "skipnet", "Fraction of test images that skip each gated residual block.")
+def skip_ratio_figure(context: FigureContext) -> plt.Figure:
+    name = main_skipnet(context)
+    ratios = skip_ratios(context.table(name))
+    figure, ax = plt.subplots(figsize=(6, 2.6))
+    ax.bar(range(len(ratios)), ratios.values, color="tab:blue")
+    ax.set_xticks(range(len(ratios)), ratios.index, rotation=60, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("skip ratio")
+    ax.set_title(f"{name}: skip ratio per block")
+    return figure
+
+
+@register_figure("skipnet_easy_vs_hard", "skipnet",
+                 "Easy images (fewest blocks executed, top) and hard images (most blocks executed, bottom), with their "
+                 "mean brightness and contrast: in the paper easy images are brighter and clearer.")
+def easy_hard_figure(context: FigureContext) -> plt.Figure:
+    name = main_skipnet(context)
+    table = context.table(name)
+    images, _ = context.images()
+    easy, hard = easy_and_hard(table, 8)
+    figure, axes = plt.subplots(2, 8, figsize=(8, 2.6))
+    for row, (title, subset) in enumerate((("easy", easy), ("hard", hard))):
+        for ax, (index, item) in zip(axes[row], subset.iterrows()):
+            ax.imshow(images[index].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{item['class']}\n{item['macs'] / 1e6:.1f}M", fontsize=6)
+            ax.axis("off")
+        axes[row][0].text(-0.3, 0.5, f"{title}\nbright {subset['brightness'].mean():.2f}\ncontrast {subset['contrast'].mean():.2f}",
+                          transform=axes[row][0].transAxes, ha="right", va="center", fontsize=7)
+    figure.suptitle(f"{name}: easy vs hard images", fontsize=9)
+    return figure
+
+
+@register_figure("skipnet_blocks_per_class", "skipnet", "Mean number of gated blocks executed per image, by class.")
+def blocks_per_class_figure(context: FigureContext) -> plt.Figure:
+    name = main_skipnet(context)
+    table = context.table(name)
+    per_class = blocks_executed(table).groupby(table["class"], observed=False).mean()
+    figure, ax = plt.subplots(figsize=(5, 2.8))
+    ax.barh(per_class.index.astype(str), per_class.values, color="tab:blue")
+    ax.invert_yaxis()
+    ax.set_xlabel(f"blocks executed (of {len(layer_columns(table, 'executed'))} gated)")
+    ax.set_title(f"{name}: blocks executed per class")
+    return figure
+
+
+@register_figure("skipnet_input_scale", "skipnet",
+                 "Mean blocks executed (and accuracy) when the test objects are zoomed by a factor; the paper finds "
+                 "larger inputs need more blocks.")
+def input_scale_figure(context: FigureContext) -> plt.Figure:
+    name = main_skipnet(context)
+    response = scale_response(context.model(name), *context.images())
+    figure, ax = plt.subplots(figsize=(4.5, 2.8))
+    ax.plot(response["scale"], response["blocks_executed"], "o-", color="tab:blue")
+    ax.set_xlabel("object scale")
+    ax.set_ylabel("blocks executed", color="tab:blue")
+    twin = ax.twinx()
+    twin.plot(response["scale"], response["accuracy"] * 100, "s--", color="gray")
+    twin.set_ylabel("accuracy (%)", color="gray")
+    ax.set_title(f"{name}: input scale vs blocks executed")
+    return figure
+
+
+@register_figure("skipnet_alpha_sweep", "skipnet",
+                 "Accuracy vs mean MACs of SkipNets trained with different alpha (compute reward), with the plain "
+                 "ResNet of the same depth; numbers from models.evaluate on the full test set.")
+def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
+    figure, ax = plt.subplots(figsize=(4.5, 3))
+    points = []
+    for name, model in context.models("skipnet").items():
+        metrics, args = model.meta.get("metrics", {}), model.meta.get("recipe", {}).get("args", {})
+        if "test_acc" in metrics:
+            points.append((metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100, args.get("alpha")))
+    for macs, acc, alpha in sorted(points):
+        ax.scatter(macs, acc, color="tab:blue")
+        ax.annotate(f"α={alpha}", (macs, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if points:
+        ax.plot(*zip(*sorted((m, a) for m, a, _ in points)), color="tab:blue", alpha=0.5)
+    for name, model in context.models("baseline").items():
+        metrics = model.meta.get("metrics", {})
+        if "test_acc" in metrics:
+            ax.scatter(metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100, color="black", marker="s")
+            ax.annotate(name, (metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    ax.set_xlabel("mean MACs per image (millions)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("SkipNet: accuracy vs compute over alpha")
+    return figure
+

@@ -1,0 +1,51 @@
+"""The README's results table, generated from ``models/pretrained/manifest.json`` (never typed by hand).
+
+``python -m analysis.results`` prints the table; ``--update-readme`` rewrites the block between the
+``<!-- results:start -->`` and ``<!-- results:end -->`` markers of README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from analysis.catalog import PRETRAINED
+from models.data import REPO_ROOT
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def results_table(manifest_path: Path = PRETRAINED / "manifest.json") -> str:
+    manifest = json.loads(manifest_path.read_text())
+    lines = [
+        "| model | test accuracy | mean MACs / image | of dense | min - max MACs | params | training wall time | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in sorted(manifest.items()):
+        m = entry["metrics"]
+        lines.append(
+            f"| `{name}` | {m['test_acc'] * 100:.2f}% ({m['n_test']:,} images) | {m['macs_mean'] / 1e6:.2f} M | "
+            f"{m['mac_ratio'] * 100:.0f}% | {m['macs_min'] / 1e6:.2f} - {m['macs_max'] / 1e6:.2f} M | {m['params']:,} | "
+            f"{entry['wall_time_s'] / 60:.0f} min ({entry['machine']}, {entry['date']}) | `{entry['command']}` |"
+        )
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path = REPO_ROOT / "README.md") -> None:
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{results_table()}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--update-readme", action="store_true")
+    args = p.parse_args(argv)
+    if args.update_readme:
+        update_readme()
+    print(results_table())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Reusable pieces of the pages: image picking, one image's report, decision views, attribution view."""
+from __future__ import annotations
+
+from itertools import groupby
+
+import plotly.express as px
+import streamlit as st
+import torch
+
+from analysis.attributions import explain_decision, explain_prediction
+from analysis.catalog import sample_images
+from analysis.charts import decision_charts, top_classes
+from analysis.images import ImageError, ModelInput, load_model_input
+from analysis.routing import trace_batch
+
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
+
+
+def pick_images(key: str, default_samples: int = 1, multiple: bool = True) -> list[tuple[str, bytes]]:
+    """Sample images and uploads, as ``(name, bytes)``; decoding happens later, per model."""
+    samples = {p.name: p for p in sample_images()}
+    left, right = st.columns(2)
+    if multiple:
+        picked = left.multiselect("Sample images", list(samples), default=list(samples)[:default_samples], key=f"{key}-samples")
+        uploads = right.file_uploader("…or upload images", accept_multiple_files=True, type=IMAGE_TYPES, key=f"{key}-upload") or []
+    else:
+        choice = left.selectbox("Sample image", ["(none)", *samples], index=1, key=f"{key}-samples")
+        picked = [] if choice == "(none)" else [choice]
+        upload = right.file_uploader("…or upload an image", type=IMAGE_TYPES, key=f"{key}-upload")
+        uploads = [upload] if upload is not None else []
+        if uploads:
+            picked = []
+    return [(name, samples[name].read_bytes()) for name in picked] + [(u.name, u.getvalue()) for u in uploads]
+
+
+def model_input_or_error(data: bytes, name: str, meta: dict) -> ModelInput | None:
+    try:
+        return load_model_input(data, meta, name)
+    except ImageError as e:
+        st.error(str(e))
+        return None
+
+
+def show_decisions(decisions: list[dict], key: str) -> None:
+    """One view per kind of decision, in the order the network takes them."""
+    kinds = [kind for kind, _ in groupby(decisions, key=lambda d: d["kind"])]
+    for kind in dict.fromkeys(kinds):
+        entries = [d for d in decisions if d["kind"] == kind]
+        for i, figure in enumerate(decision_charts(kind, entries)):
+            st.plotly_chart(figure, key=f"{key}-{kind}-{i}")
+
+
+def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compact: bool = False) -> dict | None:
+    """The tensor the model saw, prediction, cost and every decision for one image; returns the trace."""
+    model_input = model_input_or_error(data, name, model.meta)
+    if model_input is None:
+        return None
+    trace = trace_batch(model, model_input.tensor, [name], structure=False)[0]
+    seen, result = st.columns([1, 3]) if not compact else (st.container(), st.container())
+    seen.image(model_input.pixels, caption=f"{name}: the exact input the model saw", width=140, clamp=True)
+    for note in model_input.notes:
+        seen.caption(note)
+    prediction, cost = trace["prediction"], trace["cost"]
+    a, b = result.columns(2)
+    a.metric("Prediction", prediction["label"], f"{prediction['probability'] * 100:.1f}% confidence", delta_color="off")
+    b.metric("MACs executed", f"{cost['macs'] / 1e6:.2f} M",
+             f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of the dense {cost['macs_full'] / 1e6:.2f} M", delta_color="off")
+    with result:
+        st.plotly_chart(top_classes(trace), key=f"{key}-top")
+        if trace["decisions"]:
+            show_decisions(trace["decisions"], key)
+        else:
+            st.caption("A static network: every layer runs for every image, so there are no routing decisions.")
+    return {**trace, "tensor": model_input.tensor}
+
+
+def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
+    """captum attributions of the prediction or of one decision, with IG's convergence delta."""
+    decisions = trace["decisions"]
+    targets = ["prediction"] + [f"{d['kind']}: {d['layer']}" for d in decisions]
+    choice = st.selectbox("Explain", targets, key=f"{key}-target")
+    x = trace["tensor"]
+    if choice == "prediction":
+        method = st.radio("Method", ["Integrated Gradients", "GradCAM"], horizontal=True, key=f"{key}-method")
+        attribution = explain_prediction(model, x, trace["prediction"]["index"],
+                                         "gradcam" if method == "GradCAM" else "integrated_gradients")
+    else:
+        decision = decisions[targets.index(choice) - 1]
+        option = None
+        if decision["kind"] == "width":
+            option = st.selectbox("Width choice", range(len(decision["probabilities"])),
+                                  index=int(max(range(len(decision["probabilities"])), key=decision["probabilities"].__getitem__)),
+                                  key=f"{key}-option")
+        elif decision["kind"] == "routing":
+            option = st.selectbox("Expert", range(len(decision["weights"])), key=f"{key}-option")
+        attribution = explain_decision(model, x, decision["layer"], decision["kind"], option)
+    limit = float(abs(attribution.heatmap).max()) or 1.0
+    figure = px.imshow(attribution.heatmap, color_continuous_scale="RdBu_r", zmin=-limit, zmax=limit,
+                       title=f"{attribution.method}: {attribution.target}")
+    figure.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10))
+    st.plotly_chart(figure, key=f"{key}-attribution")
+    if attribution.delta is not None:
+        st.caption(f"Convergence delta (completeness error of IG): {attribution.delta:.2e}")

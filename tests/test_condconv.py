@@ -1,0 +1,216 @@
+"""CondConv: the batched grouped conv against per-example and per-expert references, routing, MACs, training, checkpoints."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import create_model
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.condconv import (CondConv2d, CondConvBlock, CondConvResNet, CondConvStage, add_condconv_arguments,
+                             condconv_recipe)
+from models.cost import count_macs, full_macs
+from models.resnet import ResNet
+from models.trace import traced_forward
+
+
+def make(depth: int = 8, seed: int = 0, **kwargs) -> CondConvResNet:
+    """A small CondConv ResNet with non-trivial BN (as after training), in eval mode."""
+    torch.manual_seed(seed)
+    model = create_model(f"condconv_resnet{depth}", num_classes=10, in_chans=1, **kwargs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def reference_loop(conv: CondConv2d, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
+    """One F.conv2d per example with that example's combined kernel."""
+    outs = []
+    for b in range(len(x)):
+        kernel = (routing[b, :, None] * conv.weight).sum(0).view(conv.weight_shape)
+        bias = routing[b] @ conv.bias if conv.bias is not None else None
+        outs.append(F.conv2d(x[b:b + 1], kernel, bias, conv.stride, conv.padding, groups=conv.groups))
+    return torch.cat(outs)
+
+
+def reference_experts(conv: CondConv2d, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
+    """The mixture-of-experts form: sum_e a_e * conv(x, W_e) (E convolutions, what CondConv avoids)."""
+    out = 0
+    for e in range(conv.num_experts):
+        bias = conv.bias[e] if conv.bias is not None else None
+        y = F.conv2d(x, conv.experts[e], bias, conv.stride, conv.padding, groups=conv.groups)
+        out = out + routing[:, e].view(-1, 1, 1, 1) * y
+    return out
+
+
+@pytest.mark.parametrize("groups,stride,bias,batch", [(1, 1, False, 5), (2, 2, True, 3), (4, 1, True, 1), (1, 2, False, 1)])
+@torch.no_grad()
+def test_batched_conv_equals_loop_and_expert_mixture(groups, stride, bias, batch):
+    conv = CondConv2d(8, 12, 3, stride, 1, groups=groups, num_experts=4, bias=bias)
+    x = torch.randn(batch, 8, 9, 9)
+    routing = torch.rand(batch, 4)
+    y = conv(x, routing)
+    assert y.shape == (batch, 12, 9 // stride + (9 % stride > 0), 9 // stride + (9 % stride > 0))
+    torch.testing.assert_close(y, reference_loop(conv, x, routing), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, reference_experts(conv, x, routing), atol=1e-5, rtol=1e-5)
+    assert conv.experts.shape == (4, 12, 8 // groups, 3, 3)
+    assert conv.combined_kernel(routing).shape == (batch, 12, 8 // groups, 3, 3)
+
+
+@torch.no_grad()
+def test_channels_last_inputs_and_model():
+    conv = CondConv2d(6, 6, 3, 1, 1, groups=2, num_experts=8)
+    x, routing = torch.randn(4, 6, 7, 7), torch.rand(4, 8)
+    torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last), routing), conv(x, routing))
+    model = make()
+    x = torch.randn(3, 1, 28, 28)
+    want = model(x)
+    model.to(memory_format=torch.channels_last)  # what models.train does on CPU: needs no 5-D parameter
+    torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_routing_shape_is_an_error():
+    with pytest.raises(ValueError, match="routing"):
+        CondConv2d(4, 4, 3, 1, 1, num_experts=4)(torch.randn(2, 4, 5, 5), torch.rand(2, 3))
+
+
+def test_mixture_starts_like_a_kaiming_conv():
+    for experts in (4, 8):
+        torch.manual_seed(0)
+        conv = CondConv2d(64, 64, 3, 1, 1, num_experts=experts)
+        mixture = conv.combined_kernel(torch.full((1, experts), 0.5))
+        assert mixture.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.05)
+
+
+@torch.no_grad()
+def test_routing_is_sigmoid_per_block_and_deterministic_in_eval():
+    model = make(num_experts=8, condconv_stages=[2, 3])
+    assert model.routing_layers() == ["layer2.0", "layer3.0"]
+    assert all(isinstance(model.get_submodule(name), CondConvBlock) for name in model.routing_layers())
+    assert isinstance(model.layer1[0].conv1, nn.Conv2d) and isinstance(model.layer3[0].shortcut[0], nn.Conv2d)
+    x = torch.randn(6, 1, 28, 28) * torch.linspace(0.2, 3, 6).view(-1, 1, 1, 1)
+    out = model(x, return_routing=True)
+    assert out.routing.shape == (6, 2, 8)
+    assert bool((out.routing > 0).all() and (out.routing < 1).all())
+    assert not torch.allclose(out.routing.sum(-1), torch.ones(6, 2))  # sigmoid, not softmax
+    again = model(x, return_routing=True)
+    assert torch.equal(out.logits, again.logits) and torch.equal(out.routing, again.routing)
+    torch.testing.assert_close(model(x), out.logits)
+
+
+@torch.no_grad()
+def test_trace_records_routing_decisions():
+    model = make(depth=20)
+    x = torch.randn(4, 1, 28, 28)
+    logits, trace = traced_forward(model, x)
+    routing = model(x, return_routing=True).routing
+    assert model.routing_layers() == ["layer3.0", "layer3.1", "layer3.2"]
+    for i in range(4):
+        decisions = trace.decisions[i]
+        assert [d["layer"] for d in decisions] == model.routing_layers()
+        assert all(d["kind"] == "routing" and len(d["weights"]) == 4 for d in decisions)
+        torch.testing.assert_close(torch.tensor([d["weights"] for d in decisions]), routing[i])
+
+
+@torch.no_grad()
+def test_macs_agree_with_flop_counter_and_across_batch_sizes():
+    model = make(num_experts=4, condconv_stages=(2, 3))
+    x = torch.randn(5, 1, 28, 28)
+    _, batched = traced_forward(model, x)
+    for i in range(len(x)):
+        _, single = traced_forward(model, x[i:i + 1])
+        with FlopCounterMode(display=False) as counter:
+            model(x[i:i + 1])
+        assert counter.get_total_flops() == pytest.approx(2 * single.macs[0].item(), rel=0.01)
+        assert batched.macs[i].item() == pytest.approx(single.macs[0].item(), rel=1e-9)
+    # the executed MACs are the dense backbone's plus routing (Linear) and kernel combination ((1,E) @ (E,P))
+    extra = 0
+    for _, block in model.routing_blocks():
+        extra += block.router.fc.in_features * 4
+        extra += sum(4 * conv.weight.shape[1] for conv in (block.conv1, block.conv2))
+    dense = full_macs(model, (1, 28, 28))
+    assert batched.macs[0].item() == pytest.approx(dense + extra, rel=1e-9)
+    assert count_macs(model, x[:1]) == pytest.approx(dense + extra, rel=1e-9)
+
+
+def test_training_step_reaches_router_and_every_expert():
+    model = make(num_experts=4).train()
+    stage = condconv_recipe(argparse.Namespace(epochs=1, lr=0.05, weight_decay=5e-4))[0]
+    opt = stage.optimizer(model)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = stage.training_step(model, x, y)
+    opt.zero_grad()
+    out.loss.backward()
+    for name, block in model.routing_blocks():
+        assert block.router.fc.weight.grad.abs().sum() > 0, name
+        for conv in (block.conv1, block.conv2):
+            assert bool((conv.weight.grad.abs().sum(1) > 0).all()), f"{name}: an expert gets no gradient"
+    opt.step()
+    after = model.state_dict()
+    assert not torch.equal(before["layer3.0.conv1.weight"], after["layer3.0.conv1.weight"])
+    assert not torch.equal(before["layer3.0.router.fc.weight"], after["layer3.0.router.fc.weight"])
+
+
+def test_recipe_is_one_supervised_stage_with_optional_expert_decay():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    add_condconv_arguments(parser)
+    stages = condconv_recipe(parser.parse_args([]))
+    assert len(stages) == 1 and isinstance(stages[0], CondConvStage) and stages[0].epochs == 3
+    assert stages[0].expert_weight_decay == 5e-4
+    stage = condconv_recipe(parser.parse_args(["--expert-weight-decay", "0"]))[0]
+    groups = stage.optimizer(make()).param_groups
+    experts = {id(m.weight) for m in make().modules() if isinstance(m, CondConv2d)}
+    assert groups[0]["weight_decay"] == 0 and len(groups[0]["params"]) == 2 and groups[1]["weight_decay"] == 5e-4
+    assert len(experts) == 2
+
+
+def test_dense_counterpart_and_options():
+    model = make(depth=20, num_experts=8)
+    dense = model.dense_counterpart()
+    assert type(dense) is ResNet and dense.depth == 20 and dense.widths == model.widths
+    torch.testing.assert_close(dense.layer1[0].conv1.weight, model.layer1[0].conv1.weight)
+    assert model.layer3[0].conv1.num_experts == 8
+    with pytest.raises(ValueError):
+        create_model("condconv_resnet8", condconv_stages=(4,))
+    with pytest.raises(ValueError):
+        create_model("condconv_resnet8", condconv_stages=())
+
+
+@torch.no_grad()
+def test_checkpoint_roundtrip_gives_identical_outputs(tmp_path):
+    model = make(condconv_stages=[2, 3], num_experts=8)
+    x = torch.randn(3, 1, 28, 28)
+    want = model(x, return_routing=True)
+    meta = {"name": "cc", "method": model.method, "dataset": "fashion-mnist", "classes": [str(i) for i in range(10)],
+            "input_size": [1, 28, 28], "mean": [0.5], "std": [0.5], "metrics": {}, "recipe": {}}
+    save_checkpoint(tmp_path / "cc.pt", model, meta)
+    loaded = load_checkpoint(tmp_path / "cc.pt")
+    assert isinstance(loaded, CondConvResNet) and not loaded.training and loaded.routing_layers() == model.routing_layers()
+    got = loaded(x, return_routing=True)
+    assert torch.equal(got.logits, want.logits) and torch.equal(got.routing, want.routing)
+
+
+def test_trainer_runs_condconv(fmnist_dir, tmp_path):
+    """End to end through models.train (channels_last on CPU, recipe lookup, final evaluation)."""
+    from models import train
+
+    args = ["--model", "condconv_resnet8", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "16",
+            "--limit-batches", "2", "--no-progress", "--data-dir", str(fmnist_dir), "--out", str(tmp_path),
+            "--name", "cc", "--model-args", '{"num_experts": 4, "condconv_stages": [3]}']
+    assert train.main(args) == 0
+    model = load_checkpoint(tmp_path / "cc.pt")
+    assert model.meta["method"] == "condconv" and model.meta["metrics"]["macs_mean"] > model.meta["metrics"]["macs_full"]

@@ -1,0 +1,378 @@
+"""SkipNet: gates, true skipping against masking, MAC accounting, both training stages, checkpoints."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import create_model
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.cost import count_macs, full_macs
+from models.data import FASHION_MNIST, load_dataset, normalize
+from models.resnet import ResNet
+from models.skipnet import (HybridRLStage, SkipNet, SupervisedPretrainStage, add_skipnet_arguments, gate_log_probs,
+                            gate_returns, skipnet_recipe)
+from models.skipnet_gates import FeedForwardGates, RNNGate, lstm_step
+from models.trace import traced_forward
+
+GATES = ("rnn", "ff1", "ff2")
+
+
+def make(gate: str = "rnn", depth: int = 8, seed: int = 0) -> SkipNet:
+    """A small SkipNet whose residual branches are not zero (as after training), in eval mode."""
+    torch.manual_seed(seed)
+    model = create_model(f"skipnet_resnet{depth}", num_classes=10, in_chans=1, gate=gate)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def varied_images(n: int = 8, seed: int = 1) -> torch.Tensor:
+    """Images with different brightness and contrast, so gates disagree across the batch."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.linspace(0.2, 3.0, n).view(-1, 1, 1, 1)
+    shift = torch.linspace(-2.0, 2.0, n)[torch.randperm(n, generator=g)].view(-1, 1, 1, 1)
+    return torch.randn(n, 1, 28, 28, generator=g) * scale + shift
+
+
+def final_bias(model: SkipNet) -> list[tuple[torch.Tensor, int | None]]:
+    """The bias entries that raise each gate's logit: (tensor, index or None for all)."""
+    if isinstance(model.gates, RNNGate):
+        return [(model.gates.proj.bias, None)]
+    return [(gate.head.bias, 1) for gate in model.gates.gates]
+
+
+@torch.no_grad()
+def force_gates(model: SkipNet, value: float) -> SkipNet:
+    for bias, index in final_bias(model):
+        if index is None:
+            bias.fill_(value)
+        else:
+            bias[index] = value
+            bias[1 - index] = 0.0
+    return model
+
+
+def middle(z: torch.Tensor) -> torch.Tensor:
+    """Halfway between the two middle values: centring on it leaves no logit near the 0.5 boundary."""
+    s = z.flatten().sort().values
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+
+
+@torch.no_grad()
+def mix_decisions(model: SkipNet, x: torch.Tensor) -> SkipNet:
+    """Shift the gates' final biases so that each gate is on for some images of ``x`` and off for others."""
+    if isinstance(model.gates, RNNGate):  # one shared projection: sharpen it and centre it on the middle logit
+        model.gates.proj.weight.mul_(50)
+        model.gates.proj.bias.sub_(middle(model(x, gate_mode="greedy").gate_logits))
+    else:  # one head per gate: centre gate i on its middle logit, in order (later gates see earlier decisions)
+        for i, gate in enumerate(model.gates.gates):
+            gate.head.bias[1] -= middle(model(x, gate_mode="greedy").gate_logits[:, i])
+    out = model(x, gate_mode="greedy")
+    assert ((out.actions.sum(0) > 0) & (out.actions.sum(0) < len(x))).any(), "test setup: no gate with mixed decisions"
+    assert out.gate_logits.abs().min() > 1e-3, "test setup: a gate sits on the decision boundary"
+    return model
+
+
+@torch.no_grad()
+def masked_reference(model: SkipNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Straightforward SkipNet: compute every block on every image, combine with the 0/1 gate."""
+    blocks = [b for _, b in model.named_blocks()]
+    h = blocks[0](model.stem(x))
+    state = model.gates.initial_state(h)
+    actions = []
+    for i, block in enumerate(blocks[1:]):
+        z, state = model.gates.step(i, h, state)
+        g = (torch.sigmoid(z) > 0.5).float().view(-1, 1, 1, 1)
+        h = g * block(h) + (1 - g) * block.shortcut(h)
+        actions.append(g.flatten())
+    return model.head(h), torch.stack(actions, 1)
+
+
+def flops_batch1(model: nn.Module, x: torch.Tensor) -> float:
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+# --- structure and gates ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gate", GATES)
+def test_gate_shapes_in_every_mode(gate):
+    model = make(gate, depth=20)
+    assert model.method == "skipnet" and model.num_gates == 3 * 3 - 1
+    assert model.gate_names[0] == "layer1.1" and "layer2.0" in model.gate_names and "layer1.0" not in model.gate_names
+    x = varied_images(4)
+    for mode in ("infer", "greedy", "st", "sample"):
+        out = model(x, gate_mode=mode)
+        assert out.logits.shape == (4, 10)
+        for t in (out.probs, out.actions, out.gate_logits):
+            assert t.shape == (4, model.num_gates)
+        assert ((out.probs >= 0) & (out.probs <= 1)).all()  # may round to 0 or 1; log-probs use gate_logits
+        assert set(out.actions.unique().tolist()) <= {0.0, 1.0}
+        assert torch.allclose(torch.sigmoid(out.gate_logits), out.probs)
+    assert isinstance(model(x), torch.Tensor)
+    with pytest.raises(ValueError):
+        model(x, gate_mode="soft")
+
+
+def test_gate_banks_and_builders():
+    assert {"skipnet_resnet8", "skipnet_resnet20", "skipnet_resnet32", "skipnet_resnet38"} <= set(
+        __import__("models").list_models())
+    assert isinstance(make("rnn").gates, RNNGate)
+    ff1, ff2 = make("ff1").gates, make("ff2").gates
+    assert isinstance(ff1, FeedForwardGates) and ff1.kind == "ff1" and ff2.kind == "ff2"
+    assert create_model("skipnet_resnet38").num_gates == 17
+    with pytest.raises(ValueError):
+        create_model("skipnet_resnet8", gate="lstm")
+
+
+def test_lstm_step_is_an_lstm():
+    cell = nn.LSTMCell(10, 10)
+    x, h, c = torch.randn(3, 10), torch.randn(3, 10), torch.randn(3, 10)
+    expected = cell(x, (h, c))
+    got = lstm_step(x, (h, c), cell)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_rnn_gate_state_carries_over():
+    """The same input to gate 1 gives a different logit after a different gate-0 input: the LSTM remembers."""
+    gates = make("rnn").gates
+    a, b = torch.randn(2, 16, 28, 28), torch.randn(2, 16, 28, 28)
+    _, sa = gates.step(0, a, gates.initial_state(a))
+    _, sb = gates.step(0, b, gates.initial_state(b))
+    same = torch.ones(2, 32, 14, 14)  # input of layer3.0, the second gated block of a ResNet-8
+    za, _ = gates.step(1, same, sa)
+    zb, _ = gates.step(1, same, sb)
+    assert not torch.allclose(za, zb)
+
+
+# --- inference: deterministic, true skipping ---------------------------------------------------------
+
+@pytest.mark.parametrize("gate", GATES)
+def test_eval_is_deterministic_and_does_not_mutate(gate):
+    model = make(gate)
+    x = varied_images(6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a, b = model(x, gate_mode="infer"), model(x, gate_mode="infer")
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.actions, b.actions)
+    assert torch.equal(model(x), a.logits)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_true_skipping_equals_masked_reference(gate):
+    x = varied_images(8)
+    model = mix_decisions(make(gate, depth=20), x)
+    out = model(x, gate_mode="infer")
+    ref_logits, ref_actions = masked_reference(model, x)
+    assert torch.equal(out.actions, ref_actions)
+    assert 0 < out.actions.mean() < 1
+    torch.testing.assert_close(out.logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.logits, model(x, gate_mode="greedy").logits, atol=1e-5, rtol=1e-5)
+    # batch of one: the same decisions and outputs image by image
+    for i in range(len(x)):
+        one = model(x[i:i + 1], gate_mode="infer")
+        assert torch.equal(one.actions[0], out.actions[i])
+        torch.testing.assert_close(one.logits[0], out.logits[i], atol=1e-5, rtol=1e-5)
+
+
+def test_straight_through_forward_is_the_hard_forward():
+    x = varied_images(8)
+    model = mix_decisions(make("rnn", depth=20), x)
+    st, hard = model(x, gate_mode="st"), model(x, gate_mode="infer")
+    assert torch.equal(st.actions, hard.actions)
+    torch.testing.assert_close(st.logits, hard.logits, atol=1e-5, rtol=1e-5)
+
+
+def expected_skip_all_macs(model: SkipNet, h: int, w: int) -> int:
+    """Stem + first block + projection shortcuts + gates + fc, counted by hand (one MAC per multiply-add)."""
+    c0, c1, c2 = model.widths
+    macs = h * w * 1 * c0 * 9                 # stem
+    macs += 2 * h * w * c0 * c0 * 9           # layer1.0 always runs
+    macs += (h // 2) * (w // 2) * c0 * c1     # layer2.0 skipped: 1x1 stride-2 shortcut
+    macs += (h // 4) * (w // 4) * c1 * c2     # layer3.0 skipped: 1x1 stride-2 shortcut
+    macs += c2 * 10                           # fc
+    for _, block in model.named_blocks()[1:]:  # RNN gate: embedding 1x1 conv on the pooled input, LSTM, linear
+        macs += block.conv1.in_channels * 10 + 2 * 10 * 40 + 10
+    return macs
+
+
+def test_all_gates_off_runs_only_stem_shortcuts_gates_and_head():
+    x = varied_images(1)
+    model = force_gates(make("rnn", depth=20), -100.0)
+    _, trace = traced_forward(model, x)
+    assert all(not d["executed"] for d in trace.decisions[0])
+    off = trace.macs[0].item()
+    assert off == expected_skip_all_macs(model, 28, 28)
+    assert off == flops_batch1(model, x) / 2
+    force_gates(model, 100.0)
+    _, trace_on = traced_forward(model, x)
+    assert all(d["executed"] for d in trace_on.decisions[0])
+    on = trace_on.macs[0].item()
+    gate_macs = sum(b.conv1.in_channels * 10 + 810 for _, b in model.named_blocks()[1:])
+    assert on == count_macs(model.dense_counterpart(), x) + gate_macs
+    assert off < 0.2 * on
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_flop_counter_agrees_with_trace_per_image(gate):
+    x = varied_images(8)
+    model = mix_decisions(make(gate, depth=20), x)
+    logits, trace = traced_forward(model, x)
+    assert len({tuple(d["executed"] for d in ds) for ds in trace.decisions}) > 1, "want images with different paths"
+    for i in range(len(x)):
+        flops = flops_batch1(model, x[i:i + 1])
+        _, one = traced_forward(model, x[i:i + 1])
+        assert one.decisions[0] == [{**d, "probability": pytest.approx(d["probability"], abs=1e-5)} for d in trace.decisions[i]]
+        assert one.macs[0].item() == pytest.approx(flops / 2, rel=1e-9)
+        assert trace.macs[i].item() == pytest.approx(flops / 2, rel=1e-2)
+
+
+def test_trace_decisions():
+    x = varied_images(4)
+    model = mix_decisions(make("rnn", depth=20), x)
+    out = model(x, gate_mode="infer")
+    _, trace = traced_forward(model, x)
+    for i, decisions in enumerate(trace.decisions):
+        assert [d["layer"] for d in decisions] == list(model.gate_names)
+        for j, d in enumerate(decisions):
+            assert d["kind"] == "skip"
+            assert isinstance(d["executed"], bool) and isinstance(d["probability"], float)
+            assert d["executed"] == bool(out.actions[i, j]) == (d["probability"] > 0.5)
+            assert d["probability"] == pytest.approx(out.probs[i, j].item())
+
+
+def test_dense_counterpart_is_the_all_on_network():
+    x = varied_images(4)
+    model = force_gates(make("ff2", depth=20), 100.0)
+    dense = model.dense_counterpart()
+    assert type(dense) is ResNet and not dense.training
+    torch.testing.assert_close(dense(x), model(x), atol=1e-5, rtol=1e-5)
+    assert full_macs(model, (1, 28, 28)) == count_macs(dense, x[:1])
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def gate_grads(model: SkipNet) -> float:
+    return sum(p.grad.abs().sum().item() for p in model.gates.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_supervised_pretrain_step_trains_gates_straight_through(gate):
+    model = make(gate).train()
+    x, y = varied_images(8), torch.arange(8) % 10
+    stage = SupervisedPretrainStage(epochs=1, lr=0.1)
+    out = stage.training_step(model, x, y)
+    assert torch.isfinite(out.loss) and out.logits.shape == (8, 10)
+    out.loss.backward()
+    assert gate_grads(model) > 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_hybrid_rl_step_trains_gates_and_keeps_batchnorm_statistics(gate):
+    # gates near p = 0.5, so sampled paths differ from the greedy baseline (where they agree the advantage is 0)
+    model = force_gates(make(gate), 0.0).train()
+    torch.manual_seed(0)
+    x, y = varied_images(8), torch.arange(8) % 10
+    stage = HybridRLStage(epochs=1, lr=1e-3, alpha=0.5)
+    optimizer = stage.optimizer(model)
+    before, weights = bn_buffers(model), [p.clone() for p in model.parameters()]
+    out = stage.training_step(model, x, y)
+    assert torch.isfinite(out.loss)
+    optimizer.zero_grad()
+    out.loss.backward()
+    assert gate_grads(model) > 0
+    optimizer.step()
+    for k, v in bn_buffers(model).items():
+        assert torch.equal(v, before[k]), f"{k} changed in the RL stage"
+    assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert any(not torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+def test_gate_returns_and_log_probs():
+    actions = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    ce = torch.tensor([2.0])
+    # alpha / G = 0.1 per skipped gate; return of gate i = skips from i on * 0.1 - beta * CE
+    expected = torch.tensor([[0.3, 0.2, 0.2, 0.1]]) - 0.5 * 2.0
+    torch.testing.assert_close(gate_returns(actions, ce, alpha=0.4, beta=0.5), expected)
+    z = torch.tensor([[-3.0, 0.0, 2.0, 40.0]])
+    a = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    expected_lp = torch.distributions.Bernoulli(logits=z).log_prob(a)
+    torch.testing.assert_close(gate_log_probs(z, a), expected_lp)
+
+
+def test_recipe_reads_options_from_args():
+    plain = argparse.Namespace(epochs=4, lr=0.1, weight_decay=5e-4)  # models.train's parser without SkipNet options
+    sp, rl = skipnet_recipe(plain)
+    assert isinstance(sp, SupervisedPretrainStage) and (sp.epochs, sp.lr) == (4, 0.1)
+    assert isinstance(rl, HybridRLStage) and rl.alpha == 0.05 and rl.beta == 1.0 and rl.epochs > 0
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=0.1)
+    add_skipnet_arguments(parser)
+    args = parser.parse_args(["--alpha", "0.2", "--beta", "0.5", "--rl-epochs", "7", "--rl-lr", "1e-3", "--gate", "ff1"])
+    _, rl = skipnet_recipe(args)
+    assert (rl.alpha, rl.beta, rl.epochs, rl.lr) == (0.2, 0.5, 7, 1e-3)
+    assert args.gate == "ff1"
+
+
+def test_two_stage_loop_on_bundled_subset():
+    """Both stages through a Trainer-like loop (a few batches), with an eval pass after each stage."""
+    data, info = load_dataset("fashion-mnist-subset", "test")
+    images, labels = data.__getitems__(list(range(64)))
+    x_all, y_all = normalize(images, info.mean, info.std), labels
+    torch.manual_seed(0)
+    model = create_model("skipnet_resnet8", num_classes=10, in_chans=1)
+    for stage in skipnet_recipe(argparse.Namespace(epochs=1, lr=0.05, weight_decay=5e-4)):
+        optimizer = stage.optimizer(model)
+        for step in range(2):
+            model.train()
+            x, y = x_all[step * 16:(step + 1) * 16], y_all[step * 16:(step + 1) * 16]
+            out = stage.training_step(model, x, y)
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+            assert torch.isfinite(out.loss)
+        model.eval()
+        with torch.no_grad():
+            assert torch.isfinite(model(x_all)).all()
+    assert info == FASHION_MNIST
+
+
+@pytest.mark.parametrize("gate", ("rnn", "ff1"))
+def test_checkpoint_roundtrip(tmp_path, gate):
+    x = varied_images(8)
+    model = mix_decisions(make(gate, depth=20), x)
+    meta = {"name": "t", "method": model.method, "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
+            "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "metrics": {}, "recipe": {}}
+    save_checkpoint(tmp_path / "s.pt", model, meta)
+    loaded = load_checkpoint(tmp_path / "s.pt")
+    assert isinstance(loaded, SkipNet) and loaded.gate_kind == gate and not loaded.training
+    a, b = model(x, gate_mode="infer"), loaded(x, gate_mode="infer")
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.actions, b.actions)
+    state = torch.load(tmp_path / "s.pt", weights_only=True)["state_dict"]
+    assert any(k.startswith("gates.") for k in state) and "layer2.0.shortcut.0.weight" in state
+
+
+def test_backbone_keys_match_the_plain_resnet():
+    """A trained baseline ResNet can initialize a SkipNet's backbone (same names, gates excepted)."""
+    skip, plain = make("rnn", depth=20), create_model("resnet20", num_classes=10, in_chans=1)
+    missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("gates.") for k in missing)
