@@ -9,7 +9,10 @@ Numbers are printed, never asserted: the machine is shared and noisy.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
+import platform
 import statistics
 import sys
 import time
@@ -108,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--save", type=Path, default=None, metavar="JSON",
+                   help="also write the rows with the machine and date (the README's speed table reads models/pretrained/bench.json)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         rows += bench_model(model, images, args.batch, args.rounds)
+    if args.save:
+        record = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+                  "torch": torch.__version__, "command": "python -m analysis.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "rows": rows}
+        args.save.write_text(json.dumps(record, indent=2) + "\n")
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -31,11 +31,30 @@ def results_table(manifest_path: Path = PRETRAINED / "manifest.json") -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path = REPO_ROOT / "README.md") -> None:
+def speed_table(bench_path: Path = PRETRAINED / "bench.json") -> str:
+    """The benchmark rows saved by ``python -m analysis.bench --save``, with their command, machine and date."""
+    if not bench_path.exists():
+        return "_No benchmark saved yet: run `python -m analysis.bench --save models/pretrained/bench.json`._"
+    record = json.loads(bench_path.read_text())
+    lines = [
+        f"Measured by `{record['command']}` on {record['machine']} (torch {record['torch']}), {record['date']}; "
+        "ratios are model / reference, measured alternately in one run.",
+        "",
+        "| model | vs | MAC ratio | batch-1 latency (ms) | reference (ms) | latency ratio | batch throughput (img/s) | reference | throughput ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(f"| `{r['model']}` | {r['vs']} | {r['mac_ratio']:.3f} | {r['latency_ms']:.2f} | {r['latency_ref_ms']:.2f} | "
+                     f"{r['latency_ratio']:.3f} | {r['throughput']:.0f} | {r['throughput_ref']:.0f} | {r['throughput_ratio']:.3f} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path = REPO_ROOT / "README.md", manifest_path: Path = PRETRAINED / "manifest.json") -> None:
     text = readme.read_text()
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{results_table()}\n{END}{tail}")
+    bench = manifest_path.parent / "bench.json"
+    readme.write_text(f"{head}{START}\n{results_table(manifest_path)}\n\n### Speed\n\n{speed_table(bench)}\n{END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.update_readme:
         update_readme()
     print(results_table())
+    print()
+    print(speed_table())
 
 
 if __name__ == "__main__":

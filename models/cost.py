@@ -24,4 +24,5 @@ def full_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     its own counterpart.
     """
     dense = model.dense_counterpart() if hasattr(model, "dense_counterpart") else model
-    return count_macs(dense, torch.zeros(1, *input_size))
+    device = next(dense.parameters()).device
+    return count_macs(dense, torch.zeros(1, *input_size, device=device))

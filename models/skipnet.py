@@ -127,6 +127,10 @@ class SkipNet(ResNet):
             gate_logits.append(z)
         return GateOutput(self.head(x), torch.stack(probs, 1), torch.stack(actions, 1), torch.stack(gate_logits, 1))
 
+    def benchmark_references(self) -> dict:
+        """For ``analysis.bench``: the same model and decisions, computing every block and masking (the reference code's way)."""
+        return {"same gates, masked (all blocks)": lambda x: self(x, gate_mode="greedy").logits}
+
     def dense_counterpart(self) -> ResNet:
         """The plain ResNet with this backbone's weights: every block executed, no gates (``cost.full_macs``)."""
         dense = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, self.widths)

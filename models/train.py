@@ -28,11 +28,13 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .data import DATASET_NAMES, DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
 from .condconv import add_condconv_arguments
+from .dgconv import add_dgconv_arguments
 from .registry import create_model, get_recipe
+from .repr import add_repr_arguments
 from .skipnet import add_skipnet_arguments
 from .stages import Stage
 
-METHOD_ARGUMENTS = [add_skipnet_arguments, add_condconv_arguments]
+METHOD_ARGUMENTS = [add_skipnet_arguments, add_condconv_arguments, add_dgconv_arguments, add_repr_arguments]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +184,7 @@ class Trainer:
                 self.elapsed += time.perf_counter() - tic
                 self.history.append({"stage": stage.name, "epoch": epoch, "global_epoch": len(self.history),
                                      **train_stats, "test_acc": test_acc, "lr": self.optimizer.param_groups[0]["lr"],
-                                     "elapsed_s": round(self.elapsed, 1)})
+                                     "elapsed_s": round(self.elapsed, 1), **stage.epoch_record()})
                 self.position = (stage_index, epoch + 1) if epoch + 1 < stage.epochs else (stage_index + 1, 0)
                 if is_main_process():
                     print(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss {train_stats['train_loss']:.4f} "

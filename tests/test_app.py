@@ -68,3 +68,61 @@ def test_foreign_checkpoint_upload_gives_a_message(models_dir):
     at.sidebar.file_uploader[0].set_value(("other.pt", b"PK\x03\x04 not torch", "application/octet-stream")).run()
     assert not at.exception
     assert "not a loadable RouteScope checkpoint" in at.sidebar.error[0].value
+
+
+def page(name: str) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app" / "pages" / f"{name}.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def chart_data(at: AppTest) -> list[dict]:
+    """The plotly figure JSON behind every chart of the page."""
+    import json
+
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def array_shape(value) -> tuple:
+    """Shape of a plotly array, whether plain lists or plotly's typed-array encoding."""
+    if isinstance(value, dict):
+        return tuple(int(n) for n in value["shape"].split(","))
+    import numpy as np
+
+    return np.asarray(value).shape
+
+
+def test_inspect_side_by_side_and_across_models(models_dir):
+    at = start()
+    at.radio(key="inspect-mode").set_value("Side by side").run()
+    assert not at.exception and len(at.metric) == 4
+    at.radio(key="inspect-mode").set_value("Across all bundled models").run()
+    assert not at.exception and [s.value for s in at.subheader] == ["tiny"]
+
+
+def test_explain_prediction(models_dir):
+    at = start()
+    at.selectbox(key="img0-target").set_value("prediction").run()
+    assert not at.exception
+    assert any("Convergence delta" in c.value for c in at.caption)
+    heatmap = [d for d in chart_data(at) if d["data"][0]["type"] == "heatmap"]
+    assert heatmap and array_shape(heatmap[-1]["data"][0]["z"]) == (28, 28)
+
+
+def test_compare_page_table_and_downloads(models_dir):
+    at = page("compare")
+    assert [m.label for m in at.metric] == ["Accuracy", "Mean MACs / image", "MACs range"]
+    per_class = chart_data(at)[0]["data"][0]
+    assert len(per_class["x"]) == 10
+    assert [b.label for b in at.get("download_button")] == ["Download CSV", "Download Parquet"]
+
+
+def test_structure_page_without_structure(models_dir):
+    at = page("structure")
+    assert "no learned per-model structure" in at.info[0].value
+
+
+def test_figures_page_offers_three_formats(models_dir):
+    at = page("figures")
+    assert [b.label for b in at.get("download_button")] == ["Download PNG", "Download PDF", "Download SVG"]

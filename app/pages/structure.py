@@ -36,8 +36,9 @@ if filters:
     ranking = pd.DataFrame({"filter": range(len(entry["overlap"])), "overlap": entry["overlap"]})
     ranking["dropped in last cycle"] = ranking["filter"].isin(entry.get("dropped", []))
     st.dataframe(ranking.sort_values("overlap", ascending=False), hide_index=True, height=240)
-    cycles = [h for h in model.meta.get("history", []) if h.get("repr_dropped")]
+    cycles = [h["repr_cycle_record"] for h in model.meta.get("history", []) if "repr_cycle_record" in h]
     if cycles:
         st.markdown("**Filters dropped per cycle**")
-        st.dataframe(pd.DataFrame([{"epoch": h["global_epoch"], "layer": layer, "dropped": dropped}
-                                   for h in cycles for layer, dropped in h["repr_dropped"].items()]), hide_index=True)
+        st.dataframe(pd.DataFrame([{"cycle": c, "layer": name, "dropped": dropped}
+                                   for c, record in enumerate(cycles, 1) for name, dropped in record["dropped"].items()]),
+                     hide_index=True)

@@ -1,0 +1,134 @@
+"""analysis/: dataset tables, SkipNet statistics, attributions, charts, figures, bench and results on tiny models."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import bench, figures, results
+from analysis.attributions import explain_decision, explain_prediction
+from analysis.charts import CHARTS, decision_charts, top_classes
+from analysis.dataset_table import dataset_table, easy_and_hard, load_test_images, per_class_cost, width_distribution
+from analysis.routing import trace_batch
+from analysis.skipping import blocks_executed, rescale, skip_ratios
+from models import create_model
+from models.checkpoint import save_checkpoint
+from models.data import FASHION_MNIST
+
+
+def with_meta(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    model.meta = {"name": name, "method": model.method, "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
+                  "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "dark_background": True,
+                  "metrics": {"test_acc": 0.5, "macs_mean": 1e6}, "recipe": {"args": {"alpha": 0.1}}}
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def skipnet():
+    torch.manual_seed(0)
+    model = with_meta(create_model("skipnet_resnet8", in_chans=1), "tiny_skipnet")
+    with torch.no_grad():  # mixed decisions: close some gates
+        model.gates.proj.bias.fill_(0.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_test_images("fashion-mnist-subset", limit=60)
+
+
+def test_dataset_table_and_skip_statistics(skipnet, images):
+    table = dataset_table(skipnet, *images)
+    assert len(table) == 60 and {"class", "correct", "macs", "brightness", "layer2.0/executed"} <= set(table.columns)
+    ratios = skip_ratios(table)
+    assert list(ratios.index) == list(skipnet.gate_names) and ((ratios >= 0) & (ratios <= 1)).all()
+    executed = blocks_executed(table)
+    assert executed.between(0, skipnet.num_gates).all()
+    easy, hard = easy_and_hard(table, 5)
+    assert easy["macs"].max() <= hard["macs"].min()
+    cost = per_class_cost(table)
+    assert list(cost.index) == list(FASHION_MNIST.classes) and cost["images"].sum() == 60
+    assert width_distribution(table).empty
+
+
+def test_rescale_zooms_content():
+    image = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    image[..., 10:18, 10:18] = 255
+    assert (rescale(image, 0.5) > 0).sum() < (image > 0).sum() < (rescale(image, 1.5) > 0).sum()
+    assert torch.equal(rescale(image, 1.0), image)
+
+
+def test_attributions_of_prediction_and_gate(skipnet, images):
+    from models.data import normalize
+
+    x = normalize(images[0][:1], skipnet.meta["mean"], skipnet.meta["std"])
+    for method in ("integrated_gradients", "gradcam"):
+        attribution = explain_prediction(skipnet, x, 3, method)
+        assert attribution.heatmap.shape == (28, 28) and np.isfinite(attribution.heatmap).all()
+    gate = explain_decision(skipnet, x, "layer2.0", "skip")
+    assert gate.heatmap.shape == (28, 28) and gate.delta is not None and gate.delta < 0.05
+    assert np.abs(gate.heatmap).sum() > 0
+    assert all(p.grad is None for p in skipnet.parameters()), "attributions must not touch the shared model"
+
+
+def test_charts_for_every_kind(skipnet, images):
+    from models.data import normalize
+
+    trace = trace_batch(skipnet, normalize(images[0][:1], skipnet.meta["mean"], skipnet.meta["std"]), ["x"])[0]
+    strip = decision_charts("skip", trace["decisions"])[0]
+    assert list(strip.data[0].x) == list(skipnet.gate_names)
+    assert len(top_classes(trace).data[0].y) == 5
+    width = [{"layer": "layer3", "kind": "width", "width": 0.5, "channels": 32, "max_channels": 64, "probabilities": [0.1, 0.6, 0.2, 0.1]}]
+    assert len(decision_charts("width", width)) == 2
+    routing = [{"layer": "layer3.0", "kind": "routing", "weights": [0.9, 0.1, 0.4, 0.2]}]
+    assert np.asarray(decision_charts("routing", routing)[0].data[0].z).shape == (1, 4)
+    groups = {"layer": "l", "kind": "groups", "groups": 2, "group_of_channel": [0, 1, 0, 1]}
+    assert np.asarray(CHARTS["groups"](groups).data[0].z).tolist()[0] == [1, 0, 1, 0]
+    filters = {"layer": "l", "kind": "filters", "overlap": [0.1, 0.3], "dropped": [1]}
+    assert CHARTS["filters"](filters).data[0].marker.color[1] != CHARTS["filters"](filters).data[0].marker.color[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory, skipnet):
+    folder = tmp_path_factory.mktemp("models")
+    save_checkpoint(folder / "tiny_skipnet.pt", skipnet, skipnet.meta)
+    baseline = with_meta(create_model("resnet8", in_chans=1), "tiny_resnet")
+    save_checkpoint(folder / "tiny_resnet.pt", baseline, baseline.meta)
+    return folder
+
+
+def test_figures_cli_writes_pdf_png_and_captions(checkpoint_dir, tmp_path):
+    args = ["--out", str(tmp_path), "--checkpoint", str(checkpoint_dir / "tiny_skipnet.pt"),
+            "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt")]
+    assert figures.main(args) == 0
+    names = {p.stem for p in tmp_path.glob("*.pdf")}
+    assert {"overview_accuracy_vs_macs", "skipnet_skip_ratio", "skipnet_easy_vs_hard", "skipnet_blocks_per_class",
+            "skipnet_input_scale", "skipnet_alpha_sweep"} <= names
+    for name in names:
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (tmp_path / f"{name}.txt").read_text().strip()
+        assert b"/FontFile2" in (tmp_path / f"{name}.pdf").read_bytes(), "TrueType fonts must be embedded"
+    only = tmp_path / "only"
+    assert figures.main(["--out", str(only), "--only", "baseline", "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt")]) == 0
+    assert {p.stem for p in only.glob("*.pdf")} == {"overview_accuracy_vs_macs"}
+
+
+def test_bench_prints_ratios(checkpoint_dir, capsys):
+    args = ["--checkpoint", str(checkpoint_dir / "tiny_skipnet.pt"), "--images", "4", "--batch", "8", "--rounds", "1", "--json"]
+    assert bench.main(args) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["vs"].startswith("same gates, masked")
+    assert 0 < row["mac_ratio"] <= 1.0 and row["latency_ms"] > 0 and row["throughput_ratio"] > 0
+
+
+def test_results_table_from_manifest(tmp_path):
+    manifest = {"m": {"metrics": {"test_acc": 0.9, "n_test": 10, "macs_mean": 2e6, "mac_ratio": 0.5, "macs_min": 1e6,
+                                  "macs_max": 3e6, "params": 5}, "wall_time_s": 120, "machine": "x", "date": "d",
+                      "command": "python -m models.train --model m"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    table = results.results_table(tmp_path / "manifest.json")
+    assert "| `m` | 90.00% (10 images) | 2.00 M | 50% |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{results.START}\nold\n{results.END}\noutro\n")
+    results.update_readme(readme, tmp_path / "manifest.json")
+    assert "old" not in readme.read_text() and "| `m` |" in readme.read_text() and readme.read_text().endswith("outro\n")
