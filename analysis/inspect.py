@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 
-import torch
 
 from analysis.images import ImageError, load_model_input
 from analysis.routing import trace_batch
@@ -29,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = 0
-    torch.set_grad_enabled(False)
     for path in args.images:
         try:
             model_input = load_model_input(path, model.meta)
