@@ -29,16 +29,17 @@ from . import checkpoint as ckpt
 from .data import DATASET_NAMES, DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
 from .condconv import add_condconv_arguments
 from .dgconv import add_dgconv_arguments
+from .dsnet import add_dsnet_arguments
 from .registry import create_model, get_recipe
 from .repr import add_repr_arguments
 from .skipnet import add_skipnet_arguments
 from .stages import Stage
 
-METHOD_ARGUMENTS = [add_skipnet_arguments, add_condconv_arguments, add_dgconv_arguments, add_repr_arguments]
+METHOD_ARGUMENTS = [add_skipnet_arguments, add_dsnet_arguments, add_condconv_arguments, add_dgconv_arguments, add_repr_arguments]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--model", required=True, help="registered model name (see models.list_models())")
     p.add_argument("--model-args", default="{}", help='JSON of extra builder arguments, e.g. \'{"gate": "rnn"}\'')
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASET_NAMES)

@@ -1,0 +1,595 @@
+"""DS-Net (Li et al., CVPR 2021): a slimmable ResNet whose width gates pick, per image, how wide each stage runs.
+
+Architecture (CIFAR ResNet layout and names of ``models.resnet``: ``stem``, ``layer1..3``, ``fc``):
+
+- Every conv is a ``SlimConv2d`` and every BN a ``SlimBatchNorm2d`` (``models.slimmable``). A *dynamic
+  stage* (default ``layer2`` and ``layer3``, option ``dynamic_stages``) runs at one of ``widths_choices``
+  (default 0.25, 0.5, 0.75, 1.0) of its channels: all its blocks, inner widths, block outputs and the
+  residual stream run at the first ``k`` channels; the next stage's first conv (and the classifier)
+  slice their input to ``k``. The stem and fixed stages always run at full width. ``layer1`` is fixed by
+  default: its gate would read only the stem's pooled features, too little to judge an image's
+  difficulty; the price is that stem + layer1 (about a third of the MACs) always run. Pass
+  ``dynamic_stages=(1, 2, 3)`` to slim it too.
+- A ``WidthGate`` at the start of each dynamic stage reads the stage input: global pool -> 1x1 conv ->
+  ReLU, then an SE head (sigmoid channel attention, which scales the first block's inner features,
+  i.e. ``relu(bn1(conv1(x)))``, as DS-Net's gate sits inside the first block) and a width head (logits
+  over the choices; argmax, no Gumbel noise, no sampling). The SE head runs in every mode (supernet
+  training included, as in the reference), the width head only in dynamic mode.
+- BN running statistics: one row per width of the stage for ``bn2`` and the BNs of later blocks; for the
+  first block's ``bn1`` and projection-shortcut BN, whose input width is the previous stage's choice,
+  one row per (previous width, this width) pair (``key = in_index * n_choices + out_index``). The gates
+  choose stage widths independently, so a row per output width alone would normalize a wide layer3 fed
+  by a narrow layer2 with statistics of wide inputs.
+
+Forward modes (none mutates the model; one model serves many requests at once):
+
+- ``model(x)``: dynamic (train and eval). The batch is split by the chosen width of each dynamic stage,
+  each group runs at its width on its rows only (``index_select``, compute, reassemble), inside
+  ``trace.subset(rows)``; every gate records ``kind="width"`` with width, channels, max_channels and
+  probabilities. ``model(x, return_gates=True)`` returns ``DSOutput`` (logits, width logits, choices).
+- ``model(x, width=w)`` / ``model.forward_at_width(x, w)``: a static subnet, ``w`` one of the choices
+  (all dynamic stages) or one per dynamic stage. ``model(x, configs=[...])``: several static subnets at
+  once (choice indices per dynamic stage), stacked; one call, so DDP syncs gradients once per step.
+- ``static_subnet(w)`` exports a static subnet as a plain ``ResNet`` (without the SE attention),
+  ``dense_counterpart()`` is ``static_subnet(1.0)``, ``benchmark_references()`` gives ``analysis.bench``
+  the dense backbone and the widest/narrowest static subnets.
+
+Training (``@register_recipe("dsnet")``):
+
+1. ``SupernetStage``, In-place Ensemble Bootstrapping: each step the widest, two random and the narrowest
+   subnets (sandwich rule). The widest learns from labels; the random ones from the EMA teacher's widest
+   softmax; the narrowest from the mean of the EMA teacher's softmaxes at the widest and the two random
+   configurations. The teacher is an EMA of the supernet (``--ema-decay`` 0.997 per step: parameters
+   averaged, buffers copied) and is part of the stage's state_dict, so ``--resume`` continues it. After
+   the last epoch every width's BN statistics are recalibrated (cumulative average over
+   ``--recalibration-batches`` un-augmented training batches, for a set of configurations that covers
+   every (previous width, width) pair).
+2. ``GateStage``, Sandwich Gate Sparsification: the supernet is frozen (parameters and BN statistics);
+   only the gates (shared reduce conv, SE head, width head) train, with Adam (``--gate-lr``). Per sample,
+   the narrowest subnet's prediction labels it easy (target: narrowest width) or hard (target: widest),
+   as the reference. Loss = CE(dynamic logits, labels) + mean over gates of CE(width logits, target)
+   + ``--complexity-weight`` * mean over gates and samples of E_p[w^2] (the expected relative MACs of a
+   stage at width w under the softmax of the width head).
+
+What the gradients see (deviations from the paper, by design): routing is hard argmax in training as in
+inference, with no Gumbel noise and no straight-through estimator. The task loss therefore trains the SE
+heads and the shared reduce conv (the attention scales the features of the path actually taken), while
+the width head learns from the SGS targets and the complexity penalty only; a straight-through term
+through the chosen width would need the unchosen widths' features, which slicing never computes. The
+reference (Gumbel straight-through, noise left on in eval) masks a full-width tensor, so it saves
+nothing; here an image routed narrow really multiplies fewer numbers. Other differences: the random
+subnets draw a width per dynamic stage independently (the reference's "uniform" mode draws one ratio for
+the whole net), since the gates later combine widths freely; the EMA teacher normalizes with batch
+statistics (the reference runs timm's EMA model in eval mode; running statistics of rarely drawn width
+pairs lag behind, batch statistics do not); the complexity penalty is the expected relative width cost
+rather than the reference's squared absolute GMACs; an untrained width head starts at the widest width
+(bias), so stage 1 reports full-width accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import math
+from contextlib import nullcontext
+from typing import Callable, Iterable, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_model, register_recipe
+from .resnet import ResNet, conv3x3
+from .slimmable import SlimBatchNorm2d, SlimConv2d, WidthGate
+from .stages import Stage, StepOutput
+from .trace import Trace, current_trace
+
+WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
+Config = tuple[int, ...]  # width-choice index per dynamic stage
+
+
+class DSOutput(NamedTuple):
+    """A dynamic forward's result; D = number of dynamic stages, n = number of width choices."""
+
+    logits: torch.Tensor        # (N, classes)
+    width_logits: torch.Tensor  # (N, D, n)
+    choices: torch.Tensor       # (N, D) long, index of the width each gate chose
+
+
+class DSBlock(nn.Module):
+    """``BasicBlock`` with slice-able convs/BNs (same attribute names, so state_dict keys match ResNet's)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, in_keys: int, out_keys: int) -> None:
+        super().__init__()
+        self.in_keys, self.out_keys = in_keys, out_keys
+        self.conv1 = SlimConv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = SlimBatchNorm2d(out_ch, in_keys * out_keys)
+        self.conv2 = SlimConv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.bn2 = SlimBatchNorm2d(out_ch, out_keys)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(SlimConv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                                          SlimBatchNorm2d(out_ch, in_keys * out_keys))
+
+    def forward(self, x: torch.Tensor, channels: int, out_index: int, in_index: int = 0,
+                attention: torch.Tensor | None = None) -> torch.Tensor:
+        """Run at ``channels`` output channels; ``x`` has the width of its producer (choice ``in_index``)."""
+        key = in_index * self.out_keys + out_index
+        h = F.relu(self.bn1(self.conv1(x, channels), key))
+        if attention is not None:
+            h = h * attention
+        h = self.bn2(self.conv2(h, channels), out_index)
+        if isinstance(self.shortcut, nn.Identity):
+            shortcut = x[:, :channels]
+        else:
+            shortcut = self.shortcut[1](self.shortcut[0](x, channels), key)
+        return F.relu(h + shortcut)
+
+
+class DSResNet(ResNet):
+    """CIFAR ResNet whose dynamic stages run at a per-image width chosen by a gate (see the module docstring)."""
+
+    method = "dsnet"
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
+                 widths: tuple[int, int, int] = (16, 32, 64), widths_choices: Sequence[float] = WIDTH_CHOICES,
+                 dynamic_stages: Sequence[int] = (2, 3), attention: bool = True) -> None:
+        nn.Module.__init__(self)
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        choices = tuple(sorted(float(w) for w in widths_choices))
+        if not choices or choices[0] <= 0 or choices[-1] != 1.0 or len(set(choices)) != len(choices):
+            raise ValueError(f"widths_choices must be distinct ratios in (0, 1] ending with 1.0, got {widths_choices}")
+        dynamic = tuple(sorted(set(int(s) for s in dynamic_stages)))
+        if not dynamic or not set(dynamic) <= {1, 2, 3}:
+            raise ValueError(f"dynamic_stages must be a non-empty subset of (1, 2, 3), got {dynamic_stages}")
+        n = (depth - 2) // 6
+        self.depth, self.widths = depth, tuple(int(w) for w in widths)
+        self.widths_choices, self.dynamic_stages, self.use_attention = choices, dynamic, bool(attention)
+        self.stage_channels: tuple[tuple[int, ...], ...] = tuple(
+            tuple(max(1, round(w * c)) for w in choices) if s in dynamic else (c,) for s, c in enumerate(self.widths, 1))
+        for s, options in enumerate(self.stage_channels, 1):
+            if len(set(options)) != len(options):
+                raise ValueError(f"widths_choices {choices} give repeated channel counts {options} in layer{s}")
+        self.stem = nn.Sequential(conv3x3(in_chans, self.widths[0]), nn.BatchNorm2d(self.widths[0]), nn.ReLU(inplace=True))
+        in_ch, in_keys = self.widths[0], 1
+        gates = {}
+        for s, width in enumerate(self.widths, 1):
+            keys = len(self.stage_channels[s - 1])
+            blocks = [DSBlock(in_ch if j == 0 else width, width, 1 if s == 1 or j else 2, in_keys if j == 0 else 1, keys)
+                      for j in range(n)]
+            setattr(self, f"layer{s}", nn.Sequential(*blocks))
+            if s in dynamic:
+                gates[f"layer{s}"] = WidthGate(in_ch, width, len(choices), attention=attention)
+            in_ch, in_keys = width, keys
+        self.gates = nn.ModuleDict(gates)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # a module, as in ResNet, so attributions (GradCAM) can hook it
+        self.fc = nn.Linear(self.widths[-1], num_classes)
+        self._init_backbone()
+
+    def _init_backbone(self) -> None:
+        """As ``resnet.init_weights`` (Kaiming convs, unit BN, zero-init last BN of each block); gates keep their own."""
+        for part in (self.stem, self.layer1, self.layer2, self.layer3):
+            for m in part.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, (nn.BatchNorm2d, SlimBatchNorm2d)):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+                if isinstance(m, DSBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    # --- width configurations -------------------------------------------------------------------------
+    @property
+    def num_choices(self) -> int:
+        return len(self.widths_choices)
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return tuple(f"layer{s}" for s in self.dynamic_stages)
+
+    @property
+    def widest_config(self) -> Config:
+        return (self.num_choices - 1,) * len(self.dynamic_stages)
+
+    @property
+    def narrowest_config(self) -> Config:
+        return (0,) * len(self.dynamic_stages)
+
+    def config_of(self, width: float | Sequence[float]) -> Config:
+        """Choice indices for one width (every dynamic stage) or one width per dynamic stage."""
+        ws = [width] * len(self.dynamic_stages) if isinstance(width, (int, float)) else list(width)
+        if len(ws) != len(self.dynamic_stages):
+            raise ValueError(f"need one width per dynamic stage {self.gate_names}, got {width}")
+        config = []
+        for w in ws:
+            matches = [i for i, c in enumerate(self.widths_choices) if math.isclose(float(w), c, abs_tol=1e-6)]
+            if not matches:
+                raise ValueError(f"width {w} is not one of the choices {self.widths_choices}")
+            config.append(matches[0])
+        return tuple(config)
+
+    def stage_indices(self, config: Config) -> tuple[int, int, int]:
+        """Choice index of each of the three stages (0 for a fixed stage)."""
+        if len(config) != len(self.dynamic_stages) or not all(0 <= i < self.num_choices for i in config):
+            raise ValueError(f"config {config} does not fit dynamic stages {self.gate_names} x {self.num_choices} choices")
+        chosen = dict(zip(self.dynamic_stages, config))
+        return tuple(int(chosen.get(s, 0)) for s in (1, 2, 3))  # type: ignore[return-value]
+
+    def channels_of(self, config: Config) -> tuple[int, int, int]:
+        return tuple(self.stage_channels[s][i] for s, i in enumerate(self.stage_indices(config)))  # type: ignore[return-value]
+
+    def calibration_configs(self) -> list[Config]:
+        """n^2 configurations (alternating i, j over the dynamic stages) covering every (previous, current) width pair."""
+        n, d = self.num_choices, len(self.dynamic_stages)
+        configs = {tuple(i if t % 2 == 0 else j for t in range(d)): None for i in range(n) for j in range(n)}
+        return list(configs)
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return list(self.gates.parameters())
+
+    # --- forward --------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, width: float | Sequence[float] | None = None, *,
+                configs: Sequence[Config] | None = None, return_gates: bool = False) -> torch.Tensor | DSOutput:
+        """Dynamic logits by default; ``width`` forces a static subnet; ``configs`` stacks several static subnets."""
+        if configs is not None:
+            return torch.stack([self._forward_static(x, tuple(c)) for c in configs])
+        if width is not None:
+            return self._forward_static(x, self.config_of(width))
+        out = self._forward_dynamic(x)
+        return out if return_gates else out.logits
+
+    def forward_at_width(self, x: torch.Tensor, width: float | Sequence[float]) -> torch.Tensor:
+        """The static subnet at ``width`` (functional: nothing is stored on the model)."""
+        return self(x, width=width)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifier on the first ``x.shape[1]`` features (the last stage's width)."""
+        return F.linear(torch.flatten(self.pool(x), 1), self.fc.weight[:, :x.shape[1]], self.fc.bias)
+
+    def _run_stage(self, s: int, x: torch.Tensor, index: int, in_index: int, attention: torch.Tensor | None) -> torch.Tensor:
+        channels = self.stage_channels[s - 1][index]
+        blocks = list(getattr(self, f"layer{s}"))
+        x = blocks[0](x, channels, index, in_index, attention)
+        for block in blocks[1:]:
+            x = block(x, channels, index)
+        return x
+
+    def _forward_static(self, x: torch.Tensor, config: Config) -> torch.Tensor:
+        trace = current_trace()
+        indices = self.stage_indices(config)
+        x = self.stem(x)
+        in_index = 0
+        for s, index in enumerate(indices, 1):
+            attention = None
+            name = f"layer{s}"
+            if name in self.gates:
+                channels = self.stage_channels[s - 1][index]
+                if trace is not None:
+                    trace.record(name, "width", width=self.widths_choices[index], channels=channels,
+                                 max_channels=self.widths[s - 1], forced=True)
+                gate = self.gates[name]
+                if gate.se is not None:
+                    attention = gate.attention(gate.hidden(x), channels)
+            x = self._run_stage(s, x, index, in_index, attention)
+            in_index = index
+        return self.head(x)
+
+    def _forward_dynamic(self, x: torch.Tensor) -> DSOutput:
+        logits, width_logits, choices = self._dynamic_from(self.stem(x), 1, 0, current_trace())
+        return DSOutput(logits, width_logits, choices)
+
+    def _dynamic_from(self, x: torch.Tensor, s: int, in_index: int, trace: Trace | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stages ``s..3`` and the head on ``x``; each gate splits its rows by chosen width (recursively)."""
+        if s > 3:
+            n = len(x)
+            return self.head(x), x.new_zeros(n, 0, self.num_choices), torch.zeros(n, 0, dtype=torch.long, device=x.device)
+        name = f"layer{s}"
+        if name not in self.gates:
+            return self._dynamic_from(self._run_stage(s, x, 0, in_index, None), s + 1, 0, trace)
+        gate = self.gates[name]
+        h = gate.hidden(x)
+        z = gate.width_logits(h)
+        choice = z.argmax(1)
+        options = self.stage_channels[s - 1]
+        if trace is not None:
+            trace.record(name, "width", width=torch.tensor(self.widths_choices, dtype=torch.float64)[choice.cpu()],
+                         channels=torch.tensor(options)[choice.cpu()], max_channels=self.widths[s - 1],
+                         probabilities=z.softmax(1))  # kept differentiable for attributions (Trace(keep_tensors=True))
+        groups = torch.unique(choice).tolist()
+        parts, order = [], []
+        for index in groups:
+            if len(groups) == 1:
+                xs, hs, context = x, h, nullcontext()
+            else:
+                rows = (choice == index).nonzero().squeeze(1)
+                order.append(rows)
+                xs, hs = x.index_select(0, rows), h.index_select(0, rows)
+                context = trace.subset(rows) if trace is not None else nullcontext()
+            with context:
+                y = self._run_stage(s, xs, index, in_index, gate.attention(hs, options[index]))
+                parts.append(self._dynamic_from(y, s + 1, index, trace))
+        if len(groups) == 1:
+            logits, rest_logits, rest_choices = parts[0]
+        else:  # reassemble in the batch's order (differentiable: cat + index_select)
+            perm = torch.cat(order)
+            inverse = torch.empty_like(perm)
+            inverse[perm] = torch.arange(len(perm), device=perm.device)
+            logits, rest_logits, rest_choices = (torch.cat([p[i] for p in parts]).index_select(0, inverse) for i in range(3))
+        return logits, torch.cat([z.unsqueeze(1), rest_logits], 1), torch.cat([choice.unsqueeze(1), rest_choices], 1)
+
+    # --- static subnets -------------------------------------------------------------------------------
+    def _bn_keys(self, config: Config) -> dict[str, int]:
+        """Running-statistics row of every ``SlimBatchNorm2d`` for a static configuration."""
+        indices = self.stage_indices(config)
+        keys = {}
+        for s, index in enumerate(indices, 1):
+            previous = indices[s - 2] if s > 1 else 0
+            for j, block in enumerate(getattr(self, f"layer{s}")):
+                first = (previous if j == 0 else 0) * block.out_keys + index
+                keys[f"layer{s}.{j}.bn1"] = first
+                keys[f"layer{s}.{j}.bn2"] = index
+                keys[f"layer{s}.{j}.shortcut.1"] = first
+        return keys
+
+    def subnet_state_dict(self, config: Config) -> dict[str, torch.Tensor]:
+        """Weights and BN statistics of the static subnet ``config``, shaped for ``ResNet(widths=channels_of(config))``."""
+        target = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, self.channels_of(config)).state_dict()
+        source, keys = self.state_dict(), self._bn_keys(config)
+        out = {}
+        for name, like in target.items():
+            tensor = source[name]
+            module, _, leaf = name.rpartition(".")
+            if module in keys and leaf in ("running_mean", "running_var", "num_batches_tracked"):
+                tensor = tensor[keys[module]]
+            out[name] = tensor[tuple(slice(0, n) for n in like.shape)].clone()
+        return out
+
+    def static_subnet(self, width: float | Sequence[float]) -> ResNet:
+        """A plain ``ResNet`` equal to the static subnet at ``width`` without the gates' SE attention.
+
+        Exactly equal to ``forward_at_width`` when the model was built with ``attention=False``.
+        """
+        config = self.config_of(width)
+        plain = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, self.channels_of(config))
+        plain.load_state_dict(self.subnet_state_dict(config))
+        return plain.to(self.fc.weight.device).train(self.training)
+
+    def dense_counterpart(self) -> ResNet:
+        """The plain full-width ResNet with this backbone's weights and widest BN statistics (``cost.full_macs``)."""
+        return self.static_subnet(1.0)
+
+    def benchmark_references(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """What ``analysis.bench`` times the dynamic net against: the dense backbone and the extreme static subnets."""
+        dense = self.dense_counterpart().eval()
+        return {"dense backbone": dense,
+                "static widest subnet": functools.partial(self.forward_at_width, width=self.widths_choices[-1]),
+                "static narrowest subnet": functools.partial(self.forward_at_width, width=self.widths_choices[0])}
+
+
+def _dsnet(depth: int):
+    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
+                attention: bool = True) -> DSResNet:
+        return DSResNet(depth, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention)
+
+    builder.__name__ = f"dsnet_resnet{depth}"
+    builder.__doc__ = f"DS-Net on ResNet-{depth}: slimmable widths {WIDTH_CHOICES} in layer2/layer3, chosen per image by gates."
+    return register_model(builder)
+
+
+(dsnet_resnet8, dsnet_resnet14, dsnet_resnet20, dsnet_resnet32, dsnet_resnet44, dsnet_resnet56,
+ dsnet_resnet110) = (_dsnet(d) for d in (8, 14, 20, 32, 44, 56, 110))
+
+
+# --- training: supernet with IEB, BN recalibration, gate with SGS --------------------------------------
+
+def _unwrap(model: nn.Module) -> DSResNet:
+    """The DSResNet inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def _norm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (SlimBatchNorm2d, nn.modules.batchnorm._BatchNorm))]
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft targets (distillation from the EMA teacher)."""
+    return -(target_probs * F.log_softmax(logits, -1)).sum(-1).mean()
+
+
+def sample_sandwich(model: DSResNet, num_random: int = 2, generator: torch.Generator | None = None) -> list[Config]:
+    """Widest, ``num_random`` random (a width per dynamic stage, independently) and narrowest configurations."""
+    d, n = len(model.dynamic_stages), model.num_choices
+    randoms = [tuple(torch.randint(n, (d,), generator=generator).tolist()) for _ in range(num_random)]
+    return [model.widest_config, *randoms, model.narrowest_config]
+
+
+def ieb_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """In-place Ensemble Bootstrapping over the sandwich ``[widest, random..., narrowest]``.
+
+    ``student``: (K, N, classes) logits of the K configurations; ``teacher``: (K - 1, N, classes) EMA
+    logits of all but the narrowest. Widest <- labels; random <- EMA widest; narrowest <- mean of the EMA
+    softmaxes (widest and random).
+    """
+    probs = teacher.softmax(-1)
+    loss = F.cross_entropy(student[0], labels)
+    for logits in student[1:-1]:
+        loss = loss + soft_cross_entropy(logits, probs[0])
+    return loss + soft_cross_entropy(student[-1], probs.mean(0))
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student for parameters; buffers are copied."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.lerp_(s.detach(), 1.0 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: DSResNet, batches: Iterable[torch.Tensor], configs: Sequence[Config] | None = None) -> int:
+    """Re-estimate every width's BN statistics: reset, then a cumulative average over ``batches`` x ``configs``.
+
+    Returns the number of batches used. ``configs`` defaults to ``model.calibration_configs()``, which
+    reaches every row of every BN.
+    """
+    configs = list(configs or model.calibration_configs())
+    norms = _norm_layers(model)
+    saved, was_training = [m.momentum for m in norms], model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    used = 0
+    try:
+        for x in batches:
+            for config in configs:
+                model(x, configs=[config])
+            used += 1
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.train(was_training)
+    if used == 0:
+        raise ValueError("BN recalibration needs at least one batch")
+    return used
+
+
+def recalibrate_from_trainer(trainer, batches: int) -> int:
+    """BN recalibration on the first ``batches`` un-augmented training batches of ``trainer``'s data."""
+    count = max(1, min(batches, trainer.steps_per_epoch()))
+    loader = trainer.loader(trainer.train_data, train=True, epoch=0)
+    inputs = (trainer.to_input(images) for _, (images, _) in zip(range(count), loader))
+    return recalibrate_bn(_unwrap(trainer.model), inputs)
+
+
+def sgs_targets(narrow_logits: torch.Tensor, labels: torch.Tensor, num_choices: int) -> torch.Tensor:
+    """Sandwich Gate Sparsification: narrowest (0) where the narrowest subnet is right, else widest (n - 1)."""
+    easy = narrow_logits.argmax(1) == labels
+    return torch.where(easy, torch.zeros_like(labels), torch.full_like(labels, num_choices - 1))
+
+
+def expected_cost(width_logits: torch.Tensor, widths_choices: Sequence[float]) -> torch.Tensor:
+    """Mean over samples and gates of E_p[w^2]: the expected relative MACs of a stage (a slimmed conv costs ~w^2)."""
+    cost = torch.tensor(widths_choices, dtype=width_logits.dtype, device=width_logits.device) ** 2
+    return (width_logits.softmax(-1) * cost).sum(-1).mean()
+
+
+class SupernetStage(Stage):
+    """Stage 1: the slimmable supernet with the sandwich rule and In-place Ensemble Bootstrapping."""
+
+    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, ema_decay: float = 0.997,
+                 recalibration_batches: int = 20) -> None:
+        super().__init__("supernet-ieb", epochs, lr, weight_decay)
+        self.ema_decay, self.recalibration_batches = ema_decay, recalibration_batches
+        self.teacher: DSResNet | None = None
+        self._pending: dict | None = None
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        model.requires_grad_(True)
+        return super().optimizer(model)
+
+    def on_stage_start(self, trainer) -> None:
+        self.teacher, self._pending = None, None
+        self.teacher_for(trainer.model)
+
+    def teacher_for(self, model: nn.Module) -> DSResNet:
+        """The EMA teacher, built from the model on first use (and loaded from a resumed state)."""
+        if self.teacher is None:
+            self.teacher = copy.deepcopy(_unwrap(model)).requires_grad_(False)
+            if self._pending is not None:
+                self.teacher.load_state_dict(self._pending)
+                self._pending = None
+        return self.teacher
+
+    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        net = _unwrap(model)
+        teacher = self.teacher_for(net)
+        configs = sample_sandwich(net)
+        student = model(x, configs=configs)
+        with torch.no_grad():
+            teacher.train()  # batch statistics: see the module docstring
+            guide = teacher(x, configs=configs[:-1])
+        return StepOutput(ieb_loss(student, guide, y), student[0])
+
+    def after_optimizer_step(self, trainer) -> None:
+        ema_update(self.teacher_for(trainer.model), _unwrap(trainer.model), self.ema_decay)
+
+    def on_epoch_end(self, trainer, epoch: int) -> None:
+        if epoch == self.epochs - 1 and self.recalibration_batches > 0:
+            recalibrate_from_trainer(trainer, self.recalibration_batches)
+
+    def state_dict(self) -> dict:
+        if self.teacher is not None:
+            return {"ema": {k: v.detach().cpu().clone() for k, v in self.teacher.state_dict().items()}}
+        return {"ema": self._pending} if self._pending is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher, self._pending = None, state.get("ema")
+
+
+class GateStage(Stage):
+    """Stage 2: frozen supernet, gates trained with Sandwich Gate Sparsification + task loss + complexity (Adam)."""
+
+    def __init__(self, epochs: int, lr: float = 1e-3, complexity_weight: float = 0.1, recalibrate: bool = False,
+                 recalibration_batches: int = 20) -> None:
+        super().__init__("gate-sgs", epochs, lr, weight_decay=0.0)
+        self.complexity_weight, self.recalibrate, self.recalibration_batches = complexity_weight, recalibrate, recalibration_batches
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        net = _unwrap(model)
+        net.requires_grad_(False)
+        net.gates.requires_grad_(True)
+        return torch.optim.Adam(net.gate_parameters(), lr=self.lr)
+
+    def on_stage_start(self, trainer) -> None:
+        if self.recalibrate and self.recalibration_batches > 0:  # no supernet stage ran in this recipe
+            recalibrate_from_trainer(trainer, self.recalibration_batches)
+
+    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        net = _unwrap(model)
+        for m in _norm_layers(net):  # the trainer calls .train() every epoch: keep the calibrated statistics
+            m.eval()
+        with torch.no_grad():
+            narrow = net(x, configs=[net.narrowest_config])[0]
+        target = sgs_targets(narrow, y, net.num_choices)
+        out = model(x, return_gates=True)
+        d = out.width_logits.shape[1]
+        gate_loss = F.cross_entropy(out.width_logits.reshape(-1, net.num_choices), target.repeat_interleave(d))
+        loss = F.cross_entropy(out.logits, y) + gate_loss + self.complexity_weight * expected_cost(out.width_logits, net.widths_choices)
+        return StepOutput(loss, out.logits)
+
+
+DSNET_DEFAULTS = {"supernet_epochs": None, "gate_epochs": 3, "gate_lr": 1e-3, "complexity_weight": 0.1,
+                  "ema_decay": 0.997, "recalibration_batches": 20}
+
+
+def add_dsnet_arguments(parser: argparse.ArgumentParser) -> None:
+    """DS-Net options for ``models.train``'s parser (other methods ignore them)."""
+    g = parser.add_argument_group("DS-Net")
+    g.add_argument("--supernet-epochs", type=int, default=None, help="epochs of the IEB supernet stage (default: --epochs)")
+    g.add_argument("--gate-epochs", type=int, default=DSNET_DEFAULTS["gate_epochs"], help="epochs of the SGS gate stage")
+    g.add_argument("--gate-lr", type=float, default=DSNET_DEFAULTS["gate_lr"], help="Adam learning rate of the gate stage")
+    g.add_argument("--complexity-weight", type=float, default=DSNET_DEFAULTS["complexity_weight"],
+                   help="weight of the expected-width-cost penalty on the gates; more, narrower")
+    g.add_argument("--ema-decay", type=float, default=DSNET_DEFAULTS["ema_decay"], help="per-step decay of the EMA teacher")
+    g.add_argument("--recalibration-batches", type=int, default=DSNET_DEFAULTS["recalibration_batches"],
+                   help="training batches used to re-estimate each width's BN statistics after the supernet stage")
+
+
+@register_recipe("dsnet")
+def dsnet_recipe(args: argparse.Namespace) -> list[Stage]:
+    """IEB supernet (``--supernet-epochs``, ``--lr``), BN recalibration, then SGS gate training (``--gate-epochs``)."""
+    opt = {k: getattr(args, k, v) for k, v in DSNET_DEFAULTS.items()}
+    supernet_epochs = args.epochs if opt["supernet_epochs"] is None else opt["supernet_epochs"]
+    weight_decay = getattr(args, "weight_decay", 5e-4)
+    stages: list[Stage] = []
+    if supernet_epochs > 0:
+        stages.append(SupernetStage(supernet_epochs, args.lr, weight_decay, opt["ema_decay"], opt["recalibration_batches"]))
+    if opt["gate_epochs"] > 0:
+        stages.append(GateStage(opt["gate_epochs"], opt["gate_lr"], opt["complexity_weight"],
+                                recalibrate=supernet_epochs <= 0, recalibration_batches=opt["recalibration_batches"]))
+    return stages
