@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers import randomize_batchnorm
 from models import create_model
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.condconv import (CondConv2d, CondConvBlock, CondConvResNet, CondConvStage, add_condconv_arguments,
@@ -23,13 +24,7 @@ def make(depth: int = 8, seed: int = 0, **kwargs) -> CondConvResNet:
     """A small CondConv ResNet with non-trivial BN (as after training), in eval mode."""
     torch.manual_seed(seed)
     model = create_model(f"condconv_resnet{depth}", num_classes=10, in_chans=1, **kwargs)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorm(model)
     return model.eval()
 
 

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers import randomize_batchnorm
 from models import create_model
 from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.cost import count_macs, full_macs
@@ -57,13 +58,8 @@ def t(rows) -> torch.Tensor:
 def make(depth: int = 8, widths=(16, 32, 64), seed: int = 0) -> DGConvResNet:
     """A G-ResNet with random gates, non-trivial BN statistics and non-zero residual branches, in eval mode."""
     torch.manual_seed(seed)
-    model = create_model(f"dgconv_resnet{depth}", num_classes=10, in_chans=1, widths=widths)
+    model = randomize_batchnorm(create_model(f"dgconv_resnet{depth}", num_classes=10, in_chans=1, widths=widths))
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.uniform_(0.5, 1.5)
-            m.bias.uniform_(-0.2, 0.2)
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
         if isinstance(m, DGConv2d):
             m.theta.normal_(0.0, 1.0)
     return model.eval()

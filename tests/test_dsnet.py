@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers import varied_images
 from models import create_model
 from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.cost import full_macs
@@ -49,12 +50,6 @@ def make(attention: bool = True, seed: int = 0, mixed: bool = False, **kwargs) -
     return model.eval()
 
 
-def images(n: int = 8, seed: int = 1) -> torch.Tensor:
-    """Inputs with different brightness and contrast, so gates disagree across the batch."""
-    g = torch.Generator().manual_seed(seed)
-    scale = torch.linspace(0.2, 3.0, n).view(-1, 1, 1, 1)
-    shift = torch.linspace(-2.0, 2.0, n)[torch.randperm(n, generator=g)].view(-1, 1, 1, 1)
-    return torch.randn(n, 1, 28, 28, generator=g) * scale + shift
 
 
 def flops_macs(fn, *args) -> float:
@@ -131,7 +126,7 @@ def plain_subnet(model: DSResNet, widths: tuple[float, float]) -> ResNet:
 @pytest.mark.parametrize("widths", [(0.25, 0.25), (0.5, 0.5), (1.0, 1.0), (0.25, 1.0), (0.75, 0.5)])
 def test_static_subnet_equals_plain_resnet(widths):
     model = make(attention=False)
-    x = images(4)
+    x = varied_images(4)
     with torch.no_grad():
         want = plain_subnet(model, widths)(x)
         assert torch.allclose(model.forward_at_width(x, widths), want, atol=1e-5)
@@ -150,7 +145,7 @@ def test_static_subnet_with_attention_equals_plain_resnet_with_se():
         block = getattr(plain, f"layer{s}")[0]
         block.register_forward_pre_hook(lambda m, args, gate=gate, k=channels: setattr(m, "_att", gate.attention(gate.hidden(args[0]), k)))
         block.bn1.register_forward_hook(lambda m, args, out, block=block: out * block._att)
-    x = images(4)
+    x = varied_images(4)
     with torch.no_grad():
         assert torch.allclose(model.forward_at_width(x, widths), plain(x), atol=1e-5)
         assert not torch.allclose(model.static_subnet(widths)(x), plain(x), atol=1e-3)  # the SE head does something
@@ -160,7 +155,7 @@ def test_dense_counterpart_is_the_full_width_plain_resnet():
     model = make(attention=False)
     dense = model.dense_counterpart()
     assert type(dense) is ResNet and dense.widths == (16, 32, 64)
-    x = images(3)
+    x = varied_images(3)
     with torch.no_grad():
         assert torch.allclose(dense(x), model.forward_at_width(x, 1.0), atol=1e-5)
     assert full_macs(model, (1, 28, 28)) == full_macs(create_model("resnet8", in_chans=1), (1, 28, 28))
@@ -170,7 +165,7 @@ def test_dense_counterpart_is_the_full_width_plain_resnet():
 
 def test_gate_in_eval_is_deterministic_argmax():
     model = make(mixed=True)
-    x = images(8)
+    x = varied_images(8)
     with torch.no_grad():
         first, second = model(x, return_gates=True), model(x, return_gates=True)
     assert torch.equal(first.choices, second.choices) and torch.equal(first.logits, second.logits)
@@ -180,7 +175,7 @@ def test_gate_in_eval_is_deterministic_argmax():
 
 def test_mixed_width_batch_equals_batch_one_forwards():
     model = make(mixed=True, seed=7)
-    x = images(12)
+    x = varied_images(12)
     logits, trace = traced_forward(model, x)
     with torch.no_grad():
         choices = model(x, return_gates=True).choices
@@ -206,7 +201,7 @@ def _same_decisions(a: list[dict], b: list[dict]) -> bool:
 
 def test_width_decisions_are_recorded():
     model = make(mixed=True)
-    _, trace = traced_forward(model, images(6))
+    _, trace = traced_forward(model, varied_images(6))
     for decisions in trace.decisions:
         assert [d["layer"] for d in decisions] == ["layer2", "layer3"]
         for d, full in zip(decisions, (32, 64)):
@@ -218,7 +213,7 @@ def test_width_decisions_are_recorded():
 
 def test_macs_agree_with_flop_counter_and_narrow_subnet_is_cheaper():
     model = make(mixed=True)
-    x = images(6)
+    x = varied_images(6)
     for i in range(len(x)):
         xi = x[i:i + 1]
         _, trace = traced_forward(model, xi)
@@ -234,7 +229,7 @@ def test_macs_agree_with_flop_counter_and_narrow_subnet_is_cheaper():
 
 def test_static_forward_records_the_forced_width():
     model = make()
-    _, trace = traced_forward(lambda z: model(z, width=(0.25, 0.75)), images(2))
+    _, trace = traced_forward(lambda z: model(z, width=(0.25, 0.75)), varied_images(2))
     assert [(d["layer"], d["width"], d["channels"], d["forced"]) for d in trace.decisions[1]] == [
         ("layer2", 0.25, 8, True), ("layer3", 0.75, 48, True)]
 
@@ -257,7 +252,7 @@ def test_ieb_step_runs_and_the_ema_teacher_follows():
     stage.on_stage_start(trainer)
     before = {k: v.clone() for k, v in stage.teacher.state_dict().items()}
     opt = stage.optimizer(model)
-    x, y = images(8), torch.randint(10, (8,))
+    x, y = varied_images(8), torch.randint(10, (8,))
     out = stage.training_step(model, x, y)
     assert out.logits.shape == (8, 10) and torch.isfinite(out.loss)
     opt.zero_grad()
@@ -301,14 +296,14 @@ def test_recalibration_reaches_every_width_row():
     for m in model.modules():
         if isinstance(m, SlimBatchNorm2d):
             m.num_batches_tracked.zero_()
-    assert recalibrate_bn(model, [images(8, seed=s) for s in range(2)]) == 2
+    assert recalibrate_bn(model, [varied_images(8, seed=s) for s in range(2)]) == 2
     assert not model.training
     for name, m in model.named_modules():
         if isinstance(m, SlimBatchNorm2d):
             assert (m.num_batches_tracked > 0).all(), name
             assert m.momentum == 0.1
     # a single configuration and batch: the widest rows hold exactly that batch's statistics
-    x = images(8)
+    x = varied_images(8)
     recalibrate_bn(model, [x], configs=[model.widest_config])
     stem_out = model.stem[0](x)
     assert torch.allclose(model.stem[1].running_mean, stem_out.mean((0, 2, 3)), atol=1e-5)
@@ -320,7 +315,7 @@ def test_gate_stage_trains_only_the_gates():
     opt = stage.optimizer(model)
     backbone = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("gates.")}
     gates = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("gates.")}
-    x, y = images(16), torch.randint(10, (16,))
+    x, y = varied_images(16), torch.randint(10, (16,))
     for _ in range(2):
         out = stage.training_step(model, x, y)
         opt.zero_grad()
@@ -355,7 +350,7 @@ def test_checkpoint_roundtrip(tmp_path):
     save_checkpoint(tmp_path / "ds.pt", model, meta)
     loaded = load_checkpoint(tmp_path / "ds.pt")
     assert isinstance(loaded, DSResNet) and loaded.method == "dsnet" and not loaded.training
-    x = images(8)
+    x = varied_images(8)
     (a, ta), (b, tb) = traced_forward(model, x), traced_forward(loaded, x)
     assert torch.equal(a, b) and ta.decisions == tb.decisions and torch.equal(ta.macs, tb.macs)
 
@@ -403,7 +398,7 @@ def test_training_cli_runs_both_stages_and_resumes_with_the_ema(fmnist_dir, tmp_
 
 def test_width_probabilities_stay_differentiable_for_attributions():
     model = make(mixed=True, seed=7)
-    x = images(12).requires_grad_(True)
+    x = varied_images(12).requires_grad_(True)
     with torch.enable_grad():
         _, trace = traced_forward(model, x, keep_tensors=True)
         probs = trace.tensor("layer3", "probabilities")

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers import randomize_batchnorm, varied_images
 from models import create_model
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.cost import count_macs, full_macs
@@ -26,22 +27,10 @@ def make(gate: str = "rnn", depth: int = 8, seed: int = 0) -> SkipNet:
     """A small SkipNet whose residual branches are not zero (as after training), in eval mode."""
     torch.manual_seed(seed)
     model = create_model(f"skipnet_resnet{depth}", num_classes=10, in_chans=1, gate=gate)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorm(model)
     return model.eval()
 
 
-def varied_images(n: int = 8, seed: int = 1) -> torch.Tensor:
-    """Images with different brightness and contrast, so gates disagree across the batch."""
-    g = torch.Generator().manual_seed(seed)
-    scale = torch.linspace(0.2, 3.0, n).view(-1, 1, 1, 1)
-    shift = torch.linspace(-2.0, 2.0, n)[torch.randperm(n, generator=g)].view(-1, 1, 1, 1)
-    return torch.randn(n, 1, 28, 28, generator=g) * scale + shift
 
 
 def final_bias(model: SkipNet) -> list[tuple[torch.Tensor, int | None]]:
