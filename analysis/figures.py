@@ -1,118 +1,18 @@
 """Paper-style figures: ``python -m analysis.figures --out DIR [--only METHOD] [--checkpoint P ...]``.
 
-Each figure is a function registered with ``@register_figure`` (one file per method: ``figures_*.py``)
-that receives a ``FigureContext`` (the checkpoints by method, cached dataset tables) and returns a
-matplotlib figure. The CLI writes ``NAME.pdf`` (TrueType fonts embedded), ``NAME.png`` and ``NAME.txt``
-(the caption); the app shows and offers the same figures.
+Writes ``NAME.pdf`` (TrueType fonts embedded), ``NAME.png`` and ``NAME.txt`` (the caption) for every
+registered figure whose method has a checkpoint; the app's Figures page shows the same figures.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from analysis.catalog import bundled_checkpoints  # noqa: E402
-from analysis.dataset_table import dataset_table, load_test_images  # noqa: E402
-from models.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from models.data import DataNotFoundError  # noqa: E402
-
-matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none", "figure.dpi": 110,
-                            "axes.spines.top": False, "axes.spines.right": False, "font.size": 9})
-
-
-@dataclass
-class FigureSpec:
-    name: str
-    method: str
-    caption: str
-    make: Callable[["FigureContext"], plt.Figure]
-
-
-FIGURES: dict[str, FigureSpec] = {}
-
-
-def register_figure(name: str, method: str, caption: str):
-    """Register ``make(context) -> Figure``; ``method`` is the model method it needs ("all" for any)."""
-
-    def wrap(make: Callable[["FigureContext"], plt.Figure]) -> Callable:
-        FIGURES[name] = FigureSpec(name, method, caption, make)
-        return make
-
-    return wrap
-
-
-@dataclass
-class FigureContext:
-    """Checkpoints and test images shared by all figures of a run; tables are computed once per model."""
-
-    checkpoints: dict[str, Path]
-    dataset: str = "fashion-mnist-subset"
-    data_dir: str | None = None
-    _models: dict = field(default_factory=dict)
-    _tables: dict = field(default_factory=dict)
-    _images: tuple | None = None
-
-    def model(self, name: str) -> torch.nn.Module:
-        if name not in self._models:
-            self._models[name] = load_checkpoint(self.checkpoints[name])
-        return self._models[name]
-
-    def models(self, method: str) -> dict[str, torch.nn.Module]:
-        """All checkpoints of one method, by name (loads every checkpoint once to read its meta)."""
-        return {n: m for n in self.checkpoints if (m := self.model(n)).meta["method"] == method or method == "all"}
-
-    def images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._images is None:
-            self._images = load_test_images(self.dataset, self.data_dir)
-        return self._images
-
-    def table(self, name: str) -> pd.DataFrame:
-        if name not in self._tables:
-            self._tables[name] = dataset_table(self.model(name), *self.images())
-        return self._tables[name]
-
-
-def figure_bytes(figure: plt.Figure, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=fmt, bbox_inches="tight", dpi=200 if fmt == "png" else None)
-    return buffer.getvalue()
-
-
-def available_figures(context: FigureContext, only: str | None = None) -> list[FigureSpec]:
-    """Figures whose method has at least one checkpoint in ``context``."""
-    methods = {context.model(n).meta["method"] for n in context.checkpoints}
-    return [spec for spec in FIGURES.values()
-            if (only is None or spec.method in (only, "all")) and (spec.method == "all" or spec.method in methods)]
-
-
-def write_figures(context: FigureContext, out: Path, only: str | None = None, progress: bool = True) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for spec in tqdm(available_figures(context, only), desc="figures", disable=not progress):
-        figure = spec.make(context)
-        for fmt in ("pdf", "png"):
-            path = out / f"{spec.name}.{fmt}"
-            path.write_bytes(figure_bytes(figure, fmt))
-            written.append(path)
-        (out / f"{spec.name}.txt").write_text(spec.caption + "\n")
-        plt.close(figure)
-    return written
-
-
-def load_figure_modules() -> None:
-    """Import the per-method figure files so they register (kept here so the CLI and the app agree)."""
-    from analysis import figures_overview, figures_skipnet  # noqa: F401
+from analysis.catalog import bundled_checkpoints
+from analysis.figure_registry import FigureContext, load_figure_modules, write_figures
+from models.checkpoint import CheckpointError
+from models.data import DataNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from analysis.figures import FigureContext, register_figure
+from analysis.figure_registry import FigureContext, register_figure
 
 METHOD_STYLE = {"baseline": ("black", "s"), "skipnet": ("tab:blue", "o"), "dsnet": ("tab:orange", "D"),
                 "condconv": ("tab:green", "^"), "dgconv": ("tab:purple", "v"), "repr": ("tab:red", "P")}

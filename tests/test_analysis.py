@@ -132,3 +132,16 @@ def test_results_table_from_manifest(tmp_path):
     readme.write_text(f"intro\n{results.START}\nold\n{results.END}\noutro\n")
     results.update_readme(readme, tmp_path / "manifest.json")
     assert "old" not in readme.read_text() and "| `m` |" in readme.read_text() and readme.read_text().endswith("outro\n")
+
+
+def test_figures_cli_as_a_module(checkpoint_dir, tmp_path):
+    """Run as ``python -m`` (``__main__``), the per-method files must register into the same registry."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, "-m", "analysis.figures", "--out", str(tmp_path), "--only", "baseline",
+                             "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert (tmp_path / "overview_accuracy_vs_macs.pdf").exists()

@@ -1,11 +1,11 @@
 """Figures: every paper-style figure of ``python -m analysis.figures``, downloadable as PNG, PDF and SVG."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import streamlit as st
 
 from analysis.catalog import bundled_checkpoints
-from analysis.figures import FigureContext, available_figures, figure_bytes, load_figure_modules
-import matplotlib.pyplot as plt
+from analysis.figure_registry import FIGURES, FigureContext, available_figures, figure_bytes, load_figure_modules
 
 load_figure_modules()
 
@@ -17,8 +17,6 @@ def _context(key: tuple) -> FigureContext:
 
 @st.cache_data(show_spinner="Drawing the figure (the first time traces the test images)…", max_entries=64)
 def render(name: str, key: tuple) -> dict[str, bytes]:
-    from analysis.figures import FIGURES
-
     figure = FIGURES[name].make(_context(key))
     files = {fmt: figure_bytes(figure, fmt) for fmt in ("png", "pdf", "svg")}
     plt.close(figure)
