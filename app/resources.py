@@ -11,7 +11,7 @@ import torch
 
 from analysis.catalog import bundled_checkpoints
 from analysis.dataset_table import dataset_table, load_test_images
-from models.data import DataNotFoundError, load_dataset
+from models.data import find_fashion_mnist
 from models.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -69,16 +69,9 @@ def _table_store() -> dict:
     return {}
 
 
-@st.cache_data(ttl=600, show_spinner=False)
 def test_sets() -> list[str]:
-    """The bundled subset always; the full Fashion-MNIST test set when it is on this machine."""
-    names = ["fashion-mnist-subset"]
-    try:
-        load_dataset("fashion-mnist", "test")
-        names.append("fashion-mnist")
-    except DataNotFoundError:
-        pass
-    return names
+    """The bundled subset always; the full Fashion-MNIST test set when its files are on this machine."""
+    return ["fashion-mnist-subset"] + (["fashion-mnist"] if find_fashion_mnist("test") else [])
 
 
 @st.cache_resource(show_spinner="Loading test images…")

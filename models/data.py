@@ -160,13 +160,22 @@ def fashion_mnist_roots(data_dir: str | os.PathLike | None) -> list[Path]:
     return candidates + [SYSTEM_FASHION_MNIST]
 
 
-def load_fashion_mnist(split: str, data_dir=None, download: bool = False) -> TensorImages:
+def find_fashion_mnist(split: str, data_dir=None) -> tuple[Path, Path] | None:
+    """The (images, labels) files of ``split`` in the first folder that has both, without reading them."""
     prefix = "train" if split == "train" else "t10k"
-    roots = fashion_mnist_roots(data_dir)
-    for folder in roots:
+    for folder in fashion_mnist_roots(data_dir):
         images, labels = _idx_file(folder, f"{prefix}-images-idx3-ubyte"), _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
         if images and labels:
-            return TensorImages(torch.from_numpy(read_idx(images).copy()).unsqueeze(1), torch.from_numpy(read_idx(labels).astype(np.int64)))
+            return images, labels
+    return None
+
+
+def load_fashion_mnist(split: str, data_dir=None, download: bool = False) -> TensorImages:
+    found = find_fashion_mnist(split, data_dir)
+    if found:
+        images, labels = found
+        return TensorImages(torch.from_numpy(read_idx(images).copy()).unsqueeze(1), torch.from_numpy(read_idx(labels).astype(np.int64)))
+    roots = fashion_mnist_roots(data_dir)
     if download:
         target = Path(data_dir or os.environ.get("ROUTESCOPE_DATA") or "data") / "fashion-mnist"
         download_fashion_mnist(target)

@@ -103,6 +103,7 @@ def test_inspect_side_by_side_and_across_models(models_dir):
 
 def test_explain_prediction(models_dir):
     at = start()
+    at.toggle(key="img0-explain").set_value(True).run()
     at.selectbox(key="img0-target").set_value("prediction").run()
     assert not at.exception
     assert any("Convergence delta" in c.value for c in at.caption)

@@ -26,7 +26,8 @@ if mode == "Images":
         with st.container(border=True):
             trace = image_report(model, name, data, key=f"img{i}")
             if trace is not None:
-                with st.expander("Explain this prediction or a decision (captum)"):
+                # a toggle, not an expander: an expander's body runs (and IG with it) on every rerun, even closed
+                if st.toggle("Explain this prediction or a decision (captum)", key=f"img{i}-explain"):
                     explain(model, trace, key=f"img{i}")
 elif mode == "Side by side":
     columns = st.columns(2)
