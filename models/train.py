@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="global batch size (split over processes)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--no-augment", action="store_true",
+                   help="train on the images as they are (no random crop/flip; the RePr paper's ConvNet setting)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="output folder")
     p.add_argument("--name", default=None, help="checkpoint name (default: MODEL_DATASET)")
@@ -204,7 +206,7 @@ class Trainer:
         for step, (images, labels) in enumerate(bar):
             if step >= steps:
                 break
-            x = self.to_input(augment(images, self.info.hflip, generator))
+            x = self.to_input(images if self.args.no_augment else augment(images, self.info.hflip, generator))
             y = labels.to(self.device)
             out = stage.training_step(self.net, x, y)
             self.optimizer.zero_grad(set_to_none=True)
