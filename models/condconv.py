@@ -19,7 +19,9 @@ Design choices and deviations from the paper (and its TF code):
   router bias is zero, so at the neutral routing ``a = 0.5`` the mixture has exactly the variance of a
   Kaiming-initialized conv for any E (for E = 4 each expert is plain Kaiming, as in the paper).
   The block's last BN starts at zero, as in the baseline ResNet.
-- Training: one supervised stage, the baseline's budget. ``--expert-weight-decay`` optionally sets a
+- Training: one supervised stage, the baseline's budget. ``--init-from`` a plain ResNet upcycles it
+  (``CondConvResNet.upcycle``: every expert starts from the dense kernel), which the bundled model uses to
+  fit the CPU budget; it is then compared with the plain ResNet fine-tuned for the same epochs. ``--expert-weight-decay`` optionally sets a
   different weight decay for the expert kernels (default: the same as ``--weight-decay``).
 - The batched conv is exact (equal to a per-example loop and to ``sum_e a_e conv(x, W_e)``), works at
   batch 1 and on channels_last inputs (``reshape``, never ``view``, on activations).
@@ -181,6 +183,23 @@ class CondConvResNet(ResNet):
                     x = block(x)
         logits = self.head(x)
         return CondConvOutput(logits, torch.stack(routing, 1)) if return_routing else logits
+
+    @torch.no_grad()
+    def upcycle(self, dense_state: dict[str, torch.Tensor]) -> list[str]:
+        """Start every expert from the dense kernel of the same name (``models.train --init-from`` a plain ResNet).
+
+        "Sparse upcycling" (Komatsuzaki et al. 2022), not in the CondConv paper (which trains from scratch):
+        each expert is ``W * 2 / E``, so at the neutral routing ``a = 0.5`` the mixture is exactly ``W`` and the
+        network starts as the dense one; the experts diverge as the routing differs between examples.
+        Returns the names of the kernels it used.
+        """
+        used = []
+        for name, module in self.named_modules():
+            key = f"{name}.weight"
+            if isinstance(module, CondConv2d) and key in dense_state and tuple(dense_state[key].shape) == module.weight_shape:
+                module.weight.copy_(dense_state[key].reshape(1, -1).expand_as(module.weight) * (2.0 / module.num_experts))
+                used.append(key)
+        return used
 
     def dense_counterpart(self) -> ResNet:
         """The plain ResNet of the same depth/widths (for ``cost.full_macs``), with every weight both share.

@@ -209,3 +209,23 @@ def test_trainer_runs_condconv(fmnist_dir, tmp_path):
     assert train.main(args) == 0
     model = load_checkpoint(tmp_path / "cc.pt")
     assert model.meta["method"] == "condconv" and model.meta["metrics"]["macs_mean"] > model.meta["metrics"]["macs_full"]
+
+
+@torch.no_grad()
+def test_upcycled_experts_reproduce_the_dense_network_at_neutral_routing(tmp_path):
+    """--init-from a plain ResNet: every expert is W * 2/E, so with routing 0.5 the CondConv net IS the dense net."""
+    from models import train
+
+    torch.manual_seed(1)
+    dense = create_model("resnet8", num_classes=10, in_chans=1)
+    randomize_batchnorm(dense)
+    meta = {"name": "dense", "method": "baseline", "dataset": "fashion-mnist", "classes": [str(i) for i in range(10)],
+            "input_size": [1, 28, 28], "mean": [0.5], "std": [0.5], "metrics": {}, "recipe": {}}
+    save_checkpoint(tmp_path / "dense.pt", dense, meta)
+    model = make(num_experts=4)
+    train.init_from(model, str(tmp_path / "dense.pt"))
+    for name, block in model.routing_blocks():
+        nn.init.zeros_(block.router.fc.weight)  # routing exactly sigmoid(0) = 0.5 for every example
+        assert torch.allclose(block.conv1.experts[0], block.conv1.experts[3])
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(model(x), dense.eval()(x), atol=1e-5, rtol=1e-5)
