@@ -200,16 +200,20 @@ class HybridRLStage(Stage):
     """
 
     def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, alpha: float = 0.05, beta: float = 1.0,
-                 rl_weight: float = 1.0) -> None:
+                 rl_weight: float = 1.0, backbone_lr: float | None = None) -> None:
         super().__init__("hybrid-rl", epochs, lr, weight_decay)
         self.alpha, self.beta, self.rl_weight = alpha, beta, rl_weight
+        self.backbone_lr = lr if backbone_lr is None else backbone_lr
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        params = self.parameters(model)
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.Adam(groups, lr=self.lr)
+        """Adam; the gates at ``lr``, the backbone (which only has to adapt to the skipping) at ``backbone_lr``."""
+        gates = {id(p) for p in _unwrap(model).gates.parameters()}
+        groups = []
+        for part_lr, in_part in ((self.lr, lambda p: id(p) in gates), (self.backbone_lr, lambda p: id(p) not in gates)):
+            params = [p for p in self.parameters(model) if in_part(p)]
+            groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": self.weight_decay, "lr": part_lr},
+                       {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr": part_lr}]
+        return torch.optim.Adam([g for g in groups if g["params"]], lr=self.lr)
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         net = _unwrap(model)
@@ -225,7 +229,7 @@ class HybridRLStage(Stage):
         return StepOutput(ce.mean() + self.rl_weight * policy_loss, out.logits)
 
 
-SKIPNET_DEFAULTS = {"alpha": 0.05, "beta": 1.0, "rl_epochs": 3, "rl_lr": 1e-3, "rl_weight": 1.0}
+SKIPNET_DEFAULTS = {"alpha": 0.05, "beta": 1.0, "rl_epochs": 3, "rl_lr": 1e-3, "rl_weight": 1.0, "rl_backbone_lr": None}
 
 
 def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -236,6 +240,8 @@ def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=float, default=SKIPNET_DEFAULTS["beta"], help="weight of -CE in the terminal reward")
     g.add_argument("--rl-epochs", type=int, default=SKIPNET_DEFAULTS["rl_epochs"], help="epochs of the hybrid RL stage")
     g.add_argument("--rl-lr", type=float, default=SKIPNET_DEFAULTS["rl_lr"], help="Adam learning rate of the RL stage")
+    g.add_argument("--rl-backbone-lr", type=float, default=None,
+                   help="Adam learning rate of the backbone in the RL stage (default: --rl-lr, as the gates)")
     g.add_argument("--rl-weight", type=float, default=SKIPNET_DEFAULTS["rl_weight"],
                    help="weight of the REINFORCE term against the cross-entropy")
     g.add_argument("--gate", choices=GATE_KINDS, default=None, help="SkipNet gate (default: the builder's, rnn)")
@@ -248,5 +254,6 @@ def skipnet_recipe(args: argparse.Namespace) -> list[Stage]:
     weight_decay = getattr(args, "weight_decay", 5e-4)
     return [
         SupervisedPretrainStage(args.epochs, args.lr, weight_decay),
-        HybridRLStage(opt["rl_epochs"], opt["rl_lr"], weight_decay, opt["alpha"], opt["beta"], opt["rl_weight"]),
+        HybridRLStage(opt["rl_epochs"], opt["rl_lr"], weight_decay, opt["alpha"], opt["beta"], opt["rl_weight"],
+                      opt["rl_backbone_lr"]),
     ]

@@ -365,3 +365,14 @@ def test_backbone_keys_match_the_plain_resnet():
     skip, plain = make("rnn", depth=20), create_model("resnet20", num_classes=10, in_chans=1)
     missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("gates.") for k in missing)
+
+
+def test_rl_stage_gives_the_backbone_its_own_learning_rate():
+    model = make("rnn")
+    stage = HybridRLStage(epochs=1, lr=1e-3, backbone_lr=1e-5)
+    optimizer = stage.optimizer(model)
+    gate_ids = {id(p) for p in model.gates.parameters()}
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(lr_of) == len(list(model.parameters()))
+    assert all(lr_of[id(p)] == (1e-3 if id(p) in gate_ids else 1e-5) for p in model.parameters())
+    assert {g["lr"] for g in HybridRLStage(epochs=1, lr=1e-3).optimizer(model).param_groups} == {1e-3}
