@@ -28,6 +28,9 @@ def results_table(manifest_path: Path = PRETRAINED / "manifest.json") -> str:
             f"{m['mac_ratio'] * 100:.0f}% | {m['macs_min'] / 1e6:.2f} - {m['macs_max'] / 1e6:.2f} M | {m['params']:,} | "
             f"{entry['wall_time_s'] / 60:.0f} min ({entry['machine']}, {entry['date']}) | `{entry['command']}` |"
         )
+        for label, v in m.get("variants", {}).items():  # e.g. DS-Net's static widths, same images
+            lines.append(f"| &nbsp;&nbsp;`{name}`, {label} | {v['test_acc'] * 100:.2f}% | {v['macs_mean'] / 1e6:.2f} M | "
+                         f"{v['mac_ratio'] * 100:.0f}% | | | | |")
     return "\n".join(lines)
 
 

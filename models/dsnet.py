@@ -360,6 +360,10 @@ class DSResNet(ResNet):
         """The plain full-width ResNet with this backbone's weights and widest BN statistics (``cost.full_macs``)."""
         return self.static_subnet(1.0)
 
+    def evaluation_variants(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """For ``models.evaluate``: every static width (with the gates' attention, as the dynamic net runs them)."""
+        return {f"static width {w:g}": functools.partial(self.forward_at_width, width=w) for w in self.widths_choices}
+
     def benchmark_references(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """What ``analysis.bench`` times the dynamic net against: the dense backbone and the extreme static subnets."""
         dense = self.dense_counterpart().eval()

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -22,34 +23,53 @@ from .trace import traced_forward
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data, info: DatasetInfo, limit: int | None = None, batch_size: int = 500,
-             progress: bool = True) -> dict:
-    """Accuracy and per-image executed MACs over ``data`` (the first ``limit`` images if given)."""
-    model.eval()
-    device = next(model.parameters()).device
+def accuracy_and_macs(forward: Callable[[torch.Tensor], torch.Tensor], data, info: DatasetInfo, device: torch.device,
+                      limit: int | None = None, batch_size: int = 500, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image correctness and executed MACs (from the trace) of ``forward`` over ``data``."""
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
     correct, macs = [], []
     seen = 0
     for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         if limit is not None and seen >= limit:
             break
-        x = normalize(images, info.mean, info.std).to(device)
-        logits, trace = traced_forward(model, x)
+        logits, trace = traced_forward(forward, normalize(images, info.mean, info.std).to(device))
         correct.append(logits.argmax(1).cpu() == labels)
         macs.append(trace.macs)
         seen += len(labels)
-    correct_t, macs_t = torch.cat(correct), torch.cat(macs)
+    return torch.cat(correct), torch.cat(macs)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data, info: DatasetInfo, limit: int | None = None, batch_size: int = 500,
+             progress: bool = True) -> dict:
+    """Accuracy and per-image executed MACs over ``data`` (the first ``limit`` images if given).
+
+    A model that declares ``evaluation_variants()`` (DS-Net: each static width) also gets the accuracy and
+    mean MACs of each variant under ``"variants"``, so its results table compares them on the same images.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    correct, macs = accuracy_and_macs(model, data, info, device, limit, batch_size, progress)
     dense = full_macs(model, info.input_size)
-    return {
-        "test_acc": round(correct_t.float().mean().item(), 5),
-        "n_test": len(correct_t),
-        "macs_mean": round(macs_t.mean().item()),
-        "macs_min": round(macs_t.min().item()),
-        "macs_max": round(macs_t.max().item()),
+    metrics = {
+        "test_acc": round(correct.float().mean().item(), 5),
+        "n_test": len(correct),
+        "macs_mean": round(macs.mean().item()),
+        "macs_min": round(macs.min().item()),
+        "macs_max": round(macs.max().item()),
         "macs_full": dense,
-        "mac_ratio": round(macs_t.mean().item() / dense, 4),
+        "mac_ratio": round(macs.mean().item() / dense, 4),
         "params": sum(p.numel() for p in model.parameters()),
     }
+    variants = getattr(model, "evaluation_variants", None)
+    if callable(variants):
+        metrics["variants"] = {}
+        for label, forward in variants().items():
+            v_correct, v_macs = accuracy_and_macs(forward, data, info, device, limit, batch_size, progress)
+            metrics["variants"][label] = {"test_acc": round(v_correct.float().mean().item(), 5),
+                                          "macs_mean": round(v_macs.mean().item()),
+                                          "mac_ratio": round(v_macs.mean().item() / dense, 4)}
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,11 +123,13 @@ def test_bench_prints_ratios(checkpoint_dir, capsys):
 
 def test_results_table_from_manifest(tmp_path):
     manifest = {"m": {"metrics": {"test_acc": 0.9, "n_test": 10, "macs_mean": 2e6, "mac_ratio": 0.5, "macs_min": 1e6,
-                                  "macs_max": 3e6, "params": 5}, "wall_time_s": 120, "machine": "x", "date": "d",
-                      "command": "python -m models.train --model m"}}
+                                  "macs_max": 3e6, "params": 5,
+                                  "variants": {"static width 0.5": {"test_acc": 0.8, "macs_mean": 1e6, "mac_ratio": 0.25}}},
+                      "wall_time_s": 120, "machine": "x", "date": "d", "command": "python -m models.train --model m"}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     table = results.results_table(tmp_path / "manifest.json")
     assert "| `m` | 90.00% (10 images) | 2.00 M | 50% |" in table
+    assert "`m`, static width 0.5 | 80.00% | 1.00 M | 25% |" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{results.START}\nold\n{results.END}\noutro\n")
     results.update_readme(readme, tmp_path / "manifest.json")

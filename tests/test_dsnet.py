@@ -406,3 +406,22 @@ def test_width_probabilities_stay_differentiable_for_attributions():
         assert torch.allclose(probs.detach(), torch.tensor([d[1]["probabilities"] for d in trace.decisions]), atol=1e-6)
         (grad,) = torch.autograd.grad(probs[:, 0].sum(), x)
     assert grad.abs().sum() > 0
+
+
+def test_evaluate_reports_every_static_width_on_the_same_images():
+    from models.data import load_dataset
+    from models.evaluate import evaluate
+
+    model = make()
+    data, info = load_dataset("fashion-mnist-subset", "test")
+    metrics = evaluate(model, data, info, limit=40, batch_size=20, progress=False)
+    variants = metrics["variants"]
+    assert list(variants) == [f"static width {w:g}" for w in model.widths_choices]
+    macs = [v["macs_mean"] for v in variants.values()]
+    assert macs == sorted(macs) and macs[0] < macs[-1]
+    # the dynamic net picks among them, plus its width heads (a few hundred MACs)
+    assert macs[0] <= metrics["macs_min"] and metrics["macs_max"] <= macs[-1] * 1.001
+    x = torch.randn(1, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        model.forward_at_width(x, width=model.widths_choices[-1])
+    assert variants[f"static width {model.widths_choices[-1]:g}"]["macs_mean"] == counter.get_total_flops() // 2
