@@ -78,11 +78,14 @@ def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int = 256, 
     rows = []
     metrics = model.meta.get("metrics", {})
     for label, reference in references(model).items():
-        macs_model, macs_ref = mean_macs(model, x), mean_macs(reference, x)
-        lat_model, lat_ref, thr_model, thr_ref = paired_timing(model, reference, x, batch, rounds)
+        # a reference is a forward to compare the model with, or a (subject, reference) pair of its own
+        # (DS-Net: narrowest vs widest static subnet); the accuracy column is the model's only for the model
+        subject, reference = reference if isinstance(reference, tuple) else (model, reference)
+        macs_model, macs_ref = mean_macs(subject, x), mean_macs(reference, x)
+        lat_model, lat_ref, thr_model, thr_ref = paired_timing(subject, reference, x, batch, rounds)
         rows.append({
             "model": model.meta["name"], "method": model.meta["method"], "vs": label,
-            "test_acc": metrics.get("test_acc"), "macs_mean": macs_model, "macs_ref": macs_ref,
+            "test_acc": metrics.get("test_acc") if subject is model else None, "macs_mean": macs_model, "macs_ref": macs_ref,
             "mac_ratio": macs_model / macs_ref,
             "latency_ms": lat_model * 1e3, "latency_ref_ms": lat_ref * 1e3, "latency_ratio": lat_model / lat_ref,
             "throughput": thr_model, "throughput_ref": thr_ref, "throughput_ratio": thr_model / thr_ref,

@@ -365,11 +365,12 @@ class DSResNet(ResNet):
         return {f"static width {w:g}": functools.partial(self.forward_at_width, width=w) for w in self.widths_choices}
 
     def benchmark_references(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        """What ``analysis.bench`` times the dynamic net against: the dense backbone and the extreme static subnets."""
-        dense = self.dense_counterpart().eval()
-        return {"dense backbone": dense,
-                "static widest subnet": functools.partial(self.forward_at_width, width=self.widths_choices[-1]),
-                "static narrowest subnet": functools.partial(self.forward_at_width, width=self.widths_choices[0])}
+        """What ``analysis.bench`` times the dynamic net against (the dense backbone, the extreme static subnets),
+        plus the narrowest static subnet against the widest (a ``(subject, reference)`` pair)."""
+        widest = functools.partial(self.forward_at_width, width=self.widths_choices[-1])
+        narrowest = functools.partial(self.forward_at_width, width=self.widths_choices[0])
+        return {"dense backbone": self.dense_counterpart().eval(), "static widest subnet": widest,
+                "static narrowest subnet": narrowest, "narrowest vs widest (static)": (narrowest, widest)}
 
 
 def _dsnet(depth: int):

@@ -147,3 +147,14 @@ def test_figures_cli_as_a_module(checkpoint_dir, tmp_path):
                              "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt")], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-1000:]
     assert (tmp_path / "overview_accuracy_vs_macs.pdf").exists()
+
+
+def test_bench_rows_of_a_dsnet_include_narrowest_vs_widest(images):
+    torch.manual_seed(0)
+    model = with_meta(create_model("dsnet_resnet8", in_chans=1), "tiny_dsnet")
+    rows = {r["vs"]: r for r in bench.bench_model(model, images[0][:4], batch=8, rounds=1)}
+    assert set(rows) == {"dense backbone", "static widest subnet", "static narrowest subnet", "narrowest vs widest (static)"}
+    pair = rows["narrowest vs widest (static)"]
+    assert pair["test_acc"] is None and rows["dense backbone"]["test_acc"] == 0.5
+    assert pair["macs_mean"] == rows["static narrowest subnet"]["macs_ref"]
+    assert pair["macs_ref"] == rows["static widest subnet"]["macs_ref"] and pair["mac_ratio"] < 0.5
