@@ -243,8 +243,9 @@ class Trainer:
         from .evaluate import evaluate
 
         self.model.eval()
-        metrics = evaluate(self.model, self.test_data, self.info, limit=500 * self.args.limit_batches or None,
-                           progress=not self.args.no_progress)
+        export = getattr(self.model, "for_inference", None)  # measure what load_checkpoint will return (DGConv: grouped convs)
+        metrics = evaluate(export() if callable(export) else self.model, self.test_data, self.info,
+                           limit=500 * self.args.limit_batches or None, progress=not self.args.no_progress)
         meta = self.meta()
         meta["metrics"] = {**metrics, "train_wall_time_s": round(self.elapsed, 1)}
         final = self.out / f"{self.name}.pt"

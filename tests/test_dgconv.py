@@ -318,6 +318,7 @@ def test_training_run_and_inspect(fmnist_dir, tmp_path):
     model = load_checkpoint(tmp_path / "g.pt")
     metrics = model.meta["metrics"]
     assert model.meta["method"] == "dgconv" and metrics["macs_mean"] <= metrics["macs_full"]
+    assert metrics["params"] == sum(p.numel() for p in model.parameters()), "metrics describe the exported model"
     (record,) = trace_batch(model, torch.randn(1, 1, 28, 28), ["x.png"])
     assert record["decisions"] == [] and [e["layer"] for e in record["structure"]][0] == "layer1.0.conv1"
     assert record["cost"]["macs_full"] == metrics["macs_full"]
