@@ -477,6 +477,14 @@ def sgs_targets(narrow_logits: torch.Tensor, labels: torch.Tensor, num_choices: 
     return torch.where(easy, torch.zeros_like(labels), torch.full_like(labels, num_choices - 1))
 
 
+def sgs_gate_loss(width_logits: torch.Tensor, target: torch.Tensor, hard_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of the width head on the SGS targets; ``hard_weight`` > 1 (not in the paper) weighs the hard
+    (widest) targets up, against the imbalance when the narrowest subnet is right on most images."""
+    weight = torch.ones(width_logits.shape[-1], dtype=width_logits.dtype, device=width_logits.device)
+    weight[-1] = hard_weight
+    return F.cross_entropy(width_logits, target, weight=weight)
+
+
 def expected_cost(width_logits: torch.Tensor, widths_choices: Sequence[float]) -> torch.Tensor:
     """Mean over samples and gates of E_p[w^2]: the expected relative MACs of a stage (a slimmed conv costs ~w^2)."""
     cost = torch.tensor(widths_choices, dtype=width_logits.dtype, device=width_logits.device) ** 2
@@ -540,9 +548,10 @@ class GateStage(Stage):
     """Stage 2: frozen supernet, gates trained with Sandwich Gate Sparsification + task loss + complexity (Adam)."""
 
     def __init__(self, epochs: int, lr: float = 1e-3, complexity_weight: float = 0.1, recalibrate: bool = False,
-                 recalibration_batches: int = 20) -> None:
+                 recalibration_batches: int = 20, hard_weight: float = 1.0) -> None:
         super().__init__("gate-sgs", epochs, lr, weight_decay=0.0)
         self.complexity_weight, self.recalibrate, self.recalibration_batches = complexity_weight, recalibrate, recalibration_batches
+        self.hard_weight = hard_weight
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         net = _unwrap(model)
@@ -563,13 +572,13 @@ class GateStage(Stage):
         target = sgs_targets(narrow, y, net.num_choices)
         out = model(x, return_gates=True)
         d = out.width_logits.shape[1]
-        gate_loss = F.cross_entropy(out.width_logits.reshape(-1, net.num_choices), target.repeat_interleave(d))
+        gate_loss = sgs_gate_loss(out.width_logits.reshape(-1, net.num_choices), target.repeat_interleave(d), self.hard_weight)
         loss = F.cross_entropy(out.logits, y) + gate_loss + self.complexity_weight * expected_cost(out.width_logits, net.widths_choices)
         return StepOutput(loss, out.logits)
 
 
 DSNET_DEFAULTS = {"supernet_epochs": None, "gate_epochs": 3, "gate_lr": 1e-3, "complexity_weight": 0.1,
-                  "ema_decay": 0.997, "recalibration_batches": 20}
+                  "ema_decay": 0.997, "recalibration_batches": 20, "hard_weight": 1.0}
 
 
 def add_dsnet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -580,6 +589,9 @@ def add_dsnet_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gate-lr", type=float, default=DSNET_DEFAULTS["gate_lr"], help="Adam learning rate of the gate stage")
     g.add_argument("--complexity-weight", type=float, default=DSNET_DEFAULTS["complexity_weight"],
                    help="weight of the expected-width-cost penalty on the gates; more, narrower")
+    g.add_argument("--hard-weight", type=float, default=DSNET_DEFAULTS["hard_weight"],
+                   help="weight of the hard (widest) SGS target in the gate loss; > 1 when the narrowest subnet is right "
+                        "on most images (not in the paper)")
     g.add_argument("--ema-decay", type=float, default=DSNET_DEFAULTS["ema_decay"], help="per-step decay of the EMA teacher")
     g.add_argument("--recalibration-batches", type=int, default=DSNET_DEFAULTS["recalibration_batches"],
                    help="training batches used to re-estimate each width's BN statistics after the supernet stage")
@@ -596,5 +608,6 @@ def dsnet_recipe(args: argparse.Namespace) -> list[Stage]:
         stages.append(SupernetStage(supernet_epochs, args.lr, weight_decay, opt["ema_decay"], opt["recalibration_batches"]))
     if opt["gate_epochs"] > 0:
         stages.append(GateStage(opt["gate_epochs"], opt["gate_lr"], opt["complexity_weight"],
-                                recalibrate=supernet_epochs <= 0, recalibration_batches=opt["recalibration_batches"]))
+                                recalibrate=supernet_epochs <= 0, recalibration_batches=opt["recalibration_batches"],
+                                hard_weight=opt["hard_weight"]))
     return stages

@@ -16,7 +16,7 @@ from models import create_model
 from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.cost import full_macs
 from models.data import FASHION_MNIST
-from models.dsnet import (DSResNet, GateStage, SupernetStage, add_dsnet_arguments, dsnet_recipe, ema_update, expected_cost,
+from models.dsnet import (DSResNet, sgs_gate_loss, GateStage, SupernetStage, add_dsnet_arguments, dsnet_recipe, ema_update, expected_cost,
                           ieb_loss, recalibrate_bn, sgs_targets, soft_cross_entropy)
 from models.resnet import ResNet
 from models.slimmable import SlimBatchNorm2d, SlimConv2d
@@ -425,3 +425,14 @@ def test_evaluate_reports_every_static_width_on_the_same_images():
     with FlopCounterMode(display=False) as counter:
         model.forward_at_width(x, width=model.widths_choices[-1])
     assert variants[f"static width {model.widths_choices[-1]:g}"]["macs_mean"] == counter.get_total_flops() // 2
+
+
+def test_hard_weight_weighs_the_widest_target_in_the_gate_loss():
+    logits = torch.randn(6, 4)
+    target = torch.tensor([0, 0, 0, 0, 3, 3])  # four easy, two hard
+    per_sample = F.cross_entropy(logits, target, reduction="none")
+    w = torch.tensor([1.0, 1, 1, 1, 5, 5])
+    torch.testing.assert_close(sgs_gate_loss(logits, target, 5.0), (w * per_sample).sum() / w.sum())
+    torch.testing.assert_close(sgs_gate_loss(logits, target), per_sample.mean())
+    args = argparse.Namespace(epochs=0, lr=0.1, supernet_epochs=0, gate_epochs=1, hard_weight=4.0)
+    assert dsnet_recipe(args)[0].hard_weight == 4.0
