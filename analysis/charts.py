@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import plotly.graph_objects as go
+
+from analysis.group_structure import mask_from_groups
 
 COMPACT = dict(margin=dict(l=10, r=10, t=40, b=10))
 
@@ -64,8 +65,7 @@ def routing_heatmap(decisions: list[dict]) -> go.Figure:
 
 def group_mask(entry: dict) -> go.Figure:
     """The learned connectivity U of a DGConv layer: U[i, j] = 1 when channels i and j share a group."""
-    groups = np.asarray(entry["group_of_channel"])
-    mask = entry.get("mask") or (groups[:, None] == groups[None, :]).astype(int).tolist()
+    mask = entry.get("mask") or mask_from_groups(entry["group_of_channel"]).tolist()
     figure = go.Figure(go.Heatmap(z=mask, colorscale=[[0, "white"], [1, "#54a24b"]], showscale=False))
     figure.update_yaxes(autorange="reversed", title="output channel", scaleanchor="x")
     return figure.update_layout(title=f"{entry['layer']}: {entry['groups']} groups", xaxis_title="input channel", height=320, **COMPACT)

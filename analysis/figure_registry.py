@@ -79,6 +79,15 @@ class FigureContext:
         return self._tables[name]
 
 
+def main_model(context: FigureContext, method: str, max_mac_ratio: float = 0.9) -> str:
+    """The model a single-model figure shows: the most accurate one that saves compute (mean MACs below
+    ``max_mac_ratio`` of dense, so the figure shows decisions that differ), else the most accurate."""
+    models = context.models(method)
+    metrics = {n: m.meta.get("metrics", {}) for n, m in models.items()}
+    saving = [n for n in models if metrics[n].get("mac_ratio", 1.0) < max_mac_ratio] or list(models)
+    return max(saving, key=lambda n: metrics[n].get("test_acc", 0))
+
+
 def figure_bytes(figure: plt.Figure, fmt: str) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format=fmt, bbox_inches="tight", dpi=200 if fmt == "png" else None)
@@ -108,4 +117,5 @@ def write_figures(context: FigureContext, out: Path, only: str | None = None, pr
 
 def load_figure_modules() -> None:
     """Import the per-method figure files so they register (kept here so the CLI and the app agree)."""
-    from analysis import figures_overview, figures_skipnet  # noqa: F401
+    from analysis import (figures_condconv, figures_dgconv, figures_dsnet, figures_overview, figures_repr,  # noqa: F401
+                          figures_skipnet)

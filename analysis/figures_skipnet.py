@@ -2,19 +2,40 @@
 input scale vs blocks executed, accuracy vs MACs over the alpha sweep."""
 from __future__ import annotations
 
+from typing import Callable
+
 import matplotlib.pyplot as plt
+import pandas as pd
 
 from analysis.dataset_table import easy_and_hard, layer_columns
-from analysis.figure_registry import FigureContext, register_figure
+from analysis.figure_registry import FigureContext, main_model, register_figure
 from analysis.skipping import blocks_executed, scale_response, skip_ratios
 
 
 def main_skipnet(context: FigureContext) -> str:
     """The SkipNet the single-model figures show: the most accurate one that skips (mean MACs < 90% of dense)."""
-    models = context.models("skipnet")
-    metrics = {n: m.meta.get("metrics", {}) for n, m in models.items()}
-    skipping = [n for n in models if metrics[n].get("mac_ratio", 1.0) < 0.9] or list(models)
-    return max(skipping, key=lambda n: metrics[n].get("test_acc", 0))
+    return main_model(context, "skipnet")
+
+
+def easy_hard_gallery(context: FigureContext, name: str, describe: Callable[[pd.Series], str] | None = None,
+                      k: int = 8) -> plt.Figure:
+    """Two rows of ``k`` test images, fewest MACs (easy) above most MACs (hard), with their mean brightness and
+    contrast; ``describe(row)`` labels each image (default: class and MACs). Shared by every dynamic method."""
+    table = context.table(name)
+    images, _ = context.images()
+    easy, hard = easy_and_hard(table, k)
+    describe = describe or (lambda item: f"{item['class']}\n{item['macs'] / 1e6:.1f}M")
+    figure, axes = plt.subplots(2, k, figsize=(k, 2.6), squeeze=False)
+    for row, (title, subset) in enumerate((("easy", easy), ("hard", hard))):
+        for ax in axes[row]:
+            ax.axis("off")
+        for ax, (index, item) in zip(axes[row], subset.iterrows()):
+            ax.imshow(images[index].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(describe(item), fontsize=6)
+        axes[row][0].text(-0.3, 0.5, f"{title}\nbright {subset['brightness'].mean():.2f}\ncontrast {subset['contrast'].mean():.2f}",
+                          transform=axes[row][0].transAxes, ha="right", va="center", fontsize=7)
+    figure.suptitle(f"{name}: easy vs hard images", fontsize=9)
+    return figure
 
 
 @register_figure("skipnet_skip_ratio", "skipnet", "Fraction of test images that skip each gated residual block.")
@@ -34,20 +55,7 @@ def skip_ratio_figure(context: FigureContext) -> plt.Figure:
                  "Easy images (fewest blocks executed, top) and hard images (most blocks executed, bottom), with their "
                  "mean brightness and contrast: in the paper easy images are brighter and clearer.")
 def easy_hard_figure(context: FigureContext) -> plt.Figure:
-    name = main_skipnet(context)
-    table = context.table(name)
-    images, _ = context.images()
-    easy, hard = easy_and_hard(table, 8)
-    figure, axes = plt.subplots(2, 8, figsize=(8, 2.6))
-    for row, (title, subset) in enumerate((("easy", easy), ("hard", hard))):
-        for ax, (index, item) in zip(axes[row], subset.iterrows()):
-            ax.imshow(images[index].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"{item['class']}\n{item['macs'] / 1e6:.1f}M", fontsize=6)
-            ax.axis("off")
-        axes[row][0].text(-0.3, 0.5, f"{title}\nbright {subset['brightness'].mean():.2f}\ncontrast {subset['contrast'].mean():.2f}",
-                          transform=axes[row][0].transAxes, ha="right", va="center", fontsize=7)
-    figure.suptitle(f"{name}: easy vs hard images", fontsize=9)
-    return figure
+    return easy_hard_gallery(context, main_skipnet(context))
 
 
 @register_figure("skipnet_blocks_per_class", "skipnet", "Mean number of gated blocks executed per image, by class.")
