@@ -34,11 +34,18 @@ class ModelInput:
     tensor: torch.Tensor
     pixels: np.ndarray  # (H, W) or (H, W, 3), uint8: what the model saw, before normalization
     notes: list[str] = field(default_factory=list)
+    # the notes that say the file held more than the model sees (frames, alpha, bit depth, colour space):
+    # the app shows them as warnings, the routine fitting steps only as captions
+    warnings: list[str] = field(default_factory=list)
+
+
+def _display_name(source: bytes | str | os.PathLike, name: str | None) -> str:
+    return name or (Path(source).name if not isinstance(source, bytes) else "image")
 
 
 def open_image(source: bytes | str | os.PathLike, name: str | None = None) -> Image.Image:
     """Decode fully (first frame), so every failure surfaces here as an ``ImageError``."""
-    name = name or (Path(source).name if not isinstance(source, bytes) else "image")
+    name = _display_name(source, name)
     try:
         if isinstance(source, bytes):
             data = source
@@ -77,12 +84,15 @@ def _to_rgb_or_gray(img: Image.Image, notes: list[str]) -> Image.Image:
         array = np.asarray(img, dtype=np.float64)
         lo, hi = float(array.min()), float(array.max())
         array = (array - lo) / (hi - lo if hi > lo else 1.0) * 255
-        notes.append(f"{img.mode} image rescaled to 8 bits")
+        depth = "16-bit" if img.mode.startswith("I;16") else f"32-bit ({img.mode})"
+        notes.append(f"{depth} grayscale image rescaled to 8 bits")
         return Image.fromarray(array.round().astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
+    if img.mode == "P":  # a palette without a transparent entry is plain RGB
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] == 255:  # an alpha channel that is opaque everywhere
+            return rgba.convert("RGB")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         notes.append("transparency composited on white")
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -126,6 +136,7 @@ def to_model_input(img: Image.Image, meta: dict) -> ModelInput:
     channels, height, width = meta["input_size"]
     notes: list[str] = []
     img = _to_rgb_or_gray(img, notes)
+    warnings = list(notes)  # so far only what the file held beyond 8-bit RGB/L: see ``ModelInput.warnings``
     if channels == 1:
         if img.mode != "L":
             notes.append("converted to grayscale")
@@ -140,8 +151,14 @@ def to_model_input(img: Image.Image, meta: dict) -> ModelInput:
         rgb = _center_crop(img.convert("RGB"), height, notes)
         pixels = np.asarray(rgb, dtype=np.uint8).copy()
         images = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-    return ModelInput(normalize(images, meta["mean"], meta["std"]), pixels, notes)
+    return ModelInput(normalize(images, meta["mean"], meta["std"]), pixels, notes, warnings)
 
 
 def load_model_input(source: bytes | str | os.PathLike, meta: dict, name: str | None = None) -> ModelInput:
-    return to_model_input(open_image(source, name), meta)
+    """Decode and convert; a mode Pillow decodes but cannot convert (e.g. LAB) is an ``ImageError`` too."""
+    name = _display_name(source, name)
+    img = open_image(source, name)
+    try:
+        return to_model_input(img, meta)
+    except (ValueError, OSError) as e:
+        raise ImageError(f"{name}: cannot convert this {img.mode} image ({e})") from None

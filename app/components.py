@@ -1,17 +1,17 @@
 """Reusable pieces of the pages: image picking, one image's report, decision views, attribution view."""
 from __future__ import annotations
 
+import copy
 from itertools import groupby
 
 import plotly.express as px
 import streamlit as st
 import torch
 
-from analysis.attributions import explain_decision, explain_prediction
 from analysis.catalog import sample_images
 from analysis.charts import decision_charts, top_classes
-from analysis.images import ImageError, ModelInput, load_model_input
-from analysis.routing import trace_batch
+from analysis.images import ImageError
+from app.resources import traced_image
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
 
@@ -33,14 +33,6 @@ def pick_images(key: str, default_samples: int = 1, multiple: bool = True) -> li
     return [(name, samples[name].read_bytes()) for name in picked] + [(u.name, u.getvalue()) for u in uploads]
 
 
-def model_input_or_error(data: bytes, name: str, meta: dict) -> ModelInput | None:
-    try:
-        return load_model_input(data, meta, name)
-    except ImageError as e:
-        st.error(str(e))
-        return None
-
-
 def show_decisions(decisions: list[dict], key: str) -> None:
     """One view per kind of decision, in the order the network takes them."""
     kinds = [kind for kind, _ in groupby(decisions, key=lambda d: d["kind"])]
@@ -51,15 +43,23 @@ def show_decisions(decisions: list[dict], key: str) -> None:
 
 
 def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compact: bool = False) -> dict | None:
-    """The tensor the model saw, prediction, cost and every decision for one image; returns the trace."""
-    model_input = model_input_or_error(data, name, model.meta)
-    if model_input is None:
+    """The tensor the model saw, prediction, cost and every decision for one image; returns the trace.
+
+    An unusable file is an error message and None; content the model cannot see (frames, alpha, bit depth,
+    colour space) is a warning; routine fitting steps are captions.
+    """
+    try:
+        model_input, trace = traced_image(model, model.cache_key, name, data)
+    except ImageError as e:
+        st.error(str(e))
         return None
-    trace = trace_batch(model, model_input.tensor, [name], structure=False)[0]
+    if model_input.warnings:
+        st.warning(f"{name}: " + "; ".join(model_input.warnings))
     seen, result = st.columns([1, 3]) if not compact else (st.container(), st.container())
     seen.image(model_input.pixels, caption=f"{name}: the exact input the model saw", width=140, clamp=True)
     for note in model_input.notes:
-        seen.caption(note)
+        if note not in model_input.warnings:
+            seen.caption(note)
     prediction, cost = trace["prediction"], trace["cost"]
     a, b = result.columns(2)
     a.metric("Prediction", prediction["label"], f"{prediction['probability'] * 100:.1f}% confidence", delta_color="off")
@@ -75,15 +75,22 @@ def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compa
 
 
 def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
-    """captum attributions of the prediction or of one decision, with IG's convergence delta."""
+    """captum attributions of the prediction or of one decision, with IG's convergence delta.
+
+    captum (and matplotlib with it) is imported here, on first use, not when every page starts.
+    """
+    from analysis.attributions import explain_decision, explain_prediction
+
     decisions = trace["decisions"]
     targets = ["prediction"] + [f"{d['kind']}: {d['layer']}" for d in decisions]
     choice = st.selectbox("Explain", targets, key=f"{key}-target")
     x = trace["tensor"]
     if choice == "prediction":
         method = st.radio("Method", ["Integrated Gradients", "GradCAM"], horizontal=True, key=f"{key}-method")
-        attribution = explain_prediction(model, x, trace["prediction"]["index"],
-                                         "gradcam" if method == "GradCAM" else "integrated_gradients")
+        if method == "GradCAM":  # captum hooks the last layer while it works: on a copy, not the shared model
+            attribution = explain_prediction(copy.deepcopy(model), x, trace["prediction"]["index"], "gradcam")
+        else:
+            attribution = explain_prediction(model, x, trace["prediction"]["index"], "integrated_gradients")
     else:
         decision = decisions[targets.index(choice) - 1]
         option = None

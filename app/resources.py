@@ -11,8 +11,11 @@ import torch
 
 from analysis.catalog import bundled_checkpoints
 from analysis.dataset_table import dataset_table, load_test_images
+from analysis.images import ModelInput, load_model_input
+from analysis.routing import trace_batch
+from models.checkpoint import META_KEYS, CheckpointError, load_checkpoint
 from models.data import find_fashion_mnist
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.trace import traced_forward
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -27,14 +30,32 @@ def load_bundled(name: str) -> torch.nn.Module:
     return _load(str(path), path.stat().st_mtime)
 
 
+def _check_usable(model: torch.nn.Module) -> torch.nn.Module:
+    """An uploaded file is untrusted: the meta the pages read must be there and one traced forward pass must
+    give one logit per class, or every image would fail later, deep inside a page."""
+    missing = [k for k in META_KEYS if k not in model.meta]
+    if missing:
+        raise CheckpointError(f"its meta lacks {', '.join(missing)}")
+    logits, _ = traced_forward(model, torch.zeros(1, *model.meta["input_size"]))
+    if logits.shape != (1, len(model.meta["classes"])):
+        raise CheckpointError(f"it gives {tuple(logits.shape)} logits for {len(model.meta['classes'])} classes")
+    return model
+
+
 @st.cache_resource(show_spinner="Loading uploaded checkpoint…", max_entries=8)
 def load_uploaded(data: bytes) -> torch.nn.Module:
-    """An uploaded checkpoint, keyed by its content; ``CheckpointError`` if it is not a RouteScope one."""
+    """An uploaded checkpoint, keyed by its content; ``CheckpointError`` (without the temporary path) if it
+    is not a usable RouteScope checkpoint."""
     digest = hashlib.sha256(data).hexdigest()[:16]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload-{digest}.pt"
         path.write_bytes(data)
-        model = load_checkpoint(path)
+        try:
+            model = _check_usable(load_checkpoint(path))
+        except CheckpointError as e:
+            raise CheckpointError(str(e).replace(f"{path}: ", "")) from None
+        except Exception as e:  # whatever an untrusted file breaks must become a message, not a crash
+            raise CheckpointError(f"cannot be used ({type(e).__name__}: {str(e)[:200]})") from None
     model.cache_key = f"upload:{digest}"
     return model
 
@@ -59,8 +80,16 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
     try:
         return load_uploaded(upload.getvalue())
     except CheckpointError as e:
-        st.sidebar.error(str(e).replace(str(Path(tempfile.gettempdir())), "…"))
+        st.sidebar.error(f"{upload.name}: {e}")
         return None
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def traced_image(_model: torch.nn.Module, model_key: str, name: str, data: bytes) -> tuple[ModelInput, dict]:
+    """Decode and trace one image once per (model, image bytes): reruns (a widget touched, another image
+    added) reuse it, and the cached copy is the caller's own. ``ImageError`` is not cached (it is cheap)."""
+    model_input = load_model_input(data, _model.meta, name)
+    return model_input, trace_batch(_model, model_input.tensor, [name], structure=False)[0]
 
 
 @st.cache_resource

@@ -1,7 +1,15 @@
 """RouteScope app entry: ``streamlit run app/streamlit_app.py``."""
+import os
 from pathlib import Path
 
 import streamlit as st
+import torch
+
+# One intra-op thread unless OMP_NUM_THREADS says otherwise: a single image is a few ms of work, and with
+# several sessions (or another job) on two cores, OpenMP teams spin against each other and one forward
+# pass took seconds instead of milliseconds. Sessions run in their own threads, so cores are still used.
+if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() != 1:
+    torch.set_num_threads(1)
 
 PAGES = Path(__file__).parent / "pages"
 

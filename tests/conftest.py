@@ -25,7 +25,11 @@ def fmnist_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch):
-    """Tests never read $ROUTESCOPE_DATA or $ROUTESCOPE_MODELS from the developer's shell."""
+    """Tests never read $ROUTESCOPE_DATA or $ROUTESCOPE_MODELS from the developer's shell, and the app's
+    one-thread setting (app/streamlit_app.py, run in-process by AppTest) does not leak into later tests."""
     monkeypatch.delenv("ROUTESCOPE_DATA", raising=False)
     monkeypatch.delenv("ROUTESCOPE_MODELS", raising=False)
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

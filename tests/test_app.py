@@ -1,38 +1,67 @@
-"""AppTest of the Inspect page: bundled models, samples, uploads, and bad input that must not crash it."""
+"""AppTest of every page: bundled models, samples, real uploads, bad input that must not crash it, the data
+behind the charts, the files behind the download buttons, and a shared model that no request mutates."""
+import hashlib
 import io
+import json
+import tempfile
 
+import numpy as np
 import pytest
 import streamlit as st
+import torch
 from PIL import Image
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from analysis.catalog import sample_images
 from models import create_model
 from models.checkpoint import save_checkpoint
 from models.data import FASHION_MNIST
-from test_images import huge_png
+from test_images import encode, huge_png, shoe_on_white
 
 from conftest import REPO
 
 APP = str(REPO / "app" / "streamlit_app.py")
+TIMEOUT = 600  # per script run: generous for a loaded 2-core machine; a hang still fails
+TINY_META = {"name": "tiny", "method": "baseline", "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
+             "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "dark_background": True,
+             "metrics": {"test_acc": 0.5}, "recipe": {}}
 
 
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
-    meta = {"name": "tiny", "method": "baseline", "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
-            "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "dark_background": True,
-            "metrics": {"test_acc": 0.5}, "recipe": {}}
-    save_checkpoint(tmp_path / "tiny.pt", create_model("resnet8", in_chans=1), meta)
+    save_checkpoint(tmp_path / "tiny.pt", create_model("resnet8", in_chans=1), TINY_META)
     monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
     st.cache_resource.clear()
+    st.cache_data.clear()
     return tmp_path
 
 
-def start() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
+@pytest.fixture
+def downloads(monkeypatch) -> dict[str, tuple[str, bytes]]:
+    """``{file name: (mime type, bytes)}`` of every download button the runs create."""
+    seen: dict[str, tuple[str, bytes]] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        if filename is not None and isinstance(path_or_data, bytes):
+            seen[filename] = (mimetype, path_or_data)
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    return seen
+
+
+def start(script: str = APP) -> AppTest:
+    """The whole app (or one page's script), run once without an exception."""
+    at = AppTest.from_file(script, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+def shown_images(at: AppTest) -> list[str]:
+    """Names of the images whose model input the page shows (from the image captions)."""
+    return [caption.split(": the exact input")[0] for image in at.get("image") for caption in image.captions]
 
 
 def test_inspect_a_sample(models_dir):
@@ -44,43 +73,98 @@ def test_inspect_a_sample(models_dir):
     assert "100% of the dense" in at.metric[1].delta
 
 
-def test_upload_images_good_and_bad(models_dir):
+def test_upload_images_good_odd_and_bad(models_dir):
+    """Each upload gives its report, a warning (content the model cannot see) or an error; nothing crashes."""
+    rng = np.random.default_rng(0)
+    noise = encode(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    frames = [shoe_on_white(), Image.new("RGB", (300, 200), "black")]
+    transparent = shoe_on_white(mode="RGBA")
+    transparent.putalpha(Image.linear_gradient("L").resize(transparent.size))
+    uploads = {
+        "shoe.jpg": encode(shoe_on_white(), "JPEG"),
+        "fake.png": b"this is text",
+        "cut.png": noise[: len(noise) // 2],
+        "bomb.png": huge_png(),
+        "anim.gif": encode(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "cmyk.jpg": encode(shoe_on_white(mode="CMYK"), "JPEG"),
+        "deep.png": encode(Image.fromarray(np.asarray(shoe_on_white().convert("L"), dtype=np.uint16) * 257)),
+        "alpha.png": encode(transparent),
+    }
     at = start()
-    at.multiselect[0].set_value([])
-    photo = io.BytesIO()
-    Image.new("RGB", (120, 90), "white").save(photo, "JPEG")
-    at.file_uploader[0].set_value([
-        ("shoe.jpg", photo.getvalue(), "image/jpeg"),
-        ("fake.png", b"this is text", "image/png"),
-        ("cut.png", sample_images()[0].read_bytes()[:50], "image/png"),
-        ("bomb.png", huge_png(), "image/png"),
-    ]).run()
-    assert not at.exception
+    at.file_uploader[0].set_value([(name, data, "application/octet-stream") for name, data in uploads.items()]).run()
+    assert not at.exception, at.exception
     errors = [e.value for e in at.error]
-    assert len(errors) == 3 and "not an image" in errors[0] and "truncated" in errors[1]
-    assert len(at.metric) == 2, "the good upload is still shown"
+    assert len(errors) == 3 and errors[0] == "fake.png: not an image file (or a format Pillow cannot read)"
+    assert errors[1].startswith("cut.png: broken or truncated image")
+    assert errors[2].startswith("bomb.png: ") and ("megapixel limit" in errors[2] or "decompression bomb" in errors[2])
+    assert [w.value for w in at.warning] == ["anim.gif: animated (2 frames): used the first frame",
+                                             "cmyk.jpg: CMYK converted to RGB",
+                                             "deep.png: 16-bit grayscale image rescaled to 8 bits",
+                                             "alpha.png: transparency composited on white"]
+    assert shown_images(at) == ["ankle-boot-1.png", "shoe.jpg", "anim.gif", "cmyk.jpg", "deep.png", "alpha.png"], \
+        "the rest still works"
+    predictions = [m.value for m in at.metric if m.label == "Prediction"]
+    assert len(predictions) == 6 and set(predictions) <= set(FASHION_MNIST.classes)
+    tops = [d["data"][0] for d in chart_data(at) if d["layout"]["title"]["text"] == "Top classes"]
+    assert len(tops) == 6 and all(t["y"][-1] == p for t, p in zip(tops, predictions)), "bars are the trace's top classes"
     assert any("inverted" in c.value for c in at.caption)
 
 
-def test_foreign_checkpoint_upload_gives_a_message(models_dir):
+def test_side_by_side_upload_replaces_the_sample(models_dir):
+    at = start()
+    at.radio(key="inspect-mode").set_value("Side by side").run()
+    at.file_uploader(key="side1-upload").set_value(("anim.gif", encode(shoe_on_white(), "GIF"), "image/gif")).run()
+    assert not at.exception
+    assert shown_images(at) == ["ankle-boot-1.png", "anim.gif"] and not at.warning, "a one-frame palette GIF is plain RGB"
+
+
+def _broken_checkpoints(folder) -> dict[str, tuple[bytes, str]]:
+    """Uploads that are not usable RouteScope checkpoints, with the message each must give."""
+    def routescope(meta: dict) -> bytes:
+        path = folder / "broken.pt"
+        save_checkpoint(path, create_model("resnet8", in_chans=1), meta)
+        return path.read_bytes()
+
+    plain = io.BytesIO()
+    torch.save(create_model("resnet8", in_chans=1).state_dict(), plain)
+    return {
+        "random.pt": (np.random.default_rng(0).bytes(4096), "not a loadable RouteScope checkpoint"),
+        "zip.pt": (b"PK\x03\x04 not torch", "not a loadable RouteScope checkpoint"),
+        "state_dict.pt": (plain.getvalue(), "not a RouteScope checkpoint (a plain state_dict"),
+        "no_classes.pt": (routescope({k: v for k, v in TINY_META.items() if k != "classes"}), "its meta lacks classes"),
+        "rgb_meta.pt": (routescope({**TINY_META, "input_size": [3, 32, 32]}), "cannot be used (RuntimeError"),
+        "few_classes.pt": (routescope({**TINY_META, "classes": ["a", "b"]}), "gives (1, 10) logits for 2 classes"),
+    }
+
+
+def test_foreign_checkpoint_uploads_give_a_message(models_dir, tmp_path_factory):
     at = start()
     at.sidebar.radio[0].set_value("Upload a checkpoint").run()
-    at.sidebar.file_uploader[0].set_value(("other.pt", b"PK\x03\x04 not torch", "application/octet-stream")).run()
-    assert not at.exception
-    assert "not a loadable RouteScope checkpoint" in at.sidebar.error[0].value
+    for name, (data, message) in _broken_checkpoints(tmp_path_factory.mktemp("ckpt")).items():
+        at.sidebar.file_uploader[0].set_value((name, data, "application/octet-stream")).run()
+        assert not at.exception, (name, at.exception)
+        assert len(at.sidebar.error) == 1 and at.sidebar.error[0].value.startswith(f"{name}: "), name
+        assert message in at.sidebar.error[0].value, (name, at.sidebar.error[0].value)
+        assert tempfile.gettempdir() not in at.sidebar.error[0].value, "no temporary paths in messages"
+    at.sidebar.radio[0].set_value("Bundled").run()
+    assert not at.exception and [m.label for m in at.metric] == ["Prediction", "MACs executed"], "the app goes on"
+
+
+def test_compare_page_with_a_model_for_other_images(models_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("rgb") / "rgb.pt"
+    save_checkpoint(path, create_model("resnet8", in_chans=3), {**TINY_META, "name": "rgb", "input_size": [3, 32, 32]})
+    at = page("compare")
+    at.sidebar.radio[0].set_value("Upload a checkpoint").run()
+    at.sidebar.file_uploader[0].set_value(("rgb.pt", path.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception and "takes 3x32x32 inputs, the test images are 1x28x28" in at.error[0].value
 
 
 def page(name: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app" / "pages" / f"{name}.py"), default_timeout=120)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return start(str(REPO / "app" / "pages" / f"{name}.py"))
 
 
 def chart_data(at: AppTest) -> list[dict]:
     """The plotly figure JSON behind every chart of the page."""
-    import json
-
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
@@ -88,8 +172,6 @@ def array_shape(value) -> tuple:
     """Shape of a plotly array, whether plain lists or plotly's typed-array encoding."""
     if isinstance(value, dict):
         return tuple(int(n) for n in value["shape"].split(","))
-    import numpy as np
-
     return np.asarray(value).shape
 
 
@@ -111,12 +193,14 @@ def test_explain_prediction(models_dir):
     assert heatmap and array_shape(heatmap[-1]["data"][0]["z"]) == (28, 28)
 
 
-def test_compare_page_table_and_downloads(models_dir):
+def test_compare_page_table_and_downloads(models_dir, downloads):
     at = page("compare")
     assert [m.label for m in at.metric] == ["Accuracy", "Mean MACs / image", "MACs range"]
     per_class = chart_data(at)[0]["data"][0]
     assert len(per_class["x"]) == 10
     assert [b.label for b in at.get("download_button")] == ["Download CSV", "Download Parquet"]
+    mime, csv = downloads["tiny_fashion-mnist-subset.csv"]
+    assert mime == "text/csv" and len(csv.decode().splitlines()) == 501
 
 
 def test_structure_page_without_structure(models_dir):
@@ -124,6 +208,69 @@ def test_structure_page_without_structure(models_dir):
     assert "no learned per-model structure" in at.info[0].value
 
 
-def test_figures_page_offers_three_formats(models_dir):
+def test_figures_page_offers_png_pdf_and_svg(models_dir, downloads):
     at = page("figures")
-    assert [b.label for b in at.get("download_button")] == ["Download PNG", "Download PDF", "Download SVG"]
+    buttons = [b.label for b in at.get("download_button")]
+    assert buttons and buttons == ["Download PNG", "Download PDF", "Download SVG"] * (len(buttons) // 3)
+    magic = {"png": ("image/png", b"\x89PNG"), "pdf": ("application/pdf", b"%PDF"), "svg": ("image/svg+xml", b"<?xml")}
+    assert len(downloads) == len(buttons)
+    for name, (mime, data) in downloads.items():
+        want_mime, head = magic[name.rsplit(".", 1)[1]]
+        assert mime == want_mime and data.startswith(head), name
+        if name.endswith(".svg"):
+            assert b"<svg" in data[:2000]
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """Weights, buffers, grads, hooks, modes and plain attributes of every module, and the meta."""
+    digest = hashlib.sha256(json.dumps(model.meta, sort_keys=True, default=repr).encode())
+    for name, value in model.state_dict(keep_vars=True).items():
+        digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(f"{value.requires_grad}{value.grad is None}".encode())
+    for name, module in model.named_modules():
+        plain = {k: repr(v) for k, v in vars(module).items() if isinstance(v, (bool, int, float, str, tuple, type(None)))}
+        hooks = [len(getattr(module, h)) for h in vars(module) if h.endswith("_hooks")]
+        digest.update(repr((name, type(module).__name__, sorted(plain.items()), hooks)).encode())
+    return digest.hexdigest()
+
+
+def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
+    """Inspect (uploads, attributions of a decision, IG and GradCAM), Compare: the shared model stays as loaded."""
+    import analysis.attributions
+    from app.resources import load_bundled
+
+    skipnet = create_model("skipnet_resnet8", in_chans=1)
+    save_checkpoint(models_dir / "tiny_skipnet.pt", skipnet, {**TINY_META, "name": "tiny_skipnet", "method": "skipnet"})
+    shared = {name: load_bundled(name) for name in ("tiny", "tiny_skipnet")}
+    before = {name: fingerprint(model) for name, model in shared.items()}
+
+    explained_on = []
+    real = analysis.attributions.explain_prediction
+
+    def spy(model, x, target, method="integrated_gradients"):
+        explained_on.append((method, model is shared["tiny_skipnet"]))
+        return real(model, x, target, method)
+
+    monkeypatch.setattr(analysis.attributions, "explain_prediction", spy)
+
+    at = start()
+    at.sidebar.selectbox[0].set_value("tiny_skipnet").run()
+    at.file_uploader[0].set_value(("shoe.jpg", encode(shoe_on_white(), "JPEG"), "image/jpeg")).run()
+    skips = [d["data"][0] for d in chart_data(at) if d["layout"]["title"]["text"].startswith("Blocks executed")]
+    assert len(skips) == 2 and all(len(s["z"][0]) == len(skipnet.gate_names) and set(s["z"][0]) <= {0, 1} for s in skips)
+    at.toggle(key="img1-explain").set_value(True).run()
+    target = at.selectbox(key="img1-target")
+    target.set_value(target.options[1]).run()  # a skip decision
+    assert not at.exception and any("gate probability" in d["layout"]["title"]["text"] for d in chart_data(at))
+    at.selectbox(key="img1-target").set_value("prediction").run()
+    at.radio(key="img1-method").set_value("GradCAM").run()
+    at.radio(key="inspect-mode").set_value("Across all bundled models").run()
+    assert not at.exception, at.exception
+    assert set(explained_on) == {("integrated_gradients", True), ("gradcam", False)}, "captum hooks only a copy"
+
+    compare = page("compare")
+    compare.sidebar.selectbox[0].set_value("tiny_skipnet").run()
+    assert not compare.exception and "Skip ratio per block" in [s.value for s in compare.subheader]
+
+    assert {name: load_bundled(name) for name in shared} == shared, "still the same cached objects"
+    assert {name: fingerprint(model) for name, model in shared.items()} == before

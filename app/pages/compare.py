@@ -16,8 +16,12 @@ model = choose_model()
 if model is None:
     st.stop()
 dataset = st.selectbox("Test images", test_sets(), help="The bundled 500-image subset, or the full test set when installed.")
-table = cached_table(model, dataset)
 images, _ = test_images(dataset)
+if list(images.shape[1:]) != list(model.meta["input_size"]):  # e.g. an uploaded CIFAR checkpoint
+    st.error(f"`{model.meta['name']}` takes {'x'.join(map(str, model.meta['input_size']))} inputs, the test images "
+             f"are {'x'.join(map(str, images.shape[1:]))}: there is nothing to compare on.")
+    st.stop()
+table = cached_table(model, dataset)
 
 a, b, c = st.columns(3)
 a.metric("Accuracy", f"{table['correct'].mean() * 100:.2f}%", f"{len(table):,} images", delta_color="off")

@@ -1,6 +1,8 @@
 """Figures: every paper-style figure of ``python -m analysis.figures``, downloadable as PNG, PDF and SVG."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import streamlit as st
 
@@ -10,22 +12,27 @@ from analysis.figure_registry import FIGURES, FigureContext, available_figures, 
 load_figure_modules()
 
 
+FORMATS = {"png": "image/png", "pdf": "application/pdf", "svg": "image/svg+xml"}
+
+
 @st.cache_resource(show_spinner=False)
 def _context(key: tuple) -> FigureContext:
-    return FigureContext(dict(key))
+    """Loaded models and traced tables of one set of checkpoint files (``key``: name, path, mtime)."""
+    return FigureContext({name: Path(path) for name, path, _ in key})
 
 
 @st.cache_data(show_spinner="Drawing the figure (the first time traces the test images)…", max_entries=64)
 def render(name: str, key: tuple) -> dict[str, bytes]:
     figure = FIGURES[name].make(_context(key))
-    files = {fmt: figure_bytes(figure, fmt) for fmt in ("png", "pdf", "svg")}
+    files = {fmt: figure_bytes(figure, fmt) for fmt in FORMATS}
     plt.close(figure)
     return files
 
 
 st.title("Figures")
 checkpoints = bundled_checkpoints()
-key = tuple(sorted((name, str(path)) for name, path in checkpoints.items()))
+# mtimes in the key: a retrained checkpoint under the same name must not show last run's figures
+key = tuple(sorted((name, str(path), path.stat().st_mtime) for name, path in checkpoints.items()))
 specs = available_figures(_context(key))
 if not specs:
     st.info("No bundled checkpoints, so no figures.")
@@ -42,6 +49,5 @@ for spec in [s for s in specs if s.method == method]:
             st.error(f"{spec.name} could not be drawn: {e}")
             continue
         st.image(files["png"])
-        columns = st.columns(3)
-        for column, (fmt, mime) in zip(columns, (("png", "image/png"), ("pdf", "application/pdf"), ("svg", "image/svg+xml"))):
+        for column, (fmt, mime) in zip(st.columns(len(FORMATS)), FORMATS.items()):
             column.download_button(f"Download {fmt.upper()}", files[fmt], f"{spec.name}.{fmt}", mime, key=f"{spec.name}-{fmt}")
