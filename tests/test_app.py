@@ -274,3 +274,29 @@ def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
 
     assert {name: load_bundled(name) for name in shared} == shared, "still the same cached objects"
     assert {name: fingerprint(model) for name, model in shared.items()} == before
+
+
+@pytest.mark.parametrize("bundled, kind", [("dgconv_resnet20_fmnist_b0.5", "groups"), ("repr_convnet3_fmnist", "filters")])
+def test_structure_page_of_a_bundled_model(tmp_path, monkeypatch, bundled, kind):
+    """The learned structure of a real DGConv / RePr checkpoint: table and heatmap data from the model itself."""
+    import shutil
+
+    from analysis.catalog import PRETRAINED
+    from analysis.routing import model_structure
+    from models.checkpoint import load_checkpoint
+
+    shutil.copy(PRETRAINED / f"{bundled}.pt", tmp_path / f"{bundled}.pt")
+    monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
+    st.cache_resource.clear()
+    at = page("structure")
+    entries = [e for e in model_structure(load_checkpoint(tmp_path / f"{bundled}.pt")) if e["kind"] == kind]
+    assert entries and not at.info
+    heatmap = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    if kind == "groups":
+        table = at.dataframe[0].value
+        assert list(table["groups"]) == [e["groups"] for e in entries]
+        assert np.asarray(heatmap["z"]).sum() == sum(len(e["group_of_channel"]) ** 2 // e["groups"] for e in entries[:1])
+    else:
+        ranking = at.dataframe[0].value
+        assert sorted(ranking["overlap"].round(6)) == sorted(np.round(entries[0]["overlap"], 6))
+        assert len(at.dataframe) == 2, "the filters dropped per cycle are listed"
