@@ -101,7 +101,12 @@ def routing_layers(table: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(c.split("/")[0] for c in table.columns if "/expert" in c))
 
 
+def routing_columns(table: pd.DataFrame, layer: str) -> list[str]:
+    """The ``layer/expertE`` columns of one routing layer, in expert order."""
+    return [c for c in table.columns if c.startswith(f"{layer}/expert")]
+
+
 def routing_by_class(table: pd.DataFrame, layer: str) -> pd.DataFrame:
     """Mean routing weight of each expert of ``layer``, per class (rows: class, columns: expert)."""
-    columns = [c for c in table.columns if c.startswith(f"{layer}/expert")]
+    columns = routing_columns(table, layer)
     return table.groupby("class", observed=False)[columns].mean().rename(columns=lambda c: c.split("/")[1])

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.dataset_table import routing_by_class, routing_layers
+from analysis.dataset_table import routing_by_class, routing_columns, routing_layers
 
 
 def routing_by_image(table: pd.DataFrame, layer: str) -> pd.DataFrame:
     """Routing weights of ``layer`` (rows: images grouped by class in class order, columns: experts)."""
-    columns = [c for c in table.columns if c.startswith(f"{layer}/expert")]
     ordered = table.sort_values("class", kind="stable")  # categorical: sorted in class order
-    return ordered[columns].rename(columns=lambda c: c.split("/")[1])
+    return ordered[routing_columns(table, layer)].rename(columns=lambda c: c.split("/")[1])
 
 
 def class_specificity(table: pd.DataFrame) -> pd.Series:

@@ -90,7 +90,11 @@ def build_from_payload(payload: dict, source: str = "checkpoint") -> nn.Module:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """The model in eval mode with ``.meta``, ready for true dynamic inference."""
     model = build_from_payload(read_checkpoint(path), str(path))
+    return inference_form(model).to(map_location).eval()
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """What inference runs: ``model.for_inference()`` where the model declares one (DGConv exports its masked
+    convs to grouped convs; a new model), else the model itself."""
     prepare = getattr(model, "for_inference", None)
-    if callable(prepare):  # e.g. DGConv exports its masked convs to grouped convs
-        model = prepare()
-    return model.to(map_location).eval()
+    return prepare() if callable(prepare) else model

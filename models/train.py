@@ -243,8 +243,7 @@ class Trainer:
         from .evaluate import evaluate
 
         self.model.eval()
-        export = getattr(self.model, "for_inference", None)  # measure what load_checkpoint will return (DGConv: grouped convs)
-        metrics = evaluate(export() if callable(export) else self.model, self.test_data, self.info,
+        metrics = evaluate(ckpt.inference_form(self.model), self.test_data, self.info,  # what load_checkpoint returns
                            limit=500 * self.args.limit_batches or None, progress=not self.args.no_progress)
         meta = self.meta()
         meta["metrics"] = {**metrics, "train_wall_time_s": round(self.elapsed, 1)}
