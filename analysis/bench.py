@@ -72,8 +72,16 @@ def paired_timing(a: Forward, b: Forward, images: torch.Tensor, batch: int, roun
             statistics.median(throughput[0]), statistics.median(throughput[1]))
 
 
-def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int = 256, rounds: int = 5) -> list[dict]:
-    """One row per comparison of ``model`` with one of its references."""
+DEFAULT_BATCH = 256
+
+
+def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None = None, rounds: int = 5) -> list[dict]:
+    """One row per comparison of ``model`` with one of its references.
+
+    Throughput is measured at ``batch`` if given, else at the model's own ``benchmark_batch`` (CondConv: 64,
+    the batch its issue compares at), else at ``DEFAULT_BATCH``.
+    """
+    batch = batch or getattr(model, "benchmark_batch", DEFAULT_BATCH)
     x = normalize(images, model.meta["mean"], model.meta["std"])
     rows = []
     metrics = model.meta.get("metrics", {})
@@ -95,13 +103,13 @@ def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int = 256, 
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'model':<24} {'vs':<28} {'acc':>6} {'MACs':>8} {'MAC ratio':>9} {'b1 ms':>7} {'ref ms':>7} "
-              f"{'lat ratio':>9} {'img/s':>8} {'ref img/s':>9} {'thr ratio':>9}")
+    header = (f"{'model':<30} {'vs':<30} {'acc':>6} {'MACs':>8} {'MAC ratio':>9} {'b1 ms':>7} {'ref ms':>7} "
+              f"{'lat ratio':>9} {'batch':>5} {'img/s':>8} {'ref img/s':>9} {'thr ratio':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
         acc = f"{r['test_acc'] * 100:.2f}" if r["test_acc"] is not None else "-"
-        lines.append(f"{r['model']:<24} {r['vs']:<28} {acc:>6} {r['macs_mean'] / 1e6:>7.2f}M {r['mac_ratio']:>9.3f} "
-                     f"{r['latency_ms']:>7.2f} {r['latency_ref_ms']:>7.2f} {r['latency_ratio']:>9.3f} "
+        lines.append(f"{r['model']:<30} {r['vs']:<30} {acc:>6} {r['macs_mean'] / 1e6:>7.2f}M {r['mac_ratio']:>9.3f} "
+                     f"{r['latency_ms']:>7.2f} {r['latency_ref_ms']:>7.2f} {r['latency_ratio']:>9.3f} {r['batch']:>5} "
                      f"{r['throughput']:>8.0f} {r['throughput_ref']:>9.0f} {r['throughput_ratio']:>9.3f}")
     return "\n".join(lines)
 
@@ -110,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", action="append", default=[], help="benchmark these (default: every bundled model)")
     p.add_argument("--images", type=int, default=64, help="test images (from the bundled subset)")
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=None, help=f"throughput batch (default: the model's benchmark_batch, else {DEFAULT_BATCH})")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows))
-        print(f"\n{len(images)} test images, batch {args.batch}, {args.rounds} alternating rounds, {torch.get_num_threads()} threads, "
+        print(f"\n{len(images)} test images, throughput batch {args.batch or 'per row'}, {args.rounds} alternating rounds, {torch.get_num_threads()} threads, "
               f"torch {torch.__version__}")
     return 0
 

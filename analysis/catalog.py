@@ -11,12 +11,18 @@ SAMPLES = REPO_ROOT / "app" / "samples"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
+def models_folder() -> Path:
+    """Where the bundled checkpoints, their ``manifest.json`` and ``bench.json`` live: ``$ROUTESCOPE_MODELS`` or
+    ``models/pretrained``."""
+    return Path(os.environ.get("ROUTESCOPE_MODELS") or PRETRAINED)
+
+
 def bundled_checkpoints(folder: Path | None = None) -> dict[str, Path]:
-    """``{name: path}`` of the finished checkpoints in ``$ROUTESCOPE_MODELS`` or ``models/pretrained``.
+    """``{name: path}`` of the finished checkpoints in ``folder`` (default ``models_folder()``).
 
     Resumable ``*.last.pt`` files are left out.
     """
-    folder = Path(folder or os.environ.get("ROUTESCOPE_MODELS") or PRETRAINED)
+    folder = Path(folder or models_folder())
     return {p.stem: p for p in sorted(folder.glob("*.pt")) if not p.name.endswith(".last.pt")}
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 
 from analysis.group_structure import mask_from_groups
@@ -92,3 +94,14 @@ def decision_charts(kind: str, entries: list[dict]) -> list[go.Figure]:
 
 CHARTS: dict[str, Callable] = {"skip": skip_strip, "width": width_bars, "routing": routing_heatmap,
                                "groups": group_mask, "filters": filter_overlap}
+
+
+def accuracy_vs_macs(frame: pd.DataFrame, front: pd.DataFrame) -> go.Figure:
+    """Every model's test accuracy vs mean MACs (``analysis.pareto.models_frame``), its Pareto front dashed."""
+    figure = px.scatter(frame, x=frame["macs_mean"] / 1e6, y=frame["test_acc"] * 100, color="method", symbol="method",
+                        hover_name="name", hover_data={"params": ":,", "mac_ratio": ":.3f"},
+                        labels={"x": "mean MACs per image (millions)", "y": "test accuracy (%)"})
+    figure.add_trace(go.Scatter(x=front["macs_mean"] / 1e6, y=front["test_acc"] * 100, mode="lines", name="Pareto front",
+                                line=dict(dash="dash", color="gray", shape="hv"), hoverinfo="skip"))
+    figure.update_traces(marker=dict(size=11), selector=dict(mode="markers"))
+    return figure.update_layout(height=460, **COMPACT)

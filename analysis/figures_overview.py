@@ -1,9 +1,10 @@
-"""Cross-method figure: accuracy vs mean executed MACs of every checkpoint (the Pareto view)."""
+"""Cross-method figure: accuracy vs mean executed MACs of every checkpoint, with the Pareto front."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
 from analysis.figure_registry import FigureContext, register_figure
+from analysis.pareto import models_frame, pareto_front
 
 METHOD_STYLE = {"baseline": ("black", "s"), "skipnet": ("tab:blue", "o"), "dsnet": ("tab:orange", "D"),
                 "condconv": ("tab:green", "^"), "dgconv": ("tab:purple", "v"), "repr": ("tab:red", "P")}
@@ -11,19 +12,20 @@ METHOD_STYLE = {"baseline": ("black", "s"), "skipnet": ("tab:blue", "o"), "dsnet
 
 @register_figure("overview_accuracy_vs_macs", "all",
                  "Test accuracy vs mean MACs executed per image for every model, as measured by models.evaluate "
-                 "(full test set) and stored in each checkpoint's meta.")
+                 "(full test set) and stored in each checkpoint's meta; the dashed line joins the models no other "
+                 "model beats on both (the Pareto front), per data set.")
 def accuracy_vs_macs(context: FigureContext) -> plt.Figure:
-    figure, ax = plt.subplots(figsize=(5, 3.4))
-    for name, model in context.models("all").items():
-        metrics = model.meta.get("metrics", {})
-        if "test_acc" not in metrics or "macs_mean" not in metrics:
-            continue
-        color, marker = METHOD_STYLE.get(model.meta["method"], ("gray", "x"))
-        ax.scatter(metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100, color=color, marker=marker, label=model.meta["method"])
-        ax.annotate(name, (metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=7, frameon=False)
+    frame = models_frame(context.checkpoints.values())
+    figure, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, rows in frame.groupby("method", sort=True):
+        color, marker = METHOD_STYLE.get(method, ("gray", "x"))
+        ax.scatter(rows["macs_mean"] / 1e6, rows["test_acc"] * 100, color=color, marker=marker, label=method)
+    for row in frame.itertuples():
+        ax.annotate(row.name, (row.macs_mean / 1e6, row.test_acc * 100), fontsize=5, xytext=(3, 3), textcoords="offset points")
+    for _, rows in frame.groupby("dataset"):
+        front = pareto_front(rows)
+        ax.step(front["macs_mean"] / 1e6, front["test_acc"] * 100, where="post", color="gray", linestyle="--", linewidth=0.8)
+    ax.legend(fontsize=7, frameon=False)
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs compute of all models")

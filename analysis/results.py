@@ -10,9 +10,34 @@ import json
 from pathlib import Path
 
 from analysis.catalog import PRETRAINED
+from analysis.experiments import display_table, markdown_table, seeds_table
 from models.data import REPO_ROOT
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+# Replicated experiments: the seed-0 run is bundled, seeds 1+ live in models/pretrained/experiments/<name>/
+# (paths relative to the models folder; each folder's manifest.json holds every run's command)
+SEED_EXPERIMENTS = {
+    "RePr vs standard training (ConvNet: 20 epochs; ResNet-20: 5 epochs; no augmentation)":
+        ("experiments/repr_fmnist", "convnet3_fmnist.pt", "repr_convnet3_fmnist.pt"),
+    "CondConv vs the same-budget ResNet-20 (4 epochs from the bundled ResNet-20)":
+        ("experiments/condconv_fmnist", "condconv_resnet20_fmnist.pt", "resnet20_fmnist_ft4.pt"),
+}
+
+
+def seed_sources(folder: Path = PRETRAINED) -> dict[str, list[Path]]:
+    """``SEED_EXPERIMENTS`` with the paths that exist under ``folder`` (an experiment with none is left out)."""
+    found = {title: [folder / p for p in paths if (folder / p).exists()] for title, paths in SEED_EXPERIMENTS.items()}
+    return {title: paths for title, paths in found.items() if paths}
+
+
+def seeds_section(folder: Path = PRETRAINED) -> str:
+    """Per experiment: the ``analysis.experiments`` table and the command that prints it."""
+    parts = []
+    for title, paths in seed_sources(folder).items():
+        sources = " ".join(str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p) for p in paths)
+        parts.append(f"**{title}** (`python -m analysis.experiments {sources} --markdown`)\n\n"
+                     f"{markdown_table(display_table(seeds_table(paths)))}")
+    return "\n\n".join(parts) or "_No replicated experiments yet._"
 
 
 def results_table(manifest_path: Path = PRETRAINED / "manifest.json") -> str:
@@ -43,12 +68,12 @@ def speed_table(bench_path: Path = PRETRAINED / "bench.json") -> str:
         f"Measured by `{record['command']}` on {record['machine']} (torch {record['torch']}), {record['date']}; "
         "ratios are model / reference, measured alternately in one run.",
         "",
-        "| model | vs | MAC ratio | batch-1 latency (ms) | reference (ms) | latency ratio | batch throughput (img/s) | reference | throughput ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | vs | MAC ratio | batch-1 latency (ms) | reference (ms) | latency ratio | batch | throughput (img/s) | reference | throughput ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
         lines.append(f"| `{r['model']}` | {r['vs']} | {r['mac_ratio']:.3f} | {r['latency_ms']:.2f} | {r['latency_ref_ms']:.2f} | "
-                     f"{r['latency_ratio']:.3f} | {r['throughput']:.0f} | {r['throughput_ref']:.0f} | {r['throughput_ratio']:.3f} |")
+                     f"{r['latency_ratio']:.3f} | {r.get('batch', '')} | {r['throughput']:.0f} | {r['throughput_ref']:.0f} | {r['throughput_ratio']:.3f} |")
     return "\n".join(lines)
 
 
@@ -57,7 +82,8 @@ def update_readme(readme: Path = REPO_ROOT / "README.md", manifest_path: Path = 
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     bench = manifest_path.parent / "bench.json"
-    readme.write_text(f"{head}{START}\n{results_table(manifest_path)}\n\n### Speed\n\n{speed_table(bench)}\n{END}{tail}")
+    readme.write_text(f"{head}{START}\n{results_table(manifest_path)}\n\n### Speed\n\n{speed_table(bench)}\n\n"
+                      f"### Seeds\n\n{seeds_section(manifest_path.parent)}\n{END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     print(results_table())
     print()
     print(speed_table())
+    print()
+    print(seeds_section())
 
 
 if __name__ == "__main__":

@@ -19,5 +19,6 @@ navigation = st.navigation([
     st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare:"),
     st.Page(PAGES / "structure.py", title="Structure", icon=":material/grid_view:"),
     st.Page(PAGES / "figures.py", title="Figures", icon=":material/insert_chart:"),
+    st.Page(PAGES / "results.py", title="Results", icon=":material/leaderboard:"),
 ])
 navigation.run()

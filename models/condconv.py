@@ -144,6 +144,7 @@ class CondConvResNet(ResNet):
     """CIFAR-style ResNet (``models.resnet`` names) whose blocks in ``condconv_stages`` are CondConv blocks."""
 
     method = "condconv"
+    benchmark_batch = 64  # analysis.bench measures throughput where the paper compares: batch 64
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
                  widths: tuple[int, int, int] = (16, 32, 64), num_experts: int = 4,

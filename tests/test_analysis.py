@@ -158,3 +158,24 @@ def test_bench_rows_of_a_dsnet_include_narrowest_vs_widest(images):
     assert pair["test_acc"] is None and rows["dense backbone"]["test_acc"] == 0.5
     assert pair["macs_mean"] == rows["static narrowest subnet"]["macs_ref"]
     assert pair["macs_ref"] == rows["static widest subnet"]["macs_ref"] and pair["mac_ratio"] < 0.5
+
+
+def test_bench_measures_condconv_throughput_at_its_own_batch_unless_told(images):
+    torch.manual_seed(0)
+    model = with_meta(create_model("condconv_resnet8", in_chans=1), "tiny_condconv")
+    (row,) = bench.bench_model(model, images[0][:4], rounds=1)
+    assert row["batch"] == model.benchmark_batch == 64 and row["vs"] == "dense backbone"
+    assert row["mac_ratio"] > 1.0  # routing and kernel mixing cost MACs the plain ResNet does not spend
+    (row,) = bench.bench_model(model, images[0][:4], batch=8, rounds=1)
+    assert row["batch"] == 8
+
+
+def test_pareto_front_keeps_only_undominated_models():
+    import pandas as pd
+
+    from analysis.pareto import pareto_front
+
+    frame = pd.DataFrame({"name": list("abcdef"), "macs_mean": [10, 5, 5, 8, 12, 3],
+                          "test_acc": [0.94, 0.90, 0.92, 0.91, 0.93, 0.80]})
+    # b loses to c (same MACs, less accurate), d to c (more MACs, less accurate), e to a
+    assert pareto_front(frame)["name"].tolist() == ["f", "c", "a"]

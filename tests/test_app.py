@@ -1,5 +1,6 @@
 """AppTest of every page: bundled models, samples, real uploads, bad input that must not crash it, the data
 behind the charts, the files behind the download buttons, and a shared model that no request mutates."""
+import base64
 import hashlib
 import io
 import json
@@ -163,6 +164,13 @@ def page(name: str) -> AppTest:
     return start(str(REPO / "app" / "pages" / f"{name}.py"))
 
 
+def plotly_values(values: list | dict) -> list | np.ndarray:
+    """A trace's data as plotly's JSON holds it: a list, or a numpy array encoded as ``{"dtype", "bdata"}``."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+    return values
+
+
 def chart_data(at: AppTest) -> list[dict]:
     """The plotly figure JSON behind every chart of the page."""
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
@@ -300,3 +308,43 @@ def test_structure_page_of_a_bundled_model(tmp_path, monkeypatch, bundled, kind)
         ranking = at.dataframe[0].value
         assert sorted(ranking["overlap"].round(6)) == sorted(np.round(entries[0]["overlap"], 6))
         assert len(at.dataframe) == 2, "the filters dropped per cycle are listed"
+
+
+def test_results_page_without_evaluated_models(models_dir):
+    at = page("results")
+    assert "No evaluated checkpoints" in at.info[0].value and not at.get("plotly_chart")
+
+
+def test_results_page_pareto_speed_and_seeds(tmp_path, monkeypatch):
+    """Real checkpoints' metas on the plot and in the table, the front from them, a broken file left out with a
+    message, the saved benchmark rows, and the seeds table of a replicated experiment."""
+    import shutil
+
+    from analysis.catalog import PRETRAINED
+    from analysis.pareto import models_frame, pareto_front
+
+    names = ["resnet20_fmnist", "skipnet_resnet20_fmnist_a1", "dgconv_resnet20_fmnist_b0.5", "convnet3_fmnist"]
+    for name in names:
+        shutil.copy(PRETRAINED / f"{name}.pt", tmp_path / f"{name}.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    row = {"model": "m", "vs": "dense backbone", "mac_ratio": 0.5, "latency_ms": 1.0, "latency_ref_ms": 2.0,
+           "latency_ratio": 0.5, "batch": 64, "throughput": 4.0, "throughput_ref": 2.0, "throughput_ratio": 2.0}
+    (tmp_path / "bench.json").write_text(json.dumps({"command": "python -m analysis.bench", "machine": "test", "torch": "x",
+                                                      "date": "2026-11-22", "rows": [row]}))
+    monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
+    st.cache_data.clear()
+    at = page("results")
+    assert "broken.pt" in at.warning[0].value
+    frame = models_frame(tmp_path / f"{n}.pt" for n in names)
+    (figure,) = chart_data(at)
+    points = [(x, y) for trace in figure["data"] if trace["mode"] == "markers"
+              for x, y in zip(plotly_values(trace["x"]), plotly_values(trace["y"]))]
+    assert sorted(points) == sorted(zip(frame["macs_mean"] / 1e6, frame["test_acc"] * 100))
+    (line,) = [trace for trace in figure["data"] if trace["name"] == "Pareto front"]
+    front = pareto_front(frame)
+    assert list(plotly_values(line["x"])) == list(front["macs_mean"] / 1e6) and front["name"].iloc[-1] == "resnet20_fmnist"
+    table = at.dataframe[0].value
+    assert set(table["name"]) == set(names) and set(table.loc[table["on_front"], "name"]) == set(front["name"])
+    assert at.dataframe[1].value["throughput_ratio"].tolist() == [2.0]
+    seeds = at.dataframe[2].value  # the RePr experiment: the bundled ConvNet seed only
+    assert seeds["arch"].tolist() == ["convnet3"] and seeds["n_runs"].tolist() == [1]
