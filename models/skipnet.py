@@ -229,7 +229,30 @@ class HybridRLStage(Stage):
         return StepOutput(ce.mean() + self.rl_weight * policy_loss, out.logits)
 
 
-SKIPNET_DEFAULTS = {"alpha": 0.05, "beta": 1.0, "rl_epochs": 3, "rl_lr": 1e-3, "rl_weight": 1.0, "rl_backbone_lr": None}
+class PolicyFinetuneStage(Stage):
+    """Stage 3 (not in the paper; off unless ``--ft-epochs``): the backbone fine-tuned under the learned policy.
+
+    The gates are frozen and decide as at inference (greedy), each block runs only on the samples that execute
+    it, and BatchNorm trains again: hybrid RL kept the statistics of the network that runs every block, so a
+    policy that skips many blocks meets mismatched statistics. Plain cross-entropy, SGD. BlockDrop ends with a
+    joint fine-tuning too; here the policy stays fixed, so the MACs the RL stage chose do not change.
+    """
+
+    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4) -> None:
+        super().__init__("policy-finetune", epochs, lr, weight_decay)
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        gates = {id(p) for p in _unwrap(model).gates.parameters()}
+        return [p for p in model.parameters() if p.requires_grad and id(p) not in gates]
+
+    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        _unwrap(model).gates.eval()  # the policy is fixed: gate BatchNorm statistics too (the trainer calls .train())
+        out = model(x, gate_mode="infer")
+        return StepOutput(F.cross_entropy(out.logits, y), out.logits)
+
+
+SKIPNET_DEFAULTS = {"alpha": 0.05, "beta": 1.0, "rl_epochs": 3, "rl_lr": 1e-3, "rl_weight": 1.0, "rl_backbone_lr": None,
+                    "ft_epochs": 0, "ft_lr": 0.01}
 
 
 def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -244,16 +267,21 @@ def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
                    help="Adam learning rate of the backbone in the RL stage (default: --rl-lr, as the gates)")
     g.add_argument("--rl-weight", type=float, default=SKIPNET_DEFAULTS["rl_weight"],
                    help="weight of the REINFORCE term against the cross-entropy")
+    g.add_argument("--ft-epochs", type=int, default=SKIPNET_DEFAULTS["ft_epochs"],
+                   help="epochs of backbone fine-tuning under the frozen greedy policy after RL (not in the paper)")
+    g.add_argument("--ft-lr", type=float, default=SKIPNET_DEFAULTS["ft_lr"], help="SGD learning rate of that fine-tuning")
     g.add_argument("--gate", choices=GATE_KINDS, default=None, help="SkipNet gate (default: the builder's, rnn)")
 
 
 @register_recipe("skipnet")
 def skipnet_recipe(args: argparse.Namespace) -> list[Stage]:
-    """Supervised pre-training (``--epochs``, ``--lr``), then hybrid RL (``--rl-epochs``, ``--rl-lr``)."""
+    """Supervised pre-training (``--epochs``, ``--lr``), hybrid RL (``--rl-epochs``, ``--rl-lr``), then optionally
+    fine-tuning under the frozen policy (``--ft-epochs``, ``--ft-lr``)."""
     opt = {k: getattr(args, k, v) for k, v in SKIPNET_DEFAULTS.items()}
     weight_decay = getattr(args, "weight_decay", 5e-4)
     return [
         SupervisedPretrainStage(args.epochs, args.lr, weight_decay),
         HybridRLStage(opt["rl_epochs"], opt["rl_lr"], weight_decay, opt["alpha"], opt["beta"], opt["rl_weight"],
                       opt["rl_backbone_lr"]),
+        PolicyFinetuneStage(opt["ft_epochs"], opt["ft_lr"], weight_decay),
     ]

@@ -16,7 +16,7 @@ from models.cost import count_macs, full_macs
 from models.data import FASHION_MNIST, load_dataset, normalize
 from models.resnet import ResNet
 from models.skipnet import (HybridRLStage, SkipNet, SupervisedPretrainStage, add_skipnet_arguments, gate_log_probs,
-                            gate_returns, skipnet_recipe)
+                            gate_returns, skipnet_recipe, PolicyFinetuneStage)
 from models.skipnet_gates import FeedForwardGates, RNNGate, lstm_step
 from models.trace import traced_forward
 
@@ -309,16 +309,19 @@ def test_gate_returns_and_log_probs():
 
 def test_recipe_reads_options_from_args():
     plain = argparse.Namespace(epochs=4, lr=0.1, weight_decay=5e-4)  # models.train's parser without SkipNet options
-    sp, rl = skipnet_recipe(plain)
+    sp, rl, ft = skipnet_recipe(plain)
     assert isinstance(sp, SupervisedPretrainStage) and (sp.epochs, sp.lr) == (4, 0.1)
     assert isinstance(rl, HybridRLStage) and rl.alpha == 0.05 and rl.beta == 1.0 and rl.epochs > 0
+    assert isinstance(ft, PolicyFinetuneStage) and ft.epochs == 0, "the paper's recipe unless --ft-epochs is given"
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=0.1)
     add_skipnet_arguments(parser)
-    args = parser.parse_args(["--alpha", "0.2", "--beta", "0.5", "--rl-epochs", "7", "--rl-lr", "1e-3", "--gate", "ff1"])
-    _, rl = skipnet_recipe(args)
+    args = parser.parse_args(["--alpha", "0.2", "--beta", "0.5", "--rl-epochs", "7", "--rl-lr", "1e-3", "--gate", "ff1",
+                              "--ft-epochs", "2", "--ft-lr", "0.003"])
+    _, rl, ft = skipnet_recipe(args)
     assert (rl.alpha, rl.beta, rl.epochs, rl.lr) == (0.2, 0.5, 7, 1e-3)
+    assert (ft.epochs, ft.lr) == (2, 0.003)
     assert args.gate == "ff1"
 
 
@@ -376,3 +379,29 @@ def test_rl_stage_gives_the_backbone_its_own_learning_rate():
     assert len(lr_of) == len(list(model.parameters()))
     assert all(lr_of[id(p)] == (1e-3 if id(p) in gate_ids else 1e-5) for p in model.parameters())
     assert {g["lr"] for g in HybridRLStage(epochs=1, lr=1e-3).optimizer(model).param_groups} == {1e-3}
+
+
+def test_policy_finetune_trains_the_backbone_under_the_frozen_policy():
+    """Gates untouched (not even weight decay), decisions unchanged, and BatchNorm statistics learned from the
+    samples that executed each block: a block no sample runs keeps its statistics (its projection shortcut,
+    which a skipped downsampling block still runs, learns them)."""
+    x, y = varied_images(8), torch.arange(8) % 10
+    model = mix_decisions(make("ff1"), x)  # one head per gate, so one gate can be closed alone
+    with torch.no_grad():  # the last gate off for every image
+        model.gates.gates[-1].head.bias[1] = -50.0
+    decisions = model(x, gate_mode="infer").actions
+    assert decisions[:, -1].sum() == 0 and 0 < decisions.sum() < decisions.numel()
+    stage = PolicyFinetuneStage(epochs=1, lr=0.05)
+    optimizer = stage.optimizer(model)
+    gates_before = {k: v.clone() for k, v in model.gates.state_dict().items()}
+    bn_before = bn_buffers(model)
+    model.train()
+    out = stage.training_step(model, x, y)
+    optimizer.zero_grad()
+    out.loss.backward()
+    optimizer.step()
+    assert all(torch.equal(v, gates_before[k]) for k, v in model.gates.state_dict().items())
+    assert torch.equal(model.eval()(x, gate_mode="infer").actions, decisions)
+    last = model.gate_names[-1]
+    changed = {k.rsplit(".", 2)[0] for k, v in bn_buffers(model).items() if not torch.equal(v, bn_before[k])}
+    assert last not in changed and last + ".shortcut" in changed and "stem" in changed, changed
