@@ -2,6 +2,7 @@
 input scale vs blocks executed, accuracy vs MACs over the alpha sweep."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import matplotlib.pyplot as plt
@@ -88,21 +89,41 @@ def input_scale_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
+def sweep_point(name: str, models: dict) -> tuple[str, float | None]:
+    """(series, alpha) of a SkipNet in the alpha sweep, from its training args: the paper's hybrid RL, RL with its
+    own backbone learning rate, or fine-tuned under the frozen policy of the run it started from (whose alpha
+    it keeps, found through ``--init-from``)."""
+    args = models[name].meta.get("recipe", {}).get("args", {})
+    if args.get("ft_epochs"):
+        parent = Path(args.get("init_from") or "").stem
+        alpha = sweep_point(parent, models)[1] if parent in models else None
+        return "+ fine-tuned under the fixed policy", alpha
+    if not args.get("rl_epochs"):
+        return "supervised pre-training only", None
+    if args.get("rl_backbone_lr") is not None:
+        return f"hybrid RL, backbone lr {args['rl_backbone_lr']:g}", args.get("alpha")
+    return "hybrid RL (paper)", args.get("alpha")
+
+
 @register_figure("skipnet_alpha_sweep", "skipnet",
-                 "Accuracy vs mean MACs of SkipNets trained with different alpha (compute reward), with the plain "
-                 "ResNet of the same depth; numbers from models.evaluate on the full test set.")
+                 "Accuracy vs mean MACs of SkipNets trained with different alpha (compute reward), one line per "
+                 "training variant, with the plain ResNet of the same depth; numbers from models.evaluate on the "
+                 "full test set.")
 def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
-    figure, ax = plt.subplots(figsize=(4.5, 3))
-    points = []
-    for name, model in context.models("skipnet").items():
-        metrics, args = model.meta.get("metrics", {}), model.meta.get("recipe", {}).get("args", {})
+    figure, ax = plt.subplots(figsize=(5, 3.3))
+    models = context.models("skipnet")
+    series: dict[str, list[tuple[float, float, float | None]]] = {}
+    for name, model in models.items():
+        metrics = model.meta.get("metrics", {})
         if "test_acc" in metrics:
-            points.append((metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100, args.get("alpha")))
-    for macs, acc, alpha in sorted(points):
-        ax.scatter(macs, acc, color="tab:blue")
-        ax.annotate(f"α={alpha}", (macs, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    if points:
-        ax.plot(*zip(*sorted((m, a) for m, a, _ in points)), color="tab:blue", alpha=0.5)
+            label, alpha = sweep_point(name, models)
+            series.setdefault(label, []).append((metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100, alpha))
+    for label, points in sorted(series.items()):
+        points.sort()
+        line = ax.plot([m for m, _, _ in points], [a for _, a, _ in points], "o-", alpha=0.8, label=label)[0]
+        for macs, acc, alpha in points:
+            if alpha is not None:
+                ax.annotate(f"α={alpha:g}", (macs, acc), fontsize=6, xytext=(3, 3), textcoords="offset points", color=line.get_color())
     for name, model in context.models("baseline").items():
         metrics = model.meta.get("metrics", {})
         if "test_acc" in metrics:
@@ -110,6 +131,7 @@ def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
             ax.annotate(name, (metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100), fontsize=6, xytext=(3, -8), textcoords="offset points")
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=6, frameon=False, loc="lower right")
     ax.set_title("SkipNet: accuracy vs compute over alpha")
     return figure
 
