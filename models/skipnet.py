@@ -235,7 +235,8 @@ class PolicyFinetuneStage(Stage):
     The gates are frozen and decide as at inference (greedy), each block runs only on the samples that execute
     it, and BatchNorm trains again: hybrid RL kept the statistics of the network that runs every block, so a
     policy that skips many blocks meets mismatched statistics. Plain cross-entropy, SGD. BlockDrop ends with a
-    joint fine-tuning too; here the policy stays fixed, so the MACs the RL stage chose do not change.
+    joint fine-tuning too; here the gate parameters stay as RL left them, but the features they read change
+    with the backbone, so decisions (and mean MACs) can drift: ``models.evaluate`` measures them again.
     """
 
     def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4) -> None:
