@@ -91,15 +91,17 @@ def input_scale_figure(context: FigureContext) -> plt.Figure:
 
 def sweep_point(name: str, models: dict) -> tuple[str, float | None]:
     """(series, alpha) of a SkipNet in the alpha sweep, from its training args: the paper's hybrid RL, RL with its
-    own backbone learning rate, or fine-tuned under the frozen policy of the run it started from (whose alpha
-    it keeps, found through ``--init-from``)."""
+    own backbone learning rate, fine-tuned under the frozen policy of the run it started from (whose alpha it
+    keeps, found through ``--init-from``), or RL again from such a fine-tuned model."""
     args = models[name].meta.get("recipe", {}).get("args", {})
+    parent = Path(args.get("init_from") or "").stem
+    parent_series, parent_alpha = sweep_point(parent, models) if parent in models and parent != name else (None, None)
     if args.get("ft_epochs"):
-        parent = Path(args.get("init_from") or "").stem
-        alpha = sweep_point(parent, models)[1] if parent in models else None
-        return "+ fine-tuned under the fixed policy", alpha
+        return "+ fine-tuned under the fixed policy", parent_alpha
     if not args.get("rl_epochs"):
         return "supervised pre-training only", None
+    if parent_series not in (None, "supervised pre-training only"):
+        return "fine-tuned, then hybrid RL again", args.get("alpha")
     if args.get("rl_backbone_lr") is not None:
         return f"hybrid RL, backbone lr {args['rl_backbone_lr']:g}", args.get("alpha")
     return "hybrid RL (paper)", args.get("alpha")
