@@ -25,7 +25,8 @@ def accuracy_vs_macs(context: FigureContext) -> plt.Figure:
     for _, rows in frame.groupby("dataset"):
         front = pareto_front(rows)
         ax.step(front["macs_mean"] / 1e6, front["test_acc"] * 100, where="post", color="gray", linestyle="--", linewidth=0.8)
-    ax.legend(fontsize=7, frameon=False)
+    if not frame.empty:
+        ax.legend(fontsize=7, frameon=False)
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs compute of all models")
