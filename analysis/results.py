@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analysis.catalog import PRETRAINED
+from analysis.catalog import PRETRAINED, bundled_checkpoints
 from analysis.experiments import display_table, markdown_table, seeds_table
 from models.data import REPO_ROOT
 
@@ -24,9 +24,14 @@ SEED_EXPERIMENTS = {
 }
 
 
+def _has_runs(path: Path) -> bool:
+    """A checkpoint file, or a folder with at least one finished run (resumable ``*.last.pt`` do not count)."""
+    return path.is_file() or (path.is_dir() and bool(bundled_checkpoints(path)))
+
+
 def seed_sources(folder: Path = PRETRAINED) -> dict[str, list[Path]]:
-    """``SEED_EXPERIMENTS`` with the paths that exist under ``folder`` (an experiment with none is left out)."""
-    found = {title: [folder / p for p in paths if (folder / p).exists()] for title, paths in SEED_EXPERIMENTS.items()}
+    """``SEED_EXPERIMENTS`` with the paths under ``folder`` that hold runs (an experiment with none is left out)."""
+    found = {title: [folder / p for p in paths if _has_runs(folder / p)] for title, paths in SEED_EXPERIMENTS.items()}
     return {title: paths for title, paths in found.items() if paths}
 
 

@@ -200,3 +200,18 @@ def test_alpha_sweep_series_follow_the_training_lineage():
     assert sweep_point("a1_ft", models) == ("+ fine-tuned under the fixed policy", 1.0), "alpha of the policy it kept"
     assert sweep_point("orphan_ft", models) == ("+ fine-tuned under the fixed policy", None)
     assert sweep_point("a1_ft_rl", models) == ("fine-tuned, then hybrid RL again", 0.5)
+
+
+def test_seeds_section_lists_only_sources_with_finished_runs(tmp_path):
+    import shutil
+
+    from analysis.catalog import PRETRAINED
+
+    shutil.copy(PRETRAINED / "convnet3_fmnist.pt", tmp_path / "convnet3_fmnist.pt")
+    unfinished = tmp_path / "experiments" / "repr_fmnist"
+    unfinished.mkdir(parents=True)
+    (unfinished / "convnet3_s1.last.pt").write_bytes(b"resumable state")
+    assert results.seed_sources(tmp_path) == {title: [tmp_path / "convnet3_fmnist.pt"]
+                                              for title in results.SEED_EXPERIMENTS if "RePr" in title}
+    section = results.seeds_section(tmp_path)
+    assert "experiments/repr_fmnist" not in section and "| convnet3 | baseline |" in section
