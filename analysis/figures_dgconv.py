@@ -66,13 +66,15 @@ def groups_per_layer_figure(context: FigureContext) -> plt.Figure:
 
 @register_figure("dgconv_accuracy_vs_macs", "dgconv",
                  "Test accuracy vs mean MACs per image of the DGConv models trained for different complexity budgets, "
-                 "with the plain ResNet of the same depth (square) when one is available; numbers from models.evaluate "
+                 "one line per number of training epochs, with the plain ResNet of the same depth (square) when one is available; numbers from models.evaluate "
                  "on the full test set.")
 def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
     models = context.models("dgconv")
     points = budget_table(models)
     figure, ax = plt.subplots(figsize=(4.5, 3))
-    ax.plot(points["macs"] / 1e6, points["accuracy"] * 100, "v-", color="tab:purple")
+    # one line per training length: budgets trained for different numbers of epochs are not one trade-off curve
+    for epochs, rows in points.groupby(points["epochs"].fillna(-1), sort=True):
+        ax.plot(rows["macs"] / 1e6, rows["accuracy"] * 100, "v-", label=f"{epochs:g} epochs" if epochs >= 0 else "epochs unknown")
     for _, row in points.iterrows():
         ax.annotate(budget_label(row["model"], row["budget"], with_name=False), (row["macs"] / 1e6, row["accuracy"] * 100),
                     fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -85,5 +87,6 @@ def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
                     textcoords="offset points")
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=6, frameon=False, loc="lower right")
     ax.set_title("DGConv: accuracy vs compute over budgets")
     return figure

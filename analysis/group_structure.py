@@ -40,14 +40,17 @@ def groups_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
 
 
 def budget_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
-    """Per model with measured metrics (meta, full test set): budget, accuracy, mean and dense MACs; by MACs."""
+    """Per model with measured metrics (meta, full test set): budget, training epochs, accuracy, mean and dense MACs;
+    by MACs."""
     rows = []
     for name, model in models.items():
         metrics = model.meta.get("metrics", {})
         if "test_acc" in metrics and "macs_mean" in metrics:
-            rows.append({"model": name, "budget": budget_of(model), "accuracy": float(metrics["test_acc"]),
-                         "macs": float(metrics["macs_mean"]), "macs_full": metrics.get("macs_full")})
-    return pd.DataFrame(rows, columns=["model", "budget", "accuracy", "macs", "macs_full"]).sort_values("macs", ignore_index=True)
+            rows.append({"model": name, "budget": budget_of(model), "epochs": model.meta.get("recipe", {}).get("args", {}).get("epochs"),
+                         "accuracy": float(metrics["test_acc"]), "macs": float(metrics["macs_mean"]),
+                         "macs_full": metrics.get("macs_full")})
+    columns = ["model", "budget", "epochs", "accuracy", "macs", "macs_full"]
+    return pd.DataFrame(rows, columns=columns).sort_values("macs", ignore_index=True)
 
 
 def matching_baselines(baselines: dict[str, torch.nn.Module], like: torch.nn.Module) -> dict[str, torch.nn.Module]:

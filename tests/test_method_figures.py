@@ -54,7 +54,7 @@ def tiny_models(images: torch.Tensor) -> dict[str, torch.nn.Module]:
         for _, layer in model.dg_layers():  # some gates off: 2..C groups
             layer.theta.copy_(torch.linspace(-1.0, 1.0, layer.theta.numel()) - budget)
         name = f"tiny_dgconv_b{budget}"
-        dgconv[name] = with_meta(model, name, 0.5 + budget, budget, budget * 2e6, budget=budget)
+        dgconv[name] = with_meta(model, name, 0.5 + budget, budget, budget * 2e6, budget=budget, epochs=int(budget * 16))
     return {
         "tiny_dsnet_mixed": with_meta(mixed, "tiny_dsnet_mixed", 0.4, 0.6, 1.2e6),
         "tiny_dsnet_wide": with_meta(create_model("dsnet_resnet8", num_classes=10, in_chans=1), "tiny_dsnet_wide", 0.5, 1.0, 2e6),
@@ -158,6 +158,7 @@ def test_group_structure_of_exported_dgconv(context):
     assert table.groupby("model")["groups"].apply(lambda g: g.nunique() > 1).all()
     points = budget_table(context.models("dgconv"))
     assert list(points["budget"]) == [0.25, 0.5] and points["macs"].is_monotonic_increasing
+    assert list(points["epochs"]) == [4, 8], "runs of different lengths are drawn as separate lines"
     baselines = matching_baselines(context.models("baseline"), model)
     assert list(baselines) == ["tiny_resnet8"]
 
