@@ -94,7 +94,9 @@ class Trainer:
         self.scheduler = None
         self._resume_state: dict | None = None
         launcher = f"torchrun --nproc_per_node {self.world}" if self.world > 1 else "python"
-        self.command = f"{launcher} -m models.train " + shlex.join(getattr(args, "argv", []))
+        # the command that makes this run from scratch: a resumed run records what it continues, not --resume
+        argv = [a for a in getattr(args, "argv", []) if a != "--resume"]
+        self.command = f"{launcher} -m models.train " + shlex.join(argv)
 
     # --- data ----------------------------------------------------------------------------------------
     def loader(self, data, train: bool, epoch: int = 0) -> DataLoader:

@@ -57,6 +57,8 @@ def test_killed_run_resumes_to_the_same_weights(fmnist_dir, tmp_path, monkeypatc
     for key, value in a["state_dict"].items():
         assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
     assert [h["train_loss"] for h in a["meta"]["history"]] == pytest.approx([h["train_loss"] for h in b["meta"]["history"]], rel=1e-5)
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text())["tiny"]["command"] for d in ("full", "killed")]
+    assert manifests[1] == manifests[0].replace("/full", "/killed"), "a resumed run records the command that makes it"
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
