@@ -48,9 +48,9 @@ st.caption("Mean MACs executed per image and test accuracy, measured by `python 
 datasets = sorted(frame["dataset"].dropna().unique())
 dataset = st.selectbox("Data set", datasets) if len(datasets) > 1 else datasets[0]
 shown = frame[frame["dataset"] == dataset]
-st.plotly_chart(accuracy_vs_macs(shown, pareto_front(shown)), key="pareto")
-front = set(pareto_front(shown)["name"])
-table = shown.assign(on_front=shown["name"].isin(front), test_acc=shown["test_acc"] * 100, macs_mean=shown["macs_mean"] / 1e6)
+front = pareto_front(shown)
+st.plotly_chart(accuracy_vs_macs(shown, front), key="pareto")
+table = shown.assign(on_front=shown["name"].isin(front["name"]), test_acc=shown["test_acc"] * 100, macs_mean=shown["macs_mean"] / 1e6)
 st.dataframe(table.sort_values("macs_mean"), hide_index=True, column_config={
     "test_acc": st.column_config.NumberColumn("test accuracy (%)", format="%.2f"),
     "macs_mean": st.column_config.NumberColumn("mean MACs (M)", format="%.2f"),
