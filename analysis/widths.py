@@ -10,27 +10,24 @@ import functools
 import pandas as pd
 import torch
 
+from torch.utils.data import TensorDataset
+
 from analysis.dataset_table import layer_columns
-from models.data import normalize
-from models.trace import traced_forward
+from models.evaluate import accuracy_and_macs
 
 
 def static_width_table(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                        batch_size: int = 250) -> pd.DataFrame:
     """One row per width choice (all dynamic stages at that width): ``width``, ``accuracy`` on the uint8
-    ``images``, ``macs`` per image (counted by the same trace as the dynamic net's); ordered by width."""
-    meta = model.meta
+    ``images``, ``macs`` per image (counted by the same trace as the dynamic net's, through the loop
+    ``models.evaluate`` runs for the README's variant rows); ordered by width."""
     device = next(model.parameters()).device
-    x = normalize(images, meta["mean"], meta["std"]).to(device)
-    labels = labels.to(device)
+    data = TensorDataset(images, labels)
     rows = []
     for width in model.widths_choices:
-        correct, macs = 0, 0.0
-        for start in range(0, len(x), batch_size):
-            logits, trace = traced_forward(functools.partial(model.forward_at_width, width=width), x[start:start + batch_size])
-            correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
-            macs += float(trace.macs.sum())
-        rows.append({"width": float(width), "accuracy": correct / len(x), "macs": macs / len(x)})
+        correct, macs = accuracy_and_macs(functools.partial(model.forward_at_width, width=width), data, model.meta["mean"],
+                                          model.meta["std"], device, batch_size=batch_size, progress=False)
+        rows.append({"width": float(width), "accuracy": correct.float().mean().item(), "macs": macs.double().mean().item()})
     return pd.DataFrame(rows)
 
 

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -23,16 +23,18 @@ from .trace import traced_forward
 
 
 @torch.no_grad()
-def accuracy_and_macs(forward: Callable[[torch.Tensor], torch.Tensor], data, info: DatasetInfo, device: torch.device,
-                      limit: int | None = None, batch_size: int = 500, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image correctness and executed MACs (from the trace) of ``forward`` over ``data``."""
+def accuracy_and_macs(forward: Callable[[torch.Tensor], torch.Tensor], data, mean: Sequence[float], std: Sequence[float],
+                      device: torch.device, limit: int | None = None, batch_size: int = 500,
+                      progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image correctness and executed MACs (from the trace) of ``forward`` over ``data`` (uint8 images,
+    standardized with ``mean`` / ``std``)."""
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
     correct, macs = [], []
     seen = 0
     for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         if limit is not None and seen >= limit:
             break
-        logits, trace = traced_forward(forward, normalize(images, info.mean, info.std).to(device))
+        logits, trace = traced_forward(forward, normalize(images, mean, std).to(device))
         correct.append(logits.argmax(1).cpu() == labels)
         macs.append(trace.macs)
         seen += len(labels)
@@ -49,7 +51,7 @@ def evaluate(model: torch.nn.Module, data, info: DatasetInfo, limit: int | None 
     """
     model.eval()
     device = next(model.parameters()).device
-    correct, macs = accuracy_and_macs(model, data, info, device, limit, batch_size, progress)
+    correct, macs = accuracy_and_macs(model, data, info.mean, info.std, device, limit, batch_size, progress)
     dense = full_macs(model, info.input_size)
     metrics = {
         "test_acc": round(correct.float().mean().item(), 5),
@@ -65,7 +67,7 @@ def evaluate(model: torch.nn.Module, data, info: DatasetInfo, limit: int | None 
     if callable(variants):
         metrics["variants"] = {}
         for label, forward in variants().items():
-            v_correct, v_macs = accuracy_and_macs(forward, data, info, device, limit, batch_size, progress)
+            v_correct, v_macs = accuracy_and_macs(forward, data, info.mean, info.std, device, limit, batch_size, progress)
             metrics["variants"][label] = {"test_acc": round(v_correct.float().mean().item(), 5),
                                           "macs_mean": round(v_macs.mean().item()),
                                           "mac_ratio": round(v_macs.mean().item() / dense, 4)}
