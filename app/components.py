@@ -1,7 +1,6 @@
 """Reusable pieces of the pages: image picking, one image's report, decision views, attribution view."""
 from __future__ import annotations
 
-import copy
 from itertools import groupby
 
 import plotly.express as px
@@ -11,7 +10,7 @@ import torch
 from analysis.catalog import sample_images
 from analysis.charts import decision_charts, top_classes
 from analysis.images import ImageError
-from app.resources import traced_image
+from app.resources import attribution as cached_attribution, traced_image
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
 
@@ -75,22 +74,14 @@ def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compa
 
 
 def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
-    """captum attributions of the prediction or of one decision, with IG's convergence delta.
-
-    captum (and matplotlib with it) is imported here, on first use, not when every page starts.
-    """
-    from analysis.attributions import explain_decision, explain_prediction
-
+    """captum attributions of the prediction or of one decision, with IG's convergence delta (cached per
+    model, image and target in ``app.resources.attribution``)."""
     decisions = trace["decisions"]
     targets = ["prediction"] + [f"{d['kind']}: {d['layer']}" for d in decisions]
     choice = st.selectbox("Explain", targets, key=f"{key}-target")
-    x = trace["tensor"]
     if choice == "prediction":
         method = st.radio("Method", ["Integrated Gradients", "GradCAM"], horizontal=True, key=f"{key}-method")
-        if method == "GradCAM":  # captum hooks the last layer while it works: on a copy, not the shared model
-            attribution = explain_prediction(copy.deepcopy(model), x, trace["prediction"]["index"], "gradcam")
-        else:
-            attribution = explain_prediction(model, x, trace["prediction"]["index"], "integrated_gradients")
+        target = ("prediction", trace["prediction"]["index"], "gradcam" if method == "GradCAM" else "integrated_gradients")
     else:
         decision = decisions[targets.index(choice) - 1]
         option = None
@@ -100,7 +91,8 @@ def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
                                   key=f"{key}-option")
         elif decision["kind"] == "routing":
             option = st.selectbox("Expert", range(len(decision["weights"])), key=f"{key}-option")
-        attribution = explain_decision(model, x, decision["layer"], decision["kind"], option)
+        target = (decision["kind"], decision["layer"], option)
+    attribution = cached_attribution(model, model.cache_key, trace["tensor"].numpy(), target)
     limit = float(abs(attribution.heatmap).max()) or 1.0
     figure = px.imshow(attribution.heatmap, color_continuous_scale="RdBu_r", zmin=-limit, zmax=limit,
                        title=f"{attribution.method}: {attribution.target}")

@@ -1,10 +1,12 @@
 """Cached, shared resources of the app: models are loaded once per file and never mutated per request."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
@@ -90,6 +92,25 @@ def traced_image(_model: torch.nn.Module, model_key: str, name: str, data: bytes
     added) reuse it, and the cached copy is the caller's own. ``ImageError`` is not cached (it is cheap)."""
     model_input = load_model_input(data, _model.meta, name)
     return model_input, trace_batch(_model, model_input.tensor, [name], structure=False)[0]
+
+
+@st.cache_data(show_spinner="Computing the attribution…", max_entries=128)
+def attribution(_model: torch.nn.Module, model_key: str, image: np.ndarray, target: tuple):
+    """A captum attribution of one normalized image (1xCxHxW), once per (model, image, target): Integrated
+    Gradients runs 32 forward and backward passes, and every widget touched reruns the page.
+
+    ``target`` is ``("prediction", class index, "integrated_gradients" | "gradcam")`` or ``(decision kind,
+    layer, option)``. GradCAM hooks the model's last layer while it works, so it runs on a copy of the model
+    that every session shares. captum is imported here, on first use, not when every page starts.
+    """
+    from analysis import attributions
+
+    x = torch.from_numpy(image)
+    if target[0] == "prediction":
+        _, index, method = target
+        return attributions.explain_prediction(copy.deepcopy(_model) if method == "gradcam" else _model, x, index, method)
+    kind, layer, option = target
+    return attributions.explain_decision(_model, x, layer, kind, option)
 
 
 @st.cache_resource
