@@ -64,14 +64,27 @@ def results_table(manifest_path: Path = PRETRAINED / "manifest.json") -> str:
     return "\n".join(lines)
 
 
+SPEED_COLUMNS = ("model", "vs", "mac_ratio", "latency_ms", "latency_ref_ms", "latency_ratio", "batch", "throughput",
+                 "throughput_ref", "throughput_ratio")
+
+
+def saved_bench(bench_path: Path) -> dict | None:
+    """The record ``python -m analysis.bench --save`` wrote (rows plus command, machine, torch, date), or None."""
+    return json.loads(bench_path.read_text()) if bench_path.exists() else None
+
+
+def bench_source(record: dict) -> str:
+    return (f"Measured by `{record['command']}` on {record['machine']} (torch {record['torch']}), {record['date']}; "
+            "ratios are model / reference, measured alternately in one run.")
+
+
 def speed_table(bench_path: Path = PRETRAINED / "bench.json") -> str:
     """The benchmark rows saved by ``python -m analysis.bench --save``, with their command, machine and date."""
-    if not bench_path.exists():
+    record = saved_bench(bench_path)
+    if record is None:
         return "_No benchmark saved yet: run `python -m analysis.bench --save models/pretrained/bench.json`._"
-    record = json.loads(bench_path.read_text())
     lines = [
-        f"Measured by `{record['command']}` on {record['machine']} (torch {record['torch']}), {record['date']}; "
-        "ratios are model / reference, measured alternately in one run.",
+        bench_source(record),
         "",
         "| model | vs | MAC ratio | batch-1 latency (ms) | reference (ms) | latency ratio | batch | throughput (img/s) | reference | throughput ratio |",
         "|---|---|---|---|---|---|---|---|---|---|",

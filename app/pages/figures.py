@@ -15,9 +15,10 @@ load_figure_modules()
 FORMATS = {"png": "image/png", "pdf": "application/pdf", "svg": "image/svg+xml"}
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=2)
 def _context(key: tuple) -> FigureContext:
-    """Loaded models and traced tables of one set of checkpoint files (``key``: name, path, mtime)."""
+    """Loaded models and traced tables of one set of checkpoint files (``key``: name, path, mtime); a retrained
+    checkpoint makes a new key, so only the newest sets stay in memory."""
     return FigureContext({name: Path(path) for name, path, _ in key})
 
 

@@ -5,8 +5,6 @@ The same numbers as the README's results section: checkpoint metas (``models.eva
 """
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import streamlit as st
 
@@ -14,12 +12,12 @@ from analysis.catalog import bundled_checkpoints, models_folder
 from analysis.charts import accuracy_vs_macs
 from analysis.experiments import checkpoint_paths, display_table, seeds_table
 from analysis.pareto import models_frame, pareto_front
-from analysis.results import seed_sources
+from analysis.results import SPEED_COLUMNS, bench_source, saved_bench, seed_sources
 
 
 def _files_key(paths) -> tuple:
     """Paths with their mtimes: a retrained checkpoint must not show the last run's numbers."""
-    return tuple(sorted((str(p), p.stat().st_mtime) for p in paths if p.exists()))
+    return tuple(sorted((str(p), p.stat().st_mtime) for p in paths))
 
 
 @st.cache_data(show_spinner="Reading the checkpoints…")
@@ -59,18 +57,15 @@ st.dataframe(table.sort_values("macs_mean"), hide_index=True, column_config={
 
 st.subheader("Speed")
 bench = folder / "bench.json"
-if bench.exists():
-    try:
-        record = json.loads(bench.read_text())
-        st.caption(f"`{record['command']}` on {record['machine']} (torch {record['torch']}), {record['date']}: ratios are "
-                   "model / reference, measured alternately in one run.")
-        columns = ["model", "vs", "mac_ratio", "latency_ms", "latency_ref_ms", "latency_ratio", "batch", "throughput",
-                   "throughput_ref", "throughput_ratio"]
-        st.dataframe(pd.DataFrame(record["rows"]).reindex(columns=columns), hide_index=True)
-    except (ValueError, KeyError, TypeError) as e:
-        st.warning(f"`{bench}` could not be read ({e}); run `python -m analysis.bench --save {bench}` again.")
-else:
-    st.info(f"No benchmark saved: `python -m analysis.bench --save {bench}` measures every model.")
+try:
+    record = saved_bench(bench)
+    if record is None:
+        st.info(f"No benchmark saved: `python -m analysis.bench --save {bench}` measures every model.")
+    else:
+        st.caption(bench_source(record))
+        st.dataframe(pd.DataFrame(record["rows"]).reindex(columns=list(SPEED_COLUMNS)), hide_index=True)
+except (ValueError, KeyError, TypeError) as e:
+    st.warning(f"`{bench}` could not be read ({e}); run `python -m analysis.bench --save {bench}` again.")
 
 st.subheader("Seeds")
 sources = seed_sources(folder)
