@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis.catalog import bundled_checkpoints
 from analysis.repr_records import dense_arch, repr_ranking
-from models.checkpoint import CheckpointError, read_checkpoint
+from models.checkpoint import CheckpointError, read_checkpoint, training_args
 
 RUN_COLUMNS = ("name", "path", "dataset", "arch", "method", "ranking", "seed", "test_acc", "args")
 GROUP_KEYS = ("dataset", "arch", "method", "ranking")
@@ -46,11 +46,6 @@ def checkpoint_paths(sources: Iterable[str | Path]) -> list[Path]:
     for path in paths:
         unique.setdefault(path.resolve(), path)
     return list(unique.values())
-
-
-def training_args(meta: dict) -> dict:
-    """The ``models.train`` arguments a run was made with (empty for hand-made checkpoints)."""
-    return dict((meta.get("recipe") or {}).get("args") or {})
 
 
 def seed_of(meta: dict, path: Path | None = None) -> int | None:

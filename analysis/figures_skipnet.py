@@ -11,6 +11,7 @@ import pandas as pd
 from analysis.dataset_table import easy_and_hard, layer_columns
 from analysis.figure_registry import FigureContext, main_model, register_figure
 from analysis.skipping import blocks_executed, scale_response, skip_ratios
+from models.checkpoint import training_args
 
 
 def main_skipnet(context: FigureContext) -> str:
@@ -93,7 +94,7 @@ def sweep_point(name: str, models: dict) -> tuple[str, float | None]:
     """(series, alpha) of a SkipNet in the alpha sweep, from its training args: the paper's hybrid RL, RL with its
     own backbone learning rate, fine-tuned under the frozen policy of the run it started from (whose alpha it
     keeps, found through ``--init-from``), or RL again from such a fine-tuned model."""
-    args = models[name].meta.get("recipe", {}).get("args", {})
+    args = training_args(models[name].meta)
     parent = Path(args.get("init_from") or "").stem
     parent_series, parent_alpha = sweep_point(parent, models) if parent in models and parent != name else (None, None)
     if args.get("ft_epochs"):

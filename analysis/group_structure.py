@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from analysis.routing import model_structure
+from models.checkpoint import training_args
 
 
 def mask_from_groups(group_of_channel: Sequence[int]) -> np.ndarray:
@@ -27,7 +28,7 @@ def group_entries(model: torch.nn.Module) -> list[dict]:
 
 def budget_of(model: torch.nn.Module) -> float | None:
     """The complexity budget the model was trained for (``--budget``), if its recipe says."""
-    return model.meta.get("recipe", {}).get("args", {}).get("budget")
+    return training_args(model.meta).get("budget")
 
 
 def groups_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
@@ -46,7 +47,7 @@ def budget_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
     for name, model in models.items():
         metrics = model.meta.get("metrics", {})
         if "test_acc" in metrics and "macs_mean" in metrics:
-            rows.append({"model": name, "budget": budget_of(model), "epochs": model.meta.get("recipe", {}).get("args", {}).get("epochs"),
+            rows.append({"model": name, "budget": budget_of(model), "epochs": training_args(model.meta).get("epochs"),
                          "accuracy": float(metrics["test_acc"]), "macs": float(metrics["macs_mean"]),
                          "macs_full": metrics.get("macs_full")})
     columns = ["model", "budget", "epochs", "accuracy", "macs", "macs_full"]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch.nn as nn
 
+from models.checkpoint import training_args
 from models.filter_overlap import overlap_matrix
 from models.repr import REPR_DEFAULTS, filter_layers, prunable_layers, repr_record
 
@@ -87,8 +88,7 @@ def repr_ranking(meta: dict) -> str | None:
     for record in cycle_records(meta.get("history") or []):
         if record.get("ranking"):
             return record["ranking"]
-    args = (meta.get("recipe") or {}).get("args") or {}
-    return args.get("repr_ranking") or REPR_DEFAULTS["repr_ranking"]
+    return training_args(meta).get("repr_ranking") or REPR_DEFAULTS["repr_ranking"]
 
 
 def dense_arch(arch: str) -> str:

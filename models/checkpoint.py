@@ -26,6 +26,11 @@ class CheckpointError(ValueError):
     """The file is not a RouteScope checkpoint, or does not fit its architecture."""
 
 
+def training_args(meta: dict) -> dict:
+    """The ``models.train`` arguments a run was made with (empty for hand-made checkpoints)."""
+    return dict((meta.get("recipe") or {}).get("args") or {})
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, train_state: dict | None = None) -> None:
     """Write atomically: a temporary file in the same folder, then ``os.replace``."""
     path = Path(path)
