@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
+from models.checkpoint import CheckpointError, read_checkpoint
 from models.data import REPO_ROOT
 
 PRETRAINED = REPO_ROOT / "models" / "pretrained"
@@ -24,6 +26,18 @@ def bundled_checkpoints(folder: Path | None = None) -> dict[str, Path]:
     """
     folder = Path(folder or models_folder())
     return {p.stem: p for p in sorted(folder.glob("*.pt")) if not p.name.endswith(".last.pt")}
+
+
+def read_checkpoints(paths: Iterable[Path], on_error: Callable[[str], None] | None = None) -> Iterator[tuple[Path, dict]]:
+    """``(path, payload)`` of each checkpoint, read without building its model (meta, arch, weights); an
+    unreadable file raises ``CheckpointError``, or goes to ``on_error`` and is skipped (the app lists them)."""
+    for path in paths:
+        try:
+            yield path, read_checkpoint(path)
+        except CheckpointError as e:
+            if on_error is None:
+                raise
+            on_error(str(e))
 
 
 def sample_images(folder: Path = SAMPLES) -> list[Path]:

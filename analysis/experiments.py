@@ -20,9 +20,9 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from analysis.catalog import bundled_checkpoints
+from analysis.catalog import bundled_checkpoints, read_checkpoints
 from analysis.repr_records import dense_arch, repr_ranking
-from models.checkpoint import CheckpointError, read_checkpoint, training_args
+from models.checkpoint import CheckpointError, training_args
 
 RUN_COLUMNS = ("name", "path", "dataset", "arch", "method", "ranking", "seed", "test_acc", "args")
 GROUP_KEYS = ("dataset", "arch", "method", "ranking")
@@ -68,17 +68,8 @@ def run_row(meta: dict, arch: str, path: Path | None = None) -> dict:
 
 def collect_runs(sources: Iterable[str | Path], on_error: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per checkpoint (read without building the model); unreadable files raise, or go to ``on_error``."""
-    rows = []
-    for path in checkpoint_paths(sources):
-        try:
-            payload = read_checkpoint(path)
-        except CheckpointError as e:
-            if on_error is None:
-                raise
-            on_error(str(e))
-            continue
-        rows.append(run_row(payload["meta"], payload["arch"], path))
-    return runs_frame(rows)
+    payloads = read_checkpoints(checkpoint_paths(sources), on_error)
+    return runs_frame([run_row(payload["meta"], payload["arch"], path) for path, payload in payloads])
 
 
 def runs_frame(rows: list[dict]) -> pd.DataFrame:

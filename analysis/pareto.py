@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from models.checkpoint import CheckpointError, read_checkpoint
+from analysis.catalog import read_checkpoints
 
 COLUMNS = ("name", "method", "arch", "dataset", "test_acc", "macs_mean", "mac_ratio", "params", "n_test")
 
@@ -18,14 +18,7 @@ COLUMNS = ("name", "method", "arch", "dataset", "test_acc", "macs_mean", "mac_ra
 def models_frame(paths: Iterable[Path], on_error: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per evaluated checkpoint; unreadable files raise, or go to ``on_error`` (the app shows them)."""
     rows = []
-    for path in paths:
-        try:
-            payload = read_checkpoint(path)
-        except CheckpointError as e:
-            if on_error is None:
-                raise
-            on_error(str(e))
-            continue
+    for path, payload in read_checkpoints(paths, on_error):
         meta, metrics = payload["meta"], payload["meta"].get("metrics") or {}
         if "test_acc" not in metrics or "macs_mean" not in metrics:
             continue  # never evaluated (a hand-made or interrupted checkpoint): nothing to place
