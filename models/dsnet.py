@@ -68,7 +68,6 @@ rather than the reference's squared absolute GMACs; an untrained width head star
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import math
 from contextlib import nullcontext
@@ -81,7 +80,7 @@ import torch.nn.functional as F
 from .registry import register_model, register_recipe
 from .resnet import ResNet, conv3x3
 from .slimmable import SlimBatchNorm2d, SlimConv2d, WidthGate
-from .stages import Stage, StepOutput
+from .stages import FrozenCopy, Stage, StepOutput
 from .trace import Trace, current_trace
 
 WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
@@ -498,25 +497,23 @@ class SupernetStage(Stage):
                  recalibration_batches: int = 20) -> None:
         super().__init__("supernet-ieb", epochs, lr, weight_decay)
         self.ema_decay, self.recalibration_batches = ema_decay, recalibration_batches
-        self.teacher: DSResNet | None = None
-        self._pending: dict | None = None
+        self.snapshot = FrozenCopy()
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         model.requires_grad_(True)
         return super().optimizer(model)
 
     def on_stage_start(self, trainer) -> None:
-        self.teacher, self._pending = None, None
+        self.snapshot.reset()
         self.teacher_for(trainer.model)
 
     def teacher_for(self, model: nn.Module) -> DSResNet:
         """The EMA teacher, built from the model on first use (and loaded from a resumed state)."""
-        if self.teacher is None:
-            self.teacher = copy.deepcopy(_unwrap(model)).requires_grad_(False)
-            if self._pending is not None:
-                self.teacher.load_state_dict(self._pending)
-                self._pending = None
-        return self.teacher
+        return self.snapshot.of(model)
+
+    @property
+    def teacher(self) -> DSResNet | None:
+        return self.snapshot.model
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         net = _unwrap(model)
@@ -536,12 +533,11 @@ class SupernetStage(Stage):
             recalibrate_from_trainer(trainer, self.recalibration_batches)
 
     def state_dict(self) -> dict:
-        if self.teacher is not None:
-            return {"ema": {k: v.detach().cpu().clone() for k, v in self.teacher.state_dict().items()}}
-        return {"ema": self._pending} if self._pending is not None else {}
+        ema = self.snapshot.state_dict()
+        return {} if ema is None else {"ema": ema}
 
     def load_state_dict(self, state: dict) -> None:
-        self.teacher, self._pending = None, state.get("ema")
+        self.snapshot.load_state_dict(state.get("ema"))
 
 
 class GateStage(Stage):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .registry import register_model, register_recipe
 from .resnet import BasicBlock, ResNet
 from .skipnet_gates import GATE_KINDS, GateBank, build_gates
-from .stages import Stage, StepOutput
+from .stages import FrozenCopy, Stage, StepOutput
 from .trace import current_trace
 
 GATE_MODES = ("infer", "st", "sample", "greedy")
@@ -232,28 +232,52 @@ class HybridRLStage(Stage):
 class PolicyFinetuneStage(Stage):
     """Stage 3 (not in the paper; off unless ``--ft-epochs``): the backbone fine-tuned under the learned policy.
 
-    The gates are frozen and decide as at inference (greedy), each block runs only on the samples that execute
-    it, and BatchNorm trains again: hybrid RL kept the statistics of the network that runs every block, so a
-    policy that skips many blocks meets mismatched statistics. Plain cross-entropy, SGD. BlockDrop ends with a
-    joint fine-tuning too; here the gate parameters stay as RL left them, but the features they read change
-    with the backbone, so decisions (and mean MACs) can drift: ``models.evaluate`` measures them again.
+    The gates decide as at inference (greedy), each block runs only on the samples that execute it, and
+    BatchNorm trains again: hybrid RL kept the statistics of the network that runs every block, so a policy
+    that skips many blocks meets mismatched statistics. Plain cross-entropy, SGD. BlockDrop ends with a joint
+    fine-tuning too. With ``anchor_weight`` 0 the gate parameters stay as RL left them, but the features they
+    read change with the backbone, so decisions (and mean MACs) drift. With ``anchor_weight`` > 0 the gates
+    train as well, on a binary cross-entropy towards the decisions that a frozen copy of the model (taken when
+    the stage starts) makes on the same images: the policy RL chose is kept while the backbone adapts to it.
+    ``models.evaluate`` measures decisions and MACs again either way.
     """
 
-    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4) -> None:
+    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, anchor_weight: float = 0.0) -> None:
         super().__init__("policy-finetune", epochs, lr, weight_decay)
+        self.anchor_weight = anchor_weight
+        self.anchor = FrozenCopy()
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        if self.anchor_weight > 0:
+            return super().parameters(model)
         gates = {id(p) for p in _unwrap(model).gates.parameters()}
         return [p for p in model.parameters() if p.requires_grad and id(p) not in gates]
 
+    def on_stage_start(self, trainer) -> None:
+        self.anchor.reset()
+        if self.anchor_weight > 0:
+            self.anchor.of(trainer.model)
+
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        _unwrap(model).gates.eval()  # the policy is fixed: gate BatchNorm statistics too (the trainer calls .train())
+        _unwrap(model).gates.eval()  # gate BatchNorm statistics stay fixed (the trainer calls .train())
         out = model(x, gate_mode="infer")
-        return StepOutput(F.cross_entropy(out.logits, y), out.logits)
+        loss = F.cross_entropy(out.logits, y)
+        if self.anchor_weight > 0:
+            with torch.no_grad():
+                reference = self.anchor.of(model).eval()(x, gate_mode="infer").actions
+            loss = loss + self.anchor_weight * F.binary_cross_entropy_with_logits(out.gate_logits, reference)
+        return StepOutput(loss, out.logits)
+
+    def state_dict(self) -> dict:
+        anchor = self.anchor.state_dict()
+        return {} if anchor is None else {"anchor": anchor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.anchor.load_state_dict(state.get("anchor"))
 
 
 SKIPNET_DEFAULTS = {"alpha": 0.05, "beta": 1.0, "rl_epochs": 3, "rl_lr": 1e-3, "rl_weight": 1.0, "rl_backbone_lr": None,
-                    "ft_epochs": 0, "ft_lr": 0.01}
+                    "ft_epochs": 0, "ft_lr": 0.01, "ft_anchor": 0.0}
 
 
 def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,6 +295,8 @@ def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ft-epochs", type=int, default=SKIPNET_DEFAULTS["ft_epochs"],
                    help="epochs of backbone fine-tuning under the frozen greedy policy after RL (not in the paper)")
     g.add_argument("--ft-lr", type=float, default=SKIPNET_DEFAULTS["ft_lr"], help="SGD learning rate of that fine-tuning")
+    g.add_argument("--ft-anchor", type=float, default=SKIPNET_DEFAULTS["ft_anchor"],
+                   help="weight of a loss that keeps the gates' decisions as they were when fine-tuning started (0: gates frozen)")
     g.add_argument("--gate", choices=GATE_KINDS, default=None, help="SkipNet gate (default: the builder's, rnn)")
 
 
@@ -284,5 +310,5 @@ def skipnet_recipe(args: argparse.Namespace) -> list[Stage]:
         SupervisedPretrainStage(args.epochs, args.lr, weight_decay),
         HybridRLStage(opt["rl_epochs"], opt["rl_lr"], weight_decay, opt["alpha"], opt["beta"], opt["rl_weight"],
                       opt["rl_backbone_lr"]),
-        PolicyFinetuneStage(opt["ft_epochs"], opt["ft_lr"], weight_decay),
+        PolicyFinetuneStage(opt["ft_epochs"], opt["ft_lr"], weight_decay, opt["ft_anchor"]),
     ]

@@ -6,6 +6,7 @@ with one loop, one checkpoint format and one ``--resume``.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -56,6 +57,38 @@ class Stage:
     def state_dict(self) -> dict:
         return {}
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class FrozenCopy:
+    """A frozen copy of the model being trained (an EMA teacher, a policy anchor), made on first use.
+
+    A stage keeps one across ``--resume``: its ``state_dict`` goes into the stage's checkpointed state, and
+    a loaded state is applied when the copy is next built from the (resumed) model.
+    """
+
+    def __init__(self) -> None:
+        self.model: nn.Module | None = None
+        self._pending: dict | None = None
+
+    def of(self, model: nn.Module) -> nn.Module:
+        """The copy; on first use deep-copied from ``model`` (unwrapped from DDP), then given any loaded state."""
+        if self.model is None:
+            self.model = copy.deepcopy(getattr(model, "module", model)).requires_grad_(False)
+            if self._pending is not None:
+                self.model.load_state_dict(self._pending)
+                self._pending = None
+        return self.model
+
+    def reset(self) -> None:
+        self.model, self._pending = None, None
+
+    def state_dict(self) -> dict | None:
+        if self.model is not None:
+            return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return self._pending
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.model, self._pending = None, state
 
 
 @register_recipe("baseline")

@@ -389,7 +389,7 @@ def test_training_cli_runs_both_stages_and_resumes_with_the_ema(fmnist_dir, tmp_
     monkeypatch.setattr(SupernetStage, "load_state_dict", lambda self, state: loaded.append(state) or load(self, state))
     assert train.main(argv + ["--resume"]) == 0
     assert len(loaded) == 1 and torch.equal(loaded[0]["ema"]["fc.weight"], state["stage_state"]["ema"]["fc.weight"])
-    assert made[-1][0].teacher is not None and made[-1][0]._pending is None  # the teacher was built from the saved EMA
+    assert made[-1][0].teacher is not None and made[-1][0].snapshot._pending is None  # the teacher was built from the saved EMA
     model = load_checkpoint(tmp_path / "ds.pt")
     assert model.method == "dsnet" and [s["name"] for s in model.meta["recipe"]["stages"]] == ["supernet-ieb", "gate-sgs"]
     assert [h["stage"] for h in model.meta["history"]] == ["supernet-ieb", "supernet-ieb", "gate-sgs"]

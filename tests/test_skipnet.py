@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -405,3 +406,32 @@ def test_policy_finetune_trains_the_backbone_under_the_frozen_policy():
     last = model.gate_names[-1]
     changed = {k.rsplit(".", 2)[0] for k, v in bn_buffers(model).items() if not torch.equal(v, bn_before[k])}
     assert last not in changed and last + ".shortcut" in changed and "stem" in changed, changed
+
+
+def test_anchored_finetune_pulls_drifted_gates_back_to_the_policy_it_started_with():
+    """With ``anchor_weight`` the gates train towards the decisions of the model as the stage found it; the
+    frozen copy survives ``--resume`` through the stage state, and a stage without it keeps the gates frozen."""
+    x, y = varied_images(8), torch.arange(8) % 10
+    model = mix_decisions(make("ff1"), x)
+    stage = PolicyFinetuneStage(epochs=1, lr=0.002, anchor_weight=5.0)
+    stage.on_stage_start(SimpleNamespace(model=model))
+    reference = model(x, gate_mode="infer").actions
+    with torch.no_grad():  # the backbone moved on and the gates drifted open
+        for gate in model.gates.gates:
+            gate.head.bias[1] += 1.0
+    disagreements = lambda: (model.eval()(x, gate_mode="infer").actions != reference).sum().item()
+    drifted = disagreements()
+    assert drifted > 0
+    optimizer = stage.optimizer(model)
+    assert {id(p) for p in model.gates.parameters()} <= {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for _ in range(10):
+        model.train()
+        out = stage.training_step(model, x, y)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert disagreements() == 0
+    resumed = PolicyFinetuneStage(epochs=1, lr=0.05, anchor_weight=5.0)
+    resumed.load_state_dict(stage.state_dict())
+    assert torch.equal(resumed.anchor.of(model)(x, gate_mode="infer").actions, reference)
+    assert PolicyFinetuneStage(epochs=1, lr=0.05).state_dict() == {}
