@@ -5,6 +5,10 @@ vs masking, DS-Net's widths, DGConv's export vs its dense masked form; by defaul
 is measured in one run on the same test images, alternating the two sides round by round so that the
 machine's noise hits both: median batch-1 latency per image, batched throughput, and the MAC ratio.
 Numbers are printed, never asserted: the machine is shared and noisy.
+
+``--image-size S`` upsamples the test images to S x S first (the ResNets are fully convolutional): at
+28 x 28 a batch-1 forward on a CPU is mostly per-operator overhead, which a narrower or skipped layer does
+not remove, so this shows how the latency ratios move once the convolutions themselves dominate.
 """
 from __future__ import annotations
 
@@ -75,6 +79,12 @@ def paired_timing(a: Forward, b: Forward, images: torch.Tensor, batch: int, roun
 DEFAULT_BATCH = 256
 
 
+def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images resized to ``size`` x ``size`` (bilinear), still uint8 so ``normalize`` applies as usual."""
+    resized = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
 def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None = None, rounds: int = 5) -> list[dict]:
     """One row per comparison of ``model`` with one of its references.
 
@@ -97,7 +107,7 @@ def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None 
             "mac_ratio": macs_model / macs_ref,
             "latency_ms": lat_model * 1e3, "latency_ref_ms": lat_ref * 1e3, "latency_ratio": lat_model / lat_ref,
             "throughput": thr_model, "throughput_ref": thr_ref, "throughput_ratio": thr_model / thr_ref,
-            "batch": batch, "images": len(images), "threads": torch.get_num_threads(),
+            "batch": batch, "images": len(images), "image_size": images.shape[-1], "threads": torch.get_num_threads(),
         })
     return rows
 
@@ -120,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=64, help="test images (from the bundled subset)")
     p.add_argument("--batch", type=int, default=None, help=f"throughput batch (default: the model's benchmark_batch, else {DEFAULT_BATCH})")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="upsample the test images to S x S (default: the data set's 28 x 28)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.add_argument("--save", type=Path, default=None, metavar="JSON",
@@ -130,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = [Path(c) for c in args.checkpoint] or list(bundled_checkpoints().values())
     images, _ = load_test_images("fashion-mnist-subset")
     images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: args.images]]
+    if args.image_size:
+        images = upsample(images, args.image_size)
     rows = []
     for path in paths:
         try:
@@ -147,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows))
-        print(f"\n{len(images)} test images, throughput batch {args.batch or 'per row'}, {args.rounds} alternating rounds, {torch.get_num_threads()} threads, "
+        print(f"\n{len(images)} test images of {images.shape[-1]} x {images.shape[-1]}, throughput batch {args.batch or 'per row'}, {args.rounds} alternating rounds, {torch.get_num_threads()} threads, "
               f"torch {torch.__version__}")
     return 0
 

@@ -119,6 +119,10 @@ def test_bench_prints_ratios(checkpoint_dir, capsys):
     (row,) = json.loads(capsys.readouterr().out)
     assert row["vs"].startswith("same gates, masked")
     assert 0 < row["mac_ratio"] <= 1.0 and row["latency_ms"] > 0 and row["throughput_ratio"] > 0
+    assert row["image_size"] == 28
+    assert bench.main(args + ["--image-size", "56"]) == 0
+    (big,) = json.loads(capsys.readouterr().out)
+    assert big["image_size"] == 56 and 3.5 < big["macs_ref"] / row["macs_ref"] <= 4  # each conv sees 4x the pixels, the fc not
 
 
 def test_results_table_from_manifest(tmp_path):
