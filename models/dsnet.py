@@ -14,7 +14,8 @@ Architecture (CIFAR ResNet layout and names of ``models.resnet``: ``stem``, ``la
   ReLU, then an SE head (sigmoid channel attention, which scales the first block's inner features,
   i.e. ``relu(bn1(conv1(x)))``, as DS-Net's gate sits inside the first block) and a width head (logits
   over the choices; argmax, no Gumbel noise, no sampling). The SE head runs in every mode (supernet
-  training included, as in the reference), the width head only in dynamic mode.
+  training included, as in the reference), the width head only in dynamic mode. ``gate_grid=g`` (not in
+  the paper; default 1) pools to a g x g map read by a g x g conv instead of a global pool.
 - BN running statistics: one row per width of the stage for ``bn2`` and the BNs of later blocks; for the
   first block's ``bn1`` and projection-shortcut BN, whose input width is the previous stage's choice,
   one row per (previous width, this width) pair (``key = in_index * n_choices + out_index``). The gates
@@ -132,7 +133,7 @@ class DSResNet(ResNet):
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
                  widths: tuple[int, int, int] = (16, 32, 64), widths_choices: Sequence[float] = WIDTH_CHOICES,
-                 dynamic_stages: Sequence[int] = (2, 3), attention: bool = True) -> None:
+                 dynamic_stages: Sequence[int] = (2, 3), attention: bool = True, gate_grid: int = 1) -> None:
         nn.Module.__init__(self)
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -159,7 +160,7 @@ class DSResNet(ResNet):
                       for j in range(n)]
             setattr(self, f"layer{s}", nn.Sequential(*blocks))
             if s in dynamic:
-                gates[f"layer{s}"] = WidthGate(in_ch, width, len(choices), attention=attention)
+                gates[f"layer{s}"] = WidthGate(in_ch, width, len(choices), attention=attention, grid=gate_grid)
             in_ch, in_keys = width, keys
         self.gates = nn.ModuleDict(gates)
         self.pool = nn.AdaptiveAvgPool2d(1)  # a module, as in ResNet, so attributions (GradCAM) can hook it
@@ -345,6 +346,12 @@ class DSResNet(ResNet):
             out[name] = tensor[tuple(slice(0, n) for n in like.shape)].clone()
         return out
 
+    def upcycle(self, source: dict[str, torch.Tensor]) -> list[str]:
+        """``models.train --init-from`` a DS-Net with global-pool gates into one with grid gates (``gate_grid``):
+        each reduce weight is spread over the grid (``WidthGate.spread_global_reduce``). Returns the keys used."""
+        keys = [f"gates.{name}.reduce.weight" for name in self.gates]
+        return [k for k, gate in zip(keys, self.gates.values()) if k in source and gate.spread_global_reduce(source[k])]
+
     def static_subnet(self, width: float | Sequence[float]) -> ResNet:
         """A plain ``ResNet`` equal to the static subnet at ``width`` without the gates' SE attention.
 
@@ -375,8 +382,9 @@ class DSResNet(ResNet):
 def _dsnet(depth: int):
     def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
                 widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
-                attention: bool = True) -> DSResNet:
-        return DSResNet(depth, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention)
+                attention: bool = True, gate_grid: int = 1) -> DSResNet:
+        return DSResNet(depth, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
+                        gate_grid)
 
     builder.__name__ = f"dsnet_resnet{depth}"
     builder.__doc__ = f"DS-Net on ResNet-{depth}: slimmable widths {WIDTH_CHOICES} in layer2/layer3, chosen per image by gates."

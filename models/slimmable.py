@@ -74,16 +74,22 @@ class SlimBatchNorm2d(nn.Module):
 class WidthGate(nn.Module):
     """DS-Net's double-headed gate: global pool -> 1x1 conv -> ReLU, then an SE head and a width head.
 
+    ``grid`` > 1 (not in the paper) pools to a ``grid`` x ``grid`` map instead and reads it with a
+    ``grid`` x ``grid`` conv (the same slicing over input channels): where in the image the features are,
+    not only their mean. A global pool of the 16 channels after layer1 of a CIFAR ResNet says little about
+    how hard an image is (see the README's DS-Net section); ``grid=1`` is the paper's gate exactly.
+
     ``hidden(x)`` reads the stage input (at whatever width the previous stage ran); ``width_logits(h)``
     scores the width choices (argmax at inference); ``attention(h, k)`` is the sigmoid channel attention
     for the first ``k`` channels of the stage, computed with the first ``k`` filters only.
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_choices: int, hidden: int | None = None,
-                 attention: bool = True, widest_bias: float = 2.0) -> None:
+                 attention: bool = True, widest_bias: float = 2.0, grid: int = 1) -> None:
         super().__init__()
         hidden = hidden or max(16, in_channels // 4)
-        self.reduce = SlimConv2d(in_channels, hidden, 1, bias=True)
+        self.grid = grid
+        self.reduce = SlimConv2d(in_channels, hidden, grid, bias=True)
         self.se = SlimConv2d(hidden, out_channels, 1, bias=True) if attention else None
         self.width = nn.Conv2d(hidden, num_choices, 1, bias=True)
         nn.init.kaiming_normal_(self.reduce.weight, mode="fan_out", nonlinearity="relu")
@@ -97,7 +103,16 @@ class WidthGate(nn.Module):
         self.width.bias.data[-1] = widest_bias
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1)))
+        return F.relu(self.reduce(F.adaptive_avg_pool2d(x, self.grid)))
+
+    def spread_global_reduce(self, weight: torch.Tensor) -> bool:
+        """Start a grid gate from a global-pool gate's (hidden, in, 1, 1) reduce weight: each grid cell gets
+        ``weight / grid**2``, so the gate starts out reading the mean of the cells, close to the global mean."""
+        if self.grid == 1 or weight.shape != self.reduce.weight.shape[:2] + (1, 1):
+            return False
+        with torch.no_grad():
+            self.reduce.weight.copy_(weight.expand_as(self.reduce.weight) / self.grid ** 2)
+        return True
 
     def width_logits(self, h: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.width(h), 1)

@@ -197,12 +197,15 @@ def test_alpha_sweep_series_follow_the_training_lineage():
               "a1_blr": run(epochs=0, rl_epochs=3, alpha=1.0, rl_backbone_lr=1e-4),
               "a1_ft": run(epochs=0, rl_epochs=0, ft_epochs=2, alpha=0.05, init_from="models/pretrained/a1.pt"),
               "orphan_ft": run(rl_epochs=0, ft_epochs=2, init_from="elsewhere/x.pt"),
+              "a1_fta": run(epochs=0, rl_epochs=0, ft_epochs=3, ft_anchor=1.0, init_from="models/pretrained/a1.pt"),
+              "a1_fta2": run(epochs=0, rl_epochs=0, ft_epochs=3, ft_anchor=1.0, init_from="models/pretrained/a1_fta.pt"),
               "a1_ft_rl": run(epochs=0, rl_epochs=1, alpha=0.5, rl_backbone_lr=1e-4, init_from="a1_ft.pt")}
     assert sweep_point("sp", models) == ("supervised pre-training only", None)
     assert sweep_point("a1", models) == ("hybrid RL (paper)", 1.0)
     assert sweep_point("a1_blr", models) == ("hybrid RL, backbone lr 0.0001", 1.0)
     assert sweep_point("a1_ft", models) == ("+ fine-tuned under the fixed policy", 1.0), "alpha of the policy it kept"
     assert sweep_point("orphan_ft", models) == ("+ fine-tuned under the fixed policy", None)
+    assert sweep_point("a1_fta", models) == sweep_point("a1_fta2", models) == ("+ fine-tuned, gates anchored to the policy", 1.0)
     assert sweep_point("a1_ft_rl", models) == ("fine-tuned, then hybrid RL again", 0.5)
 
 

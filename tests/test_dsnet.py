@@ -173,8 +173,9 @@ def test_gate_in_eval_is_deterministic_argmax():
     assert first.width_logits.shape == (8, 2, 4)
 
 
-def test_mixed_width_batch_equals_batch_one_forwards():
-    model = make(mixed=True, seed=7)
+@pytest.mark.parametrize("gate_grid, seed", [(1, 7), (4, 0)])  # seeds whose gates mix widths on these images
+def test_mixed_width_batch_equals_batch_one_forwards(gate_grid, seed):
+    model = make(mixed=True, seed=seed, gate_grid=gate_grid)
     x = varied_images(12)
     logits, trace = traced_forward(model, x)
     with torch.no_grad():
@@ -211,8 +212,9 @@ def test_width_decisions_are_recorded():
             assert d["width"] == CHOICES[max(range(4), key=lambda k: d["probabilities"][k])]
 
 
-def test_macs_agree_with_flop_counter_and_narrow_subnet_is_cheaper():
-    model = make(mixed=True)
+@pytest.mark.parametrize("gate_grid", [1, 4])
+def test_macs_agree_with_flop_counter_and_narrow_subnet_is_cheaper(gate_grid):
+    model = make(mixed=True, gate_grid=gate_grid)
     x = varied_images(6)
     for i in range(len(x)):
         xi = x[i:i + 1]
@@ -225,6 +227,20 @@ def test_macs_agree_with_flop_counter_and_narrow_subnet_is_cheaper():
     slim_all = make(dynamic_stages=(1, 2, 3))
     narrow_all = traced_forward(lambda z: slim_all(z, width=0.25), x[:1])[1].macs[0].item()
     assert narrow_all < 0.12 * wide
+
+
+def test_grid_gates_start_from_global_gates_through_init_from():
+    """A grid gate initialized from a global-pool gate reads the mean of its cells: on feature maps that are
+    constant over space it computes exactly what the global gate did."""
+    glob, grid = make(seed=1), make(seed=2, gate_grid=4)
+    used = grid.upcycle(glob.state_dict())
+    assert used == ["gates.layer2.reduce.weight", "gates.layer3.reduce.weight"]
+    assert grid.gates["layer2"].reduce.weight.shape[-2:] == (4, 4)
+    x = torch.randn(3, 16, 1, 1).expand(3, 16, 8, 8)
+    with torch.no_grad():
+        grid.gates["layer2"].reduce.bias.copy_(glob.gates["layer2"].reduce.bias)
+        assert torch.allclose(grid.gates["layer2"].hidden(x), glob.gates["layer2"].hidden(x), atol=1e-6)
+    assert make(seed=3).upcycle(glob.state_dict()) == [], "global gates keep their own weights (init_from matched them)"
 
 
 def test_static_forward_records_the_forced_width():
