@@ -275,7 +275,8 @@ def write_manifest_entry(path: Path, name: str, entry: dict) -> None:
 
 def init_from(model: nn.Module, path: str) -> None:
     """Copy every weight of ``path`` whose name and shape match; the rest (gates, routers) keep their init,
-    except what the model can derive from the unmatched ones (``model.upcycle``: CondConv experts)."""
+    except what the model can derive from the unmatched ones (``model.upcycle``: CondConv experts from dense
+    kernels, DS-Net grid gates from global-pool gates)."""
     source = ckpt.read_checkpoint(path)["state_dict"]
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
@@ -285,7 +286,7 @@ def init_from(model: nn.Module, path: str) -> None:
     upcycled = model.upcycle({k: v for k, v in source.items() if k not in matched}) if hasattr(model, "upcycle") else []
     if is_main_process():
         print(f"initialized {len(matched)}/{len(own)} tensors from {path}; new: {len(own) - len(matched)}"
-              + (f" ({len(upcycled)} upcycled from dense kernels)" if upcycled else ""))
+              + (f" ({len(upcycled)} derived from unmatched ones by {type(model).__name__}.upcycle)" if upcycled else ""))
 
 
 def setup_distributed(device: str) -> None:
