@@ -117,6 +117,7 @@ def test_upload_shows_prediction_and_decision_charts(server, tmp_path, capsys):
 
             sidebar = page.get_by_test_id("stSidebar")
             sidebar.get_by_test_id("stSelectbox").click()
+            page.keyboard.type(model)  # the list is virtualized: filter it so the option is rendered
             page.get_by_role("option", name=model, exact=True).click()
             skip_charts = page.locator(".js-plotly-plot").filter(has_text="Blocks executed")
             expect(skip_charts).to_have_count(1)  # the default sample, through the SkipNet
