@@ -9,7 +9,6 @@ import functools
 
 import pandas as pd
 import torch
-
 from torch.utils.data import TensorDataset
 
 from analysis.dataset_table import layer_columns
