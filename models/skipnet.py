@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from .registry import register_model, register_recipe
 from .resnet import BasicBlock, ResNet
 from .skipnet_gates import GATE_KINDS, GateBank, build_gates
-from .stages import FrozenCopy, Stage, StepOutput
+from .checkpoint import CheckpointError, load_checkpoint
+from .stages import FrozenCopy, Stage, StepOutput, distillation_loss
 from .trace import current_trace
 
 GATE_MODES = ("infer", "st", "sample", "greedy")
@@ -240,12 +241,20 @@ class PolicyFinetuneStage(Stage):
     train as well, on a binary cross-entropy towards the decisions that a frozen copy of the model (taken when
     the stage starts) makes on the same images: the policy RL chose is kept while the backbone adapts to it.
     ``models.evaluate`` measures decisions and MACs again either way.
+
+    With a ``teacher`` (any classifier of the same data set, e.g. the dense ResNet the SkipNet was initialized
+    from) the cross-entropy becomes ``(1 - w) * CE + w * distillation`` (Hinton's soft targets at temperature
+    4, ``w = distill_weight``): the skipping network learns the dense one's full output distribution, not
+    only the labels. Not in the paper either; off unless ``--ft-teacher``.
     """
 
-    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, anchor_weight: float = 0.0) -> None:
+    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, anchor_weight: float = 0.0,
+                 teacher: nn.Module | None = None, distill_weight: float = 0.5) -> None:
         super().__init__("policy-finetune", epochs, lr, weight_decay)
         self.anchor_weight = anchor_weight
         self.anchor = FrozenCopy()
+        self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
+        self.distill_weight = distill_weight
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
         if self.anchor_weight > 0:
@@ -262,6 +271,11 @@ class PolicyFinetuneStage(Stage):
         _unwrap(model).gates.eval()  # gate BatchNorm statistics stay fixed (the trainer calls .train())
         out = model(x, gate_mode="infer")
         loss = F.cross_entropy(out.logits, y)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher.to(x.device)(x)
+            w = self.distill_weight
+            loss = (1 - w) * loss + w * distillation_loss(out.logits, teacher_logits)
         if self.anchor_weight > 0:
             with torch.no_grad():
                 reference = self.anchor.of(model).eval()(x, gate_mode="infer").actions
@@ -277,7 +291,7 @@ class PolicyFinetuneStage(Stage):
 
 
 SKIPNET_DEFAULTS = {"alpha": 0.05, "beta": 1.0, "rl_epochs": 3, "rl_lr": 1e-3, "rl_weight": 1.0, "rl_backbone_lr": None,
-                    "ft_epochs": 0, "ft_lr": 0.01, "ft_anchor": 0.0}
+                    "ft_epochs": 0, "ft_lr": 0.01, "ft_anchor": 0.0, "ft_teacher": None, "ft_distill": 0.5}
 
 
 def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,6 +311,10 @@ def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ft-lr", type=float, default=SKIPNET_DEFAULTS["ft_lr"], help="SGD learning rate of that fine-tuning")
     g.add_argument("--ft-anchor", type=float, default=SKIPNET_DEFAULTS["ft_anchor"],
                    help="weight of a loss that keeps the gates' decisions as they were when fine-tuning started (0: gates frozen)")
+    g.add_argument("--ft-teacher", default=None, metavar="CHECKPOINT",
+                   help="distil that fine-tuning from this model's outputs (e.g. the dense ResNet it started from)")
+    g.add_argument("--ft-distill", type=float, default=SKIPNET_DEFAULTS["ft_distill"],
+                   help="weight of the distillation term against the cross-entropy, in [0, 1]")
     g.add_argument("--gate", choices=GATE_KINDS, default=None, help="SkipNet gate (default: the builder's, rnn)")
 
 
@@ -310,5 +328,16 @@ def skipnet_recipe(args: argparse.Namespace) -> list[Stage]:
         SupervisedPretrainStage(args.epochs, args.lr, weight_decay),
         HybridRLStage(opt["rl_epochs"], opt["rl_lr"], weight_decay, opt["alpha"], opt["beta"], opt["rl_weight"],
                       opt["rl_backbone_lr"]),
-        PolicyFinetuneStage(opt["ft_epochs"], opt["ft_lr"], weight_decay, opt["ft_anchor"]),
+        PolicyFinetuneStage(opt["ft_epochs"], opt["ft_lr"], weight_decay, opt["ft_anchor"],
+                            load_teacher(opt["ft_teacher"], getattr(args, "dataset", None)), opt["ft_distill"]),
     ]
+
+
+def load_teacher(path: str | None, dataset: str | None) -> nn.Module | None:
+    """The distillation teacher, refused early (before any training) if it was trained on other data."""
+    if path is None:
+        return None
+    teacher = load_checkpoint(path)
+    if dataset is not None and teacher.meta.get("dataset") != dataset:
+        raise CheckpointError(f"{path}: --ft-teacher was trained on {teacher.meta.get('dataset')!r}, not {dataset!r}")
+    return teacher

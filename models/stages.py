@@ -91,6 +91,14 @@ class FrozenCopy:
         self.model, self._pending = None, state
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """Hinton et al.'s soft-target term, ``T^2 * KL(teacher_T || student_T)``; the ``T^2`` keeps its gradient
+    on the scale of the cross-entropy's, whatever the temperature."""
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean",
+                    log_target=True) * t * t
+
+
 @register_recipe("baseline")
 def supervised_recipe(args) -> list[Stage]:
     """Plain training: one supervised stage."""

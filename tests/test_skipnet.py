@@ -12,13 +12,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import randomize_batchnorm, varied_images
 from models import create_model
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.cost import count_macs, full_macs
 from models.data import FASHION_MNIST, load_dataset, normalize
 from models.resnet import ResNet
 from models.skipnet import (HybridRLStage, SkipNet, SupervisedPretrainStage, add_skipnet_arguments, gate_log_probs,
                             gate_returns, skipnet_recipe, PolicyFinetuneStage)
 from models.skipnet_gates import FeedForwardGates, RNNGate, lstm_step
+from models.stages import distillation_loss
 from models.trace import traced_forward
 
 GATES = ("rnn", "ff1", "ff2")
@@ -435,3 +436,48 @@ def test_anchored_finetune_pulls_drifted_gates_back_to_the_policy_it_started_wit
     resumed.load_state_dict(stage.state_dict())
     assert torch.equal(resumed.anchor.of(model)(x, gate_mode="infer").actions, reference)
     assert PolicyFinetuneStage(epochs=1, lr=0.05).state_dict() == {}
+
+
+def test_distillation_loss_is_the_scaled_kl_to_the_teacher():
+    student, teacher = torch.randn(5, 10), torch.randn(5, 10)
+    t = 4.0
+    p = F.softmax(teacher / t, -1)
+    want = (p * (p.log() - F.log_softmax(student / t, -1))).sum(-1).mean() * t * t
+    assert torch.allclose(distillation_loss(student, teacher, t), want, atol=1e-6)
+    assert distillation_loss(teacher, teacher).abs() < 1e-6
+
+
+def test_distilled_finetune_moves_the_student_towards_a_frozen_teacher(tmp_path):
+    """``--ft-teacher``: the loss mixes CE and the soft targets, the teacher never trains, and a teacher trained on
+    another data set is refused before any training starts."""
+    x, y = varied_images(8), torch.arange(8) % 10
+    model = make("ff1")
+    teacher = create_model("resnet8", num_classes=10, in_chans=1)
+    randomize_batchnorm(teacher)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    stage = PolicyFinetuneStage(epochs=1, lr=0.05, teacher=teacher, distill_weight=0.75)
+    optimizer = stage.optimizer(model)
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for g in optimizer.param_groups for p in g["params"]}
+    target = teacher(x)
+    gap = lambda: distillation_loss(model.eval()(x), target).item()
+    before = gap()
+    model.train()
+    out = stage.training_step(model, x, y)
+    want = 0.25 * F.cross_entropy(out.logits, y) + 0.75 * distillation_loss(out.logits, target)
+    assert torch.allclose(out.loss, want, atol=1e-5)
+    for _ in range(10):
+        model.train()
+        out = stage.training_step(model, x, y)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert gap() < 0.8 * before
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+
+    meta = {"name": "teacher", "method": "baseline", "dataset": "mnist", "classes": [str(i) for i in range(10)],
+            "input_size": [1, 28, 28], "mean": [0.5], "std": [0.5]}
+    save_checkpoint(tmp_path / "teacher.pt", teacher, meta)
+    args = argparse.Namespace(epochs=0, lr=0.1, ft_epochs=1, ft_teacher=str(tmp_path / "teacher.pt"), ft_distill=0.5)
+    assert isinstance(skipnet_recipe(argparse.Namespace(**vars(args), dataset="mnist"))[2].teacher, ResNet)
+    with pytest.raises(CheckpointError, match="trained on 'mnist', not 'fashion-mnist'"):
+        skipnet_recipe(argparse.Namespace(**vars(args), dataset="fashion-mnist"))
