@@ -94,14 +94,13 @@ def sweep_point(name: str, models: dict) -> tuple[str, float | None]:
     """(series, alpha) of a SkipNet in the alpha sweep, from its training args: the paper's hybrid RL, RL with its
     own backbone learning rate, fine-tuned under the frozen policy of the run it started from (whose alpha it
     keeps, found through ``--init-from``) with or without gates anchored to that policy, or RL again from such a
-    fine-tuned model."""
+    fine-tuned model. Fine-tuning distilled from a dense teacher is a series of its own."""
     args = training_args(models[name].meta)
     parent = Path(args.get("init_from") or "").stem
     parent_series, parent_alpha = sweep_point(parent, models) if parent in models and parent != name else (None, None)
     if args.get("ft_epochs"):
-        if args.get("ft_anchor"):
-            return "+ fine-tuned, gates anchored to the policy", parent_alpha
-        return "+ fine-tuned under the fixed policy", parent_alpha
+        series = "+ fine-tuned, gates anchored to the policy" if args.get("ft_anchor") else "+ fine-tuned under the fixed policy"
+        return series + (", distilled from a teacher" if args.get("ft_teacher") else ""), parent_alpha
     if not args.get("rl_epochs"):
         return "supervised pre-training only", None
     if parent_series not in (None, "supervised pre-training only"):

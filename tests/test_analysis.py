@@ -199,6 +199,8 @@ def test_alpha_sweep_series_follow_the_training_lineage():
               "orphan_ft": run(rl_epochs=0, ft_epochs=2, init_from="elsewhere/x.pt"),
               "a1_fta": run(epochs=0, rl_epochs=0, ft_epochs=3, ft_anchor=1.0, init_from="models/pretrained/a1.pt"),
               "a1_fta2": run(epochs=0, rl_epochs=0, ft_epochs=3, ft_anchor=1.0, init_from="models/pretrained/a1_fta.pt"),
+              "a1_ftakd": run(epochs=0, rl_epochs=0, ft_epochs=6, ft_anchor=1.0, ft_teacher="models/pretrained/resnet20.pt",
+                              init_from="models/pretrained/a1.pt"),
               "a1_ft_rl": run(epochs=0, rl_epochs=1, alpha=0.5, rl_backbone_lr=1e-4, init_from="a1_ft.pt")}
     assert sweep_point("sp", models) == ("supervised pre-training only", None)
     assert sweep_point("a1", models) == ("hybrid RL (paper)", 1.0)
@@ -206,6 +208,7 @@ def test_alpha_sweep_series_follow_the_training_lineage():
     assert sweep_point("a1_ft", models) == ("+ fine-tuned under the fixed policy", 1.0), "alpha of the policy it kept"
     assert sweep_point("orphan_ft", models) == ("+ fine-tuned under the fixed policy", None)
     assert sweep_point("a1_fta", models) == sweep_point("a1_fta2", models) == ("+ fine-tuned, gates anchored to the policy", 1.0)
+    assert sweep_point("a1_ftakd", models) == ("+ fine-tuned, gates anchored to the policy, distilled from a teacher", 1.0)
     assert sweep_point("a1_ft_rl", models) == ("fine-tuned, then hybrid RL again", 0.5)
 
 
