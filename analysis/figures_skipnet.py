@@ -115,7 +115,7 @@ def sweep_point(name: str, models: dict) -> tuple[str, float | None]:
                  "training variant, with the plain ResNet of the same depth; numbers from models.evaluate on the "
                  "full test set.")
 def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
-    figure, ax = plt.subplots(figsize=(5, 3.3))
+    figure, ax = plt.subplots(figsize=(6, 3.6))
     models = context.models("skipnet")
     series: dict[str, list[tuple[float, float, float | None]]] = {}
     for name, model in models.items():
@@ -136,7 +136,7 @@ def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
             ax.annotate(name, (metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100), fontsize=6, xytext=(3, -8), textcoords="offset points")
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=6, frameon=False, loc="lower right")
+    ax.legend(fontsize=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)  # below: off the points
     ax.set_title("SkipNet: accuracy vs compute over alpha")
     return figure
 
