@@ -29,10 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint import CheckpointError, load_checkpoint
 from .registry import register_model, register_recipe
 from .resnet import BasicBlock, ResNet
 from .skipnet_gates import GATE_KINDS, GateBank, build_gates
-from .checkpoint import CheckpointError, load_checkpoint
 from .stages import FrozenCopy, Stage, StepOutput, distillation_loss
 from .trace import current_trace
 
@@ -251,6 +251,8 @@ class PolicyFinetuneStage(Stage):
     def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, anchor_weight: float = 0.0,
                  teacher: nn.Module | None = None, distill_weight: float = 0.5) -> None:
         super().__init__("policy-finetune", epochs, lr, weight_decay)
+        if not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"--ft-distill must be in [0, 1], not {distill_weight}")
         self.anchor_weight = anchor_weight
         self.anchor = FrozenCopy()
         self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)

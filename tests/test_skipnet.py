@@ -481,3 +481,5 @@ def test_distilled_finetune_moves_the_student_towards_a_frozen_teacher(tmp_path)
     assert isinstance(skipnet_recipe(argparse.Namespace(**vars(args), dataset="mnist"))[2].teacher, ResNet)
     with pytest.raises(CheckpointError, match="trained on 'mnist', not 'fashion-mnist'"):
         skipnet_recipe(argparse.Namespace(**vars(args), dataset="fashion-mnist"))
+    with pytest.raises(ValueError, match=r"--ft-distill must be in \[0, 1\]"):
+        PolicyFinetuneStage(epochs=1, lr=0.05, teacher=teacher, distill_weight=1.5)
