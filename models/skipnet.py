@@ -275,7 +275,7 @@ class PolicyFinetuneStage(Stage):
         loss = F.cross_entropy(out.logits, y)
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher.to(x.device)(x)
+                teacher_logits = self.teacher(x)
             w = self.distill_weight
             loss = (1 - w) * loss + w * distillation_loss(out.logits, teacher_logits)
         if self.anchor_weight > 0:
@@ -331,15 +331,17 @@ def skipnet_recipe(args: argparse.Namespace) -> list[Stage]:
         HybridRLStage(opt["rl_epochs"], opt["rl_lr"], weight_decay, opt["alpha"], opt["beta"], opt["rl_weight"],
                       opt["rl_backbone_lr"]),
         PolicyFinetuneStage(opt["ft_epochs"], opt["ft_lr"], weight_decay, opt["ft_anchor"],
-                            load_teacher(opt["ft_teacher"], getattr(args, "dataset", None)), opt["ft_distill"]),
+                            load_teacher(opt["ft_teacher"], getattr(args, "dataset", None), getattr(args, "device", "cpu")),
+                            opt["ft_distill"]),
     ]
 
 
-def load_teacher(path: str | None, dataset: str | None) -> nn.Module | None:
-    """The distillation teacher, refused early (before any training) if it was trained on other data."""
+def load_teacher(path: str | None, dataset: str | None, device: str = "cpu") -> nn.Module | None:
+    """The distillation teacher, on the training device once (not moved every step), and refused early (before
+    any training) if it was trained on other data."""
     if path is None:
         return None
-    teacher = load_checkpoint(path)
+    teacher = load_checkpoint(path, map_location=device)
     if dataset is not None and teacher.meta.get("dataset") != dataset:
         raise CheckpointError(f"{path}: --ft-teacher was trained on {teacher.meta.get('dataset')!r}, not {dataset!r}")
     return teacher
