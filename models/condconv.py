@@ -256,7 +256,7 @@ def add_condconv_arguments(parser: argparse.ArgumentParser) -> None:
                    help="weight decay of the CondConv expert kernels (default: --weight-decay)")
 
 
-@register_recipe("condconv")
+@register_recipe("condconv", arguments=add_condconv_arguments)
 def condconv_recipe(args: argparse.Namespace) -> list[Stage]:
     """One supervised stage with the baseline's epochs, lr and weight decay."""
     return [CondConvStage(args.epochs, args.lr, getattr(args, "weight_decay", 5e-4), getattr(args, "expert_weight_decay", None))]

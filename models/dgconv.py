@@ -457,7 +457,7 @@ def add_dgconv_arguments(parser: argparse.ArgumentParser) -> None:
                    help="learning rate of the gate parameters theta, as a multiple of --lr (plain SGD, no momentum)")
 
 
-@register_recipe("dgconv")
+@register_recipe("dgconv", arguments=add_dgconv_arguments)
 def dgconv_recipe(args: argparse.Namespace) -> list[Stage]:
     """One supervised stage (``--epochs``, ``--lr``) with the budget term on the gates."""
     opt = {k: getattr(args, k, v) for k, v in DGCONV_DEFAULTS.items()}

@@ -601,7 +601,7 @@ def add_dsnet_arguments(parser: argparse.ArgumentParser) -> None:
                    help="training batches used to re-estimate each width's BN statistics after the supernet stage")
 
 
-@register_recipe("dsnet")
+@register_recipe("dsnet", arguments=add_dsnet_arguments)
 def dsnet_recipe(args: argparse.Namespace) -> list[Stage]:
     """IEB supernet (``--supernet-epochs``, ``--lr``), BN recalibration, then SGS gate training (``--gate-epochs``)."""
     opt = {k: getattr(args, k, v) for k, v in DSNET_DEFAULTS.items()}

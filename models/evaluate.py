@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .cost import full_macs
+from .manifest import write_manifest_entry
 from .data import DataNotFoundError, DatasetInfo, collate_batch, load_dataset, normalize
 from .trace import traced_forward
 
@@ -109,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_metrics(path: Path, metrics: dict) -> None:
     """Update the checkpoint's meta["metrics"] (keeping training-time entries) and the manifest beside it."""
-    from .train import write_manifest_entry
-
     payload = ckpt.read_checkpoint(path)
     model = ckpt.build_from_payload(payload, str(path))
     meta = payload["meta"]

@@ -1,8 +1,10 @@
 """Model registry in the style of timm / torchvision: ``@register_model`` on a builder function."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -32,23 +34,49 @@ def create_model(name: str, **cfg) -> nn.Module:
     return model
 
 
-# --- training recipes: one per method, a list of stages -------------------------------------------------
+# --- training recipes: one per method, a list of stages and the command-line options they own -------------
 
-_RECIPES: dict[str, Callable] = {}
+@dataclass(frozen=True)
+class Recipe:
+    """How ``models.train`` trains models of one method.
+
+    ``stages(args)`` builds the list of ``stages.Stage``; ``arguments(parser)`` adds the options only this
+    method reads (``models.train`` adds them when ``--model`` is of this method, so another method's option
+    is an error); ``model_args(args)`` turns some of them into builder arguments (e.g. SkipNet's ``--gate``).
+    """
+
+    method: str
+    stages: Callable
+    arguments: Callable | None = None
+    model_args: Callable | None = None
 
 
-def register_recipe(method: str):
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(method: str, arguments: Callable | None = None, model_args: Callable | None = None):
     """Register ``fn(args) -> list[Stage]`` as the training recipe of models whose ``method`` is ``method``."""
 
     def wrap(fn: Callable) -> Callable:
-        _RECIPES[method] = fn
+        _RECIPES[method] = Recipe(method, fn, arguments, model_args)
         return fn
 
     return wrap
 
 
-def get_recipe(method: str) -> Callable:
+def recipe_of(method: str) -> Recipe:
     try:
         return _RECIPES[method]
     except KeyError:
         raise KeyError(f"no training recipe for method {method!r}; known: {', '.join(sorted(_RECIPES))}") from None
+
+
+def get_recipe(method: str) -> Callable:
+    """The stages function of ``method``'s recipe."""
+    return recipe_of(method).stages
+
+
+def method_of(name: str) -> str:
+    """The ``method`` of a registered model, read from a build on the ``meta`` device (no weight allocated)."""
+    with torch.device("meta"):
+        return create_model(name).method

@@ -397,7 +397,7 @@ def add_repr_arguments(parser: argparse.ArgumentParser) -> None:
                    help="which filters to drop: highest overlap, lowest weight norm, or random")
 
 
-@register_recipe("repr")
+@register_recipe("repr", arguments=add_repr_arguments)
 def repr_recipe(args: argparse.Namespace) -> list[Stage]:
     """One stage of ``--epochs`` with ``--repr-cycles`` prune/re-init cycles inside it."""
     opt = {k: getattr(args, k, v) for k, v in REPR_DEFAULTS.items()}

@@ -74,6 +74,10 @@ class ResNet(nn.Module):
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3]
 
+    def named_blocks(self) -> list[tuple[str, BasicBlock]]:
+        """``[("layer1.0", block), ...]`` in execution order; the names that appear in traces."""
+        return [(f"layer{s}.{j}", block) for s, stage in enumerate(self.stages(), 1) for j, block in enumerate(stage)]
+
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(x), 1))
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .registry import register_model, register_recipe
-from .resnet import BasicBlock, ResNet
+from .resnet import ResNet
 from .skipnet_gates import GATE_KINDS, GateBank, build_gates
 from .stages import FrozenCopy, Stage, StepOutput, distillation_loss
 from .trace import current_trace
@@ -60,10 +60,6 @@ class SkipNet(ResNet):
         self.gate_kind = gate
         self.gate_names: tuple[str, ...] = tuple(name for name, _ in named[1:])
         self.gates: GateBank = build_gates(gate, [block.conv1.in_channels for _, block in named[1:]])
-
-    def named_blocks(self) -> list[tuple[str, BasicBlock]]:
-        """``[("layer1.0", block), ...]`` in execution order; the names that appear in traces."""
-        return [(f"layer{s}.{j}", block) for s, stage in enumerate(self.stages(), 1) for j, block in enumerate(stage)]
 
     @property
     def num_gates(self) -> int:
@@ -320,7 +316,12 @@ def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gate", choices=GATE_KINDS, default=None, help="SkipNet gate (default: the builder's, rnn)")
 
 
-@register_recipe("skipnet")
+def skipnet_model_args(args: argparse.Namespace) -> dict:
+    """``--gate`` chooses the builder's gate."""
+    return {"gate": args.gate} if args.gate else {}
+
+
+@register_recipe("skipnet", arguments=add_skipnet_arguments, model_args=skipnet_model_args)
 def skipnet_recipe(args: argparse.Namespace) -> list[Stage]:
     """Supervised pre-training (``--epochs``, ``--lr``), hybrid RL (``--rl-epochs``, ``--rl-lr``), then optionally
     fine-tuning under the frozen policy (``--ft-epochs``, ``--ft-lr``)."""

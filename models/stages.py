@@ -103,3 +103,8 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 def supervised_recipe(args) -> list[Stage]:
     """Plain training: one supervised stage."""
     return [Stage("supervised", args.epochs, args.lr, args.weight_decay)]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)

@@ -27,18 +27,14 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .data import DATASET_NAMES, DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
-from .condconv import add_condconv_arguments
-from .dgconv import add_dgconv_arguments
-from .dsnet import add_dsnet_arguments
-from .registry import create_model, get_recipe
-from .repr import add_repr_arguments
-from .skipnet import add_skipnet_arguments
+from .evaluate import evaluate
+from .manifest import write_manifest_entry
+from .registry import Recipe, create_model, method_of, recipe_of
 from .stages import Stage
 
-METHOD_ARGUMENTS = [add_skipnet_arguments, add_dsnet_arguments, add_condconv_arguments, add_dgconv_arguments, add_repr_arguments]
 
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
+    """The options every run has, plus those of ``recipe`` (the chosen model's method)."""
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--model", required=True, help="registered model name (see models.list_models())")
     p.add_argument("--model-args", default="{}", help='JSON of extra builder arguments, e.g. \'{"gate": "rnn"}\'')
@@ -62,9 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (useful for ImageFolder)")
     p.add_argument("--limit-batches", type=int, default=0, help="stop each epoch after N batches (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    for add_method_arguments in METHOD_ARGUMENTS:
-        add_method_arguments(p)
+    if recipe is not None and recipe.arguments is not None:
+        recipe.arguments(p)
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recipe]:
+    """Two passes: ``--model`` names the method, whose recipe adds its own options; any other method's option
+    is then an unknown argument (an error), not a value silently stored in the checkpoint's meta."""
+    known, _ = build_parser().parse_known_args(argv)
+    try:
+        recipe = recipe_of(method_of(known.model))
+    except KeyError as e:
+        build_parser().error(str(e).strip("'\""))
+    return build_parser(recipe).parse_args(argv), recipe
 
 
 def is_main_process() -> bool:
@@ -242,8 +249,6 @@ class Trainer:
 
     def finish(self) -> Path:
         """Measure the final model with ``models.evaluate`` and write ``OUT/NAME.pt`` plus its manifest entry."""
-        from .evaluate import evaluate
-
         self.model.eval()
         metrics = evaluate(ckpt.inference_form(self.model), self.test_data, self.info,  # what load_checkpoint returns
                            limit=500 * self.args.limit_batches or None, progress=not self.args.no_progress)
@@ -262,15 +267,6 @@ class Trainer:
             "metrics": metrics,
         })
         return final
-
-
-def write_manifest_entry(path: Path, name: str, entry: dict) -> None:
-    """Merge one model's entry into a JSON manifest (atomic replace)."""
-    manifest = json.loads(path.read_text()) if path.exists() else {}
-    manifest[name] = {**manifest.get(name, {}), **entry}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def init_from(model: nn.Module, path: str) -> None:
@@ -297,20 +293,18 @@ def setup_distributed(device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, recipe = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     setup_distributed(args.device)
     torch.manual_seed(args.seed)
     try:
         train_data, info = load_dataset(args.dataset, "train", args.data_dir, args.download, args.image_size)
         test_data, _ = load_dataset(args.dataset, "test", args.data_dir, args.download, args.image_size)
-        model_args = json.loads(args.model_args)
-        if getattr(args, "gate", None) and args.model.startswith("skipnet"):
-            model_args["gate"] = args.gate
+        model_args = {**json.loads(args.model_args), **(recipe.model_args(args) if recipe.model_args else {})}
         model = create_model(args.model, num_classes=len(info.classes), in_chans=info.input_size[0], **model_args)
         if args.init_from:
             init_from(model, args.init_from)
-        trainer = Trainer(model, get_recipe(model.method)(args), train_data, test_data, info, args)
+        trainer = Trainer(model, recipe.stages(args), train_data, test_data, info, args)
         if args.resume:
             trainer.resume()
         trainer.fit()

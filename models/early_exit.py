@@ -1,0 +1,128 @@
+"""Early exit (BranchyNet, Teerapittayanon et al. 2016; Shallow-Deep Networks, Kaya et al. ICML 2019).
+
+A CIFAR-style ResNet with small exit heads (``models.layers.ExitHead``) after chosen blocks. At inference
+an image leaves at the first exit whose confidence (max softmax) reaches ``threshold``; nothing after it
+is computed. In a batch only the unfinished samples continue (index, compute, scatter back, as SkipNet's
+blocks do), and each visited exit is recorded in the active trace as a decision of kind ``exit``::
+
+    {"layer": "layer2.1", "kind": "exit", "confidence": 0.97, "exited": true}
+
+The final classifier (``fc``) is the last exit and is always taken by the samples that reach it.
+``threshold`` is an inference setting: the builder's value is the model's operating point, and
+``model(x, threshold=q)`` runs one call at another point without touching the model (one cached model
+serves many sessions). A threshold above 1 is never reached, so every block runs and the final exit is
+taken. ``model(x, all_exits=True)`` (training) computes every exit on every sample and returns their
+logits, internal exits first.
+
+Deviations: exits go after blocks (SDN places them at about 15-90% of the cost; here by default after
+every block from ``layer1.1`` on, which for ResNet-20 is 22-89%); confidence is max softmax (SDN's), not
+BranchyNet's entropy.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .layers import ExitHead
+from .registry import register_model
+from .resnet import ResNet
+from .trace import current_trace
+
+FINAL_EXIT = "fc"
+
+
+class EarlyExitResNet(ResNet):
+    """ResNet (``models.resnet`` names) with an exit head after each block in ``exits``."""
+
+    method = "early_exit"
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
+                 widths: tuple[int, int, int] = (16, 32, 64), exits: Sequence[str] | None = None,
+                 head: str = "sdn", threshold: float = 0.9) -> None:
+        super().__init__(depth, num_classes, in_chans, tuple(widths))
+        blocks = dict(self.named_blocks())
+        names = list(blocks)
+        exits = list(names[1:-1] if exits is None else exits)
+        unknown = [e for e in exits if e not in blocks or e == names[-1]]
+        if unknown:
+            raise ValueError(f"exits must name blocks before the last ({', '.join(names[:-1])}), not {', '.join(unknown)}")
+        self.exit_names: tuple[str, ...] = tuple(sorted(exits, key=names.index))
+        self.exits = nn.ModuleList(ExitHead(blocks[e].conv2.out_channels, num_classes, head) for e in self.exit_names)
+        self.threshold = float(threshold)
+
+    def exit_depths(self) -> list[float]:
+        """Each internal exit's position as a fraction of the blocks (SDN's tau_i, the cap of its loss weight)."""
+        names = [name for name, _ in self.named_blocks()]
+        return [(names.index(e) + 1) / len(names) for e in self.exit_names]
+
+    def forward(self, x: torch.Tensor, threshold: float | None = None, all_exits: bool = False
+                ) -> torch.Tensor | list[torch.Tensor]:
+        if all_exits:
+            return self._forward_all(x)
+        return self._forward_exiting(x, self.threshold if threshold is None else float(threshold))
+
+    def _forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every exit on every sample (training): ``[internal exit logits ..., final logits]``."""
+        heads = dict(zip(self.exit_names, self.exits))
+        out = []
+        x = self.stem(x)
+        for name, block in self.named_blocks():
+            x = block(x)
+            if name in heads:
+                out.append(heads[name](x))
+        return out + [self.head(x)]
+
+    def _forward_exiting(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
+        """True early exit: a sample stops at its first confident exit, the rest continue on a smaller batch."""
+        trace = current_trace()
+        heads = dict(zip(self.exit_names, self.exits))
+        active = torch.arange(x.shape[0], device=x.device)  # batch rows still running
+        logits: torch.Tensor | None = None
+        with ExitStack() as subsets:
+            x = self.stem(x)
+            for name, block in self.named_blocks():
+                x = block(x)
+                if name not in heads:
+                    continue
+                z = heads[name](x)
+                confidence = z.softmax(1).amax(1)
+                done = confidence >= threshold
+                if trace is not None:
+                    trace.record(name, "exit", confidence=confidence, exited=done)
+                if logits is None:
+                    logits = z.new_zeros(len(active), z.shape[1])
+                if bool(done.all()):
+                    return logits.index_copy(0, active, z)
+                if bool(done.any()):
+                    logits = logits.index_copy(0, active[done], z[done])
+                    keep = (~done).nonzero().squeeze(1)
+                    if trace is not None:
+                        subsets.enter_context(trace.subset(keep))
+                    x, active = x.index_select(0, keep), active[keep]
+            z = self.head(x)
+            if trace is not None:
+                trace.record(FINAL_EXIT, "exit", confidence=z.softmax(1).amax(1), exited=torch.ones(len(z), dtype=torch.bool))
+        return z if logits is None else logits.index_copy(0, active, z)
+
+    def dense_counterpart(self) -> ResNet:
+        """The plain ResNet with this backbone's weights: every block, no exit heads (``cost.full_macs``)."""
+        dense = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, self.widths)
+        dense.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("exits.")})
+        return dense.to(self.fc.weight.device).train(self.training)
+
+
+def _early_exit(depth: int):
+    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+        return EarlyExitResNet(depth, num_classes, in_chans, tuple(widths), exits, head, threshold)
+
+    builder.__name__ = f"early_exit_resnet{depth}"
+    builder.__doc__ = f"ResNet-{depth} with exit heads (SDN head by default) after every block but the first and last."
+    return register_model(builder)
+
+
+early_exit_resnet20, early_exit_resnet32, early_exit_resnet56, early_exit_resnet110 = (
+    _early_exit(d) for d in (20, 32, 56, 110))

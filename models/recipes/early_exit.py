@@ -1,0 +1,100 @@
+"""Early-exit training (Shallow-Deep Networks, Kaya et al. ICML 2019): every exit learns at once.
+
+The loss of a step is ``CE(final) + sum_i w_i * L_i`` over the internal exits. SDN's schedule: ``w_i``
+starts at 0.01 and grows linearly with the epoch to its cap ``tau_i``, the exit's depth as a fraction of
+the network (so shallow exits, which hurt the shared features most, weigh least). ``L_i`` is the exit's
+cross-entropy, or with ``--exit-distill d`` ``(1 - d) * CE + d * T^2 KL(final_T || exit_T)``: distilled
+from the final exit (self-distillation, a common addition to SDN, off by default). ``--exit-ic-only``
+trains the heads alone on a frozen backbone (SDN's "IC-only" setting); BatchNorm statistics stay frozen
+then too.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..layers.exit_head import EXIT_HEADS
+from ..registry import register_recipe
+from ..stages import Stage, StepOutput, distillation_loss, unwrap
+
+
+def sdn_weights(depths: list[float], epoch: int, epochs: int) -> list[float]:
+    """SDN's per-exit loss weights at ``epoch`` (0-based) of ``epochs``: ``min(tau, 0.01 + epoch * tau / epochs)``."""
+    return [min(tau, 0.01 + epoch * tau / max(1, epochs)) for tau in depths]
+
+
+class JointExitStage(Stage):
+    """All exits trained together with SDN's weight schedule (SGD, cosine, as every supervised stage)."""
+
+    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, distill_weight: float = 0.0,
+                 ic_only: bool = False) -> None:
+        super().__init__("joint-exits" if not ic_only else "exit-heads", epochs, lr, weight_decay)
+        if not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"--exit-distill must be in [0, 1], not {distill_weight}")
+        self.distill_weight, self.ic_only = distill_weight, ic_only
+        self.epoch = 0
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        if not self.ic_only:
+            return super().parameters(model)
+        return [p for p in unwrap(model).exits.parameters() if p.requires_grad]
+
+    def on_stage_start(self, trainer) -> None:
+        self.epoch = 0
+
+    def on_epoch_end(self, trainer, epoch: int) -> None:
+        self.epoch = epoch + 1
+
+    def exit_weights(self, model: nn.Module) -> list[float]:
+        return sdn_weights(unwrap(model).exit_depths(), self.epoch, self.epochs)
+
+    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        if self.ic_only:
+            unwrap(model).eval()  # frozen backbone: its BatchNorm statistics stay as trained
+        outputs = model(x, all_exits=True)
+        final = outputs[-1]
+        loss = F.cross_entropy(final, y)
+        d = self.distill_weight
+        for weight, logits in zip(self.exit_weights(model), outputs[:-1]):
+            term = F.cross_entropy(logits, y)
+            if d > 0:
+                term = (1 - d) * term + d * distillation_loss(logits, final.detach())
+            loss = loss + weight * term
+        return StepOutput(loss, final)
+
+    def epoch_record(self) -> dict:
+        return {"exit_weight_scale": round(min(1.0, 0.01 + self.epoch / max(1, self.epochs)), 4)}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state.get("epoch", 0))
+
+
+def add_early_exit_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("early exit")
+    g.add_argument("--exits", default=None, help="comma-separated blocks to put exit heads after (default: every block "
+                                                 "but the first and last, e.g. layer1.1,...,layer3.1)")
+    g.add_argument("--exit-head", choices=EXIT_HEADS, default="sdn", help="exit head: SDN's mixed pooling to 4x4, or global pooling")
+    g.add_argument("--exit-threshold", type=float, default=0.9,
+                   help="confidence (max softmax) at which an image leaves; a model setting, changeable at inference")
+    g.add_argument("--exit-distill", type=float, default=0.0,
+                   help="weight in [0, 1] of distillation from the final exit in each internal exit's loss")
+    g.add_argument("--exit-ic-only", action="store_true", help="train only the exit heads, on the frozen backbone (SDN's IC-only)")
+
+
+def early_exit_model_args(args: argparse.Namespace) -> dict:
+    out = {"head": args.exit_head, "threshold": args.exit_threshold}
+    if args.exits:
+        out["exits"] = [e.strip() for e in args.exits.split(",") if e.strip()]
+    return out
+
+
+@register_recipe("early_exit", arguments=add_early_exit_arguments, model_args=early_exit_model_args)
+def early_exit_recipe(args: argparse.Namespace) -> list[Stage]:
+    """One joint stage (``--epochs``, ``--lr``) of every exit's loss with SDN's schedule."""
+    return [JointExitStage(args.epochs, args.lr, args.weight_decay, args.exit_distill, args.exit_ic_only)]
