@@ -44,6 +44,14 @@ from .registry import register_model, register_recipe
 from .resnet import BasicBlock, ResNet, init_weights
 from .stages import Stage
 from .trace import current_trace
+from .decisions import DecisionKind, register_kind
+
+
+ROUTING = register_kind(DecisionKind(
+    "routing", "condconv", "image",
+    {"weights": ("array", "the router's sigmoid weight of each expert kernel")},
+    "the expert mixture of a CondConv block",
+    signature=lambda d: max(range(len(d["weights"])), key=d["weights"].__getitem__)))
 
 
 class CondConv2d(nn.Module):

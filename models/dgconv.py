@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from .registry import register_model, register_recipe
 from .resnet import ResNet
 from .stages import Stage, StepOutput
+from .decisions import DecisionKind, register_kind
 
 STE_KINDS = ("sigmoid", "identity")
 COMPLEXITY_KINDS = ("macs", "nnz")
@@ -129,6 +130,14 @@ def dense_from_grouped(weight: torch.Tensor, gates: torch.Tensor) -> torch.Tenso
 
 def _is_identity(perm: torch.Tensor) -> bool:
     return bool(torch.equal(perm, torch.arange(perm.numel(), device=perm.device)))
+
+
+GROUPS = register_kind(DecisionKind(
+    "groups", "dgconv", "model",
+    {"groups": ("integer", "number of channel groups"), "group_of_channel": ("array", "group index of each channel"),
+     "channels": ("integer", "channels of the layer"), "gates": ("array", "the learned binary gates"),
+     "nnz": ("integer", "non-zero entries of the connectivity mask"), "mask": ("array", "the connectivity mask")},
+    "the learned group structure of a DGConv layer", optional=("channels", "gates", "nnz", "mask")))
 
 
 class _GroupStructure:

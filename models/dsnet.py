@@ -83,9 +83,19 @@ from .resnet import ResNet, conv3x3
 from .slimmable import SlimBatchNorm2d, SlimConv2d, WidthGate
 from .stages import FrozenCopy, Stage, StepOutput
 from .trace import Trace, current_trace
+from .decisions import DecisionKind, register_kind
 
 WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
 Config = tuple[int, ...]  # width-choice index per dynamic stage
+
+
+WIDTH = register_kind(DecisionKind(
+    "width", "dsnet", "image",
+    {"width": ("number", "the chosen width ratio"), "channels": ("integer", "channels the stage ran with"),
+     "max_channels": ("integer", "channels of the widest choice"),
+     "probabilities": ("array", "the width gate's probability of each choice")},
+    "the width a slimmable stage ran at",
+    signature=lambda d: d["width"], optional=("probabilities",)))
 
 
 class DSOutput(NamedTuple):

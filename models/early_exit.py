@@ -30,8 +30,17 @@ from .layers import ExitHead
 from .registry import register_model
 from .resnet import ResNet
 from .trace import current_trace
+from .decisions import DecisionKind, register_kind
 
 FINAL_EXIT = "fc"
+
+
+EXIT = register_kind(DecisionKind(
+    "exit", "early_exit", "image",
+    {"confidence": ("number", "max softmax of this exit's prediction"),
+     "exited": ("boolean", "the image left here (confidence reached the threshold, or the final exit)")},
+    "an exit the image visited, taken or passed",
+    signature=lambda d: d["layer"] if d["exited"] else None))
 
 
 class EarlyExitResNet(ResNet):

@@ -67,11 +67,19 @@ from .filter_overlap import (RANKINGS, filter_scores, flatten_filters, kaiming_f
 from .registry import register_model, register_recipe
 from .resnet import ResNet
 from .stages import Stage, StepOutput
+from .decisions import DecisionKind, register_kind
 
 BUFFER = "repr_last_dropped"
 
 
 # --- which convs RePr touches ------------------------------------------------------------------------------
+
+FILTERS = register_kind(DecisionKind(
+    "filters", "repr", "model",
+    {"overlap": ("array", "each filter's overlap (RePr's ranking score)"),
+     "dropped": ("array", "filters dropped in the last cycle")},
+    "RePr's filter ranking of a conv layer", optional=("dropped",)))
+
 
 @dataclass
 class FilterLayer:

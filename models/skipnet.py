@@ -35,8 +35,17 @@ from .resnet import ResNet
 from .skipnet_gates import GATE_KINDS, GateBank, build_gates
 from .stages import FrozenCopy, Stage, StepOutput, distillation_loss
 from .trace import current_trace
+from .decisions import DecisionKind, register_kind
 
 GATE_MODES = ("infer", "st", "sample", "greedy")
+
+
+SKIP = register_kind(DecisionKind(
+    "skip", "skipnet", "image",
+    {"executed": ("boolean", "the block ran (its gate probability exceeded the threshold)"),
+     "probability": ("number", "the gate's probability that the block runs")},
+    "a gated residual block, run or skipped",
+    signature=lambda d: int(d["executed"])))
 
 
 class GateOutput(NamedTuple):
