@@ -1,9 +1,31 @@
-"""RouteScope backend: ``create_model``, ``list_models``, ``load_checkpoint``."""
-from . import condconv, convnet, dgconv, dsnet, resnet, skipnet  # noqa: F401  (importing a family registers its models and recipe)
-from . import repr as _repr  # noqa: F401  (RePr; the module name shadows the builtin only inside the package)
-from . import early_exit  # noqa: F401
-from .recipes import early_exit as _early_exit_recipe  # noqa: F401
+"""RouteScope backend: ``create_model``, ``list_models``, ``load_checkpoint``.
+
+Importing the package imports every module of it and of ``models.recipes``, so each method's models and
+recipe register themselves: a new method is ``models/<method>.py`` plus ``models/recipes/<method>.py``, with
+no list to edit here. Only the command-line entry points are skipped (``python -m models.train`` must not
+find its module imported already).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from . import recipes
 from .checkpoint import CheckpointError, load_checkpoint
 from .registry import create_model, list_models, register_model
+
+_ENTRY_POINTS = frozenset({"train", "evaluate"})
+
+
+def _import_all() -> None:
+    """Import the method and backbone modules of this package, then every recipe module."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.ispkg and info.name not in _ENTRY_POINTS:
+            importlib.import_module(f"{__name__}.{info.name}")
+    for info in pkgutil.iter_modules(recipes.__path__):
+        importlib.import_module(f"{recipes.__name__}.{info.name}")
+
+
+_import_all()
 
 __all__ = ["CheckpointError", "create_model", "list_models", "load_checkpoint", "register_model"]

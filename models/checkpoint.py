@@ -3,7 +3,10 @@
 Layout of the saved dict::
 
     {"format": "routescope", "version": 1, "arch": "resnet20", "config": {...builder kwargs...},
-     "state_dict": {...}, "meta": {...see DESIGN.md...}, "train_state": {...} (only in resumable files)}
+     "state_dict": {...}, "meta": {...}, "train_state": {...} (only in resumable files)}
+
+``meta`` describes the run: ``models.train`` writes the ``META_KEYS`` (name, method, dataset, classes, input
+size, normalization, metrics, recipe) and the training ``history``; hand-made checkpoints may carry fewer.
 """
 from __future__ import annotations
 

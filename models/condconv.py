@@ -4,11 +4,13 @@
 combined per example (``(B, E) @ (E, P)``) and ONE grouped convolution runs over the whole batch (input
 as ``(1, B*C, H, W)``, ``groups = B * groups``; timm's ``CondConv2d``), so inference costs one conv plus
 the small routing and combination work, never E convolutions. Both are counted by ``models.trace``.
+The layers (``CondConv2d``, ``Router``) are in ``models.layers.condconv``, the recipe in ``models.recipes.condconv``.
 
 Design choices and deviations from the paper (and its TF code):
 
 - One router per residual block (global pool of the block input -> Linear -> sigmoid), shared by the
-  block's two convs, as in METHODS.md; the paper gives every CondConv layer its own routing function.
+  block's two convs (a design choice of this project); the paper gives every CondConv layer its own
+  routing function.
   Sigmoid, not softmax (the paper's ablation). No dropout on the routing weights.
 - Only the later stage(s) are CondConv (``condconv_stages``, default ``(3,)``); 4 (default) or 8
   experts. The shortcut (1x1 projection) stays a plain conv, BatchNorm is shared by all experts.
@@ -19,7 +21,7 @@ Design choices and deviations from the paper (and its TF code):
   router bias is zero, so at the neutral routing ``a = 0.5`` the mixture has exactly the variance of a
   Kaiming-initialized conv for any E (for E = 4 each expert is plain Kaiming, as in the paper).
   The block's last BN starts at zero, as in the baseline ResNet.
-- Training: one supervised stage, the baseline's budget. ``--init-from`` a plain ResNet upcycles it
+- Training (``models.recipes.condconv``): one supervised stage, the baseline's budget. ``--init-from`` a plain ResNet upcycles it
   (``CondConvResNet.upcycle``: every expert starts from the dense kernel), which the bundled model uses to
   fit the CPU budget; it is then compared with the plain ResNet fine-tuned for the same epochs. ``--expert-weight-decay`` optionally sets a
   different weight decay for the expert kernels (default: the same as ``--weight-decay``).
@@ -32,17 +34,14 @@ each CondConv block records ``{"layer": "layer3.0", "kind": "routing", "weights"
 """
 from __future__ import annotations
 
-import argparse
-import math
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register_model, register_recipe
+from .layers.condconv import CondConv2d, Router
+from .registry import register_model
 from .resnet import BasicBlock, ResNet, init_weights
-from .stages import Stage
 from .trace import current_trace
 from .decisions import DecisionKind, register_kind
 
@@ -52,68 +51,6 @@ ROUTING = register_kind(DecisionKind(
     {"weights": ("array", "the router's sigmoid weight of each expert kernel")},
     "the expert mixture of a CondConv block",
     signature=lambda d: max(range(len(d["weights"])), key=d["weights"].__getitem__)))
-
-
-class CondConv2d(nn.Module):
-    """A conv whose kernel is a per-example mixture of ``num_experts`` expert kernels (one grouped conv per batch)."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1,
-                 num_experts: int = 4, bias: bool = False) -> None:
-        super().__init__()
-        if in_ch % groups or out_ch % groups:
-            raise ValueError(f"channels ({in_ch} in, {out_ch} out) must be divisible by groups={groups}")
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-        self.in_channels, self.out_channels = in_ch, out_ch
-        self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
-        self.num_experts = num_experts
-        self.weight_shape = (out_ch, in_ch // groups, kernel_size, kernel_size)
-        self.weight = nn.Parameter(torch.empty(num_experts, math.prod(self.weight_shape)))
-        self.bias = nn.Parameter(torch.empty(num_experts, out_ch)) if bias else None
-        self.reset_parameters()
-
-    @property
-    def experts(self) -> torch.Tensor:
-        """The expert kernels as ``(E, out, in/groups, k, k)`` (a view of the flat parameter)."""
-        return self.weight.view(self.num_experts, *self.weight_shape)
-
-    def reset_parameters(self) -> None:
-        """Kaiming-normal experts scaled so the mixture at routing 0.5 has a Kaiming conv's variance."""
-        fan_out = self.weight_shape[0] * self.kernel_size ** 2  # as nn.init's fan_out of one expert kernel
-        std = math.sqrt(2.0 / fan_out) * 2.0 / math.sqrt(self.num_experts)
-        nn.init.normal_(self.weight, 0.0, std)
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(math.prod(self.weight_shape[1:]))
-            nn.init.uniform_(self.bias, -bound, bound)
-
-    def combined_kernel(self, routing: torch.Tensor) -> torch.Tensor:
-        """Each example's kernel, ``(B, out, in/groups, k, k)``, from routing ``(B, E)``."""
-        return (routing @ self.weight).reshape(routing.shape[0], *self.weight_shape)
-
-    def forward(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        if routing.shape != (b, self.num_experts):
-            raise ValueError(f"routing must be ({b}, {self.num_experts}), got {tuple(routing.shape)}")
-        kernel = (routing @ self.weight).reshape(b * self.out_channels, *self.weight_shape[1:])
-        bias = (routing @ self.bias).reshape(b * self.out_channels) if self.bias is not None else None
-        y = F.conv2d(x.reshape(1, b * c, h, w), kernel, bias, self.stride, self.padding, groups=b * self.groups)
-        return y.reshape(b, self.out_channels, *y.shape[-2:])
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, num_experts={self.num_experts}, bias={self.bias is not None}")
-
-
-class Router(nn.Module):
-    """``sigmoid(Linear(GlobalAvgPool(x)))``: independent (not normalized) weights in (0, 1), one per expert."""
-
-    def __init__(self, in_ch: int, num_experts: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_ch, num_experts)
-        nn.init.zeros_(self.fc.bias)  # mean routing starts near 0.5, where the expert init is calibrated
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
 class CondConvBlock(BasicBlock):
@@ -215,11 +152,7 @@ class CondConvResNet(ResNet):
 
         CondConv convs keep a fresh Kaiming init: no single dense kernel stands for a per-example mixture.
         """
-        dense = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, self.widths)
-        own = self.state_dict()
-        shared = {k: v for k, v in dense.state_dict().items() if k in own and own[k].shape == v.shape}
-        dense.load_state_dict({**dense.state_dict(), **{k: own[k] for k in shared}})
-        return dense.to(self.fc.weight.device).train(self.training)
+        return self.plain_copy(shared_only=True)
 
 
 def _condconv(depth: int):
@@ -234,37 +167,3 @@ def _condconv(depth: int):
 
 condconv_resnet8, condconv_resnet20, condconv_resnet32, condconv_resnet56, condconv_resnet110 = (
     _condconv(d) for d in (8, 20, 32, 56, 110))
-
-
-# --- training recipe: one supervised stage, the baseline's budget ------------------------------------
-
-class CondConvStage(Stage):
-    """Supervised cross-entropy (as the baseline); the expert kernels may get their own weight decay."""
-
-    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, expert_weight_decay: float | None = None) -> None:
-        super().__init__("supervised", epochs, lr, weight_decay)
-        self.expert_weight_decay = weight_decay if expert_weight_decay is None else expert_weight_decay
-
-    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        experts = {id(m.weight) for m in model.modules() if isinstance(m, CondConv2d)}
-        params = self.parameters(model)
-        groups = [
-            {"params": [p for p in params if id(p) in experts], "weight_decay": self.expert_weight_decay},
-            {"params": [p for p in params if id(p) not in experts and p.ndim > 1], "weight_decay": self.weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        return torch.optim.SGD([g for g in groups if g["params"]], lr=self.lr, momentum=self.momentum,
-                               nesterov=self.momentum > 0)
-
-
-def add_condconv_arguments(parser: argparse.ArgumentParser) -> None:
-    """CondConv options for ``models.train``'s parser; experts and stages go in ``--model-args``."""
-    g = parser.add_argument_group("CondConv (builder options via --model-args '{\"num_experts\": 8, \"condconv_stages\": [2, 3]}')")
-    g.add_argument("--expert-weight-decay", type=float, default=None,
-                   help="weight decay of the CondConv expert kernels (default: --weight-decay)")
-
-
-@register_recipe("condconv", arguments=add_condconv_arguments)
-def condconv_recipe(args: argparse.Namespace) -> list[Stage]:
-    """One supervised stage with the baseline's epochs, lr and weight decay."""
-    return [CondConvStage(args.epochs, args.lr, getattr(args, "weight_decay", 5e-4), getattr(args, "expert_weight_decay", None))]

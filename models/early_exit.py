@@ -1,6 +1,6 @@
 """Early exit (BranchyNet, Teerapittayanon et al. 2016; Shallow-Deep Networks, Kaya et al. ICML 2019).
 
-A CIFAR-style ResNet with small exit heads (``models.layers.ExitHead``) after chosen blocks. At inference
+A CIFAR-style ResNet with small exit heads (``models.layers.exit_head.ExitHead``) after chosen blocks. At inference
 an image leaves at the first exit whose confidence (max softmax) reaches ``threshold``; nothing after it
 is computed. In a batch only the unfinished samples continue (index, compute, scatter back, as SkipNet's
 blocks do), and each visited exit is recorded in the active trace as a decision of kind ``exit``::
@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .layers import ExitHead
+from .layers.exit_head import ExitHead
 from .registry import register_model
 from .resnet import ResNet
 from .trace import current_trace
@@ -118,9 +118,7 @@ class EarlyExitResNet(ResNet):
 
     def dense_counterpart(self) -> ResNet:
         """The plain ResNet with this backbone's weights: every block, no exit heads (``cost.full_macs``)."""
-        dense = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, self.widths)
-        dense.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("exits.")})
-        return dense.to(self.fc.weight.device).train(self.training)
+        return self.plain_copy()
 
 
 def _early_exit(depth: int):

@@ -6,11 +6,15 @@ names that appear in routing traces. Downsampling blocks use a projection shortc
 """
 from __future__ import annotations
 
+from typing import Mapping, Sequence, TypeVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_model
+
+Plain = TypeVar("Plain", bound=nn.Module)
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -87,6 +91,17 @@ class ResNet(nn.Module):
             x = stage(x)
         return self.head(x)
 
+    def plain_copy(self, state_dict: Mapping[str, torch.Tensor] | None = None, widths: Sequence[int] | None = None,
+                   shared_only: bool = False) -> "ResNet":
+        """The plain ``ResNet`` of this depth, classes, input channels and ``widths`` (default: this model's),
+        with the weights of ``state_dict`` (default: this model's own); see ``load_plain``.
+
+        Every dynamic method's ``dense_counterpart`` (``cost.full_macs``) is one; methods whose dense weights
+        are derived (DGConv's ``W * U``, DS-Net's sliced subnets) pass them in ``state_dict``.
+        """
+        plain = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, tuple(widths or self.widths))
+        return load_plain(plain, self, state_dict, shared_only)
+
 
 def init_weights(model: nn.Module) -> None:
     """Kaiming-normal convs, unit BN, and zero-init of each block's last BN (Goyal et al.) for stable early training."""
@@ -99,6 +114,25 @@ def init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, BasicBlock):
             nn.init.zeros_(m.bn2.weight)
+
+
+def load_plain(plain: Plain, model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None = None,
+               shared_only: bool = False) -> Plain:
+    """``plain`` (a freshly built static network) given, for each of its own keys, the tensor of ``state_dict``
+    (default: ``model.state_dict()``), on ``model``'s device and in its train/eval mode.
+
+    Keys only the dynamic model has (gates, exit heads, routers, RePr buffers) are left out. Every key of
+    ``plain`` must be there, unless ``shared_only``: then keys missing or of another shape keep ``plain``'s
+    fresh init (CondConv: no single dense kernel stands for a per-example mixture of experts).
+    """
+    source = model.state_dict() if state_dict is None else state_dict
+    fresh = plain.state_dict()
+    if shared_only:
+        weights = {k: source[k] if k in source and source[k].shape == v.shape else v for k, v in fresh.items()}
+    else:
+        weights = {k: source[k] for k in fresh}
+    plain.load_state_dict(weights)
+    return plain.to(model.fc.weight.device).train(model.training)
 
 
 def _resnet(depth: int):

@@ -9,12 +9,11 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from .registry import register_recipe
 
 
 @dataclass
@@ -35,10 +34,9 @@ class Stage:
         return [p for p in model.parameters() if p.requires_grad]
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        decay = [p for p in self.parameters(model) if p.ndim > 1]
-        no_decay = [p for p in self.parameters(model) if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0)
+        """SGD over ``parameters(model)``, weight decay on weights only (``param_groups``)."""
+        return torch.optim.SGD(param_groups(self.parameters(model), self.weight_decay), lr=self.lr,
+                               momentum=self.momentum, nesterov=self.momentum > 0)
 
     def scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
@@ -73,7 +71,7 @@ class FrozenCopy:
     def of(self, model: nn.Module) -> nn.Module:
         """The copy; on first use deep-copied from ``model`` (unwrapped from DDP), then given any loaded state."""
         if self.model is None:
-            self.model = copy.deepcopy(getattr(model, "module", model)).requires_grad_(False)
+            self.model = copy.deepcopy(unwrap(model)).requires_grad_(False)
             if self._pending is not None:
                 self.model.load_state_dict(self._pending)
                 self._pending = None
@@ -99,12 +97,20 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
                     log_target=True) * t * t
 
 
-@register_recipe("baseline")
-def supervised_recipe(args) -> list[Stage]:
-    """Plain training: one supervised stage."""
-    return [Stage("supervised", args.epochs, args.lr, args.weight_decay)]
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return getattr(model, "module", model)
+
+
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Optimizer groups: ``weight_decay`` for weights (``ndim > 1``), none for biases and norm affines (``ndim <= 1``).
+
+    The usual split (timm's ``param_groups_weight_decay``): biases and normalization affines set offsets and
+    scales, not features, so they are not decayed. ``lr``, if given, goes into both groups (a per-part learning rate). Empty groups are
+    left out, so the result can be concatenated with a caller's own groups.
+    """
+    params = list(params)
+    extra = {} if lr is None else {"lr": lr}
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, **extra},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra}]
+    return [g for g in groups if g["params"]]

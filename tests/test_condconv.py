@@ -13,8 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from helpers import randomize_batchnorm
 from models import create_model
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.condconv import (CondConv2d, CondConvBlock, CondConvResNet, CondConvStage, add_condconv_arguments,
-                             condconv_recipe)
+from models.condconv import CondConvBlock, CondConvResNet
+from models.layers.condconv import CondConv2d
+from models.recipes.condconv import CondConvStage, add_condconv_arguments, condconv_recipe
 from models.cost import count_macs, full_macs
 from models.resnet import ResNet
 from models.trace import traced_forward

@@ -14,8 +14,9 @@ from models import create_model
 from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.cost import count_macs, full_macs
 from models.data import FASHION_MNIST
-from models.dgconv import (BudgetedStage, DGConv2d, DGConvResNet, GroupedConv2d, add_dgconv_arguments, budget_loss,
-                           dgconv_recipe, group_index, kron_mask)
+from models.dgconv import DGConvResNet
+from models.layers.dgconv import DGConv2d, GroupedConv2d, group_index, kron_mask
+from models.recipes.dgconv import BudgetedStage, add_dgconv_arguments, budget_loss, dgconv_recipe
 from models.trace import traced_forward
 
 META = {"name": "g", "method": "dgconv", "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
@@ -308,7 +309,7 @@ def test_checkpoint_roundtrip_loads_exported_form(tmp_path):
 
 
 def test_training_run_and_inspect(fmnist_dir, tmp_path):
-    from analysis.routing import trace_batch
+    from analysis.core.trace import trace_batch
     from models import train
 
     args = ["--model", "dgconv_resnet8", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "32",

@@ -16,10 +16,11 @@ from models import create_model
 from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.cost import full_macs
 from models.data import FASHION_MNIST
-from models.dsnet import (DSResNet, sgs_gate_loss, GateStage, SupernetStage, add_dsnet_arguments, dsnet_recipe, ema_update, expected_cost,
-                          ieb_loss, recalibrate_bn, sgs_targets, soft_cross_entropy)
+from models.dsnet import DSResNet
+from models.layers.slimmable import SlimBatchNorm2d, SlimConv2d
+from models.recipes.dsnet import (sgs_gate_loss, GateStage, SupernetStage, add_dsnet_arguments, dsnet_recipe, ema_update,
+                                  expected_cost, ieb_loss, recalibrate_bn, sgs_targets, soft_cross_entropy)
 from models.resnet import ResNet
-from models.slimmable import SlimBatchNorm2d, SlimConv2d
 from models.trace import traced_forward
 
 CHOICES = (0.25, 0.5, 0.75, 1.0)
@@ -372,20 +373,14 @@ def test_checkpoint_roundtrip(tmp_path):
 
 
 def test_training_cli_runs_both_stages_and_resumes_with_the_ema(fmnist_dir, tmp_path, monkeypatch):
+    import dataclasses
+
     import models.registry as registry
     import models.train as train
 
-    original = train.build_parser
-
-    def build_parser():
-        parser = original()
-        if "--gate-epochs" not in parser._option_string_actions:
-            add_dsnet_arguments(parser)
-        return parser
-
-    monkeypatch.setattr(train, "build_parser", build_parser)
-    made = []
-    monkeypatch.setitem(registry._RECIPES, "dsnet", lambda args: made.append(dsnet_recipe(args)) or made[-1])
+    made = []  # the DS-Net recipe adds its own options to the parser; only its stages function is wrapped here
+    recipe = dataclasses.replace(registry.recipe_of("dsnet"), stages=lambda args: made.append(dsnet_recipe(args)) or made[-1])
+    monkeypatch.setitem(registry._RECIPES, "dsnet", recipe)
     argv = ["--model", "dsnet_resnet8", "--data-dir", str(fmnist_dir), "--out", str(tmp_path), "--name", "ds",
             "--epochs", "2", "--gate-epochs", "1", "--limit-batches", "1", "--batch-size", "16",
             "--recalibration-batches", "1", "--no-progress", "--device", "cpu"]

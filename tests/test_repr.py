@@ -15,10 +15,10 @@ from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.convnet import ConvNet
 from models.cost import count_macs, full_macs
 from models.data import load_dataset
-from models.filter_overlap import (filter_scores, null_space_directions, overlap_matrix, rank_scores, select_global)
+from models.layers.filter_overlap import (filter_scores, null_space_directions, overlap_matrix, rank_scores, select_global)
+from models.recipes.repr import RePrStage, add_repr_arguments, reinitialize_filters, repr_recipe
 from models.registry import create_model, get_recipe
-from models.repr import (BUFFER, FilterLayer, RePrStage, add_repr_arguments, filter_layers, prunable_layers,
-                         reinitialize_filters, repr_recipe, repr_record)
+from models.repr import BUFFER, FilterLayer, filter_layers, prunable_layers, repr_record
 
 
 def unit(rows: torch.Tensor) -> torch.Tensor:
@@ -299,7 +299,7 @@ def test_convnet_models():
 
 def run_trainer(fmnist_dir, out, *extra: str) -> train.Trainer:
     """What ``models.train.main`` does (its parser carries the RePr options)."""
-    args = train.build_parser().parse_args(["--model", "repr_resnet8", "--epochs", "4", "--batch-size", "32", "--limit-batches", "2",
+    args, _ = train.parse_args(["--model", "repr_resnet8", "--epochs", "4", "--batch-size", "32", "--limit-batches", "2",
                               "--no-progress", "--lr", "0.05", "--repr-s1", "1", "--repr-s2", "2", "--repr-cycles", "1",
                               "--data-dir", str(fmnist_dir), "--out", str(out), "--name", "tiny", *extra])
     torch.manual_seed(args.seed)

@@ -16,9 +16,10 @@ from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.cost import count_macs, full_macs
 from models.data import FASHION_MNIST, load_dataset, normalize
 from models.resnet import ResNet
-from models.skipnet import (HybridRLStage, SkipNet, SupervisedPretrainStage, add_skipnet_arguments, gate_log_probs,
-                            gate_returns, skipnet_recipe, PolicyFinetuneStage)
-from models.skipnet_gates import FeedForwardGates, RNNGate, lstm_step
+from models.layers.skip_gates import FeedForwardGates, RNNGate, lstm_step
+from models.recipes.skipnet import (HybridRLStage, SupervisedPretrainStage, add_skipnet_arguments, gate_log_probs,
+                                    gate_returns, skipnet_recipe, PolicyFinetuneStage)
+from models.skipnet import SkipNet
 from models.stages import distillation_loss
 from models.trace import traced_forward
 

@@ -1,4 +1,5 @@
-"""Reusable dynamic layers (timm's ``layers/``): the pieces methods build their networks from."""
-from .exit_head import EXIT_HEADS, ExitHead
+"""Reusable dynamic layers (timm's ``layers/``): the pieces methods build their networks from.
 
-__all__ = ["EXIT_HEADS", "ExitHead"]
+One module per layer family; methods import from it directly (``from .layers.condconv import CondConv2d``),
+so a new family is a new file here and nothing in this ``__init__`` changes.
+"""

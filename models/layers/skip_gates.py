@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .resnet import conv3x3
+from ..resnet import conv3x3
 
 GATE_KINDS = ("rnn", "ff1", "ff2")
 State = Any

@@ -1,0 +1,78 @@
+"""CondConv layers (Yang et al., NeurIPS 2019): a conv whose kernel is a per-example mixture of expert kernels,
+and the router that gives the mixture weights.
+
+``y = (a_1 W_1 + ... + a_E W_E) * x``. The kernels are combined per example (``(B, E) @ (E, P)``) and ONE
+grouped convolution runs over the whole batch (input as ``(1, B*C, H, W)``, ``groups = B * groups``; timm's
+``CondConv2d``), so inference costs one conv plus the small routing and combination work, never E convolutions.
+Expert weights are stored flat, ``(E, out * in/groups * k * k)``, like timm: ``Module.to(memory_format=
+torch.channels_last)`` rejects 5-D parameters. ``CondConv2d.experts`` is the ``(E, out, in/groups, k, k)`` view.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CondConv2d(nn.Module):
+    """A conv whose kernel is a per-example mixture of ``num_experts`` expert kernels (one grouped conv per batch)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1,
+                 num_experts: int = 4, bias: bool = False) -> None:
+        super().__init__()
+        if in_ch % groups or out_ch % groups:
+            raise ValueError(f"channels ({in_ch} in, {out_ch} out) must be divisible by groups={groups}")
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        self.in_channels, self.out_channels = in_ch, out_ch
+        self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
+        self.num_experts = num_experts
+        self.weight_shape = (out_ch, in_ch // groups, kernel_size, kernel_size)
+        self.weight = nn.Parameter(torch.empty(num_experts, math.prod(self.weight_shape)))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_ch)) if bias else None
+        self.reset_parameters()
+
+    @property
+    def experts(self) -> torch.Tensor:
+        """The expert kernels as ``(E, out, in/groups, k, k)`` (a view of the flat parameter)."""
+        return self.weight.view(self.num_experts, *self.weight_shape)
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal experts scaled so the mixture at routing 0.5 has a Kaiming conv's variance."""
+        fan_out = self.weight_shape[0] * self.kernel_size ** 2  # as nn.init's fan_out of one expert kernel
+        std = math.sqrt(2.0 / fan_out) * 2.0 / math.sqrt(self.num_experts)
+        nn.init.normal_(self.weight, 0.0, std)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(math.prod(self.weight_shape[1:]))
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def combined_kernel(self, routing: torch.Tensor) -> torch.Tensor:
+        """Each example's kernel, ``(B, out, in/groups, k, k)``, from routing ``(B, E)``."""
+        return (routing @ self.weight).reshape(routing.shape[0], *self.weight_shape)
+
+    def forward(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if routing.shape != (b, self.num_experts):
+            raise ValueError(f"routing must be ({b}, {self.num_experts}), got {tuple(routing.shape)}")
+        kernel = (routing @ self.weight).reshape(b * self.out_channels, *self.weight_shape[1:])
+        bias = (routing @ self.bias).reshape(b * self.out_channels) if self.bias is not None else None
+        y = F.conv2d(x.reshape(1, b * c, h, w), kernel, bias, self.stride, self.padding, groups=b * self.groups)
+        return y.reshape(b, self.out_channels, *y.shape[-2:])
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, num_experts={self.num_experts}, bias={self.bias is not None}")
+
+
+class Router(nn.Module):
+    """``sigmoid(Linear(GlobalAvgPool(x)))``: independent (not normalized) weights in (0, 1), one per expert."""
+
+    def __init__(self, in_ch: int, num_experts: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_ch, num_experts)
+        nn.init.zeros_(self.fc.bias)  # mean routing starts near 0.5, where the expert init is calibrated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
