@@ -61,6 +61,17 @@ def test_killed_run_resumes_to_the_same_weights(fmnist_dir, tmp_path, monkeypatc
     assert manifests[1] == manifests[0].replace("/full", "/killed"), "a resumed run records the command that makes it"
 
 
+def test_an_option_of_another_method_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--model", "resnet20", "--alpha", "3"])  # --alpha is SkipNet's
+    assert exit_info.value.code == 2 and "--alpha" in capsys.readouterr().err
+
+
+def test_a_method_option_is_accepted_for_its_own_models():
+    args, recipe = train.parse_args(["--model", "skipnet_resnet20", "--gate", "ff1"])
+    assert recipe.method == "skipnet" and recipe.model_args(args) == {"gate": "ff1"}
+
+
 def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
     from models import data
 
