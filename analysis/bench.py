@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.catalog import bundled_checkpoints
-from analysis.dataset_table import load_test_images
+from analysis.core.catalog import bundled_checkpoints
+from analysis.core.table import load_test_images
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import normalize
 

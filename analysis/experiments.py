@@ -20,8 +20,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from analysis.catalog import bundled_checkpoints, read_checkpoints
-from analysis.repr_records import dense_arch, repr_ranking
+from analysis.core.catalog import bundled_checkpoints, read_checkpoints
 from models.checkpoint import CheckpointError, training_args
 
 RUN_COLUMNS = ("name", "path", "dataset", "arch", "method", "ranking", "seed", "test_acc", "args")
@@ -48,6 +47,29 @@ def checkpoint_paths(sources: Iterable[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
+_RUN_VARIANTS: dict[str, Callable[[dict], str | None]] = {}
+
+
+def register_run_variant(method: str, variant: Callable[[dict], str | None]) -> None:
+    """Runs of ``method`` that differ by ``variant(meta)`` (e.g. RePr's filter ranking) are grouped apart; the
+    method's analysis module registers it."""
+    _RUN_VARIANTS[method] = variant
+
+
+def run_variant(meta: dict) -> str | None:
+    from analysis.core.kinds import load_method_modules
+
+    load_method_modules()
+    variant = _RUN_VARIANTS.get(meta.get("method"))
+    return variant(meta) if variant is not None else None
+
+
+def plain_arch(arch: str, method: str | None) -> str:
+    """The plain architecture a method's model is built on: registered names are ``<method>_<plain>``
+    (``repr_convnet3`` -> ``convnet3``, ``skipnet_resnet20`` -> ``resnet20``)."""
+    return arch.removeprefix(f"{method}_") if method and method != "baseline" else arch
+
+
 def seed_of(meta: dict, path: Path | None = None) -> int | None:
     """The run's ``--seed``: from its meta's training args, else from the ``manifest.json`` beside the file."""
     seed = training_args(meta).get("seed")
@@ -62,7 +84,7 @@ def run_row(meta: dict, arch: str, path: Path | None = None) -> dict:
     """What the table needs of one run; ``test_acc`` is NaN for a run that was never evaluated."""
     accuracy = (meta.get("metrics") or {}).get("test_acc")
     return {"name": meta.get("name"), "path": None if path is None else str(path), "dataset": meta.get("dataset"),
-            "arch": arch, "method": meta.get("method"), "ranking": repr_ranking(meta), "seed": seed_of(meta, path),
+            "arch": arch, "method": meta.get("method"), "ranking": run_variant(meta), "seed": seed_of(meta, path),
             "test_acc": math.nan if accuracy is None else float(accuracy), "args": training_args(meta)}
 
 
@@ -91,7 +113,7 @@ def _varying_args(args: list[dict]) -> str:
 
 def _sort_key(key: tuple) -> tuple:
     dataset, arch, method, ranking = key
-    return (str(dataset), dense_arch(str(arch)), method != "baseline", str(method), str(ranking))
+    return (str(dataset), plain_arch(str(arch), method), method != "baseline", str(method), str(ranking))
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:

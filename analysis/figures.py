@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.catalog import bundled_checkpoints
-from analysis.figure_registry import FigureContext, load_figure_modules, write_figures
+from analysis.core.catalog import bundled_checkpoints
+from analysis.core.figures import FigureContext, load_figure_modules, write_figures
 from models.checkpoint import CheckpointError
 from models.data import DataNotFoundError
 

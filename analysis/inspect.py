@@ -10,8 +10,8 @@ import json
 import sys
 
 
-from analysis.images import ImageError, load_model_input
-from analysis.routing import trace_batch
+from analysis.core.images import ImageError, load_model_input
+from analysis.core.trace import trace_batch
 from models.checkpoint import CheckpointError, load_checkpoint
 
 

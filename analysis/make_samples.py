@@ -2,7 +2,7 @@
 
 ``python -m analysis.make_samples [--data-dir D]``: the first 50 test images of each class go to
 ``models/assets/fashion-mnist-subset`` (original IDX format, read by the same code as the full set);
-two per class become PNG samples in ``app/samples``, plus a few photo-like variants (light background,
+two per class become PNG samples in ``models/assets/samples``, plus a few photo-like variants (light background,
 RGB, large) that show how uploads are converted.
 """
 from __future__ import annotations
@@ -12,9 +12,8 @@ import argparse
 import numpy as np
 from PIL import Image, ImageOps
 
-from models.data import BUNDLED_SUBSET, FASHION_MNIST, REPO_ROOT, load_fashion_mnist, write_idx
+from models.data import BUNDLED_SUBSET, FASHION_MNIST, SAMPLE_IMAGES as SAMPLES, load_fashion_mnist, write_idx
 
-SAMPLES = REPO_ROOT / "app" / "samples"
 PER_CLASS = 50
 
 

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analysis.catalog import PRETRAINED, bundled_checkpoints
+from analysis.core.catalog import PRETRAINED, bundled_checkpoints
 from analysis.experiments import display_table, markdown_table, seeds_table
 from models.data import REPO_ROOT
 

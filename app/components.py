@@ -1,15 +1,14 @@
 """Reusable pieces of the pages: image picking, one image's report, decision views, attribution view."""
 from __future__ import annotations
 
-from itertools import groupby
-
 import plotly.express as px
 import streamlit as st
 import torch
 
-from analysis.catalog import sample_images
-from analysis.charts import decision_charts, top_classes
-from analysis.images import ImageError
+from analysis.core.catalog import sample_images
+from analysis.core.charts import top_classes
+from analysis.core.images import ImageError
+from analysis.core.kinds import Section, attribution_targets, inspect_charts
 from app.resources import attribution as cached_attribution, traced_image
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
@@ -33,12 +32,21 @@ def pick_images(key: str, default_samples: int = 1, multiple: bool = True) -> li
 
 
 def show_decisions(decisions: list[dict], key: str) -> None:
-    """One view per kind of decision, in the order the network takes them."""
-    kinds = [kind for kind, _ in groupby(decisions, key=lambda d: d["kind"])]
-    for kind in dict.fromkeys(kinds):
-        entries = [d for d in decisions if d["kind"] == kind]
-        for i, figure in enumerate(decision_charts(kind, entries)):
-            st.plotly_chart(figure, key=f"{key}-{kind}-{i}")
+    """Every chart the decisions' kinds offer, in the order the network takes them."""
+    for i, (kind, figure) in enumerate(inspect_charts(decisions)):
+        st.plotly_chart(figure, key=f"{key}-{kind}-{i}")
+
+
+def show_section(section: Section, key: str, title: bool = True) -> None:
+    """A ``Section`` a kind's view offers: its title, figure, table and caption."""
+    if title:
+        st.subheader(section.title)
+    if section.figure is not None:
+        st.plotly_chart(section.figure, key=key)
+    if section.table is not None:
+        st.dataframe(section.table, hide_index=True, height=min(320, 40 + 35 * len(section.table)))
+    if section.caption:
+        st.caption(section.caption)
 
 
 def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compact: bool = False) -> dict | None:
@@ -74,24 +82,21 @@ def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compa
 
 
 def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
-    """captum attributions of the prediction or of one decision, with IG's convergence delta (cached per
+    """captum attributions of the prediction or of one decision value, with IG's convergence delta (cached per
     model, image and target in ``app.resources.attribution``)."""
-    decisions = trace["decisions"]
-    targets = ["prediction"] + [f"{d['kind']}: {d['layer']}" for d in decisions]
-    choice = st.selectbox("Explain", targets, key=f"{key}-target")
+    decisions = [d for d in trace["decisions"] if attribution_targets(d)]
+    choices = ["prediction"] + [f"{d['kind']}: {d['layer']}" for d in decisions]
+    choice = st.selectbox("Explain", choices, key=f"{key}-target")
     if choice == "prediction":
         method = st.radio("Method", ["Integrated Gradients", "GradCAM"], horizontal=True, key=f"{key}-method")
         target = ("prediction", trace["prediction"]["index"], "gradcam" if method == "GradCAM" else "integrated_gradients")
     else:
-        decision = decisions[targets.index(choice) - 1]
-        option = None
-        if decision["kind"] == "width":
-            option = st.selectbox("Width choice", range(len(decision["probabilities"])),
-                                  index=int(max(range(len(decision["probabilities"])), key=decision["probabilities"].__getitem__)),
-                                  key=f"{key}-option")
-        elif decision["kind"] == "routing":
-            option = st.selectbox("Expert", range(len(decision["weights"])), key=f"{key}-option")
-        target = (decision["kind"], decision["layer"], option)
+        decision = decisions[choices.index(choice) - 1]
+        options = attribution_targets(decision)
+        picked = options[0]
+        if len(options) > 1:
+            picked = st.selectbox("Value", options, format_func=lambda t: t.label, key=f"{key}-option")
+        target = ("decision", decision["layer"], picked)
     attribution = cached_attribution(model, model.cache_key, trace["tensor"].numpy(), target)
     limit = float(abs(attribution.heatmap).max()) or 1.0
     figure = px.imshow(attribution.heatmap, color_continuous_scale="RdBu_r", zmin=-limit, zmax=limit,

@@ -11,10 +11,10 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from analysis.catalog import bundled_checkpoints
-from analysis.dataset_table import dataset_table, load_test_images
-from analysis.images import ModelInput, load_model_input
-from analysis.routing import trace_batch
+from analysis.core.catalog import bundled_checkpoints
+from analysis.core.table import dataset_table, load_test_images
+from analysis.core.images import ModelInput, load_model_input
+from analysis.core.trace import trace_batch
 from models.checkpoint import META_KEYS, CheckpointError, load_checkpoint
 from models.data import find_fashion_mnist
 from models.trace import traced_forward
@@ -99,18 +99,18 @@ def attribution(_model: torch.nn.Module, model_key: str, image: np.ndarray, targ
     """A captum attribution of one normalized image (1xCxHxW), once per (model, image, target): Integrated
     Gradients runs 32 forward and backward passes, and every widget touched reruns the page.
 
-    ``target`` is ``("prediction", class index, "integrated_gradients" | "gradcam")`` or ``(decision kind,
-    layer, option)``. GradCAM hooks the model's last layer while it works, so it runs on a copy of the model
+    ``target`` is ``("prediction", class index, "integrated_gradients" | "gradcam")`` or ``("decision", layer,
+    AttributionTarget)``. GradCAM hooks the model's last layer while it works, so it runs on a copy of the model
     that every session shares. captum is imported here, on first use, not when every page starts.
     """
-    from analysis import attributions
+    from analysis.core import attributions
 
     x = torch.from_numpy(image)
     if target[0] == "prediction":
         _, index, method = target
         return attributions.explain_prediction(copy.deepcopy(_model) if method == "gradcam" else _model, x, index, method)
-    kind, layer, option = target
-    return attributions.explain_decision(_model, x, layer, kind, option)
+    _, layer, value = target
+    return attributions.explain_decision(_model, x, layer, value)
 
 
 @st.cache_resource

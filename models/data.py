@@ -23,6 +23,8 @@ from torch.utils.data import Dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_SUBSET = REPO_ROOT / "models" / "assets" / "fashion-mnist-subset"
+# sample images shipped for the app, the tests and the docs (``analysis.make_samples`` writes them); one place
+SAMPLE_IMAGES = Path(os.environ.get("ROUTESCOPE_SAMPLES") or REPO_ROOT / "models" / "assets" / "samples")
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -5,7 +5,7 @@ an image leaves at the first exit whose confidence (max softmax) reaches ``thres
 is computed. In a batch only the unfinished samples continue (index, compute, scatter back, as SkipNet's
 blocks do), and each visited exit is recorded in the active trace as a decision of kind ``exit``::
 
-    {"layer": "layer2.1", "kind": "exit", "confidence": 0.97, "exited": true}
+    {"layer": "layer2.1", "kind": "exit", "confidence": 0.97, "exited": true, "threshold": 0.9}
 
 The final classifier (``fc``) is the last exit and is always taken by the samples that reach it.
 ``threshold`` is an inference setting: the builder's value is the model's operating point, and
@@ -21,7 +21,8 @@ BranchyNet's entropy.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,12 +34,14 @@ from .trace import current_trace
 from .decisions import DecisionKind, register_kind
 
 FINAL_EXIT = "fc"
+SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 
 
 EXIT = register_kind(DecisionKind(
     "exit", "early_exit", "image",
     {"confidence": ("number", "max softmax of this exit's prediction"),
-     "exited": ("boolean", "the image left here (confidence reached the threshold, or the final exit)")},
+     "exited": ("boolean", "the image left here (confidence reached the threshold, or the final exit)"),
+     "threshold": ("number", "the confidence threshold this forward pass used")},
     "an exit the image visited, taken or passed",
     signature=lambda d: d["layer"] if d["exited"] else None))
 
@@ -67,11 +70,15 @@ class EarlyExitResNet(ResNet):
         names = [name for name, _ in self.named_blocks()]
         return [(names.index(e) + 1) / len(names) for e in self.exit_names]
 
-    def forward(self, x: torch.Tensor, threshold: float | None = None, all_exits: bool = False
-                ) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, threshold: float | None = None, all_exits: bool = False,
+                exit_at: str | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """Logits of each sample's exit; ``threshold`` overrides the model's for this call; ``exit_at`` names the
+        one exit every sample takes (the static truncated network); ``all_exits`` is the training form."""
         if all_exits:
             return self._forward_all(x)
-        return self._forward_exiting(x, self.threshold if threshold is None else float(threshold))
+        if exit_at is not None and exit_at not in (*self.exit_names, FINAL_EXIT):
+            raise ValueError(f"exit_at must be one of {', '.join((*self.exit_names, FINAL_EXIT))}, not {exit_at!r}")
+        return self._forward_exiting(x, self.threshold if threshold is None else float(threshold), exit_at)
 
     def _forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every exit on every sample (training): ``[internal exit logits ..., final logits]``."""
@@ -84,7 +91,7 @@ class EarlyExitResNet(ResNet):
                 out.append(heads[name](x))
         return out + [self.head(x)]
 
-    def _forward_exiting(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
+    def _forward_exiting(self, x: torch.Tensor, threshold: float, exit_at: str | None = None) -> torch.Tensor:
         """True early exit: a sample stops at its first confident exit, the rest continue on a smaller batch."""
         trace = current_trace()
         heads = dict(zip(self.exit_names, self.exits))
@@ -96,11 +103,13 @@ class EarlyExitResNet(ResNet):
                 x = block(x)
                 if name not in heads:
                     continue
+                if exit_at is not None and name != exit_at:
+                    continue
                 z = heads[name](x)
                 confidence = z.softmax(1).amax(1)
-                done = confidence >= threshold
+                done = confidence >= threshold if exit_at is None else torch.ones_like(confidence, dtype=torch.bool)
                 if trace is not None:
-                    trace.record(name, "exit", confidence=confidence, exited=done)
+                    trace.record(name, "exit", confidence=confidence, exited=done, threshold=threshold)
                 if logits is None:
                     logits = z.new_zeros(len(active), z.shape[1])
                 if bool(done.all()):
@@ -113,8 +122,14 @@ class EarlyExitResNet(ResNet):
                     x, active = x.index_select(0, keep), active[keep]
             z = self.head(x)
             if trace is not None:
-                trace.record(FINAL_EXIT, "exit", confidence=z.softmax(1).amax(1), exited=torch.ones(len(z), dtype=torch.bool))
+                trace.record(FINAL_EXIT, "exit", confidence=z.softmax(1).amax(1), exited=torch.ones(len(z), dtype=torch.bool),
+                             threshold=threshold)
         return z if logits is None else logits.index_copy(0, active, z)
+
+    def evaluation_variants(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """For ``models.evaluate``: the threshold sweep and the static truncated networks, on the same images."""
+        sweep = {f"threshold {q:g}": functools.partial(self, threshold=q) for q in SWEEP_THRESHOLDS}
+        return {**sweep, **{f"always exit {e}": functools.partial(self, exit_at=e) for e in (*self.exit_names, FINAL_EXIT)}}
 
     def dense_counterpart(self) -> ResNet:
         """The plain ResNet with this backbone's weights: every block, no exit heads (``cost.full_macs``)."""
@@ -131,5 +146,5 @@ def _early_exit(depth: int):
     return register_model(builder)
 
 
-early_exit_resnet20, early_exit_resnet32, early_exit_resnet56, early_exit_resnet110 = (
-    _early_exit(d) for d in (20, 32, 56, 110))
+early_exit_resnet8, early_exit_resnet20, early_exit_resnet32, early_exit_resnet56, early_exit_resnet110 = (
+    _early_exit(d) for d in (8, 20, 32, 56, 110))

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from analysis import bench, figures, results
-from analysis.attributions import explain_decision, explain_prediction
-from analysis.charts import CHARTS, decision_charts, top_classes
-from analysis.dataset_table import dataset_table, easy_and_hard, load_test_images, per_class_cost, width_distribution
-from analysis.routing import trace_batch
-from analysis.skipping import blocks_executed, rescale, skip_ratios
+from analysis.core.attributions import explain_decision, explain_prediction
+from analysis.core.charts import top_classes
+from analysis.core.kinds import attribution_targets, inspect_charts, kind_views
+from analysis.core.table import dataset_table, easy_and_hard, load_test_images, per_class_cost
+from analysis.methods.dsnet import width_distribution
+from analysis.core.trace import trace_batch
+from analysis.methods.skipnet import blocks_executed, rescale, skip_ratios
 from models import create_model
 from models.checkpoint import save_checkpoint
 from models.data import FASHION_MNIST
@@ -65,7 +67,7 @@ def test_attributions_of_prediction_and_gate(skipnet, images):
     for method in ("integrated_gradients", "gradcam"):
         attribution = explain_prediction(skipnet, x, 3, method)
         assert attribution.heatmap.shape == (28, 28) and np.isfinite(attribution.heatmap).all()
-    gate = explain_decision(skipnet, x, "layer2.0", "skip")
+    gate = explain_decision(skipnet, x, "layer2.0", attribution_targets({"kind": "skip", "layer": "layer2.0"})[0])
     assert gate.heatmap.shape == (28, 28) and gate.delta is not None and gate.delta < 0.05
     assert np.abs(gate.heatmap).sum() > 0
     assert all(p.grad is None for p in skipnet.parameters()), "attributions must not touch the shared model"
@@ -75,17 +77,33 @@ def test_charts_for_every_kind(skipnet, images):
     from models.data import normalize
 
     trace = trace_batch(skipnet, normalize(images[0][:1], skipnet.meta["mean"], skipnet.meta["std"]), ["x"])[0]
-    strip = decision_charts("skip", trace["decisions"])[0]
-    assert list(strip.data[0].x) == list(skipnet.gate_names)
+    (kind, strip), = inspect_charts(trace["decisions"])
+    assert kind == "skip" and list(strip.data[0].x) == list(skipnet.gate_names)
     assert len(top_classes(trace).data[0].y) == 5
     width = [{"layer": "layer3", "kind": "width", "width": 0.5, "channels": 32, "max_channels": 64, "probabilities": [0.1, 0.6, 0.2, 0.1]}]
-    assert len(decision_charts("width", width)) == 2
+    assert len(inspect_charts(width)) == 2
     routing = [{"layer": "layer3.0", "kind": "routing", "weights": [0.9, 0.1, 0.4, 0.2]}]
-    assert np.asarray(decision_charts("routing", routing)[0].data[0].z).shape == (1, 4)
+    assert np.asarray(inspect_charts(routing)[0][1].data[0].z).shape == (1, 4)
     groups = {"layer": "l", "kind": "groups", "groups": 2, "group_of_channel": [0, 1, 0, 1]}
-    assert np.asarray(CHARTS["groups"](groups).data[0].z).tolist()[0] == [1, 0, 1, 0]
+    assert np.asarray(inspect_charts([groups])[0][1].data[0].z).tolist()[0] == [1, 0, 1, 0]
     filters = {"layer": "l", "kind": "filters", "overlap": [0.1, 0.3], "dropped": [1]}
-    assert CHARTS["filters"](filters).data[0].marker.color[1] != CHARTS["filters"](filters).data[0].marker.color[0]
+    bars = inspect_charts([filters])[0][1].data[0]
+    assert bars.marker.color[1] != bars.marker.color[0]
+    exits = [{"layer": "layer1.1", "kind": "exit", "confidence": 0.4, "exited": False},
+             {"layer": "layer2.0", "kind": "exit", "confidence": 0.95, "exited": True}]
+    bars = inspect_charts(exits)[0][1].data[0]
+    assert list(bars.x) == ["layer1.1", "layer2.0"] and bars.marker.color[0] != bars.marker.color[1]
+
+
+def test_every_declared_kind_has_a_view():
+    """A method that declares a decision kind in models/ also says, in analysis/methods, how to show it."""
+    from models.decisions import decision_kinds
+
+    views = kind_views()
+    for name, kind in decision_kinds().items():
+        assert name in views, f"no KindView for {name!r}"
+        if kind.per == "image":
+            assert views[name].columns is not None and views[name].inspect is not None, name
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +195,7 @@ def test_bench_measures_condconv_throughput_at_its_own_batch_unless_told(images)
 def test_pareto_front_keeps_only_undominated_models():
     import pandas as pd
 
-    from analysis.pareto import pareto_front
+    from analysis.core.pareto import pareto_front
 
     frame = pd.DataFrame({"name": list("abcdef"), "macs_mean": [10, 5, 5, 8, 12, 3],
                           "test_acc": [0.94, 0.90, 0.92, 0.91, 0.93, 0.80]})
@@ -188,7 +206,7 @@ def test_pareto_front_keeps_only_undominated_models():
 def test_alpha_sweep_series_follow_the_training_lineage():
     from types import SimpleNamespace
 
-    from analysis.figures_skipnet import sweep_point
+    from analysis.methods.skipnet import sweep_point
 
     def run(**args):
         return SimpleNamespace(meta={"recipe": {"args": args}})
@@ -215,7 +233,7 @@ def test_alpha_sweep_series_follow_the_training_lineage():
 def test_seeds_section_lists_only_sources_with_finished_runs(tmp_path):
     import shutil
 
-    from analysis.catalog import PRETRAINED
+    from analysis.core.catalog import PRETRAINED
 
     shutil.copy(PRETRAINED / "convnet3_fmnist.pt", tmp_path / "convnet3_fmnist.pt")
     unfinished = tmp_path / "experiments" / "repr_fmnist"

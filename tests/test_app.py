@@ -244,7 +244,7 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
     """Inspect (uploads, attributions of a decision, IG and GradCAM), Compare: the shared model stays as loaded."""
-    import analysis.attributions
+    import analysis.core.attributions
     from app.resources import load_bundled
 
     skipnet = create_model("skipnet_resnet8", in_chans=1)
@@ -253,13 +253,13 @@ def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
     before = {name: fingerprint(model) for name, model in shared.items()}
 
     explained_on = []
-    real = analysis.attributions.explain_prediction
+    real = analysis.core.attributions.explain_prediction
 
     def spy(model, x, target, method="integrated_gradients"):
         explained_on.append((method, model is shared["tiny_skipnet"]))
         return real(model, x, target, method)
 
-    monkeypatch.setattr(analysis.attributions, "explain_prediction", spy)
+    monkeypatch.setattr(analysis.core.attributions, "explain_prediction", spy)
 
     at = start()
     at.sidebar.selectbox[0].set_value("tiny_skipnet").run()
@@ -289,8 +289,8 @@ def test_structure_page_of_a_bundled_model(tmp_path, monkeypatch, bundled, kind)
     """The learned structure of a real DGConv / RePr checkpoint: table and heatmap data from the model itself."""
     import shutil
 
-    from analysis.catalog import PRETRAINED
-    from analysis.routing import model_structure
+    from analysis.core.catalog import PRETRAINED
+    from analysis.core.trace import model_structure
     from models.checkpoint import load_checkpoint
 
     shutil.copy(PRETRAINED / f"{bundled}.pt", tmp_path / f"{bundled}.pt")
@@ -320,8 +320,8 @@ def test_results_page_pareto_speed_and_seeds(tmp_path, monkeypatch):
     message, the saved benchmark rows, and the seeds table of a replicated experiment."""
     import shutil
 
-    from analysis.catalog import PRETRAINED
-    from analysis.pareto import models_frame, pareto_front
+    from analysis.core.catalog import PRETRAINED
+    from analysis.core.pareto import models_frame, pareto_front
 
     names = ["resnet20_fmnist", "skipnet_resnet20_fmnist_a1", "dgconv_resnet20_fmnist_b0.5", "convnet3_fmnist"]
     for name in names:

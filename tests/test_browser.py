@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.catalog import SAMPLES, bundled_checkpoints
+from analysis.core.catalog import bundled_checkpoints
+from models.data import SAMPLE_IMAGES as SAMPLES
 from models.data import FASHION_MNIST
 
 from conftest import REPO

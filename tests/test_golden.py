@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.catalog import bundled_checkpoints, sample_images
-from analysis.images import load_model_input
-from analysis.routing import trace_batch
+from analysis.core.catalog import bundled_checkpoints, sample_images
+from analysis.core.images import load_model_input
+from analysis.core.trace import trace_batch
 from models.checkpoint import load_checkpoint
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.catalog import sample_images
-from analysis.images import ImageError, load_model_input, open_image, to_model_input
+from analysis.core.catalog import sample_images
+from analysis.core.images import ImageError, load_model_input, open_image, to_model_input
 
 FMNIST_META = {"input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "dark_background": True}
 RGB_META = {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "dark_background": False}

@@ -8,8 +8,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from analysis import inspect
-from analysis.catalog import sample_images
-from analysis.images import load_model_input
+from analysis.core.catalog import sample_images
+from analysis.core.images import load_model_input
 from models import create_model
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import FASHION_MNIST
@@ -46,7 +46,7 @@ def test_macs_agree_with_flop_counter(tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint)
     for path in sample_images()[:4]:
         x = load_model_input(path, model.meta).tensor
-        from analysis.routing import trace_batch
+        from analysis.core.trace import trace_batch
 
         macs = trace_batch(model, x, [path.name])[0]["cost"]["macs"]
         with FlopCounterMode(display=False) as counter:

@@ -5,14 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-import analysis.figures_condconv  # noqa: F401  (registers the figures)
-import analysis.figures_dgconv  # noqa: F401
-import analysis.figures_dsnet  # noqa: F401
-from analysis.dataset_table import load_test_images, routing_layers, width_distribution
-from analysis.figure_registry import FIGURES, FigureContext, write_figures
-from analysis.group_structure import budget_table, group_entries, groups_table, mask_from_groups, matching_baselines
-from analysis.routing_stats import class_specificity, routing_by_image, top_classes_per_expert
-from analysis.widths import dynamic_point, mean_width_by_class, stage_widths, static_width_table
+import analysis.methods.condconv  # noqa: F401  (registers the figures)
+import analysis.methods.dgconv  # noqa: F401
+import analysis.methods.dsnet  # noqa: F401
+from analysis.core.figures import FIGURES, FigureContext, matching_baselines, write_figures
+from analysis.core.table import load_test_images
+from analysis.methods.dgconv import budget_table, group_entries, groups_table, mask_from_groups
+from analysis.methods.condconv import class_specificity, routing_by_image, routing_layers, top_classes_per_expert
+from analysis.methods.dsnet import dynamic_point, mean_width_by_class, stage_widths, static_width_table, width_distribution
 from models import create_model
 from models.checkpoint import save_checkpoint
 from models.data import FASHION_MNIST, normalize

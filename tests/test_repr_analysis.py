@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-import analysis.figures_repr as fr
+import analysis.methods.repr as fr
 from analysis import experiments
-from analysis.figure_registry import FIGURES, FigureContext, available_figures, figure_bytes
-from analysis.repr_records import (accuracy_curves, cycle_records, dropped_grid, mean_overlap, overlap_layers, overlap_matrices,
+from analysis.core.figures import FIGURES, FigureContext, available_figures, figure_bytes
+from analysis.methods.repr import (accuracy_curves, cycle_records, dropped_grid, mean_overlap, overlap_layers, overlap_matrices,
                                    pruned_spans, repr_ranking)
 from models import train
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.filter_overlap import filter_scores
+from models.layers.filter_overlap import filter_scores
 from models.registry import create_model
 from models.repr import prunable_layers
 

@@ -6,9 +6,9 @@ import io
 import plotly.express as px
 import streamlit as st
 
-from analysis.dataset_table import (easy_and_hard, layer_columns, per_class_cost, routing_by_class,
-                                    routing_layers, width_distribution)
-from analysis.skipping import skip_ratios
+from analysis.core.kinds import compare_sections
+from analysis.core.table import easy_and_hard, per_class_cost
+from app.components import show_section
 from app.resources import cached_table, choose_model, test_images, test_sets
 
 st.title("Compare")
@@ -43,19 +43,8 @@ st.plotly_chart(px.bar(cost, x="class", y="macs_mean", error_y=cost["macs_max"] 
                        error_y_minus=cost["macs_mean"] - cost["macs_min"], hover_data=["accuracy", "images"],
                        labels={"macs_mean": "mean MACs"}), key="per-class")
 
-if layer_columns(table, "executed"):
-    st.subheader("Skip ratio per block")
-    ratios = skip_ratios(table)
-    st.plotly_chart(px.bar(x=ratios.index, y=ratios.values, labels={"x": "block", "y": "skip ratio"}, range_y=[0, 1]),
-                    key="skip-ratio")
-if layer_columns(table, "width"):
-    st.subheader("Width distribution per stage")
-    st.plotly_chart(px.imshow(width_distribution(table), text_auto=".2f", color_continuous_scale="Oranges",
-                              labels={"x": "width", "y": "stage", "color": "share"}), key="widths")
-for layer in routing_layers(table):
-    st.subheader(f"Mean routing weight per class: {layer}")
-    st.plotly_chart(px.imshow(routing_by_class(table, layer), text_auto=".2f", color_continuous_scale="Greens", zmin=0, zmax=1),
-                    key=f"routing-{layer}")
+for i, section in enumerate(compare_sections(table)):  # what each decision kind of this model offers
+    show_section(section, key=f"section-{i}")
 
 st.subheader("Per-image table")
 st.dataframe(table, height=300)

@@ -6,8 +6,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import streamlit as st
 
-from analysis.catalog import bundled_checkpoints
-from analysis.figure_registry import FIGURES, FigureContext, available_figures, figure_bytes, load_figure_modules
+from analysis.core.catalog import bundled_checkpoints
+from analysis.core.figures import FIGURES, FigureContext, available_figures, figure_bytes, load_figure_modules
 
 load_figure_modules()
 

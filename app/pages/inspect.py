@@ -5,7 +5,7 @@ import streamlit as st
 
 from app.components import explain, image_report, pick_images
 from app.resources import choose_model, load_bundled
-from analysis.catalog import bundled_checkpoints
+from analysis.core.catalog import bundled_checkpoints
 
 st.title("Inspect")
 model = choose_model()

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.catalog import bundled_checkpoints, models_folder
-from analysis.charts import accuracy_vs_macs
+from analysis.core.catalog import bundled_checkpoints, models_folder
+from analysis.core.charts import accuracy_vs_macs
 from analysis.experiments import checkpoint_paths, display_table, seeds_table
-from analysis.pareto import models_frame, pareto_front
+from analysis.core.pareto import models_frame, pareto_front
 from analysis.results import SPEED_COLUMNS, bench_source, saved_bench, seed_sources
 
 

@@ -1,6 +1,7 @@
 """Why did the model decide this? captum attributions of the prediction and of a single routing decision.
 
-A decision (a SkipNet gate probability, a DS-Net width probability, a CondConv routing weight) is made a
+A decision (a SkipNet gate probability, a DS-Net width probability, a CondConv routing weight, an exit's
+confidence: whatever its kind's ``KindView.targets`` offers) is made a
 differentiable function of the input by running the model inside a ``Trace(keep_tensors=True)`` and
 reading the recorded tensor, so Integrated Gradients explains the decision exactly as the model
 computes it at inference (true skipping included: along the IG path the executed blocks may change).
@@ -14,10 +15,8 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 
+from analysis.core.kinds import AttributionTarget
 from models.trace import traced_forward
-
-DECISION_FIELDS = {"skip": "probability", "width": "probabilities", "routing": "weights"}
-
 
 @dataclass
 class Attribution:
@@ -29,9 +28,9 @@ class Attribution:
     delta: float | None
 
 
-def decision_function(model: torch.nn.Module, layer: str, kind: str, option: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x -> the recorded decision value of ``layer`` (one scalar per input; ``option`` picks a width/expert)."""
-    field = DECISION_FIELDS[kind]
+def decision_function(model: torch.nn.Module, layer: str, field: str, option: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> the recorded decision ``field`` of ``layer`` (one scalar per input; ``option`` picks one element of a
+    vector field, e.g. a width choice or an expert)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         _, trace = traced_forward(model, x, keep_tensors=True)
@@ -64,8 +63,8 @@ def explain_prediction(model: torch.nn.Module, x: torch.Tensor, target: int, met
     return Attribution(heatmap, f"class '{label}'", "Integrated Gradients", delta)
 
 
-def explain_decision(model: torch.nn.Module, x: torch.Tensor, layer: str, kind: str, option: int | None = None) -> Attribution:
-    """Relevance of each pixel for one decision: a gate probability, a width probability or a routing weight."""
-    heatmap, delta = integrated_gradients(decision_function(model, layer, kind, option), x)
-    what = {"skip": "gate probability", "width": f"probability of width choice {option}", "routing": f"routing weight of expert {option}"}
-    return Attribution(heatmap, f"{layer}: {what[kind]}", "Integrated Gradients", delta)
+def explain_decision(model: torch.nn.Module, x: torch.Tensor, layer: str, target: AttributionTarget) -> Attribution:
+    """Relevance of each pixel for one decision value (a target its kind's view offers: a gate probability, a
+    width probability, a routing weight, an exit's confidence)."""
+    heatmap, delta = integrated_gradients(decision_function(model, layer, target.field, target.option), x)
+    return Attribution(heatmap, f"{layer}: {target.label}", "Integrated Gradients", delta)

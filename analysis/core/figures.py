@@ -1,6 +1,6 @@
 """The registry of paper-style figures, shared by ``python -m analysis.figures`` and the app's Figures page.
 
-Each figure is a function registered with ``@register_figure`` (one file per method: ``figures_*.py``)
+Each figure is a function registered with ``@register_figure`` (in its method's module, ``analysis/methods``)
 that receives a ``FigureContext`` (the checkpoints by method, cached dataset tables) and returns a
 matplotlib figure. (A module of its own, so that running the CLI as ``__main__`` does not give the
 per-method files a second copy of the registry.)
@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from analysis.dataset_table import dataset_table, load_test_images  # noqa: E402
+from analysis.core.table import dataset_table, easy_and_hard, load_test_images  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 
 matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none", "figure.dpi": 110,
@@ -88,6 +88,34 @@ def main_model(context: FigureContext, method: str, max_mac_ratio: float = 0.9) 
     return max(saving, key=lambda n: metrics[n].get("test_acc", 0))
 
 
+def easy_hard_gallery(context: FigureContext, name: str, describe: Callable[[pd.Series], str] | None = None,
+                      k: int = 8) -> plt.Figure:
+    """Two rows of ``k`` test images, fewest MACs (easy) above most MACs (hard), with their mean brightness and
+    contrast; ``describe(row)`` labels each image (default: class and MACs). Shared by every dynamic method."""
+    table = context.table(name)
+    images, _ = context.images()
+    easy, hard = easy_and_hard(table, k)
+    describe = describe or (lambda item: f"{item['class']}\n{item['macs'] / 1e6:.1f}M")
+    figure, axes = plt.subplots(2, k, figsize=(k, 2.6), squeeze=False)
+    for row, (title, subset) in enumerate((("easy", easy), ("hard", hard))):
+        for ax in axes[row]:
+            ax.axis("off")
+        for ax, (index, item) in zip(axes[row], subset.iterrows()):
+            ax.imshow(images[index].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(describe(item), fontsize=6)
+        axes[row][0].text(-0.3, 0.5, f"{title}\nbright {subset['brightness'].mean():.2f}\ncontrast {subset['contrast'].mean():.2f}",
+                          transform=axes[row][0].transAxes, ha="right", va="center", fontsize=7)
+    figure.suptitle(f"{name}: easy vs hard images", fontsize=9)
+    return figure
+
+
+def matching_baselines(baselines: dict[str, torch.nn.Module], like: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The plain models of the same depth and data set as ``like`` (the dense point of its trade-off curve)."""
+    depth, dataset = getattr(like, "depth", None), like.meta.get("dataset")
+    return {name: model for name, model in baselines.items()
+            if depth is not None and getattr(model, "depth", None) == depth and model.meta.get("dataset") == dataset}
+
+
 def figure_bytes(figure: plt.Figure, fmt: str) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format=fmt, bbox_inches="tight", dpi=200 if fmt == "png" else None)
@@ -116,6 +144,7 @@ def write_figures(context: FigureContext, out: Path, only: str | None = None, pr
 
 
 def load_figure_modules() -> None:
-    """Import the per-method figure files so they register (kept here so the CLI and the app agree)."""
-    from analysis import (figures_condconv, figures_dgconv, figures_dsnet, figures_overview, figures_repr,  # noqa: F401
-                          figures_skipnet)
+    """Import every method module so its figures register (the CLI and the app call this, so they agree)."""
+    from analysis.core.kinds import load_method_modules
+
+    load_method_modules()

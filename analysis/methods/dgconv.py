@@ -1,15 +1,84 @@
-"""DGConv figures (Zhang et al. 2019): the learned mask U per layer, groups per layer for every budget, accuracy vs
-MACs over the budgets with the dense ResNet of the same depth."""
+"""DGConv in analysis: group structure across models, its Structure view, and the paper's figures (Zhang et
+al. 2019): the learned mask U per layer, groups per layer for every budget, accuracy vs MACs over the
+budgets with the dense ResNet of the same depth.
+
+Read from ``model_structure`` entries of kind "groups" (what the routing trace reports), so the same code
+serves a trainable ``DGConv2d`` model and one exported to grouped convs by ``load_checkpoint``.
+"""
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+import torch
 from matplotlib import ticker
 
-from analysis.figure_registry import FigureContext, main_model, register_figure
-from analysis.group_structure import budget_table, group_entries, groups_table, mask_from_groups, matching_baselines
+from analysis.core.charts import COMPACT
+from analysis.core.figures import FigureContext, main_model, matching_baselines, register_figure
+from analysis.core.kinds import KindView, Section, register_view
+from analysis.core.trace import model_structure
+from models.checkpoint import training_args
+
+
+def group_mask(entry: dict) -> go.Figure:
+    """The learned connectivity U of a DGConv layer: U[i, j] = 1 when channels i and j share a group."""
+    mask = entry.get("mask") or mask_from_groups(entry["group_of_channel"]).tolist()
+    figure = go.Figure(go.Heatmap(z=mask, colorscale=[[0, "white"], [1, "#54a24b"]], showscale=False))
+    figure.update_yaxes(autorange="reversed", title="output channel", scaleanchor="x")
+    return figure.update_layout(title=f"{entry['layer']}: {entry['groups']} groups", xaxis_title="input channel", height=320, **COMPACT)
+
+
+register_view(KindView(
+    "groups",
+    inspect=lambda entries: [group_mask(e) for e in entries],
+    summary=lambda entries: pd.DataFrame([{"layer": e["layer"], "groups": e["groups"], "channels": len(e["group_of_channel"]),
+                                           "group size": len(e["group_of_channel"]) // e["groups"]} for e in entries]),
+    detail=lambda entry, meta: [Section(entry["layer"], group_mask(entry))],
+    title="Learned group structure (DGConv)",
+))
+
+
+def mask_from_groups(group_of_channel: Sequence[int]) -> np.ndarray:
+    """The binary C x C mask U: ``U[i, j] = 1`` iff channels i and j share a group (U's connected components)."""
+    groups = np.asarray(group_of_channel)
+    return (groups[:, None] == groups[None, :]).astype(np.uint8)
+
+
+def group_entries(model: torch.nn.Module) -> list[dict]:
+    """The model's learned group structure, one entry per DGConv layer in network order."""
+    return [entry for entry in model_structure(model) if entry["kind"] == "groups"]
+
+
+def budget_of(model: torch.nn.Module) -> float | None:
+    """The complexity budget the model was trained for (``--budget``), if its recipe says."""
+    return training_args(model.meta).get("budget")
+
+
+def groups_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
+    """One row per (model, DGConv layer): budget, layer, position, groups, channels, group size, nnz(U)."""
+    rows = [{"model": name, "budget": budget_of(model), "layer": entry["layer"], "position": position,
+             "groups": entry["groups"], "channels": len(entry["group_of_channel"]),
+             "group_size": len(entry["group_of_channel"]) // entry["groups"], "nnz": entry.get("nnz")}
+            for name, model in models.items() for position, entry in enumerate(group_entries(model))]
+    return pd.DataFrame(rows, columns=["model", "budget", "layer", "position", "groups", "channels", "group_size", "nnz"])
+
+
+def budget_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
+    """Per model with measured metrics (meta, full test set): budget, training epochs, accuracy, mean and dense MACs;
+    by MACs."""
+    rows = []
+    for name, model in models.items():
+        metrics = model.meta.get("metrics", {})
+        if "test_acc" in metrics and "macs_mean" in metrics:
+            rows.append({"model": name, "budget": budget_of(model), "epochs": training_args(model.meta).get("epochs"),
+                         "accuracy": float(metrics["test_acc"]), "macs": float(metrics["macs_mean"]),
+                         "macs_full": metrics.get("macs_full")})
+    columns = ["model", "budget", "epochs", "accuracy", "macs", "macs_full"]
+    return pd.DataFrame(rows, columns=columns).sort_values("macs", ignore_index=True)
 
 
 def main_dgconv(context: FigureContext) -> str:

@@ -1,43 +1,88 @@
-"""SkipNet figures (Wang et al. 2018): skip ratio per block, easy vs hard images, blocks per class,
-input scale vs blocks executed, accuracy vs MACs over the alpha sweep."""
+"""SkipNet in analysis: skip statistics over a dataset table, its Inspect and Compare views, and the paper's
+figures (Wang et al. 2018): skip ratio per block, easy vs hard images, blocks per class, input scale vs blocks
+executed, accuracy vs MACs over the alpha sweep.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import torch
 
-from analysis.dataset_table import easy_and_hard, layer_columns
-from analysis.figure_registry import FigureContext, main_model, register_figure
-from analysis.skipping import blocks_executed, scale_response, skip_ratios
+from analysis.core.charts import COMPACT
+from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
+from analysis.core.kinds import AttributionTarget, KindView, Section, register_view
+from analysis.core.table import dataset_table, layer_columns
 from models.checkpoint import training_args
+
+
+def skip_strip(decisions: list[dict]) -> go.Figure:
+    """One cell per gated block: executed (dark) or skipped (light), with the gate probability."""
+    layers = [d["layer"] for d in decisions]
+    executed = [[1 if d["executed"] else 0 for d in decisions]]
+    text = [[f"{d['probability']:.2f}" for d in decisions]]
+    figure = go.Figure(go.Heatmap(z=executed, x=layers, y=["gate"], text=text, texttemplate="%{text}", zmin=0, zmax=1,
+                                  colorscale=[[0, "#e8eef6"], [1, "#1f4e8c"]], showscale=False, xgap=3,
+                                  hovertemplate="%{x}: p(execute)=%{text}<extra></extra>"))
+    n_run = sum(executed[0])
+    return figure.update_layout(title=f"Blocks executed: {n_run} of {len(layers)} gated (dark = run, number = gate probability)",
+                                height=170, **COMPACT)
+
+
+def compare_sections(table: pd.DataFrame) -> list[Section]:
+    if not layer_columns(table, "executed"):
+        return []
+    ratios = skip_ratios(table)
+    return [Section("Skip ratio per block",
+                    px.bar(x=ratios.index, y=ratios.values, labels={"x": "block", "y": "skip ratio"}, range_y=[0, 1]))]
+
+
+register_view(KindView(
+    "skip",
+    columns=lambda d: {f"{d['layer']}/executed": bool(d["executed"]), f"{d['layer']}/p": float(d["probability"])},
+    inspect=lambda entries: [skip_strip(entries)],
+    compare=compare_sections,
+    targets=lambda d: [AttributionTarget("gate probability", "probability")],
+))
+
+
+def skip_ratios(table: pd.DataFrame) -> pd.Series:
+    """Fraction of images that skip each gated block, in network order."""
+    executed = table[layer_columns(table, "executed")]
+    return 1 - executed.mean().rename(lambda c: c.split("/")[0])
+
+
+def blocks_executed(table: pd.DataFrame) -> pd.Series:
+    """Gated blocks executed per image."""
+    return table[layer_columns(table, "executed")].sum(axis=1)
+
+
+def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Zoom the content of uint8 images by ``scale`` about the centre, keeping the size (zero fill)."""
+    n, c, h, w = images.shape
+    theta = torch.tensor([[1 / scale, 0, 0], [0, 1 / scale, 0]], dtype=torch.float32).expand(n, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, (n, c, h, w), align_corners=False)
+    out = torch.nn.functional.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def scale_response(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   scales=(0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5)) -> pd.DataFrame:
+    """Mean blocks executed and accuracy when the objects are shown smaller or larger."""
+    rows = []
+    for scale in scales:
+        table = dataset_table(model, rescale(images, scale), labels)
+        rows.append({"scale": scale, "blocks_executed": blocks_executed(table).mean(), "accuracy": table["correct"].mean(),
+                     "macs": table["macs"].mean()})
+    return pd.DataFrame(rows)
 
 
 def main_skipnet(context: FigureContext) -> str:
     """The SkipNet the single-model figures show: the most accurate one that skips (mean MACs < 90% of dense)."""
     return main_model(context, "skipnet")
-
-
-def easy_hard_gallery(context: FigureContext, name: str, describe: Callable[[pd.Series], str] | None = None,
-                      k: int = 8) -> plt.Figure:
-    """Two rows of ``k`` test images, fewest MACs (easy) above most MACs (hard), with their mean brightness and
-    contrast; ``describe(row)`` labels each image (default: class and MACs). Shared by every dynamic method."""
-    table = context.table(name)
-    images, _ = context.images()
-    easy, hard = easy_and_hard(table, k)
-    describe = describe or (lambda item: f"{item['class']}\n{item['macs'] / 1e6:.1f}M")
-    figure, axes = plt.subplots(2, k, figsize=(k, 2.6), squeeze=False)
-    for row, (title, subset) in enumerate((("easy", easy), ("hard", hard))):
-        for ax in axes[row]:
-            ax.axis("off")
-        for ax, (index, item) in zip(axes[row], subset.iterrows()):
-            ax.imshow(images[index].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(describe(item), fontsize=6)
-        axes[row][0].text(-0.3, 0.5, f"{title}\nbright {subset['brightness'].mean():.2f}\ncontrast {subset['contrast'].mean():.2f}",
-                          transform=axes[row][0].transAxes, ha="right", va="center", fontsize=7)
-    figure.suptitle(f"{name}: easy vs hard images", fontsize=9)
-    return figure
 
 
 @register_figure("skipnet_skip_ratio", "skipnet", "Fraction of test images that skip each gated residual block.")
@@ -139,4 +184,3 @@ def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
     ax.legend(fontsize=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)  # below: off the points
     ax.set_title("SkipNet: accuracy vs compute over alpha")
     return figure
-

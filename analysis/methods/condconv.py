@@ -1,13 +1,83 @@
-"""CondConv figures (Yang et al. 2019): routing weights per image, mean routing per class with a class-specificity
-number per layer (class-agnostic early, class-specific late?), top classes per expert of the last layer."""
+"""CondConv in analysis: routing statistics over a dataset table, its Inspect and Compare views, and the
+paper's figures (Yang et al. 2019): routing weights per image, mean routing per class with a
+class-specificity number per layer, top classes per expert of the last layer.
+
+The paper's observation to test: early CondConv layers route about the same for every class, late layers
+route by class. ``class_specificity`` puts one number on that per layer.
+"""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
 
-from analysis.dataset_table import routing_by_class, routing_layers
-from analysis.figure_registry import FigureContext, main_model, register_figure
-from analysis.routing_stats import class_specificity, routing_by_image, top_classes_per_expert
+from analysis.core.charts import COMPACT
+from analysis.core.figures import FigureContext, main_model, register_figure
+from analysis.core.kinds import AttributionTarget, KindView, Section, register_view
+
+
+def routing_heatmap(decisions: list[dict]) -> go.Figure:
+    """Layers x experts heatmap of CondConv routing weights (sigmoid, not normalized)."""
+    z = [d["weights"] for d in decisions]
+    n = len(z[0]) if z else 0
+    figure = go.Figure(go.Heatmap(z=z, y=[d["layer"] for d in decisions], x=[f"expert {e}" for e in range(n)], zmin=0, zmax=1,
+                                  colorscale="Greens", texttemplate="%{z:.2f}"))
+    return figure.update_layout(title="Routing weights", height=120 + 40 * len(z), **COMPACT)
+
+
+def routing_layers(table: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(c.split("/")[0] for c in table.columns if "/expert" in c))
+
+
+def routing_columns(table: pd.DataFrame, layer: str) -> list[str]:
+    """The ``layer/expertE`` columns of one routing layer, in expert order."""
+    return [c for c in table.columns if c.startswith(f"{layer}/expert")]
+
+
+def routing_by_class(table: pd.DataFrame, layer: str) -> pd.DataFrame:
+    """Mean routing weight of each expert of ``layer``, per class (rows: class, columns: expert)."""
+    columns = routing_columns(table, layer)
+    return table.groupby("class", observed=False)[columns].mean().rename(columns=lambda c: c.split("/")[1])
+
+
+def compare_sections(table: pd.DataFrame) -> list[Section]:
+    return [Section(f"Mean routing weight per class: {layer}",
+                    px.imshow(routing_by_class(table, layer), text_auto=".2f", color_continuous_scale="Greens", zmin=0, zmax=1))
+            for layer in routing_layers(table)]
+
+
+register_view(KindView(
+    "routing",
+    columns=lambda d: {f"{d['layer']}/expert{e}": float(w) for e, w in enumerate(d["weights"])},
+    inspect=lambda entries: [routing_heatmap(entries)],
+    compare=compare_sections,
+    targets=lambda d: [AttributionTarget(f"routing weight of expert {e}", "weights", e) for e in range(len(d["weights"]))],
+))
+
+
+def routing_by_image(table: pd.DataFrame, layer: str) -> pd.DataFrame:
+    """Routing weights of ``layer`` (rows: images grouped by class in class order, columns: experts)."""
+    ordered = table.sort_values("class", kind="stable")  # categorical: sorted in class order
+    return ordered[routing_columns(table, layer)].rename(columns=lambda c: c.split("/")[1])
+
+
+def class_specificity(table: pd.DataFrame) -> pd.Series:
+    """Per routing layer: the spread over classes (population std) of each expert's mean weight, averaged
+    over experts. Near 0: every class routes alike (class-agnostic); larger: routing depends on the class."""
+    return pd.Series({layer: float(routing_by_class(table, layer).std(ddof=0).mean()) for layer in routing_layers(table)},
+                     name="class_specificity", dtype=float)
+
+
+def top_classes_per_expert(table: pd.DataFrame, layer: str, k: int = 3) -> pd.DataFrame:
+    """For each expert of ``layer``, the ``k`` classes whose images give it the highest mean weight
+    (long format: expert, rank, class, weight)."""
+    by_class = routing_by_class(table, layer)
+    rows = [{"expert": expert, "rank": rank, "class": str(cls), "weight": float(weight)}
+            for expert in by_class.columns
+            for rank, (cls, weight) in enumerate(by_class[expert].dropna().nlargest(k).items(), 1)]
+    return pd.DataFrame(rows, columns=["expert", "rank", "class", "weight"])
 
 
 def main_condconv(context: FigureContext) -> str:

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from models.checkpoint import CheckpointError, read_checkpoint
-from models.data import REPO_ROOT
+from models.data import REPO_ROOT, SAMPLE_IMAGES
 
 PRETRAINED = REPO_ROOT / "models" / "pretrained"
-SAMPLES = REPO_ROOT / "app" / "samples"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -40,5 +39,5 @@ def read_checkpoints(paths: Iterable[Path], on_error: Callable[[str], None] | No
             on_error(str(e))
 
 
-def sample_images(folder: Path = SAMPLES) -> list[Path]:
+def sample_images(folder: Path = SAMPLE_IMAGES) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

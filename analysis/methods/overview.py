@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from analysis.figure_registry import FigureContext, register_figure
-from analysis.pareto import models_frame, pareto_front
+from analysis.core.figures import FigureContext, register_figure
+from analysis.core.pareto import models_frame, pareto_front
 
-METHOD_STYLE = {"baseline": ("black", "s"), "skipnet": ("tab:blue", "o"), "dsnet": ("tab:orange", "D"),
-                "condconv": ("tab:green", "^"), "dgconv": ("tab:purple", "v"), "repr": ("tab:red", "P")}
+MARKERS = "oD^vPXh*"
+
+
+def method_style(methods: list[str]) -> dict[str, tuple]:
+    """Colour and marker per method, the plain baseline in black squares (no per-method table to keep)."""
+    dynamic = [m for m in sorted(methods) if m != "baseline"]
+    style = {m: (plt.cm.tab10.colors[i % 10], MARKERS[i % len(MARKERS)]) for i, m in enumerate(dynamic)}
+    return {**style, "baseline": ("black", "s")}
 
 
 @register_figure("overview_accuracy_vs_macs", "all",
@@ -17,8 +23,9 @@ METHOD_STYLE = {"baseline": ("black", "s"), "skipnet": ("tab:blue", "o"), "dsnet
 def accuracy_vs_macs(context: FigureContext) -> plt.Figure:
     frame = models_frame(context.checkpoints.values())
     figure, ax = plt.subplots(figsize=(5.5, 3.8))
+    style = method_style(list(frame["method"].unique()) if not frame.empty else [])
     for method, rows in frame.groupby("method", sort=True):
-        color, marker = METHOD_STYLE.get(method, ("gray", "x"))
+        color, marker = style[method]
         ax.scatter(rows["macs_mean"] / 1e6, rows["test_acc"] * 100, color=color, marker=marker, label=method)
     for row in frame.itertuples():
         ax.annotate(row.name, (row.macs_mean / 1e6, row.test_acc * 100), fontsize=5, xytext=(3, 3), textcoords="offset points")

@@ -11,25 +11,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from analysis.core.kinds import decision_columns
 from models.data import collate_batch, load_dataset, normalize
 from models.trace import traced_forward
-
-DECISION_COLUMNS: dict[str, Callable[[dict], dict]] = {
-    "skip": lambda d: {f"{d['layer']}/executed": bool(d["executed"]), f"{d['layer']}/p": float(d["probability"])},
-    "width": lambda d: {f"{d['layer']}/width": float(d["width"]), f"{d['layer']}/channels": int(d["channels"])},
-    "routing": lambda d: {f"{d['layer']}/expert{e}": float(w) for e, w in enumerate(d["weights"])},
-}
-
-
-def decision_columns(decisions: list[dict]) -> dict:
-    """Flatten one image's decisions into ``layer/field`` columns (unknown kinds are left out)."""
-    row: dict = {}
-    for decision in decisions:
-        flatten = DECISION_COLUMNS.get(decision["kind"])
-        if flatten is not None:
-            row.update(flatten(decision))
-    return row
-
 
 @torch.no_grad()
 def dataset_table(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250,
@@ -89,24 +73,3 @@ def per_class_cost(table: pd.DataFrame) -> pd.DataFrame:
 def layer_columns(table: pd.DataFrame, field: str) -> list[str]:
     """Columns ``layer/field`` in network order, e.g. ``layer_columns(t, "executed")``."""
     return [c for c in table.columns if c.endswith(f"/{field}")]
-
-
-def width_distribution(table: pd.DataFrame) -> pd.DataFrame:
-    """Share of images at each width, per dynamic stage (rows: stage, columns: width)."""
-    columns = layer_columns(table, "width")
-    return pd.DataFrame({c.split("/")[0]: table[c].value_counts(normalize=True) for c in columns}).T.fillna(0.0).sort_index(axis=1)
-
-
-def routing_layers(table: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(c.split("/")[0] for c in table.columns if "/expert" in c))
-
-
-def routing_columns(table: pd.DataFrame, layer: str) -> list[str]:
-    """The ``layer/expertE`` columns of one routing layer, in expert order."""
-    return [c for c in table.columns if c.startswith(f"{layer}/expert")]
-
-
-def routing_by_class(table: pd.DataFrame, layer: str) -> pd.DataFrame:
-    """Mean routing weight of each expert of ``layer``, per class (rows: class, columns: expert)."""
-    columns = routing_columns(table, layer)
-    return table.groupby("class", observed=False)[columns].mean().rename(columns=lambda c: c.split("/")[1])

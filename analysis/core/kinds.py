@@ -1,0 +1,130 @@
+"""How analysis/ and the app present each decision or structure kind: one ``KindView`` per kind, declared in
+that method's module (``analysis/methods/<method>.py``) next to its statistics and figures.
+
+Shared code loops over the views: the per-image table asks each decision for its columns, the Inspect page
+draws each kind's charts, the Compare page each kind's sections, the Structure page each structure's
+summary and detail, and attributions each decision's targets. ``load_method_modules`` imports every module
+of ``analysis.methods`` (so their views and figures register) without a hand-kept list.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from models.decisions import decision_kind
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled part of a page: a plotly figure, or a table, with an optional caption."""
+
+    title: str
+    figure: go.Figure | None = None
+    table: pd.DataFrame | None = None
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class AttributionTarget:
+    """A value of a decision that captum can explain: the recorded ``field`` of the entry (``option`` picks one
+    element of a vector field, e.g. a width choice or an expert)."""
+
+    label: str
+    field: str
+    option: int | None = None
+
+
+@dataclass(frozen=True)
+class KindView:
+    """What analysis/ and the app do with the entries of one kind.
+
+    - ``columns(entry)``: the per-image table columns of one decision entry (``layer/field``);
+    - ``inspect(entries)``: the Inspect charts of one image's entries of this kind (or of a model's structure);
+    - ``compare(table)``: the Compare page's sections over a dataset table that has this kind's columns;
+    - ``targets(entry)``: what an attribution can explain in that entry;
+    - ``summary(entries)``, ``detail(entry, meta)``: the Structure page's table of all layers and the view of
+      one layer (structure kinds).
+    """
+
+    kind: str
+    columns: Callable[[dict], dict] | None = None
+    inspect: Callable[[list[dict]], list[go.Figure]] | None = None
+    compare: Callable[[pd.DataFrame], list[Section]] | None = None
+    targets: Callable[[dict], list[AttributionTarget]] | None = None
+    summary: Callable[[list[dict]], pd.DataFrame] | None = None
+    detail: Callable[[dict, dict], list[Section]] | None = None
+    title: str = field(default="")
+
+    def __post_init__(self) -> None:
+        decision_kind(self.kind)  # a view is of a kind some method declared
+        if not self.title:
+            object.__setattr__(self, "title", decision_kind(self.kind).summary.capitalize())
+
+
+_VIEWS: dict[str, KindView] = {}
+
+
+def register_view(view: KindView) -> KindView:
+    _VIEWS[view.kind] = view
+    return view
+
+
+def load_method_modules() -> None:
+    """Import every module of ``analysis.methods`` (views and figures register on import)."""
+    import analysis.methods as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def kind_view(kind: str) -> KindView | None:
+    load_method_modules()
+    return _VIEWS.get(kind)
+
+
+def kind_views() -> dict[str, KindView]:
+    load_method_modules()
+    return dict(_VIEWS)
+
+
+def grouped(entries: list[dict]) -> dict[str, list[dict]]:
+    """Entries by kind, kinds in the order the network produced them."""
+    out: dict[str, list[dict]] = {}
+    for entry in entries:
+        out.setdefault(entry["kind"], []).append(entry)
+    return out
+
+
+def decision_columns(decisions: list[dict]) -> dict:
+    """One image's decisions as ``layer/field`` table columns (kinds without a view are left out)."""
+    row: dict = {}
+    for entry in decisions:
+        view = kind_view(entry["kind"])
+        if view is not None and view.columns is not None:
+            row.update(view.columns(entry))
+    return row
+
+
+def inspect_charts(entries: list[dict]) -> list[tuple[str, go.Figure]]:
+    """``(kind, figure)`` for every chart of one image's decisions or one model's structure."""
+    out = []
+    for kind, of_kind in grouped(entries).items():
+        view = kind_view(kind)
+        if view is not None and view.inspect is not None:
+            out += [(kind, figure) for figure in view.inspect(of_kind)]
+    return out
+
+
+def compare_sections(table: pd.DataFrame) -> list[Section]:
+    """Every view's Compare sections over a dataset table (a view with no columns in ``table`` gives none)."""
+    return [section for view in kind_views().values() if view.compare is not None for section in view.compare(table)]
+
+
+def attribution_targets(entry: dict) -> list[AttributionTarget]:
+    view = kind_view(entry["kind"])
+    return view.targets(entry) if view is not None and view.targets is not None else []
