@@ -18,7 +18,7 @@ from models.data import DataNotFoundError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.figures", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--only", default=None, help="one method (skipnet, dsnet, condconv, dgconv, repr, baseline)")
+    p.add_argument("--only", default=None, help="only the figures of one method (as a checkpoint meta names it, e.g. skipnet, early_exit)")
     p.add_argument("--checkpoint", action="append", default=[], help="use these checkpoints instead of the bundled ones")
     p.add_argument("--dataset", default="fashion-mnist-subset", help="test images for dataset-level figures")
     p.add_argument("--data-dir", default=None)
