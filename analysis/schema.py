@@ -10,13 +10,14 @@ import json
 import sys
 
 from models.data import REPO_ROOT
-from models.decisions import DecisionKind, decision_kinds
+from models.decisions import FORCED, DecisionKind, decision_kinds
 
 SCHEMA_PATH = REPO_ROOT / "docs" / "trace.schema.json"
 
 
 def entry_schema(kind: DecisionKind) -> dict:
-    fields = {name: {"type": json_type, "description": meaning} for name, (json_type, meaning) in kind.fields.items()}
+    declared = {**kind.fields, **({"forced": FORCED} if kind.forcible else {})}
+    fields = {name: {"type": json_type, "description": meaning} for name, (json_type, meaning) in declared.items()}
     return {
         "title": kind.name,
         "description": f"{kind.summary} ({kind.method})",

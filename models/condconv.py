@@ -50,7 +50,7 @@ ROUTING = register_kind(DecisionKind(
     "routing", "condconv", "image",
     {"weights": ("array", "the router's sigmoid weight of each expert kernel")},
     "the expert mixture of a CondConv block",
-    signature=lambda d: max(range(len(d["weights"])), key=d["weights"].__getitem__)))
+    signature=lambda d: max(range(len(d["weights"])), key=d["weights"].__getitem__), forcible=("weights",)))
 
 
 class CondConvBlock(BasicBlock):
@@ -72,12 +72,23 @@ class CondConvBlock(BasicBlock):
         """``(output, routing (B, E))``; records the routing to the active trace."""
         routing = self.router(x)
         trace = current_trace()
+        forced = trace.forced(self.layer_name, "weights") if trace is not None else None
+        if forced is not None:
+            routing = forced_routing(forced, routing)
         if trace is not None:
-            trace.record(self.layer_name, "routing", weights=routing)
+            trace.record(self.layer_name, "routing", weights=routing, **({"forced": True} if forced is not None else {}))
         return F.relu(self.residual(x, routing) + self.shortcut(x)), routing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.routed(x)[0]
+
+
+def forced_routing(weights, routing: torch.Tensor) -> torch.Tensor:
+    """An override's expert weights as the (B, E) routing the block then runs with."""
+    forced = torch.as_tensor(weights, dtype=routing.dtype, device=routing.device).flatten()
+    if forced.numel() != routing.shape[1]:
+        raise ValueError(f"routing override needs {routing.shape[1]} expert weights, got {forced.numel()}")
+    return forced.expand_as(routing)
 
 
 class CondConvOutput(NamedTuple):
@@ -116,6 +127,9 @@ class CondConvResNet(ResNet):
     def routing_layers(self) -> list[str]:
         """Names of the CondConv blocks in execution order (the ``layer`` of their trace decisions)."""
         return [name for name, _ in self.routing_blocks()]
+
+    def decision_layers(self) -> dict[str, str]:
+        return {name: "routing" for name in self.routing_layers()}
 
     def forward(self, x: torch.Tensor, return_routing: bool = False) -> torch.Tensor | CondConvOutput:
         x = self.stem(x)

@@ -22,6 +22,22 @@ class DecisionKind:
     summary: str
     signature: Callable[[dict], Any] | None = None  # an image's entry -> its part of the routing pattern
     optional: tuple[str, ...] = field(default=())  # fields an entry may omit
+    forcible: tuple[str, ...] = field(default=())  # fields an override can force (``traced_forward(overrides=...)``)
+
+
+FORCED = ("boolean", "the decision was forced by an override, not taken by the model")
+
+
+class Decides:
+    """What every model answers about its decisions (mixed into the backbones): none by default."""
+
+    def decision_layers(self) -> dict[str, str]:
+        """``{layer: kind}`` of every per-image decision the model can take (what overrides may name)."""
+        return {}
+
+    def knobs(self) -> dict[str, dict]:
+        """Inference settings with their ranges: ``{name: {"low", "high", "default", "help"}}``; {} if none."""
+        return {}
 
 
 _KINDS: dict[str, DecisionKind] = {}

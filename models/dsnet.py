@@ -64,7 +64,7 @@ WIDTH = register_kind(DecisionKind(
      "max_channels": ("integer", "channels of the widest choice"),
      "probabilities": ("array", "the width gate's probability of each choice")},
     "the width a slimmable stage ran at",
-    signature=lambda d: d["width"], optional=("probabilities",)))
+    signature=lambda d: d["width"], optional=("probabilities",), forcible=("width",)))
 
 
 class DSOutput(NamedTuple):
@@ -218,6 +218,21 @@ class DSResNet(ResNet):
         out = self._forward_dynamic(x)
         return out if return_gates else out.logits
 
+    def choice_of(self, width: float) -> int:
+        """The index of a width choice (an override names the width, e.g. 0.25)."""
+        for index, choice in enumerate(self.widths_choices):
+            if abs(float(width) - choice) < 1e-6:
+                return index
+        raise ValueError(f"width {width} is not one of this DS-Net's choices {list(self.widths_choices)}")
+
+    def decision_layers(self) -> dict[str, str]:
+        return {name: "width" for name in self.gate_names}
+
+    def knobs(self) -> dict[str, dict]:
+        return {"width_bias": {"low": -5.0, "high": 5.0, "default": 0.0,
+                               "help": "added to the width gate's logits from -bias (narrowest) to +bias (widest); "
+                                       "> 0 moves images to wider widths, < 0 to narrower (0: the trained gate)"}}
+
     def forward_at_width(self, x: torch.Tensor, width: float | Sequence[float]) -> torch.Tensor:
         """The static subnet at ``width`` (functional: nothing is stored on the model)."""
         return self(x, width=width)
@@ -270,12 +285,19 @@ class DSResNet(ResNet):
         gate = self.gates[name]
         h = gate.hidden(x)
         z = gate.width_logits(h)
+        bias = trace.knob("width_bias", 0.0) if trace is not None else 0.0
+        if bias:  # tilt the gate towards wider (> 0) or narrower (< 0) choices, one step of bias per choice
+            z = z + bias * torch.linspace(-1.0, 1.0, z.shape[1], dtype=z.dtype, device=z.device)
         choice = z.argmax(1)
+        forced = trace.forced(name, "width") if trace is not None else None
+        if forced is not None:
+            choice = torch.full_like(choice, self.choice_of(forced))
         options = self.stage_channels[s - 1]
         if trace is not None:
             trace.record(name, "width", width=torch.tensor(self.widths_choices, dtype=torch.float64)[choice.cpu()],
                          channels=torch.tensor(options)[choice.cpu()], max_channels=self.widths[s - 1],
-                         probabilities=z.softmax(1))  # kept differentiable for attributions (Trace(keep_tensors=True))
+                         probabilities=z.softmax(1),  # kept differentiable for attributions (Trace(keep_tensors=True))
+                         **({"forced": True} if forced is not None else {}))
         groups = torch.unique(choice).tolist()
         parts, order = [], []
         for index in groups:

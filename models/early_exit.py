@@ -43,7 +43,7 @@ EXIT = register_kind(DecisionKind(
      "exited": ("boolean", "the image left here (confidence reached the threshold, or the final exit)"),
      "threshold": ("number", "the confidence threshold this forward pass used")},
     "an exit the image visited, taken or passed",
-    signature=lambda d: d["layer"] if d["exited"] else None))
+    signature=lambda d: d["layer"] if d["exited"] else None, forcible=("exited",)))
 
 
 class EarlyExitResNet(ResNet):
@@ -78,7 +78,10 @@ class EarlyExitResNet(ResNet):
             return self._forward_all(x)
         if exit_at is not None and exit_at not in (*self.exit_names, FINAL_EXIT):
             raise ValueError(f"exit_at must be one of {', '.join((*self.exit_names, FINAL_EXIT))}, not {exit_at!r}")
-        return self._forward_exiting(x, self.threshold if threshold is None else float(threshold), exit_at)
+        if threshold is None:
+            trace = current_trace()
+            threshold = trace.knob("threshold", self.threshold) if trace is not None else self.threshold
+        return self._forward_exiting(x, float(threshold), exit_at)
 
     def _forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every exit on every sample (training): ``[internal exit logits ..., final logits]``."""
@@ -108,8 +111,12 @@ class EarlyExitResNet(ResNet):
                 z = heads[name](x)
                 confidence = z.softmax(1).amax(1)
                 done = confidence >= threshold if exit_at is None else torch.ones_like(confidence, dtype=torch.bool)
+                forced = trace.forced(name, "exited") if trace is not None else None
+                if forced is not None:
+                    done = torch.full_like(done, bool(forced))
                 if trace is not None:
-                    trace.record(name, "exit", confidence=confidence, exited=done, threshold=threshold)
+                    trace.record(name, "exit", confidence=confidence, exited=done, threshold=threshold,
+                                 **({"forced": True} if forced is not None else {}))
                 if logits is None:
                     logits = z.new_zeros(len(active), z.shape[1])
                 if bool(done.all()):
@@ -121,10 +128,20 @@ class EarlyExitResNet(ResNet):
                         subsets.enter_context(trace.subset(keep))
                     x, active = x.index_select(0, keep), active[keep]
             z = self.head(x)
+            if trace is not None and trace.forced(FINAL_EXIT, "exited") is False:
+                raise ValueError("the final exit (fc) cannot be refused: every image leaves there at the latest")
             if trace is not None:
                 trace.record(FINAL_EXIT, "exit", confidence=z.softmax(1).amax(1), exited=torch.ones(len(z), dtype=torch.bool),
                              threshold=threshold)
         return z if logits is None else logits.index_copy(0, active, z)
+
+    def decision_layers(self) -> dict[str, str]:
+        return {name: "exit" for name in (*self.exit_names, FINAL_EXIT)}
+
+    def knobs(self) -> dict[str, dict]:
+        return {"threshold": {"low": 0.0, "high": 1.01, "default": self.threshold,
+                              "help": "an image leaves at the first exit whose max softmax reaches this; above 1 "
+                                      "it never leaves early"}}
 
     def evaluation_variants(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """For ``models.evaluate``: the threshold sweep and the static truncated networks, on the same images."""

@@ -27,16 +27,16 @@ from .trace import traced_forward
 @torch.no_grad()
 def accuracy_and_macs(forward: Callable[[torch.Tensor], torch.Tensor], data, mean: Sequence[float], std: Sequence[float],
                       device: torch.device, limit: int | None = None, batch_size: int = 500,
-                      progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      progress: bool = True, knobs: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image correctness and executed MACs (from the trace) of ``forward`` over ``data`` (uint8 images,
-    standardized with ``mean`` / ``std``)."""
+    standardized with ``mean`` / ``std``), with inference settings ``knobs`` if given."""
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
     correct, macs = [], []
     seen = 0
     for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         if limit is not None and seen >= limit:
             break
-        logits, trace = traced_forward(forward, normalize(images, mean, std).to(device))
+        logits, trace = traced_forward(forward, normalize(images, mean, std).to(device), knobs=knobs)
         correct.append(logits.argmax(1).cpu() == labels)
         macs.append(trace.macs)
         seen += len(labels)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .decisions import Decides
 from .registry import register_model
 
 Plain = TypeVar("Plain", bound=nn.Module)
@@ -45,7 +46,7 @@ class BasicBlock(nn.Module):
         return F.relu(self.residual(x) + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(Decides, nn.Module):
     """Stem conv, three stages of ``n`` blocks (widths ``widths``), global average pool, linear head."""
 
     method = "baseline"

@@ -41,7 +41,7 @@ SKIP = register_kind(DecisionKind(
     {"executed": ("boolean", "the block ran (its gate probability exceeded the threshold)"),
      "probability": ("number", "the gate's probability that the block runs")},
     "a gated residual block, run or skipped",
-    signature=lambda d: int(d["executed"])))
+    signature=lambda d: int(d["executed"]), forcible=("executed",)))
 
 
 class GateOutput(NamedTuple):
@@ -81,6 +81,7 @@ class SkipNet(ResNet):
     def _forward_skipping(self, x: torch.Tensor) -> GateOutput:
         """Hard gates, true skipping on the subset of samples whose gate is on; records to the active trace."""
         trace = current_trace()
+        threshold = trace.knob("threshold", 0.5) if trace is not None else 0.5
         blocks = [block for _, block in self.named_blocks()]
         x = blocks[0](self.stem(x))
         state = self.gates.initial_state(x)
@@ -88,9 +89,12 @@ class SkipNet(ResNet):
         for index, (name, block) in enumerate(zip(self.gate_names, blocks[1:])):
             z, state = self.gates.step(index, x, state)
             p = torch.sigmoid(z)
-            on = p > 0.5
+            on = p > threshold
+            forced = trace.forced(name, "executed") if trace is not None else None
+            if forced is not None:
+                on = torch.full_like(on, bool(forced))
             if trace is not None:
-                trace.record(name, "skip", executed=on, probability=p)
+                trace.record(name, "skip", executed=on, probability=p, **({"forced": True} if forced is not None else {}))
             shortcut = block.shortcut(x)  # a skipped identity block returns x itself; a skipped downsampler its projection
             if bool(on.all()):
                 x = F.relu(block.residual(x) + shortcut)
@@ -128,6 +132,13 @@ class SkipNet(ResNet):
             actions.append(action)
             gate_logits.append(z)
         return GateOutput(self.head(x), torch.stack(probs, 1), torch.stack(actions, 1), torch.stack(gate_logits, 1))
+
+    def decision_layers(self) -> dict[str, str]:
+        return {name: "skip" for name in self.gate_names}
+
+    def knobs(self) -> dict[str, dict]:
+        return {"threshold": {"low": 0.0, "high": 1.0, "default": 0.5,
+                              "help": "a block runs when its gate probability exceeds this (0.5: the trained policy)"}}
 
     def benchmark_references(self) -> dict:
         """For ``analysis.bench``: the same model and decisions, computing every block and masking (the reference code's way)."""

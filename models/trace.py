@@ -18,6 +18,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from .decisions import decision_kind
+
 _ACTIVE: ContextVar["Trace | None"] = ContextVar("routescope_trace", default=None)
 
 
@@ -45,8 +47,12 @@ class _MacCounter(TorchDispatchMode):
 class Trace:
     """Decisions and executed MACs for each of ``batch_size`` inputs."""
 
-    def __init__(self, batch_size: int, keep_tensors: bool = False) -> None:
+    def __init__(self, batch_size: int, keep_tensors: bool = False, overrides: dict[str, dict[str, Any]] | None = None,
+                 knobs: dict[str, float] | None = None) -> None:
         self.batch_size = batch_size
+        self.overrides = {layer: dict(fields) for layer, fields in (overrides or {}).items()}
+        self.knobs = dict(knobs or {})
+        self.applied: set[tuple[str, str]] = set()  # the (layer, field) overrides some layer acted on
         self.keep_tensors = keep_tensors  # keep differentiable decision tensors (for attributions)
         self._tensors: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.macs = torch.zeros(batch_size, dtype=torch.float64)
@@ -66,6 +72,17 @@ class Trace:
             yield
         finally:
             self._rows.pop()
+
+    def forced(self, layer: str, field: str) -> Any | None:
+        """The value an override forces for ``layer``'s decision ``field`` (None: decide as the model would)."""
+        value = self.overrides.get(layer, {}).get(field)
+        if value is not None:
+            self.applied.add((layer, field))
+        return value
+
+    def knob(self, name: str, default: float) -> float:
+        """An inference setting for this forward pass (``default``: the model's trained value)."""
+        return float(self.knobs.get(name, default))
 
     def record(self, layer: str, kind: str, **fields: Any) -> None:
         """One decision per sample of the current subset; tensor fields are split along dim 0."""
@@ -103,13 +120,41 @@ class Trace:
             _ACTIVE.reset(token)
 
 
-def traced_forward(model: torch.nn.Module, x: torch.Tensor, keep_tensors: bool = False) -> tuple[torch.Tensor, Trace]:
+def check_interventions(model: torch.nn.Module, overrides: dict | None, knobs: dict | None) -> None:
+    """Refuse, before running, an override of a layer or field the model does not decide, or an unknown knob or
+    one out of its range: a typo must not silently give the unforced result."""
+    layers = model.decision_layers() if hasattr(model, "decision_layers") else {}
+    for layer, fields in (overrides or {}).items():
+        if layer not in layers:
+            known = ", ".join(layers) or "none: the model decides nothing per image"
+            raise ValueError(f"no decision at {layer!r}; this model's decision layers: {known}")
+        forcible = decision_kind(layers[layer]).forcible
+        for field in fields:
+            if field not in forcible:
+                raise ValueError(f"{layer} ({layers[layer]}) can force {', '.join(forcible)}, not {field!r}")
+    declared = model.knobs() if hasattr(model, "knobs") else {}
+    for name, value in (knobs or {}).items():
+        if name not in declared:
+            raise ValueError(f"unknown knob {name!r}; this model's knobs: {', '.join(declared) or 'none'}")
+        low, high = declared[name]["low"], declared[name]["high"]
+        if not low <= float(value) <= high:
+            raise ValueError(f"knob {name}={value} is outside [{low}, {high}]")
+
+
+def traced_forward(model: torch.nn.Module, x: torch.Tensor, keep_tensors: bool = False,
+                   overrides: dict[str, dict[str, Any]] | None = None,
+                   knobs: dict[str, float] | None = None) -> tuple[torch.Tensor, Trace]:
     """``(logits, trace)`` for a batch, with per-input decisions and executed MACs.
 
+    ``overrides`` (``{layer: {field: value}}``) force decisions: the forced path is really executed, later
+    decisions respond to it, and the trace marks the entry ``"forced": true``. ``knobs`` change inference
+    settings (``model.knobs()``) for this call. Neither touches the model: both live in the trace.
     Without ``keep_tensors`` it runs under ``no_grad``; with it, gradients flow from the recorded decision
     tensors to the input (captum attributions of a gate, a width choice or a routing weight).
     """
-    trace = Trace(x.shape[0], keep_tensors=keep_tensors)
+    if isinstance(model, torch.nn.Module):
+        check_interventions(model, overrides, knobs)
+    trace = Trace(x.shape[0], keep_tensors=keep_tensors, overrides=overrides, knobs=knobs)
     with torch.set_grad_enabled(keep_tensors and torch.is_grad_enabled()), trace.active():
         logits = model(x)
     return logits, trace

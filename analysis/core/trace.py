@@ -31,9 +31,11 @@ def model_structure(model: torch.nn.Module) -> list[dict]:
     return structure() if callable(structure) else []
 
 
-def trace_batch(model: torch.nn.Module, x: torch.Tensor, names: list[str], structure: bool = True, top: int = 5) -> list[dict]:
-    """Routing traces for a batch ``x`` (normalized like the model's data) named ``names``."""
-    logits, trace = traced_forward(model, x)
+def trace_batch(model: torch.nn.Module, x: torch.Tensor, names: list[str], structure: bool = True, top: int = 5,
+                overrides: dict | None = None, knobs: dict | None = None) -> list[dict]:
+    """Routing traces for a batch ``x`` (normalized like the model's data) named ``names``, with decisions forced
+    by ``overrides`` and settings moved by ``knobs`` (``models.trace.traced_forward``)."""
+    logits, trace = traced_forward(model, x, overrides=overrides, knobs=knobs)
     probabilities = logits.softmax(1).cpu()
     classes = model.meta["classes"]
     shared = {"model": model_summary(model)}
