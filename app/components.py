@@ -1,6 +1,10 @@
-"""Reusable pieces of the pages: image picking, one image's report, decision views, attribution view."""
+"""Reusable pieces of the pages: image picking, one image's report, decision views, attribution view,
+interventions (every decision's control, drawn from its kind's ``Control``) and perturbation sweeps."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import plotly.express as px
 import streamlit as st
 import torch
@@ -8,8 +12,13 @@ import torch
 from analysis.core.catalog import sample_images
 from analysis.core.charts import top_classes
 from analysis.core.images import ImageError
-from analysis.core.kinds import Section, attribution_targets, inspect_charts
-from app.resources import attribution as cached_attribution, traced_image
+from analysis.core.interventions import changed_decisions, format_interventions, parse_interventions
+from analysis.core.kinds import Control, Section, attribution_targets, decision_controls, inspect_charts
+from analysis.core.perturb import PERTURBATIONS, perturbation_figure
+from app.resources import attribution as cached_attribution, intervened_image, latency as cached_latency
+from app.resources import perturbation as cached_perturbation, traced_image
+from models.decisions import decision_kind
+from models.trace import check_interventions
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
 
@@ -78,7 +87,7 @@ def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compa
             show_decisions(trace["decisions"], key)
         else:
             st.caption("A static network: every layer runs for every image, so there are no routing decisions.")
-    return {**trace, "tensor": model_input.tensor}
+    return {**trace, "tensor": model_input.tensor, "pixels": model_input.pixels}
 
 
 def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
@@ -105,3 +114,157 @@ def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
     st.plotly_chart(figure, key=f"{key}-attribution")
     if attribution.delta is not None:
         st.caption(f"Convergence delta (completeness error of IG): {attribution.delta:.2e}")
+
+
+def intervention_state(key: str) -> tuple[dict, dict]:
+    """This image's overrides ``{layer: {field: value}}`` and knob values, kept in the session (created empty)."""
+    return st.session_state.setdefault(f"{key}-overrides", {}), st.session_state.setdefault(f"{key}-knobs", {})
+
+
+def _reset(key: str, knob_names: list[str]) -> None:
+    st.session_state[f"{key}-overrides"], st.session_state[f"{key}-knobs"] = {}, {}
+    for name in knob_names:
+        st.session_state.pop(f"{key}-knob-{name}", None)
+
+
+def _force(key: str, control: Control, widget_key: str) -> None:
+    """Widget callback: the chosen value becomes an override (None from ``control.override``: decide freely)."""
+    overrides, _ = intervention_state(key)
+    forced = control.override(st.session_state[widget_key])
+    if forced is None:
+        overrides.get(control.layer, {}).pop(control.field, None)
+        if not overrides.get(control.layer):
+            overrides.pop(control.layer, None)
+    else:
+        overrides.setdefault(control.layer, {})[control.field] = forced
+
+
+def _move_knob(key: str, name: str, default: float) -> None:
+    _, knobs = intervention_state(key)
+    value = float(st.session_state[f"{key}-knob-{name}"])
+    if value == default:
+        knobs.pop(name, None)
+    else:
+        knobs[name] = value
+
+
+def control_widget(control: Control, key: str, container) -> None:
+    """One decision's control, showing what the run on screen decided (its state is set before it is drawn)."""
+    widget_key = f"{key}-ctl-{control.layer}-{control.field}"
+    st.session_state[widget_key] = control.value
+    common = dict(key=widget_key, on_change=_force, args=(key, control, widget_key), help=control.help or None,
+                  disabled=control.disabled)
+    if control.widget == "toggle":
+        container.toggle(control.label, **common)
+    elif control.widget == "select":
+        container.selectbox(control.label, control.options, format_func=control.format, **common)
+    elif control.widget == "slider":
+        container.slider(control.label, float(control.low), float(control.high), **common)
+    else:
+        container.caption(f"{control.label}: no widget for {control.widget!r}")
+
+
+def _run_card(column, title: str, trace: dict, latency, key: str) -> None:
+    prediction, cost = trace["prediction"], trace["cost"]
+    column.markdown(f"**{title}**")
+    column.metric(f"Prediction ({title.lower()})", prediction["label"], f"{prediction['probability'] * 100:.1f}% confidence",
+                  delta_color="off")
+    column.metric(f"MACs ({title.lower()})", f"{cost['macs'] / 1e6:.2f} M",
+                  f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of dense", delta_color="off")
+    column.metric(f"Latency ({title.lower()})", f"{latency.median_ms:.2f} ms",
+                  f"IQR {latency.q1_ms:.2f}–{latency.q3_ms:.2f} ms, min {latency.min_ms:.2f}", delta_color="off",
+                  help=f"batch 1, median of {latency.runs} runs after a warm-up, on this server")
+    column.plotly_chart(top_classes(trace), key=f"{key}-top")
+
+
+def intervention_panel(model: torch.nn.Module, name: str, data: bytes, original: dict, key: str) -> dict | None:
+    """Change any decision in place and move any knob; the original and intervened runs side by side (prediction,
+    top classes, MACs, measured latency against the dense counterpart) and the decisions that differ. Returns the
+    intervened trace (None if the intervention was refused)."""
+    overrides, knobs = intervention_state(key)
+    declared = model.knobs()
+    for knob, spec in declared.items():  # sliders first: a knob changes which decisions the controls show
+        slider_key = f"{key}-knob-{knob}"
+        st.session_state.setdefault(slider_key, float(knobs.get(knob, spec["default"])))
+        st.slider(f"knob: {knob}", float(spec["low"]), float(spec["high"]), step=0.01, key=slider_key, help=spec["help"],
+                  on_change=_move_knob, args=(key, knob, float(spec["default"])))
+    try:
+        intervened = intervened_image(model, model.cache_key, name, data, json.dumps(overrides, sort_keys=True),
+                                      json.dumps(knobs, sort_keys=True))
+    except ValueError as e:
+        st.error(f"This intervention cannot run: {e}")
+        st.button("Reset", key=f"{key}-reset", on_click=_reset, args=(key, list(declared)))
+        return None
+    controls = decision_controls(intervened["decisions"], model)
+    if controls:
+        st.caption("Each control shows what the intervened run decided; change one to force it (later decisions respond).")
+        columns = st.columns(4)
+        for i, control in enumerate(controls):
+            control_widget(control, key, columns[i % 4])
+    elif not declared:
+        st.caption("This model decides nothing per image and has no knobs: there is nothing to intervene on.")
+    st.button("Reset", key=f"{key}-reset", on_click=_reset, args=(key, list(declared)),
+              help="forget every forced decision and knob move of this image")
+    as_json = json.dumps(overrides, sort_keys=True), json.dumps(knobs, sort_keys=True)
+    left, right = st.columns(2)
+    _run_card(left, "Original", original, cached_latency(model, model.cache_key, name, data, "{}", "{}"), f"{key}-orig")
+    _run_card(right, "Intervened", intervened, cached_latency(model, model.cache_key, name, data, *as_json), f"{key}-intv")
+    dense = cached_latency(model, model.cache_key, name, data, "{}", "{}", dense=True)
+    st.caption(f"Dense counterpart (every layer, full width): {dense} for {original['cost']['macs_full'] / 1e6:.2f} M MACs.")
+    fields = {kind: decision_kind(kind).forcible for kind in {d["kind"] for d in original["decisions"] + intervened["decisions"]}}
+    changed = changed_decisions(original["decisions"], intervened["decisions"], fields)
+    if changed.empty:
+        st.caption("No decision differs from the original run.")
+    else:
+        st.markdown(f"**Decisions that differ** ({int(changed['forced'].sum())} forced, "
+                    f"{int((~changed['forced']).sum())} changed in response)")
+        st.dataframe(changed, hide_index=True, key=f"{key}-changed")
+    return intervened
+
+
+def perturbation_view(model: torch.nn.Module, pixels, key: str) -> None:
+    """Sweep one transformation of the picture the model saw and plot decisions, probability and MACs vs strength."""
+    left, middle, right = st.columns([2, 3, 1])
+    name = left.selectbox("Transformation", list(PERTURBATIONS), format_func=lambda n: PERTURBATIONS[n].label, key=f"{key}-ptype")
+    spec = PERTURBATIONS[name]
+    low, high = middle.slider("Strength range", float(spec.low), float(spec.high), (float(spec.low), float(spec.high)),
+                              key=f"{key}-prange-{name}", help=spec.unit)
+    steps = right.number_input("Steps", 3, 21, 11, key=f"{key}-psteps")
+    strengths = tuple(round(float(v), 4) for v in np.linspace(low, high, int(steps)))
+    frame, pictures = cached_perturbation(model, model.cache_key, pixels, name, strengths)
+    st.plotly_chart(perturbation_figure(frame), key=f"{key}-perturbation")
+    st.image(list(pictures), caption=[f"{s:g}" for s in strengths], width=56, clamp=True)
+
+
+def restore_view(model: torch.nn.Module, key: str = "img0") -> None:
+    """Once per session and model: a shared link's ``image``, ``override`` and ``knob`` query parameters become the
+    Inspect page's state (first image). A name or value the model does not know is a message, not a crash."""
+    flag = f"url-restored-{getattr(model, 'cache_key', '')}"
+    if flag in st.session_state or not any(k in st.query_params for k in ("image", "override", "knob")):
+        return
+    st.session_state[flag] = True
+    image = st.query_params.get("image")
+    if image is not None:
+        if image in {p.name for p in sample_images()}:
+            st.session_state["inspect-samples"] = [image]
+        else:
+            st.warning(f"The link names image `{image}`, which is not a sample image here.")
+    try:
+        overrides, knobs = parse_interventions(st.query_params.get_all("override"), st.query_params.get_all("knob"))
+        check_interventions(model, overrides, knobs)
+    except ValueError as e:
+        st.error(f"The link's intervention was not applied: {e}")
+        return
+    if overrides or knobs:
+        st.session_state[f"{key}-overrides"], st.session_state[f"{key}-knobs"] = overrides, knobs
+        for name, value in knobs.items():
+            st.session_state[f"{key}-knob-{name}"] = value
+        st.session_state[f"{key}-intervene"] = True
+
+
+def share_view(model_name: str | None, image: str | None, key: str = "img0") -> None:
+    """Write the page's state to the URL (model, first sample image, its overrides and knobs), so it can be shared."""
+    overrides, knobs = intervention_state(key)
+    forced, moved = format_interventions(overrides, knobs) if st.session_state.get(f"{key}-intervene") else ([], [])
+    params = {"model": model_name, "image": image, "override": forced, "knob": moved}
+    st.query_params.from_dict({k: v for k, v in params.items() if v})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -14,7 +15,11 @@ import torch
 from analysis.core.catalog import bundled_checkpoints
 from analysis.core.table import dataset_table, load_test_images
 from analysis.core.images import ModelInput, load_model_input
+from analysis.core.latency import Latency, dense_counterpart, image_latency
+from analysis.core.perturb import perturbation_sweep, perturbed, pixels_tensor
 from analysis.core.trace import trace_batch
+from analysis.core.tradeoff import static_points
+from analysis.sweep import knob_sweep
 from models.checkpoint import META_KEYS, CheckpointError, load_checkpoint
 from models.data import find_fashion_mnist
 from models.trace import traced_forward
@@ -68,6 +73,13 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
     The returned model carries ``cache_key`` (path and mtime, or the upload's digest) for dataset tables.
     """
     bundled = bundled_checkpoints()
+    if f"{key}-url-read" not in st.session_state:  # a shared view (?model=NAME) selects its model once per session
+        st.session_state[f"{key}-url-read"] = True
+        wanted = st.query_params.get("model")
+        if wanted is not None and wanted in bundled:
+            st.session_state[f"{key}-source"], st.session_state[f"{key}-name"] = "Bundled", wanted
+        elif wanted is not None:
+            st.warning(f"The link names model `{wanted}`, which is not bundled here; showing another model.")
     source = st.sidebar.radio("Model", ["Bundled", "Upload a checkpoint"], key=f"{key}-source", horizontal=True)
     if source == "Bundled":
         if not bundled:
@@ -139,3 +151,82 @@ def cached_table(model: torch.nn.Module, dataset: str) -> pd.DataFrame:
         store[key] = dataset_table(model, images, labels, progress=lambda f: bar.progress(f, text=f"Tracing test images… {f:.0%}"))
         bar.empty()
     return store[key]
+
+
+def _json(value: dict | None) -> str:
+    return json.dumps(value or {}, sort_keys=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def intervened_image(_model: torch.nn.Module, model_key: str, name: str, data: bytes, overrides: str, knobs: str) -> dict:
+    """One image's trace with decisions forced and knobs moved (JSON strings, so the cache can hash them); a bad
+    intervention raises ``ValueError`` (not cached). Reruns of the page reuse it."""
+    model_input = load_model_input(data, _model.meta, name)
+    return trace_batch(_model, model_input.tensor, [name], structure=False, overrides=json.loads(overrides),
+                       knobs=json.loads(knobs))[0]
+
+
+@st.cache_resource(show_spinner="Building the dense counterpart…", max_entries=8)
+def dense_model(_model: torch.nn.Module, model_key: str) -> torch.nn.Module:
+    """``model.dense_counterpart()`` once per model (a copy: the shared model is not touched)."""
+    return dense_counterpart(_model)
+
+
+@st.cache_data(show_spinner="Timing batch-1 latency…", max_entries=128)
+def latency(_model: torch.nn.Module, model_key: str, name: str, data: bytes, overrides: str, knobs: str,
+            dense: bool = False) -> Latency:
+    """Batch-1 latency of one image (median of 15 runs after 3 warm-ups), once per (model, image, overrides,
+    knobs); ``dense``: through the model's dense counterpart instead."""
+    x = load_model_input(data, _model.meta, name).tensor
+    if dense:
+        return image_latency(dense_model(_model, model_key), x)
+    return image_latency(_model, x, json.loads(overrides), json.loads(knobs))
+
+
+@st.cache_data(show_spinner="Perturbing and tracing…", max_entries=64)
+def perturbation(_model: torch.nn.Module, model_key: str, pixels: np.ndarray, name: str,
+                 strengths: tuple[float, ...]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The perturbation sweep of one image's uint8 picture and the perturbed pictures (N x H x W[x3])."""
+    x = pixels_tensor(pixels)
+    batch = perturbed(x, name, strengths)
+    return perturbation_sweep(_model, x, name, strengths), batch.permute(0, 2, 3, 1).squeeze(-1).numpy()
+
+
+def _bounded_store(store: dict, key, make, limit: int = 32):
+    """``store[key]``, made once; the oldest entries go past ``limit`` (a shared dict that must not grow forever)."""
+    if key not in store:
+        value = make()
+        while len(store) >= limit:
+            store.pop(next(iter(store)))
+        store[key] = value
+    return store[key]
+
+
+@st.cache_resource
+def _sweep_store() -> dict:
+    """Knob sweeps and static points shared by all sessions, keyed by (model, data set, what)."""
+    return {}
+
+
+def cached_sweep(model: torch.nn.Module, dataset: str, knob: str, values: tuple[float, ...]) -> pd.DataFrame:
+    """``knob_sweep`` over a test set, with a progress bar the first time, reused per (model, data set, values)."""
+    def make() -> pd.DataFrame:
+        images, labels = test_images(dataset)
+        bar = st.progress(0.0, text=f"Sweeping {knob} over {len(values)} values on {len(images):,} images…")
+        out = knob_sweep(model, knob, values, images, labels, progress=lambda f: bar.progress(f, text=f"Sweeping {knob}… {f:.0%}"))
+        bar.empty()
+        return out
+
+    return _bounded_store(_sweep_store(), (model.cache_key, dataset, knob, values), make)
+
+
+def cached_static_points(model: torch.nn.Module, dataset: str) -> pd.DataFrame:
+    """The model's static variants (``evaluation_variants()``) on a test set, once per (model, data set)."""
+    def make() -> pd.DataFrame:
+        images, labels = test_images(dataset)
+        bar = st.progress(0.0, text="Evaluating the static variants…")
+        out = static_points(model, images, labels, progress=lambda f: bar.progress(f, text=f"Static variants… {f:.0%}"))
+        bar.empty()
+        return out
+
+    return _bounded_store(_sweep_store(), (model.cache_key, dataset, "static"), make)

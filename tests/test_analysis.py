@@ -12,7 +12,8 @@ from analysis.core.kinds import attribution_targets, inspect_charts, kind_views
 from analysis.core.table import dataset_table, easy_and_hard, load_test_images, per_class_cost
 from analysis.methods.dsnet import width_distribution
 from analysis.core.trace import trace_batch
-from analysis.methods.skipnet import blocks_executed, rescale, skip_ratios
+from analysis.core.perturb import rescale
+from analysis.methods.skipnet import blocks_executed, skip_ratios
 from models import create_model
 from models.checkpoint import save_checkpoint
 from models.data import FASHION_MNIST

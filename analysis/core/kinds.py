@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -40,6 +40,29 @@ class AttributionTarget:
 
 
 @dataclass(frozen=True)
+class Control:
+    """The widget one decision offers for an intervention (the app renders it; no kind is named there).
+
+    ``widget``: "toggle" (a bool), "select" (one of ``options``) or "slider" (a float in ``[low, high]``, one per
+    ``options`` label when the field is a vector); ``value``: what the run being shown decided, in widget terms;
+    ``override(value)``: the forced ``field`` value for ``traced_forward(overrides={layer: {field: ...}})``.
+    """
+
+    layer: str
+    field: str
+    label: str
+    widget: str
+    value: Any
+    override: Callable[[Any], Any]
+    options: tuple = ()
+    format: Callable[[Any], str] = str
+    low: float = 0.0
+    high: float = 1.0
+    help: str = ""
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
 class KindView:
     """What analysis/ and the app do with the entries of one kind.
 
@@ -48,7 +71,8 @@ class KindView:
     - ``compare(table)``: the Compare page's sections over a dataset table that has this kind's columns;
     - ``targets(entry)``: what an attribution can explain in that entry;
     - ``summary(entries)``, ``detail(entry, meta)``: the Structure page's table of all layers and the view of
-      one layer (structure kinds).
+      one layer (structure kinds);
+    - ``control(entry, model)``: the widget that forces this decision in the Inspect page's interventions.
     """
 
     kind: str
@@ -58,6 +82,7 @@ class KindView:
     targets: Callable[[dict], list[AttributionTarget]] | None = None
     summary: Callable[[list[dict]], pd.DataFrame] | None = None
     detail: Callable[[dict, dict], list[Section]] | None = None
+    control: Callable[[dict, Any], Control | None] | None = None
     title: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -128,3 +153,27 @@ def compare_sections(table: pd.DataFrame) -> list[Section]:
 def attribution_targets(entry: dict) -> list[AttributionTarget]:
     view = kind_view(entry["kind"])
     return view.targets(entry) if view is not None and view.targets is not None else []
+
+
+def decision_controls(decisions: list[dict], model: Any) -> list[Control]:
+    """The control of every decision whose kind offers one, in network order (what the Intervene panel draws)."""
+    out = []
+    for entry in decisions:
+        view = kind_view(entry["kind"])
+        control = view.control(entry, model) if view is not None and view.control is not None else None
+        if control is not None:
+            out.append(control)
+    return out
+
+
+def routing_pattern(decisions: list[dict]) -> str:
+    """An image's routing signature: each kind's ``DecisionKind.signature`` of its entries, concatenated (skip
+    bits, width per stage, dominant expert per block, exit taken); kinds apart by " | ", "" without decisions."""
+    parts = []
+    for kind, entries in grouped(decisions).items():
+        signature = decision_kind(kind).signature
+        if signature is None:
+            continue
+        values = [f"{v:g}" if isinstance(v, float) else str(v) for v in map(signature, entries) if v is not None]
+        parts.append(("" if all(len(v) == 1 for v in values) else "/").join(values))
+    return " | ".join(p for p in parts if p)

@@ -1,4 +1,5 @@
-"""Dataset-level view of a dynamic model: one row per test image with its class, prediction, cost and decisions.
+"""Dataset-level view of a dynamic model: one row per test image with its class, prediction, cost, decisions
+and routing pattern (``pattern``: the concatenated signatures of its decisions, for models that decide).
 
 Everything the Compare page and the figures show (easy vs hard images, per-class cost, per-layer skip
 ratios, width distributions, mean routing per class) is a pandas operation on this table.
@@ -11,7 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from analysis.core.kinds import decision_columns
+from analysis.core.kinds import decision_columns, routing_pattern
 from models.data import collate_batch, load_dataset, normalize
 from models.trace import traced_forward
 
@@ -41,6 +42,7 @@ def dataset_table(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
                 "brightness": float(pixels[i].mean()),
                 "contrast": float(pixels[i].std()),
                 **decision_columns(trace.decisions[i]),
+                **({"pattern": routing_pattern(trace.decisions[i])} if trace.decisions[i] else {}),
             })
         if progress is not None:
             progress(min(1.0, (start + len(chunk)) / len(images)))

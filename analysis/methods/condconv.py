@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, main_model, register_figure
-from analysis.core.kinds import AttributionTarget, KindView, Section, register_view
+from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
 
 
 def routing_heatmap(decisions: list[dict]) -> go.Figure:
@@ -48,12 +48,37 @@ def compare_sections(table: pd.DataFrame) -> list[Section]:
             for layer in routing_layers(table)]
 
 
+AS_ROUTED = "as routed"
+
+
+def routing_control(entry: dict, model) -> Control:
+    """Route the block fully to one expert (weight 1, the others 0), evenly to all, or as the router says."""
+    weights = [float(w) for w in entry["weights"]]
+    n = len(weights)
+    options = (AS_ROUTED, *[f"only expert {e}" for e in range(n)], "all experts 0.5")
+
+    def override(choice: str) -> list[float] | None:
+        if choice == AS_ROUTED:
+            return None
+        if choice.startswith("all"):
+            return [0.5] * n
+        expert = int(choice.rsplit(" ", 1)[1])
+        return [1.0 if e == expert else 0.0 for e in range(n)]
+
+    value = AS_ROUTED
+    if entry.get("forced"):
+        value = next((o for o in options[1:] if override(o) == weights), AS_ROUTED)
+    return Control(entry["layer"], "weights", f"experts of {entry['layer']}", "select", value, override, options=options,
+                   help="routed: " + ", ".join(f"{w:.2f}" for w in weights))
+
+
 register_view(KindView(
     "routing",
     columns=lambda d: {f"{d['layer']}/expert{e}": float(w) for e, w in enumerate(d["weights"])},
     inspect=lambda entries: [routing_heatmap(entries)],
     compare=compare_sections,
     targets=lambda d: [AttributionTarget(f"routing weight of expert {e}", "weights", e) for e in range(len(d["weights"]))],
+    control=routing_control,
 ))
 
 

@@ -19,7 +19,8 @@ from torch.utils.data import TensorDataset
 
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
-from analysis.core.kinds import AttributionTarget, KindView, Section, register_view
+from analysis.core.tradeoff import knob_tradeoff
+from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
 from analysis.core.table import layer_columns
 from models.evaluate import accuracy_and_macs
 
@@ -57,6 +58,14 @@ def compare_sections(table: pd.DataFrame) -> list[Section]:
                               labels={"x": "width", "y": "stage", "color": "share"}))]
 
 
+def width_control(entry: dict, model) -> Control:
+    """Pick the stage's width among the model's ``widths_choices``."""
+    choices = tuple(float(w) for w in model.widths_choices)
+    top = entry["max_channels"]
+    return Control(entry["layer"], "width", f"width of {entry['layer']}", "select", float(entry["width"]), float,
+                   options=choices, format=lambda w: f"{w:g}x ({round(w * top)} of {top} channels)")
+
+
 register_view(KindView(
     "width",
     columns=lambda d: {f"{d['layer']}/width": float(d["width"]), f"{d['layer']}/channels": int(d["channels"])},
@@ -64,6 +73,7 @@ register_view(KindView(
     compare=compare_sections,
     targets=lambda d: [AttributionTarget(f"probability of width choice {i} ({w:.2f})", "probabilities", i)
                        for i, w in enumerate(d.get("probabilities") or [])],
+    control=width_control,
 ))
 
 
@@ -174,3 +184,10 @@ def width_per_class_figure(context: FigureContext) -> plt.Figure:
     ax.legend(fontsize=7, frameon=False)
     ax.set_title(f"{name}: mean width per class")
     return figure
+
+
+register_figure("dsnet_knob_tradeoff", "dsnet",
+                "Accuracy vs mean MACs of the main DS-Net as its inference knob is swept (a few values, the same "
+                "images), the trained operating point (star), its static variants, the dense ResNet of the same "
+                "depth and the other bundled DS-Net models: what the knob buys against fixed alternatives.")(
+    lambda context: knob_tradeoff(context, "dsnet"))

@@ -17,7 +17,9 @@ from torch.utils.data import TensorDataset
 
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, matching_baselines, register_figure
-from analysis.core.kinds import AttributionTarget, KindView, Section, register_view
+from analysis.core.tradeoff import knob_tradeoff
+from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
+from models.early_exit import FINAL_EXIT
 from models.evaluate import accuracy_and_macs
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
@@ -95,12 +97,21 @@ def decision_columns(d: dict) -> dict:
     return {f"{d['layer']}/confidence": float(d["confidence"]), **({"exit": d["layer"]} if d["exited"] else {})}
 
 
+def exit_control(entry: dict, model) -> Control:
+    """Leave at this exit or pass it (the final exit cannot be refused: every image leaves there at the latest)."""
+    final = entry["layer"] == FINAL_EXIT
+    return Control(entry["layer"], "exited", f"leave at {entry['layer']}", "toggle", bool(entry["exited"]), bool,
+                   help=f"confidence {entry['confidence']:.2f} (threshold {entry['threshold']:g})"
+                        + ("; the final exit cannot be refused" if final else ""), disabled=final)
+
+
 register_view(KindView(
     "exit",
     columns=decision_columns,
     inspect=lambda entries: [exit_confidences(entries)],
     compare=compare_sections,
     targets=lambda d: [AttributionTarget("confidence (max softmax)", "confidence")],
+    control=exit_control,
 ))
 
 
@@ -170,3 +181,10 @@ def exit_per_class_figure(context: FigureContext) -> plt.Figure:
     figure.colorbar(image, ax=ax, label="share of the class")
     ax.set_title(f"{name}: exit per class", fontsize=9)
     return figure
+
+
+register_figure("early_exit_knob_tradeoff", "early_exit",
+                "Accuracy vs mean MACs of the main early-exit as its inference knob is swept (a few values, the same "
+                "images), the trained operating point (star), its static variants, the dense ResNet of the same "
+                "depth and the other bundled early-exit models: what the knob buys against fixed alternatives.")(
+    lambda context: knob_tradeoff(context, "early_exit"))

@@ -14,7 +14,9 @@ import torch
 
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
-from analysis.core.kinds import AttributionTarget, KindView, Section, register_view
+from analysis.core.tradeoff import knob_tradeoff
+from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
+from analysis.core.perturb import rescale
 from analysis.core.table import dataset_table, layer_columns
 from models.checkpoint import training_args
 
@@ -40,12 +42,19 @@ def compare_sections(table: pd.DataFrame) -> list[Section]:
                     px.bar(x=ratios.index, y=ratios.values, labels={"x": "block", "y": "skip ratio"}, range_y=[0, 1]))]
 
 
+def skip_control(entry: dict, model) -> Control:
+    """Run or skip the block: a toggle of ``executed``."""
+    return Control(entry["layer"], "executed", f"run {entry['layer']}", "toggle", bool(entry["executed"]), bool,
+                   help=f"gate probability {entry['probability']:.2f}; off skips the block (identity shortcut)")
+
+
 register_view(KindView(
     "skip",
     columns=lambda d: {f"{d['layer']}/executed": bool(d["executed"]), f"{d['layer']}/p": float(d["probability"])},
     inspect=lambda entries: [skip_strip(entries)],
     compare=compare_sections,
     targets=lambda d: [AttributionTarget("gate probability", "probability")],
+    control=skip_control,
 ))
 
 
@@ -58,15 +67,6 @@ def skip_ratios(table: pd.DataFrame) -> pd.Series:
 def blocks_executed(table: pd.DataFrame) -> pd.Series:
     """Gated blocks executed per image."""
     return table[layer_columns(table, "executed")].sum(axis=1)
-
-
-def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Zoom the content of uint8 images by ``scale`` about the centre, keeping the size (zero fill)."""
-    n, c, h, w = images.shape
-    theta = torch.tensor([[1 / scale, 0, 0], [0, 1 / scale, 0]], dtype=torch.float32).expand(n, 2, 3)
-    grid = torch.nn.functional.affine_grid(theta, (n, c, h, w), align_corners=False)
-    out = torch.nn.functional.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def scale_response(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -184,3 +184,10 @@ def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
     ax.legend(fontsize=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)  # below: off the points
     ax.set_title("SkipNet: accuracy vs compute over alpha")
     return figure
+
+
+register_figure("skipnet_knob_tradeoff", "skipnet",
+                "Accuracy vs mean MACs of the main SkipNet as its inference knob is swept (a few values, the same "
+                "images), the trained operating point (star), its static variants, the dense ResNet of the same "
+                "depth and the other bundled SkipNet models: what the knob buys against fixed alternatives.")(
+    lambda context: knob_tradeoff(context, "skipnet"))

@@ -1,11 +1,16 @@
-"""Inspect: one model and one or more images, two images side by side, or one image across all models."""
+"""Inspect: one model and one or more images, two images side by side, or one image across all models.
+
+Each image can be questioned: force any decision, move any knob, perturb the picture. The first image's view
+(model, sample, interventions) lives in the URL, so a link restores it.
+"""
 from __future__ import annotations
 
 import streamlit as st
 
-from app.components import explain, image_report, pick_images
+from app.components import (explain, image_report, intervention_panel, perturbation_view, pick_images, restore_view,
+                            share_view)
 from app.resources import choose_model, load_bundled
-from analysis.core.catalog import bundled_checkpoints
+from analysis.core.catalog import bundled_checkpoints, sample_images
 
 st.title("Inspect")
 model = choose_model()
@@ -19,6 +24,7 @@ st.caption(f"**{meta['name']}** · method `{meta['method']}` · trained on {meta
 mode = st.radio("View", ["Images", "Side by side", "Across all bundled models"], horizontal=True, key="inspect-mode")
 
 if mode == "Images":
+    restore_view(model)
     inputs = pick_images("inspect")
     if not inputs:
         st.info("Pick a sample image or upload one.")
@@ -26,9 +32,17 @@ if mode == "Images":
         with st.container(border=True):
             trace = image_report(model, name, data, key=f"img{i}")
             if trace is not None:
-                # a toggle, not an expander: an expander's body runs (and IG with it) on every rerun, even closed
+                # toggles, not expanders: an expander's body runs (and IG with it) on every rerun, even closed
+                if st.toggle("Intervene: force decisions, move knobs", key=f"img{i}-intervene"):
+                    intervention_panel(model, name, data, trace, key=f"img{i}")
+                if st.toggle("Perturb the image and watch the routing", key=f"img{i}-perturb"):
+                    perturbation_view(model, trace["pixels"], key=f"img{i}")
                 if st.toggle("Explain this prediction or a decision (captum)", key=f"img{i}-explain"):
                     explain(model, trace, key=f"img{i}")
+    samples = {p.name for p in sample_images()}
+    bundled = st.session_state.get("model-source", "Bundled") == "Bundled"
+    first = inputs[0][0] if inputs and inputs[0][0] in samples else None
+    share_view(st.session_state.get("model-name") if bundled else None, first)
 elif mode == "Side by side":
     columns = st.columns(2)
     for i, column in enumerate(columns):
