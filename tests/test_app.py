@@ -243,7 +243,8 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 
 def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
-    """Inspect (uploads, attributions of a decision, IG and GradCAM), Compare: the shared model stays as loaded."""
+    """Inspect (uploads, attributions of a decision, IG and GradCAM, a forced gate, a knob moved, a perturbation
+    sweep), Compare (with its knob sweep): the shared model stays as loaded."""
     import analysis.core.attributions
     from app.resources import load_bundled
 
@@ -272,6 +273,12 @@ def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
     assert not at.exception and any("gate probability" in d["layout"]["title"]["text"] for d in chart_data(at))
     at.selectbox(key="img1-target").set_value("prediction").run()
     at.radio(key="img1-method").set_value("GradCAM").run()
+    at.toggle(key="img1-intervene").set_value(True).run()  # interventions and knob moves go through the trace only
+    gate = next(t for t in at.toggle if t.key and t.key.startswith("img1-ctl-"))
+    gate.set_value(not gate.value).run()
+    at.slider(key="img1-knob-threshold").set_value(0.9).run()
+    assert not at.exception and any(m.label == "MACs (intervened)" for m in at.metric)
+    at.toggle(key="img1-perturb").set_value(True).run()
     at.radio(key="inspect-mode").set_value("Across all bundled models").run()
     assert not at.exception, at.exception
     assert set(explained_on) == {("integrated_gradients", True), ("gradcam", False)}, "captum hooks only a copy"
@@ -279,6 +286,9 @@ def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
     compare = page("compare")
     compare.sidebar.selectbox[0].set_value("tiny_skipnet").run()
     assert not compare.exception and "Skip ratio per block" in [s.value for s in compare.subheader]
+    compare.number_input(key="sweep-count").set_value(3).run()
+    compare.toggle(key="sweep-run").set_value(True).run()
+    assert not compare.exception, compare.exception
 
     assert {name: load_bundled(name) for name in shared} == shared, "still the same cached objects"
     assert {name: fingerprint(model) for name, model in shared.items()} == before

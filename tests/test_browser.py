@@ -1,5 +1,6 @@
 """Real browser: ``streamlit run`` in a subprocess, headless Chromium picks a bundled SkipNet, uploads an image
-and must see the prediction and the decision charts; the upload-to-ready time is measured and reported.
+and must see the prediction and the decision charts (the upload-to-ready time is measured and reported), then
+flips one gate in the Intervene panel and must see the intervened prediction card and MACs update.
 
 Skipped when Chromium or playwright is missing, unless ``ROUTESCOPE_REQUIRE_BROWSER=1`` (CI), where that fails.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -140,6 +142,25 @@ def test_upload_shows_prediction_and_decision_charts(server, tmp_path, capsys):
             expect(page.get_by_test_id("stException")).to_have_count(0)
             expect(page.get_by_test_id("stAlert")).to_have_count(0)
             page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
+
+            # question the routing: open the first image's Intervene panel and flip its first gate
+            page.get_by_text("Intervene: force decisions, move knobs").first.click()
+            intervened = page.get_by_test_id("stMetric").filter(has_text="MACs (intervened)").get_by_test_id("stMetricValue")
+            original = page.get_by_test_id("stMetric").filter(has_text="MACs (original)").get_by_test_id("stMetricValue")
+            expect(intervened).to_have_count(1)
+            expect(page.get_by_test_id("stMetric").filter(has_text="Prediction (intervened)")).to_have_count(1)
+            before = intervened.inner_text()
+            assert before == original.inner_text(), "nothing forced yet"
+            gate = page.get_by_test_id("stCheckbox").filter(has_text="run layer").first
+            gate.click()
+            expect(intervened).not_to_have_text(before)
+            expect(page.get_by_text("Decisions that differ")).to_be_visible()
+            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+            card = page.get_by_test_id("stMetric").filter(has_text="Prediction (intervened)").get_by_test_id("stMetricValue")
+            assert card.inner_text() in FASHION_MNIST.classes
+            expect(page.get_by_test_id("stException")).to_have_count(0)
+            expect(page).to_have_url(re.compile(r"[?&]override=layer"))  # the view is in the URL, to share
+            page.screenshot(path=str(tmp_path / "intervene.png"), full_page=True)
         finally:
             browser.close()
 

@@ -6,6 +6,7 @@ per-op MAC counter, which would dominate the time of a small network.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -68,5 +69,5 @@ def image_latency(model: torch.nn.Module, x: torch.Tensor, overrides: dict | Non
 def dense_counterpart(model: torch.nn.Module) -> torch.nn.Module:
     """The dense network a dynamic model is measured against (``model.dense_counterpart()``; a static model is
     its own), in eval mode. A copy: the caller caches it, the model is not touched."""
-    dense = model.dense_counterpart() if hasattr(model, "dense_counterpart") else model
+    dense = model.dense_counterpart() if hasattr(model, "dense_counterpart") else copy.deepcopy(model)
     return dense.eval()
