@@ -28,7 +28,9 @@ def pick_images(key: str, default_samples: int = 1, multiple: bool = True) -> li
     samples = {p.name: p for p in sample_images()}
     left, right = st.columns(2)
     if multiple:
-        picked = left.multiselect("Sample images", list(samples), default=list(samples)[:default_samples], key=f"{key}-samples")
+        restored = st.session_state.pop(f"{key}-samples-restored", False)  # a shared link set the picks already
+        picked = left.multiselect("Sample images", list(samples), default=None if restored else list(samples)[:default_samples],
+                                  key=f"{key}-samples")
         uploads = right.file_uploader("…or upload images", accept_multiple_files=True, type=IMAGE_TYPES, key=f"{key}-upload") or []
     else:
         choice = left.selectbox("Sample image", ["(none)", *samples], index=1, key=f"{key}-samples")
@@ -246,7 +248,7 @@ def restore_view(model: torch.nn.Module, key: str = "img0") -> None:
     image = st.query_params.get("image")
     if image is not None:
         if image in {p.name for p in sample_images()}:
-            st.session_state["inspect-samples"] = [image]
+            st.session_state["inspect-samples"], st.session_state["inspect-samples-restored"] = [image], True
         else:
             st.warning(f"The link names image `{image}`, which is not a sample image here.")
     try:

@@ -10,7 +10,7 @@ import torch
 from analysis.core.catalog import sample_images
 from models import create_model
 from models.checkpoint import save_checkpoint
-from test_app import TINY_META, chart_data, fingerprint, page, plotly_values
+from test_app import TINY_META, array_shape, chart_data, fingerprint, page, plotly_values
 
 SAMPLE = sample_images()[0].name
 TINY = {"skipnet": "skipnet_resnet8", "dsnet": "dsnet_resnet8", "early_exit": "early_exit_resnet8", "condconv": "condconv_resnet8"}
@@ -174,12 +174,13 @@ def test_perturbation_view(dynamic_dir):
     at.selectbox(key="img0-ptype").set_value("occlusion").run()
     assert not at.exception, at.exception
     (figure,) = [d for d in chart_data(at) if d["layout"].get("title", {}).get("text", "").startswith("Perturbation sweep")]
-    names = [t["name"] for t in figure["data"]]
     from app.resources import load_bundled
 
-    gates = load_bundled("skipnet").decision_layers()
-    assert names[1] == "MACs (M)" and names[2:] == list(gates), "probability, MACs and one line per gated block"
-    assert len(plotly_values(figure["data"][0]["x"])) == 11
+    probability, macs, decisions = figure["data"]
+    assert macs["name"] == "MACs (M)" and decisions["type"] == "heatmap"
+    assert decisions["y"] == list(load_bundled("skipnet").decision_layers()), "one row per gated block"
+    assert all(set(row) <= {"0", "1"} for row in decisions["text"]), "gate bits"
+    assert len(plotly_values(probability["x"])) == 11 and array_shape(decisions["z"]) == (len(decisions["y"]), 11)
 
 
 def test_compare_sweep_and_patterns(dynamic_dir):

@@ -138,7 +138,8 @@ def perturbation_sweep(model: torch.nn.Module, pixels: torch.Tensor, name: str, 
 
 
 def perturbation_figure(frame: pd.DataFrame) -> go.Figure:
-    """Probability of the original prediction and MACs (top), each decision layer's value (bottom), vs strength."""
+    """Probability of the original prediction and MACs (top), each decision layer's value (bottom: a heatmap row per
+    layer, the value written in each cell), vs strength."""
     layers = [c for c in frame.columns if c not in ("strength", "predicted", "probability", "macs", "pattern")]
     figure = make_subplots(rows=2 if layers else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                            specs=[[{"secondary_y": True}]] + ([[{}]] if layers else []))
@@ -147,13 +148,18 @@ def perturbation_figure(frame: pd.DataFrame) -> go.Figure:
                                 mode="lines+markers", hovertext=hover), row=1, col=1)
     figure.add_trace(go.Scatter(x=frame["strength"], y=frame["macs"] / 1e6, name="MACs (M)", mode="lines+markers",
                                 line=dict(dash="dot")), row=1, col=1, secondary_y=True)
-    for layer in layers:
-        figure.add_trace(go.Scatter(x=frame["strength"], y=frame[layer], name=layer, mode="lines", line_shape="hv",
-                                    legendgroup="decisions"), row=2, col=1)
+    if layers:  # one row per decision layer: its signature value (text), coloured within the row (0/1 gates,
+        # widths, expert indices share one picture without one scale swamping another)
+        values = frame[layers].to_numpy(dtype=float).T
+        low, high = np.nanmin(values, axis=1, keepdims=True), np.nanmax(values, axis=1, keepdims=True)
+        shade = np.where(high > low, (values - low) / np.where(high > low, high - low, 1), 0.5)
+        figure.add_trace(go.Heatmap(x=frame["strength"], y=layers, z=shade, text=[[f"{v:g}" for v in row] for row in values],
+                                    texttemplate="%{text}", colorscale="Blues", showscale=False, xgap=1, ygap=1, name="decisions",
+                                    hovertemplate="%{y} at %{x}: %{text}<extra></extra>"), row=2, col=1)
     figure.update_yaxes(title_text="probability", range=[0, 1], row=1, col=1, secondary_y=False)
     figure.update_yaxes(title_text="MACs (M)", row=1, col=1, secondary_y=True)
     if layers:
-        figure.update_yaxes(title_text="decision", row=2, col=1)
+        figure.update_yaxes(title_text="decision", autorange="reversed", row=2, col=1)
     figure.update_xaxes(title_text=frame.attrs.get("perturbation", "strength"), row=2 if layers else 1, col=1)
     return figure.update_layout(title=f"Perturbation sweep: {frame.attrs.get('perturbation', '')}",
-                                height=520 if layers else 300, **COMPACT)
+                                height=330 + 22 * len(layers) if layers else 300, **COMPACT)

@@ -72,6 +72,8 @@ def tradeoff_axes(ax, curve: pd.DataFrame, knob: str, trained: dict, others: pd.
                label=trained["label"])
     for (kind, group), marker in zip(others.groupby("kind", sort=False), "s^Dv"):
         ax.scatter(group["macs_mean"] / 1e6, group["accuracy"] * 100, marker=marker, s=24, label=kind, alpha=0.8)
+        for label, macs, accuracy in zip(group["label"], group["macs_mean"], group["accuracy"]):
+            ax.annotate(label, (macs / 1e6, accuracy * 100), fontsize=5, xytext=(3, -7), textcoords="offset points", alpha=0.7)
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=6, frameon=False)

@@ -50,7 +50,7 @@ else:
     patterns = pattern_summary(full_table)
     st.caption(f"{len(patterns):,} distinct paths (each decision's signature concatenated: skip bits, width per stage, "
                "dominant expert per block, exit taken). Pick one to filter the galleries and the per-image table.")
-    st.dataframe(patterns, hide_index=True, height=min(320, 40 + 35 * len(patterns)),
+    st.dataframe(patterns, hide_index=True, height=min(320, 40 + 35 * (len(patterns) + 1)),
                  column_config={"share": st.column_config.NumberColumn(format="%.3f"),
                                 "accuracy": st.column_config.NumberColumn(format="%.3f")})
     counts = dict(zip(patterns["pattern"], patterns["images"]))
