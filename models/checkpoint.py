@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .inference import FORMS, fast_form
 from .registry import create_model
 
 FORMAT, VERSION = "routescope", 1
@@ -36,6 +37,9 @@ def training_args(meta: dict) -> dict:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, train_state: dict | None = None) -> None:
     """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+    if getattr(model, "inference_only", False):
+        raise ValueError("this is the fast inference form (BatchNorm folded): save the training form "
+                         "(load_checkpoint(..., form='train'))")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -95,10 +99,17 @@ def build_from_payload(payload: dict, source: str = "checkpoint") -> nn.Module:
     return model
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The model in eval mode with ``.meta``, ready for true dynamic inference."""
-    model = build_from_payload(read_checkpoint(path), str(path))
-    return inference_form(model).to(map_location).eval()
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", form: str = "fast") -> nn.Module:
+    """The model in eval mode with ``.meta``, ready for true dynamic inference.
+
+    ``form="fast"`` (the default) is the inference form of ``models.inference`` (BatchNorm folded, gates
+    pre-arranged, exported grouped convs); ``form="train"`` is the module as trained (for fine-tuning, or
+    anything that needs its BatchNorm layers). Both compute the same logits and decisions.
+    """
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, not {form!r}")
+    model = build_from_payload(read_checkpoint(path), str(path)).to(map_location).eval()
+    return fast_form(inference_form(model)) if form == "fast" else model
 
 
 def inference_form(model: nn.Module) -> nn.Module:

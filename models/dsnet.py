@@ -90,10 +90,42 @@ class DSBlock(nn.Module):
             self.shortcut = nn.Sequential(SlimConv2d(in_ch, out_ch, 1, stride=stride, bias=False),
                                           SlimBatchNorm2d(out_ch, in_keys * out_keys))
 
+    folded: dict | None = None  # the fast inference form's weights per (input channels, channels, key)
+
+    @torch.no_grad()
+    def fold_widths(self, combos: list[tuple[int, int, int, int]]) -> None:
+        """Fold each BatchNorm into its conv for every ``(k_in, channels, in_index, out_index)`` the network can
+        run: one contiguous sliced weight and bias per width and statistics row, made once."""
+        def fold(conv: SlimConv2d, bn: SlimBatchNorm2d, k_in: int, c: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+            scale = bn.weight[:c].double() / torch.sqrt(bn.running_var[key, :c].double() + bn.eps)
+            weight = (conv.weight[:c, :k_in].double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype).contiguous()
+            return weight, (bn.bias[:c].double() - bn.running_mean[key, :c].double() * scale).to(conv.weight.dtype)
+
+        folded = {}
+        for k_in, c, in_index, out_index in combos:
+            key = in_index * self.out_keys + out_index
+            shortcut = None if isinstance(self.shortcut, nn.Identity) else fold(*self.shortcut, k_in, c, key)
+            folded[(k_in, c, key)] = (fold(self.conv1, self.bn1, k_in, c, key), fold(self.conv2, self.bn2, c, c, out_index),
+                                      shortcut)
+        self.folded = folded
+
+    def _forward_folded(self, x: torch.Tensor, channels: int, key: int, out_index: int,
+                        attention: torch.Tensor | None) -> torch.Tensor:
+        (w1, b1), (w2, b2), shortcut = self.folded[(x.shape[1], channels, key)]
+        h = F.relu(F.conv2d(x, w1, b1, self.conv1.stride, self.conv1.padding))
+        if attention is not None:
+            h = h * attention
+        h = F.conv2d(h, w2, b2, 1, self.conv2.padding)
+        if shortcut is None:
+            return F.relu(h + x[:, :channels])
+        return F.relu(h + F.conv2d(x, shortcut[0], shortcut[1], self.shortcut[0].stride))
+
     def forward(self, x: torch.Tensor, channels: int, out_index: int, in_index: int = 0,
                 attention: torch.Tensor | None = None) -> torch.Tensor:
         """Run at ``channels`` output channels; ``x`` has the width of its producer (choice ``in_index``)."""
         key = in_index * self.out_keys + out_index
+        if self.folded is not None:
+            return self._forward_folded(x, channels, key, out_index, attention)
         h = F.relu(self.bn1(self.conv1(x, channels), key))
         if attention is not None:
             h = h * attention
@@ -227,6 +259,22 @@ class DSResNet(ResNet):
 
     def decision_layers(self) -> dict[str, str]:
         return {name: "width" for name in self.gate_names}
+
+    def fold_batchnorms(self) -> int:
+        """The fast inference form (``models.inference``): the stem's BN folded as in any ResNet, each block's per
+        width and statistics row (``DSBlock.fold_widths``)."""
+        from .inference import fold_batchnorm
+
+        folded = fold_batchnorm(self.stem)
+        in_options: tuple[int, ...] = (self.widths[0],)
+        for s, options in enumerate(self.stage_channels, 1):
+            blocks = list(getattr(self, f"layer{s}"))
+            blocks[0].fold_widths([(k_in, c, i, o) for i, k_in in enumerate(in_options) for o, c in enumerate(options)])
+            for block in blocks[1:]:
+                block.fold_widths([(c, c, 0, o) for o, c in enumerate(options)])
+            folded += len(blocks)
+            in_options = options
+        return folded
 
     def knobs(self) -> dict[str, dict]:
         return {"width_bias": {"low": -5.0, "high": 5.0, "default": 0.0,

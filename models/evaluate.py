@@ -121,7 +121,8 @@ def write_metrics(path: Path, metrics: dict, dataset: str | None = None) -> None
     else:
         meta["metrics"] = {**old, "datasets": {**old.get("datasets", {}), dataset: metrics}}
     ckpt.save_checkpoint(path, model, meta)
-    write_manifest_entry(path.parent / "manifest.json", meta["name"], {"file": path.name, "metrics": meta["metrics"]})
+    write_manifest_entry(path.parent / "manifest.json", meta["name"],
+                         {"file": path.name, "metrics": metrics if dataset is None else meta["metrics"]})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ Multi-process: ``torchrun --nproc_per_node 2 -m models.train ...`` (DDP; gloo on
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
@@ -22,12 +23,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .data import DATASET_NAMES, DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
 from .evaluate import evaluate
+from .inference import fast_form
 from .manifest import write_manifest_entry
 from .registry import Recipe, create_model, method_of, recipe_of
 from .stages import Stage
@@ -57,6 +59,8 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (useful for ImageFolder)")
     p.add_argument("--limit-batches", type=int, default=0, help="stop each epoch after N batches (smoke tests)")
+    p.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="keep the last N training images out of training, for stages that calibrate on unseen images")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     if recipe is not None and recipe.arguments is not None:
         recipe.arguments(p)
@@ -84,6 +88,12 @@ class Trainer:
     def __init__(self, model: nn.Module, stages: list[Stage], train_data, test_data, info: DatasetInfo, args: argparse.Namespace) -> None:
         self.model, self.stages, self.info, self.args = model, stages, info, args
         self.device = torch.device(args.device)
+        self.holdout_data = None
+        if args.holdout:
+            if not 0 < args.holdout < len(train_data):
+                raise ValueError(f"--holdout must be between 1 and {len(train_data) - 1}, not {args.holdout}")
+            keep = len(train_data) - args.holdout
+            train_data, self.holdout_data = Subset(train_data, range(keep)), Subset(train_data, range(keep, len(train_data)))
         self.train_data, self.test_data = train_data, test_data
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -250,7 +260,8 @@ class Trainer:
     def finish(self) -> Path:
         """Measure the final model with ``models.evaluate`` and write ``OUT/NAME.pt`` plus its manifest entry."""
         self.model.eval()
-        metrics = evaluate(ckpt.inference_form(self.model), self.test_data, self.info,  # what load_checkpoint returns
+        served = fast_form(ckpt.inference_form(copy.deepcopy(self.model)))  # what load_checkpoint returns
+        metrics = evaluate(served, self.test_data, self.info,
                            limit=500 * self.args.limit_batches or None, progress=not self.args.no_progress)
         meta = self.meta()
         meta["metrics"] = {**metrics, "train_wall_time_s": round(self.elapsed, 1)}

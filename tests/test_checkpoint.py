@@ -31,7 +31,7 @@ def test_roundtrip_is_weights_only_and_exact(tmp_path):
     save_checkpoint(tmp_path / "m.pt", model, META)
     raw = torch.load(tmp_path / "m.pt", weights_only=True)
     assert raw["format"] == "routescope" and raw["arch"] == "resnet8"
-    loaded = load_checkpoint(tmp_path / "m.pt")
+    loaded = load_checkpoint(tmp_path / "m.pt", form="train")
     x = torch.randn(3, 1, 28, 28)
     assert not loaded.training and loaded.meta["name"] == "tiny"
     assert torch.equal(loaded(x), model(x))

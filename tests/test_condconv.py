@@ -194,7 +194,7 @@ def test_checkpoint_roundtrip_gives_identical_outputs(tmp_path):
     meta = {"name": "cc", "method": model.method, "dataset": "fashion-mnist", "classes": [str(i) for i in range(10)],
             "input_size": [1, 28, 28], "mean": [0.5], "std": [0.5], "metrics": {}, "recipe": {}}
     save_checkpoint(tmp_path / "cc.pt", model, meta)
-    loaded = load_checkpoint(tmp_path / "cc.pt")
+    loaded = load_checkpoint(tmp_path / "cc.pt", form="train")
     assert isinstance(loaded, CondConvResNet) and not loaded.training and loaded.routing_layers() == model.routing_layers()
     got = loaded(x, return_routing=True)
     assert torch.equal(got.logits, want.logits) and torch.equal(got.routing, want.routing)

@@ -302,7 +302,7 @@ def test_checkpoint_roundtrip_loads_exported_form(tmp_path):
     assert loaded.meta == META and loaded.arch == "dgconv_resnet8" and loaded.arch_config == model.arch_config
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
-        assert torch.equal(loaded(x), model.for_inference()(x))
+        torch.testing.assert_close(loaded(x), model.for_inference()(x), atol=1e-5, rtol=1e-5)  # BN folded too
     assert loaded.structure() == model.structure()
     plain = count_macs(create_model("resnet8", in_chans=1), x[:1])
     assert full_macs(loaded, (1, 28, 28)) == full_macs(model, (1, 28, 28)) == plain

@@ -365,7 +365,7 @@ def test_checkpoint_roundtrip(tmp_path):
     meta = {"name": "ds", "method": "dsnet", "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
             "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "metrics": {}, "recipe": {}}
     save_checkpoint(tmp_path / "ds.pt", model, meta)
-    loaded = load_checkpoint(tmp_path / "ds.pt")
+    loaded = load_checkpoint(tmp_path / "ds.pt", form="train")
     assert isinstance(loaded, DSResNet) and loaded.method == "dsnet" and not loaded.training
     x = varied_images(8)
     (a, ta), (b, tb) = traced_forward(model, x), traced_forward(loaded, x)

@@ -277,7 +277,7 @@ def test_structure_and_checkpoint_roundtrip(tmp_path):
     save_checkpoint(tmp_path / "repr.pt", model.eval(), {"name": "repr", "method": "repr", "dataset": "fashion-mnist",
                                                           "classes": [str(i) for i in range(10)], "input_size": [1, 28, 28],
                                                           "mean": [0.0], "std": [1.0], "metrics": {}, "recipe": {}})
-    loaded = load_checkpoint(tmp_path / "repr.pt")  # strict=True inside
+    loaded = load_checkpoint(tmp_path / "repr.pt", form="train")  # strict=True inside
     assert type(loaded).__name__ == "RePrResNet" and loaded.method == "repr"
     assert loaded.structure() == structure
     x = torch.randn(2, 1, 28, 28)
@@ -318,7 +318,7 @@ def test_trainer_run_killed_in_pruned_phase_resumes_to_the_same_weights(fmnist_d
     full = run_trainer(fmnist_dir, tmp_path / "full")
     (record,) = full.stages[0].record
     assert record["pruned_epochs"] == [1, 2] and record["reinit_after_epoch"] == 2
-    model = load_checkpoint(tmp_path / "full" / "tiny.pt")
+    model = load_checkpoint(tmp_path / "full" / "tiny.pt", form="train")
     dropped = {e["layer"]: e["dropped"] for e in model.structure() if e["dropped"]}
     assert dropped == record["dropped"]
 

@@ -358,7 +358,7 @@ def test_checkpoint_roundtrip(tmp_path, gate):
     meta = {"name": "t", "method": model.method, "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
             "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "metrics": {}, "recipe": {}}
     save_checkpoint(tmp_path / "s.pt", model, meta)
-    loaded = load_checkpoint(tmp_path / "s.pt")
+    loaded = load_checkpoint(tmp_path / "s.pt", form="train")
     assert isinstance(loaded, SkipNet) and loaded.gate_kind == gate and not loaded.training
     a, b = model(x, gate_mode="infer"), loaded(x, gate_mode="infer")
     assert torch.equal(a.logits, b.logits) and torch.equal(a.actions, b.actions)

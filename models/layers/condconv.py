@@ -32,6 +32,7 @@ class CondConv2d(nn.Module):
         self.weight_shape = (out_ch, in_ch // groups, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.empty(num_experts, math.prod(self.weight_shape)))
         self.bias = nn.Parameter(torch.empty(num_experts, out_ch)) if bias else None
+        self.register_buffer("shift", None)  # a per-channel constant added after the mixture (a folded BatchNorm)
         self.reset_parameters()
 
     @property
@@ -57,9 +58,27 @@ class CondConv2d(nn.Module):
         if routing.shape != (b, self.num_experts):
             raise ValueError(f"routing must be ({b}, {self.num_experts}), got {tuple(routing.shape)}")
         kernel = (routing @ self.weight).reshape(b * self.out_channels, *self.weight_shape[1:])
-        bias = (routing @ self.bias).reshape(b * self.out_channels) if self.bias is not None else None
+        bias = None
+        if self.bias is not None:
+            bias = routing @ self.bias if self.shift is None else torch.addmm(self.shift, routing, self.bias)
+        elif self.shift is not None:
+            bias = self.shift.expand(b, self.out_channels)
+        bias = bias.reshape(b * self.out_channels) if bias is not None else None
         y = F.conv2d(x.reshape(1, b * c, h, w), kernel, bias, self.stride, self.padding, groups=b * self.groups)
         return y.reshape(b, self.out_channels, *y.shape[-2:])
+
+    @torch.no_grad()
+    def fold_batchnorm(self, bn: nn.BatchNorm2d) -> "CondConv2d":
+        """This layer with the eval-mode ``bn`` after it folded in: BN is affine per output channel, so it scales
+        every expert kernel (and routed bias) and adds one constant that the routing does not mix."""
+        from ..inference import bn_scale_shift
+
+        s, t = bn_scale_shift(bn)
+        self.weight.copy_((self.weight.view(self.num_experts, self.out_channels, -1) * s.view(1, -1, 1)).flatten(1))
+        if self.bias is not None:
+            self.bias.mul_(s)
+        self.shift = t.clone()
+        return self
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

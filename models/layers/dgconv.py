@@ -222,6 +222,20 @@ class GroupedConv2d(nn.Module, _GroupStructure):
     def hard_gates(self) -> torch.Tensor:
         return self.gates
 
+    @torch.no_grad()
+    def fold_batchnorm(self, bn: nn.BatchNorm2d) -> "GroupedConv2d":
+        """This layer with the eval-mode ``bn`` after it folded into the grouped conv: the inner conv's output
+        channel ``i`` is the layer's channel ``perm[i]``, so it takes that channel's scale and shift."""
+        from ..inference import bn_scale_shift
+
+        s, t = bn_scale_shift(bn)
+        if self.perm is not None:
+            s, t = s.index_select(0, self.perm), t.index_select(0, self.perm)
+        bias = self.conv.bias * s + t if self.conv.bias is not None else t
+        self.conv.weight.mul_(s.view(-1, 1, 1, 1))
+        self.conv.bias = nn.Parameter(bias.clone(), requires_grad=False)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.perm is None:
             return self.conv(x)

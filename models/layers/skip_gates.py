@@ -77,9 +77,39 @@ class RNNGate(GateBank):
         return zeros, zeros
 
     def step(self, index: int, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if self.fused is not None:
+            return self._fused_step(index, x, state)
         e = torch.flatten(self.embed[index](F.adaptive_avg_pool2d(x, 1)), 1)
         h, c = lstm_step(e, state, self.lstm)
         return self.proj(h).squeeze(1), (h, c)
+
+    fused: list | None = None  # the fast inference form's pre-arranged weights (``prepare_inference``)
+
+    @torch.no_grad()
+    def prepare_inference(self) -> None:
+        """Pre-arrange the weights so a step is a few matrix products and one sigmoid: the 1x1 conv becomes a
+        linear on the pooled vector, the LSTM's ``g`` rows are doubled so ``tanh(g) = 2 sigmoid(2g) - 1`` comes out
+        of the same sigmoid as the ``i, f, o`` gates. The same multiply-adds as ``step``, fewer operators."""
+        hidden = self.hidden_dim
+        double = torch.ones(4 * hidden, dtype=self.proj.weight.dtype, device=self.proj.weight.device)
+        double[2 * hidden:3 * hidden] = 2.0
+        w_ih = (self.lstm.weight_ih * double[:, None]).t().contiguous()
+        w_hh = (self.lstm.weight_hh * double[:, None]).t().contiguous()
+        bias = (self.lstm.bias_ih + self.lstm.bias_hh) * double
+        self.fused = [(conv.weight.flatten(1).t().contiguous(), conv.bias.clone()) for conv in self.embed]
+        self._lstm = (w_ih, w_hh, bias)
+        self._proj = (self.proj.weight.t().contiguous(), self.proj.bias.clone())
+
+    def _fused_step(self, index: int, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, c = state
+        w_embed, b_embed = self.fused[index]
+        w_ih, w_hh, bias = self._lstm
+        e = torch.addmm(b_embed, x.mean((2, 3)), w_embed)
+        gates = torch.sigmoid(torch.addmm(torch.addmm(bias, e, w_ih), h, w_hh))
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.addcmul(f * c, i, g * 2 - 1)
+        h = o * torch.tanh(c)
+        return torch.addmm(self._proj[1], h, self._proj[0]).squeeze(1), (h, c)
 
 
 class _FFGate(nn.Module):

@@ -6,7 +6,8 @@ the network (so shallow exits, which hurt the shared features most, weigh least)
 cross-entropy, or with ``--exit-distill d`` ``(1 - d) * CE + d * T^2 KL(final_T || exit_T)``: distilled
 from the final exit (self-distillation, a common addition to SDN, off by default). ``--exit-ic-only``
 trains the heads alone on a frozen backbone (SDN's "IC-only" setting); BatchNorm statistics stay frozen
-then too.
+then too. ``--exit-calibrate POINTS`` (with ``--holdout N``) picks the threshold after training on training
+images kept out of training, never on the test set.
 """
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ class JointExitStage(Stage):
     """All exits trained together with SDN's weight schedule (SGD, cosine, as every supervised stage)."""
 
     def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, distill_weight: float = 0.0,
-                 ic_only: bool = False) -> None:
+                 ic_only: bool = False, calibrate: float | None = None) -> None:
         super().__init__("joint-exits" if not ic_only else "exit-heads", epochs, lr, weight_decay)
         if not 0.0 <= distill_weight <= 1.0:
             raise ValueError(f"--exit-distill must be in [0, 1], not {distill_weight}")
-        self.distill_weight, self.ic_only = distill_weight, ic_only
+        self.distill_weight, self.ic_only, self.calibrate = distill_weight, ic_only, calibrate
         self.epoch = 0
+        self.calibration: dict | None = None
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
         if not self.ic_only:
@@ -47,6 +49,12 @@ class JointExitStage(Stage):
 
     def on_epoch_end(self, trainer, epoch: int) -> None:
         self.epoch = epoch + 1
+        if self.calibrate is not None and self.epoch == self.epochs:
+            if trainer.holdout_data is None:
+                raise ValueError("--exit-calibrate needs held-out training images: pass --holdout N")
+            self.calibration = calibrate_threshold(unwrap(trainer.model), trainer.holdout_data, trainer.info.mean,
+                                                   trainer.info.std, self.calibrate)
+            set_threshold(unwrap(trainer.model), self.calibration["threshold"])
 
     def exit_weights(self, model: nn.Module) -> list[float]:
         return sdn_weights(unwrap(model).exit_depths(), self.epoch, self.epochs)
@@ -66,13 +74,63 @@ class JointExitStage(Stage):
         return StepOutput(loss, final)
 
     def epoch_record(self) -> dict:
-        return {"exit_weight_scale": round(min(1.0, 0.01 + self.epoch / max(1, self.epochs)), 4)}
+        record = {"exit_weight_scale": round(min(1.0, 0.01 + self.epoch / max(1, self.epochs)), 4)}
+        if self.calibration is not None and self.epoch == self.epochs:
+            record["exit_calibration"] = self.calibration
+        return record
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state.get("epoch", 0))
+
+
+CALIBRATION_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
+
+
+@torch.no_grad()
+def exit_accuracy(model: nn.Module, data, mean, std, thresholds) -> tuple[dict[float, float], float]:
+    """Held-out accuracy of the early-exiting model at each threshold, and of the final exit alone.
+
+    Every exit's logits are computed once (``all_exits``) and the exit rule (the first exit whose max softmax
+    reaches the threshold, else the final one) is applied to them: the same choice and logits the exiting
+    forward makes, for a whole grid at the price of one pass. For calibration only; inference really exits.
+    """
+    from torch.utils.data import DataLoader
+
+    from ..data import collate_batch, normalize
+
+    model.eval()
+    outputs, labels = [], []
+    for images, y in DataLoader(data, batch_size=500, collate_fn=collate_batch):
+        outputs.append(torch.stack(model(normalize(images, mean, std).to(next(model.parameters()).device), all_exits=True)).cpu())
+        labels.append(y)
+    logits, y = torch.cat(outputs, 1), torch.cat(labels)  # (exits, N, classes)
+    confidence, predicted = logits.softmax(2).max(2)  # (exits, N)
+    accuracy = {}
+    for q in thresholds:
+        reached = confidence >= q
+        reached[-1] = True  # the final exit takes everything left
+        first = reached.float().argmax(0)
+        accuracy[q] = (predicted.gather(0, first[None])[0] == y).float().mean().item()
+    return accuracy, (predicted[-1] == y).float().mean().item()
+
+
+def calibrate_threshold(model: nn.Module, data, mean, std, tolerance: float) -> dict:
+    """The lowest threshold of ``CALIBRATION_GRID`` whose held-out accuracy is within ``tolerance`` points of the
+    final exit's on the same images (SDN picks its threshold on held-out data too); the highest if none is."""
+    accuracy, final = exit_accuracy(model, data, mean, std, CALIBRATION_GRID)
+    good = [q for q in CALIBRATION_GRID if accuracy[q] >= final - tolerance / 100]
+    threshold = min(good) if good else max(CALIBRATION_GRID)
+    return {"threshold": threshold, "tolerance_points": tolerance, "images": len(data), "final_exit_acc": round(final, 5),
+            "accuracy": {f"{q:g}": round(a, 5) for q, a in accuracy.items()}}
+
+
+def set_threshold(model: nn.Module, threshold: float) -> None:
+    """Make ``threshold`` the model's operating point, saved with it (a builder argument in its config)."""
+    model.threshold = float(threshold)
+    model.arch_config["threshold"] = float(threshold)
 
 
 def add_early_exit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +143,9 @@ def add_early_exit_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--exit-distill", type=float, default=0.0,
                    help="weight in [0, 1] of distillation from the final exit in each internal exit's loss")
     g.add_argument("--exit-ic-only", action="store_true", help="train only the exit heads, on the frozen backbone (SDN's IC-only)")
+    g.add_argument("--exit-calibrate", type=float, default=None, metavar="POINTS",
+                   help="after training, set the threshold to the lowest one whose accuracy on the --holdout images is "
+                        "within POINTS of the final exit's (replaces --exit-threshold)")
 
 
 def early_exit_model_args(args: argparse.Namespace) -> dict:
@@ -97,4 +158,5 @@ def early_exit_model_args(args: argparse.Namespace) -> dict:
 @register_recipe("early_exit", arguments=add_early_exit_arguments, model_args=early_exit_model_args)
 def early_exit_recipe(args: argparse.Namespace) -> list[Stage]:
     """One joint stage (``--epochs``, ``--lr``) of every exit's loss with SDN's schedule."""
-    return [JointExitStage(args.epochs, args.lr, args.weight_decay, args.exit_distill, args.exit_ic_only)]
+    return [JointExitStage(args.epochs, args.lr, args.weight_decay, args.exit_distill, args.exit_ic_only,
+                           getattr(args, "exit_calibrate", None))]

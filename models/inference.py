@@ -1,0 +1,96 @@
+"""The fast inference form that ``load_checkpoint`` returns: the same function as the training form, fewer
+operators.
+
+At batch 1 these small networks spend their time in per-operator overhead, not in multiply-adds, so the
+form removes operators without changing what is computed:
+
+- BatchNorm folded into the convolution before it (``w * s``, ``(b - mean) * s + beta`` with
+  ``s = gamma / sqrt(var + eps)``): plain ``Conv2d``+``BatchNorm2d`` pairs (a ``Sequential`` of the two, or
+  attributes ``convX`` / ``bnX``), and layers that know how to take a BatchNorm in (``fold_batchnorm(bn)``:
+  CondConv's experts, DGConv's exported grouped convs, DS-Net's slimmable convs per width);
+- modules that have a cheaper inference computation provide ``prepare_inference()`` (SkipNet's recurrent
+  gate as one affine map and one sigmoid per step);
+- ``torch.inference_mode`` and no autograd bookkeeping (``requires_grad_(False)``).
+
+The form counts exactly the multiply-adds of the training form (BatchNorm is not a multiply-add that
+``FlopCounterMode`` counts; a folded bias is an addition), so traces, golden files and MAC ratios do not
+change. It is for inference only: ``save_checkpoint`` refuses it, and training uses the training form
+(``load_checkpoint(..., form="train")``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+FORMS = ("fast", "train")
+
+
+def bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` with ``bn(y) == y * s + t`` per channel in eval mode (computed in float64, returned in the
+    BN's dtype: the folded form then stays within float32 rounding of the unfolded one)."""
+    s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return s.to(bn.weight.dtype), (bn.bias.double() - bn.running_mean.double() * s).to(bn.weight.dtype)
+
+
+def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new ``Conv2d`` computing ``bn(conv(x))`` (eval mode), the products taken in float64."""
+    s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(s)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                      conv.groups, bias=True, padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
+    fused.weight.copy_((conv.weight.double() * s.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+    fused.bias.copy_(((bias - bn.running_mean.double()) * s + bn.bias.double()).to(conv.weight.dtype))
+    return fused
+
+
+def _fold_pair(conv: nn.Module, bn: nn.Module) -> nn.Module | None:
+    """The conv with ``bn`` folded in, or None when the pair is not foldable."""
+    if not isinstance(bn, nn.BatchNorm2d):
+        return None
+    if type(conv) is nn.Conv2d:
+        return fold_conv(conv, bn)
+    fold = getattr(conv, "fold_batchnorm", None)
+    return fold(bn) if callable(fold) else None
+
+
+@torch.no_grad()
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every BatchNorm that follows a conv into it, in place; returns how many were folded."""
+    folded = 0
+    custom = getattr(module, "fold_batchnorms", None)
+    if callable(custom):  # a module that folds its own (e.g. DS-Net's per-width statistics)
+        return custom()
+    if isinstance(module, nn.Sequential):
+        for i in range(len(module) - 1):
+            fused = _fold_pair(module[i], module[i + 1])
+            if fused is not None:
+                module[i], module[i + 1] = fused, nn.Identity()
+                folded += 1
+    for name, child in list(module.named_children()):
+        if name.startswith("conv") and hasattr(module, "bn" + name[4:]):
+            fused = _fold_pair(child, getattr(module, "bn" + name[4:]))
+            if fused is not None:
+                setattr(module, name, fused)
+                setattr(module, "bn" + name[4:], nn.Identity())
+                folded += 1
+    for child in module.children():
+        folded += fold_batchnorm(child)
+    return folded
+
+
+@torch.no_grad()
+def fast_form(model: nn.Module) -> nn.Module:
+    """``model`` (in eval mode) turned into its fast inference form, in place: a model made for inference only."""
+    model.eval()
+    counterpart = getattr(model, "dense_counterpart", None)
+    if callable(counterpart):  # built from the training-form weights, before they are folded; in the same form
+        dense = fast_form(counterpart().eval())
+        object.__setattr__(model, "dense_counterpart", lambda: dense)  # not a submodule: no extra state_dict keys
+    fold_batchnorm(model)
+    for m in model.modules():
+        prepare = getattr(m, "prepare_inference", None)
+        if callable(prepare):
+            prepare()
+    model.requires_grad_(False)
+    model.inference_only = True
+    return model
