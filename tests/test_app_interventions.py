@@ -222,3 +222,26 @@ def test_interventions_never_mutate_the_cached_model(dynamic_dir):
         assert not at.exception, (name, at.exception)
     assert {name: load_bundled(name) for name in TINY} == shared
     assert {name: fingerprint(model) for name, model in shared.items()} == before
+
+
+def test_refuse_the_exit_of_the_bundled_early_exit_model(tmp_path, monkeypatch):
+    """With the trained early-exit ResNet (once bundled): refusing the exit an image took sends it on, with more MACs."""
+    import shutil
+
+    from analysis.core.catalog import PRETRAINED
+
+    bundled = PRETRAINED / "early_exit_resnet20_fmnist.pt"
+    if not bundled.exists():
+        pytest.skip("models/pretrained/early_exit_resnet20_fmnist.pt is not there yet (the tiny model covers the controls)")
+    shutil.copy(bundled, tmp_path / bundled.name)
+    monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = intervene(start_with(None))
+    taken = next(t for t in at.toggle if t.key and t.key.startswith("img0-ctl-") and t.value)
+    if taken.disabled:
+        pytest.skip("the sample image leaves at the final exit: there is no early exit to refuse")
+    taken.set_value(False).run()
+    assert not at.exception, at.exception
+    assert float(metric(at, "MACs (intervened)").split()[0]) > float(metric(at, "MACs (original)").split()[0])
+    assert changed(at).iloc[0]["forced"]
