@@ -239,12 +239,14 @@ def perturbation_view(model: torch.nn.Module, pixels, key: str) -> None:
 
 
 def restore_view(model: torch.nn.Module, key: str = "img0") -> None:
-    """Once per session and model: a shared link's ``image``, ``override`` and ``knob`` query parameters become the
-    Inspect page's state (first image). A name or value the model does not know is a message, not a crash."""
-    flag = f"url-restored-{getattr(model, 'cache_key', '')}"
-    if flag in st.session_state or not any(k in st.query_params for k in ("image", "override", "knob")):
+    """On a session's first run: a shared link's ``image``, ``override`` and ``knob`` query parameters become the
+    Inspect page's state (first image). A name or value the model does not know is a message, not a crash.
+    Later runs leave the state alone (the URL then only mirrors it, ``share_view``)."""
+    if "url-restored" in st.session_state:
         return
-    st.session_state[flag] = True
+    st.session_state["url-restored"] = True
+    if not any(k in st.query_params for k in ("image", "override", "knob")):
+        return
     image = st.query_params.get("image")
     if image is not None:
         if image in {p.name for p in sample_images()}:
@@ -270,3 +272,12 @@ def share_view(model_name: str | None, image: str | None, key: str = "img0") -> 
     forced, moved = format_interventions(overrides, knobs) if st.session_state.get(f"{key}-intervene") else ([], [])
     params = {"model": model_name, "image": image, "override": forced, "knob": moved}
     st.query_params.from_dict({k: v for k, v in params.items() if v})
+
+
+def forget_interventions_of_another_model(model: torch.nn.Module) -> None:
+    """Overrides name one model's layers and knobs: when the page's model changes, every image starts unforced."""
+    previous = st.session_state.get("interventions-model")
+    st.session_state["interventions-model"] = model.cache_key
+    if previous is not None and previous != model.cache_key:
+        for name in [k for k in st.session_state if k.startswith("img") and ("-overrides" in k or "-knobs" in k or "-knob-" in k)]:
+            del st.session_state[name]

@@ -245,3 +245,16 @@ def test_refuse_the_exit_of_the_bundled_early_exit_model(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     assert float(metric(at, "MACs (intervened)").split()[0]) > float(metric(at, "MACs (original)").split()[0])
     assert changed(at).iloc[0]["forced"]
+
+
+def test_switching_model_starts_unforced_and_the_url_follows(dynamic_dir):
+    at = intervene(inspect_with("skipnet"))
+    gate = next(t for t in at.toggle if t.key and t.key.startswith("img0-ctl-"))
+    gate.set_value(not gate.value).run()
+    assert "override" in at.query_params
+    at.multiselect(key="inspect-samples").set_value([sample_images()[0].name, sample_images()[1].name]).run()
+    assert len(at.multiselect(key="inspect-samples").value) == 2, "the URL does not overwrite later picks"
+    at.sidebar.selectbox[0].set_value("dsnet").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert metric(at, "MACs (original)") == metric(at, "MACs (intervened)") and changed(at) is None
+    assert at.query_params["model"] == "dsnet" and "override" not in at.query_params

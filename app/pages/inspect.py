@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.components import (explain, image_report, intervention_panel, perturbation_view, pick_images, restore_view,
-                            share_view)
+from app.components import (explain, forget_interventions_of_another_model, image_report, intervention_panel,
+                            perturbation_view, pick_images, restore_view, share_view)
 from app.resources import choose_model, load_bundled
 from analysis.core.catalog import bundled_checkpoints, sample_images
 
@@ -24,6 +24,7 @@ st.caption(f"**{meta['name']}** · method `{meta['method']}` · trained on {meta
 mode = st.radio("View", ["Images", "Side by side", "Across all bundled models"], horizontal=True, key="inspect-mode")
 
 if mode == "Images":
+    forget_interventions_of_another_model(model)
     restore_view(model)
     inputs = pick_images("inspect")
     if not inputs:
