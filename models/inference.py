@@ -91,6 +91,6 @@ def fast_form(model: nn.Module) -> nn.Module:
         prepare = getattr(m, "prepare_inference", None)
         if callable(prepare):
             prepare()
-    model.requires_grad_(False)
+    model.requires_grad_(False).eval()  # the folded convs are new modules: in eval mode like the rest
     model.inference_only = True
     return model
