@@ -13,6 +13,7 @@ not remove, so this shows how the latency ratios move once the convolutions them
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
@@ -23,24 +24,33 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.core.catalog import bundled_checkpoints
-from analysis.core.table import load_test_images
+from analysis.core.catalog import bundled_checkpoints, read_checkpoints
+from analysis.core.kinds import kind_view
+from analysis.core.table import dataset_table, load_test_images
+from models import create_model
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.cost import count_macs
 from models.data import normalize
+from models.inference import fast_form
+from models.trace import forced_forward, traced_forward
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def references(model: torch.nn.Module) -> dict[str, Forward]:
-    """What to compare the model's own inference against: its declared references, else the dense backbone."""
+def comparisons(model: torch.nn.Module) -> dict[str, Forward | tuple[Forward, Forward]]:
+    """What to time the model against: first the dense network of its family in the same inference form (what a
+    user would run instead); a static model against itself (the noise of the run); then the model's declared
+    references (masked execution, static subnets)."""
+    counterpart = getattr(model, "dense_counterpart", None)
+    out: dict = {DENSE: counterpart().eval()} if callable(counterpart) else {SAME: copy.deepcopy(model)}
     declared = getattr(model, "benchmark_references", None)
     if callable(declared):
-        return declared()
-    dense = model.dense_counterpart().eval() if hasattr(model, "dense_counterpart") else None
-    return {"dense backbone": dense} if dense is not None else {}
+        out.update({label: ref for label, ref in declared().items() if label != "dense backbone"})
+    return out
 
 
 @torch.no_grad()
@@ -77,6 +87,7 @@ def paired_timing(a: Forward, b: Forward, images: torch.Tensor, batch: int, roun
 
 
 DEFAULT_BATCH = 256
+DENSE, SAME = "dense ResNet, same form", "itself (noise)"
 
 
 def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -95,7 +106,7 @@ def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None 
     x = normalize(images, model.meta["mean"], model.meta["std"])
     rows = []
     metrics = model.meta.get("metrics", {})
-    for label, reference in references(model).items():
+    for label, reference in comparisons(model).items():
         # a reference is a forward to compare the model with, or a (subject, reference) pair of its own
         # (DS-Net: narrowest vs widest static subnet); the accuracy column is the model's only for the model
         subject, reference = reference if isinstance(reference, tuple) else (model, reference)
@@ -112,6 +123,63 @@ def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None 
     return rows
 
 
+PAPER_DEPTH, PAPER_INPUT = 110, (3, 32, 32)  # the CIFAR ResNet-110 of the SkipNet and SDN papers
+
+
+def flagships(paths: list[Path]) -> dict[str, Path]:
+    """Per dynamic method, the most accurate bundled checkpoint that saves compute (mean MACs < 90% of dense)."""
+    best: dict[str, tuple[float, Path]] = {}
+    for path, payload in read_checkpoints(paths):
+        meta = payload["meta"]
+        metrics = meta.get("metrics", {})
+        if meta.get("method") == "baseline" or metrics.get("mac_ratio", 1.0) >= 0.9:
+            continue
+        if metrics.get("test_acc", 0) > best.get(meta["method"], (-1.0, None))[0]:
+            best[meta["method"]] = (metrics["test_acc"], path)
+    return {method: path for method, (_, path) in best.items()}
+
+
+@torch.no_grad()
+def paper_scale_row(bundled: torch.nn.Module, images: int = 16, rounds: int = 5, seed: int = 0) -> dict | None:
+    """``bundled``'s method on a CIFAR ResNet-110 at 32 x 32 x 3 with random weights, its decisions forced to the
+    rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at batch 1
+    against the dense ResNet-110 in the same form, alternately. None if no kind of the method can be forced."""
+    table = dataset_table(bundled, *load_test_images())
+    views = [kind_view(k) for k in sorted(set(bundled.decision_layers().values()))]
+    views = [v for v in views if v is not None and v.force_like is not None]
+    arch = bundled.arch.replace(f"resnet{bundled.depth}", f"resnet{PAPER_DEPTH}")
+    if not views or arch == bundled.arch:
+        return None
+    config = {k: v for k, v in bundled.arch_config.items() if k not in ("num_classes", "in_chans")}
+    torch.manual_seed(seed)
+    target = fast_form(create_model(arch, num_classes=10, in_chans=PAPER_INPUT[0], **config).eval())
+    dense = target.dense_counterpart()
+    samplers = [v.force_like(table, bundled, target) for v in views]
+    rng = np.random.default_rng(seed)
+    xs = [torch.randn(1, *PAPER_INPUT) for _ in range(images)]
+    overrides = [{layer: fields for sample in samplers for layer, fields in sample(rng).items()} for _ in xs]
+    macs = [float(traced_forward(target, x, overrides=o)[1].macs[0]) for x, o in zip(xs, overrides)]
+    dense_macs = count_macs(dense, xs[0])
+    subject = lambda i: forced_forward(target, xs[i], overrides[i])  # noqa: E731
+    reference = lambda i: dense(xs[i])  # noqa: E731
+    for i in range(2):
+        subject(i), reference(i)
+    times = {0: [], 1: []}
+    for _ in range(rounds):
+        for side, run in enumerate((subject, reference)):
+            tic = time.perf_counter()
+            for i in range(len(xs)):
+                run(i)
+            times[side].append((time.perf_counter() - tic) / len(xs))
+    latency, latency_ref = statistics.median(times[0]), statistics.median(times[1])
+    return {"model": f"{arch} (random weights, decisions of {bundled.meta['name']})", "method": bundled.meta["method"],
+            "vs": f"dense resnet{PAPER_DEPTH}, same form", "test_acc": None, "macs_mean": statistics.mean(macs),
+            "macs_ref": dense_macs, "mac_ratio": statistics.mean(macs) / dense_macs, "latency_ms": latency * 1e3,
+            "latency_ref_ms": latency_ref * 1e3, "latency_ratio": latency / latency_ref, "throughput": None,
+            "throughput_ref": None, "throughput_ratio": None, "batch": 1, "images": images,
+            "image_size": PAPER_INPUT[-1], "threads": torch.get_num_threads()}
+
+
 def format_table(rows: list[dict]) -> str:
     header = (f"{'model':<30} {'vs':<30} {'acc':>6} {'MACs':>8} {'MAC ratio':>9} {'b1 ms':>7} {'ref ms':>7} "
               f"{'lat ratio':>9} {'batch':>5} {'img/s':>8} {'ref img/s':>9} {'thr ratio':>9}")
@@ -120,7 +188,8 @@ def format_table(rows: list[dict]) -> str:
         acc = f"{r['test_acc'] * 100:.2f}" if r["test_acc"] is not None else "-"
         lines.append(f"{r['model']:<30} {r['vs']:<30} {acc:>6} {r['macs_mean'] / 1e6:>7.2f}M {r['mac_ratio']:>9.3f} "
                      f"{r['latency_ms']:>7.2f} {r['latency_ref_ms']:>7.2f} {r['latency_ratio']:>9.3f} {r['batch']:>5} "
-                     f"{r['throughput']:>8.0f} {r['throughput_ref']:>9.0f} {r['throughput_ratio']:>9.3f}")
+                     + (f"{r['throughput']:>8.0f} {r['throughput_ref']:>9.0f} {r['throughput_ratio']:>9.3f}"
+                        if r["throughput"] is not None else f"{'-':>8} {'-':>9} {'-':>9}"))
     return "\n".join(lines)
 
 
@@ -133,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="upsample the test images to S x S (default: the data set's 28 x 28)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--scale", choices=["bundled", "paper"], default="bundled",
+                   help="paper: each method's flagship decisions forced onto a random-weight CIFAR ResNet-110 at 32x32x3")
     p.add_argument("--json", action="store_true")
     p.add_argument("--save", type=Path, default=None, metavar="JSON",
                    help="also write the rows with the machine and date (the README's speed table reads models/pretrained/bench.json)")
@@ -145,13 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_size:
         images = upsample(images, args.image_size)
     rows = []
-    for path in paths:
-        try:
-            model = load_checkpoint(path)
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        rows += bench_model(model, images, args.batch, args.rounds)
+    try:
+        if args.scale == "paper":
+            for path in flagships(paths).values():
+                row = paper_scale_row(load_checkpoint(path), rounds=args.rounds)
+                rows += [row] if row is not None else []
+        else:
+            for path in paths:
+                rows += bench_model(load_checkpoint(path), images, args.batch, args.rounds)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.save:
         record = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
                   "torch": torch.__version__, "command": "python -m analysis.bench " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .layers.skip_gates import GateBank, build_gates
 from .registry import register_model
 from .resnet import ResNet
-from .trace import current_trace
+from .trace import Trace, current_trace
 from .decisions import DecisionKind, register_kind
 
 GATE_MODES = ("infer", "st", "sample", "greedy")
@@ -75,8 +75,27 @@ class SkipNet(ResNet):
         mode = gate_mode or ("st" if self.training else "infer")
         if mode not in GATE_MODES:
             raise ValueError(f"gate_mode must be one of {', '.join(GATE_MODES)}, not {mode!r}")
+        trace = current_trace()
+        if mode == "infer" and gate_mode is None and x.shape[0] == 1 and (trace is None or not trace.observe):
+            return self._forward_one(x, trace)
         out = self._forward_skipping(x) if mode == "infer" else self._forward_masked(x, mode)
         return out.logits if gate_mode is None else out
+
+    def _forward_one(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
+        """Batch 1 with nothing to record (plain inference, or a forced path being timed): the same decisions as
+        ``_forward_skipping`` taken with Python control flow and no per-gate bookkeeping."""
+        threshold = trace.knob("threshold", 0.5) if trace is not None else 0.5
+        blocks = [block for _, block in self.named_blocks()]
+        x = blocks[0](self.stem(x))
+        state = self.gates.initial_state(x)
+        for index, (name, block) in enumerate(zip(self.gate_names, blocks[1:])):
+            z, state = self.gates.step(index, x, state)
+            forced = trace.forced(name, "executed") if trace is not None else None
+            if (float(torch.sigmoid(z)) > threshold) if forced is None else bool(forced):
+                x = F.relu(block.residual(x) + block.shortcut(x))
+            else:
+                x = block.shortcut(x)
+        return self.head(x)
 
     def _forward_skipping(self, x: torch.Tensor) -> GateOutput:
         """Hard gates, true skipping on the subset of samples whose gate is on; records to the active trace."""

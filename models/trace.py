@@ -10,7 +10,7 @@ shared by many app sessions is never mutated.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any, Iterator
 
@@ -48,8 +48,9 @@ class Trace:
     """Decisions and executed MACs for each of ``batch_size`` inputs."""
 
     def __init__(self, batch_size: int, keep_tensors: bool = False, overrides: dict[str, dict[str, Any]] | None = None,
-                 knobs: dict[str, float] | None = None) -> None:
+                 knobs: dict[str, float] | None = None, observe: bool = True) -> None:
         self.batch_size = batch_size
+        self.observe = observe  # False: carry overrides and knobs only (timing a forced path), record and count nothing
         self.overrides = {layer: dict(fields) for layer, fields in (overrides or {}).items()}
         self.knobs = dict(knobs or {})
         self.applied: set[tuple[str, str]] = set()  # the (layer, field) overrides some layer acted on
@@ -86,6 +87,8 @@ class Trace:
 
     def record(self, layer: str, kind: str, **fields: Any) -> None:
         """One decision per sample of the current subset; tensor fields are split along dim 0."""
+        if not self.observe:
+            return
         if self.keep_tensors:
             for key, value in fields.items():
                 if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == len(self.rows):
@@ -114,7 +117,7 @@ class Trace:
     def active(self) -> Iterator["Trace"]:
         token = _ACTIVE.set(self)
         try:
-            with _MacCounter(self):
+            with _MacCounter(self) if self.observe else nullcontext():
                 yield self
         finally:
             _ACTIVE.reset(token)
@@ -139,6 +142,15 @@ def check_interventions(model: torch.nn.Module, overrides: dict | None, knobs: d
         low, high = declared[name]["low"], declared[name]["high"]
         if not low <= float(value) <= high:
             raise ValueError(f"knob {name}={value} is outside [{low}, {high}]")
+
+
+def forced_forward(model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
+                   knobs: dict | None = None) -> torch.Tensor:
+    """Logits of ``model`` with ``overrides`` and ``knobs`` applied and nothing recorded or counted: what a
+    benchmark times when it forces decisions (``analysis.bench --scale paper``)."""
+    check_interventions(model, overrides, knobs)
+    with Trace(x.shape[0], overrides=overrides, knobs=knobs, observe=False).active():
+        return model(x)
 
 
 def traced_forward(model: torch.nn.Module, x: torch.Tensor, keep_tensors: bool = False,

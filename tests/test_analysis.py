@@ -176,18 +176,24 @@ def test_bench_rows_of_a_dsnet_include_narrowest_vs_widest(images):
     torch.manual_seed(0)
     model = with_meta(create_model("dsnet_resnet8", in_chans=1), "tiny_dsnet")
     rows = {r["vs"]: r for r in bench.bench_model(model, images[0][:4], batch=8, rounds=1)}
-    assert set(rows) == {"dense backbone", "static widest subnet", "static narrowest subnet", "narrowest vs widest (static)"}
+    assert set(rows) == {bench.DENSE, "static widest subnet", "static narrowest subnet", "narrowest vs widest (static)"}
     pair = rows["narrowest vs widest (static)"]
-    assert pair["test_acc"] is None and rows["dense backbone"]["test_acc"] == 0.5
+    assert pair["test_acc"] is None and rows[bench.DENSE]["test_acc"] == 0.5
     assert pair["macs_mean"] == rows["static narrowest subnet"]["macs_ref"]
     assert pair["macs_ref"] == rows["static widest subnet"]["macs_ref"] and pair["mac_ratio"] < 0.5
+
+
+def test_bench_times_a_static_model_against_itself_for_the_noise(images):
+    model = with_meta(create_model("resnet8", in_chans=1), "tiny_resnet")
+    (row,) = bench.bench_model(model, images[0][:4], batch=8, rounds=1)
+    assert row["vs"] == bench.SAME and row["mac_ratio"] == 1.0
 
 
 def test_bench_measures_condconv_throughput_at_its_own_batch_unless_told(images):
     torch.manual_seed(0)
     model = with_meta(create_model("condconv_resnet8", in_chans=1), "tiny_condconv")
     (row,) = bench.bench_model(model, images[0][:4], rounds=1)
-    assert row["batch"] == model.benchmark_batch == 64 and row["vs"] == "dense backbone"
+    assert row["batch"] == model.benchmark_batch == 64 and row["vs"] == bench.DENSE
     assert row["mac_ratio"] > 1.0  # routing and kernel mixing cost MACs the plain ResNet does not spend
     (row,) = bench.bench_model(model, images[0][:4], batch=8, rounds=1)
     assert row["batch"] == 8

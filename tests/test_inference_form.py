@@ -78,3 +78,15 @@ def test_train_form_still_loads_with_its_batchnorms():
     assert any(isinstance(m, nn.BatchNorm2d) for m in load_checkpoint(path, form="train").modules())
     with pytest.raises(ValueError, match="form must be"):
         load_checkpoint(path, form="quick")
+
+
+@pytest.mark.parametrize("name", ["skipnet_resnet20_fmnist_a0.75_fta6kd", "early_exit_resnet20_fmnist"])
+def test_untraced_batch_one_path_matches_the_traced_batch(name, images):
+    """Plain batch-1 inference (Python control flow, no trace) gives the traced batch's logits image by image."""
+    model = load_checkpoint(bundled_checkpoints()[name])
+    x = normalize(images[:100], model.meta["mean"], model.meta["std"])
+    batched, _ = traced_forward(model, x)
+    with torch.inference_mode():
+        single = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(single, batched, atol=1e-4, rtol=1e-5)
+    assert (single.argmax(1) == batched.argmax(1)).all()

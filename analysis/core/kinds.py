@@ -72,7 +72,10 @@ class KindView:
     - ``targets(entry)``: what an attribution can explain in that entry;
     - ``summary(entries)``, ``detail(entry, meta)``: the Structure page's table of all layers and the view of
       one layer (structure kinds);
-    - ``control(entry, model)``: the widget that forces this decision in the Inspect page's interventions.
+    - ``control(entry, model)``: the widget that forces this decision in the Inspect page's interventions;
+    - ``force_like(table, bundled, target)``: a sampler ``rng -> overrides`` that forces ``target`` (a deeper
+      network of the same method) to decide at the rates this kind's columns of ``bundled``'s ``table`` show
+      (the bench's ``--scale paper``).
     """
 
     kind: str
@@ -83,6 +86,7 @@ class KindView:
     summary: Callable[[list[dict]], pd.DataFrame] | None = None
     detail: Callable[[dict, dict], list[Section]] | None = None
     control: Callable[[dict, Any], Control | None] | None = None
+    force_like: Callable[[pd.DataFrame, Any, Any], Callable[[Any], dict]] | None = None
     title: str = field(default="")
 
     def __post_init__(self) -> None:

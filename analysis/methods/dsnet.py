@@ -8,6 +8,7 @@ accuracy/MACs trade-off than any fixed width), so the figures and the app comput
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -66,6 +67,13 @@ def width_control(entry: dict, model) -> Control:
                    options=choices, format=lambda w: f"{w:g}x ({round(w * top)} of {top} channels)")
 
 
+def width_like(table: pd.DataFrame, bundled, target) -> Callable:
+    """Each dynamic stage of ``target`` runs at a width drawn from the bundled model's widths for that stage."""
+    shares = {layer: table[f"{layer}/width"].value_counts(normalize=True)
+              for layer in (c.split("/")[0] for c in layer_columns(table, "width")) if layer in target.gate_names}
+    return lambda rng: {layer: {"width": float(rng.choice(s.index.to_numpy(), p=s.to_numpy()))} for layer, s in shares.items()}
+
+
 register_view(KindView(
     "width",
     columns=lambda d: {f"{d['layer']}/width": float(d["width"]), f"{d['layer']}/channels": int(d["channels"])},
@@ -74,6 +82,7 @@ register_view(KindView(
     targets=lambda d: [AttributionTarget(f"probability of width choice {i} ({w:.2f})", "probabilities", i)
                        for i, w in enumerate(d.get("probabilities") or [])],
     control=width_control,
+    force_like=width_like,
 ))
 
 

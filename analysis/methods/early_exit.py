@@ -6,6 +6,7 @@ images by exit, exit per class.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,6 +20,7 @@ from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, matching_baselines, register_figure
 from analysis.core.tradeoff import knob_tradeoff
 from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
+from analysis.core.scaling import nearest_layer
 from models.early_exit import FINAL_EXIT
 from models.evaluate import accuracy_and_macs
 
@@ -105,6 +107,22 @@ def exit_control(entry: dict, model) -> Control:
                         + ("; the final exit cannot be refused" if final else ""), disabled=final)
 
 
+def exit_like(table: pd.DataFrame, bundled, target) -> Callable:
+    """Each image leaves ``target`` at the exit nearest in position to one drawn from the bundled model's exit
+    shares (every exit before it refused)."""
+    shares = exit_shares(table)
+    per_stage = lambda model: (model.depth - 2) // 6  # noqa: E731
+    exits = list(target.exit_names)
+    source = {e: nearest_layer(e, per_stage(bundled), exits, per_stage(target)) for e in shares.index}
+
+    def sample(rng) -> dict:
+        taken = source[rng.choice(shares.index.to_numpy(), p=(shares / shares.sum()).to_numpy())]
+        before = exits if taken == FINAL_EXIT else exits[:exits.index(taken)]
+        return {**{e: {"exited": False} for e in before}, **({} if taken == FINAL_EXIT else {taken: {"exited": True}})}
+
+    return sample
+
+
 register_view(KindView(
     "exit",
     columns=decision_columns,
@@ -112,6 +130,7 @@ register_view(KindView(
     compare=compare_sections,
     targets=lambda d: [AttributionTarget("confidence (max softmax)", "confidence")],
     control=exit_control,
+    force_like=exit_like,
 ))
 
 

@@ -5,6 +5,7 @@ executed, accuracy vs MACs over the alpha sweep.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -17,6 +18,7 @@ from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, 
 from analysis.core.tradeoff import knob_tradeoff
 from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
 from analysis.core.perturb import rescale
+from analysis.core.scaling import nearest_layer
 from analysis.core.table import dataset_table, layer_columns
 from models.checkpoint import training_args
 
@@ -48,6 +50,18 @@ def skip_control(entry: dict, model) -> Control:
                    help=f"gate probability {entry['probability']:.2f}; off skips the block (identity shortcut)")
 
 
+def blocks_per_stage(model) -> int:
+    return (model.depth - 2) // 6
+
+
+def skip_like(table: pd.DataFrame, bundled, target) -> Callable:
+    """Each gated block of ``target`` runs with the execution rate of the bundled block at the same position."""
+    layers = [c.split("/")[0] for c in layer_columns(table, "executed")]
+    rates = {layer: float(table[f"{layer}/executed"].mean()) for layer in layers}
+    source = {t: nearest_layer(t, blocks_per_stage(target), layers, blocks_per_stage(bundled)) for t in target.gate_names}
+    return lambda rng: {t: {"executed": bool(rng.random() < rates[source[t]])} for t in target.gate_names}
+
+
 register_view(KindView(
     "skip",
     columns=lambda d: {f"{d['layer']}/executed": bool(d["executed"]), f"{d['layer']}/p": float(d["probability"])},
@@ -55,6 +69,7 @@ register_view(KindView(
     compare=compare_sections,
     targets=lambda d: [AttributionTarget("gate probability", "probability")],
     control=skip_control,
+    force_like=skip_like,
 ))
 
 
