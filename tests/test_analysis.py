@@ -135,12 +135,13 @@ def test_figures_cli_writes_pdf_png_and_captions(checkpoint_dir, tmp_path):
 def test_bench_prints_ratios(checkpoint_dir, capsys):
     args = ["--checkpoint", str(checkpoint_dir / "tiny_skipnet.pt"), "--images", "4", "--batch", "8", "--rounds", "1", "--json"]
     assert bench.main(args) == 0
-    (row,) = json.loads(capsys.readouterr().out)
-    assert row["vs"].startswith("same gates, masked")
+    dense, masked = json.loads(capsys.readouterr().out)
+    assert dense["vs"] == bench.DENSE and masked["vs"].startswith("same gates, masked")  # what a user runs instead first
+    row = masked
     assert 0 < row["mac_ratio"] <= 1.0 and row["latency_ms"] > 0 and row["throughput_ratio"] > 0
     assert row["image_size"] == 28
     assert bench.main(args + ["--image-size", "56"]) == 0
-    (big,) = json.loads(capsys.readouterr().out)
+    _, big = json.loads(capsys.readouterr().out)
     assert big["image_size"] == 56 and 3.5 < big["macs_ref"] / row["macs_ref"] <= 4  # each conv sees 4x the pixels, the fc not
 
 
@@ -250,3 +251,22 @@ def test_seeds_section_lists_only_sources_with_finished_runs(tmp_path):
                                               for title in results.SEED_EXPERIMENTS if "RePr" in title}
     section = results.seeds_section(tmp_path)
     assert "experiments/repr_fmnist" not in section and "| convnet3 | baseline |" in section
+
+
+def test_paper_scale_forces_the_bundled_rates_onto_resnet110():
+    from analysis.core.catalog import PRETRAINED
+    from analysis.core.kinds import kind_view
+    from models.checkpoint import load_checkpoint
+
+    bundled = load_checkpoint(PRETRAINED / "skipnet_resnet20_fmnist_a0.75_fta6kd.pt")
+    table = dataset_table(bundled, *load_test_images())
+    target = create_model("skipnet_resnet110", in_chans=3)
+    sample = kind_view("skip").force_like(table, bundled, target)
+    rng = np.random.default_rng(0)
+    draws = [sample(rng) for _ in range(400)]
+    assert set(draws[0]) == set(target.gate_names)
+    share = np.mean([d[layer]["executed"] for d in draws for layer in target.gate_names])
+    bundled_share = table[[c for c in table.columns if c.endswith("/executed")]].to_numpy().mean()
+    assert abs(share - bundled_share) < 0.1  # the same execution rate, block by block on average
+    row = bench.paper_scale_row(bundled, images=2, rounds=1)
+    assert row["model"].startswith("skipnet_resnet110") and row["batch"] == 1 and 0.3 < row["mac_ratio"] < 0.9
