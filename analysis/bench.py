@@ -180,6 +180,54 @@ def paper_scale_row(bundled: torch.nn.Module, images: int = 16, rounds: int = 5,
             "image_size": PAPER_INPUT[-1], "threads": torch.get_num_threads()}
 
 
+@torch.no_grad()
+def profile_table(model: torch.nn.Module, images: torch.Tensor, rows: int = 15) -> str:
+    """``torch.profiler`` over batch-1 forwards of the model and of its dense counterpart: operators by self CPU
+    time (where the time goes when the latency ratio does not follow the MAC ratio)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = normalize(images, model.meta["mean"], model.meta["std"])
+    out = []
+    for label, forward in {"model": model, **{k: v for k, v in comparisons(model).items() if k in (DENSE, SAME)}}.items():
+        for i in range(min(4, len(x))):
+            forward(x[i:i + 1])
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(len(x)):
+                forward(x[i:i + 1])
+        out.append(f"{label} ({len(x)} batch-1 forwards):\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    return "\n".join(out)
+
+
+@torch.no_grad()
+def form_rows(path: Path, images: torch.Tensor, rounds: int) -> list[dict]:
+    """The inference-form options measured on one checkpoint at batch 1, each against the training form."""
+    train = load_checkpoint(path, form="train")
+    fast = load_checkpoint(path)
+    x = normalize(images, train.meta["mean"], train.meta["std"])
+    options = {"fast form": (fast, x), "fast form, channels_last": (copy.deepcopy(fast).to(memory_format=torch.channels_last),
+                                                                      x.contiguous(memory_format=torch.channels_last))}
+    rows = []
+    for label, (forward, inputs) in options.items():
+        latency, latency_ref, _, _ = paired_timing(forward, train, inputs, 1, rounds) if inputs is x else \
+            _paired_inputs(forward, inputs, train, x, rounds)
+        rows.append({"model": train.meta["name"], "option": label, "latency_ms": latency * 1e3,
+                     "train_form_ms": latency_ref * 1e3, "ratio": latency / latency_ref})
+    return rows
+
+
+def _paired_inputs(a: Forward, xa: torch.Tensor, b: Forward, xb: torch.Tensor, rounds: int) -> tuple[float, float, None, None]:
+    """Batch-1 medians of ``a`` on ``xa`` and ``b`` on ``xb`` (inputs in different memory formats), alternately."""
+    times = {0: [], 1: []}
+    n = min(len(xa), 64)
+    for _ in range(rounds):
+        for side, (forward, inputs) in enumerate(((a, xa), (b, xb))):
+            tic = time.perf_counter()
+            for i in range(n):
+                forward(inputs[i:i + 1])
+            times[side].append((time.perf_counter() - tic) / n)
+    return statistics.median(times[0]), statistics.median(times[1]), None, None
+
+
 def format_table(rows: list[dict]) -> str:
     header = (f"{'model':<30} {'vs':<30} {'acc':>6} {'MACs':>8} {'MAC ratio':>9} {'b1 ms':>7} {'ref ms':>7} "
               f"{'lat ratio':>9} {'batch':>5} {'img/s':>8} {'ref img/s':>9} {'thr ratio':>9}")
@@ -202,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="upsample the test images to S x S (default: the data set's 28 x 28)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--profile", type=Path, default=None, metavar="CHECKPOINT",
+                   help="print a torch.profiler breakdown of batch-1 forwards of this model and its dense counterpart")
+    p.add_argument("--formats", action="store_true",
+                   help="time the inference-form options (fast form, channels_last) against the training form")
     p.add_argument("--scale", choices=["bundled", "paper"], default="bundled",
                    help="paper: each method's flagship decisions forced onto a random-weight CIFAR ResNet-110 at 32x32x3")
     p.add_argument("--json", action="store_true")
@@ -215,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: args.images]]
     if args.image_size:
         images = upsample(images, args.image_size)
+    if args.profile:
+        print(profile_table(load_checkpoint(args.profile), images))
+        return 0
+    if args.formats:
+        rows = [row for path in paths for row in form_rows(path, images, args.rounds)]
+        print(json.dumps(rows, indent=2) if args.json else "\n".join(
+            f"{r['model']:<45} {r['option']:<26} {r['latency_ms']:6.2f} ms vs training form {r['train_form_ms']:6.2f} ms "
+            f"= {r['ratio']:.3f}" for r in rows))
+        return 0
     rows = []
     try:
         if args.scale == "paper":

@@ -1,19 +1,22 @@
-"""The README's results table, generated from ``models/pretrained/manifest.json`` (never typed by hand).
+"""Every number of the README and docs/, generated from ``models/pretrained/manifest.json``, ``bench.json`` and the
+seed experiments (never typed by hand).
 
-``python -m analysis.results`` prints the table; ``--update-readme`` rewrites the block between the
-``<!-- results:start -->`` and ``<!-- results:end -->`` markers of README.md.
+A document marks a block ``<!-- generated:KEY -->`` ... ``<!-- /generated:KEY -->`` (keys: ``results``,
+``featured``, ``speed``, ``speed:paper``, ``speed:targets``, ``seeds``, ``variants:NAME``, ``models:A,B,...``). ``python -m analysis.results --update``
+rewrites them all; ``--check`` exits 1 when one is stale (the test suite runs it).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 from pathlib import Path
 
-from analysis.core.catalog import PRETRAINED, bundled_checkpoints
+from analysis.core.catalog import PRETRAINED, bundled_checkpoints, featured
 from analysis.experiments import display_table, markdown_table, seeds_table
 from models.data import REPO_ROOT
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 # Replicated experiments: the seed-0 run is bundled, seeds 1+ live in models/pretrained/experiments/<name>/
 # (paths relative to the models folder; each folder's manifest.json holds every run's command)
 SEED_EXPERIMENTS = {
@@ -93,31 +96,144 @@ def speed_table(bench_path: Path = PRETRAINED / "bench.json") -> str:
     ]
     for r in record["rows"]:
         lines.append(f"| `{r['model']}` | {r['vs']} | {r['mac_ratio']:.3f} | {r['latency_ms']:.2f} | {r['latency_ref_ms']:.2f} | "
-                     f"{r['latency_ratio']:.3f} | {r.get('batch', '')} | {r['throughput']:.0f} | {r['throughput_ref']:.0f} | {r['throughput_ratio']:.3f} |")
+                     f"{r['latency_ratio']:.3f} | {r.get('batch', '')} | " + (
+                         f"{r['throughput']:.0f} | {r['throughput_ref']:.0f} | {r['throughput_ratio']:.3f} |"
+                         if r.get("throughput") is not None else "- | - | - |"))
     return "\n".join(lines)
 
 
-def update_readme(readme: Path = REPO_ROOT / "README.md", manifest_path: Path = PRETRAINED / "manifest.json") -> None:
-    text = readme.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    bench = manifest_path.parent / "bench.json"
-    readme.write_text(f"{head}{START}\n{results_table(manifest_path)}\n\n### Speed\n\n{speed_table(bench)}\n\n"
-                      f"### Seeds\n\n{seeds_section(manifest_path.parent)}\n{END}{tail}")
+# issue targets of the speed work, batch 1 against the dense network in the same form: the share of the MAC
+# saving that shows in latency (at least), or the latency ratio (at most) where a method saves no MACs
+SPEED_TARGETS = {"skipnet": ("saving", 0.70), "dsnet": ("saving", 0.70), "early_exit": ("saving", 0.70),
+                 "dgconv": ("ratio", 1.0), "condconv": ("ratio", 1.15)}
+PAPER_TARGET = 0.85
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--update-readme", action="store_true")
+def speed_targets(folder: Path = PRETRAINED) -> str:
+    """Each featured dynamic model's batch-1 latency against the dense network (bench.json) and each paper-scale
+    row (bench_paper.json), set against its target."""
+    lines = ["| model | MAC ratio | latency ratio | MAC saving shown in latency | target | met |", "|---|---|---|---|---|---|"]
+    flagship = {entry["flagship"] for entry in featured(folder).values()}
+    rows = [(r, SPEED_TARGETS.get(r["method"])) for r in (saved_bench(folder / "bench.json") or {}).get("rows", [])
+            if r["model"] in flagship and r["vs"].startswith("dense")]
+    rows += [(r, ("saving", PAPER_TARGET)) for r in (saved_bench(folder / "bench_paper.json") or {}).get("rows", [])]
+    for r, target in rows:
+        if target is None:
+            continue
+        share = (1 - r["latency_ratio"]) / (1 - r["mac_ratio"]) if r["mac_ratio"] < 1 else None
+        kind, value = target
+        met = (share is not None and share >= value) if kind == "saving" else r["latency_ratio"] <= value
+        wanted = f"saving >= {value:.0%}" if kind == "saving" else f"latency ratio <= {value:.2f}"
+        lines.append(f"| `{r['model']}` | {r['mac_ratio']:.3f} | {r['latency_ratio']:.3f} | "
+                     f"{'-' if share is None else f'{share:.0%}'} | {wanted} | {'yes' if met else '**no**'} |")
+    return "\n".join(lines)
+
+
+def featured_table(manifest_path: Path = PRETRAINED / "manifest.json") -> str:
+    """One row per featured checkpoint (``featured.json``): method, role, accuracy, MACs, training, from the manifest."""
+    manifest = json.loads(manifest_path.read_text())
+    lines = ["| method | model | role | test accuracy | mean MACs / image | of dense | training |", "|---|---|---|---|---|---|---|"]
+    for method, entry in featured(manifest_path.parent).items():
+        for role, name in [("flagship", entry["flagship"])] + [("control", c) for c in entry["controls"]]:
+            if name not in manifest:
+                continue
+            m, e = manifest[name]["metrics"], manifest[name]
+            lines.append(f"| {method if role == 'flagship' else ''} | `{name}` | {role} | {m['test_acc'] * 100:.2f}% | "
+                         f"{m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.0f}% | {e['wall_time_s'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+def variants_table(name: str, manifest_path: Path = PRETRAINED / "manifest.json") -> str:
+    """A model's evaluation variants (DS-Net's static widths, early exit's thresholds and static exits) beside
+    its own operating point, all on the same test images."""
+    m = json.loads(manifest_path.read_text())[name]["metrics"]
+    lines = ["| setting | test accuracy | mean MACs / image | of dense |", "|---|---|---|---|",
+             f"| `{name}` as bundled | {m['test_acc'] * 100:.2f}% | {m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.1f}% |"]
+    lines += [f"| {label} | {v['test_acc'] * 100:.2f}% | {v['macs_mean'] / 1e6:.2f} M | {v['mac_ratio'] * 100:.1f}% |"
+              for label, v in m.get("variants", {}).items()]
+    return "\n".join(lines)
+
+
+def models_table(names: list[str], manifest_path: Path = PRETRAINED / "manifest.json") -> str:
+    """A few named models side by side: accuracy, MACs and the training that made them (from the manifest)."""
+    manifest = json.loads(manifest_path.read_text())
+    lines = ["| model | test accuracy | mean MACs / image | of dense | training time |", "|---|---|---|---|---|"]
+    for name in names:
+        m, e = manifest[name]["metrics"], manifest[name]
+        lines.append(f"| `{name}` | {m['test_acc'] * 100:.2f}% | {m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.1f}% | "
+                     f"{e['wall_time_s'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+def block_text(key: str, folder: Path = PRETRAINED) -> str:
+    """The generated text of one block: ``results``, ``featured``, ``speed``, ``speed:paper``, ``seeds``,
+    ``variants:NAME``, from the manifest and benchmarks in ``folder``."""
+    kind, _, arg = key.partition(":")
+    manifest = folder / "manifest.json"
+    makers = {"results": lambda: results_table(manifest), "featured": lambda: featured_table(manifest),
+              "seeds": lambda: seeds_section(folder), "variants": lambda: variants_table(arg, manifest),
+              "models": lambda: models_table(arg.split(","), manifest),
+              "speed": lambda: (speed_targets(folder) if arg == "targets" else
+                                speed_table(folder / ("bench_paper.json" if arg == "paper" else "bench.json")))}
+    if kind not in makers:
+        raise ValueError(f"unknown generated block {key!r}")
+    return makers[kind]()
+
+
+BLOCK = re.compile(r"(<!-- generated:(?P<key>[^ ]+) -->\n)(?P<body>.*?)(\n<!-- /generated:(?P=key) -->)", re.S)
+DOCUMENTS = (REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("**/*.md")))
+
+
+def regenerate(text: str, folder: Path = PRETRAINED) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + block_text(m.group("key"), folder) + m.group(4), text)
+
+
+def stale_blocks(documents=DOCUMENTS, folder: Path = PRETRAINED) -> list[str]:
+    """``FILE: block`` for every generated block whose text is not what its generator gives now."""
+    out = []
+    for path in documents:
+        for match in BLOCK.finditer(path.read_text()):
+            if match.group("body") != block_text(match.group("key"), folder):
+                out.append(f"{path.name}: {match.group('key')}")
+    return out
+
+
+def update_documents(documents=DOCUMENTS, folder: Path = PRETRAINED) -> list[Path]:
+    """Rewrite every generated block of the README and docs/; returns the files that changed."""
+    changed = []
+    for path in documents:
+        text = path.read_text()
+        new = regenerate(text, folder)
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.results", description=__doc__.split("\n")[0])
+    p.add_argument("--update", "--update-readme", action="store_true", dest="update",
+                   help="rewrite every generated block of README.md and docs/")
+    p.add_argument("--check", action="store_true", help="exit 1 if any generated block is stale")
     args = p.parse_args(argv)
-    if args.update_readme:
-        update_readme()
+    if args.check:
+        stale = stale_blocks()
+        for line in stale:
+            print(f"stale: {line}", file=sys.stderr)
+        if stale:
+            print("run: python -m analysis.results --update", file=sys.stderr)
+        return 1 if stale else 0
+    if args.update:
+        for path in update_documents():
+            print(f"updated {path}")
+        return 0
     print(results_table())
     print()
     print(speed_table())
     print()
     print(seeds_section())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

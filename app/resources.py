@@ -5,6 +5,7 @@ import copy
 import hashlib
 import json
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from analysis.core.catalog import bundled_checkpoints
+from analysis.core.catalog import bundled_checkpoints, featured_names
 from analysis.core.table import dataset_table, load_test_images
 from analysis.core.images import ModelInput, load_model_input
 from analysis.core.latency import Latency, dense_counterpart, image_latency
@@ -20,12 +21,13 @@ from analysis.core.perturb import perturbation_sweep, perturbed, pixels_tensor
 from analysis.core.trace import trace_batch
 from analysis.core.tradeoff import static_points
 from analysis.sweep import knob_sweep
-from models.checkpoint import META_KEYS, CheckpointError, load_checkpoint
+from models.checkpoint import CheckpointError, check_usable, load_checkpoint
 from models.data import find_fashion_mnist
-from models.trace import traced_forward
+
+UPLOAD_MAX_BYTES = 25 * 2**20  # as server.maxUploadSize in .streamlit/config.toml; the bundled checkpoints are < 5 MB
 
 
-@st.cache_resource(show_spinner="Loading model…")
+@st.cache_resource(show_spinner="Loading model…", max_entries=64)
 def _load(path: str, mtime: float) -> torch.nn.Module:
     model = load_checkpoint(path)
     model.cache_key = f"{path}@{mtime}"
@@ -37,34 +39,44 @@ def load_bundled(name: str) -> torch.nn.Module:
     return _load(str(path), path.stat().st_mtime)
 
 
-def _check_usable(model: torch.nn.Module) -> torch.nn.Module:
-    """An uploaded file is untrusted: the meta the pages read must be there and one traced forward pass must
-    give one logit per class, or every image would fail later, deep inside a page."""
-    missing = [k for k in META_KEYS if k not in model.meta]
-    if missing:
-        raise CheckpointError(f"its meta lacks {', '.join(missing)}")
-    logits, _ = traced_forward(model, torch.zeros(1, *model.meta["input_size"]))
-    if logits.shape != (1, len(model.meta["classes"])):
-        raise CheckpointError(f"it gives {tuple(logits.shape)} logits for {len(model.meta['classes'])} classes")
-    return model
+_check_usable = check_usable  # moved to models.checkpoint: python -m analysis.fuzz runs the same check
 
 
 @st.cache_resource(show_spinner="Loading uploaded checkpoint…", max_entries=8)
 def load_uploaded(data: bytes) -> torch.nn.Module:
     """An uploaded checkpoint, keyed by its content; ``CheckpointError`` (without the temporary path) if it
     is not a usable RouteScope checkpoint."""
+    if len(data) > UPLOAD_MAX_BYTES:
+        raise CheckpointError(f"{len(data) / 2**20:.1f} MB is over the upload limit of {UPLOAD_MAX_BYTES // 2**20} MB")
     digest = hashlib.sha256(data).hexdigest()[:16]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload-{digest}.pt"
         path.write_bytes(data)
         try:
-            model = _check_usable(load_checkpoint(path))
+            model = check_usable(load_checkpoint(path, max_bytes=UPLOAD_MAX_BYTES))
         except CheckpointError as e:
             raise CheckpointError(str(e).replace(f"{path}: ", "")) from None
         except Exception as e:  # whatever an untrusted file breaks must become a message, not a crash
             raise CheckpointError(f"cannot be used ({type(e).__name__}: {str(e)[:200]})") from None
     model.cache_key = f"upload:{digest}"
     return model
+
+
+def pick_bundled(bundled: dict, key: str) -> str:
+    """The bundled-model select: the featured models first (each method's flagship and its controls, the flagship
+    SkipNet by default), the sweeps and ablations behind a toggle, still loadable."""
+    featured = [name for name in featured_names() if name in bundled]
+    others = [name for name in bundled if name not in featured]
+    if featured and others:
+        chosen = st.session_state.get(f"{key}-name")
+        if chosen in others:  # e.g. from a shared link: keep it visible
+            st.session_state[f"{key}-all"] = True
+        show_all = st.sidebar.toggle(f"Also the {len(others)} sweeps and ablations", key=f"{key}-all")
+        names = featured + others if show_all else featured
+    else:
+        names = featured or others
+    return st.sidebar.selectbox("Bundled model", names, key=f"{key}-name",
+                                format_func=lambda n: f"★ {n}" if n in featured else n)
 
 
 def choose_model(key: str = "model") -> torch.nn.Module | None:
@@ -85,8 +97,7 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
         if not bundled:
             st.sidebar.error("No bundled checkpoints in models/pretrained.")
             return None
-        name = st.sidebar.selectbox("Bundled model", list(bundled), key=f"{key}-name")
-        return load_bundled(name)
+        return load_bundled(pick_bundled(bundled, key))
     upload = st.sidebar.file_uploader("RouteScope checkpoint (.pt)", type=["pt", "pth"], key=f"{key}-upload")
     if upload is None:
         st.sidebar.info("Upload a checkpoint written by `python -m models.train`.")
@@ -125,10 +136,23 @@ def attribution(_model: torch.nn.Module, model_key: str, image: np.ndarray, targ
     return attributions.explain_decision(_model, x, layer, value)
 
 
-@st.cache_resource
+@st.cache_resource(max_entries=1)
 def _table_store() -> dict:
-    """Dataset tables shared by all sessions, keyed by (model, data set)."""
+    """Dataset tables shared by all sessions, keyed by (model, data set); bounded by ``_bounded_store``."""
     return {}
+
+
+_locks_lock = threading.Lock()
+_key_locks: dict = {}
+
+
+def _key_lock(key) -> threading.Lock:
+    """One lock per store key: sessions that ask for the same table at once wait for one computation."""
+    with _locks_lock:
+        if len(_key_locks) > 1024:  # forget the locks nobody holds
+            for k in [k for k, lock in _key_locks.items() if not lock.locked()]:
+                del _key_locks[k]
+        return _key_locks.setdefault(key, threading.Lock())
 
 
 def test_sets() -> list[str]:
@@ -136,21 +160,22 @@ def test_sets() -> list[str]:
     return ["fashion-mnist-subset"] + (["fashion-mnist"] if find_fashion_mnist("test") else [])
 
 
-@st.cache_resource(show_spinner="Loading test images…")
+@st.cache_resource(show_spinner="Loading test images…", max_entries=4)
 def test_images(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
     return load_test_images(dataset)
 
 
 def cached_table(model: torch.nn.Module, dataset: str) -> pd.DataFrame:
-    """Trace a whole test set once (with a progress bar), then reuse it across reruns and sessions."""
-    store = _table_store()
-    key = (model.cache_key, dataset)
-    if key not in store:
+    """Trace a whole test set once (with a progress bar), then reuse it across reruns and sessions; each caller
+    gets its own copy (a page may add columns)."""
+    def make() -> pd.DataFrame:
         images, labels = test_images(dataset)
         bar = st.progress(0.0, text=f"Tracing {len(images):,} test images…")
-        store[key] = dataset_table(model, images, labels, progress=lambda f: bar.progress(f, text=f"Tracing test images… {f:.0%}"))
+        out = dataset_table(model, images, labels, progress=lambda f: bar.progress(f, text=f"Tracing test images… {f:.0%}"))
         bar.empty()
-    return store[key]
+        return out
+
+    return _bounded_store(_table_store(), ("table", model.cache_key, dataset), make, limit=64)
 
 
 def _json(value: dict | None) -> str:
@@ -193,16 +218,21 @@ def perturbation(_model: torch.nn.Module, model_key: str, pixels: np.ndarray, na
 
 
 def _bounded_store(store: dict, key, make, limit: int = 32):
-    """``store[key]``, made once; the oldest entries go past ``limit`` (a shared dict that must not grow forever)."""
-    if key not in store:
-        value = make()
-        while len(store) >= limit:
-            store.pop(next(iter(store)))
-        store[key] = value
-    return store[key]
+    """A copy of ``store[key]``, made once even when several sessions ask at once (a lock per key); the oldest
+    entries go past ``limit`` (a shared dict that must not grow forever). No session gets the object another
+    session holds."""
+    with _key_lock((id(store), key)):
+        value = store.get(key)
+        if value is None:
+            value = make()
+            with _locks_lock:
+                while len(store) >= limit:
+                    store.pop(next(iter(store)))
+                store[key] = value
+    return value.copy() if hasattr(value, "copy") else copy.deepcopy(value)
 
 
-@st.cache_resource
+@st.cache_resource(max_entries=1)
 def _sweep_store() -> dict:
     """Knob sweeps and static points shared by all sessions, keyed by (model, data set, what)."""
     return {}

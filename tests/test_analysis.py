@@ -155,9 +155,18 @@ def test_results_table_from_manifest(tmp_path):
     assert "| `m` | 90.00% (10 images) | 2.00 M | 50% |" in table
     assert "`m`, static width 0.5 | 80.00% | 1.00 M | 25% |" in table
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{results.START}\nold\n{results.END}\noutro\n")
-    results.update_readme(readme, tmp_path / "manifest.json")
-    assert "old" not in readme.read_text() and "| `m` |" in readme.read_text() and readme.read_text().endswith("outro\n")
+    readme.write_text("intro\n<!-- generated:results -->\nold\n<!-- /generated:results -->\n"
+                      "<!-- generated:variants:m -->\n<!-- /generated:variants:m -->\noutro\n")
+    assert results.stale_blocks([readme], tmp_path) == ["README.md: results", "README.md: variants:m"]
+    assert results.update_documents([readme], tmp_path) == [readme]
+    text = readme.read_text()
+    assert "old" not in text and "| `m` |" in text and "| static width 0.5 | 80.00% |" in text and text.endswith("outro\n")
+    assert results.stale_blocks([readme], tmp_path) == []
+
+
+def test_readme_and_docs_are_up_to_date():
+    """Every number of the README and docs/ is a generated block that matches the manifest and benchmarks."""
+    assert results.main(["--check"]) == 0, "run: python -m analysis.results --update"
 
 
 def test_figures_cli_as_a_module(checkpoint_dir, tmp_path):

@@ -133,7 +133,7 @@ def _broken_checkpoints(folder) -> dict[str, tuple[bytes, str]]:
         "zip.pt": (b"PK\x03\x04 not torch", "not a loadable RouteScope checkpoint"),
         "state_dict.pt": (plain.getvalue(), "not a RouteScope checkpoint (a plain state_dict"),
         "no_classes.pt": (routescope({k: v for k, v in TINY_META.items() if k != "classes"}), "its meta lacks classes"),
-        "rgb_meta.pt": (routescope({**TINY_META, "input_size": [3, 32, 32]}), "cannot be used (RuntimeError"),
+        "rgb_meta.pt": (routescope({**TINY_META, "input_size": [3, 32, 32]}), "a 3x32x32 input does not run through it"),
         "few_classes.pt": (routescope({**TINY_META, "classes": ["a", "b"]}), "gives (1, 10) logits for 2 classes"),
     }
 
@@ -358,3 +358,18 @@ def test_results_page_pareto_speed_and_seeds(tmp_path, monkeypatch):
     assert at.dataframe[1].value["throughput_ratio"].tolist() == [2.0]
     seeds = at.dataframe[2].value  # the RePr experiment: the bundled ConvNet seed only
     assert seeds["arch"].tolist() == ["convnet3"] and seeds["n_runs"].tolist() == [1]
+
+
+def test_featured_models_first_and_the_flagship_skipnet_by_default():
+    """On the bundled models the app opens on the flagship SkipNet; sweeps and ablations sit behind a toggle."""
+    from analysis.core.catalog import featured, featured_names
+
+    st.cache_resource.clear()
+    at = start()
+    flagship = featured()["skipnet"]["flagship"]
+    select = at.sidebar.selectbox(key="model-name")
+    assert select.value == flagship and list(select.options)[0] == f"★ {flagship}"
+    assert len(select.options) == len(featured_names())
+    at.sidebar.toggle(key="model-all").set_value(True).run()
+    assert len(at.sidebar.selectbox(key="model-name").options) > len(featured_names())
+    assert not at.exception

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.core.catalog import bundled_checkpoints
+from analysis.core.catalog import featured
 from models.data import SAMPLE_IMAGES as SAMPLES
 from models.data import FASHION_MNIST
 
@@ -98,10 +98,11 @@ def server(tmp_path_factory):
 
 
 def _skipnet() -> str:
-    names = [name for name in bundled_checkpoints() if name.startswith("skipnet")]
-    if not names:
-        pytest.skip("no bundled SkipNet checkpoint in models/pretrained")
-    return names[0]
+    """The flagship SkipNet (featured, so listed first and selected by default)."""
+    flagship = featured().get("skipnet", {}).get("flagship")
+    if flagship is None:
+        pytest.skip("no featured SkipNet checkpoint in models/pretrained")
+    return flagship
 
 
 def test_upload_shows_prediction_and_decision_charts(server, tmp_path, capsys):
@@ -121,7 +122,7 @@ def test_upload_shows_prediction_and_decision_charts(server, tmp_path, capsys):
             sidebar = page.get_by_test_id("stSidebar")
             sidebar.get_by_test_id("stSelectbox").click()
             page.keyboard.type(model)  # the list is virtualized: filter it so the option is rendered
-            page.get_by_role("option", name=model, exact=True).click()
+            page.get_by_role("option", name=f"★ {model}", exact=True).click()
             skip_charts = page.locator(".js-plotly-plot").filter(has_text="Blocks executed")
             expect(skip_charts).to_have_count(1)  # the default sample, through the SkipNet
             expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
@@ -171,3 +172,36 @@ def test_upload_shows_prediction_and_decision_charts(server, tmp_path, capsys):
     with capsys.disabled():
         print(f"\nbrowser: upload to ready {ready_s:.2f} s (server CPU {server_cpu_s:.2f} s), {json.dumps(report)}")
     assert server_cpu_s < READY_CPU_LIMIT_S, f"the server worked {server_cpu_s:.1f} s for one upload; log: {log}"
+
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+PAGES = {"inspect": "skipnet_resnet20_fmnist_a0.75_fta6kd", "compare": "early_exit_resnet20_fmnist",
+         "structure": "dgconv_resnet20_fmnist_b0.6_e8", "results": None}
+
+
+def test_every_page_renders_and_is_photographed(server, tmp_path):
+    """Each page in a real browser, no exception on it; the screenshots are the README's
+    (``ROUTESCOPE_UPDATE_SCREENSHOTS=1`` writes them to docs/screenshots)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _, _ = server
+    out = SCREENSHOTS if os.environ.get("ROUTESCOPE_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(WAIT_S * 1000)
+            expect.set_options(timeout=WAIT_S * 1000)
+            for name, model in PAGES.items():
+                page.goto(f"{url}/{name}" + (f"?model={model}" if model else ""))
+                expect(page.get_by_role("heading", name=name.capitalize())).to_be_visible()
+                expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+                page.wait_for_timeout(1500)  # let plotly finish drawing
+                expect(page.get_by_test_id("stException")).to_have_count(0)
+                if model:
+                    expect(page.get_by_test_id("stSidebar").get_by_text(model)).to_have_count(1)
+                page.screenshot(path=str(out / f"{name}.png"))
+        finally:
+            browser.close()
+    assert {p.stem for p in out.glob("*.png")} >= set(PAGES)

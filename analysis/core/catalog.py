@@ -1,21 +1,15 @@
 """What ships with the repo: bundled checkpoints and sample images."""
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from models.checkpoint import CheckpointError, read_checkpoint
-from models.data import REPO_ROOT, SAMPLE_IMAGES
+from models.data import SAMPLE_IMAGES
+from models.zoo import PRETRAINED, models_folder  # the path logic lives in models/ (create_model(..., pretrained=True))
 
-PRETRAINED = REPO_ROOT / "models" / "pretrained"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-
-
-def models_folder() -> Path:
-    """Where the bundled checkpoints, their ``manifest.json`` and ``bench.json`` live: ``$ROUTESCOPE_MODELS`` or
-    ``models/pretrained``."""
-    return Path(os.environ.get("ROUTESCOPE_MODELS") or PRETRAINED)
 
 
 def bundled_checkpoints(folder: Path | None = None) -> dict[str, Path]:
@@ -25,6 +19,31 @@ def bundled_checkpoints(folder: Path | None = None) -> dict[str, Path]:
     """
     folder = Path(folder or models_folder())
     return {p.stem: p for p in sorted(folder.glob("*.pt")) if not p.name.endswith(".last.pt")}
+
+
+def featured(folder: Path | None = None) -> dict[str, dict]:
+    """``{method: {"flagship": name, "controls": [names]}}`` from ``featured.json`` beside the bundled checkpoints:
+    what the app lists first and the README's results show; names without a checkpoint are left out."""
+    folder = Path(folder or models_folder())
+    path = folder / "featured.json"
+    if not path.is_file():
+        return {}
+    present = bundled_checkpoints(folder)
+    out = {}
+    for method, entry in json.loads(path.read_text()).items():
+        if entry.get("flagship") in present:
+            out[method] = {"flagship": entry["flagship"], "controls": [c for c in entry.get("controls", []) if c in present]}
+    return out
+
+
+def featured_names(folder: Path | None = None) -> list[str]:
+    """The featured checkpoints in display order: SkipNet's flagship first, then each method's flagship and controls."""
+    names: list[str] = []
+    for entry in featured(folder).values():
+        for name in (entry["flagship"], *entry["controls"]):
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def read_checkpoints(paths: Iterable[Path], on_error: Callable[[str], None] | None = None) -> Iterator[tuple[Path, dict]]:
