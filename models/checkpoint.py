@@ -10,8 +10,11 @@ size, normalization, metrics, recipe) and the training ``history``; hand-made ch
 """
 from __future__ import annotations
 
+import inspect
+import math
 import os
 import pickle
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,15 +22,181 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .errors import UsageError
 from .inference import FORMS, fast_form
-from .registry import create_model
+from .registry import _MODELS, create_model
 
 FORMAT, VERSION = "routescope", 1
 META_KEYS = ("name", "method", "dataset", "classes", "input_size", "mean", "std", "metrics", "recipe")
 
 
-class CheckpointError(ValueError):
+# limits on what a checkpoint may ask for, checked before any weight is allocated (README, "Reliability")
+MAX_BYTES = 100 * 2**20  # file size: ``torch.load`` memory is bounded by it
+MAX_PARAMS = 50_000_000
+MAX_ACTIVATION_BYTES = 2**30  # estimated activation memory of one image's forward pass
+MAX_WIDTH = 2048  # any channel count in a config
+MAX_INT = 100_000  # any other integer in a config (num_classes, ...)
+MAX_SEQUENCE = 64  # length of a list in a config
+MAX_SIDE = 1024  # input_size height and width in meta
+MAX_CHANNELS = 16  # input_size channels / in_chans
+MAX_CLASSES = 100_000
+
+
+class CheckpointError(UsageError):
     """The file is not a RouteScope checkpoint, or does not fit its architecture."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check_value(key: str, annotation: str, value) -> str | None:
+    """Why ``value`` is not acceptable for a builder argument annotated ``annotation`` (a string: the model
+    modules use ``from __future__ import annotations``), or None."""
+    kinds = [a.strip() for a in annotation.split("|")]
+    if value is None:
+        return None if "None" in kinds else "must not be null"
+    kinds = [k for k in kinds if k != "None"]
+    scalar = {"int": _is_int, "float": _is_number, "bool": lambda v: isinstance(v, bool),
+              "str": lambda v: isinstance(v, str) and len(v) <= 64}
+    for kind in kinds:
+        if kind in scalar:
+            if not scalar[kind](value):
+                return f"must be {'a number' if kind == 'float' else 'an ' + kind if kind == 'int' else 'a ' + kind}"
+            if kind == "int" and not 1 <= value <= (MAX_CHANNELS if key == "in_chans" else MAX_CLASSES if key == "num_classes" else MAX_INT):
+                return "is out of range"
+            return None
+        inner = kind[kind.index("[") + 1:-1] if "[" in kind else "int"
+        if not isinstance(value, (list, tuple)):
+            continue
+        items = [i.strip() for i in inner.split(",")]
+        element = items[0]
+        fixed = len(items) if "..." not in items and kind.startswith("tuple") else None
+        if fixed is not None and len(value) != fixed:
+            return f"must be a list of {fixed} values, not {len(value)}"
+        if not 1 <= len(value) <= MAX_SEQUENCE:
+            return f"must be a list of 1 to {MAX_SEQUENCE} values"
+        if element == "int":
+            if not all(_is_int(v) for v in value):
+                return "must be a list of integers"
+            bound = MAX_WIDTH if key == "widths" else MAX_INT
+            if not all(0 <= v <= bound for v in value) or (key == "widths" and min(value) < 1):
+                return f"has a value out of range (at most {bound}{', at least 1' if key == 'widths' else ''})"
+        elif element == "float":
+            if not all(_is_number(v) for v in value):
+                return "must be a list of finite numbers"
+        elif element == "str":
+            if not all(isinstance(v, str) and len(v) <= 64 for v in value):
+                return "must be a list of names"
+        return None
+    return f"must be {annotation}"
+
+
+def check_config(arch, config) -> None:
+    """A ``UsageError`` unless ``config`` uses only ``arch``'s builder keywords, each with a value of its type and
+    within the bounds above (``MAX_WIDTH`` etc.)."""
+    if not isinstance(arch, str) or arch not in _MODELS:
+        raise UsageError(f"unknown model {arch!r}")
+    if not isinstance(config, dict):
+        raise UsageError("its config is not a mapping of builder arguments")
+    params = inspect.signature(_MODELS[arch]).parameters
+    unknown = [k for k in config if k not in params or params[k].kind not in (params[k].POSITIONAL_OR_KEYWORD, params[k].KEYWORD_ONLY)]
+    if unknown:
+        raise UsageError(f"unknown config key(s) for {arch}: {', '.join(map(repr, unknown[:5]))}; "
+                         f"known: {', '.join(params)}")
+    for key, value in config.items():
+        annotation = params[key].annotation
+        annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        why = _check_value(key, annotation, value)
+        if why:
+            raise UsageError(f"config {key}={str(value)[:60]!r} {why}")
+
+
+def activation_bytes(model: nn.Module, input_size) -> int:
+    """Estimated activation memory of one image's forward pass (float32): a ``meta``-device forward summing
+    every leaf module's outputs where the model allows it; models whose forward reads values (gates, exits)
+    get an upper bound instead: every leaf's output channels at the full input resolution."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        for t in output if isinstance(output, (tuple, list)) else [output]:
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_size, device="meta"))
+        return total
+    except (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError):
+        pixels = input_size[1] * input_size[2]
+        return sum(4 * pixels * int(getattr(m, "out_channels", getattr(m, "num_features", getattr(m, "out_features", 0))))
+                   for m in leaves)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _input_size(meta, config, required: bool = False) -> tuple[int, int, int]:
+    size = meta.get("input_size") if isinstance(meta, dict) else None
+    if size is None and not required:  # a hand-made checkpoint without it: the CIFAR size, for the estimate
+        return (config.get("in_chans", 3), 32, 32)
+    if (not isinstance(size, (list, tuple)) or len(size) != 3 or not all(_is_int(v) for v in size)
+            or not 1 <= size[0] <= MAX_CHANNELS or not all(1 <= v <= MAX_SIDE for v in size[1:])):
+        raise CheckpointError(f"meta input_size {str(size)[:60]} is not [channels <= {MAX_CHANNELS}, height, width <= {MAX_SIDE}]")
+    return tuple(size)
+
+
+def build_meta_model(payload: dict, source: str = "checkpoint") -> nn.Module:
+    """The architecture on the ``meta`` device (no weight allocated), after the config and size checks."""
+    try:
+        check_config(payload["arch"], payload["config"])
+    except UsageError as e:
+        raise CheckpointError(f"{source}: cannot build architecture {payload['arch']!r}: {e}") from None
+    try:
+        with torch.device("meta"):
+            model = create_model(payload["arch"], **payload["config"])
+    except (KeyError, TypeError, ValueError, IndexError, AssertionError) as e:
+        raise CheckpointError(f"{source}: cannot build architecture {payload['arch']!r}: {str(e)[:200]}") from None
+    params = sum(p.numel() for p in model.parameters())
+    if params > MAX_PARAMS:
+        raise CheckpointError(f"{source}: {payload['arch']} with this config has {params:,} parameters, over the "
+                              f"limit of {MAX_PARAMS:,}")
+    size = _input_size(payload["meta"], payload["config"])
+    activations = activation_bytes(model, size)
+    if activations > MAX_ACTIVATION_BYTES:
+        raise CheckpointError(f"{source}: one {'x'.join(map(str, size))} image needs about {activations / 2**30:.1f} GiB "
+                              f"of activations, over the limit of {MAX_ACTIVATION_BYTES / 2**30:.0f} GiB")
+    return model
+
+
+def check_state_dict(expected: dict, state: dict, source: str, arch: str) -> None:
+    """Names, count, shapes and dtypes of ``state`` against the meta-built model's; then finite values."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{source}: its state_dict is not a mapping of names to tensors")
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    for k, want in expected.items():
+        got = state.get(k)
+        if got is None:
+            continue
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"{k} has shape {tuple(got.shape)}, want {tuple(want.shape)}")
+        elif got.dtype != want.dtype:
+            problems.append(f"{k} is {str(got.dtype).replace('torch.', '')}, want {str(want.dtype).replace('torch.', '')}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(f"{source}: weights do not fit architecture {arch!r}: {len(state)} tensors, want "
+                              f"{len(expected)}; {'; '.join(problems[:5])}{more}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: weights contain NaN/inf ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
 
 
 def training_args(meta: dict) -> dict:
@@ -64,14 +233,21 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, train
         raise
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load and validate the raw dict; every failure is a one-line ``CheckpointError``."""
+def read_checkpoint(path: str | os.PathLike, max_bytes: int | None = MAX_BYTES) -> dict:
+    """Load and validate the raw dict; every failure is a one-line ``CheckpointError``. A file over ``max_bytes``
+    (None: no limit) is refused before it is read, so ``torch.load`` never holds more than that in memory."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise CheckpointError(f"{path}: {size / 2**20:.1f} MB is over the checkpoint size limit of {max_bytes / 2**20:.0f} MB")
     try:
+        # not ``mmap=True``: it skips torch's record-size check, so a truncated tensor member silently reads the
+        # bytes of its neighbours (found by ``python -m analysis.fuzz``); ``max_bytes`` bounds the memory instead
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, AttributeError) as e:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, AttributeError,
+            KeyError, IndexError, TypeError, UnicodeDecodeError, OverflowError, MemoryError, struct.error) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a loadable RouteScope checkpoint ({first[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -85,11 +261,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def build_from_payload(payload: dict, source: str = "checkpoint") -> nn.Module:
-    """Instantiate the architecture and load the weights strictly."""
-    try:
-        model = create_model(payload["arch"], **payload["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: cannot build architecture {payload['arch']!r}: {e}") from None
+    """Check the config and sizes on a ``meta``-device build, the tensors against its state_dict, then build
+    for real and load the weights strictly."""
+    if not isinstance(payload["meta"], dict):
+        raise CheckpointError(f"{source}: its meta is not a mapping")
+    expected = build_meta_model(payload, source).state_dict()
+    check_state_dict(expected, payload["state_dict"], source, payload["arch"])
+    model = create_model(payload["arch"], **payload["config"])
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
@@ -99,7 +277,8 @@ def build_from_payload(payload: dict, source: str = "checkpoint") -> nn.Module:
     return model
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", form: str = "fast") -> nn.Module:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", form: str = "fast",
+                    max_bytes: int | None = MAX_BYTES) -> nn.Module:
     """The model in eval mode with ``.meta``, ready for true dynamic inference.
 
     ``form="fast"`` (the default) is the inference form of ``models.inference`` (BatchNorm folded, gates
@@ -108,7 +287,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {', '.join(FORMS)}, not {form!r}")
-    model = build_from_payload(read_checkpoint(path), str(path)).to(map_location).eval()
+    model = build_from_payload(read_checkpoint(path, max_bytes), str(path)).to(map_location).eval()
     return fast_form(inference_form(model)) if form == "fast" else model
 
 
@@ -117,3 +296,43 @@ def inference_form(model: nn.Module) -> nn.Module:
     convs to grouped convs; a new model), else the model itself."""
     prepare = getattr(model, "for_inference", None)
     return prepare() if callable(prepare) else model
+
+
+def check_meta(meta: dict) -> None:
+    """The meta the app and the CLIs read, with values of the right type: classes (names), input_size, mean and
+    std (one finite number per channel, std > 0); a ``CheckpointError`` otherwise."""
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise CheckpointError(f"its meta lacks {', '.join(missing)}")
+    channels = _input_size(meta, {}, required=True)[0]
+    classes = meta["classes"]
+    if (not isinstance(classes, (list, tuple)) or not 1 <= len(classes) <= MAX_CLASSES
+            or not all(isinstance(c, str) for c in classes)):
+        raise CheckpointError("its meta classes are not a list of class names")
+    for key in ("mean", "std"):
+        value = meta[key]
+        if (not isinstance(value, (list, tuple)) or len(value) not in (1, channels)
+                or not all(_is_number(v) for v in value) or (key == "std" and min(value) <= 0)):
+            raise CheckpointError(f"its meta {key} is not one finite number per input channel{' (> 0)' if key == 'std' else ''}")
+    for key in ("name", "method", "dataset"):
+        if not isinstance(meta[key], str):
+            raise CheckpointError(f"its meta {key} is not a string")
+
+
+def check_usable(model: nn.Module) -> nn.Module:
+    """An uploaded file is untrusted: the meta the pages read must be there and valid, and one traced forward
+    pass must give finite logits, one per class, or every image would fail later, deep inside a page (the app and
+    ``python -m analysis.fuzz`` run this after ``load_checkpoint``)."""
+    from .trace import traced_forward
+
+    check_meta(model.meta)
+    try:
+        logits, _ = traced_forward(model, torch.zeros(1, *model.meta["input_size"]))
+    except RuntimeError as e:  # e.g. an input_size the layers cannot take (too small for the pooling)
+        raise CheckpointError(f"a {'x'.join(map(str, model.meta['input_size']))} input does not run through it "
+                              f"({' '.join(str(e).split())[:160]})") from None
+    if not isinstance(logits, torch.Tensor) or logits.shape != (1, len(model.meta["classes"])):
+        raise CheckpointError(f"it gives {tuple(getattr(logits, 'shape', ()))} logits for {len(model.meta['classes'])} classes")
+    if not torch.isfinite(logits).all():
+        raise CheckpointError("it gives NaN/inf logits")
+    return model

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .errors import UsageError
 from .layers.condconv import CondConv2d, Router
 from .registry import register_model
 from .resnet import BasicBlock, ResNet, init_weights
@@ -108,9 +109,9 @@ class CondConvResNet(ResNet):
         super().__init__(depth, num_classes, in_chans, tuple(widths))
         stages = tuple(sorted({int(s) for s in condconv_stages}))
         if not stages or any(s not in (1, 2, 3) for s in stages):
-            raise ValueError(f"condconv_stages must be a non-empty subset of (1, 2, 3), got {condconv_stages!r}")
+            raise UsageError(f"condconv_stages must be a non-empty subset of (1, 2, 3), got {condconv_stages!r}")
         if int(num_experts) < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+            raise UsageError(f"num_experts must be >= 1, got {num_experts}")
         self.num_experts, self.condconv_stages = int(num_experts), stages
         for s in stages:
             stage = self.stages()[s - 1]

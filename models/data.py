@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .errors import UsageError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_SUBSET = REPO_ROOT / "models" / "assets" / "fashion-mnist-subset"
 # sample images shipped for the app, the tests and the docs (``analysis.make_samples`` writes them); one place
@@ -134,7 +136,7 @@ def read_idx(path: Path) -> np.ndarray:
         data = f.read()
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise UsageError(f"{path} is not an unsigned-byte IDX file")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
@@ -248,7 +250,7 @@ def load_svhn(split: str, data_dir) -> TensorImages:
 def load_dataset(name: str, split: str, data_dir=None, download: bool = False, image_size: int = 32) -> tuple[Dataset, DatasetInfo]:
     """Return ``(dataset, info)`` for ``split`` in {"train", "test"}; images are uint8 (C, H, W)."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        raise UsageError(f"split must be 'train' or 'test', not {split!r}")
     if name == "fashion-mnist":
         return load_fashion_mnist(split, data_dir, download), FASHION_MNIST
     if name == "fashion-mnist-subset":
@@ -266,7 +268,7 @@ def load_dataset(name: str, split: str, data_dir=None, download: bool = False, i
             root = root / split
         data = ImageFolderImages(root, image_size)
         return data, DatasetInfo("imagefolder", tuple(data.classes), (3, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD)
-    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
+    raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
 
 
 # --- tensors the model sees ----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from .errors import UsageError
 from .layers.dgconv import DGConv2d, GroupedConv2d
 from .registry import register_model
 from .resnet import ResNet
@@ -112,7 +113,7 @@ class DGConvResNet(ResNet):
     def complexity(self, kind: str = "macs") -> torch.Tensor:
         """``sum_l nnz(U_l) * k^2 * area_l`` (``"macs"``) or ``sum_l nnz(U_l)`` (``"nnz"``), differentiable via the STE."""
         if kind not in COMPLEXITY_KINDS:
-            raise ValueError(f"complexity must be one of {', '.join(COMPLEXITY_KINDS)}, not {kind!r}")
+            raise UsageError(f"complexity must be one of {', '.join(COMPLEXITY_KINDS)}, not {kind!r}")
         terms = [layer.nnz_ste() * self._weight(layer, kind) for _, layer in self.dg_layers() if isinstance(layer, DGConv2d)]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 

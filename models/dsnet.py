@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import UsageError
 from .layers.slimmable import SlimBatchNorm2d, SlimConv2d, WidthGate
 from .registry import register_model
 from .resnet import ResNet, conv3x3
@@ -147,13 +148,13 @@ class DSResNet(ResNet):
                  dynamic_stages: Sequence[int] = (2, 3), attention: bool = True, gate_grid: int = 1) -> None:
         nn.Module.__init__(self)
         if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+            raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         choices = tuple(sorted(float(w) for w in widths_choices))
         if not choices or choices[0] <= 0 or choices[-1] != 1.0 or len(set(choices)) != len(choices):
-            raise ValueError(f"widths_choices must be distinct ratios in (0, 1] ending with 1.0, got {widths_choices}")
+            raise UsageError(f"widths_choices must be distinct ratios in (0, 1] ending with 1.0, got {widths_choices}")
         dynamic = tuple(sorted(set(int(s) for s in dynamic_stages)))
         if not dynamic or not set(dynamic) <= {1, 2, 3}:
-            raise ValueError(f"dynamic_stages must be a non-empty subset of (1, 2, 3), got {dynamic_stages}")
+            raise UsageError(f"dynamic_stages must be a non-empty subset of (1, 2, 3), got {dynamic_stages}")
         n = (depth - 2) // 6
         self.depth, self.widths = depth, tuple(int(w) for w in widths)
         self.widths_choices, self.dynamic_stages, self.use_attention = choices, dynamic, bool(attention)
@@ -161,7 +162,7 @@ class DSResNet(ResNet):
             tuple(max(1, round(w * c)) for w in choices) if s in dynamic else (c,) for s, c in enumerate(self.widths, 1))
         for s, options in enumerate(self.stage_channels, 1):
             if len(set(options)) != len(options):
-                raise ValueError(f"widths_choices {choices} give repeated channel counts {options} in layer{s}")
+                raise UsageError(f"widths_choices {choices} give repeated channel counts {options} in layer{s}")
         self.stem = nn.Sequential(conv3x3(in_chans, self.widths[0]), nn.BatchNorm2d(self.widths[0]), nn.ReLU(inplace=True))
         in_ch, in_keys = self.widths[0], 1
         gates = {}

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from .errors import UsageError
 from .layers.exit_head import ExitHead
 from .registry import register_model
 from .resnet import ResNet
@@ -60,7 +61,7 @@ class EarlyExitResNet(ResNet):
         exits = list(names[1:-1] if exits is None else exits)
         unknown = [e for e in exits if e not in blocks or e == names[-1]]
         if unknown:
-            raise ValueError(f"exits must name blocks before the last ({', '.join(names[:-1])}), not {', '.join(unknown)}")
+            raise UsageError(f"exits must name blocks before the last ({', '.join(names[:-1])}), not {', '.join(unknown)}")
         self.exit_names: tuple[str, ...] = tuple(sorted(exits, key=names.index))
         self.exits = nn.ModuleList(ExitHead(blocks[e].conv2.out_channels, num_classes, head) for e in self.exit_names)
         self.threshold = float(threshold)

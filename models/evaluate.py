@@ -20,6 +20,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .cost import full_macs
 from .manifest import write_manifest_entry
+from .errors import UsageError
 from .data import DataNotFoundError, DatasetInfo, collate_batch, load_dataset, normalize
 from .trace import traced_forward
 
@@ -87,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         model = ckpt.load_checkpoint(args.checkpoint)
-        dataset = args.dataset or model.meta["dataset"]
+        dataset = args.dataset or model.meta.get("dataset")
+        if not dataset:
+            raise UsageError(f"{args.checkpoint}: its meta names no data set: pass --dataset")
         data, info = load_dataset(dataset, "test", args.data_dir)
         if list(info.input_size) != list(model.meta["input_size"]):
-            raise ValueError(f"{dataset} images are {info.input_size}, the model expects {tuple(model.meta['input_size'])}")
+            raise UsageError(f"{dataset} images are {info.input_size}, the model expects {tuple(model.meta['input_size'])}")
         metrics = evaluate(model, data, info, args.limit)
-    except (ckpt.CheckpointError, DataNotFoundError, ValueError, KeyError) as e:
+    except (DataNotFoundError, UsageError) as e:  # CheckpointError is a UsageError; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .errors import UsageError
 from .data import DATASET_NAMES, DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
 from .evaluate import evaluate
 from .inference import fast_form
@@ -91,7 +92,7 @@ class Trainer:
         self.holdout_data = None
         if args.holdout:
             if not 0 < args.holdout < len(train_data):
-                raise ValueError(f"--holdout must be between 1 and {len(train_data) - 1}, not {args.holdout}")
+                raise UsageError(f"--holdout must be between 1 and {len(train_data) - 1}, not {args.holdout}")
             keep = len(train_data) - args.holdout
             train_data, self.holdout_data = Subset(train_data, range(keep)), Subset(train_data, range(keep, len(train_data)))
         self.train_data, self.test_data = train_data, test_data
@@ -303,6 +304,21 @@ def setup_distributed(device: str) -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def parse_model_args(text: str, model: str) -> dict:
+    """``--model-args``: a JSON object of builder keywords, each known to the builder and of its type."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--model-args is not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise UsageError("--model-args must be a JSON object of builder arguments")
+    try:
+        ckpt.check_config(model, value)
+    except UsageError as e:
+        raise UsageError(f"--model-args: {e}") from None
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args, recipe = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -311,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_data, info = load_dataset(args.dataset, "train", args.data_dir, args.download, args.image_size)
         test_data, _ = load_dataset(args.dataset, "test", args.data_dir, args.download, args.image_size)
-        model_args = {**json.loads(args.model_args), **(recipe.model_args(args) if recipe.model_args else {})}
+        model_args = {**parse_model_args(args.model_args, args.model), **(recipe.model_args(args) if recipe.model_args else {})}
         model = create_model(args.model, num_classes=len(info.classes), in_chans=info.input_size[0], **model_args)
         if args.init_from:
             init_from(model, args.init_from)
@@ -322,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():
             final = trainer.finish()
             print(f"saved {final}")
-    except (DataNotFoundError, ckpt.CheckpointError, KeyError, ValueError) as e:
+    except (DataNotFoundError, UsageError) as e:  # what the user can fix (CheckpointError is one); a bug keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -7,7 +7,9 @@ per-method files a second copy of the registry.)
 """
 from __future__ import annotations
 
+import functools
 import io
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,13 +38,25 @@ class FigureSpec:
 
 
 FIGURES: dict[str, FigureSpec] = {}
+# pyplot's current-figure state is global to the process, and the app's sessions are threads of one process:
+# ``FIGURES[name].make`` draws one figure at a time
+_DRAWING = threading.RLock()
+
+
+def _one_at_a_time(make: Callable[["FigureContext"], plt.Figure]) -> Callable[["FigureContext"], plt.Figure]:
+    @functools.wraps(make)
+    def locked(context: "FigureContext") -> plt.Figure:
+        with _DRAWING:
+            return make(context)
+
+    return locked
 
 
 def register_figure(name: str, method: str, caption: str):
     """Register ``make(context) -> Figure``; ``method`` is the model method it needs ("all" for any)."""
 
     def wrap(make: Callable[["FigureContext"], plt.Figure]) -> Callable:
-        FIGURES[name] = FigureSpec(name, method, caption, make)
+        FIGURES[name] = FigureSpec(name, method, caption, _one_at_a_time(make))
         return make
 
     return wrap
@@ -50,7 +64,10 @@ def register_figure(name: str, method: str, caption: str):
 
 @dataclass
 class FigureContext:
-    """Checkpoints and test images shared by all figures of a run; tables are computed once per model."""
+    """Checkpoints and test images shared by all figures of a run; tables are computed once per model.
+
+    The app shares one context between sessions (threads): loading is under a lock, so each model, table and
+    the images are made once, and ``table`` returns a copy (a figure may add columns to it)."""
 
     checkpoints: dict[str, Path]
     dataset: str = "fashion-mnist-subset"
@@ -58,25 +75,29 @@ class FigureContext:
     _models: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     _images: tuple | None = None
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def model(self, name: str) -> torch.nn.Module:
-        if name not in self._models:
-            self._models[name] = load_checkpoint(self.checkpoints[name])
-        return self._models[name]
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = load_checkpoint(self.checkpoints[name])
+            return self._models[name]
 
     def models(self, method: str) -> dict[str, torch.nn.Module]:
         """All checkpoints of one method, by name (loads every checkpoint once to read its meta)."""
         return {n: m for n in self.checkpoints if (m := self.model(n)).meta["method"] == method or method == "all"}
 
     def images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._images is None:
-            self._images = load_test_images(self.dataset, self.data_dir)
-        return self._images
+        with self._lock:
+            if self._images is None:
+                self._images = load_test_images(self.dataset, self.data_dir)
+            return self._images
 
     def table(self, name: str) -> pd.DataFrame:
-        if name not in self._tables:
-            self._tables[name] = dataset_table(self.model(name), *self.images())
-        return self._tables[name]
+        with self._lock:
+            if name not in self._tables:
+                self._tables[name] = dataset_table(self.model(name), *self.images())
+            return self._tables[name].copy()
 
 
 def main_model(context: FigureContext, method: str, max_mac_ratio: float = 0.9) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from models.data import normalize
 
 MAX_PIXELS = 40_000_000  # refuse before decoding: a decompression bomb is a tiny file that inflates
-MAX_BYTES = 50 * 1024 * 1024
+MAX_BYTES = 20 * 1024 * 1024  # refuse before reading: an upload or file larger than any image the app needs
 
 
 class ImageError(ValueError):
@@ -53,10 +54,12 @@ def open_image(source: bytes | str | os.PathLike, name: str | None = None) -> Im
             if not Path(source).is_file():
                 raise ImageError(f"{name}: no such file")
             if Path(source).stat().st_size > MAX_BYTES:
-                raise ImageError(f"{name}: file is larger than {MAX_BYTES // 2**20} MB")
+                raise ImageError(f"{name}: file is over the {MAX_BYTES // 2**20} MB image size limit")
             data = Path(source).read_bytes()
+        if len(data) == 0:
+            raise ImageError(f"{name}: empty file (0 bytes)")
         if len(data) > MAX_BYTES:
-            raise ImageError(f"{name}: file is larger than {MAX_BYTES // 2**20} MB")
+            raise ImageError(f"{name}: file is over the {MAX_BYTES // 2**20} MB image size limit")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
@@ -64,6 +67,11 @@ def open_image(source: bytes | str | os.PathLike, name: str | None = None) -> Im
                 raise ImageError(f"{name}: {img.width}x{img.height} pixels is over the {MAX_PIXELS // 10**6}-megapixel limit")
             img.seek(0)
             img.load()
+            # what later steps read lazily from the file, read now (Pillow caches both), so a broken frame
+            # table or EXIF block fails here: the frame count and the EXIF orientation
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            img.getexif()
         return img
     except ImageError:
         raise
@@ -71,8 +79,9 @@ def open_image(source: bytes | str | os.PathLike, name: str | None = None) -> Im
         raise ImageError(f"{name}: not an image file (or a format Pillow cannot read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: image is too large to decode safely (decompression bomb guard)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"{name}: broken or truncated image ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error, ZeroDivisionError) as e:
+        # what Pillow's format plugins raise on a corrupt file (a missing tag, a short read, a bad header field)
+        raise ImageError(f"{name}: broken or truncated image ({type(e).__name__}: {str(e)[:160]})") from None
 
 
 def _to_rgb_or_gray(img: Image.Image, notes: list[str]) -> Image.Image:
@@ -114,6 +123,10 @@ def _fit_dark_background(gray: Image.Image, size: tuple[int, int], notes: list[s
     background = int(np.median(np.concatenate([np.asarray(gray)[0], np.asarray(gray)[-1]])))
     if gray.size != size:
         side = max(gray.size)
+        if side * side > MAX_PIXELS:  # a strip (e.g. 1 x 60000): shrink first, or its square would be gigapixels
+            scale = int(MAX_PIXELS ** 0.5) / side
+            gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.BOX)
+            side = max(gray.size)
         square = Image.new("L", (side, side), background)
         square.paste(gray, ((side - gray.width) // 2, (side - gray.height) // 2))
         gray = square.resize(size, Image.LANCZOS, reducing_gap=3.0)

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
+
 
 class CondConv2d(nn.Module):
     """A conv whose kernel is a per-example mixture of ``num_experts`` expert kernels (one grouped conv per batch)."""
@@ -23,9 +25,9 @@ class CondConv2d(nn.Module):
                  num_experts: int = 4, bias: bool = False) -> None:
         super().__init__()
         if in_ch % groups or out_ch % groups:
-            raise ValueError(f"channels ({in_ch} in, {out_ch} out) must be divisible by groups={groups}")
+            raise UsageError(f"channels ({in_ch} in, {out_ch} out) must be divisible by groups={groups}")
         if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+            raise UsageError(f"num_experts must be >= 1, got {num_experts}")
         self.in_channels, self.out_channels = in_ch, out_ch
         self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
         self.num_experts = num_experts

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
+
 STE_KINDS = ("sigmoid", "identity")
 
 
@@ -34,7 +36,7 @@ def binary_gates(theta: torch.Tensor, ste: str = "sigmoid") -> torch.Tensor:
     elif ste == "identity":
         soft = theta.clamp(-1.0, 1.0)
     else:
-        raise ValueError(f"ste must be one of {', '.join(STE_KINDS)}, not {ste!r}")
+        raise UsageError(f"ste must be one of {', '.join(STE_KINDS)}, not {ste!r}")
     return hard + (soft - soft.detach())  # exactly hard forward: the bracket is exactly 0
 
 
@@ -128,9 +130,9 @@ class DGConv2d(nn.Module, _GroupStructure):
                  gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> None:
         super().__init__()
         if channels < 1 or channels & (channels - 1):
-            raise ValueError(f"DGConv2d needs a power-of-two channel count (C_in = C_out), got {channels}")
+            raise UsageError(f"DGConv2d needs a power-of-two channel count (C_in = C_out), got {channels}")
         if ste not in STE_KINDS:
-            raise ValueError(f"ste must be one of {', '.join(STE_KINDS)}, not {ste!r}")
+            raise UsageError(f"ste must be one of {', '.join(STE_KINDS)}, not {ste!r}")
         self.in_channels = self.out_channels = channels
         self.kernel_size, self.stride = (kernel_size, kernel_size), (stride, stride)
         self.padding, self.dilation = (padding, padding), (1, 1)

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
+
 EXIT_HEADS = ("sdn", "pool")
 
 
@@ -21,7 +23,7 @@ class ExitHead(nn.Module):
     def __init__(self, channels: int, num_classes: int, kind: str = "sdn", reduced: int = 4) -> None:
         super().__init__()
         if kind not in EXIT_HEADS:
-            raise ValueError(f"exit head must be one of {', '.join(EXIT_HEADS)}, not {kind!r}")
+            raise UsageError(f"exit head must be one of {', '.join(EXIT_HEADS)}, not {kind!r}")
         self.kind, self.reduced = kind, reduced if kind == "sdn" else 1
         if kind == "sdn":
             self.alpha = nn.Parameter(torch.rand(1))

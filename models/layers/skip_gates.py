@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..resnet import conv3x3
 
 GATE_KINDS = ("rnn", "ff1", "ff2")
@@ -184,4 +185,4 @@ def build_gates(kind: str, channels: Sequence[int]) -> GateBank:
         return FeedForwardGates(channels, FFGateI, "ff1")
     if kind == "ff2":
         return FeedForwardGates(channels, FFGateII, "ff2")
-    raise ValueError(f"unknown SkipNet gate {kind!r}; choose from {', '.join(GATE_KINDS)}")
+    raise UsageError(f"unknown SkipNet gate {kind!r}; choose from {', '.join(GATE_KINDS)}")

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..dgconv import COMPLEXITY_KINDS
 from ..registry import register_recipe
 from ..stages import Stage, StepOutput, param_groups, unwrap
@@ -37,7 +38,7 @@ def budget_loss(task_loss: torch.Tensor, ratio: torch.Tensor, budget: float, wei
         return task_loss + weight * F.relu(over - 1)
     if form == "power":
         return task_loss * over.clamp(min=1.0) ** weight
-    raise ValueError(f"budget loss must be one of {', '.join(BUDGET_LOSSES)}, not {form!r}")
+    raise UsageError(f"budget loss must be one of {', '.join(BUDGET_LOSSES)}, not {form!r}")
 
 
 class BudgetedStage(Stage):
@@ -48,9 +49,9 @@ class BudgetedStage(Stage):
         super().__init__("budgeted", epochs, lr, weight_decay)
         self.gate_lr_scale = gate_lr_scale
         if not 0 < budget <= 1:
-            raise ValueError(f"--budget is a fraction of the dense complexity in (0, 1], got {budget}")
+            raise UsageError(f"--budget is a fraction of the dense complexity in (0, 1], got {budget}")
         if budget_loss not in BUDGET_LOSSES or complexity not in COMPLEXITY_KINDS:
-            raise ValueError(f"budget loss {budget_loss!r} / complexity {complexity!r} unknown")
+            raise UsageError(f"budget loss {budget_loss!r} / complexity {complexity!r} unknown")
         self.budget, self.budget_weight = budget, budget_weight
         self.budget_loss, self.complexity = budget_loss, complexity
 

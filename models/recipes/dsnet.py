@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..dsnet import Config, DSResNet
 from ..layers.slimmable import SlimBatchNorm2d
 from ..registry import register_recipe
@@ -109,7 +110,7 @@ def recalibrate_bn(model: DSResNet, batches: Iterable[torch.Tensor], configs: Se
             m.momentum = momentum
         model.train(was_training)
     if used == 0:
-        raise ValueError("BN recalibration needs at least one batch")
+        raise UsageError("BN recalibration needs at least one batch")
     return used
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..layers.exit_head import EXIT_HEADS
 from ..registry import register_recipe
 from ..stages import Stage, StepOutput, distillation_loss, unwrap
@@ -34,7 +35,7 @@ class JointExitStage(Stage):
                  ic_only: bool = False, calibrate: float | None = None) -> None:
         super().__init__("joint-exits" if not ic_only else "exit-heads", epochs, lr, weight_decay)
         if not 0.0 <= distill_weight <= 1.0:
-            raise ValueError(f"--exit-distill must be in [0, 1], not {distill_weight}")
+            raise UsageError(f"--exit-distill must be in [0, 1], not {distill_weight}")
         self.distill_weight, self.ic_only, self.calibrate = distill_weight, ic_only, calibrate
         self.epoch = 0
         self.calibration: dict | None = None
@@ -51,7 +52,7 @@ class JointExitStage(Stage):
         self.epoch = epoch + 1
         if self.calibrate is not None and self.epoch == self.epochs:
             if trainer.holdout_data is None:
-                raise ValueError("--exit-calibrate needs held-out training images: pass --holdout N")
+                raise UsageError("--exit-calibrate needs held-out training images: pass --holdout N")
             self.calibration = calibrate_threshold(unwrap(trainer.model), trainer.holdout_data, trainer.info.mean,
                                                    trainer.info.std, self.calibrate)
             set_threshold(unwrap(trainer.model), self.calibration["threshold"])

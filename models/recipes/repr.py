@@ -49,6 +49,7 @@ import warnings
 import torch
 import torch.nn as nn
 
+from ..errors import UsageError
 from ..layers.filter_overlap import (RANKINGS, filter_scores, flatten_filters, kaiming_filter_norm,
                                      null_space_directions, rank_scores, select_global)
 from ..registry import register_recipe
@@ -128,13 +129,13 @@ class RePrStage(Stage):
                  prune: float = 0.3, ranking: str = "orthogonality", seed: int = 0, measure_events: bool = True) -> None:
         super().__init__("repr", epochs, lr, weight_decay)
         if ranking not in RANKINGS:
-            raise ValueError(f"unknown RePr ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
+            raise UsageError(f"unknown RePr ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
         if s1 < 1 or s2 < 1 or cycles < 0:
-            raise ValueError(f"RePr needs --repr-s1 >= 1, --repr-s2 >= 1 and --repr-cycles >= 0 (got {s1}, {s2}, {cycles})")
+            raise UsageError(f"RePr needs --repr-s1 >= 1, --repr-s2 >= 1 and --repr-cycles >= 0 (got {s1}, {s2}, {cycles})")
         if not 0.0 < prune < 1.0:
-            raise ValueError(f"--repr-prune is a fraction in (0, 1), got {prune}")
+            raise UsageError(f"--repr-prune is a fraction in (0, 1), got {prune}")
         if cycles and cycles * (s1 + s2) >= epochs:
-            raise ValueError(f"the RePr schedule needs more than N*(S1+S2) = {cycles * (s1 + s2)} epochs so that the last "
+            raise UsageError(f"the RePr schedule needs more than N*(S1+S2) = {cycles * (s1 + s2)} epochs so that the last "
                              f"re-initialized filters are trained, but --epochs is {epochs}; lower --repr-cycles/-s1/-s2")
         self.s1, self.s2, self.cycles, self.fraction, self.ranking = s1, s2, cycles, prune, ranking
         self.seed, self.measure_events = seed, measure_events

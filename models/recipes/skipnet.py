@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..layers.skip_gates import GATE_KINDS
 from ..registry import register_recipe
@@ -110,7 +111,7 @@ class PolicyFinetuneStage(Stage):
                  teacher: nn.Module | None = None, distill_weight: float = 0.5) -> None:
         super().__init__("policy-finetune", epochs, lr, weight_decay)
         if not 0.0 <= distill_weight <= 1.0:
-            raise ValueError(f"--ft-distill must be in [0, 1], not {distill_weight}")
+            raise UsageError(f"--ft-distill must be in [0, 1], not {distill_weight}")
         self.anchor_weight = anchor_weight
         self.anchor = FrozenCopy()
         self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
