@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STREAMLIT_FLAGS := --server.headless true --server.fileWatcherType none --browser.gatherUsageStats false
 
-.PHONY: app test test-all install
+.PHONY: app test test-all install bundle
 
 install: $(VENV)/.installed
 
@@ -20,3 +20,8 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -q -m ""
+
+# Rebuild a bundled checkpoint from recipes/NAME.toml, replaying its chain of init_from links (those whose
+# checkpoint exists in OUT are skipped): make bundle NAME=skipnet_resnet20_fmnist_a0.75_fta6kd [OUT=dir] [DRY_RUN=1]
+bundle: install
+	$(PY) -m models.zoo bundle $(NAME) $(if $(OUT),--out $(OUT)) $(if $(DRY_RUN),--dry-run)

@@ -20,5 +20,6 @@ navigation = st.navigation([
     st.Page(PAGES / "structure.py", title="Structure", icon=":material/grid_view:"),
     st.Page(PAGES / "figures.py", title="Figures", icon=":material/insert_chart:"),
     st.Page(PAGES / "results.py", title="Results", icon=":material/leaderboard:"),
+    st.Page(PAGES / "training.py", title="Training", icon=":material/monitoring:"),
 ])
 navigation.run()

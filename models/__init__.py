@@ -14,7 +14,7 @@ from . import recipes
 from .checkpoint import CheckpointError, load_checkpoint
 from .registry import create_model, list_models, register_model
 
-_ENTRY_POINTS = frozenset({"train", "evaluate"})
+_ENTRY_POINTS = frozenset({"train", "evaluate", "zoo"})  # zoo: imported on use (python -m models.zoo)
 
 
 def _import_all() -> None:

@@ -18,12 +18,29 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def list_models() -> list[str]:
+def list_models(pretrained: bool = False) -> list[str]:
+    """Registered architectures, or (``pretrained=True``) the names of the bundled checkpoints
+    (``$ROUTESCOPE_MODELS`` or ``models/pretrained``)."""
+    if pretrained:
+        from .zoo import bundled_names
+
+        return bundled_names()
     return sorted(_MODELS)
 
 
-def create_model(name: str, **cfg) -> nn.Module:
-    """Build a registered model; ``cfg`` are the builder's keyword arguments (num_classes, in_chans, ...)."""
+def create_model(name: str, pretrained: bool = False, **cfg) -> nn.Module:
+    """Build a registered model; ``cfg`` are the builder's keyword arguments (num_classes, in_chans, ...).
+
+    ``pretrained=True`` (timm's convention): ``name`` is a bundled checkpoint (``list_models(pretrained=True)``),
+    loaded with ``load_checkpoint``, or an architecture, whose most accurate bundled checkpoint is loaded.
+    """
+    if pretrained:
+        if cfg:
+            raise ValueError(f"create_model({name!r}, pretrained=True) takes no builder arguments (the checkpoint "
+                             f"fixes them), not {', '.join(sorted(cfg))}")
+        from .zoo import load_pretrained
+
+        return load_pretrained(name)
     try:
         builder = _MODELS[name]
     except KeyError:

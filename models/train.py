@@ -33,6 +33,7 @@ from .evaluate import evaluate
 from .inference import fast_form
 from .manifest import write_manifest_entry
 from .registry import Recipe, create_model, method_of, recipe_of
+from . import zoo
 from .stages import Stage
 
 
@@ -63,6 +64,11 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=int, default=0, metavar="N",
                    help="keep the last N training images out of training, for stages that calibrate on unseen images")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write TensorBoard scalars to DIR (needs the optional tensorboard package)")
+    p.add_argument("--recipe", default=None, metavar="FILE",
+                   help="take the options of a recipe file (recipes/NAME.toml); options given beside it override the file's; "
+                        "its checkpoint names resolve to OUT/NAME.pt (OUT default models/pretrained)")
     if recipe is not None and recipe.arguments is not None:
         recipe.arguments(p)
     return p
@@ -71,6 +77,7 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recipe]:
     """Two passes: ``--model`` names the method, whose recipe adds its own options; any other method's option
     is then an unknown argument (an error), not a value silently stored in the checkpoint's meta."""
+    argv = zoo.expand_recipe(list(sys.argv[1:] if argv is None else argv))
     known, _ = build_parser().parse_known_args(argv)
     try:
         recipe = recipe_of(method_of(known.model))
@@ -111,6 +118,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self._resume_state: dict | None = None
+        self.writer = open_tensorboard(args.tensorboard) if getattr(args, "tensorboard", None) and is_main_process() else None
         launcher = f"torchrun --nproc_per_node {self.world}" if self.world > 1 else "python"
         # the command that makes this run from scratch: a resumed run records what it continues, not --resume
         argv = [a for a in getattr(args, "argv", []) if a != "--resume"]
@@ -149,7 +157,7 @@ class Trainer:
             "dark_background": self.info.dark_background,
             "metrics": {},
             "recipe": {"stages": [{"name": s.name, "epochs": s.epochs, "lr": s.lr} for s in self.stages],
-                       "args": {k: v for k, v in vars(self.args).items() if k not in ("resume", "no_progress", "argv")}},
+                       "args": {k: v for k, v in vars(self.args).items() if k not in ("resume", "no_progress", "argv", "recipe", "tensorboard")}},
             "history": self.history,
         }
 
@@ -184,7 +192,40 @@ class Trainer:
             print(f"resumed {self.last_path} at stage {self.position[0]} epoch {self.position[1]} ({self.elapsed / 60:.1f} min so far)")
 
     # --- loop ----------------------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        """``OUT/NAME.metrics.jsonl``: one JSON line per finished epoch (its history row), readable while it runs."""
+        return self.out / f"{self.name}.metrics.jsonl"
+
+    def sync_metrics(self) -> None:
+        """Start the metrics file of a fresh run; on resume keep it (the next epochs append) unless it does not
+        hold exactly the resumed history (killed between the checkpoint and the log), then write that."""
+        path = self.metrics_path
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) != len(self.history) or not self.history:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+
+    def log_epoch(self, row: dict) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "global_epoch"):
+                    self.writer.add_scalar(key, value, row["global_epoch"])
+            self.writer.add_text("stage", row["stage"], row["global_epoch"])
+            self.writer.flush()
+
     def fit(self) -> None:
+        if is_main_process():
+            self.sync_metrics()
+        try:
+            self._fit()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+
+    def _fit(self) -> None:
         for stage_index in range(self.position[0], len(self.stages)):
             stage = self.stages[stage_index]
             self.optimizer = stage.optimizer(self.model)
@@ -213,6 +254,7 @@ class Trainer:
                     print(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss {train_stats['train_loss']:.4f} "
                           f"train acc {train_stats['train_acc']:.4f} test acc {test_acc:.4f} ({self.elapsed / 60:.1f} min)", flush=True)
                     self.save_last()
+                    self.log_epoch(self.history[-1])
 
     def train_epoch(self, stage: Stage, stage_index: int, epoch: int) -> dict:
         self.net.train()
@@ -277,8 +319,30 @@ class Trainer:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, device {self.device.type}",
             "date": dt.date.today().isoformat(),
             "metrics": metrics,
+            **self.chain_fields(),
         })
         return final
+
+    def chain_fields(self) -> dict:
+        """``chain``, ``cumulative_epochs``, ``cumulative_wall_time_s``: this run's plus those of the run it started
+        from (``--init-from``), read from the manifest beside that checkpoint (a parent without one counts as a
+        first link of unknown history: the chain starts at it, its epochs and time are not counted)."""
+        parent = None
+        if self.args.init_from:
+            source = Path(self.args.init_from)
+            entry = zoo.read_manifest(source.parent).get(source.stem, {})
+            parent = entry if "chain" in entry else {"chain": [source.stem]}
+        return zoo.chain_fields(self.name, len(self.history), self.elapsed, parent)
+
+
+def open_tensorboard(folder: str):
+    """A ``SummaryWriter`` on ``folder``; tensorboard is optional, so its absence is a usage error."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package (pip install tensorboard), "
+                         "which RouteScope does not install; the metrics are in OUT/NAME.metrics.jsonl either way") from None
+    return SummaryWriter(folder)
 
 
 def init_from(model: nn.Module, path: str) -> None:
@@ -321,7 +385,7 @@ def parse_model_args(text: str, model: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args, recipe = parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = zoo.expand_recipe(list(sys.argv[1:] if argv is None else argv))  # a recipe run records its options
     setup_distributed(args.device)
     torch.manual_seed(args.seed)
     try:

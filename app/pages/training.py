@@ -1,0 +1,80 @@
+"""Training: follow a run from its ``OUT/NAME.metrics.jsonl`` (written by ``python -m models.train`` after every
+epoch), with its loss and accuracy curves per epoch and stage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from analysis.core.catalog import models_folder
+from analysis.core.training_log import MetricsError, metrics_files, read_metrics
+from models.data import REPO_ROOT
+
+REFRESH_S = 5
+
+
+def _label(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _curves(frame: pd.DataFrame) -> None:
+    last = frame.iloc[-1]
+    cols = st.columns(4)
+    cols[0].metric("Epochs done", len(frame))
+    cols[1].metric("Stage", str(last["stage"]))
+    cols[2].metric("Test accuracy", f"{last['test_acc']:.4f}")
+    cols[3].metric("Elapsed", f"{float(last.get('elapsed_s', 0.0)) / 60:.1f} min")
+    x = "global_epoch"
+    loss = px.line(frame, x=x, y="train_loss", color="stage", markers=True, title="Training loss",
+                   labels={x: "epoch (whole run)", "train_loss": "loss"})
+    st.plotly_chart(loss, key="training-loss")
+    present = [c for c in ("train_acc", "test_acc") if c in frame]
+    acc = frame.melt(id_vars=[x, "stage"], value_vars=present, var_name="split", value_name="accuracy")
+    acc["split"] = acc["split"].str.removesuffix("_acc")
+    fig = px.line(acc, x=x, y="accuracy", color="stage", line_dash="split", markers=True, title="Accuracy",
+                  labels={x: "epoch (whole run)"})
+    st.plotly_chart(fig, key="training-accuracy")
+    if "lr" in frame:
+        st.plotly_chart(px.line(frame, x=x, y="lr", color="stage", markers=True, title="Learning rate (end of epoch)",
+                                labels={x: "epoch (whole run)"}), key="training-lr")
+    with st.expander("Every epoch row"):
+        st.dataframe(frame, hide_index=True)
+
+
+st.title("Training")
+st.caption("`python -m models.train` appends one line per epoch to `OUT/NAME.metrics.jsonl` beside the checkpoint; "
+           "pick one (bundled checkpoints and `runs/`) or type a path.")
+files = metrics_files([models_folder(), REPO_ROOT / "runs"])
+labels = {_label(p): p for p in files}
+picked = st.selectbox("Metrics file", list(labels), key="training-file",
+                      placeholder="no metrics file under models/pretrained or runs/")
+typed = st.text_input("…or its path", key="training-path", placeholder="runs/NAME.metrics.jsonl").strip()
+path = Path(typed).expanduser() if typed else labels.get(picked)
+follow = st.toggle(f"Follow the run (refresh every {REFRESH_S} s)", key="training-follow")
+
+
+@st.fragment(run_every=REFRESH_S if follow else None)
+def show(path: Path | None) -> None:
+    if path is None:
+        st.info("No metrics file yet: train a model (`python -m models.train ... --out runs`) or type a path.")
+        return
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    st.button("Refresh", key="training-refresh", icon=":material/refresh:")
+    try:
+        frame = read_metrics(path)
+    except MetricsError as e:
+        st.error(f"Cannot show this run: {e}")
+        return
+    if frame.empty:
+        st.info(f"`{_label(path)}`: no epoch has finished yet.")
+        return
+    _curves(frame)
+
+
+show(path)

@@ -1,0 +1,170 @@
+"""The model zoo: recipe files that rebuild every bundled checkpoint, their chains, pretrained models by name,
+and the per-epoch metrics files (with the Training page that follows them)."""
+import json
+
+import pytest
+import tomli_w
+
+from models import create_model, list_models, train, zoo
+from models.checkpoint import read_checkpoint
+
+from conftest import REPO
+from test_app import chart_data, page, plotly_values
+from test_train import ARGS, run
+
+MANIFEST = json.loads((zoo.PRETRAINED / "manifest.json").read_text())
+FINE_TUNED = "skipnet_resnet20_fmnist_a0.75_fta6kd"
+# what a recipe leaves out on purpose (where and how a run goes, not what it trains): see zoo.ENVIRONMENT_OPTIONS
+NOT_IN_RECIPES = {"no_progress"}
+
+
+def test_every_bundled_checkpoint_has_a_recipe():
+    names = zoo.bundled_names(zoo.PRETRAINED)
+    assert names and not [n for n in names if not zoo.recipe_path(n).exists()]
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_recipe_gives_the_manifest_commands_arguments(name):
+    original = vars(train.parse_args(zoo.command_argv(MANIFEST[name]["command"]))[0])
+    replayed = vars(train.parse_args(["--recipe", str(zoo.recipe_path(name))])[0])
+    assert {k: v for k, v in replayed.items() if k not in NOT_IN_RECIPES} == \
+           {k: v for k, v in original.items() if k not in NOT_IN_RECIPES}
+    assert zoo.recipe_from_command(MANIFEST[name]["command"]) == zoo.load_recipe(zoo.recipe_path(name)), \
+        "the committed recipes are python -m models.zoo export's"
+
+
+def test_recipe_options_are_overridden_and_checkpoints_resolve_in_out(tmp_path):
+    args, _ = train.parse_args(["--recipe", str(zoo.recipe_path(FINE_TUNED)), "--out", str(tmp_path), "--ft-lr", "0.1"])
+    assert args.ft_lr == 0.1 and args.ft_epochs == 6 and args.name == FINE_TUNED and args.out == str(tmp_path)
+    assert args.init_from == str(tmp_path / "skipnet_resnet20_fmnist_a0.75.pt")
+    assert args.ft_teacher == str(tmp_path / "resnet20_fmnist.pt")
+
+
+def test_chain_of_a_fine_tuned_skipnet_resolves_in_order():
+    expected = ["resnet20_fmnist", "skipnet_resnet20_fmnist_sp", "skipnet_resnet20_fmnist_a0.75", FINE_TUNED]
+    assert zoo.chain(FINE_TUNED) == expected
+    assert MANIFEST[FINE_TUNED]["chain"] == expected
+    assert zoo.build_order(FINE_TUNED) == expected  # the distillation teacher is the chain's first link
+
+
+def test_dsnet_grid4_sweep_is_one_chain():
+    chain = MANIFEST["dsnet_resnet20_fmnist_grid4_hw6_long"]["chain"]
+    assert chain[-4:] == ["dsnet_resnet20_fmnist_grid4", "dsnet_resnet20_fmnist_grid4_hw8",
+                          "dsnet_resnet20_fmnist_grid4_hw6", "dsnet_resnet20_fmnist_grid4_hw6_long"]
+
+
+def test_bundle_dry_run_skips_existing_links(tmp_path, capsys):
+    (tmp_path / "resnet20_fmnist.pt").write_bytes(b"")
+    (tmp_path / "skipnet_resnet20_fmnist_sp.pt").write_bytes(b"")
+    assert zoo.main(["bundle", FINE_TUNED, "--out", str(tmp_path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["skip resnet20_fmnist", "skip skipnet_resnet20_fmnist_sp"]
+    assert lines[2:] == [f"python -m models.train --recipe recipes/{n}.toml --out {tmp_path}"
+                         for n in ("skipnet_resnet20_fmnist_a0.75", FINE_TUNED)]
+    assert not (tmp_path / f"{FINE_TUNED}.pt").exists()
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_cumulative_epochs_and_time_add_up_over_the_chain(name):
+    entry = MANIFEST[name]
+    links = entry["chain"]
+    assert links == zoo.chain(name) and links[-1] == name
+    own = [zoo.run_epochs(zoo.load_recipe(zoo.recipe_path(link))) for link in links]
+    assert entry["cumulative_epochs"] == sum(own)
+    assert entry["cumulative_wall_time_s"] == pytest.approx(sum(MANIFEST[link]["wall_time_s"] for link in links), abs=0.2)
+    if len(links) > 1:
+        parent = MANIFEST[links[-2]]
+        assert entry["cumulative_epochs"] == parent["cumulative_epochs"] + own[-1]
+
+
+def test_create_model_pretrained_by_checkpoint_name_and_by_arch():
+    assert FINE_TUNED in list_models(pretrained=True) and "resnet20" not in list_models(pretrained=True)
+    model = create_model(FINE_TUNED, pretrained=True)
+    assert model.meta["name"] == FINE_TUNED and model.arch == "skipnet_resnet20" and not model.training
+    best = max((n for n in MANIFEST if MANIFEST[n]["command"].split("--model ")[1].split()[0] == "skipnet_resnet20"),
+               key=lambda n: MANIFEST[n]["metrics"]["test_acc"])
+    assert create_model("skipnet_resnet20", pretrained=True).meta["name"] == best
+    assert create_model("resnet8").arch == "resnet8"  # unchanged without pretrained
+
+
+def test_unknown_pretrained_name_lists_the_bundled_ones():
+    with pytest.raises(KeyError) as info:
+        create_model("no_such_model", pretrained=True)
+    assert FINE_TUNED in str(info.value) and "resnet20_fmnist" in str(info.value)
+    with pytest.raises(KeyError, match="no bundled checkpoint of architecture 'resnet110'"):
+        create_model("resnet110", pretrained=True)
+
+
+def test_metrics_jsonl_per_epoch_appended_on_resume(fmnist_dir, tmp_path, monkeypatch):
+    original = train.Trainer.train_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(fmnist_dir, tmp_path)
+    path = tmp_path / "tiny.metrics.jsonl"
+    first = path.read_text().splitlines()
+    assert len(first) == 1 and json.loads(first[0])["global_epoch"] == 0
+    monkeypatch.setattr(train.Trainer, "train_epoch", original)
+    assert run(fmnist_dir, tmp_path, "--resume") == 0
+    lines = path.read_text().splitlines()
+    assert lines[0] == first[0] and len(lines) == 2
+    assert [json.loads(line) for line in lines] == read_checkpoint(tmp_path / "tiny.pt")["meta"]["history"]
+    entry = json.loads((tmp_path / "manifest.json").read_text())["tiny"]
+    assert entry["chain"] == ["tiny"] and entry["cumulative_epochs"] == 2
+
+
+def test_a_recipe_run_continues_a_chain(fmnist_dir, tmp_path):
+    assert run(fmnist_dir, tmp_path) == 0
+    recipe = {"name": "child", "model": "resnet8", "dataset": "fashion-mnist", "seed": 0, "epochs": 1,
+              "batch_size": 32, "limit_batches": 2, "lr": 0.01, "init_from": "tiny"}
+    (tmp_path / "child.toml").write_text(tomli_w.dumps(recipe))
+    assert train.main(["--recipe", str(tmp_path / "child.toml"), "--out", str(tmp_path), "--data-dir", str(fmnist_dir),
+                       "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    child = manifest["child"]
+    assert child["chain"] == ["tiny", "child"] and child["cumulative_epochs"] == 3
+    assert child["cumulative_wall_time_s"] == pytest.approx(manifest["tiny"]["wall_time_s"] + child["wall_time_s"], abs=0.2)
+    assert f"--init-from {tmp_path / 'tiny.pt'}" in child["command"] and "--recipe" not in child["command"]
+    assert len((tmp_path / "child.metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(fmnist_dir, tmp_path, capsys):
+    try:
+        import tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    assert run(fmnist_dir, tmp_path, "--tensorboard", str(tmp_path / "tb")) == 2
+    assert "--tensorboard needs the tensorboard package" in capsys.readouterr().err
+
+
+def test_bundled_metrics_files_are_the_checkpoints_history():
+    for name in ("resnet20_fmnist", FINE_TUNED):
+        rows = [json.loads(line) for line in (zoo.PRETRAINED / f"{name}.metrics.jsonl").read_text().splitlines()]
+        assert rows == read_checkpoint(zoo.PRETRAINED / f"{name}.pt")["meta"]["history"]
+
+
+def test_training_page_curves_of_a_bundled_run_and_a_message_for_a_bad_path(tmp_path):
+    at = page("training")
+    assert not at.exception
+    at.selectbox(key="training-file").set_value(f"models/pretrained/{FINE_TUNED}.metrics.jsonl").run()
+    assert not at.exception and not at.error
+    charts = chart_data(at)
+    assert len(charts) == 3
+    loss = charts[0]["data"]
+    assert [trace["name"] for trace in loss] == ["policy-finetune"] and list(plotly_values(loss[0]["x"])) == list(range(6))
+    accuracy = charts[1]["data"]
+    assert len(accuracy) == 2 and len(plotly_values(accuracy[1]["y"])) == 6  # train and test
+    at.text_input(key="training-path").set_value(str(tmp_path / "missing.metrics.jsonl")).run()
+    assert not at.exception and "no metrics file" in at.error[0].value and not at.get("plotly_chart")
+    garbled = tmp_path / "garbled.metrics.jsonl"
+    garbled.write_text("not json\n" + json.dumps({"stage": "s", "train_loss": 1.0, "test_acc": 0.5}) + "\n")
+    at.text_input(key="training-path").set_value(str(garbled)).run()
+    assert not at.exception and "line 1 is not JSON" in at.error[0].value
