@@ -180,12 +180,12 @@ def block_text(key: str, folder: Path = PRETRAINED) -> str:
     return makers[kind]()
 
 
-BLOCK = re.compile(r"(<!-- generated:(?P<key>[^ ]+) -->\n)(?P<body>.*?)(\n<!-- /generated:(?P=key) -->)", re.S)
+BLOCK = re.compile(r"<!-- generated:(?P<key>[^ ]+) -->\n(?P<body>.*?)\n?<!-- /generated:(?P=key) -->", re.S)
 DOCUMENTS = (REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("**/*.md")))
 
 
 def regenerate(text: str, folder: Path = PRETRAINED) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + block_text(m.group("key"), folder) + m.group(4), text)
+    return BLOCK.sub(lambda m: f"<!-- generated:{m['key']} -->\n{block_text(m['key'], folder)}\n<!-- /generated:{m['key']} -->", text)
 
 
 def stale_blocks(documents=DOCUMENTS, folder: Path = PRETRAINED) -> list[str]:
@@ -193,7 +193,7 @@ def stale_blocks(documents=DOCUMENTS, folder: Path = PRETRAINED) -> list[str]:
     out = []
     for path in documents:
         for match in BLOCK.finditer(path.read_text()):
-            if match.group("body") != block_text(match.group("key"), folder):
+            if match.group("body").strip("\n") != block_text(match.group("key"), folder):
                 out.append(f"{path.name}: {match.group('key')}")
     return out
 
