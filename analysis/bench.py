@@ -16,6 +16,7 @@ import argparse
 import copy
 import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.core.catalog import bundled_checkpoints, read_checkpoints
+from analysis.core.catalog import bundled_checkpoints, featured, read_checkpoints
 from analysis.core.kinds import kind_view
 from analysis.core.table import dataset_table, load_test_images
 from models import create_model
@@ -127,21 +128,26 @@ PAPER_DEPTH, PAPER_INPUT = 110, (3, 32, 32)  # the CIFAR ResNet-110 of the SkipN
 
 
 def flagships(paths: list[Path]) -> dict[str, Path]:
-    """Per dynamic method, the most accurate bundled checkpoint that saves compute (mean MACs < 90% of dense)."""
+    """Per dynamic method its featured flagship (``featured.json``), else the most accurate checkpoint that saves
+    compute (mean MACs < 90% of dense)."""
+    chosen = {method: entry["flagship"] for method, entry in featured().items()}
     best: dict[str, tuple[float, Path]] = {}
     for path, payload in read_checkpoints(paths):
         meta = payload["meta"]
         metrics = meta.get("metrics", {})
         if meta.get("method") == "baseline" or metrics.get("mac_ratio", 1.0) >= 0.9:
             continue
+        if chosen.get(meta["method"]) == path.stem:
+            best[meta["method"]] = (math.inf, path)
         if metrics.get("test_acc", 0) > best.get(meta["method"], (-1.0, None))[0]:
             best[meta["method"]] = (metrics["test_acc"], path)
     return {method: path for method, (_, path) in best.items()}
 
 
 @torch.no_grad()
-def paper_scale_row(bundled: torch.nn.Module, images: int = 16, rounds: int = 5, seed: int = 0) -> dict | None:
-    """``bundled``'s method on a CIFAR ResNet-110 at 32 x 32 x 3 with random weights, its decisions forced to the
+def paper_scale_row(bundled: torch.nn.Module, images: int = 16, rounds: int = 5, seed: int = 0,
+                    size: int = PAPER_INPUT[-1]) -> dict | None:
+    """``bundled``'s method on a CIFAR ResNet-110 at ``size`` x ``size`` x 3 with random weights, its decisions forced to the
     rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at batch 1
     against the dense ResNet-110 in the same form, alternately. None if no kind of the method can be forced."""
     table = dataset_table(bundled, *load_test_images())
@@ -156,7 +162,7 @@ def paper_scale_row(bundled: torch.nn.Module, images: int = 16, rounds: int = 5,
     dense = target.dense_counterpart()
     samplers = [v.force_like(table, bundled, target) for v in views]
     rng = np.random.default_rng(seed)
-    xs = [torch.randn(1, *PAPER_INPUT) for _ in range(images)]
+    xs = [torch.randn(1, PAPER_INPUT[0], size, size) for _ in range(images)]
     overrides = [{layer: fields for sample in samplers for layer, fields in sample(rng).items()} for _ in xs]
     macs = [float(traced_forward(target, x, overrides=o)[1].macs[0]) for x, o in zip(xs, overrides)]
     dense_macs = count_macs(dense, xs[0])
@@ -172,12 +178,13 @@ def paper_scale_row(bundled: torch.nn.Module, images: int = 16, rounds: int = 5,
                 run(i)
             times[side].append((time.perf_counter() - tic) / len(xs))
     latency, latency_ref = statistics.median(times[0]), statistics.median(times[1])
-    return {"model": f"{arch} (random weights, decisions of {bundled.meta['name']})", "method": bundled.meta["method"],
+    return {"model": f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})",
+            "method": bundled.meta["method"],
             "vs": f"dense resnet{PAPER_DEPTH}, same form", "test_acc": None, "macs_mean": statistics.mean(macs),
             "macs_ref": dense_macs, "mac_ratio": statistics.mean(macs) / dense_macs, "latency_ms": latency * 1e3,
             "latency_ref_ms": latency_ref * 1e3, "latency_ratio": latency / latency_ref, "throughput": None,
             "throughput_ref": None, "throughput_ratio": None, "batch": 1, "images": images,
-            "image_size": PAPER_INPUT[-1], "threads": torch.get_num_threads()}
+            "image_size": size, "threads": torch.get_num_threads()}
 
 
 @torch.no_grad()
@@ -248,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help=f"throughput batch (default: the model's benchmark_batch, else {DEFAULT_BATCH})")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--image-size", type=int, default=None, metavar="S",
-                   help="upsample the test images to S x S (default: the data set's 28 x 28)")
+                   help="upsample the test images to S x S (default: the data set's 28 x 28); with --scale paper, "
+                        "the random inputs' size (default 32)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--profile", type=Path, default=None, metavar="CHECKPOINT",
                    help="print a torch.profiler breakdown of batch-1 forwards of this model and its dense counterpart")
@@ -280,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.scale == "paper":
             for path in flagships(paths).values():
-                row = paper_scale_row(load_checkpoint(path), rounds=args.rounds)
+                row = paper_scale_row(load_checkpoint(path), images=min(args.images, 16), rounds=args.rounds,
+                                      size=args.image_size or PAPER_INPUT[-1])
                 rows += [row] if row is not None else []
         else:
             for path in paths:

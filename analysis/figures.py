@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from analysis.core.catalog import bundled_checkpoints
-from analysis.core.figures import FigureContext, load_figure_modules, write_figures
+from analysis.core.figures import FigureContext, default_test_set, load_figure_modules, write_figures
 from models.checkpoint import CheckpointError
 from models.data import DataNotFoundError
 
@@ -20,12 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--only", default=None, help="only the figures of one method (as a checkpoint meta names it, e.g. skipnet, early_exit)")
     p.add_argument("--checkpoint", action="append", default=[], help="use these checkpoints instead of the bundled ones")
-    p.add_argument("--dataset", default="fashion-mnist-subset", help="test images for dataset-level figures")
+    p.add_argument("--dataset", default=None,
+                   help="test images for dataset-level figures (default: the full test set when installed, else the bundled subset)")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
     load_figure_modules()
     checkpoints = {Path(c).stem: Path(c) for c in args.checkpoint} or bundled_checkpoints()
-    context = FigureContext(checkpoints, args.dataset, args.data_dir)
+    context = FigureContext(checkpoints, args.dataset or default_test_set(), args.data_dir)
     try:
         written = write_figures(context, args.out, args.only)
     except (CheckpointError, DataNotFoundError) as e:

@@ -2,7 +2,8 @@
 seed experiments (never typed by hand).
 
 A document marks a block ``<!-- generated:KEY -->`` ... ``<!-- /generated:KEY -->`` (keys: ``results``,
-``featured``, ``speed``, ``speed:paper``, ``speed:targets``, ``seeds``, ``variants:NAME``, ``models:A,B,...``). ``python -m analysis.results --update``
+``featured``, ``speed`` (``bench.json``), ``speed:NAME`` (``NAME.json``), ``speed:targets``, ``seeds``,
+``variants:NAME``, ``models:A,B,...``). ``python -m analysis.results --update``
 rewrites them all; ``--check`` exits 1 when one is stale (the test suite runs it).
 """
 from __future__ import annotations
@@ -116,7 +117,8 @@ def speed_targets(folder: Path = PRETRAINED) -> str:
     flagship = {entry["flagship"] for entry in featured(folder).values()}
     rows = [(r, SPEED_TARGETS.get(r["method"])) for r in (saved_bench(folder / "bench.json") or {}).get("rows", [])
             if r["model"] in flagship and r["vs"].startswith("dense")]
-    rows += [(r, ("saving", PAPER_TARGET)) for r in (saved_bench(folder / "bench_paper.json") or {}).get("rows", [])]
+    rows += [(r, ("saving", PAPER_TARGET)) for path in sorted(folder.glob("bench_paper*.json"))
+             for r in saved_bench(path)["rows"]]
     for r, target in rows:
         if target is None:
             continue
@@ -173,8 +175,7 @@ def block_text(key: str, folder: Path = PRETRAINED) -> str:
     makers = {"results": lambda: results_table(manifest), "featured": lambda: featured_table(manifest),
               "seeds": lambda: seeds_section(folder), "variants": lambda: variants_table(arg, manifest),
               "models": lambda: models_table(arg.split(","), manifest),
-              "speed": lambda: (speed_targets(folder) if arg == "targets" else
-                                speed_table(folder / ("bench_paper.json" if arg == "paper" else "bench.json")))}
+              "speed": lambda: speed_targets(folder) if arg == "targets" else speed_table(folder / f"{arg or 'bench'}.json")}
     if kind not in makers:
         raise ValueError(f"unknown generated block {key!r}")
     return makers[kind]()

@@ -11,7 +11,7 @@ import torch
 if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() != 1:
     torch.set_num_threads(1)
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "views"  # not pages/: Streamlit would also list that folder's files as pages
 
 st.set_page_config(page_title="RouteScope", page_icon=":material/route:", layout="wide")
 navigation = st.navigation([

@@ -15,8 +15,8 @@ taken. ``model(x, all_exits=True)`` (training) computes every exit on every samp
 logits, internal exits first.
 
 Deviations: exits go after blocks (SDN places them at about 15-90% of the cost; here by default after
-every block from ``layer1.1`` on, which for ResNet-20 is 22-89%); confidence is max softmax (SDN's), not
-BranchyNet's entropy.
+every block from ``layer1.1`` on in a network of at most 9 blocks, which for ResNet-20 is 22-89%, and at
+SDN's six positions in deeper ones); confidence is max softmax (SDN's), not BranchyNet's entropy.
 """
 from __future__ import annotations
 
@@ -47,6 +47,17 @@ EXIT = register_kind(DecisionKind(
     signature=lambda d: d["layer"] if d["exited"] else None, forcible=("exited",)))
 
 
+SDN_POSITIONS = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
+
+
+def default_exits(blocks: list[str]) -> list[str]:
+    """Every block but the first and last in a short network (ResNet-20: 7 exits); in a deeper one SDN's six
+    positions (15-90% of the depth), so the exit heads a late image visits stay few."""
+    if len(blocks) <= 9:
+        return blocks[1:-1]
+    return list(dict.fromkeys(blocks[min(len(blocks) - 2, max(0, round(f * len(blocks)) - 1))] for f in SDN_POSITIONS))
+
+
 class EarlyExitResNet(ResNet):
     """ResNet (``models.resnet`` names) with an exit head after each block in ``exits``."""
 
@@ -58,7 +69,7 @@ class EarlyExitResNet(ResNet):
         super().__init__(depth, num_classes, in_chans, tuple(widths))
         blocks = dict(self.named_blocks())
         names = list(blocks)
-        exits = list(names[1:-1] if exits is None else exits)
+        exits = list(default_exits(names) if exits is None else exits)
         unknown = [e for e in exits if e not in blocks or e == names[-1]]
         if unknown:
             raise UsageError(f"exits must name blocks before the last ({', '.join(names[:-1])}), not {', '.join(unknown)}")

@@ -161,7 +161,7 @@ def test_compare_page_with_a_model_for_other_images(models_dir, tmp_path_factory
 
 
 def page(name: str) -> AppTest:
-    return start(str(REPO / "app" / "pages" / f"{name}.py"))
+    return start(str(REPO / "app" / "views" / f"{name}.py"))
 
 
 def plotly_values(values: list | dict) -> list | np.ndarray:

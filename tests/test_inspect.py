@@ -1,4 +1,4 @@
-"""The routing-trace CLI: JSON lines with the DESIGN.md keys, MACs that agree with FlopCounterMode, bad input."""
+"""The routing-trace CLI: JSON lines with the keys of docs/trace.md, MACs that agree with FlopCounterMode, bad input."""
 import json
 import subprocess
 import sys

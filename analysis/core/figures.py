@@ -24,6 +24,7 @@ from tqdm import tqdm  # noqa: E402
 
 from analysis.core.table import dataset_table, easy_and_hard, load_test_images  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
+from models.data import find_fashion_mnist  # noqa: E402
 
 matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none", "figure.dpi": 110,
                             "axes.spines.top": False, "axes.spines.right": False, "font.size": 9})
@@ -62,6 +63,12 @@ def register_figure(name: str, method: str, caption: str):
     return wrap
 
 
+def default_test_set() -> str:
+    """The full Fashion-MNIST test set when it is installed, else the bundled 500-image subset (a fallback: its
+    per-width or per-exit differences can be sampling noise)."""
+    return "fashion-mnist" if find_fashion_mnist("test") else "fashion-mnist-subset"
+
+
 @dataclass
 class FigureContext:
     """Checkpoints and test images shared by all figures of a run; tables are computed once per model.
@@ -70,12 +77,16 @@ class FigureContext:
     the images are made once, and ``table`` returns a copy (a figure may add columns to it)."""
 
     checkpoints: dict[str, Path]
-    dataset: str = "fashion-mnist-subset"
+    dataset: str = field(default_factory=lambda: default_test_set())
     data_dir: str | None = None
     _models: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     _images: tuple | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def caption(self, spec: "FigureSpec") -> str:
+        """The figure's caption, naming the test images its dataset-level numbers come from."""
+        return f"{spec.caption} Test images: {self.dataset} ({len(self.images()[1]):,})."
 
     def model(self, name: str) -> torch.nn.Module:
         with self._lock:
@@ -159,7 +170,7 @@ def write_figures(context: FigureContext, out: Path, only: str | None = None, pr
             path = out / f"{spec.name}.{fmt}"
             path.write_bytes(figure_bytes(figure, fmt))
             written.append(path)
-        (out / f"{spec.name}.txt").write_text(spec.caption + "\n")
+        (out / f"{spec.name}.txt").write_text(context.caption(spec) + "\n")
         plt.close(figure)
     return written
 

@@ -1,4 +1,4 @@
-"""The routing trace of DESIGN.md: one JSON-ready dict per image, from one real (traced) forward pass."""
+"""The routing trace (docs/trace.md): one JSON-ready dict per image, from one real (traced) forward pass."""
 from __future__ import annotations
 
 from functools import lru_cache

@@ -18,8 +18,9 @@ FORMATS = {"png": "image/png", "pdf": "application/pdf", "svg": "image/svg+xml"}
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _context(key: tuple) -> FigureContext:
     """Loaded models and traced tables of one set of checkpoint files (``key``: name, path, mtime); a retrained
-    checkpoint makes a new key, so only the newest sets stay in memory."""
-    return FigureContext({name: Path(path) for name, path, _ in key})
+    checkpoint makes a new key, so only the newest sets stay in memory. The bundled 500-image subset keeps the page
+    responsive (``python -m analysis.figures`` uses the full test set when it is installed); captions name it."""
+    return FigureContext({name: Path(path) for name, path, _ in key}, dataset="fashion-mnist-subset")
 
 
 @st.cache_data(show_spinner="Drawing the figure (the first time traces the test images)…", max_entries=64)
@@ -43,7 +44,7 @@ method = st.selectbox("Method", methods, index=methods.index("all") if "all" in 
 for spec in [s for s in specs if s.method == method]:
     with st.container(border=True):
         st.markdown(f"**{spec.name}**")
-        st.caption(spec.caption)
+        st.caption(_context(key).caption(spec))
         try:
             files = render(spec.name, key)
         except Exception as e:  # a figure that cannot be drawn must not take the page down
