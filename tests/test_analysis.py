@@ -118,17 +118,18 @@ def checkpoint_dir(tmp_path_factory, skipnet):
 
 def test_figures_cli_writes_pdf_png_and_captions(checkpoint_dir, tmp_path):
     args = ["--out", str(tmp_path), "--checkpoint", str(checkpoint_dir / "tiny_skipnet.pt"),
-            "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt")]
+            "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt"), "--dataset", "fashion-mnist-subset"]
     assert figures.main(args) == 0
     names = {p.stem for p in tmp_path.glob("*.pdf")}
     assert {"overview_accuracy_vs_macs", "skipnet_skip_ratio", "skipnet_easy_vs_hard", "skipnet_blocks_per_class",
             "skipnet_input_scale", "skipnet_alpha_sweep"} <= names
     for name in names:
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-        assert (tmp_path / f"{name}.txt").read_text().strip()
+        assert (tmp_path / f"{name}.txt").read_text().strip().endswith("Test images: fashion-mnist-subset (500).")
         assert b"/FontFile2" in (tmp_path / f"{name}.pdf").read_bytes(), "TrueType fonts must be embedded"
     only = tmp_path / "only"
-    assert figures.main(["--out", str(only), "--only", "baseline", "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt")]) == 0
+    assert figures.main(["--out", str(only), "--only", "baseline", "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt"),
+                         "--dataset", "fashion-mnist-subset"]) == 0
     assert {p.stem for p in only.glob("*.pdf")} == {"overview_accuracy_vs_macs"}
 
 
