@@ -19,30 +19,21 @@ import asyncio
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
 
+from analysis.serve import ServerError, running_app
 from models.data import SAMPLE_IMAGES
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 MAX_SESSIONS, MAX_UPLOADS = 16, 2000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_bytes(pid: int) -> int:
@@ -189,54 +180,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     deadline = time.monotonic() + args.deadline
     folder = Path(tempfile.mkdtemp(prefix="routescope-load-"))
-    port = free_port()
-    log = folder / "server.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("ROUTESCOPE_MODELS", "ROUTESCOPE_DATA")}
-    server = None
+    images = make_images(folder, args.uploads)
+    expected = expected_labels(model, images)
     try:
-        images = make_images(folder, args.uploads)
-        expected = expected_labels(model, images)
-        with open(log, "wb") as out:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.port", str(port),
-                 "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-                 "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        while True:
-            if server.poll() is not None:
-                print(f"error: streamlit exited with {server.returncode}:\n{log.read_text()[-2000:]}", file=sys.stderr)
-                return 1
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                print("error: the server did not become healthy before the deadline", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        sampler = Sampler(server.pid)
-        sampler.start()
-        start_rss = rss_bytes(server.pid)
-        warm = {}
-        results: list[dict] = []
-        t0 = time.perf_counter()
-        asyncio.run(drive(url, model, images, args.sessions, deadline, args.wait, results, asyncio.Event(),
-                          lambda: warm.setdefault("rss", rss_bytes(server.pid))))
-        wall = time.perf_counter() - t0
-        time.sleep(5)  # closed sessions let go of their state
-        end_rss = rss_bytes(server.pid)
-        sampler.stop.set()
-        alive = server.poll() is None
-    finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        with running_app(folder / "server.log", timeout_s=max(1.0, deadline - time.monotonic())) as app:
+            server = app.process
+            sampler = Sampler(server.pid)
+            sampler.start()
+            start_rss = rss_bytes(server.pid)
+            warm = {}
+            results: list[dict] = []
+            t0 = time.perf_counter()
+            asyncio.run(drive(app.url, model, images, args.sessions, deadline, args.wait, results, asyncio.Event(),
+                              lambda: warm.setdefault("rss", rss_bytes(server.pid))))
+            wall = time.perf_counter() - t0
+            time.sleep(5)  # closed sessions let go of their state
+            end_rss = rss_bytes(server.pid)
+            sampler.stop.set()
+            alive = server.poll() is None
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
     ok = [r for r in results if "seconds" in r]
     errors = [r for r in results if "error" in r]

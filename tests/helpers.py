@@ -21,3 +21,20 @@ def varied_images(n: int = 8, seed: int = 1) -> torch.Tensor:
     scale = torch.linspace(0.2, 3.0, n).view(-1, 1, 1, 1)
     shift = torch.linspace(-2.0, 2.0, n)[torch.randperm(n, generator=g)].view(-1, 1, 1, 1)
     return torch.randn(n, 1, 28, 28, generator=g) * scale + shift
+
+
+def kill_training_at_epoch(monkeypatch, epoch: int) -> None:
+    """Make ``models.train.Trainer`` die (KeyboardInterrupt, as a killed process) when epoch ``epoch`` (1-based) starts;
+    undo with ``monkeypatch.undo()`` or a new ``setattr`` before resuming."""
+    from models import train
+
+    original = train.Trainer.train_epoch
+    calls = {"n": 0}
+
+    def dies(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt("killed")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", dies)

@@ -11,16 +11,13 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from analysis.core.catalog import featured
+from analysis.serve import ServerError, running_app
 from models.data import SAMPLE_IMAGES as SAMPLES
 from models.data import FASHION_MNIST
 
@@ -43,12 +40,6 @@ def _missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all threads (Linux /proc): immune to how busy the machine is."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -57,44 +48,33 @@ def _cpu_seconds(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The app on a free port, with the bundled models (not $ROUTESCOPE_MODELS from the shell)."""
+    """The app on a free loopback port with the bundled models (``analysis.serve``): (url, pid, log)."""
     reason = _missing()
     if reason:
         if os.environ.get("ROUTESCOPE_REQUIRE_BROWSER") == "1":
             pytest.fail(f"ROUTESCOPE_REQUIRE_BROWSER=1 but {reason}")
         pytest.skip(reason)
-    port = _free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("ROUTESCOPE_MODELS", "ROUTESCOPE_DATA")}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-             "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit not healthy after {WAIT_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, process.pid, log
-    finally:
-        process.terminate()
+        with running_app(tmp_path_factory.mktemp("streamlit") / "server.log", WAIT_S) as app:
+            yield app.url, app.process.pid, app.log
+    except ServerError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture
+def page():
+    """A headless Chromium page (the system browser) with the generous timeouts a loaded 2-core machine needs."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(WAIT_S * 1000)
+            expect.set_options(timeout=WAIT_S * 1000)
+            yield page
+        finally:
+            browser.close()
 
 
 def _skipnet() -> str:
@@ -105,65 +85,57 @@ def _skipnet() -> str:
     return flagship
 
 
-def test_upload_shows_prediction_and_decision_charts(server, tmp_path, capsys):
-    from playwright.sync_api import expect, sync_playwright
+def test_upload_shows_prediction_and_decision_charts(server, page, tmp_path, capsys):
+    from playwright.sync_api import expect
 
     url, pid, log = server
     model = _skipnet()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(WAIT_S * 1000)
-            expect.set_options(timeout=WAIT_S * 1000)
-            page.goto(url)
-            expect(page.get_by_role("heading", name="Inspect")).to_be_visible()
+    page.goto(url)
+    expect(page.get_by_role("heading", name="Inspect")).to_be_visible()
 
-            sidebar = page.get_by_test_id("stSidebar")
-            sidebar.get_by_test_id("stSelectbox").click()
-            page.keyboard.type(model)  # the list is virtualized: filter it so the option is rendered
-            page.get_by_role("option", name=f"★ {model}", exact=True).click()
-            skip_charts = page.locator(".js-plotly-plot").filter(has_text="Blocks executed")
-            expect(skip_charts).to_have_count(1)  # the default sample, through the SkipNet
-            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_test_id("stSelectbox").click()
+    page.keyboard.type(model)  # the list is virtualized: filter it so the option is rendered
+    page.get_by_role("option", name=f"★ {model}", exact=True).click()
+    skip_charts = page.locator(".js-plotly-plot").filter(has_text="Blocks executed")
+    expect(skip_charts).to_have_count(1)  # the default sample, through the SkipNet
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
 
-            cpu_before, start = _cpu_seconds(pid), time.perf_counter()
-            page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(UPLOAD)
-            expect(page.get_by_text(f"{UPLOAD.name}: the exact input the model saw")).to_be_visible()
-            expect(skip_charts).to_have_count(2)
-            expect(page.locator(".js-plotly-plot").filter(has_text="Top classes")).to_have_count(2)
-            page.wait_for_function(  # every chart's traces drawn (bars, heatmap), not just its container mounted
-                "() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg .trace, .main-svg .hm'))")
-            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)  # and the script run is over
-            ready_s, server_cpu_s = time.perf_counter() - start, _cpu_seconds(pid) - cpu_before
+    cpu_before, start = _cpu_seconds(pid), time.perf_counter()
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(UPLOAD)
+    expect(page.get_by_text(f"{UPLOAD.name}: the exact input the model saw")).to_be_visible()
+    expect(skip_charts).to_have_count(2)
+    expect(page.locator(".js-plotly-plot").filter(has_text="Top classes")).to_have_count(2)
+    page.wait_for_function(  # every chart's traces drawn (bars, heatmap), not just its container mounted
+        "() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg .trace, .main-svg .hm'))")
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)  # and the script run is over
+    ready_s, server_cpu_s = time.perf_counter() - start, _cpu_seconds(pid) - cpu_before
 
-            predictions = page.get_by_test_id("stMetric").filter(has_text="Prediction").get_by_test_id("stMetricValue")
-            expect(predictions).to_have_count(2)
-            assert set(predictions.all_inner_texts()) <= set(FASHION_MNIST.classes)
-            expect(page.get_by_test_id("stException")).to_have_count(0)
-            expect(page.get_by_test_id("stAlert")).to_have_count(0)
-            page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
+    predictions = page.get_by_test_id("stMetric").filter(has_text="Prediction").get_by_test_id("stMetricValue")
+    expect(predictions).to_have_count(2)
+    assert set(predictions.all_inner_texts()) <= set(FASHION_MNIST.classes)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    expect(page.get_by_test_id("stAlert")).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
 
-            # question the routing: open the first image's Intervene panel and flip its first gate
-            page.get_by_text("Intervene: force decisions, move knobs").first.click()
-            intervened = page.get_by_test_id("stMetric").filter(has_text="MACs (intervened)").get_by_test_id("stMetricValue")
-            original = page.get_by_test_id("stMetric").filter(has_text="MACs (original)").get_by_test_id("stMetricValue")
-            expect(intervened).to_have_count(1)
-            expect(page.get_by_test_id("stMetric").filter(has_text="Prediction (intervened)")).to_have_count(1)
-            before = intervened.inner_text()
-            assert before == original.inner_text(), "nothing forced yet"
-            gate = page.get_by_test_id("stCheckbox").filter(has_text="run layer").first
-            gate.click()
-            expect(intervened).not_to_have_text(before)
-            expect(page.get_by_text("Decisions that differ")).to_be_visible()
-            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
-            card = page.get_by_test_id("stMetric").filter(has_text="Prediction (intervened)").get_by_test_id("stMetricValue")
-            assert card.inner_text() in FASHION_MNIST.classes
-            expect(page.get_by_test_id("stException")).to_have_count(0)
-            expect(page).to_have_url(re.compile(r"[?&]override=layer"))  # the view is in the URL, to share
-            page.screenshot(path=str(tmp_path / "intervene.png"), full_page=True)
-        finally:
-            browser.close()
+    # question the routing: open the first image's Intervene panel and flip its first gate
+    page.get_by_text("Intervene: force decisions, move knobs").first.click()
+    intervened = page.get_by_test_id("stMetric").filter(has_text="MACs (intervened)").get_by_test_id("stMetricValue")
+    original = page.get_by_test_id("stMetric").filter(has_text="MACs (original)").get_by_test_id("stMetricValue")
+    expect(intervened).to_have_count(1)
+    expect(page.get_by_test_id("stMetric").filter(has_text="Prediction (intervened)")).to_have_count(1)
+    before = intervened.inner_text()
+    assert before == original.inner_text(), "nothing forced yet"
+    gate = page.get_by_test_id("stCheckbox").filter(has_text="run layer").first
+    gate.click()
+    expect(intervened).not_to_have_text(before)
+    expect(page.get_by_text("Decisions that differ")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    card = page.get_by_test_id("stMetric").filter(has_text="Prediction (intervened)").get_by_test_id("stMetricValue")
+    assert card.inner_text() in FASHION_MNIST.classes
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"[?&]override=layer"))  # the view is in the URL, to share
+    page.screenshot(path=str(tmp_path / "intervene.png"), full_page=True)
 
     report = {"upload_to_ready_s": round(ready_s, 3), "server_cpu_s": round(server_cpu_s, 3), "model": model,
               "image": UPLOAD.name, "images_on_page": 2, "cpu_count": os.cpu_count(),
@@ -179,30 +151,22 @@ PAGES = {"inspect": "skipnet_resnet20_fmnist_a0.75_fta6kd", "compare": "early_ex
          "structure": "dgconv_resnet20_fmnist_b0.6_e8", "results": None}
 
 
-def test_every_page_renders_and_is_photographed(server, tmp_path):
+def test_every_page_renders_and_is_photographed(server, page, tmp_path):
     """Each page in a real browser, no exception on it; the screenshots are the README's
     (``ROUTESCOPE_UPDATE_SCREENSHOTS=1`` writes them to docs/screenshots)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, _, _ = server
     out = SCREENSHOTS if os.environ.get("ROUTESCOPE_UPDATE_SCREENSHOTS") == "1" else tmp_path
     out.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(WAIT_S * 1000)
-            expect.set_options(timeout=WAIT_S * 1000)
-            for name, model in PAGES.items():
-                page.goto(f"{url}/{name}" + (f"?model={model}" if model else ""))
-                expect(page.get_by_role("heading", name=name.capitalize())).to_be_visible()
-                expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
-                page.wait_for_timeout(1500)  # let plotly finish drawing
-                expect(page.get_by_test_id("stException")).to_have_count(0)
-                if model:  # the link chose the model: the sidebar select holds it
-                    page.wait_for_function("name => document.querySelector('[data-testid=stSidebar]').innerHTML.includes(name)",
-                                           arg=model, timeout=120_000)
-                page.screenshot(path=str(out / f"{name}.png"))
-        finally:
-            browser.close()
+    for name, model in PAGES.items():
+        page.goto(f"{url}/{name}" + (f"?model={model}" if model else ""))
+        expect(page.get_by_role("heading", name=name.capitalize())).to_be_visible()
+        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+        page.wait_for_timeout(1500)  # let plotly finish drawing
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        if model:  # the link chose the model: the sidebar select holds it
+            page.wait_for_function("name => document.querySelector('[data-testid=stSidebar]').innerHTML.includes(name)",
+                                   arg=model, timeout=120_000)
+        page.screenshot(path=str(out / f"{name}.png"))
     assert {p.stem for p in out.glob("*.png")} >= set(PAGES)

@@ -19,6 +19,7 @@ from models.layers.filter_overlap import (filter_scores, null_space_directions, 
 from models.recipes.repr import RePrStage, add_repr_arguments, reinitialize_filters, repr_recipe
 from models.registry import create_model, get_recipe
 from models.repr import BUFFER, FilterLayer, filter_layers, prunable_layers, repr_record
+from helpers import kill_training_at_epoch
 
 
 def unit(rows: torch.Tensor) -> torch.Tensor:
@@ -323,15 +324,7 @@ def test_trainer_run_killed_in_pruned_phase_resumes_to_the_same_weights(fmnist_d
     assert dropped == record["dropped"]
 
     original = train.Trainer.train_epoch
-    calls = {"n": 0}
-
-    def dies_in_third_epoch(self, *a, **k):  # epoch 2: the second epoch of the pruned phase
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(train.Trainer, "train_epoch", dies_in_third_epoch)
+    kill_training_at_epoch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run_trainer(fmnist_dir, tmp_path / "killed")
     state = read_checkpoint(tmp_path / "killed" / "tiny.last.pt")["train_state"]

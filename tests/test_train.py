@@ -12,6 +12,7 @@ from models.checkpoint import load_checkpoint, read_checkpoint
 from models.evaluate import main as evaluate_main
 
 from conftest import REPO
+from helpers import kill_training_at_epoch
 
 ARGS = ["--model", "resnet8", "--dataset", "fashion-mnist", "--epochs", "2", "--batch-size", "32",
         "--limit-batches", "3", "--no-progress", "--lr", "0.05"]
@@ -37,15 +38,7 @@ def test_train_writes_checkpoint_meta_and_manifest(fmnist_dir, tmp_path):
 def test_killed_run_resumes_to_the_same_weights(fmnist_dir, tmp_path, monkeypatch):
     assert run(fmnist_dir, tmp_path / "full") == 0
     original = train.Trainer.train_epoch
-    calls = {"n": 0}
-
-    def dies_in_second_epoch(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(train.Trainer, "train_epoch", dies_in_second_epoch)
+    kill_training_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run(fmnist_dir, tmp_path / "killed")
     assert not (tmp_path / "killed" / "tiny.pt").exists()

@@ -11,6 +11,7 @@ from models.checkpoint import read_checkpoint
 from conftest import REPO
 from test_app import chart_data, page, plotly_values
 from test_train import ARGS, run
+from helpers import kill_training_at_epoch
 
 MANIFEST = json.loads((zoo.PRETRAINED / "manifest.json").read_text())
 FINE_TUNED = "skipnet_resnet20_fmnist_a0.75_fta6kd"
@@ -97,15 +98,7 @@ def test_unknown_pretrained_name_lists_the_bundled_ones():
 
 def test_metrics_jsonl_per_epoch_appended_on_resume(fmnist_dir, tmp_path, monkeypatch):
     original = train.Trainer.train_epoch
-    calls = {"n": 0}
-
-    def dies_in_second_epoch(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(train.Trainer, "train_epoch", dies_in_second_epoch)
+    kill_training_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run(fmnist_dir, tmp_path)
     path = tmp_path / "tiny.metrics.jsonl"
