@@ -148,7 +148,7 @@ def test_upload_shows_prediction_and_decision_charts(server, page, tmp_path, cap
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
 PAGES = {"inspect": "skipnet_resnet20_fmnist_a0.75_fta6kd", "compare": "early_exit_resnet20_fmnist",
-         "structure": "dgconv_resnet20_fmnist_b0.6_e8", "results": None}
+         "structure": "dgconv_resnet20_fmnist_b0.6_e8", "figures": None, "results": None, "training": None}
 
 
 def test_every_page_renders_and_is_photographed(server, page, tmp_path):

@@ -32,7 +32,7 @@ def featured(folder: Path | None = None) -> dict[str, dict]:
     out = {}
     for method, entry in json.loads(path.read_text()).items():
         if entry.get("flagship") in present:
-            out[method] = {"flagship": entry["flagship"], "controls": [c for c in entry.get("controls", []) if c in present]}
+            out[method] = {**entry, "controls": [c for c in entry.get("controls", []) if c in present]}
     return out
 
 
