@@ -128,17 +128,25 @@ def speed_targets(folder: Path = PRETRAINED) -> str:
     return "\n".join(lines)
 
 
+def training(entry: dict) -> str:
+    """Epochs and wall time of a run's whole ``init_from`` chain when the manifest records them, else of the run."""
+    if "cumulative_wall_time_s" in entry:
+        return f"{entry['cumulative_epochs']} epochs, {entry['cumulative_wall_time_s'] / 60:.0f} min"
+    return f"{entry['wall_time_s'] / 60:.0f} min"
+
+
 def featured_table(manifest_path: Path = PRETRAINED / "manifest.json") -> str:
     """One row per featured checkpoint (``featured.json``): method, role, accuracy, MACs, training, from the manifest."""
     manifest = json.loads(manifest_path.read_text())
-    lines = ["| method | model | role | test accuracy | mean MACs / image | of dense | training |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | model | role | test accuracy | mean MACs / image | of dense | training (whole chain) |",
+             "|---|---|---|---|---|---|---|"]
     for method, entry in featured(manifest_path.parent).items():
         for role, name in [("flagship", entry["flagship"])] + [("control", c) for c in entry["controls"]]:
             if name not in manifest:
                 continue
             m, e = manifest[name]["metrics"], manifest[name]
             lines.append(f"| {method if role == 'flagship' else ''} | `{name}` | {role} | {m['test_acc'] * 100:.2f}% | "
-                         f"{m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.0f}% | {e['wall_time_s'] / 60:.0f} min |")
+                         f"{m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.0f}% | {training(e)} |")
     return "\n".join(lines)
 
 
