@@ -25,6 +25,8 @@ SEED_EXPERIMENTS = {
         ("experiments/repr_fmnist", "convnet3_fmnist.pt", "repr_convnet3_fmnist.pt"),
     "CondConv vs the same-budget ResNet-20 (4 epochs from the bundled ResNet-20)":
         ("experiments/condconv_fmnist", "condconv_resnet20_fmnist.pt", "resnet20_fmnist_ft4.pt"),
+    "DGConv budget 0.6 vs the same-budget ResNet-20 (8 epochs from the bundled ResNet-20)":
+        ("experiments/dgconv_fmnist", "dgconv_resnet20_fmnist_b0.6_e8.pt", "resnet20_fmnist_ft8.pt"),
     "SkipNet alpha 0.75, 6 anchored fine-tuning epochs distilled from the ResNet-20 (lr 0.05)":
         ("experiments/skipnet_fmnist", "skipnet_resnet20_fmnist_a0.75_fta6kd.pt"),
 }
