@@ -91,7 +91,7 @@ def test_upload_shows_prediction_and_decision_charts(server, page, tmp_path, cap
     url, pid, log = server
     model = _skipnet()
     page.goto(url)
-    expect(page.get_by_role("heading", name="Inspect")).to_be_visible()
+    expect(page.get_by_role("heading", name="Inspect", exact=True)).to_be_visible()
 
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_test_id("stSelectbox").click()
@@ -161,7 +161,7 @@ def test_every_page_renders_and_is_photographed(server, page, tmp_path):
     out.mkdir(parents=True, exist_ok=True)
     for name, model in PAGES.items():
         page.goto(f"{url}/{name}" + (f"?model={model}" if model else ""))
-        expect(page.get_by_role("heading", name=name.capitalize())).to_be_visible()
+        expect(page.get_by_role("heading", name=name.capitalize(), exact=True)).to_be_visible()
         expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
         page.wait_for_timeout(1500)  # let plotly finish drawing
         expect(page.get_by_test_id("stException")).to_have_count(0)
