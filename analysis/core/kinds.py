@@ -8,6 +8,7 @@ of ``analysis.methods`` (so their views and figures register) without a hand-kep
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -103,8 +104,10 @@ def register_view(view: KindView) -> KindView:
     return view
 
 
+@functools.cache
 def load_method_modules() -> None:
-    """Import every module of ``analysis.methods`` (views and figures register on import)."""
+    """Import every module of ``analysis.methods`` once (views and figures register on import); every lookup of a
+    kind's view calls this, so it must cost nothing after the first time."""
     import analysis.methods as package
 
     for module in pkgutil.iter_modules(package.__path__):
