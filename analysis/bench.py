@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from analysis.core.catalog import bundled_checkpoints, featured, read_checkpoints
 from analysis.core.kinds import kind_view
 from analysis.core.table import dataset_table, load_test_images
-from models import create_model
+from models import create_model, list_models
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.cost import count_macs
 from models.data import normalize
@@ -124,7 +124,9 @@ def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None 
     return rows
 
 
-PAPER_DEPTH, PAPER_INPUT = 110, (3, 32, 32)  # the CIFAR ResNet-110 of the SkipNet and SDN papers
+# the networks of ``--scale paper`` and their input side: the CIFAR ResNet-110 of the SkipNet and SDN papers, and the
+# ImageNet ResNet-50 (SkipNet's and DS-Net's ImageNet backbone)
+PAPER_NETS = {"resnet110": 32, "resnet50": 224}
 
 
 def flagships(paths: list[Path]) -> dict[str, Path]:
@@ -145,24 +147,28 @@ def flagships(paths: list[Path]) -> dict[str, Path]:
 
 
 @torch.no_grad()
-def paper_scale_row(bundled: torch.nn.Module, images: int = 16, rounds: int = 5, seed: int = 0,
-                    size: int = PAPER_INPUT[-1]) -> dict | None:
-    """``bundled``'s method on a CIFAR ResNet-110 at ``size`` x ``size`` x 3 with random weights, its decisions forced to the
-    rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at batch 1
-    against the dense ResNet-110 in the same form, alternately. None if no kind of the method can be forced."""
+def paper_scale_row(bundled: torch.nn.Module, net: str = "resnet110", images: int = 16, rounds: int = 5, seed: int = 0,
+                    size: int | None = None) -> dict | None:
+    """``bundled``'s method on ``net`` (``PAPER_NETS``) at ``size`` x ``size`` x 3 with random weights, its decisions
+    forced to the rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at
+    batch 1 against the dense ``net`` in the same form, alternately. None if no kind of the method can be forced or
+    the method has no ``net``."""
+    size = size or PAPER_NETS[net]
     table = dataset_table(bundled, *load_test_images())
     views = [kind_view(k) for k in sorted(set(bundled.decision_layers().values()))]
     views = [v for v in views if v is not None and v.force_like is not None]
-    arch = bundled.arch.replace(f"resnet{bundled.depth}", f"resnet{PAPER_DEPTH}")
-    if not views or arch == bundled.arch:
+    arch = bundled.arch.replace(f"resnet{bundled.depth}", net)
+    if not views or arch == bundled.arch or arch not in list_models():
         return None
-    config = {k: v for k, v in bundled.arch_config.items() if k not in ("num_classes", "in_chans")}
+    # the CIFAR widths do not carry over to ResNet-50, which has its own
+    dropped = ("num_classes", "in_chans") + (("widths",) if net == "resnet50" else ())
+    config = {k: v for k, v in bundled.arch_config.items() if k not in dropped}
     torch.manual_seed(seed)
-    target = fast_form(create_model(arch, num_classes=10, in_chans=PAPER_INPUT[0], **config).eval())
+    target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).eval())
     dense = target.dense_counterpart()
     samplers = [v.force_like(table, bundled, target) for v in views]
     rng = np.random.default_rng(seed)
-    xs = [torch.randn(1, PAPER_INPUT[0], size, size) for _ in range(images)]
+    xs = [torch.randn(1, 3, size, size) for _ in range(images)]
     overrides = [{layer: fields for sample in samplers for layer, fields in sample(rng).items()} for _ in xs]
     macs = [float(traced_forward(target, x, overrides=o)[1].macs[0]) for x, o in zip(xs, overrides)]
     dense_macs = count_macs(dense, xs[0])
@@ -182,7 +188,7 @@ def paper_scale_row(bundled: torch.nn.Module, images: int = 16, rounds: int = 5,
     latency, latency_ref = statistics.median(times[0]), statistics.median(times[1])
     return {"model": f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})",
             "method": bundled.meta["method"],
-            "vs": f"dense resnet{PAPER_DEPTH}, same form", "test_acc": None, "macs_mean": statistics.mean(macs),
+            "vs": f"dense {net}, same form", "test_acc": None, "macs_mean": statistics.mean(macs),
             "macs_ref": dense_macs, "mac_ratio": statistics.mean(macs) / dense_macs, "latency_ms": latency * 1e3,
             "latency_ref_ms": latency_ref * 1e3, "latency_ratio": latency / latency_ref, "throughput": None,
             "throughput_ref": None, "throughput_ratio": None, "batch": 1, "images": images,
@@ -258,14 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="upsample the test images to S x S (default: the data set's 28 x 28); with --scale paper, "
-                        "the random inputs' size (default 32)")
+                        "the random inputs' size (default: 32 for ResNet-110, 224 for ResNet-50)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--profile", type=Path, default=None, metavar="CHECKPOINT",
                    help="print a torch.profiler breakdown of batch-1 forwards of this model and its dense counterpart")
     p.add_argument("--formats", action="store_true",
                    help="time the inference-form options (fast form, channels_last) against the training form")
     p.add_argument("--scale", choices=["bundled", "paper"], default="bundled",
-                   help="paper: each method's flagship decisions forced onto a random-weight CIFAR ResNet-110 at 32x32x3")
+                   help="paper: each method's flagship decisions forced onto random-weight paper-size networks "
+                        "(CIFAR ResNet-110 at 32x32x3, ImageNet ResNet-50 at 224x224x3)")
+    p.add_argument("--paper-net", action="append", choices=list(PAPER_NETS), default=None,
+                   help="with --scale paper: only this network (repeatable; default: all)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--save", type=Path, default=None, metavar="JSON",
                    help="also write the rows with the machine and date (the README's speed table reads models/pretrained/bench.json)")
@@ -289,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         if args.scale == "paper":
-            for path in flagships(paths).values():
-                row = paper_scale_row(load_checkpoint(path), images=min(args.images, 16), rounds=args.rounds,
-                                      size=args.image_size or PAPER_INPUT[-1])
-                rows += [row] if row is not None else []
+            for net in args.paper_net or PAPER_NETS:
+                for path in flagships(paths).values():
+                    row = paper_scale_row(load_checkpoint(path), net, images=min(args.images, 16), rounds=args.rounds,
+                                          size=args.image_size)
+                    rows += [row] if row is not None else []
         else:
             for path in paths:
                 rows += bench_model(load_checkpoint(path), images, args.batch, args.rounds)

@@ -175,14 +175,15 @@ def models_table(names: list[str], manifest_path: Path = PRETRAINED / "manifest.
 
 
 def block_text(key: str, folder: Path = PRETRAINED) -> str:
-    """The generated text of one block: ``results``, ``featured``, ``speed``, ``speed:paper``, ``seeds``,
+    """The generated text of one block: ``results``, ``featured``, ``speed`` (``bench.json``), ``speed:paper``
+    (``bench_paper.json``), ``speed:targets``, ``seeds``,
     ``variants:NAME``, from the manifest and benchmarks in ``folder``."""
     kind, _, arg = key.partition(":")
     manifest = folder / "manifest.json"
     makers = {"results": lambda: results_table(manifest), "featured": lambda: featured_table(manifest),
               "seeds": lambda: seeds_section(folder), "variants": lambda: variants_table(arg, manifest),
               "models": lambda: models_table(arg.split(","), manifest),
-              "speed": lambda: speed_targets(folder) if arg == "targets" else speed_table(folder / f"{arg or 'bench'}.json")}
+              "speed": lambda: speed_targets(folder) if arg == "targets" else speed_table(folder / f"bench{'_' + arg if arg else ''}.json")}
     if kind not in makers:
         raise ValueError(f"unknown generated block {key!r}")
     return makers[kind]()

@@ -1,6 +1,7 @@
 """DS-Net (Li et al., CVPR 2021): a slimmable ResNet whose width gates pick, per image, how wide each stage runs.
 
-Architecture (CIFAR ResNet layout and names of ``models.resnet``: ``stem``, ``layer1..3``, ``fc``):
+Architecture (ResNet layout and names of ``models.resnet``: ``stem``, ``layer1..3``, ``fc``; on the ImageNet
+ResNet-50, ``dsnet_resnet50``, four stages of ``DSBottleneck``, whose inner and output channels both slim):
 
 - Every conv is a ``SlimConv2d`` and every BN a ``SlimBatchNorm2d`` (``models.layers.slimmable``). A *dynamic
   stage* (default ``layer2`` and ``layer3``, option ``dynamic_stages``) runs at one of ``widths_choices``
@@ -16,7 +17,7 @@ Architecture (CIFAR ResNet layout and names of ``models.resnet``: ``stem``, ``la
   over the choices; argmax, no Gumbel noise, no sampling). The SE head runs in every mode (supernet
   training included, as in the reference), the width head only in dynamic mode. ``gate_grid=g`` (not in
   the paper; default 1) pools to a g x g map read by a g x g conv instead of a global pool.
-- BN running statistics: one row per width of the stage for ``bn2`` and the BNs of later blocks; for the
+- BN running statistics: one row per width of the stage for ``bn2`` (``bn3``) and the BNs of later blocks; for the
   first block's ``bn1`` and projection-shortcut BN, whose input width is the previous stage's choice,
   one row per (previous width, this width) pair (``key = in_index * n_choices + out_index``). The gates
   choose stage widths independently, so a row per output width alone would normalize a wide layer3 fed
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 from .errors import UsageError
 from .layers.slimmable import SlimBatchNorm2d, SlimConv2d, WidthGate
 from .registry import register_model
-from .resnet import ResNet, conv3x3
+from .resnet import RESNET50, RESNET50_WIDTHS, BasicBlock, Bottleneck, ResNet, make_stem, stage_layers
 from .trace import Trace, current_trace
 from .decisions import DecisionKind, register_kind
 
@@ -76,20 +77,46 @@ class DSOutput(NamedTuple):
     choices: torch.Tensor       # (N, D) long, index of the width each gate chose
 
 
-class DSBlock(nn.Module):
-    """``BasicBlock`` with slice-able convs/BNs (same attribute names, so state_dict keys match ResNet's)."""
+def fold_sliced(conv: SlimConv2d, bn: SlimBatchNorm2d, k_in: int, c: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bn`` (statistics row ``key``) folded into ``conv`` sliced to ``k_in -> c``: one contiguous weight and bias."""
+    scale = bn.weight[:c].double() / torch.sqrt(bn.running_var[key, :c].double() + bn.eps)
+    weight = (conv.weight[:c, :k_in].double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype).contiguous()
+    return weight, (bn.bias[:c].double() - bn.running_mean[key, :c].double() * scale).to(conv.weight.dtype)
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, in_keys: int, out_keys: int) -> None:
+
+class DSBlock(nn.Module):
+    """``BasicBlock`` with slice-able convs/BNs (same attribute names, so state_dict keys match ResNet's).
+
+    ``forward(x, channels, ...)`` runs at ``channels`` output channels. The first BN after a conv that reads the
+    block input (``bn1``, the shortcut's) has a statistics row per (input width, this width) pair, the others one
+    per width (the module docstring).
+    """
+
+    expansion = 1
+    convs = (("conv1", "bn1"), ("conv2", "bn2"))  # the residual path, in order; the first reads the block input
+
+    def __init__(self, in_ch: int, width: int, stride: int, in_keys: int, out_keys: int) -> None:
         super().__init__()
         self.in_keys, self.out_keys = in_keys, out_keys
-        self.conv1 = SlimConv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = SlimBatchNorm2d(out_ch, in_keys * out_keys)
-        self.conv2 = SlimConv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.bn2 = SlimBatchNorm2d(out_ch, out_keys)
+        self.conv1 = SlimConv2d(in_ch, width, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = SlimBatchNorm2d(width, in_keys * out_keys)
+        self.conv2 = SlimConv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = SlimBatchNorm2d(width, out_keys)
+        self._shortcut(in_ch, width, stride)
+
+    def _shortcut(self, in_ch: int, out_ch: int, stride: int) -> None:
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(SlimConv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                                          SlimBatchNorm2d(out_ch, in_keys * out_keys))
+                                          SlimBatchNorm2d(out_ch, self.in_keys * self.out_keys))
+
+    @property
+    def last_bn(self) -> SlimBatchNorm2d:
+        return getattr(self, self.convs[-1][1])
+
+    def inner_channels(self, channels: int) -> int:
+        """Channels of the inner convs when the block outputs ``channels``."""
+        return max(1, round(channels / self.expansion))
 
     folded: dict | None = None  # the fast inference form's weights per (input channels, channels, key)
 
@@ -97,45 +124,71 @@ class DSBlock(nn.Module):
     def fold_widths(self, combos: list[tuple[int, int, int, int]]) -> None:
         """Fold each BatchNorm into its conv for every ``(k_in, channels, in_index, out_index)`` the network can
         run: one contiguous sliced weight and bias per width and statistics row, made once."""
-        def fold(conv: SlimConv2d, bn: SlimBatchNorm2d, k_in: int, c: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
-            scale = bn.weight[:c].double() / torch.sqrt(bn.running_var[key, :c].double() + bn.eps)
-            weight = (conv.weight[:c, :k_in].double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype).contiguous()
-            return weight, (bn.bias[:c].double() - bn.running_mean[key, :c].double() * scale).to(conv.weight.dtype)
-
         folded = {}
         for k_in, c, in_index, out_index in combos:
             key = in_index * self.out_keys + out_index
-            shortcut = None if isinstance(self.shortcut, nn.Identity) else fold(*self.shortcut, k_in, c, key)
-            folded[(k_in, c, key)] = (fold(self.conv1, self.bn1, k_in, c, key), fold(self.conv2, self.bn2, c, c, out_index),
-                                      shortcut)
+            inner, k, path = self.inner_channels(c), k_in, []
+            for i, (conv, bn) in enumerate(self.convs):
+                out = c if i == len(self.convs) - 1 else inner
+                path.append(fold_sliced(getattr(self, conv), getattr(self, bn), k, out, key if i == 0 else out_index))
+                k = out
+            shortcut = None if isinstance(self.shortcut, nn.Identity) else fold_sliced(*self.shortcut, k_in, c, key)
+            folded[(k_in, c, key)] = (path, shortcut)
         self.folded = folded
 
-    def _forward_folded(self, x: torch.Tensor, channels: int, key: int, out_index: int,
-                        attention: torch.Tensor | None) -> torch.Tensor:
-        (w1, b1), (w2, b2), shortcut = self.folded[(x.shape[1], channels, key)]
-        h = F.relu(F.conv2d(x, w1, b1, self.conv1.stride, self.conv1.padding))
-        if attention is not None:
-            h = h * attention
-        h = F.conv2d(h, w2, b2, 1, self.conv2.padding)
+    def _forward_folded(self, x: torch.Tensor, channels: int, key: int, attention: torch.Tensor | None) -> torch.Tensor:
+        path, shortcut = self.folded[(x.shape[1], channels, key)]
+        h = x
+        for i, ((name, _), (w, b)) in enumerate(zip(self.convs, path)):
+            conv = getattr(self, name)
+            h = F.conv2d(h, w, b, conv.stride, conv.padding)
+            if i < len(path) - 1:
+                h = F.relu(h)
+            if i == 0 and attention is not None:
+                h = h * attention
         if shortcut is None:
             return F.relu(h + x[:, :channels])
         return F.relu(h + F.conv2d(x, shortcut[0], shortcut[1], self.shortcut[0].stride))
 
     def forward(self, x: torch.Tensor, channels: int, out_index: int, in_index: int = 0,
                 attention: torch.Tensor | None = None) -> torch.Tensor:
-        """Run at ``channels`` output channels; ``x`` has the width of its producer (choice ``in_index``)."""
+        """Run at ``channels`` output channels; ``x`` has the width of its producer (choice ``in_index``);
+        ``attention`` (the gate's SE head) scales the first conv's output."""
         key = in_index * self.out_keys + out_index
         if self.folded is not None:
-            return self._forward_folded(x, channels, key, out_index, attention)
-        h = F.relu(self.bn1(self.conv1(x, channels), key))
-        if attention is not None:
-            h = h * attention
-        h = self.bn2(self.conv2(h, channels), out_index)
+            return self._forward_folded(x, channels, key, attention)
+        inner, h = self.inner_channels(channels), x
+        for i, (conv, bn) in enumerate(self.convs):
+            last = i == len(self.convs) - 1
+            h = getattr(self, bn)(getattr(self, conv)(h, channels if last else inner), key if i == 0 else out_index)
+            if not last:
+                h = F.relu(h)
+            if i == 0 and attention is not None:
+                h = h * attention
         if isinstance(self.shortcut, nn.Identity):
             shortcut = x[:, :channels]
         else:
             shortcut = self.shortcut[1](self.shortcut[0](x, channels), key)
         return F.relu(h + shortcut)
+
+
+class DSBottleneck(DSBlock):
+    """``Bottleneck`` (1x1, 3x3 with the stride, 1x1 to ``4 * width``) with slice-able convs/BNs; a stage at width
+    ratio ``r`` runs ``r`` of the inner and of the output channels."""
+
+    expansion = 4
+    convs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+    def __init__(self, in_ch: int, width: int, stride: int, in_keys: int, out_keys: int) -> None:
+        nn.Module.__init__(self)
+        self.in_keys, self.out_keys = in_keys, out_keys
+        self.conv1 = SlimConv2d(in_ch, width, 1, bias=False)
+        self.bn1 = SlimBatchNorm2d(width, in_keys * out_keys)
+        self.conv2 = SlimConv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = SlimBatchNorm2d(width, out_keys)
+        self.conv3 = SlimConv2d(width, width * 4, 1, bias=False)
+        self.bn3 = SlimBatchNorm2d(width * 4, out_keys)
+        self._shortcut(in_ch, width * 4, stride)
 
 
 class DSResNet(ResNet):
@@ -144,44 +197,49 @@ class DSResNet(ResNet):
     method = "dsnet"
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
-                 widths: tuple[int, int, int] = (16, 32, 64), widths_choices: Sequence[float] = WIDTH_CHOICES,
-                 dynamic_stages: Sequence[int] = (2, 3), attention: bool = True, gate_grid: int = 1) -> None:
+                 widths: Sequence[int] = (16, 32, 64), widths_choices: Sequence[float] = WIDTH_CHOICES,
+                 dynamic_stages: Sequence[int] = (2, 3), attention: bool = True, gate_grid: int = 1,
+                 block: type[BasicBlock] = BasicBlock, layers: Sequence[int] | None = None, stem: str = "cifar") -> None:
         nn.Module.__init__(self)
-        if (depth - 2) % 6:
-            raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        self.depth, self.widths = depth, tuple(int(w) for w in widths)
+        self.layers, self.stem_kind = stage_layers(depth, len(self.widths), layers), stem
+        self.block_type = block
+        slim_block = DSBottleneck if issubclass(block, Bottleneck) else DSBlock
         choices = tuple(sorted(float(w) for w in widths_choices))
         if not choices or choices[0] <= 0 or choices[-1] != 1.0 or len(set(choices)) != len(choices):
             raise UsageError(f"widths_choices must be distinct ratios in (0, 1] ending with 1.0, got {widths_choices}")
         dynamic = tuple(sorted(set(int(s) for s in dynamic_stages)))
-        if not dynamic or not set(dynamic) <= {1, 2, 3}:
-            raise UsageError(f"dynamic_stages must be a non-empty subset of (1, 2, 3), got {dynamic_stages}")
-        n = (depth - 2) // 6
-        self.depth, self.widths = depth, tuple(int(w) for w in widths)
+        stages = tuple(range(1, len(self.widths) + 1))
+        if not dynamic or not set(dynamic) <= set(stages):
+            raise UsageError(f"dynamic_stages must be a non-empty subset of {stages}, got {dynamic_stages}")
         self.widths_choices, self.dynamic_stages, self.use_attention = choices, dynamic, bool(attention)
+        # the channels each stage outputs (the residual stream's width), per choice
         self.stage_channels: tuple[tuple[int, ...], ...] = tuple(
-            tuple(max(1, round(w * c)) for w in choices) if s in dynamic else (c,) for s, c in enumerate(self.widths, 1))
+            tuple(max(1, round(w * c * slim_block.expansion)) for w in choices) if s in dynamic else (c * slim_block.expansion,)
+            for s, c in enumerate(self.widths, 1))
         for s, options in enumerate(self.stage_channels, 1):
             if len(set(options)) != len(options):
                 raise UsageError(f"widths_choices {choices} give repeated channel counts {options} in layer{s}")
-        self.stem = nn.Sequential(conv3x3(in_chans, self.widths[0]), nn.BatchNorm2d(self.widths[0]), nn.ReLU(inplace=True))
+        self.stem = make_stem(stem, in_chans, self.widths[0])
         in_ch, in_keys = self.widths[0], 1
         gates = {}
-        for s, width in enumerate(self.widths, 1):
+        for s, (width, n) in enumerate(zip(self.widths, self.layers), 1):
             keys = len(self.stage_channels[s - 1])
-            blocks = [DSBlock(in_ch if j == 0 else width, width, 1 if s == 1 or j else 2, in_keys if j == 0 else 1, keys)
+            out_ch = width * slim_block.expansion
+            blocks = [slim_block(in_ch if j == 0 else out_ch, width, 1 if s == 1 or j else 2, in_keys if j == 0 else 1, keys)
                       for j in range(n)]
             setattr(self, f"layer{s}", nn.Sequential(*blocks))
-            if s in dynamic:
+            if s in dynamic:  # the SE head scales the first block's inner channels
                 gates[f"layer{s}"] = WidthGate(in_ch, width, len(choices), attention=attention, grid=gate_grid)
-            in_ch, in_keys = width, keys
+            in_ch, in_keys = out_ch, keys
         self.gates = nn.ModuleDict(gates)
         self.pool = nn.AdaptiveAvgPool2d(1)  # a module, as in ResNet, so attributions (GradCAM) can hook it
-        self.fc = nn.Linear(self.widths[-1], num_classes)
+        self.fc = nn.Linear(in_ch, num_classes)
         self._init_backbone()
 
     def _init_backbone(self) -> None:
         """As ``resnet.init_weights`` (Kaiming convs, unit BN, zero-init last BN of each block); gates keep their own."""
-        for part in (self.stem, self.layer1, self.layer2, self.layer3):
+        for part in (self.stem, *self.stages()):
             for m in part.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -189,7 +247,7 @@ class DSResNet(ResNet):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
                 if isinstance(m, DSBlock):
-                    nn.init.zeros_(m.bn2.weight)
+                    nn.init.zeros_(m.last_bn.weight)
 
     # --- width configurations -------------------------------------------------------------------------
     @property
@@ -221,15 +279,20 @@ class DSResNet(ResNet):
             config.append(matches[0])
         return tuple(config)
 
-    def stage_indices(self, config: Config) -> tuple[int, int, int]:
-        """Choice index of each of the three stages (0 for a fixed stage)."""
+    def stage_indices(self, config: Config) -> tuple[int, ...]:
+        """Choice index of each stage (0 for a fixed stage)."""
         if len(config) != len(self.dynamic_stages) or not all(0 <= i < self.num_choices for i in config):
             raise ValueError(f"config {config} does not fit dynamic stages {self.gate_names} x {self.num_choices} choices")
         chosen = dict(zip(self.dynamic_stages, config))
-        return tuple(int(chosen.get(s, 0)) for s in (1, 2, 3))  # type: ignore[return-value]
+        return tuple(int(chosen.get(s, 0)) for s in range(1, len(self.widths) + 1))
 
-    def channels_of(self, config: Config) -> tuple[int, int, int]:
-        return tuple(self.stage_channels[s][i] for s, i in enumerate(self.stage_indices(config)))  # type: ignore[return-value]
+    def channels_of(self, config: Config) -> tuple[int, ...]:
+        """The channels each stage outputs in ``config``."""
+        return tuple(self.stage_channels[s][i] for s, i in enumerate(self.stage_indices(config)))
+
+    def widths_of(self, config: Config) -> tuple[int, ...]:
+        """The stage widths (``ResNet(widths=...)``) of the static subnet ``config``."""
+        return tuple(self.layer1[0].inner_channels(c) for c in self.channels_of(config))
 
     def calibration_configs(self) -> list[Config]:
         """n^2 configurations (alternating i, j over the dynamic stages) covering every (previous, current) width pair."""
@@ -269,7 +332,7 @@ class DSResNet(ResNet):
         folded = fold_batchnorm(self.stem)
         in_options: tuple[int, ...] = (self.widths[0],)
         for s, options in enumerate(self.stage_channels, 1):
-            blocks = list(getattr(self, f"layer{s}"))
+            blocks = list(self.stages()[s - 1])
             blocks[0].fold_widths([(k_in, c, i, o) for i, k_in in enumerate(in_options) for o, c in enumerate(options)])
             for block in blocks[1:]:
                 block.fold_widths([(c, c, 0, o) for o, c in enumerate(options)])
@@ -289,6 +352,10 @@ class DSResNet(ResNet):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Classifier on the first ``x.shape[1]`` features (the last stage's width)."""
         return F.linear(torch.flatten(self.pool(x), 1), self.fc.weight[:, :x.shape[1]], self.fc.bias)
+
+    def inner_of(self, s: int, index: int) -> int:
+        """The inner channels of stage ``s``'s blocks at choice ``index`` (what the gate's SE head scales)."""
+        return self.stages()[s - 1][0].inner_channels(self.stage_channels[s - 1][index])
 
     def _run_stage(self, s: int, x: torch.Tensor, index: int, in_index: int, attention: torch.Tensor | None) -> torch.Tensor:
         channels = self.stage_channels[s - 1][index]
@@ -310,10 +377,10 @@ class DSResNet(ResNet):
                 channels = self.stage_channels[s - 1][index]
                 if trace is not None:
                     trace.record(name, "width", width=self.widths_choices[index], channels=channels,
-                                 max_channels=self.widths[s - 1], forced=True)
+                                 max_channels=self.stage_channels[s - 1][-1], forced=True)
                 gate = self.gates[name]
                 if gate.se is not None:
-                    attention = gate.attention(gate.hidden(x), channels)
+                    attention = gate.attention(gate.hidden(x), self.inner_of(s, index))
             x = self._run_stage(s, x, index, in_index, attention)
             in_index = index
         return self.head(x)
@@ -325,7 +392,7 @@ class DSResNet(ResNet):
     def _dynamic_from(self, x: torch.Tensor, s: int, in_index: int, trace: Trace | None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stages ``s..3`` and the head on ``x``; each gate splits its rows by chosen width (recursively)."""
-        if s > 3:
+        if s > len(self.widths):
             n = len(x)
             return self.head(x), x.new_zeros(n, 0, self.num_choices), torch.zeros(n, 0, dtype=torch.long, device=x.device)
         name = f"layer{s}"
@@ -344,7 +411,7 @@ class DSResNet(ResNet):
         options = self.stage_channels[s - 1]
         if trace is not None:
             trace.record(name, "width", width=torch.tensor(self.widths_choices, dtype=torch.float64)[choice.cpu()],
-                         channels=torch.tensor(options)[choice.cpu()], max_channels=self.widths[s - 1],
+                         channels=torch.tensor(options)[choice.cpu()], max_channels=self.stage_channels[s - 1][-1],
                          probabilities=z.softmax(1),  # kept differentiable for attributions (Trace(keep_tensors=True))
                          **({"forced": True} if forced is not None else {}))
         groups = torch.unique(choice).tolist()
@@ -358,7 +425,7 @@ class DSResNet(ResNet):
                 xs, hs = x.index_select(0, rows), h.index_select(0, rows)
                 context = trace.subset(rows) if trace is not None else nullcontext()
             with context:
-                y = self._run_stage(s, xs, index, in_index, gate.attention(hs, options[index]))
+                y = self._run_stage(s, xs, index, in_index, gate.attention(hs, self.inner_of(s, index)))
                 parts.append(self._dynamic_from(y, s + 1, index, trace))
         if len(groups) == 1:
             logits, rest_logits, rest_choices = parts[0]
@@ -378,14 +445,15 @@ class DSResNet(ResNet):
             previous = indices[s - 2] if s > 1 else 0
             for j, block in enumerate(getattr(self, f"layer{s}")):
                 first = (previous if j == 0 else 0) * block.out_keys + index
-                keys[f"layer{s}.{j}.bn1"] = first
-                keys[f"layer{s}.{j}.bn2"] = index
+                for i, (_, bn) in enumerate(block.convs):
+                    keys[f"layer{s}.{j}.{bn}"] = first if i == 0 else index
                 keys[f"layer{s}.{j}.shortcut.1"] = first
         return keys
 
     def subnet_state_dict(self, config: Config) -> dict[str, torch.Tensor]:
         """Weights and BN statistics of the static subnet ``config``, shaped for ``ResNet(widths=channels_of(config))``."""
-        target = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, self.channels_of(config)).state_dict()
+        target = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, self.widths_of(config),
+                        **self.backbone).state_dict()
         source, keys = self.state_dict(), self._bn_keys(config)
         out = {}
         for name, like in target.items():
@@ -408,7 +476,7 @@ class DSResNet(ResNet):
         Exactly equal to ``forward_at_width`` when the model was built with ``attention=False``.
         """
         config = self.config_of(width)
-        return self.plain_copy(self.subnet_state_dict(config), widths=self.channels_of(config))
+        return self.plain_copy(self.subnet_state_dict(config), widths=self.widths_of(config))
 
     def dense_counterpart(self) -> ResNet:
         """The plain full-width ResNet with this backbone's weights and widest BN statistics (``cost.full_macs``)."""
@@ -435,9 +503,18 @@ def _dsnet(depth: int):
                         gate_grid)
 
     builder.__name__ = f"dsnet_resnet{depth}"
-    builder.__doc__ = f"DS-Net on ResNet-{depth}: slimmable widths {WIDTH_CHOICES} in layer2/layer3, chosen per image by gates."
+    builder.__doc__ = f"DS-Net on the CIFAR ResNet-{depth}: slimmable widths {WIDTH_CHOICES} in layer2/layer3, chosen per image by gates."
     return register_model(builder)
 
 
 (dsnet_resnet8, dsnet_resnet14, dsnet_resnet20, dsnet_resnet32, dsnet_resnet44, dsnet_resnet56,
  dsnet_resnet110) = (_dsnet(d) for d in (8, 14, 20, 32, 44, 56, 110))
+
+
+@register_model
+def dsnet_resnet50(num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = RESNET50_WIDTHS,
+                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3, 4),
+                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
+    """DS-Net on the ImageNet ResNet-50 (the paper's backbone): slimmable bottleneck stages 2-4, for the paper-scale bench."""
+    return DSResNet(50, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
+                    gate_grid, **RESNET50)

@@ -1,6 +1,6 @@
 """Early exit (BranchyNet, Teerapittayanon et al. 2016; Shallow-Deep Networks, Kaya et al. ICML 2019).
 
-A CIFAR-style ResNet with small exit heads (``models.layers.exit_head.ExitHead``) after chosen blocks. At inference
+A ResNet with small exit heads (``models.layers.exit_head.ExitHead``) after chosen blocks. At inference
 an image leaves at the first exit whose confidence (max softmax) reaches ``threshold``; nothing after it
 is computed. In a batch only the unfinished samples continue (index, compute, scatter back, as SkipNet's
 blocks do), and each visited exit is recorded in the active trace as a decision of kind ``exit``::
@@ -30,7 +30,7 @@ import torch.nn as nn
 from .errors import UsageError
 from .layers.exit_head import ExitHead
 from .registry import register_model
-from .resnet import ResNet
+from .resnet import RESNET50, RESNET50_WIDTHS, ResNet
 from .trace import current_trace
 from .decisions import DecisionKind, register_kind
 
@@ -65,8 +65,8 @@ class EarlyExitResNet(ResNet):
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
                  widths: tuple[int, int, int] = (16, 32, 64), exits: Sequence[str] | None = None,
-                 head: str = "sdn", threshold: float = 0.9) -> None:
-        super().__init__(depth, num_classes, in_chans, tuple(widths))
+                 head: str = "sdn", threshold: float = 0.9, **backbone) -> None:
+        super().__init__(depth, num_classes, in_chans, tuple(widths), **backbone)
         blocks = dict(self.named_blocks())
         names = list(blocks)
         exits = list(default_exits(names) if exits is None else exits)
@@ -74,7 +74,7 @@ class EarlyExitResNet(ResNet):
         if unknown:
             raise UsageError(f"exits must name blocks before the last ({', '.join(names[:-1])}), not {', '.join(unknown)}")
         self.exit_names: tuple[str, ...] = tuple(sorted(exits, key=names.index))
-        self.exits = nn.ModuleList(ExitHead(blocks[e].conv2.out_channels, num_classes, head) for e in self.exit_names)
+        self.exits = nn.ModuleList(ExitHead(blocks[e].out_channels, num_classes, head) for e in self.exit_names)
         self.threshold = float(threshold)
 
     def exit_depths(self) -> list[float]:
@@ -177,3 +177,10 @@ def _early_exit(depth: int):
 
 early_exit_resnet8, early_exit_resnet20, early_exit_resnet32, early_exit_resnet56, early_exit_resnet110 = (
     _early_exit(d) for d in (8, 20, 32, 56, 110))
+
+
+@register_model
+def early_exit_resnet50(num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = RESNET50_WIDTHS,
+                        exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+    """ImageNet ResNet-50 with exit heads at SDN's six positions (the paper-scale bench)."""
+    return EarlyExitResNet(50, num_classes, in_chans, tuple(widths), exits, head, threshold, **RESNET50)

@@ -1,8 +1,11 @@
-"""CIFAR-style ResNet (He et al. 2016, section 4.2): 6n+2 layers of BasicBlocks in three stages.
+"""ResNets (He et al. 2016): the CIFAR family (section 4.2: 6n+2 layers of BasicBlocks in three stages, 3x3 stem)
+that every bundled model uses, and the ImageNet ResNet-50 (Table 1: 7x7 stem and max pool, bottleneck blocks
+(3, 4, 6, 3) in four stages) that ``analysis.bench --scale paper`` times the methods on.
 
 Every method in RouteScope builds on this backbone, so block and stage names (``layer2.1``) are the
 names that appear in routing traces. Downsampling blocks use a projection shortcut (1x1 conv + BN,
-"option B"), which SkipNet needs: a skipped downsampling block still runs its shortcut.
+"option B"), which SkipNet needs: a skipped downsampling block still runs its shortcut. The bottleneck puts
+its stride in the 3x3 conv (torchvision's "ResNet v1.5").
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BN; ``residual(x)`` is F(x), ``shortcut(x)`` the skip path."""
 
+    expansion = 1  # output channels per unit of stage width
+
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_ch, out_ch, stride)
@@ -40,6 +45,10 @@ class BasicBlock(nn.Module):
     def downsamples(self) -> bool:
         return not isinstance(self.shortcut, nn.Identity)
 
+    @property
+    def out_channels(self) -> int:
+        return self.conv2.out_channels
+
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
 
@@ -47,8 +56,65 @@ class BasicBlock(nn.Module):
         return F.relu(self.residual(x) + self.shortcut(x))
 
 
+class Bottleneck(BasicBlock):
+    """1x1 reduce, 3x3 (with the stride), 1x1 expand to ``4 * width``, BN after each; the same ``residual`` /
+    ``shortcut`` interface as ``BasicBlock``, so the methods gate, exit after or slim either."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, width: int, stride: int = 1) -> None:
+        nn.Module.__init__(self)
+        out_ch = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv3.out_channels
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn3(self.conv3(F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))))
+
+
+STEMS = ("cifar", "imagenet")
+RESNET50 = {"block": Bottleneck, "layers": (3, 4, 6, 3), "stem": "imagenet"}  # backbone options of ResNet-50
+RESNET50_WIDTHS = (64, 128, 256, 512)
+
+
+def make_stem(kind: str, in_chans: int, width: int) -> nn.Sequential:
+    """CIFAR: 3x3 conv at full resolution; ImageNet: 7x7 stride-2 conv and a 3x3 stride-2 max pool (1/4 resolution)."""
+    if kind == "cifar":
+        return nn.Sequential(conv3x3(in_chans, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+    if kind == "imagenet":
+        return nn.Sequential(nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(width),
+                             nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+    raise UsageError(f"stem must be one of {', '.join(STEMS)}, not {kind!r}")
+
+
+def stage_layers(depth: int, stages: int, layers: Sequence[int] | None) -> tuple[int, ...]:
+    """Blocks per stage: ``layers`` as given, else the CIFAR rule (``(depth - 2) / 6`` in each stage)."""
+    if layers is not None:
+        if len(layers) != stages or min(layers) < 1:
+            raise UsageError(f"layers must give at least one block for each of the {stages} stages, got {tuple(layers)}")
+        return tuple(int(n) for n in layers)
+    if (depth - 2) % 6:
+        raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    return ((depth - 2) // 6,) * stages
+
+
 class ResNet(Decides, nn.Module):
-    """Stem conv, three stages of ``n`` blocks (widths ``widths``), global average pool, linear head."""
+    """Stem, one stage of blocks per entry of ``widths`` (``layer1``, ``layer2``, ...), global average pool, linear head.
+
+    The defaults are the CIFAR family (``depth`` 6n+2, BasicBlocks, 3x3 stem); ``block=Bottleneck,
+    layers=(3, 4, 6, 3), stem="imagenet"`` (``RESNET50``) with widths ``(64, 128, 256, 512)`` is ResNet-50.
+    """
 
     method = "baseline"
 
@@ -57,28 +123,35 @@ class ResNet(Decides, nn.Module):
         depth: int = 20,
         num_classes: int = 10,
         in_chans: int = 3,
-        widths: tuple[int, int, int] = (16, 32, 64),
-        block: type[nn.Module] = BasicBlock,
+        widths: Sequence[int] = (16, 32, 64),
+        block: type[BasicBlock] = BasicBlock,
+        layers: Sequence[int] | None = None,
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
-        if (depth - 2) % 6:
-            raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
-        n = (depth - 2) // 6
         self.depth, self.widths = depth, tuple(widths)
-        self.stem = nn.Sequential(conv3x3(in_chans, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        in_ch = widths[0]
-        stages = []
-        for i, width in enumerate(widths):
-            blocks = [block(in_ch if j == 0 else width, width, stride=1 if i == 0 or j else 2) for j in range(n)]
-            stages.append(nn.Sequential(*blocks))
-            in_ch = width
-        self.layer1, self.layer2, self.layer3 = stages
+        self.layers, self.block_type, self.stem_kind = stage_layers(depth, len(self.widths), layers), block, stem
+        self.stem = make_stem(stem, in_chans, self.widths[0])
+        in_ch = self.widths[0]
+        for i, (width, n) in enumerate(zip(self.widths, self.layers)):
+            blocks = [block(in_ch if j == 0 else width * block.expansion, width, stride=1 if i == 0 or j else 2)
+                      for j in range(n)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            in_ch = width * block.expansion
         self.pool = nn.AdaptiveAvgPool2d(1)  # a module, so attributions (GradCAM) can hook the last feature map
-        self.fc = nn.Linear(widths[-1], num_classes)
+        self.fc = nn.Linear(in_ch, num_classes)
         init_weights(self)
 
+    @property
+    def backbone(self) -> dict:
+        """The options that rebuild this backbone's layout (``ResNet(depth, ..., **backbone)``), default ones left out."""
+        if self.stem_kind == "cifar" and self.block_type is BasicBlock:
+            return {}
+        plain_block = Bottleneck if issubclass(self.block_type, Bottleneck) else BasicBlock
+        return {"block": plain_block, "layers": self.layers, "stem": self.stem_kind}
+
     def stages(self) -> list[nn.Sequential]:
-        return [self.layer1, self.layer2, self.layer3]
+        return [getattr(self, f"layer{s}") for s in range(1, len(self.widths) + 1)]
 
     def named_blocks(self) -> list[tuple[str, BasicBlock]]:
         """``[("layer1.0", block), ...]`` in execution order; the names that appear in traces."""
@@ -101,7 +174,8 @@ class ResNet(Decides, nn.Module):
         Every dynamic method's ``dense_counterpart`` (``cost.full_macs``) is one; methods whose dense weights
         are derived (DGConv's ``W * U``, DS-Net's sliced subnets) pass them in ``state_dict``.
         """
-        plain = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, tuple(widths or self.widths))
+        plain = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, tuple(widths or self.widths),
+                       **self.backbone)
         return load_plain(plain, self, state_dict, shared_only)
 
 
@@ -115,7 +189,7 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
     for m in model.modules():
         if isinstance(m, BasicBlock):
-            nn.init.zeros_(m.bn2.weight)
+            nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
 
 def load_plain(plain: Plain, model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None = None,
@@ -147,3 +221,9 @@ def _resnet(depth: int):
 
 
 resnet8, resnet14, resnet20, resnet32, resnet44, resnet56, resnet110 = (_resnet(d) for d in (8, 14, 20, 32, 44, 56, 110))
+
+
+@register_model
+def resnet50(num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, int, int, int] = RESNET50_WIDTHS) -> ResNet:
+    """ImageNet ResNet-50 (bottleneck blocks (3, 4, 6, 3), 7x7 stem and max pool); for the paper-scale bench."""
+    return ResNet(50, num_classes, in_chans, tuple(widths), **RESNET50)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .layers.skip_gates import GateBank, build_gates
 from .registry import register_model
-from .resnet import ResNet
+from .resnet import RESNET50, RESNET50_WIDTHS, ResNet
 from .trace import Trace, current_trace
 from .decisions import DecisionKind, register_kind
 
@@ -54,13 +54,13 @@ class GateOutput(NamedTuple):
 
 
 class SkipNet(ResNet):
-    """CIFAR-style ResNet (``models.resnet`` layout and names) with a gate before every block but the first."""
+    """ResNet (``models.resnet`` layout and names) with a gate before every block but the first."""
 
     method = "skipnet"
 
     def __init__(self, depth: int = 38, num_classes: int = 10, in_chans: int = 3,
-                 widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn") -> None:
-        super().__init__(depth, num_classes, in_chans, tuple(widths))
+                 widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn", **backbone) -> None:
+        super().__init__(depth, num_classes, in_chans, tuple(widths), **backbone)
         named = self.named_blocks()
         self.gate_kind = gate
         self.gate_names: tuple[str, ...] = tuple(name for name, _ in named[1:])
@@ -180,3 +180,10 @@ def _skipnet(depth: int):
 
 (skipnet_resnet8, skipnet_resnet20, skipnet_resnet32, skipnet_resnet38, skipnet_resnet56, skipnet_resnet74,
  skipnet_resnet110) = (_skipnet(d) for d in (8, 20, 32, 38, 56, 74, 110))
+
+
+@register_model
+def skipnet_resnet50(num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = RESNET50_WIDTHS,
+                     gate: str = "rnn") -> SkipNet:
+    """SkipNet on the ImageNet ResNet-50 (the paper-scale bench; the paper gates ResNet-50/101 on ImageNet the same way)."""
+    return SkipNet(50, num_classes, in_chans, tuple(widths), gate, **RESNET50)

@@ -1,27 +1,31 @@
-"""Decisions of a small bundled model carried over to a deeper network of the same method (the bench's
-``--scale paper``): layers are matched by stage and relative position, so ``layer2.1`` of a ResNet-20 stands for
-the middle third of ``layer2`` in a ResNet-110."""
+"""Decisions of a small bundled model carried over to a bigger network of the same method (the bench's
+``--scale paper``): blocks are matched by relative depth, stage-aware, so ``layer2.1`` of a ResNet-20 (three stages
+of three blocks) stands for the middle of ``layer2`` in a ResNet-110 and for the block at 5/9 of the stages of a
+ResNet-50 (four stages of 3, 4, 6 and 3 blocks)."""
 from __future__ import annotations
 
 import re
+from typing import Iterable
 
 _BLOCK = re.compile(r"layer(\d+)\.(\d+)$")
 
 
-def block_position(layer: str, blocks_per_stage: int) -> float | None:
-    """Where a block sits in the network, in (0, 1]: ``layer2.1`` of 3 blocks per stage is 5/9."""
-    match = _BLOCK.match(layer)
-    if match is None:
-        return None
-    stage, index = int(match[1]), int(match[2])
-    return ((stage - 1) * blocks_per_stage + index + 1) / (3 * blocks_per_stage)
+def block_positions(blocks: Iterable[str]) -> dict[str, float]:
+    """Each block name's position in (0, 1]: block ``j`` of ``n`` in stage ``s`` of ``S`` is ``(s - 1 + (j + 1) / n) / S``
+    (``layer2.1`` of three stages of three blocks: 5/9), and each stage's (``layer2``: its end, 2/3); names that
+    are not blocks are left out."""
+    parsed = {name: (int(m[1]), int(m[2])) for name in blocks if (m := _BLOCK.match(name))}
+    stages = sorted({s for s, _ in parsed.values()})
+    per_stage = {s: 1 + max(j for t, j in parsed.values() if t == s) for s in stages}
+    positions = {name: (stages.index(s) + (j + 1) / per_stage[s]) / len(stages) for name, (s, j) in parsed.items()}
+    return {**positions, **{f"layer{s}": (i + 1) / len(stages) for i, s in enumerate(stages)}}
 
 
-def nearest_layer(layer: str, blocks_per_stage: int, candidates: list[str], candidate_blocks: int) -> str:
-    """The candidate block (of a network with ``candidate_blocks`` per stage) nearest in position to ``layer``;
-    names that are not blocks (``fc``) map to themselves."""
-    where = block_position(layer, blocks_per_stage)
+def nearest_layer(layer: str, network: Iterable[str], candidates: Iterable[str], candidate_network: Iterable[str]) -> str:
+    """The candidate block (or stage) nearest in position to ``layer``; positions are taken within each one's network
+    (the block names of ``network`` and of ``candidate_network``). Other names (``fc``) map to themselves."""
+    where = block_positions(network).get(layer)
     if where is None:
         return layer
-    blocks = [c for c in candidates if block_position(c, candidate_blocks) is not None]
-    return min(blocks, key=lambda c: abs(block_position(c, candidate_blocks) - where))
+    positions = block_positions(candidate_network)
+    return min((c for c in candidates if c in positions), key=lambda c: abs(positions[c] - where))

@@ -22,6 +22,7 @@ from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
 from analysis.core.tradeoff import knob_tradeoff
 from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
+from analysis.core.scaling import nearest_layer
 from analysis.core.table import layer_columns
 from models.evaluate import accuracy_and_macs
 
@@ -68,10 +69,15 @@ def width_control(entry: dict, model) -> Control:
 
 
 def width_like(table: pd.DataFrame, bundled, target) -> Callable:
-    """Each dynamic stage of ``target`` runs at a width drawn from the bundled model's widths for that stage."""
+    """Each dynamic stage of ``target`` runs at a width drawn from the bundled model's widths for the dynamic stage
+    nearest in relative depth (the same stage for a deeper CIFAR ResNet; ResNet-50's ``layer2`` and ``layer3``
+    follow the bundled ``layer2``, its ``layer4`` the bundled ``layer3``)."""
     shares = {layer: table[f"{layer}/width"].value_counts(normalize=True)
-              for layer in (c.split("/")[0] for c in layer_columns(table, "width")) if layer in target.gate_names}
-    return lambda rng: {layer: {"width": float(rng.choice(s.index.to_numpy(), p=s.to_numpy()))} for layer, s in shares.items()}
+              for layer in (c.split("/")[0] for c in layer_columns(table, "width"))}
+    blocks = lambda model: [name for name, _ in model.named_blocks()]  # noqa: E731
+    source = {t: nearest_layer(t, blocks(target), list(shares), blocks(bundled)) for t in target.gate_names}
+    return lambda rng: {t: {"width": float(rng.choice(shares[s].index.to_numpy(), p=shares[s].to_numpy()))}
+                        for t, s in source.items()}
 
 
 register_view(KindView(

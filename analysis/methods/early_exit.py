@@ -111,9 +111,9 @@ def exit_like(table: pd.DataFrame, bundled, target) -> Callable:
     """Each image leaves ``target`` at the exit nearest in position to one drawn from the bundled model's exit
     shares (every exit before it refused)."""
     shares = exit_shares(table)
-    per_stage = lambda model: (model.depth - 2) // 6  # noqa: E731
+    blocks = lambda model: [name for name, _ in model.named_blocks()]  # noqa: E731
     exits = list(target.exit_names)
-    source = {e: nearest_layer(e, per_stage(bundled), exits, per_stage(target)) for e in shares.index}
+    source = {e: nearest_layer(e, blocks(bundled), exits, blocks(target)) for e in shares.index}
 
     def sample(rng) -> dict:
         taken = source[rng.choice(shares.index.to_numpy(), p=(shares / shares.sum()).to_numpy())]

@@ -50,15 +50,12 @@ def skip_control(entry: dict, model) -> Control:
                    help=f"gate probability {entry['probability']:.2f}; off skips the block (identity shortcut)")
 
 
-def blocks_per_stage(model) -> int:
-    return (model.depth - 2) // 6
-
-
 def skip_like(table: pd.DataFrame, bundled, target) -> Callable:
     """Each gated block of ``target`` runs with the execution rate of the bundled block at the same position."""
     layers = [c.split("/")[0] for c in layer_columns(table, "executed")]
     rates = {layer: float(table[f"{layer}/executed"].mean()) for layer in layers}
-    source = {t: nearest_layer(t, blocks_per_stage(target), layers, blocks_per_stage(bundled)) for t in target.gate_names}
+    blocks = lambda model: [name for name, _ in model.named_blocks()]  # noqa: E731
+    source = {t: nearest_layer(t, blocks(target), layers, blocks(bundled)) for t in target.gate_names}
     return lambda rng: {t: {"executed": bool(rng.random() < rates[source[t]])} for t in target.gate_names}
 
 

@@ -1,7 +1,7 @@
 """Exit heads: the small classifiers an early-exit network attaches after chosen blocks.
 
 ``sdn`` is the internal classifier of Shallow-Deep Networks (Kaya et al., ICML 2019): the feature map is
-reduced to at most 4x4 by a learned mix of max and average pooling (``alpha * max + (1 - alpha) * avg``,
+reduced to 4x4 by a learned mix of max and average pooling (``alpha * max + (1 - alpha) * avg``,
 ``alpha`` one learned scalar per head, as in the SDN code), then one linear layer. ``pool`` is the
 cheapest head: global average pooling and a linear layer. Pooling executes no multiply-adds, so a head
 costs only its linear layer (a few thousand MACs here).
@@ -32,9 +32,11 @@ class ExitHead(nn.Module):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "pool":
             return F.adaptive_avg_pool2d(x, 1)
-        if x.shape[-1] <= self.reduced and x.shape[-2] <= self.reduced:
+        if x.shape[-2:] == (self.reduced, self.reduced):
             return x
-        size = (min(self.reduced, x.shape[-2]), min(self.reduced, x.shape[-1]))
+        # a map smaller than reduced x reduced (a small input to a deep network) is spread over it, so the
+        # linear layer always sees the same number of features
+        size = (self.reduced, self.reduced)
         return self.alpha * F.adaptive_max_pool2d(x, size) + (1 - self.alpha) * F.adaptive_avg_pool2d(x, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
