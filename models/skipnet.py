@@ -21,6 +21,7 @@ sync. No mode mutates the model, so one model can serve many requests at once.
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from typing import NamedTuple
 
@@ -87,11 +88,11 @@ class SkipNet(ResNet):
         threshold = trace.knob("threshold", 0.5) if trace is not None else 0.5
         blocks = [block for _, block in self.named_blocks()]
         x = blocks[0](self.stem(x))
-        state = self.gates.initial_state(x)
+        state = self.gates.initial_state_one(x)
         for index, (name, block) in enumerate(zip(self.gate_names, blocks[1:])):
-            z, state = self.gates.step(index, x, state)
+            z, state = self.gates.step_one(index, x, state)
             forced = trace.forced(name, "executed") if trace is not None else None
-            if (float(torch.sigmoid(z)) > threshold) if forced is None else bool(forced):
+            if (1.0 / (1.0 + math.exp(-z)) > threshold) if forced is None else bool(forced):
                 x = F.relu(block.residual(x) + block.shortcut(x))
             else:
                 x = block.shortcut(x)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..resnet import conv3x3
+from .fused import fused_ops
 
 GATE_KINDS = ("rnn", "ff1", "ff2")
 State = Any
@@ -54,6 +55,15 @@ class GateBank(nn.Module):
 
     def step(self, index: int, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
+
+    def initial_state_one(self, x: torch.Tensor) -> State:
+        """The state ``step_one`` starts from (batch 1)."""
+        return self.initial_state(x)
+
+    def step_one(self, index: int, x: torch.Tensor, state: State) -> tuple[float, State]:
+        """``step`` at batch 1, its logit as a Python float (the caller decides with plain control flow)."""
+        z, state = self.step(index, x, state)
+        return float(z), state
 
 
 class RNNGate(GateBank):
@@ -100,6 +110,20 @@ class RNNGate(GateBank):
         self.fused = [(conv.weight.flatten(1).t().contiguous(), conv.bias.clone()) for conv in self.embed]
         self._lstm = (w_ih, w_hh, bias)
         self._proj = (self.proj.weight.t().contiguous(), self.proj.bias.clone())
+        self.compiled = fused_ops() and self.proj.weight.dtype == torch.float32
+
+    compiled = False  # batch-1 steps run the compiled kernel (``models.layers.fused``)
+
+    def initial_state_one(self, x: torch.Tensor) -> State:
+        if self.compiled:
+            return x.new_zeros(2, self.hidden_dim)  # [h; c], updated in place by the kernel
+        return self.initial_state(x)
+
+    def step_one(self, index: int, x: torch.Tensor, state: State) -> tuple[float, State]:
+        if not self.compiled:
+            return super().step_one(index, x, state)
+        w_embed, b_embed = self.fused[index]
+        return torch.ops.routescope.rnn_gate_step(x, state, w_embed, b_embed, *self._lstm, *self._proj), state
 
     def _fused_step(self, index: int, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h, c = state

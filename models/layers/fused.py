@@ -1,0 +1,115 @@
+"""Compiled batch-1 kernels for the small per-image decisions (SkipNet's recurrent gate step).
+
+At batch 1 a SkipNet gate step is about a dozen tiny PyTorch operators (pool, four matrix products, the LSTM's
+element-wise arithmetic, a sigmoid) whose dispatch costs more than their arithmetic: on the CIFAR ResNets a gate
+cost about as much as the block it could skip. ``rnn_gate_step`` computes the whole step in one C++ function,
+one operator call (``torch.ops.routescope.rnn_gate_step``): the pooled input, the 1x1 embedding, one LSTM step
+and the logit, with the recurrent state updated in place.
+
+It is built once with ``torch.utils.cpp_extension.load_inline`` where a C++ compiler is present (cached in
+``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and used by the fast inference form only;
+without a compiler, or with ``ROUTESCOPE_FUSED=0``, the Python step runs instead (same result within float32
+rounding). Its multiply-adds are registered with ``torch.utils.flop_counter``, so ``FlopCounterMode`` and the
+trace's MAC counter count it exactly as the operators it replaces.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+log = logging.getLogger(__name__)
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <cmath>
+#include <vector>
+
+// One SkipNet RNN-gate step at batch 1 (the fast form's pre-arranged weights, see RNNGate.prepare_inference):
+// e = mean_hw(x) @ w_embed + b_embed; a = sigmoid(bias + e @ w_ih + h @ w_hh) (the g rows doubled, so
+// tanh(g) = 2 a_g - 1); c = f c + i (2 a_g - 1); h = o tanh(c); returns h @ w_proj + b_proj. hc = [h; c], in place.
+double rnn_gate_step(const at::Tensor& x, at::Tensor hc, const at::Tensor& w_embed, const at::Tensor& b_embed,
+                     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                     const at::Tensor& w_proj, const at::Tensor& b_proj) {
+  TORCH_CHECK(x.dim() == 4 && x.size(0) == 1 && x.scalar_type() == at::kFloat, "rnn_gate_step: x must be float (1, C, H, W)");
+  at::Tensor xc = x.contiguous();
+  const int64_t C = xc.size(1), HW = xc.size(2) * xc.size(3), E = w_embed.size(1), H = w_hh.size(0);
+  TORCH_CHECK(w_embed.size(0) == C && w_ih.size(0) == E && w_ih.size(1) == 4 * H && hc.size(1) == H,
+              "rnn_gate_step: weight shapes do not fit");
+  const float* xp = xc.data_ptr<float>();
+  const float* we = w_embed.data_ptr<float>();
+  const float* wi = w_ih.data_ptr<float>();
+  const float* wh = w_hh.data_ptr<float>();
+  float* h = hc.data_ptr<float>();
+  float* c = h + H;
+  std::vector<float> e(b_embed.data_ptr<float>(), b_embed.data_ptr<float>() + E);
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const float* row = xp + ch * HW;
+    float lanes[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // independent sums: the loop vectorizes
+    int64_t k = 0;
+    for (; k + 8 <= HW; k += 8)
+      for (int l = 0; l < 8; ++l) lanes[l] += row[k + l];
+    float s = 0.f;
+    for (; k < HW; ++k) s += row[k];
+    for (int l = 0; l < 8; ++l) s += lanes[l];
+    s /= static_cast<float>(HW);
+    for (int64_t j = 0; j < E; ++j) e[j] += s * we[ch * E + j];
+  }
+  std::vector<float> a(bias.data_ptr<float>(), bias.data_ptr<float>() + 4 * H);
+  for (int64_t k = 0; k < E; ++k)
+    for (int64_t j = 0; j < 4 * H; ++j) a[j] += e[k] * wi[k * 4 * H + j];
+  for (int64_t k = 0; k < H; ++k)
+    for (int64_t j = 0; j < 4 * H; ++j) a[j] += h[k] * wh[k * 4 * H + j];
+  for (auto& v : a) v = 1.f / (1.f + std::exp(-v));
+  const float* wp = w_proj.data_ptr<float>();
+  double z = b_proj.data_ptr<float>()[0];
+  for (int64_t j = 0; j < H; ++j) {
+    c[j] = a[H + j] * c[j] + a[j] * (2.f * a[2 * H + j] - 1.f);
+    h[j] = a[3 * H + j] * std::tanh(c[j]);
+    z += h[j] * wp[j];
+  }
+  return z;
+}
+
+TORCH_LIBRARY(routescope, m) {
+  m.def("rnn_gate_step(Tensor x, Tensor(a!) hc, Tensor w_embed, Tensor b_embed, Tensor w_ih, Tensor w_hh, "
+        "Tensor bias, Tensor w_proj, Tensor b_proj) -> float");
+}
+
+TORCH_LIBRARY_IMPL(routescope, CPU, m) { m.impl("rnn_gate_step", &rnn_gate_step); }
+"""
+
+
+@functools.cache
+def fused_ops() -> bool:
+    """Whether ``torch.ops.routescope`` is loaded: built (or found in the cache) on first call; False without a
+    compiler or with ``ROUTESCOPE_FUSED=0``, and the callers fall back to their PyTorch operators."""
+    if os.environ.get("ROUTESCOPE_FUSED", "1") == "0":
+        return False
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        load_inline("routescope_fused", cpp_sources=_SOURCE, is_python_module=False,
+                    extra_cflags=["-O3"], verbose=False)
+    except Exception as e:  # no compiler, no headers: the PyTorch operators do the same work
+        log.warning("compiled batch-1 kernels unavailable (%s); using PyTorch operators", str(e).splitlines()[0][:200])
+        return False
+    _register_flops()
+    return True
+
+
+def _register_flops() -> None:
+    @register_flop_formula(torch.ops.routescope.rnn_gate_step)
+    def gate_flops(x_shape, hc_shape, w_embed_shape, b_embed_shape, w_ih_shape, w_hh_shape, *_, out_shape=None,
+                   **__) -> int:
+        """2 x the multiply-adds of the operators it replaces: the embedding, both LSTM products, the projection."""
+        channels, embed = w_embed_shape
+        hidden = w_hh_shape[0]
+        return 2 * (channels * embed + embed * 4 * hidden + hidden * 4 * hidden + hidden)
+
+
+if __name__ == "__main__":  # `make install` builds the kernels once, so the first model load does not wait for it
+    print("compiled batch-1 kernels:", "ready" if fused_ops() else "unavailable (PyTorch operators are used)")
