@@ -311,6 +311,9 @@ class DSResNet(ResNet):
             return torch.stack([self._forward_static(x, tuple(c)) for c in configs])
         if width is not None:
             return self._forward_static(x, self.config_of(width))
+        trace = current_trace()
+        if x.shape[0] == 1 and not return_gates and not self.training and (trace is None or not trace.observe):
+            return self._forward_one(x, trace)
         out = self._forward_dynamic(x)
         return out if return_gates else out.logits
 
@@ -389,6 +392,29 @@ class DSResNet(ResNet):
         logits, width_logits, choices = self._dynamic_from(self.stem(x), 1, 0, current_trace())
         return DSOutput(logits, width_logits, choices)
 
+    def _tilted(self, z: torch.Tensor, trace: Trace | None) -> torch.Tensor:
+        """The width logits with the ``width_bias`` knob applied: one step of bias per choice, from -bias to +bias."""
+        bias = trace.knob("width_bias", 0.0) if trace is not None else 0.0
+        if bias:
+            z = z + bias * torch.linspace(-1.0, 1.0, z.shape[1], dtype=z.dtype, device=z.device)
+        return z
+
+    def _forward_one(self, x: torch.Tensor, trace: Trace | None) -> torch.Tensor:
+        """Batch 1 with nothing to record (plain inference, or a forced path being timed): the choices of
+        ``_dynamic_from`` taken with Python control flow, without splitting and reassembling the batch."""
+        x, in_index = self.stem(x), 0
+        for s in range(1, len(self.widths) + 1):
+            name = f"layer{s}"
+            if name not in self.gates:
+                x, in_index = self._run_stage(s, x, 0, in_index, None), 0
+                continue
+            gate = self.gates[name]
+            h = gate.hidden(x)
+            forced = trace.forced(name, "width") if trace is not None else None
+            index = self.choice_of(forced) if forced is not None else int(self._tilted(gate.width_logits(h), trace).argmax())
+            x, in_index = self._run_stage(s, x, index, in_index, gate.attention(h, self.inner_of(s, index))), index
+        return self.head(x)
+
     def _dynamic_from(self, x: torch.Tensor, s: int, in_index: int, trace: Trace | None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stages ``s..3`` and the head on ``x``; each gate splits its rows by chosen width (recursively)."""
@@ -400,10 +426,7 @@ class DSResNet(ResNet):
             return self._dynamic_from(self._run_stage(s, x, 0, in_index, None), s + 1, 0, trace)
         gate = self.gates[name]
         h = gate.hidden(x)
-        z = gate.width_logits(h)
-        bias = trace.knob("width_bias", 0.0) if trace is not None else 0.0
-        if bias:  # tilt the gate towards wider (> 0) or narrower (< 0) choices, one step of bias per choice
-            z = z + bias * torch.linspace(-1.0, 1.0, z.shape[1], dtype=z.dtype, device=z.device)
+        z = self._tilted(gate.width_logits(h), trace)  # > 0 tilts towards wider choices, < 0 towards narrower
         choice = z.argmax(1)
         forced = trace.forced(name, "width") if trace is not None else None
         if forced is not None:

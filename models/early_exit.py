@@ -90,10 +90,30 @@ class EarlyExitResNet(ResNet):
             return self._forward_all(x)
         if exit_at is not None and exit_at not in (*self.exit_names, FINAL_EXIT):
             raise ValueError(f"exit_at must be one of {', '.join((*self.exit_names, FINAL_EXIT))}, not {exit_at!r}")
+        trace = current_trace()
         if threshold is None:
-            trace = current_trace()
             threshold = trace.knob("threshold", self.threshold) if trace is not None else self.threshold
+        if x.shape[0] == 1 and (trace is None or not trace.observe):
+            return self._forward_one(x, float(threshold), exit_at, trace)
         return self._forward_exiting(x, float(threshold), exit_at)
+
+    def _forward_one(self, x: torch.Tensor, threshold: float, exit_at: str | None, trace) -> torch.Tensor:
+        """Batch 1 with nothing to record (plain inference, or a forced path being timed): the decisions of
+        ``_forward_exiting`` taken with Python control flow, each head and its confidence in one call."""
+        heads = dict(zip(self.exit_names, self.exits))
+        x = self.stem(x)
+        for name, block in self.named_blocks():
+            x = block(x)
+            head = heads.get(name)
+            if head is None or (exit_at is not None and name != exit_at):
+                continue
+            z, confidence = head.decide(x)
+            forced = trace.forced(name, "exited") if trace is not None else None
+            if (exit_at is not None or confidence >= threshold) if forced is None else bool(forced):
+                return z
+        if trace is not None and trace.forced(FINAL_EXIT, "exited") is False:
+            raise ValueError("the final exit (fc) cannot be refused: every image leaves there at the latest")
+        return self.head(x)
 
     def _forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every exit on every sample (training): ``[internal exit logits ..., final logits]``."""

@@ -1,17 +1,15 @@
-"""The compiled batch-1 SkipNet gate step (``models.layers.fused``) computes what the PyTorch operators compute,
-and ``FlopCounterMode`` counts it as them. Skipped where no C++ compiler can build it (the fallback is the
-PyTorch step, tested everywhere else)."""
+"""The compiled batch-1 kernels (``models.layers.fused``: SkipNet's gate step, early exit's heads) compute what the
+PyTorch operators compute; ``test_inference_form`` checks that ``FlopCounterMode`` counts them as those operators.
+Skipped where no C++ compiler can build them (the fallback is the PyTorch operators, tested everywhere else)."""
 import copy
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from analysis.core.catalog import bundled_checkpoints
 from models import create_model, load_checkpoint
 from models.inference import fast_form
 from models.layers.fused import fused_ops
-from models.trace import traced_forward
 
 pytestmark = pytest.mark.skipif(not fused_ops(), reason="no C++ compiler for the compiled kernels")
 
@@ -37,15 +35,6 @@ def test_compiled_gate_step_equals_the_pytorch_step(shape):
     torch.testing.assert_close(state, torch.cat([want_h, want_c]), atol=1e-5, rtol=1e-5)
 
 
-def test_flop_counter_counts_the_compiled_step_as_the_operators():
-    model = load_checkpoint(bundled_checkpoints()["skipnet_resnet20_fmnist_a0.75_fta6kd"])
-    x = torch.randn(1, 1, 28, 28)
-    _, trace = traced_forward(model, x)  # the batched path: PyTorch operators, counted one by one
-    with FlopCounterMode(display=False) as flops, torch.inference_mode():
-        model(x)  # the batch-1 path: the compiled step
-    assert flops.get_total_flops() / 2 == trace.macs[0].item()
-
-
 def test_python_fallback_gives_the_same_logits():
     model = load_checkpoint(bundled_checkpoints()["skipnet_resnet20_fmnist_a0.75_fta6kd"])
     fallback = copy.deepcopy(model)
@@ -54,3 +43,21 @@ def test_python_fallback_gives_the_same_logits():
     with torch.inference_mode():
         for xi in x:
             torch.testing.assert_close(model(xi), fallback(xi), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sdn", "pool"])
+@pytest.mark.parametrize("side", [28, 14, 7, 4, 3])
+def test_compiled_exit_head_equals_the_pytorch_head(kind, side):
+    from models.layers.exit_head import ExitHead
+
+    torch.manual_seed(side)
+    head = ExitHead(32, 10, kind).eval()
+    x = torch.randn(1, 32, side, side)
+    with torch.inference_mode():
+        want = head(x)
+        head.prepare_inference()
+        assert head.compiled
+        z, confidence = head.decide(x)
+    torch.testing.assert_close(z, want, atol=1e-5, rtol=1e-5)
+    assert confidence == pytest.approx(float(want.softmax(1).amax()), abs=1e-6)
+

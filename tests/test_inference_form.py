@@ -80,7 +80,10 @@ def test_train_form_still_loads_with_its_batchnorms():
         load_checkpoint(path, form="quick")
 
 
-@pytest.mark.parametrize("name", ["skipnet_resnet20_fmnist_a0.75_fta6kd", "early_exit_resnet20_fmnist"])
+BATCH_ONE_PATHS = ["skipnet_resnet20_fmnist_a0.75_fta6kd", "early_exit_resnet20_fmnist", "dsnet_resnet20_fmnist_grid4_hw6_long"]
+
+
+@pytest.mark.parametrize("name", BATCH_ONE_PATHS)
 def test_untraced_batch_one_path_matches_the_traced_batch(name, images):
     """Plain batch-1 inference (Python control flow, no trace) gives the traced batch's logits image by image."""
     model = load_checkpoint(bundled_checkpoints()[name])
@@ -90,3 +93,17 @@ def test_untraced_batch_one_path_matches_the_traced_batch(name, images):
         single = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
     torch.testing.assert_close(single, batched, atol=1e-4, rtol=1e-5)
     assert (single.argmax(1) == batched.argmax(1)).all()
+
+
+@pytest.mark.parametrize("name", BATCH_ONE_PATHS)
+def test_untraced_batch_one_path_counts_the_traced_macs(name, images):
+    """``FlopCounterMode`` over the batch-1 path (compiled kernels included, where built) counts what the trace counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = load_checkpoint(bundled_checkpoints()[name])
+    x = normalize(images[:8], model.meta["mean"], model.meta["std"])
+    _, trace = traced_forward(model, x)
+    for i in range(len(x)):
+        with FlopCounterMode(display=False) as flops, torch.inference_mode():
+            model(x[i:i + 1])
+        assert flops.get_total_flops() / 2 == trace.macs[i].item()

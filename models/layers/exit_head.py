@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .fused import fused_ops
 
 EXIT_HEADS = ("sdn", "pool")
 
@@ -41,3 +42,16 @@ class ExitHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(x), 1))
+
+    compiled = False  # batch-1 ``decide`` runs the compiled kernel (``models.layers.fused``), set by the fast form
+
+    def prepare_inference(self) -> None:
+        self.compiled = fused_ops() and self.fc.weight.dtype == torch.float32
+
+    def decide(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(logits, confidence)`` of one image (batch 1): the head and its max softmax."""
+        if self.compiled:
+            alpha = float(self.alpha) if self.kind == "sdn" else 0.0
+            return torch.ops.routescope.exit_head(x, alpha, self.fc.weight, self.fc.bias, self.reduced)
+        z = self(x)
+        return z, float(z.softmax(1).amax())

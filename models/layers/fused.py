@@ -1,10 +1,11 @@
-"""Compiled batch-1 kernels for the small per-image decisions (SkipNet's recurrent gate step).
+"""Compiled batch-1 kernels for the small per-image decisions (SkipNet's recurrent gate step, early exit's heads).
 
 At batch 1 a SkipNet gate step is about a dozen tiny PyTorch operators (pool, four matrix products, the LSTM's
 element-wise arithmetic, a sigmoid) whose dispatch costs more than their arithmetic: on the CIFAR ResNets a gate
 cost about as much as the block it could skip. ``rnn_gate_step`` computes the whole step in one C++ function,
 one operator call (``torch.ops.routescope.rnn_gate_step``): the pooled input, the 1x1 embedding, one LSTM step
-and the logit, with the recurrent state updated in place.
+and the logit, with the recurrent state updated in place. ``exit_head`` is an SDN exit head (the max/avg pooling
+mix, the linear layer) and its confidence (max softmax) in one call.
 
 It is built once with ``torch.utils.cpp_extension.load_inline`` where a C++ compiler is present (cached in
 ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and used by the fast inference form only;
@@ -74,12 +75,66 @@ double rnn_gate_step(const at::Tensor& x, at::Tensor hc, const at::Tensor& w_emb
   return z;
 }
 
+// An SDN exit head at batch 1: alpha * max + (1 - alpha) * avg adaptive pooling to o x o (PyTorch's bins), a linear
+// layer, and the max softmax. Returns (logits (1, classes), confidence).
+std::tuple<at::Tensor, double> exit_head(const at::Tensor& x, double alpha, const at::Tensor& weight,
+                                         const at::Tensor& bias, int64_t o) {
+  TORCH_CHECK(x.dim() == 4 && x.size(0) == 1 && x.scalar_type() == at::kFloat, "exit_head: x must be float (1, C, H, W)");
+  at::Tensor xc = x.contiguous();
+  const int64_t C = xc.size(1), H = xc.size(2), W = xc.size(3), K = weight.size(0);
+  TORCH_CHECK(weight.size(1) == C * o * o, "exit_head: weight does not fit the pooled features");
+  const float* xp = xc.data_ptr<float>();
+  std::vector<float> feat(C * o * o);
+  const bool same = H == o && W == o;  // the map is already o x o: it is used as it is
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const float* plane = xp + ch * H * W;
+    for (int64_t i = 0; i < o; ++i) {
+      const int64_t h0 = (i * H) / o, h1 = ((i + 1) * H + o - 1) / o;
+      for (int64_t j = 0; j < o; ++j) {
+        float* out = &feat[(ch * o + i) * o + j];
+        if (same) { *out = plane[i * W + j]; continue; }
+        const int64_t w0 = (j * W) / o, w1 = ((j + 1) * W + o - 1) / o;
+        float mx = -INFINITY, sum = 0.f;
+        for (int64_t a = h0; a < h1; ++a)
+          for (int64_t b = w0; b < w1; ++b) { const float v = plane[a * W + b]; mx = v > mx ? v : mx; sum += v; }
+        const float avg = sum / static_cast<float>((h1 - h0) * (w1 - w0));
+        *out = alpha == 0.0 ? avg : static_cast<float>(alpha) * mx + (1.f - static_cast<float>(alpha)) * avg;
+      }
+    }
+  }
+  at::Tensor logits = at::empty({1, K}, weight.options());
+  float* z = logits.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  const int64_t F = C * o * o;
+  float zmax = -INFINITY;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* row = wp + k * F;
+    float lanes[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int64_t f = 0;
+    for (; f + 8 <= F; f += 8)
+      for (int l = 0; l < 8; ++l) lanes[l] += row[f + l] * feat[f + l];
+    float s = bp[k];
+    for (; f < F; ++f) s += row[f] * feat[f];
+    for (int l = 0; l < 8; ++l) s += lanes[l];
+    z[k] = s;
+    zmax = s > zmax ? s : zmax;
+  }
+  double total = 0.0;
+  for (int64_t k = 0; k < K; ++k) total += std::exp(static_cast<double>(z[k]) - zmax);
+  return {logits, 1.0 / total};
+}
+
 TORCH_LIBRARY(routescope, m) {
   m.def("rnn_gate_step(Tensor x, Tensor(a!) hc, Tensor w_embed, Tensor b_embed, Tensor w_ih, Tensor w_hh, "
         "Tensor bias, Tensor w_proj, Tensor b_proj) -> float");
+  m.def("exit_head(Tensor x, float alpha, Tensor weight, Tensor bias, int reduced) -> (Tensor, float)");
 }
 
-TORCH_LIBRARY_IMPL(routescope, CPU, m) { m.impl("rnn_gate_step", &rnn_gate_step); }
+TORCH_LIBRARY_IMPL(routescope, CPU, m) {
+  m.impl("rnn_gate_step", &rnn_gate_step);
+  m.impl("exit_head", &exit_head);
+}
 """
 
 
@@ -110,6 +165,12 @@ def _register_flops() -> None:
         hidden = w_hh_shape[0]
         return 2 * (channels * embed + embed * 4 * hidden + hidden * 4 * hidden + hidden)
 
+    @register_flop_formula(torch.ops.routescope.exit_head)
+    def head_flops(x_shape, alpha, weight_shape, *_, out_shape=None, **__) -> int:
+        """2 x the multiply-adds of the head's linear layer (pooling multiplies nothing ``FlopCounterMode`` counts)."""
+        return 2 * weight_shape[0] * weight_shape[1]
 
-if __name__ == "__main__":  # `make install` builds the kernels once, so the first model load does not wait for it
+
+def main() -> None:
+    """``make install`` builds the kernels once, so that the first model load does not wait for the compiler."""
     print("compiled batch-1 kernels:", "ready" if fused_ops() else "unavailable (PyTorch operators are used)")

@@ -102,8 +102,29 @@ class WidthGate(nn.Module):
         nn.init.zeros_(self.width.bias)
         self.width.bias.data[-1] = widest_bias
 
+    linear: dict | None = None  # the fast inference form's weights as matrices (``prepare_inference``)
+
+    @torch.no_grad()
+    def prepare_inference(self) -> None:
+        """The fast form: the gate's convs all read a ``grid`` x ``grid`` map with a ``grid`` x ``grid`` (or 1x1) kernel,
+        so each is one matrix product on the flattened map (the same multiply-adds; at batch 1 PyTorch runs such
+        tiny convs through oneDNN at about 100 us each). Reduce weights are cut per input width on first use."""
+        self.linear = {"width": (self.width.weight.flatten(1).contiguous(), self.width.bias.clone())}
+        if self.se is not None:
+            self.linear["se"] = (self.se.weight.flatten(1).contiguous(), self.se.bias.clone())
+
+    def _reduce_weight(self, k_in: int) -> torch.Tensor:
+        key = ("reduce", k_in)
+        if key not in self.linear:
+            self.linear[key] = self.reduce.weight[:, :k_in].flatten(1).contiguous()
+        return self.linear[key]
+
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.reduce(F.adaptive_avg_pool2d(x, self.grid)))
+        """The gate's hidden features: (N, hidden, 1, 1), or (N, hidden) in the fast form."""
+        pooled = F.adaptive_avg_pool2d(x, self.grid)
+        if self.linear is not None:
+            return F.relu(F.linear(pooled.flatten(1), self._reduce_weight(x.shape[1]), self.reduce.bias))
+        return F.relu(self.reduce(pooled))
 
     def spread_global_reduce(self, weight: torch.Tensor) -> bool:
         """Start a grid gate from a global-pool gate's (hidden, in, 1, 1) reduce weight: each grid cell gets
@@ -115,8 +136,15 @@ class WidthGate(nn.Module):
         return True
 
     def width_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.linear is not None:
+            return F.linear(h, *self.linear["width"])
         return torch.flatten(self.width(h), 1)
 
     def attention(self, h: torch.Tensor, channels: int) -> torch.Tensor | None:
         """(N, channels, 1, 1) in (0, 1), or None when the gate has no SE head."""
-        return None if self.se is None else torch.sigmoid(self.se(h, channels))
+        if self.se is None:
+            return None
+        if self.linear is not None:
+            weight, bias = self.linear["se"]
+            return torch.sigmoid(F.linear(h, weight[:channels], bias[:channels]))[:, :, None, None]
+        return torch.sigmoid(self.se(h, channels))
