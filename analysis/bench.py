@@ -219,8 +219,13 @@ def form_rows(path: Path, images: torch.Tensor, rounds: int) -> list[dict]:
     train = load_checkpoint(path, form="train")
     fast = load_checkpoint(path)
     x = normalize(images, train.meta["mean"], train.meta["std"])
+    operators_only = copy.deepcopy(fast)
+    for module in operators_only.modules():
+        if getattr(module, "compiled", False):
+            module.compiled = False  # the compiled batch-1 kernels off (models.layers.fused)
     options = {"fast form": (fast, x), "fast form, channels_last": (copy.deepcopy(fast).to(memory_format=torch.channels_last),
-                                                                      x.contiguous(memory_format=torch.channels_last))}
+                                                                      x.contiguous(memory_format=torch.channels_last)),
+               "fast form, no compiled kernels": (operators_only, x)}
     rows = []
     for label, (forward, inputs) in options.items():
         latency, latency_ref = _paired_inputs(forward, inputs, train, x, rounds)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .errors import UsageError
 from .layers.condconv import CondConv2d, Router
+from .layers.fused import fused_ops
 from .registry import register_model
 from .resnet import BasicBlock, ResNet, init_weights
 from .trace import current_trace
@@ -69,10 +70,29 @@ class CondConvBlock(BasicBlock):
             routing = self.router(x)
         return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x, routing))), routing))
 
+    compiled = False  # batch-1 routing and kernel mixing run the compiled kernel (``models.layers.fused``)
+
+    def prepare_inference(self) -> None:
+        """The fast form: at batch 1, the router and both kernel mixtures in one compiled call (where built)."""
+        self.compiled = (fused_ops() and self.conv1.bias is None and self.conv2.bias is None
+                         and self.conv1.weight.dtype == torch.float32)
+
+    def _routed_one(self, x: torch.Tensor, forced) -> tuple[torch.Tensor, torch.Tensor]:
+        """``routed`` at batch 1 with nothing to record: the compiled router and mixtures, then two plain convs."""
+        weights = None if forced is None else forced_routing(forced, x.new_zeros(1, self.router.fc.out_features))
+        routing, k1, k2 = torch.ops.routescope.condconv_mix(x, self.router.fc.weight, self.router.fc.bias, weights,
+                                                            self.conv1.weight, self.conv2.weight)
+        c1, c2 = self.conv1, self.conv2
+        h = F.relu(F.conv2d(x, k1.view(c1.weight_shape), c1.shift, c1.stride, c1.padding, 1, c1.groups))
+        h = F.conv2d(h, k2.view(c2.weight_shape), c2.shift, c2.stride, c2.padding, 1, c2.groups)
+        return F.relu(h + self.shortcut(x)), routing
+
     def routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(output, routing (B, E))``; records the routing to the active trace."""
-        routing = self.router(x)
         trace = current_trace()
+        if self.compiled and x.shape[0] == 1 and (trace is None or not trace.observe):
+            return self._routed_one(x, trace.forced(self.layer_name, "weights") if trace is not None else None)
+        routing = self.router(x)
         forced = trace.forced(self.layer_name, "weights") if trace is not None else None
         if forced is not None:
             routing = forced_routing(forced, routing)

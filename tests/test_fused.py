@@ -61,3 +61,22 @@ def test_compiled_exit_head_equals_the_pytorch_head(kind, side):
     torch.testing.assert_close(z, want, atol=1e-5, rtol=1e-5)
     assert confidence == pytest.approx(float(want.softmax(1).amax()), abs=1e-6)
 
+
+
+def test_compiled_condconv_routing_equals_the_pytorch_block():
+    from models.trace import forced_forward
+
+    model = load_checkpoint(bundled_checkpoints()["condconv_resnet20_fmnist"])
+    fallback = copy.deepcopy(model)
+    for block in fallback.layer3:
+        assert block.compiled
+        block.compiled = False
+    x = torch.randn(1, 64, 7, 7)
+    with torch.inference_mode():
+        got, routing = model.layer3[1].routed(x)
+        want, want_routing = fallback.layer3[1].routed(x)
+        torch.testing.assert_close(routing, want_routing, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        image, forced = torch.randn(1, 1, 28, 28), {"layer3.1": {"weights": [1.0, 0.0, 0.0, 0.0]}}
+        torch.testing.assert_close(forced_forward(model, image, forced), forced_forward(fallback, image, forced),
+                                   atol=1e-5, rtol=1e-5)

@@ -80,7 +80,8 @@ def test_train_form_still_loads_with_its_batchnorms():
         load_checkpoint(path, form="quick")
 
 
-BATCH_ONE_PATHS = ["skipnet_resnet20_fmnist_a0.75_fta6kd", "early_exit_resnet20_fmnist", "dsnet_resnet20_fmnist_grid4_hw6_long"]
+BATCH_ONE_PATHS = ["skipnet_resnet20_fmnist_a0.75_fta6kd", "early_exit_resnet20_fmnist", "dsnet_resnet20_fmnist_grid4_hw6_long",
+                   "condconv_resnet20_fmnist"]
 
 
 @pytest.mark.parametrize("name", BATCH_ONE_PATHS)

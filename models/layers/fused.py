@@ -1,11 +1,12 @@
-"""Compiled batch-1 kernels for the small per-image decisions (SkipNet's recurrent gate step, early exit's heads).
+"""Compiled batch-1 kernels for the small per-image decisions (SkipNet's gate step, early exit's heads, CondConv's routing).
 
 At batch 1 a SkipNet gate step is about a dozen tiny PyTorch operators (pool, four matrix products, the LSTM's
 element-wise arithmetic, a sigmoid) whose dispatch costs more than their arithmetic: on the CIFAR ResNets a gate
 cost about as much as the block it could skip. ``rnn_gate_step`` computes the whole step in one C++ function,
 one operator call (``torch.ops.routescope.rnn_gate_step``): the pooled input, the 1x1 embedding, one LSTM step
 and the logit, with the recurrent state updated in place. ``exit_head`` is an SDN exit head (the max/avg pooling
-mix, the linear layer) and its confidence (max softmax) in one call.
+mix, the linear layer) and its confidence (max softmax) in one call; ``condconv_mix`` a CondConv block's router and
+both of its mixed kernels.
 
 It is built once with ``torch.utils.cpp_extension.load_inline`` where a C++ compiler is present (cached in
 ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and used by the fast inference form only;
@@ -125,15 +126,58 @@ std::tuple<at::Tensor, double> exit_head(const at::Tensor& x, double alpha, cons
   return {logits, 1.0 / total};
 }
 
+// A CondConv block's routing and both mixed kernels at batch 1: r = sigmoid(mean_hw(x) @ router_w^T + router_b);
+// kernel_i = r' @ experts_i, with r' = forced if given (the router still runs, as in the batched path).
+// Returns (r (1, E), kernel1 (P1), kernel2 (P2)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> condconv_mix(const at::Tensor& x, const at::Tensor& router_w,
+                                                            const at::Tensor& router_b, const c10::optional<at::Tensor>& forced,
+                                                            const at::Tensor& experts1, const at::Tensor& experts2) {
+  TORCH_CHECK(x.dim() == 4 && x.size(0) == 1 && x.scalar_type() == at::kFloat, "condconv_mix: x must be float (1, C, H, W)");
+  at::Tensor xc = x.contiguous();
+  const int64_t C = xc.size(1), HW = xc.size(2) * xc.size(3), E = router_w.size(0);
+  TORCH_CHECK(router_w.size(1) == C && experts1.size(0) == E && experts2.size(0) == E, "condconv_mix: shapes do not fit");
+  const float* xp = xc.data_ptr<float>();
+  const float* rw = router_w.data_ptr<float>();
+  at::Tensor routing = at::empty({1, E}, router_w.options());
+  float* r = routing.data_ptr<float>();
+  std::vector<float> pooled(C);
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const float* row = xp + ch * HW;
+    float lanes[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int64_t k = 0;
+    for (; k + 8 <= HW; k += 8)
+      for (int l = 0; l < 8; ++l) lanes[l] += row[k + l];
+    float s = 0.f;
+    for (; k < HW; ++k) s += row[k];
+    for (int l = 0; l < 8; ++l) s += lanes[l];
+    pooled[ch] = s / static_cast<float>(HW);
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    float s = router_b.data_ptr<float>()[e];
+    for (int64_t ch = 0; ch < C; ++ch) s += pooled[ch] * rw[e * C + ch];
+    r[e] = 1.f / (1.f + std::exp(-s));
+  }
+  at::Tensor used = routing;
+  if (forced.has_value()) {
+    TORCH_CHECK(forced->numel() == E, "condconv_mix: forced routing needs one weight per expert");
+    used = forced->reshape({1, E}).to(routing.scalar_type());
+  }
+  // the mixtures read E kernels each: memory-bound, so BLAS (vectorized, threaded) does them
+  return {used, at::mm(used, experts1).view({-1}), at::mm(used, experts2).view({-1})};
+}
+
 TORCH_LIBRARY(routescope, m) {
   m.def("rnn_gate_step(Tensor x, Tensor(a!) hc, Tensor w_embed, Tensor b_embed, Tensor w_ih, Tensor w_hh, "
         "Tensor bias, Tensor w_proj, Tensor b_proj) -> float");
   m.def("exit_head(Tensor x, float alpha, Tensor weight, Tensor bias, int reduced) -> (Tensor, float)");
+  m.def("condconv_mix(Tensor x, Tensor router_w, Tensor router_b, Tensor? forced, Tensor experts1, Tensor experts2) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(routescope, CPU, m) {
   m.impl("rnn_gate_step", &rnn_gate_step);
   m.impl("exit_head", &exit_head);
+  m.impl("condconv_mix", &condconv_mix);
 }
 """
 
@@ -169,6 +213,13 @@ def _register_flops() -> None:
     def head_flops(x_shape, alpha, weight_shape, *_, out_shape=None, **__) -> int:
         """2 x the multiply-adds of the head's linear layer (pooling multiplies nothing ``FlopCounterMode`` counts)."""
         return 2 * weight_shape[0] * weight_shape[1]
+
+    @register_flop_formula(torch.ops.routescope.condconv_mix)
+    def mix_flops(x_shape, router_w_shape, router_b_shape, forced_shape, experts1_shape, experts2_shape, *_,
+                  out_shape=None, **__) -> int:
+        """2 x the multiply-adds of the router's linear layer and of both kernel mixtures (``routing @ experts``)."""
+        experts, channels = router_w_shape
+        return 2 * (experts * channels + experts * experts1_shape[1] + experts * experts2_shape[1])
 
 
 def main() -> None:
