@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -65,26 +65,37 @@ def mean_macs(forward: Forward, images: torch.Tensor) -> float:
     return total / len(images)
 
 
+def alternating(sides: Sequence[Callable[[], object]], rounds: int) -> list[float]:
+    """Median seconds of each side's call, the sides timed round by round in ABBA order: the side that goes first
+    swaps every round, so cache state and clock drift fall on both alike."""
+    times: list[list[float]] = [[] for _ in sides]
+    for r in range(rounds):
+        for side in (range(len(sides)) if r % 2 == 0 else reversed(range(len(sides)))):
+            tic = time.perf_counter()
+            sides[side]()
+            times[side].append(time.perf_counter() - tic)
+    return [statistics.median(t) for t in times]
+
+
+def batch_one_pass(forward: Forward, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """One timed side: ``forward`` on each batch-1 input in turn."""
+    def run() -> None:
+        for x in inputs:
+            forward(x)
+    return run
+
+
 @torch.no_grad()
 def paired_timing(a: Forward, b: Forward, images: torch.Tensor, batch: int, rounds: int) -> tuple[float, float, float, float]:
-    """(a, b) median seconds per image at batch 1, and (a, b) images/s at ``batch``, measured alternately."""
+    """(a, b) median seconds per image at batch 1, and (a, b) images/s at ``batch``, measured alternately (all batch-1
+    rounds first, so the big batches do not flush the caches between them)."""
     big = images[:batch] if len(images) >= batch else images.repeat((batch + len(images) - 1) // len(images), 1, 1, 1)[:batch]
     singles = [images[i:i + 1] for i in range(min(len(images), 64))]
     for forward in (a, b):  # warm-up
         forward(singles[0]), forward(big)
-    latency = {0: [], 1: []}
-    throughput = {0: [], 1: []}
-    for _ in range(rounds):
-        for side, forward in enumerate((a, b)):
-            tic = time.perf_counter()
-            for x in singles:
-                forward(x)
-            latency[side].append((time.perf_counter() - tic) / len(singles))
-            tic = time.perf_counter()
-            forward(big)
-            throughput[side].append(len(big) / (time.perf_counter() - tic))
-    return (statistics.median(latency[0]), statistics.median(latency[1]),
-            statistics.median(throughput[0]), statistics.median(throughput[1]))
+    lat_a, lat_b = alternating([batch_one_pass(a, singles), batch_one_pass(b, singles)], rounds)
+    big_a, big_b = alternating([lambda: a(big), lambda: b(big)], rounds)
+    return lat_a / len(singles), lat_b / len(singles), len(big) / big_a, len(big) / big_b
 
 
 DEFAULT_BATCH = 256
@@ -97,7 +108,7 @@ def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
-def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None = None, rounds: int = 5) -> list[dict]:
+def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None = None, rounds: int = 6) -> list[dict]:
     """One row per comparison of ``model`` with one of its references.
 
     Throughput is measured at ``batch`` if given, else at the model's own ``benchmark_batch`` (CondConv: 64,
@@ -147,7 +158,7 @@ def flagships(paths: list[Path]) -> dict[str, Path]:
 
 
 @torch.no_grad()
-def paper_scale_row(bundled: torch.nn.Module, net: str = "resnet110", images: int = 16, rounds: int = 5, seed: int = 0,
+def paper_scale_row(bundled: torch.nn.Module, net: str = "resnet110", images: int = 16, rounds: int = 6, seed: int = 0,
                     size: int | None = None) -> dict | None:
     """``bundled``'s method on ``net`` (``PAPER_NETS``) at ``size`` x ``size`` x 3 with random weights, its decisions
     forced to the rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at
@@ -174,18 +185,13 @@ def paper_scale_row(bundled: torch.nn.Module, net: str = "resnet110", images: in
     dense_macs = count_macs(dense, xs[0])
     for o in overrides:  # checked once here, not inside the timed loop
         check_interventions(target, o, None)
-    subject = lambda i: forced_forward(target, xs[i], overrides[i], checked=True)  # noqa: E731
-    reference = lambda i: dense(xs[i])  # noqa: E731
-    for i in range(2):
-        subject(i), reference(i)
-    times = {0: [], 1: []}
-    for _ in range(rounds):
-        for side, run in enumerate((subject, reference)):
-            tic = time.perf_counter()
-            for i in range(len(xs)):
-                run(i)
-            times[side].append((time.perf_counter() - tic) / len(xs))
-    latency, latency_ref = statistics.median(times[0]), statistics.median(times[1])
+    def subject() -> None:
+        for x, o in zip(xs, overrides):
+            forced_forward(target, x, o, checked=True)
+
+    for x, o in zip(xs[:2], overrides):  # warm-up
+        forced_forward(target, x, o, checked=True), dense(x)
+    latency, latency_ref = (t / len(xs) for t in alternating([subject, batch_one_pass(dense, xs)], rounds))
     return {"model": f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})",
             "method": bundled.meta["method"],
             "vs": f"dense {net}, same form", "test_acc": None, "macs_mean": statistics.mean(macs),
@@ -236,16 +242,10 @@ def form_rows(path: Path, images: torch.Tensor, rounds: int) -> list[dict]:
 
 def _paired_inputs(a: Forward, xa: torch.Tensor, b: Forward, xb: torch.Tensor, rounds: int) -> tuple[float, float]:
     """Batch-1 medians of ``a`` on ``xa`` and ``b`` on ``xb`` (inputs may differ in memory format), alternately."""
-    times = {0: [], 1: []}
     n = min(len(xa), 64)
     a(xa[:1]), b(xb[:1])  # warm-up
-    for _ in range(rounds):
-        for side, (forward, inputs) in enumerate(((a, xa), (b, xb))):
-            tic = time.perf_counter()
-            for i in range(n):
-                forward(inputs[i:i + 1])
-            times[side].append((time.perf_counter() - tic) / n)
-    return statistics.median(times[0]), statistics.median(times[1])
+    sides = [batch_one_pass(a, [xa[i:i + 1] for i in range(n)]), batch_one_pass(b, [xb[i:i + 1] for i in range(n)])]
+    return tuple(t / n for t in alternating(sides, rounds))  # type: ignore[return-value]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", action="append", default=[], help="benchmark these (default: every bundled model)")
     p.add_argument("--images", type=int, default=64, help="test images (from the bundled subset)")
     p.add_argument("--batch", type=int, default=None, help=f"throughput batch (default: the model's benchmark_batch, else {DEFAULT_BATCH})")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=6, help="alternating timing rounds (ABBA order; even is balanced)")
     p.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="upsample the test images to S x S (default: the data set's 28 x 28); with --scale paper, "
                         "the random inputs' size (default: 32 for ResNet-110, 224 for ResNet-50)")
