@@ -3,7 +3,7 @@ seed experiments (never typed by hand).
 
 A document marks a block ``<!-- generated:KEY -->`` ... ``<!-- /generated:KEY -->`` (keys: ``results``,
 ``featured``, ``speed`` (``bench.json``), ``speed:NAME`` (``NAME.json``), ``speed:targets``, ``seeds``,
-``variants:NAME``, ``models:A,B,...``). ``python -m analysis.results --update``
+``variants:NAME``, ``models:A,B,...``, ``frontier:A,B,...``). ``python -m analysis.results --update``
 rewrites them all; ``--check`` exits 1 when one is stale (the test suite runs it).
 """
 from __future__ import annotations
@@ -163,6 +163,38 @@ def variants_table(name: str, manifest_path: Path = PRETRAINED / "manifest.json"
     return "\n".join(lines)
 
 
+STATIC_VARIANTS = ("static width", "always exit")  # evaluation variants that are static networks (DS-Net, early exit)
+
+
+def static_at(variants: dict, macs: float) -> tuple[float, str, str] | None:
+    """The static networks' accuracy at ``macs``, linear in MACs between the two static variants that bracket it,
+    with their labels; None outside their range."""
+    points = sorted((v["macs_mean"], v["test_acc"], label) for label, v in variants.items() if label.startswith(STATIC_VARIANTS))
+    below, above = [p for p in points if p[0] <= macs], [p for p in points if p[0] >= macs]
+    if not below or not above:
+        return None
+    (m0, a0, l0), (m1, a1, l1) = below[-1], above[0]
+    return (a0 if m1 == m0 else a0 + (macs - m0) / (m1 - m0) * (a1 - a0)), l0, l1
+
+
+def frontier_table(names: list[str], manifest_path: Path = PRETRAINED / "manifest.json") -> str:
+    """Each dynamic model against its own static networks at equal mean MACs, on the same test images."""
+    manifest = json.loads(manifest_path.read_text())
+    lines = ["| model | mean MACs / image | of dense | accuracy | static at the same MACs | interpolated between | dynamic - static |",
+             "|---|---|---|---|---|---|---|"]
+    for name in names:
+        m = manifest[name]["metrics"]
+        static = static_at(m.get("variants", {}), m["macs_mean"])
+        head = f"| `{name}` | {m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.1f}% | {m['test_acc'] * 100:.2f}% |"
+        if static is None:
+            lines.append(head + " outside the static networks' range | - | - |")
+            continue
+        acc, low, high = static
+        gain = round((m["test_acc"] - acc) * 100, 2) + 0.0  # + 0.0: no "-0.00"
+        lines.append(head + f" {acc * 100:.2f}% | {low}, {high} | {gain:+.2f} points |")
+    return "\n".join(lines)
+
+
 def models_table(names: list[str], manifest_path: Path = PRETRAINED / "manifest.json") -> str:
     """A few named models side by side: accuracy, MACs and the training that made them (from the manifest)."""
     manifest = json.loads(manifest_path.read_text())
@@ -183,6 +215,7 @@ def block_text(key: str, folder: Path = PRETRAINED) -> str:
     makers = {"results": lambda: results_table(manifest), "featured": lambda: featured_table(manifest),
               "seeds": lambda: seeds_section(folder), "variants": lambda: variants_table(arg, manifest),
               "models": lambda: models_table(arg.split(","), manifest),
+              "frontier": lambda: frontier_table(arg.split(","), manifest),
               "speed": lambda: speed_targets(folder) if arg == "targets" else speed_table(folder / f"bench{'_' + arg if arg else ''}.json")}
     if kind not in makers:
         raise ValueError(f"unknown generated block {key!r}")

@@ -280,3 +280,11 @@ def test_paper_scale_forces_the_bundled_rates_onto_resnet110():
     assert abs(share - bundled_share) < 0.1  # the same execution rate, block by block on average
     row = bench.paper_scale_row(bundled, images=2, rounds=1)
     assert row["model"].startswith("skipnet_resnet110") and row["batch"] == 1 and 0.3 < row["mac_ratio"] < 0.9
+
+
+def test_static_frontier_interpolates_in_macs():
+    variants = {"static width 0.25": {"macs_mean": 10.0, "test_acc": 0.90}, "static width 0.5": {"macs_mean": 20.0, "test_acc": 0.92},
+                "threshold 0.9": {"macs_mean": 15.0, "test_acc": 0.99}}  # not a static network: ignored
+    assert results.static_at(variants, 15.0) == (pytest.approx(0.91), "static width 0.25", "static width 0.5")
+    assert results.static_at(variants, 20.0)[0] == pytest.approx(0.92)
+    assert results.static_at(variants, 25.0) is None
