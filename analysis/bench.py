@@ -135,9 +135,10 @@ def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None 
     return rows
 
 
-# the networks of ``--scale paper`` and their input side: the CIFAR ResNet-110 of the SkipNet and SDN papers, and the
-# ImageNet ResNet-50 (SkipNet's and DS-Net's ImageNet backbone)
-PAPER_NETS = {"resnet110": 32, "resnet50": 224}
+# the networks of ``--scale paper``: the CIFAR ResNet-110 of the SkipNet and SDN papers and the ImageNet ResNet-50
+# (SkipNet's and DS-Net's ImageNet backbone), each with its input side and the bundled model's builder options that
+# do not carry over (ResNet-50 has its own widths)
+PAPER_NETS = {"resnet110": (32, ()), "resnet50": (224, ("widths",))}
 
 
 def flagships(paths: list[Path]) -> dict[str, Path]:
@@ -164,16 +165,15 @@ def paper_scale_row(bundled: torch.nn.Module, net: str = "resnet110", images: in
     forced to the rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at
     batch 1 against the dense ``net`` in the same form, alternately. None if no kind of the method can be forced or
     the method has no ``net``."""
-    size = size or PAPER_NETS[net]
+    side, layout_keys = PAPER_NETS[net]
+    size = size or side
     table = dataset_table(bundled, *load_test_images())
     views = [kind_view(k) for k in sorted(set(bundled.decision_layers().values()))]
     views = [v for v in views if v is not None and v.force_like is not None]
     arch = bundled.arch.replace(f"resnet{bundled.depth}", net)
     if not views or arch == bundled.arch or arch not in list_models():
         return None
-    # the CIFAR widths do not carry over to ResNet-50, which has its own
-    dropped = ("num_classes", "in_chans") + (("widths",) if net == "resnet50" else ())
-    config = {k: v for k, v in bundled.arch_config.items() if k not in dropped}
+    config = {k: v for k, v in bundled.arch_config.items() if k not in ("num_classes", "in_chans", *layout_keys)}
     torch.manual_seed(seed)
     target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).eval())
     dense = target.dense_counterpart()

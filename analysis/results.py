@@ -14,9 +14,13 @@ import re
 import sys
 from pathlib import Path
 
+import torch
+
 from analysis.core.catalog import PRETRAINED, bundled_checkpoints, featured
 from analysis.experiments import display_table, markdown_table, seeds_table
+from models import create_model
 from models.data import REPO_ROOT
+from models.zoo import command_argv
 
 # Replicated experiments: the seed-0 run is bundled, seeds 1+ live in models/pretrained/experiments/<name>/
 # (paths relative to the models folder; each folder's manifest.json holds every run's command)
@@ -166,13 +170,18 @@ def variants_table(name: str, manifest_path: Path = PRETRAINED / "manifest.json"
     return "\n".join(lines)
 
 
-STATIC_VARIANTS = ("static width", "always exit")  # evaluation variants that are static networks (DS-Net, early exit)
+def static_prefix(entry: dict) -> str | None:
+    """The label prefix of the evaluation variants that are static networks (``static_variants`` of the model's
+    class: DS-Net's static widths, early exit's truncated networks), read from a build on the meta device."""
+    argv = command_argv(entry["command"])
+    with torch.device("meta"):
+        return getattr(create_model(argv[argv.index("--model") + 1]), "static_variants", None)
 
 
-def static_at(variants: dict, macs: float) -> tuple[float, str, str] | None:
-    """The static networks' accuracy at ``macs``, linear in MACs between the two static variants that bracket it,
-    with their labels; None outside their range."""
-    points = sorted((v["macs_mean"], v["test_acc"], label) for label, v in variants.items() if label.startswith(STATIC_VARIANTS))
+def static_at(variants: dict, macs: float, prefix: str) -> tuple[float, str, str] | None:
+    """The static networks' accuracy at ``macs``, linear in MACs between the two variants labelled ``prefix...``
+    that bracket it, with their labels; None outside their range."""
+    points = sorted((v["macs_mean"], v["test_acc"], label) for label, v in variants.items() if label.startswith(prefix))
     below, above = [p for p in points if p[0] <= macs], [p for p in points if p[0] >= macs]
     if not below or not above:
         return None
@@ -186,8 +195,8 @@ def frontier_table(names: list[str], manifest_path: Path = PRETRAINED / "manifes
     lines = ["| model | mean MACs / image | of dense | accuracy | static at the same MACs | interpolated between | dynamic - static |",
              "|---|---|---|---|---|---|---|"]
     for name in names:
-        m = manifest[name]["metrics"]
-        static = static_at(m.get("variants", {}), m["macs_mean"])
+        m, prefix = manifest[name]["metrics"], static_prefix(manifest[name])
+        static = static_at(m.get("variants", {}), m["macs_mean"], prefix) if prefix else None
         head = f"| `{name}` | {m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.1f}% | {m['test_acc'] * 100:.2f}% |"
         if static is None:
             lines.append(head + " outside the static networks' range | - | - |")

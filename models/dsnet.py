@@ -505,6 +505,8 @@ class DSResNet(ResNet):
         """The plain full-width ResNet with this backbone's weights and widest BN statistics (``cost.full_macs``)."""
         return self.static_subnet(1.0)
 
+    static_variants = "static width"  # the evaluation variants that are static networks (analysis.results' frontier)
+
     def evaluation_variants(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """For ``models.evaluate``: every static width (with the gates' attention, as the dynamic net runs them)."""
         return {f"static width {w:g}": functools.partial(self.forward_at_width, width=w) for w in self.widths_choices}

@@ -175,6 +175,8 @@ class EarlyExitResNet(ResNet):
                               "help": "an image leaves at the first exit whose max softmax reaches this; above 1 "
                                       "it never leaves early"}}
 
+    static_variants = "always exit"  # the evaluation variants that are static networks (analysis.results' frontier)
+
     def evaluation_variants(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """For ``models.evaluate``: the threshold sweep and the static truncated networks, on the same images."""
         sweep = {f"threshold {q:g}": functools.partial(self, threshold=q) for q in SWEEP_THRESHOLDS}

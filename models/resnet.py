@@ -26,6 +26,13 @@ def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
 
 
+def projection_shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
+    """The identity, or a 1x1 projection + BN where the block changes resolution or width ("option B")."""
+    if stride == 1 and in_ch == out_ch:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BN; ``residual(x)`` is F(x), ``shortcut(x)`` the skip path."""
 
@@ -37,9 +44,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+        self.shortcut = projection_shortcut(in_ch, out_ch, stride)
 
     @property
     def downsamples(self) -> bool:
@@ -71,9 +76,7 @@ class Bottleneck(BasicBlock):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+        self.shortcut = projection_shortcut(in_ch, out_ch, stride)
 
     @property
     def out_channels(self) -> int:

@@ -285,6 +285,6 @@ def test_paper_scale_forces_the_bundled_rates_onto_resnet110():
 def test_static_frontier_interpolates_in_macs():
     variants = {"static width 0.25": {"macs_mean": 10.0, "test_acc": 0.90}, "static width 0.5": {"macs_mean": 20.0, "test_acc": 0.92},
                 "threshold 0.9": {"macs_mean": 15.0, "test_acc": 0.99}}  # not a static network: ignored
-    assert results.static_at(variants, 15.0) == (pytest.approx(0.91), "static width 0.25", "static width 0.5")
-    assert results.static_at(variants, 20.0)[0] == pytest.approx(0.92)
-    assert results.static_at(variants, 25.0) is None
+    assert results.static_at(variants, 15.0, "static width") == (pytest.approx(0.91), "static width 0.25", "static width 0.5")
+    assert results.static_at(variants, 20.0, "static width")[0] == pytest.approx(0.92)
+    assert results.static_at(variants, 25.0, "static width") is None

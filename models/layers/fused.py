@@ -30,6 +30,19 @@ _SOURCE = r"""
 #include <cmath>
 #include <vector>
 
+// The mean of n floats, summed in 8 independent lanes so the loop vectorizes (a single running sum is a
+// dependency chain: 14 us for a 16 x 32 x 32 map instead of 3).
+static float plane_mean(const float* row, int64_t n) {
+  float lanes[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int l = 0; l < 8; ++l) lanes[l] += row[k + l];
+  float s = 0.f;
+  for (; k < n; ++k) s += row[k];
+  for (int l = 0; l < 8; ++l) s += lanes[l];
+  return s / static_cast<float>(n);
+}
+
 // One SkipNet RNN-gate step at batch 1 (the fast form's pre-arranged weights, see RNNGate.prepare_inference):
 // e = mean_hw(x) @ w_embed + b_embed; a = sigmoid(bias + e @ w_ih + h @ w_hh) (the g rows doubled, so
 // tanh(g) = 2 a_g - 1); c = f c + i (2 a_g - 1); h = o tanh(c); returns h @ w_proj + b_proj. hc = [h; c], in place.
@@ -49,15 +62,7 @@ double rnn_gate_step(const at::Tensor& x, at::Tensor hc, const at::Tensor& w_emb
   float* c = h + H;
   std::vector<float> e(b_embed.data_ptr<float>(), b_embed.data_ptr<float>() + E);
   for (int64_t ch = 0; ch < C; ++ch) {
-    const float* row = xp + ch * HW;
-    float lanes[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // independent sums: the loop vectorizes
-    int64_t k = 0;
-    for (; k + 8 <= HW; k += 8)
-      for (int l = 0; l < 8; ++l) lanes[l] += row[k + l];
-    float s = 0.f;
-    for (; k < HW; ++k) s += row[k];
-    for (int l = 0; l < 8; ++l) s += lanes[l];
-    s /= static_cast<float>(HW);
+    const float s = plane_mean(xp + ch * HW, HW);
     for (int64_t j = 0; j < E; ++j) e[j] += s * we[ch * E + j];
   }
   std::vector<float> a(bias.data_ptr<float>(), bias.data_ptr<float>() + 4 * H);
@@ -141,17 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> condconv_mix(const at::Tensor& x,
   at::Tensor routing = at::empty({1, E}, router_w.options());
   float* r = routing.data_ptr<float>();
   std::vector<float> pooled(C);
-  for (int64_t ch = 0; ch < C; ++ch) {
-    const float* row = xp + ch * HW;
-    float lanes[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    int64_t k = 0;
-    for (; k + 8 <= HW; k += 8)
-      for (int l = 0; l < 8; ++l) lanes[l] += row[k + l];
-    float s = 0.f;
-    for (; k < HW; ++k) s += row[k];
-    for (int l = 0; l < 8; ++l) s += lanes[l];
-    pooled[ch] = s / static_cast<float>(HW);
-  }
+  for (int64_t ch = 0; ch < C; ++ch) pooled[ch] = plane_mean(xp + ch * HW, HW);
   for (int64_t e = 0; e < E; ++e) {
     float s = router_b.data_ptr<float>()[e];
     for (int64_t ch = 0; ch < C; ++ch) s += pooled[ch] * rw[e * C + ch];
