@@ -21,7 +21,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,11 +30,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from analysis.core.catalog import bundled_checkpoints, featured, read_checkpoints
 from analysis.core.kinds import kind_view
+from analysis.core.latency import alternating
 from analysis.core.table import dataset_table, load_test_images
 from models import create_model, list_models
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.cost import count_macs
 from models.data import normalize
+from models.devices import add_device_argument, model_device, resolve_device
+from models.errors import UsageError
 from models.inference import fast_form
 from models.trace import check_interventions, forced_forward, traced_forward
 
@@ -65,24 +67,17 @@ def mean_macs(forward: Forward, images: torch.Tensor) -> float:
     return total / len(images)
 
 
-def alternating(sides: Sequence[Callable[[], object]], rounds: int) -> list[float]:
-    """Median seconds of each side's call, the sides timed round by round in ABBA order: the side that goes first
-    swaps every round, so cache state and clock drift fall on both alike."""
-    times: list[list[float]] = [[] for _ in sides]
-    for r in range(rounds):
-        for side in (range(len(sides)) if r % 2 == 0 else reversed(range(len(sides)))):
-            tic = time.perf_counter()
-            sides[side]()
-            times[side].append(time.perf_counter() - tic)
-    return [statistics.median(t) for t in times]
-
-
 def batch_one_pass(forward: Forward, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
-    """One timed side: ``forward`` on each batch-1 input in turn."""
+    """One timed side: ``forward`` on each batch-1 input in turn, through ``forced_forward`` (the path the app's
+    latency times too: the model's own batch-1 control flow and compiled kernels, nothing recorded)."""
     def run() -> None:
         for x in inputs:
-            forward(x)
+            forced_forward(forward, x, checked=True)
     return run
+
+
+def medians(times: list[list[float]]) -> list[float]:
+    return [statistics.median(t) for t in times]
 
 
 @torch.no_grad()
@@ -93,9 +88,15 @@ def paired_timing(a: Forward, b: Forward, images: torch.Tensor, batch: int, roun
     singles = [images[i:i + 1] for i in range(min(len(images), 64))]
     for forward in (a, b):  # warm-up
         forward(singles[0]), forward(big)
-    lat_a, lat_b = alternating([batch_one_pass(a, singles), batch_one_pass(b, singles)], rounds)
-    big_a, big_b = alternating([lambda: a(big), lambda: b(big)], rounds)
+    lat_a, lat_b = medians(alternating([batch_one_pass(a, singles), batch_one_pass(b, singles)], rounds, images.device))
+    big_a, big_b = medians(alternating([lambda: a(big), lambda: b(big)], rounds, images.device))
     return lat_a / len(singles), lat_b / len(singles), len(big) / big_a, len(big) / big_b
+
+
+def machine_name(device: torch.device) -> str:
+    """What the numbers were measured on: the CPU, or the GPU's name."""
+    cpu = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    return f"{torch.cuda.get_device_name(device)} ({cpu})" if device.type == "cuda" else cpu
 
 
 DEFAULT_BATCH = 256
@@ -115,7 +116,7 @@ def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None 
     the batch its issue compares at), else at ``DEFAULT_BATCH``.
     """
     batch = batch or getattr(model, "benchmark_batch", DEFAULT_BATCH)
-    x = normalize(images, model.meta["mean"], model.meta["std"])
+    x = normalize(images, model.meta["mean"], model.meta["std"]).to(model_device(model))
     rows = []
     metrics = model.meta.get("metrics", {})
     for label, reference in comparisons(model).items():
@@ -160,7 +161,7 @@ def flagships(paths: list[Path]) -> dict[str, Path]:
 
 @torch.no_grad()
 def paper_scale_row(bundled: torch.nn.Module, net: str = "resnet110", images: int = 16, rounds: int = 6, seed: int = 0,
-                    size: int | None = None) -> dict | None:
+                    size: int | None = None, device: torch.device | str = "cpu") -> dict | None:
     """``bundled``'s method on ``net`` (``PAPER_NETS``) at ``size`` x ``size`` x 3 with random weights, its decisions
     forced to the rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at
     batch 1 against the dense ``net`` in the same form, alternately. None if no kind of the method can be forced or
@@ -175,23 +176,22 @@ def paper_scale_row(bundled: torch.nn.Module, net: str = "resnet110", images: in
         return None
     config = {k: v for k, v in bundled.arch_config.items() if k not in ("num_classes", "in_chans", *layout_keys)}
     torch.manual_seed(seed)
-    target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).eval())
+    target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).to(device).eval())
     dense = target.dense_counterpart()
     samplers = [v.force_like(table, bundled, target) for v in views]
     rng = np.random.default_rng(seed)
-    xs = [torch.randn(1, 3, size, size) for _ in range(images)]
+    xs = [torch.randn(1, 3, size, size).to(device) for _ in range(images)]
     overrides = [{layer: fields for sample in samplers for layer, fields in sample(rng).items()} for _ in xs]
     macs = [float(traced_forward(target, x, overrides=o)[1].macs[0]) for x, o in zip(xs, overrides)]
     dense_macs = count_macs(dense, xs[0])
-    for o in overrides:  # checked once here, not inside the timed loop
-        check_interventions(target, o, None)
+    overrides = [check_interventions(target, o, None)[0] for o in overrides]  # checked once, not in the timed loop
     def subject() -> None:
         for x, o in zip(xs, overrides):
             forced_forward(target, x, o, checked=True)
 
     for x, o in zip(xs[:2], overrides):  # warm-up
         forced_forward(target, x, o, checked=True), dense(x)
-    latency, latency_ref = (t / len(xs) for t in alternating([subject, batch_one_pass(dense, xs)], rounds))
+    latency, latency_ref = (t / len(xs) for t in medians(alternating([subject, batch_one_pass(dense, xs)], rounds, device)))
     return {"model": f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})",
             "method": bundled.meta["method"],
             "vs": f"dense {net}, same form", "test_acc": None, "macs_mean": statistics.mean(macs),
@@ -245,7 +245,7 @@ def _paired_inputs(a: Forward, xa: torch.Tensor, b: Forward, xb: torch.Tensor, r
     n = min(len(xa), 64)
     a(xa[:1]), b(xb[:1])  # warm-up
     sides = [batch_one_pass(a, [xa[i:i + 1] for i in range(n)]), batch_one_pass(b, [xb[i:i + 1] for i in range(n)])]
-    return tuple(t / n for t in alternating(sides, rounds))  # type: ignore[return-value]
+    return tuple(t / n for t in medians(alternating(sides, rounds)))  # type: ignore[return-value]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -283,7 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--save", type=Path, default=None, metavar="JSON",
                    help="also write the rows with the machine and date (the README's speed table reads models/pretrained/bench.json)")
+    add_device_argument(p)
     args = p.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = [Path(c) for c in args.checkpoint] or list(bundled_checkpoints().values())
@@ -305,17 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.scale == "paper":
             for net in args.paper_net or PAPER_NETS:
                 for path in flagships(paths).values():
-                    row = paper_scale_row(load_checkpoint(path), net, images=min(args.images, 16), rounds=args.rounds,
-                                          size=args.image_size)
+                    row = paper_scale_row(load_checkpoint(path, map_location=device), net, images=min(args.images, 16),
+                                          rounds=args.rounds, size=args.image_size, device=device)
                     rows += [row] if row is not None else []
         else:
             for path in paths:
-                rows += bench_model(load_checkpoint(path), images, args.batch, args.rounds)
+                rows += bench_model(load_checkpoint(path, map_location=device), images, args.batch, args.rounds)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.save:
-        record = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        record = {"date": dt.date.today().isoformat(), "machine": machine_name(device),
                   "torch": torch.__version__, "command": "python -m analysis.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "rows": rows}
         args.save.write_text(json.dumps(record, indent=2) + "\n")

@@ -13,6 +13,8 @@ from analysis.core.catalog import bundled_checkpoints
 from analysis.core.figures import FigureContext, default_test_set, load_figure_modules, write_figures
 from models.checkpoint import CheckpointError
 from models.data import DataNotFoundError
+from models.devices import add_device_argument, resolve_device
+from models.errors import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,13 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default=None,
                    help="test images for dataset-level figures (default: the full test set when installed, else the bundled subset)")
     p.add_argument("--data-dir", default=None)
+    add_device_argument(p)
     args = p.parse_args(argv)
     load_figure_modules()
     checkpoints = {Path(c).stem: Path(c) for c in args.checkpoint} or bundled_checkpoints()
-    context = FigureContext(checkpoints, args.dataset or default_test_set(), args.data_dir)
     try:
+        context = FigureContext(checkpoints, args.dataset or default_test_set(), args.data_dir, resolve_device(args.device))
         written = write_figures(context, args.out, args.only)
-    except (CheckpointError, DataNotFoundError) as e:
+    except (CheckpointError, DataNotFoundError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {args.out}")

@@ -11,41 +11,12 @@ import argparse
 import json
 import sys
 
-
 from analysis.core.images import ImageError, load_model_input
+from analysis.core.interventions import parse_interventions
 from analysis.core.trace import trace_batch
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.devices import add_device_argument, resolve_device
 from models.trace import check_interventions
-
-
-def _value(text: str):
-    """A command-line value as JSON (false, 0.25, [1, 0]), else the string itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict]:
-    """``["layer2.1.executed=false", ...]`` -> ``{"layer2.1": {"executed": False}}``."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        layer, dot, field = key.rpartition(".")
-        if not (sep and dot and layer and field):
-            raise ValueError(f"--override {item!r}: expected LAYER.FIELD=VALUE, e.g. layer2.1.executed=false")
-        out.setdefault(layer, {})[field] = _value(value)
-    return out
-
-
-def parse_knobs(items: list[str]) -> dict[str, float]:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not isinstance(_value(value), (int, float)):
-            raise ValueError(f"--knob {item!r}: expected NAME=NUMBER, e.g. threshold=0.7")
-        out[name] = float(value)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--override", action="append", default=[], metavar="LAYER.FIELD=VALUE",
                    help="force a decision, e.g. layer2.1.executed=false, layer3.width=0.25, layer3.0.weights=[1,0,0,0]")
     p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE", help="an inference setting, e.g. threshold=0.7")
+    add_device_argument(p)
     args = p.parse_args(argv)
     try:
-        overrides, knobs = parse_overrides(args.override), parse_knobs(args.knob)
-        model = load_checkpoint(args.checkpoint)
-        check_interventions(model, overrides, knobs)
+        overrides, knobs = parse_interventions(args.override, args.knob)
+        model = load_checkpoint(args.checkpoint, map_location=resolve_device(args.device))
+        overrides, knobs = check_interventions(model, overrides, knobs)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

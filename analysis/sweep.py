@@ -19,6 +19,7 @@ from tqdm import tqdm
 from analysis.core.table import load_test_images
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import DataNotFoundError
+from models.devices import add_device_argument, model_device, resolve_device
 from models.evaluate import accuracy_and_macs
 from models.trace import check_interventions
 
@@ -29,7 +30,7 @@ def knob_sweep(model: torch.nn.Module, knob: str, values: Sequence[float], image
     for value in values:
         check_interventions(model, None, {knob: value})
     data = TensorDataset(images, labels)
-    device = next(model.parameters()).device
+    device = model_device(model)
     rows = []
     for i, value in enumerate(tqdm(values, desc=f"sweep {knob}", disable=not bar)):
         correct, macs = accuracy_and_macs(model, data, model.meta["mean"], model.meta["std"], device, progress=False,
@@ -49,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="fashion-mnist-subset", choices=["fashion-mnist", "fashion-mnist-subset"])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", action="store_true", help="print a JSON list of {value, accuracy, macs_mean, macs_min, macs_max}")
+    add_device_argument(p)
     args = p.parse_args(argv)
     try:
         values = [float(v) for v in args.values.split(",") if v.strip()]
-        model = load_checkpoint(args.checkpoint)
+        model = load_checkpoint(args.checkpoint, map_location=resolve_device(args.device))
         images, labels = load_test_images(args.dataset, args.data_dir)
         table = knob_sweep(model, args.knob, values, images, labels, bar=True)
     except (CheckpointError, DataNotFoundError, ValueError) as e:

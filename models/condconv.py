@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .errors import UsageError
 from .layers.condconv import CondConv2d, Router
-from .layers.fused import fused_ops
+from .layers.fused import fused_ops, runs_compiled
 from .registry import register_model
 from .resnet import BasicBlock, ResNet, init_weights
 from .trace import current_trace
@@ -90,7 +90,7 @@ class CondConvBlock(BasicBlock):
     def routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(output, routing (B, E))``; records the routing to the active trace."""
         trace = current_trace()
-        if self.compiled and x.shape[0] == 1 and (trace is None or not trace.observe):
+        if self.compiled and runs_compiled(x) and x.shape[0] == 1 and (trace is None or not trace.observe):
             return self._routed_one(x, trace.forced(self.layer_name, "weights") if trace is not None else None)
         routing = self.router(x)
         forced = trace.forced(self.layer_name, "weights") if trace is not None else None

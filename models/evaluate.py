@@ -21,6 +21,7 @@ from . import checkpoint as ckpt
 from .cost import full_macs
 from .manifest import write_manifest_entry
 from .errors import UsageError
+from .devices import add_device_argument, model_device, resolve_device
 from .data import DataNotFoundError, DatasetInfo, collate_batch, load_dataset, normalize
 from .trace import traced_forward
 
@@ -53,7 +54,7 @@ def evaluate(model: torch.nn.Module, data, info: DatasetInfo, limit: int | None 
     mean MACs of each variant under ``"variants"``, so its results table compares them on the same images.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     correct, macs = accuracy_and_macs(model, data, info.mean, info.std, device, limit, batch_size, progress)
     dense = full_macs(model, info.input_size)
     metrics = {
@@ -85,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N test images only")
     p.add_argument("--write", action="store_true", help="store the metrics in the checkpoint meta and manifest.json")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_device_argument(p)
     args = p.parse_args(argv)
     try:
-        model = ckpt.load_checkpoint(args.checkpoint)
+        model = ckpt.load_checkpoint(args.checkpoint, map_location=resolve_device(args.device))
         dataset = args.dataset or model.meta.get("dataset")
         if not dataset:
             raise UsageError(f"{args.checkpoint}: its meta names no data set: pass --dataset")

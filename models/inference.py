@@ -40,6 +40,8 @@ def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
                       conv.groups, bias=True, padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
     fused.weight.copy_((conv.weight.double() * s.view(-1, 1, 1, 1)).to(conv.weight.dtype))
     fused.bias.copy_(((bias - bn.running_mean.double()) * s + bn.bias.double()).to(conv.weight.dtype))
+    for name, buffer in conv.named_buffers(recurse=False):  # what the conv records of itself (RePr's dropped filters)
+        fused.register_buffer(name, buffer.clone(), persistent=name not in conv._non_persistent_buffers_set)
     return fused
 
 

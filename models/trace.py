@@ -18,7 +18,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from .decisions import decision_kind
+from .decisions import decision_kind, typed_value
+from .devices import model_device
 
 _ACTIVE: ContextVar["Trace | None"] = ContextVar("routescope_trace", default=None)
 
@@ -28,7 +29,12 @@ def current_trace() -> "Trace | None":
 
 
 class _MacCounter(TorchDispatchMode):
-    """Adds the MACs of every counted ATen op to the samples of the trace's current subset."""
+    """Adds the MACs of every counted ATen op to the samples of the trace's current subset.
+
+    Under ``torch.inference_mode`` composite ops (``aten.conv2d``, ``aten.linear``) reach this mode undecomposed;
+    they have no formula, so an op without one is decomposed first, as ``FlopCounterMode`` does: the count is the
+    same in grad mode, ``no_grad`` and ``inference_mode``.
+    """
 
     def __init__(self, trace: "Trace") -> None:
         super().__init__()
@@ -36,6 +42,11 @@ class _MacCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func._overloadpacket not in flop_registry and isinstance(func, torch._ops.OpOverload):
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         out = func(*args, **kwargs)
         formula = flop_registry.get(func._overloadpacket)
         if formula is not None:
@@ -123,25 +134,39 @@ class Trace:
             _ACTIVE.reset(token)
 
 
-def check_interventions(model: torch.nn.Module, overrides: dict | None, knobs: dict | None) -> None:
-    """Refuse, before running, an override of a layer or field the model does not decide, or an unknown knob or
-    one out of its range: a typo must not silently give the unforced result."""
+def check_interventions(model: torch.nn.Module, overrides: dict | None,
+                        knobs: dict | None) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """``(overrides, knobs)`` checked against the model and typed as its kinds declare each field (``"false"``,
+    ``0`` and ``False`` all force a block off); a ``ValueError`` naming the layer, field or knob and what it
+    accepts. A typo must not silently give the unforced result, nor a wrong type the opposite one."""
     layers = model.decision_layers() if hasattr(model, "decision_layers") else {}
+    typed: dict[str, dict[str, Any]] = {}
     for layer, fields in (overrides or {}).items():
         if layer not in layers:
             known = ", ".join(layers) or "none: the model decides nothing per image"
             raise ValueError(f"no decision at {layer!r}; this model's decision layers: {known}")
-        forcible = decision_kind(layers[layer]).forcible
-        for field in fields:
-            if field not in forcible:
-                raise ValueError(f"{layer} ({layers[layer]}) can force {', '.join(forcible)}, not {field!r}")
+        kind = decision_kind(layers[layer])
+        for field, value in fields.items():
+            if field not in kind.forcible:
+                raise ValueError(f"{layer} ({layers[layer]}) can force {', '.join(kind.forcible)}, not {field!r}")
+            try:
+                typed.setdefault(layer, {})[field] = kind.typed(field, value)
+            except ValueError as e:
+                raise ValueError(f"{layer}.{field} {e}") from None
     declared = model.knobs() if hasattr(model, "knobs") else {}
+    moved: dict[str, float] = {}
     for name, value in (knobs or {}).items():
         if name not in declared:
             raise ValueError(f"unknown knob {name!r}; this model's knobs: {', '.join(declared) or 'none'}")
+        try:
+            number = typed_value("number", value)
+        except ValueError as e:
+            raise ValueError(f"knob {name} {e}") from None
         low, high = declared[name]["low"], declared[name]["high"]
-        if not low <= float(value) <= high:
+        if not low <= number <= high:
             raise ValueError(f"knob {name}={value} is outside [{low}, {high}]")
+        moved[name] = number
+    return typed, moved
 
 
 def forced_forward(model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
@@ -150,7 +175,7 @@ def forced_forward(model: torch.nn.Module, x: torch.Tensor, overrides: dict | No
     benchmark times when it forces decisions (``analysis.bench --scale paper``; ``checked``: the caller validated
     them already, outside its timed loop)."""
     if not checked:
-        check_interventions(model, overrides, knobs)
+        overrides, knobs = check_interventions(model, overrides, knobs)
     with Trace(x.shape[0], overrides=overrides, knobs=knobs, observe=False).active():
         return model(x)
 
@@ -167,8 +192,11 @@ def traced_forward(model: torch.nn.Module, x: torch.Tensor, keep_tensors: bool =
     tensors to the input (captum attributions of a gate, a width choice or a routing weight).
     """
     if isinstance(model, torch.nn.Module):
-        check_interventions(model, overrides, knobs)
+        overrides, knobs = check_interventions(model, overrides, knobs)
+        x_device, x = x.device, x.to(model_device(model))
+    else:  # a bound forward (``models.evaluate``'s variants): the caller placed x
+        x_device = x.device
     trace = Trace(x.shape[0], keep_tensors=keep_tensors, overrides=overrides, knobs=knobs)
     with torch.set_grad_enabled(keep_tensors and torch.is_grad_enabled()), trace.active():
         logits = model(x)
-    return logits, trace
+    return logits.to(x_device), trace

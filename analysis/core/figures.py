@@ -79,6 +79,7 @@ class FigureContext:
     checkpoints: dict[str, Path]
     dataset: str = field(default_factory=lambda: default_test_set())
     data_dir: str | None = None
+    device: torch.device | str = "cpu"
     _models: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     _images: tuple | None = None
@@ -91,7 +92,7 @@ class FigureContext:
     def model(self, name: str) -> torch.nn.Module:
         with self._lock:
             if name not in self._models:
-                self._models[name] = load_checkpoint(self.checkpoints[name])
+                self._models[name] = load_checkpoint(self.checkpoints[name], map_location=self.device)
             return self._models[name]
 
     def models(self, method: str) -> dict[str, torch.nn.Module]:

@@ -1,8 +1,11 @@
 """Interventions as values a URL or a command line can carry, and what an intervention changed.
 
+The one parser of ``LAYER.FIELD=VALUE`` and ``NAME=VALUE`` (the app's URLs, ``analysis.inspect``, the sweeps):
 ``layer2.1.executed=false`` forces one decision field (the layer name holds dots: the field is after the last
-one); ``threshold=0.7`` moves one knob. Values are JSON (``true``, ``0.5``, ``[1, 0, 0, 0]``). Parsing only
-checks the syntax; ``models.trace.check_interventions`` checks names and ranges against the model.
+one); ``threshold=0.7`` moves one knob. Parsing splits the text and reads JSON where it is JSON (``0.5``,
+``[1, 0, 0, 0]``), else keeps the text; ``models.trace.check_interventions`` then types each value as the
+model's decision kind declares its field (``False``, ``false``, ``0`` and ``no`` all force a block off) and
+refuses a wrong one by name.
 """
 from __future__ import annotations
 
@@ -13,17 +16,18 @@ import pandas as pd
 
 
 def _value(text: str) -> Any:
+    """A value as JSON where it is JSON, else the stripped text (typed later, per field, against the model)."""
     try:
-        return json.loads(text.strip().lower() if text.strip().lower() in ("true", "false") else text)
+        return json.loads(text.strip())
     except json.JSONDecodeError:
-        raise ValueError(f"{text!r} is not a value (true/false, a number or a JSON list)") from None
+        return text.strip()
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``"layer2.1.executed=false"`` -> ``("layer2.1", "executed", False)``."""
     target, sep, value = text.partition("=")
     layer, dot, field = target.strip().rpartition(".")
-    if not sep or not dot or not layer or not field:
+    if not sep or not dot or not layer or not field or not value.strip():
         raise ValueError(f"override {text!r} is not LAYER.FIELD=VALUE (e.g. layer2.1.executed=false)")
     return layer, field, _value(value)
 

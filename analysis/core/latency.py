@@ -1,20 +1,23 @@
-"""Measured batch-1 latency of one image: MACs say what a decision saves on paper, the clock says what it saves
-on this machine (a skipped block saves its time; a narrower slice or a mixed kernel may save less than its MACs).
+"""Measured latency: MACs say what a decision saves on paper, the clock says what it saves on this machine (a
+skipped block saves its time; a narrower slice or a mixed kernel may save less than its MACs).
 
-The model runs with its decisions (and any overrides and knobs) as in a traced forward, but without the
-per-op MAC counter, which would dominate the time of a small network.
+One timing path for the app and ``analysis.bench``: a side is a forward through ``models.trace.forced_forward``
+(the model's own inference path: batch-1 control flow and compiled kernels, with any overrides and knobs, no MAC
+counter), and two sides are timed alternately in ABBA order (``alternating``), so the noise of a shared machine
+falls on both. On a GPU each call is synchronised before the clock stops.
 """
 from __future__ import annotations
 
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from models.trace import _ACTIVE, Trace, check_interventions
+from models.devices import model_device
+from models.trace import check_interventions, forced_forward
 
 
 @dataclass(frozen=True)
@@ -28,42 +31,56 @@ class Latency:
     max_ms: float
     runs: int
 
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> "Latency":
+        ms = np.asarray(seconds) * 1e3
+        q1, median, q3 = np.percentile(ms, [25, 50, 75])
+        return cls(float(median), float(q1), float(q3), float(ms.min()), float(ms.max()), len(ms))
+
     def __str__(self) -> str:
         return f"{self.median_ms:.2f} ms (IQR {self.q1_ms:.2f}–{self.q3_ms:.2f}, {self.runs} runs)"
 
 
-def time_calls(call: Callable[[], Any], runs: int = 15, warmup: int = 3) -> Latency:
-    """Time ``call`` ``runs`` times after ``warmup`` untimed calls (the first calls allocate and pick kernels)."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    q1, median, q3 = np.percentile(times, [25, 50, 75])
-    return Latency(float(median), float(q1), float(q3), float(min(times)), float(max(times)), runs)
+def _synchronize(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def alternating(sides: Sequence[Callable[[], object]], rounds: int, device: torch.device | None = None) -> list[list[float]]:
+    """Seconds of each side's call per round, the sides timed round by round in ABBA order: the side that goes first
+    swaps every round, so cache state and clock drift fall on both alike. ``device``: synchronised (CUDA) before each
+    clock reading, so the time is the work's, not its launch's."""
+    times: list[list[float]] = [[] for _ in sides]
+    for r in range(rounds):
+        for side in (range(len(sides)) if r % 2 == 0 else reversed(range(len(sides)))):
+            _synchronize(device)
+            tic = time.perf_counter()
+            sides[side]()
+            _synchronize(device)
+            times[side].append(time.perf_counter() - tic)
+    return times
+
+
+def decided_call(model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
+                 knobs: dict | None = None) -> Callable[[], torch.Tensor]:
+    """One timed forward of ``model`` on ``x`` with its overrides and knobs (checked here, once, not in the timed
+    call): what ``analysis.bench`` and the app's latency both time."""
+    overrides, knobs = check_interventions(model, overrides, knobs)
+    x = x.to(model_device(model))
+    return lambda: forced_forward(model, x, overrides, knobs, checked=True)
 
 
 @torch.no_grad()
-def decided_forward(model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
-                    knobs: dict | None = None) -> torch.Tensor:
-    """The model's forward with its overrides and knobs active (what ``traced_forward`` runs), minus MAC counting:
-    the trace is set for the dynamic layers to read, no dispatch mode is entered."""
-    trace = Trace(x.shape[0], overrides=overrides, knobs=knobs)
-    token = _ACTIVE.set(trace)
-    try:
-        return model(x)
-    finally:
-        _ACTIVE.reset(token)
-
-
-def image_latency(model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None, knobs: dict | None = None,
-                  runs: int = 15, warmup: int = 3) -> Latency:
-    """Batch-1 latency of the normalized image ``x`` (1 x C x H x W) through ``model``, decisions forced by
-    ``overrides`` and settings moved by ``knobs`` (checked first, like ``traced_forward``)."""
-    check_interventions(model, overrides, knobs)
-    return time_calls(lambda: decided_forward(model, x, overrides, knobs), runs, warmup)
+def paired_latency(model: torch.nn.Module, dense: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
+                   knobs: dict | None = None, rounds: int = 16, warmup: int = 3) -> tuple[Latency, Latency]:
+    """Batch-1 latency of the normalized image ``x`` (1 x C x H x W) through ``model`` (decisions forced by
+    ``overrides``, settings moved by ``knobs``) and through ``dense``, measured alternately in one run."""
+    sides = [decided_call(model, x, overrides, knobs), decided_call(dense, x)]
+    for _ in range(warmup):
+        for side in sides:
+            side()
+    times = alternating(sides, rounds, model_device(model))
+    return Latency.of(times[0]), Latency.of(times[1])
 
 
 def dense_counterpart(model: torch.nn.Module) -> torch.nn.Module:

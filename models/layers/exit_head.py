@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .fused import fused_ops
+from .fused import fused_ops, runs_compiled
 
 EXIT_HEADS = ("sdn", "pool")
 
@@ -50,7 +50,7 @@ class ExitHead(nn.Module):
 
     def decide(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """``(logits, confidence)`` of one image (batch 1): the head and its max softmax."""
-        if self.compiled:
+        if self.compiled and runs_compiled(x):
             alpha = float(self.alpha) if self.kind == "sdn" else 0.0
             return torch.ops.routescope.exit_head(x, alpha, self.fc.weight, self.fc.bias, self.reduced)
         z = self(x)

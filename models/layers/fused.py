@@ -9,7 +9,8 @@ mix, the linear layer) and its confidence (max softmax) in one call; ``condconv_
 both of its mixed kernels.
 
 It is built once with ``torch.utils.cpp_extension.load_inline`` where a C++ compiler is present (cached in
-``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and used by the fast inference form only;
+``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and used by the fast inference form only, on CPU float32 tensors only (``runs_compiled``: every other device
+takes the PyTorch path);
 without a compiler, or with ``ROUTESCOPE_FUSED=0``, the Python step runs instead (same result within float32
 rounding). Its multiply-adds are registered with ``torch.utils.flop_counter``, so ``FlopCounterMode`` and the
 trace's MAC counter count it exactly as the operators it replaces.
@@ -193,6 +194,13 @@ def fused_ops() -> bool:
         return False
     _register_flops()
     return True
+
+
+def runs_compiled(x: torch.Tensor) -> bool:
+    """Whether a layer prepared for the compiled kernels (``compiled``) may call them on ``x``: the operators are
+    registered for CPU float32 tensors only, so a model moved to a GPU (or to another dtype) after its fast form was
+    made takes the PyTorch path, which computes the same."""
+    return x.device.type == "cpu" and x.dtype == torch.float32
 
 
 def _register_flops() -> None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..resnet import conv3x3
-from .fused import fused_ops
+from .fused import fused_ops, runs_compiled
 
 GATE_KINDS = ("rnn", "ff1", "ff2")
 State = Any
@@ -115,12 +115,12 @@ class RNNGate(GateBank):
     compiled = False  # batch-1 steps run the compiled kernel (``models.layers.fused``)
 
     def initial_state_one(self, x: torch.Tensor) -> State:
-        if self.compiled:
+        if self.compiled and runs_compiled(x):
             return x.new_zeros(2, self.hidden_dim)  # [h; c], updated in place by the kernel
         return self.initial_state(x)
 
     def step_one(self, index: int, x: torch.Tensor, state: State) -> tuple[float, State]:
-        if not self.compiled:
+        if not (self.compiled and runs_compiled(x)):
             return super().step_one(index, x, state)
         w_embed, b_embed = self.fused[index]
         return torch.ops.routescope.rnn_gate_step(x, state, w_embed, b_embed, *self._lstm, *self._proj), state
