@@ -171,9 +171,9 @@ def check_interventions(model: torch.nn.Module, overrides: dict | None,
 
 def forced_forward(model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
                    knobs: dict | None = None, checked: bool = False) -> torch.Tensor:
-    """Logits of ``model`` with ``overrides`` and ``knobs`` applied and nothing recorded or counted: what a
-    benchmark times when it forces decisions (``analysis.bench --scale paper``; ``checked``: the caller validated
-    them already, outside its timed loop)."""
+    """Logits of ``model`` with ``overrides`` and ``knobs`` applied and nothing recorded or counted: the model's own
+    inference path (batch-1 control flow, compiled kernels), which ``analysis.bench`` and the app's latency time
+    (``checked``: the caller typed and validated the interventions already, outside its timed loop)."""
     if not checked:
         overrides, knobs = check_interventions(model, overrides, knobs)
     with Trace(x.shape[0], overrides=overrides, knobs=knobs, observe=False).active():

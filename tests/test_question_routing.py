@@ -57,8 +57,8 @@ def test_every_control_forces_what_it_says(arch):
 def test_interventions_round_trip_and_bad_text():
     overrides = {"layer2.1": {"executed": False}, "layer3.0": {"weights": [1.0, 0.0, 0.0, 0.0]}, "layer2": {"width": 0.5}}
     assert parse_interventions(*format_interventions(overrides, {"threshold": 0.7})) == (overrides, {"threshold": 0.7})
-    assert parse_override("layer2.1.executed=FALSE") == ("layer2.1", "executed", False)
-    for bad in ("layer2.1.executed", "executed=true", "layer2.1.executed=maybe"):
+    assert parse_override("layer2.1.executed=FALSE") == ("layer2.1", "executed", "FALSE")  # typed by the model's kind
+    for bad in ("layer2.1.executed", "executed=true", "layer2.1.executed="):
         with pytest.raises(ValueError):
             parse_interventions([bad], [])
     with pytest.raises(ValueError):
