@@ -190,15 +190,36 @@ class CondConvResNet(ResNet):
         return self.plain_copy(shared_only=True)
 
 
-def _condconv(depth: int):
-    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
-        return CondConvResNet(depth, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))
-
-    builder.__name__ = f"condconv_resnet{depth}"
-    builder.__doc__ = f"CondConv ResNet-{depth}: CondConv blocks in condconv_stages (default last), num_experts 4 or 8."
-    return register_model(builder)
+@register_model
+def condconv_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                     num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
+    """CondConv ResNet-8: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
+    return CondConvResNet(8, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))
 
 
-condconv_resnet8, condconv_resnet20, condconv_resnet32, condconv_resnet56, condconv_resnet110 = (
-    _condconv(d) for d in (8, 20, 32, 56, 110))
+@register_model
+def condconv_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                      num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
+    """CondConv ResNet-20: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
+    return CondConvResNet(20, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))
+
+
+@register_model
+def condconv_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                      num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
+    """CondConv ResNet-32: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
+    return CondConvResNet(32, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))
+
+
+@register_model
+def condconv_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                      num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
+    """CondConv ResNet-56: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
+    return CondConvResNet(56, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))
+
+
+@register_model
+def condconv_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                       num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
+    """CondConv ResNet-110: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
+    return CondConvResNet(110, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))

@@ -153,15 +153,36 @@ class DGConvResNet(ResNet):
         return self.plain_copy({**self.state_dict(), **dense_weights})
 
 
-def _dgconv(depth: int):
-    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
-        return DGConvResNet(depth, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)
-
-    builder.__name__ = f"dgconv_resnet{depth}"
-    builder.__doc__ = f"G-ResNet-{depth}: ResNet-{depth} whose C_in == C_out 3x3 convs learn their groups (DGConv)."
-    return register_model(builder)
+@register_model
+def dgconv_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                   gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+    """G-ResNet-8: ResNet-8 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
+    return DGConvResNet(8, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)
 
 
-dgconv_resnet8, dgconv_resnet20, dgconv_resnet32, dgconv_resnet56, dgconv_resnet110 = (
-    _dgconv(d) for d in (8, 20, 32, 56, 110))
+@register_model
+def dgconv_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                    gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+    """G-ResNet-20: ResNet-20 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
+    return DGConvResNet(20, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)
+
+
+@register_model
+def dgconv_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                    gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+    """G-ResNet-32: ResNet-32 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
+    return DGConvResNet(32, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)
+
+
+@register_model
+def dgconv_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                    gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+    """G-ResNet-56: ResNet-56 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
+    return DGConvResNet(56, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)
+
+
+@register_model
+def dgconv_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                     gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+    """G-ResNet-110: ResNet-110 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
+    return DGConvResNet(110, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)

@@ -520,20 +520,67 @@ class DSResNet(ResNet):
                 "static narrowest subnet": narrowest, "narrowest vs widest (static)": (narrowest, widest)}
 
 
-def _dsnet(depth: int):
-    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
-                attention: bool = True, gate_grid: int = 1) -> DSResNet:
-        return DSResNet(depth, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
-                        gate_grid)
-
-    builder.__name__ = f"dsnet_resnet{depth}"
-    builder.__doc__ = f"DS-Net on the CIFAR ResNet-{depth}: slimmable widths {WIDTH_CHOICES} in layer2/layer3, chosen per image by gates."
-    return register_model(builder)
+@register_model
+def dsnet_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                  widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
+                  attention: bool = True, gate_grid: int = 1) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-8: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
+    return DSResNet(8, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
+                    gate_grid)
 
 
-(dsnet_resnet8, dsnet_resnet14, dsnet_resnet20, dsnet_resnet32, dsnet_resnet44, dsnet_resnet56,
- dsnet_resnet110) = (_dsnet(d) for d in (8, 14, 20, 32, 44, 56, 110))
+@register_model
+def dsnet_resnet14(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
+                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-14: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
+    return DSResNet(14, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
+                    gate_grid)
+
+
+@register_model
+def dsnet_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
+                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-20: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
+    return DSResNet(20, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
+                    gate_grid)
+
+
+@register_model
+def dsnet_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
+                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-32: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
+    return DSResNet(32, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
+                    gate_grid)
+
+
+@register_model
+def dsnet_resnet44(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
+                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-44: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
+    return DSResNet(44, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
+                    gate_grid)
+
+
+@register_model
+def dsnet_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
+                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-56: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
+    return DSResNet(56, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
+                    gate_grid)
+
+
+@register_model
+def dsnet_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                    widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
+                    attention: bool = True, gate_grid: int = 1) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-110: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
+    return DSResNet(110, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
+                    gate_grid)
 
 
 @register_model

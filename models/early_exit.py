@@ -187,18 +187,39 @@ class EarlyExitResNet(ResNet):
         return self.plain_copy()
 
 
-def _early_exit(depth: int):
-    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
-        return EarlyExitResNet(depth, num_classes, in_chans, tuple(widths), exits, head, threshold)
-
-    builder.__name__ = f"early_exit_resnet{depth}"
-    builder.__doc__ = f"ResNet-{depth} with exit heads (SDN head by default) after every block but the first and last."
-    return register_model(builder)
+@register_model
+def early_exit_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                       exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+    """ResNet-8 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
+    return EarlyExitResNet(8, num_classes, in_chans, tuple(widths), exits, head, threshold)
 
 
-early_exit_resnet8, early_exit_resnet20, early_exit_resnet32, early_exit_resnet56, early_exit_resnet110 = (
-    _early_exit(d) for d in (8, 20, 32, 56, 110))
+@register_model
+def early_exit_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                        exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+    """ResNet-20 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
+    return EarlyExitResNet(20, num_classes, in_chans, tuple(widths), exits, head, threshold)
+
+
+@register_model
+def early_exit_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                        exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+    """ResNet-32 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
+    return EarlyExitResNet(32, num_classes, in_chans, tuple(widths), exits, head, threshold)
+
+
+@register_model
+def early_exit_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                        exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+    """ResNet-56 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
+    return EarlyExitResNet(56, num_classes, in_chans, tuple(widths), exits, head, threshold)
+
+
+@register_model
+def early_exit_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                         exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+    """ResNet-110 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
+    return EarlyExitResNet(110, num_classes, in_chans, tuple(widths), exits, head, threshold)
 
 
 @register_model

@@ -145,16 +145,34 @@ class RePrConvNet(ConvNet):
         return load_plain(ConvNet(self.fc.out_features, self.conv1.in_channels, self.widths, self.pool), self)
 
 
-def _repr_resnet(depth: int):
-    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> RePrResNet:
-        return RePrResNet(depth, num_classes, in_chans, tuple(widths))
-
-    builder.__name__ = f"repr_resnet{depth}"
-    builder.__doc__ = f"CIFAR ResNet-{depth} trained with RePr (prune / re-initialize cycles)."
-    return register_model(builder)
+@register_model
+def repr_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> RePrResNet:
+    """CIFAR ResNet-8 trained with RePr (prune / re-initialize cycles)."""
+    return RePrResNet(8, num_classes, in_chans, tuple(widths))
 
 
-repr_resnet8, repr_resnet20, repr_resnet32, repr_resnet56, repr_resnet110 = (_repr_resnet(d) for d in (8, 20, 32, 56, 110))
+@register_model
+def repr_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> RePrResNet:
+    """CIFAR ResNet-20 trained with RePr (prune / re-initialize cycles)."""
+    return RePrResNet(20, num_classes, in_chans, tuple(widths))
+
+
+@register_model
+def repr_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> RePrResNet:
+    """CIFAR ResNet-32 trained with RePr (prune / re-initialize cycles)."""
+    return RePrResNet(32, num_classes, in_chans, tuple(widths))
+
+
+@register_model
+def repr_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> RePrResNet:
+    """CIFAR ResNet-56 trained with RePr (prune / re-initialize cycles)."""
+    return RePrResNet(56, num_classes, in_chans, tuple(widths))
+
+
+@register_model
+def repr_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> RePrResNet:
+    """CIFAR ResNet-110 trained with RePr (prune / re-initialize cycles)."""
+    return RePrResNet(110, num_classes, in_chans, tuple(widths))
 
 
 @register_model

@@ -214,16 +214,46 @@ def load_plain(plain: Plain, model: nn.Module, state_dict: Mapping[str, torch.Te
     return plain.to(model.fc.weight.device).train(model.training)
 
 
-def _resnet(depth: int):
-    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> ResNet:
-        return ResNet(depth, num_classes, in_chans, tuple(widths))
-
-    builder.__name__ = f"resnet{depth}"
-    builder.__doc__ = f"Plain CIFAR-style ResNet-{depth} ({(depth - 2) // 6} BasicBlocks per stage)."
-    return register_model(builder)
+@register_model
+def resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> ResNet:
+    """Plain CIFAR ResNet-8 (1 BasicBlocks per stage)."""
+    return ResNet(8, num_classes, in_chans, tuple(widths))
 
 
-resnet8, resnet14, resnet20, resnet32, resnet44, resnet56, resnet110 = (_resnet(d) for d in (8, 14, 20, 32, 44, 56, 110))
+@register_model
+def resnet14(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> ResNet:
+    """Plain CIFAR ResNet-14 (2 BasicBlocks per stage)."""
+    return ResNet(14, num_classes, in_chans, tuple(widths))
+
+
+@register_model
+def resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> ResNet:
+    """Plain CIFAR ResNet-20 (3 BasicBlocks per stage)."""
+    return ResNet(20, num_classes, in_chans, tuple(widths))
+
+
+@register_model
+def resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> ResNet:
+    """Plain CIFAR ResNet-32 (5 BasicBlocks per stage)."""
+    return ResNet(32, num_classes, in_chans, tuple(widths))
+
+
+@register_model
+def resnet44(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> ResNet:
+    """Plain CIFAR ResNet-44 (7 BasicBlocks per stage)."""
+    return ResNet(44, num_classes, in_chans, tuple(widths))
+
+
+@register_model
+def resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> ResNet:
+    """Plain CIFAR ResNet-56 (9 BasicBlocks per stage)."""
+    return ResNet(56, num_classes, in_chans, tuple(widths))
+
+
+@register_model
+def resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> ResNet:
+    """Plain CIFAR ResNet-110 (18 BasicBlocks per stage)."""
+    return ResNet(110, num_classes, in_chans, tuple(widths))
 
 
 @register_model

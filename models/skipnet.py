@@ -169,18 +169,53 @@ class SkipNet(ResNet):
         return self.plain_copy()
 
 
-def _skipnet(depth: int):
-    def builder(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                gate: str = "rnn") -> SkipNet:
-        return SkipNet(depth, num_classes, in_chans, tuple(widths), gate)
-
-    builder.__name__ = f"skipnet_resnet{depth}"
-    builder.__doc__ = f"SkipNet on ResNet-{depth}; gate 'rnn' (default), 'ff1' or 'ff2'."
-    return register_model(builder)
+@register_model
+def skipnet_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                    gate: str = "rnn") -> SkipNet:
+    """SkipNet on the CIFAR ResNet-8: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
+    return SkipNet(8, num_classes, in_chans, tuple(widths), gate)
 
 
-(skipnet_resnet8, skipnet_resnet20, skipnet_resnet32, skipnet_resnet38, skipnet_resnet56, skipnet_resnet74,
- skipnet_resnet110) = (_skipnet(d) for d in (8, 20, 32, 38, 56, 74, 110))
+@register_model
+def skipnet_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                     gate: str = "rnn") -> SkipNet:
+    """SkipNet on the CIFAR ResNet-20: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
+    return SkipNet(20, num_classes, in_chans, tuple(widths), gate)
+
+
+@register_model
+def skipnet_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                     gate: str = "rnn") -> SkipNet:
+    """SkipNet on the CIFAR ResNet-32: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
+    return SkipNet(32, num_classes, in_chans, tuple(widths), gate)
+
+
+@register_model
+def skipnet_resnet38(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                     gate: str = "rnn") -> SkipNet:
+    """SkipNet on the CIFAR ResNet-38: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
+    return SkipNet(38, num_classes, in_chans, tuple(widths), gate)
+
+
+@register_model
+def skipnet_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                     gate: str = "rnn") -> SkipNet:
+    """SkipNet on the CIFAR ResNet-56: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
+    return SkipNet(56, num_classes, in_chans, tuple(widths), gate)
+
+
+@register_model
+def skipnet_resnet74(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                     gate: str = "rnn") -> SkipNet:
+    """SkipNet on the CIFAR ResNet-74: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
+    return SkipNet(74, num_classes, in_chans, tuple(widths), gate)
+
+
+@register_model
+def skipnet_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                      gate: str = "rnn") -> SkipNet:
+    """SkipNet on the CIFAR ResNet-110: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
+    return SkipNet(110, num_classes, in_chans, tuple(widths), gate)
 
 
 @register_model

@@ -41,12 +41,12 @@ class Latency:
         return f"{self.median_ms:.2f} ms (IQR {self.q1_ms:.2f}–{self.q3_ms:.2f}, {self.runs} runs)"
 
 
-def _synchronize(device: torch.device | None) -> None:
-    if device is not None and device.type == "cuda":
+def _synchronize(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def alternating(sides: Sequence[Callable[[], object]], rounds: int, device: torch.device | None = None) -> list[list[float]]:
+def alternating(sides: Sequence[Callable[[], object]], rounds: int, device: torch.device | str | None = None) -> list[list[float]]:
     """Seconds of each side's call per round, the sides timed round by round in ABBA order: the side that goes first
     swaps every round, so cache state and clock drift fall on both alike. ``device``: synchronised (CUDA) before each
     clock reading, so the time is the work's, not its launch's."""
