@@ -95,7 +95,7 @@ class DGConvResNet(ResNet):
         return [(name, m) for name, m in self.named_modules() if isinstance(m, DG_LAYERS)]
 
     def structure(self, mask: bool = False) -> list[dict]:
-        """The learned group structure of every DGConv layer (``analysis.routing``'s ``structure``)."""
+        """The learned group structure of every DGConv layer: the trace's ``structure`` entries (kind ``groups``)."""
         out = []
         for name, layer in self.dg_layers():
             groups = layer.group_of_channel()

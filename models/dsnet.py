@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UsageError
+from .layers.batchnorm_fold import fold_weights
 from .layers.slimmable import SlimBatchNorm2d, SlimConv2d, WidthGate
 from .registry import register_model
 from .resnet import RESNET50, RESNET50_WIDTHS, BasicBlock, Bottleneck, ResNet, make_stem, stage_layers
@@ -79,9 +80,9 @@ class DSOutput(NamedTuple):
 
 def fold_sliced(conv: SlimConv2d, bn: SlimBatchNorm2d, k_in: int, c: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``bn`` (statistics row ``key``) folded into ``conv`` sliced to ``k_in -> c``: one contiguous weight and bias."""
-    scale = bn.weight[:c].double() / torch.sqrt(bn.running_var[key, :c].double() + bn.eps)
-    weight = (conv.weight[:c, :k_in].double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype).contiguous()
-    return weight, (bn.bias[:c].double() - bn.running_mean[key, :c].double() * scale).to(conv.weight.dtype)
+    weight, bias = fold_weights(conv.weight[:c, :k_in], None, bn.running_mean[key, :c], bn.running_var[key, :c], bn.eps,
+                                bn.weight[:c], bn.bias[:c])
+    return weight.contiguous(), bias
 
 
 class DSBlock(nn.Module):

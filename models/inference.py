@@ -4,13 +4,14 @@ operators.
 At batch 1 these small networks spend their time in per-operator overhead, not in multiply-adds, so the
 form removes operators without changing what is computed:
 
-- BatchNorm folded into the convolution before it (``w * s``, ``(b - mean) * s + beta`` with
-  ``s = gamma / sqrt(var + eps)``): plain ``Conv2d``+``BatchNorm2d`` pairs (a ``Sequential`` of the two, or
+- BatchNorm folded into the convolution before it (``models.layers.batchnorm_fold``: PyTorch's
+  ``fuse_conv_bn_weights`` in float64): plain ``Conv2d``+``BatchNorm2d`` pairs (a ``Sequential`` of the two, or
   attributes ``convX`` / ``bnX``), and layers that know how to take a BatchNorm in (``fold_batchnorm(bn)``:
   CondConv's experts, DGConv's exported grouped convs, DS-Net's slimmable convs per width);
 - modules that have a cheaper inference computation provide ``prepare_inference()`` (SkipNet's recurrent
   gate as one affine map and one sigmoid per step);
-- ``torch.inference_mode`` and no autograd bookkeeping (``requires_grad_(False)``).
+- no autograd bookkeeping (``requires_grad_(False)``); callers may run it under ``no_grad`` or
+  ``torch.inference_mode``, which decide and count the same.
 
 The form counts exactly the multiply-adds of the training form (BatchNorm is not a multiply-add that
 ``FlopCounterMode`` counts; a folded bias is an addition), so traces, golden files and MAC ratios do not
@@ -22,24 +23,18 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .layers.batchnorm_fold import fold_weights
+
 FORMS = ("fast", "train")
 
 
-def bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(s, t)`` with ``bn(y) == y * s + t`` per channel in eval mode (computed in float64, returned in the
-    BN's dtype: the folded form then stays within float32 rounding of the unfolded one)."""
-    s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return s.to(bn.weight.dtype), (bn.bias.double() - bn.running_mean.double() * s).to(bn.weight.dtype)
-
-
 def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new ``Conv2d`` computing ``bn(conv(x))`` (eval mode), the products taken in float64."""
-    s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(s)
+    """A new ``Conv2d`` computing ``bn(conv(x))`` (eval mode), keeping the buffers the conv records of itself."""
+    weight, bias = fold_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                       conv.groups, bias=True, padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
-    fused.weight.copy_((conv.weight.double() * s.view(-1, 1, 1, 1)).to(conv.weight.dtype))
-    fused.bias.copy_(((bias - bn.running_mean.double()) * s + bn.bias.double()).to(conv.weight.dtype))
+    fused.weight.copy_(weight)
+    fused.bias.copy_(bias)
     for name, buffer in conv.named_buffers(recurse=False):  # what the conv records of itself (RePr's dropped filters)
         fused.register_buffer(name, buffer.clone(), persistent=name not in conv._non_persistent_buffers_set)
     return fused

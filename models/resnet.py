@@ -47,10 +47,6 @@ class BasicBlock(nn.Module):
         self.shortcut = projection_shortcut(in_ch, out_ch, stride)
 
     @property
-    def downsamples(self) -> bool:
-        return not isinstance(self.shortcut, nn.Identity)
-
-    @property
     def out_channels(self) -> int:
         return self.conv2.out_channels
 

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .batchnorm_fold import bn_scale_shift
 
 
 class CondConv2d(nn.Module):
@@ -73,8 +74,6 @@ class CondConv2d(nn.Module):
     def fold_batchnorm(self, bn: nn.BatchNorm2d) -> "CondConv2d":
         """This layer with the eval-mode ``bn`` after it folded in: BN is affine per output channel, so it scales
         every expert kernel (and routed bias) and adds one constant that the routing does not mix."""
-        from ..inference import bn_scale_shift
-
         s, t = bn_scale_shift(bn)
         self.weight.copy_((self.weight.view(self.num_experts, self.out_channels, -1) * s.view(1, -1, 1)).flatten(1))
         if self.bias is not None:

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .batchnorm_fold import bn_scale_shift
 
 STE_KINDS = ("sigmoid", "identity")
 
@@ -228,8 +229,6 @@ class GroupedConv2d(nn.Module, _GroupStructure):
     def fold_batchnorm(self, bn: nn.BatchNorm2d) -> "GroupedConv2d":
         """This layer with the eval-mode ``bn`` after it folded into the grouped conv: the inner conv's output
         channel ``i`` is the layer's channel ``perm[i]``, so it takes that channel's scale and shift."""
-        from ..inference import bn_scale_shift
-
         s, t = bn_scale_shift(bn)
         if self.perm is not None:
             s, t = s.index_select(0, self.perm), t.index_select(0, self.perm)
