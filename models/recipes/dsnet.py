@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ..errors import UsageError
 from ..dsnet import Config, DSResNet
@@ -48,11 +49,6 @@ from ..stages import FrozenCopy, Stage, StepOutput, unwrap
 
 def _norm_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (SlimBatchNorm2d, nn.modules.batchnorm._BatchNorm))]
-
-
-def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against soft targets (distillation from the EMA teacher)."""
-    return -(target_probs * F.log_softmax(logits, -1)).sum(-1).mean()
 
 
 def sample_sandwich(model: DSResNet, num_random: int = 2, generator: torch.Generator | None = None) -> list[Config]:
@@ -72,15 +68,16 @@ def ieb_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor)
     probs = teacher.softmax(-1)
     loss = F.cross_entropy(student[0], labels)
     for logits in student[1:-1]:
-        loss = loss + soft_cross_entropy(logits, probs[0])
-    return loss + soft_cross_entropy(student[-1], probs.mean(0))
+        loss = loss + F.cross_entropy(logits, probs[0])  # probabilities as targets: the soft cross-entropy
+    return loss + F.cross_entropy(student[-1], probs.mean(0))
 
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """teacher <- decay * teacher + (1 - decay) * student for parameters; buffers are copied."""
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.lerp_(s.detach(), 1.0 - decay)
+    """teacher <- decay * teacher + (1 - decay) * student for parameters (``AveragedModel``'s own EMA function,
+    ``get_ema_multi_avg_fn``); buffers are copied. The ``AveragedModel`` wrapper itself is not used: its first update
+    copies instead of averaging, and the teacher must stay a plain ``DSResNet`` that resumes from a state dict."""
+    get_ema_multi_avg_fn(decay)(list(teacher.parameters()), list(student.parameters()), None)
     for t, s in zip(teacher.buffers(), student.buffers()):
         t.copy_(s)
 
