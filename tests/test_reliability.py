@@ -105,9 +105,10 @@ def test_usable_check_refuses_nonfinite_logits(tmp_path):
         check_usable(load_checkpoint(_write(tmp_path, scale)))
 
 
-def test_bundled_checkpoints_pass_every_check():
-    for path in sorted(PRETRAINED.glob("*.pt"))[:6]:
-        check_usable(load_checkpoint(path))
+@pytest.mark.parametrize("path", sorted(p for p in PRETRAINED.glob("*.pt") if not p.name.endswith(".last.pt")),
+                         ids=lambda p: p.stem)
+def test_bundled_checkpoints_pass_every_check(path, loaded_checkpoint):
+    check_usable(loaded_checkpoint(path))  # every bundled checkpoint: load_checkpoint's checks, then check_usable's
 
 
 def test_image_byte_limit_and_empty_file(tmp_path):
@@ -180,7 +181,7 @@ def test_figure_context_is_safe_to_share(monkeypatch):
         return pd.DataFrame({"x": [1.0]})
 
     monkeypatch.setattr(figures, "dataset_table", slow_table)
-    monkeypatch.setattr(figures, "load_checkpoint", lambda path: torch.nn.Identity())
+    monkeypatch.setattr(figures, "load_checkpoint", lambda path, **kwargs: torch.nn.Identity())
     context = figures.FigureContext({"m": Path("m.pt")}, _images=(torch.zeros(1), torch.zeros(1)))
     got = []
     threads = [threading.Thread(target=lambda: got.append(context.table("m"))) for _ in range(4)]

@@ -1,6 +1,8 @@
 """The model zoo: recipe files that rebuild every bundled checkpoint, their chains, pretrained models by name,
 and the per-epoch metrics files (with the Training page that follows them)."""
 import json
+import shlex
+import tomllib
 
 import pytest
 import tomli_w
@@ -13,24 +15,41 @@ from test_app import chart_data, page, plotly_values
 from test_train import ARGS, run
 from helpers import kill_training_at_epoch
 
-MANIFEST = json.loads((zoo.PRETRAINED / "manifest.json").read_text())
+PRETRAINED = REPO / "models" / "pretrained"
+RECIPES = REPO / "recipes"
+MANIFEST = json.loads((PRETRAINED / "manifest.json").read_text())
 FINE_TUNED = "skipnet_resnet20_fmnist_a0.75_fta6kd"
 # what a recipe leaves out on purpose (where and how a run goes, not what it trains): see zoo.ENVIRONMENT_OPTIONS
 NOT_IN_RECIPES = {"no_progress"}
 
 
+def recipe(name: str) -> dict:
+    """The committed recipe file, read as plain TOML."""
+    return tomllib.loads((RECIPES / f"{name}.toml").read_text())
+
+
+def epochs_run(name: str) -> int:
+    """Epochs the run that made NAME.pt really trained: its metrics file has one line per epoch."""
+    return len((PRETRAINED / f"{name}.metrics.jsonl").read_text().splitlines())
+
+
 def test_every_bundled_checkpoint_has_a_recipe():
-    names = zoo.bundled_names(zoo.PRETRAINED)
-    assert names and not [n for n in names if not zoo.recipe_path(n).exists()]
+    names = sorted(p.stem for p in PRETRAINED.glob("*.pt") if not p.name.endswith(".last.pt"))
+    assert len(names) >= 39 and zoo.bundled_names(PRETRAINED) == names == sorted(MANIFEST)
+    assert [zoo.recipe_path(n) for n in names] == [RECIPES / f"{n}.toml" for n in names]
+    assert not [n for n in names if not (RECIPES / f"{n}.toml").is_file()]
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_recipe_gives_the_manifest_commands_arguments(name):
-    original = vars(train.parse_args(zoo.command_argv(MANIFEST[name]["command"]))[0])
-    replayed = vars(train.parse_args(["--recipe", str(zoo.recipe_path(name))])[0])
+    words = shlex.split(MANIFEST[name]["command"])  # python -m models.train ... or torchrun ... -m models.train ...
+    command_args = words[words.index("models.train") + 1:]
+    assert zoo.command_argv(MANIFEST[name]["command"]) == command_args
+    original = vars(train.parse_args(command_args)[0])
+    replayed = vars(train.parse_args(["--recipe", str(RECIPES / f"{name}.toml")])[0])
     assert {k: v for k, v in replayed.items() if k not in NOT_IN_RECIPES} == \
            {k: v for k, v in original.items() if k not in NOT_IN_RECIPES}
-    assert zoo.recipe_from_command(MANIFEST[name]["command"]) == zoo.load_recipe(zoo.recipe_path(name)), \
+    assert zoo.recipe_from_command(MANIFEST[name]["command"]) == recipe(name), \
         "the committed recipes are python -m models.zoo export's"
 
 
@@ -68,9 +87,12 @@ def test_bundle_dry_run_skips_existing_links(tmp_path, capsys):
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_cumulative_epochs_and_time_add_up_over_the_chain(name):
     entry = MANIFEST[name]
-    links = entry["chain"]
-    assert links == zoo.chain(name) and links[-1] == name
-    own = [zoo.run_epochs(zoo.load_recipe(zoo.recipe_path(link))) for link in links]
+    links = [name]  # the chain, followed by hand through the committed recipes' init_from
+    while "init_from" in recipe(links[0]):
+        links.insert(0, recipe(links[0])["init_from"])
+    assert entry["chain"] == links and zoo.chain(name) == links
+    own = [epochs_run(link) for link in links]  # what each run trained, from its metrics file (not the recipes)
+    assert zoo.run_epochs(recipe(name)) == own[-1]
     assert entry["cumulative_epochs"] == sum(own)
     assert entry["cumulative_wall_time_s"] == pytest.approx(sum(MANIFEST[link]["wall_time_s"] for link in links), abs=0.2)
     if len(links) > 1:
@@ -140,8 +162,8 @@ def test_tensorboard_without_the_package_is_a_clear_error(fmnist_dir, tmp_path, 
 
 def test_bundled_metrics_files_are_the_checkpoints_history():
     for name in ("resnet20_fmnist", FINE_TUNED):
-        rows = [json.loads(line) for line in (zoo.PRETRAINED / f"{name}.metrics.jsonl").read_text().splitlines()]
-        assert rows == read_checkpoint(zoo.PRETRAINED / f"{name}.pt")["meta"]["history"]
+        rows = [json.loads(line) for line in (PRETRAINED / f"{name}.metrics.jsonl").read_text().splitlines()]
+        assert rows == read_checkpoint(PRETRAINED / f"{name}.pt")["meta"]["history"]
 
 
 def test_training_page_curves_of_a_bundled_run_and_a_message_for_a_bad_path(tmp_path):
