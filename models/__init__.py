@@ -12,7 +12,8 @@ import pkgutil
 
 from . import recipes
 from .checkpoint import CheckpointError, load_checkpoint
-from .registry import create_model, list_models, register_model
+from .factory import create_model, list_models
+from .registry import register_model
 
 _ENTRY_POINTS = frozenset({"train", "evaluate", "zoo"})  # zoo: imported on use (python -m models.zoo)
 

@@ -1,4 +1,5 @@
-"""Model registry in the style of timm / torchvision: ``@register_model`` on a builder function."""
+"""Model registry in the style of timm's ``_registry``: ``@register_model`` on a builder function, and the training
+recipe of each method. A leaf: it knows nothing of files, checkpoints or pretrained weights (``models.factory``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,33 +19,17 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def list_models(pretrained: bool = False) -> list[str]:
-    """Registered architectures, or (``pretrained=True``) the names of the bundled checkpoints
-    (``$ROUTESCOPE_MODELS`` or ``models/pretrained``)."""
-    if pretrained:
-        from .zoo import bundled_names
-
-        return bundled_names()
+def registered_models() -> list[str]:
+    """Names of the registered architectures."""
     return sorted(_MODELS)
 
 
-def create_model(name: str, pretrained: bool = False, **cfg) -> nn.Module:
-    """Build a registered model; ``cfg`` are the builder's keyword arguments (num_classes, in_chans, ...).
-
-    ``pretrained=True`` (timm's convention): ``name`` is a bundled checkpoint (``list_models(pretrained=True)``),
-    loaded with ``load_checkpoint``, or an architecture, whose most accurate bundled checkpoint is loaded.
-    """
-    if pretrained:
-        if cfg:
-            raise ValueError(f"create_model({name!r}, pretrained=True) takes no builder arguments (the checkpoint "
-                             f"fixes them), not {', '.join(sorted(cfg))}")
-        from .zoo import load_pretrained
-
-        return load_pretrained(name)
+def build_model(name: str, **cfg) -> nn.Module:
+    """Build a registered model (untrained); ``cfg`` are the builder's keyword arguments (num_classes, in_chans, ...)."""
     try:
         builder = _MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(registered_models())}") from None
     model = builder(**cfg)
     model.arch = name
     model.arch_config = dict(cfg)
@@ -57,25 +42,28 @@ def create_model(name: str, pretrained: bool = False, **cfg) -> nn.Module:
 class Recipe:
     """How ``models.train`` trains models of one method.
 
-    ``stages(args)`` builds the list of ``stages.Stage``; ``arguments(parser)`` adds the options only this
-    method reads (``models.train`` adds them when ``--model`` is of this method, so another method's option
-    is an error); ``model_args(args)`` turns some of them into builder arguments (e.g. SkipNet's ``--gate``).
+    ``stages(args)`` builds the list of ``stages.Stage``; ``options`` is the dataclass of the options only this
+    method reads (``models.options``: ``models.train`` adds them when ``--model`` is of this method, so another
+    method's option is an error); ``model_args(args)`` turns some of them into builder arguments (e.g. SkipNet's
+    ``--gate``); ``title`` heads the options in ``--help``.
     """
 
     method: str
     stages: Callable
-    arguments: Callable | None = None
+    options: type | None = None
     model_args: Callable | None = None
+    title: str | None = None
 
 
 _RECIPES: dict[str, Recipe] = {}
 
 
-def register_recipe(method: str, arguments: Callable | None = None, model_args: Callable | None = None):
+def register_recipe(method: str, options: type | None = None, model_args: Callable | None = None,
+                    title: str | None = None):
     """Register ``fn(args) -> list[Stage]`` as the training recipe of models whose ``method`` is ``method``."""
 
     def wrap(fn: Callable) -> Callable:
-        _RECIPES[method] = Recipe(method, fn, arguments, model_args)
+        _RECIPES[method] = Recipe(method, fn, options, model_args, title)
         return fn
 
     return wrap
@@ -96,4 +84,4 @@ def get_recipe(method: str) -> Callable:
 def method_of(name: str) -> str:
     """The ``method`` of a registered model, read from a build on the ``meta`` device (no weight allocated)."""
     with torch.device("meta"):
-        return create_model(name).method
+        return build_model(name).method

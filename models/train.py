@@ -28,62 +28,21 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .errors import UsageError
-from .data import DATASET_NAMES, DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
+from .data import DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
 from .evaluate import evaluate
 from .inference import fast_form
 from .manifest import write_manifest_entry
-from .registry import Recipe, create_model, method_of, recipe_of
+from . import options
+from .factory import read_manifest
+from .devices import resolve_device
+from .registry import Recipe, build_model
 from . import zoo
 from .stages import Stage
 
 
-def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
-    """The options every run has, plus those of ``recipe`` (the chosen model's method)."""
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("--model", required=True, help="registered model name (see models.list_models())")
-    p.add_argument("--model-args", default="{}", help='JSON of extra builder arguments, e.g. \'{"gate": "rnn"}\'')
-    p.add_argument("--dataset", default="fashion-mnist", choices=DATASET_NAMES)
-    p.add_argument("--data-dir", default=None, help="folder with the data set (else $ROUTESCOPE_DATA, then system paths)")
-    p.add_argument("--download", action="store_true", help="download Fashion-MNIST if it is not found")
-    p.add_argument("--image-size", type=int, default=32, help="side of ImageFolder images")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size (split over processes)")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--no-augment", action="store_true",
-                   help="train on the images as they are (no random crop/flip; the RePr paper's ConvNet setting)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs", help="output folder")
-    p.add_argument("--name", default=None, help="checkpoint name (default: MODEL_DATASET)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/NAME.last.pt")
-    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                   help="start from the matching weights of another checkpoint (e.g. a SkipNet from the plain ResNet)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (useful for ImageFolder)")
-    p.add_argument("--limit-batches", type=int, default=0, help="stop each epoch after N batches (smoke tests)")
-    p.add_argument("--holdout", type=int, default=0, metavar="N",
-                   help="keep the last N training images out of training, for stages that calibrate on unseen images")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    p.add_argument("--tensorboard", default=None, metavar="DIR",
-                   help="also write TensorBoard scalars to DIR (needs the optional tensorboard package)")
-    p.add_argument("--recipe", default=None, metavar="FILE",
-                   help="take the options of a recipe file (recipes/NAME.toml); options given beside it override the file's; "
-                        "its checkpoint names resolve to OUT/NAME.pt (OUT default models/pretrained)")
-    if recipe is not None and recipe.arguments is not None:
-        recipe.arguments(p)
-    return p
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recipe]:
-    """Two passes: ``--model`` names the method, whose recipe adds its own options; any other method's option
-    is then an unknown argument (an error), not a value silently stored in the checkpoint's meta."""
-    argv = zoo.expand_recipe(list(sys.argv[1:] if argv is None else argv))
-    known, _ = build_parser().parse_known_args(argv)
-    try:
-        recipe = recipe_of(method_of(known.model))
-    except KeyError as e:
-        build_parser().error(str(e).strip("'\""))
-    return build_parser(recipe).parse_args(argv), recipe
+    """The run's options (``models.options``), with ``--recipe FILE`` expanded first."""
+    return options.parse_args(zoo.expand_recipe(list(sys.argv[1:] if argv is None else argv)))
 
 
 def is_main_process() -> bool:
@@ -95,7 +54,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, stages: list[Stage], train_data, test_data, info: DatasetInfo, args: argparse.Namespace) -> None:
         self.model, self.stages, self.info, self.args = model, stages, info, args
-        self.device = torch.device(args.device)
+        self.device = resolve_device(args.device)
         self.holdout_data = None
         if args.holdout:
             if not 0 < args.holdout < len(train_data):
@@ -118,7 +77,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self._resume_state: dict | None = None
-        self.writer = open_tensorboard(args.tensorboard) if getattr(args, "tensorboard", None) and is_main_process() else None
+        self.writer = open_tensorboard(args.tensorboard) if args.tensorboard and is_main_process() else None
         launcher = f"torchrun --nproc_per_node {self.world}" if self.world > 1 else "python"
         # the command that makes this run from scratch: a resumed run records what it continues, not --resume
         argv = [a for a in getattr(args, "argv", []) if a != "--resume"]
@@ -330,7 +289,7 @@ class Trainer:
         parent = None
         if self.args.init_from:
             source = Path(self.args.init_from)
-            entry = zoo.read_manifest(source.parent).get(source.stem, {})
+            entry = read_manifest(source.parent).get(source.stem, {})
             parent = entry if "chain" in entry else {"chain": [source.stem]}
         return zoo.chain_fields(self.name, len(self.history), self.elapsed, parent)
 
@@ -386,13 +345,18 @@ def parse_model_args(text: str, model: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args, recipe = parse_args(argv)
     args.argv = zoo.expand_recipe(list(sys.argv[1:] if argv is None else argv))  # a recipe run records its options
+    try:
+        args.device = str(resolve_device(args.device))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     setup_distributed(args.device)
     torch.manual_seed(args.seed)
     try:
         train_data, info = load_dataset(args.dataset, "train", args.data_dir, args.download, args.image_size)
         test_data, _ = load_dataset(args.dataset, "test", args.data_dir, args.download, args.image_size)
         model_args = {**parse_model_args(args.model_args, args.model), **(recipe.model_args(args) if recipe.model_args else {})}
-        model = create_model(args.model, num_classes=len(info.classes), in_chans=info.input_size[0], **model_args)
+        model = build_model(args.model, num_classes=len(info.classes), in_chans=info.input_size[0], **model_args)
         if args.init_from:
             init_from(model, args.init_from)
         trainer = Trainer(model, recipe.stages(args), train_data, test_data, info, args)

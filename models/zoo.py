@@ -27,8 +27,10 @@ import tomllib
 from pathlib import Path
 
 from .data import REPO_ROOT
-
-PRETRAINED = REPO_ROOT / "models" / "pretrained"
+from .errors import UsageError
+from .factory import PRETRAINED, bundled_names
+from .options import check_recipe, option_argv, option_defaults, parse_args, run_option_classes
+from .registry import method_of, recipe_of
 RECIPES = REPO_ROOT / "recipes"
 DEFAULT_OUT = "models/pretrained"
 # options that point at another checkpoint: a recipe names it, the run gets <out>/<name>.pt
@@ -37,63 +39,6 @@ CHECKPOINT_OPTIONS = ("init_from", "ft_teacher")
 ENVIRONMENT_OPTIONS = frozenset({"out", "resume", "no_progress", "device", "data_dir", "download", "workers",
                                  "tensorboard", "recipe"})
 ALWAYS = ("name", "model", "dataset", "seed")
-
-
-def models_folder() -> Path:
-    """Where the bundled checkpoints, their ``manifest.json`` and ``bench.json`` live: ``$ROUTESCOPE_MODELS`` or
-    ``models/pretrained``."""
-    return Path(os.environ.get("ROUTESCOPE_MODELS") or PRETRAINED)
-
-
-def bundled_names(folder: Path | None = None) -> list[str]:
-    """Names of the finished checkpoints in ``folder`` (default ``models_folder()``); ``*.last.pt`` left out."""
-    folder = Path(folder or models_folder())
-    return sorted(p.stem for p in folder.glob("*.pt") if not p.name.endswith(".last.pt"))
-
-
-def read_manifest(folder: Path | None = None) -> dict:
-    path = Path(folder or models_folder()) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-# --- pretrained models (timm's create_model(name, pretrained=True)) ----------------------------------------
-
-def flagship(arch: str, folder: Path | None = None) -> str | None:
-    """The most accurate bundled checkpoint of architecture ``arch`` (``None`` if there is none)."""
-    from .checkpoint import CheckpointError, read_checkpoint
-
-    folder = Path(folder or models_folder())
-    best: tuple[float, str] | None = None
-    for name in bundled_names(folder):
-        try:
-            payload = read_checkpoint(folder / f"{name}.pt")
-        except CheckpointError:
-            continue
-        if payload.get("arch") != arch:
-            continue
-        acc = float((payload.get("meta") or {}).get("metrics", {}).get("test_acc", -1.0))
-        if best is None or acc > best[0]:
-            best = (acc, name)
-    return None if best is None else best[1]
-
-
-def load_pretrained(name: str, **kwargs):
-    """A bundled checkpoint by name, or the flagship checkpoint of an architecture (``load_checkpoint`` kwargs)."""
-    from .checkpoint import load_checkpoint
-    from .registry import list_models
-
-    folder = models_folder()
-    names = bundled_names(folder)
-    if name not in names:
-        if name in list_models():
-            best = flagship(name, folder)
-            if best is None:
-                raise KeyError(f"no bundled checkpoint of architecture {name!r} in {folder}; "
-                               f"create_model({name!r}) builds it untrained; bundled: {', '.join(names)}")
-            name = best
-        else:
-            raise KeyError(f"no bundled checkpoint or architecture {name!r} in {folder}; bundled: {', '.join(names)}")
-    return load_checkpoint(folder / f"{name}.pt", **kwargs)
 
 
 # --- recipe files -------------------------------------------------------------------------------------
@@ -106,19 +51,12 @@ def command_argv(command: str) -> list[str]:
     return words[words.index("models.train") + 1:]
 
 
-def _defaults(model: str) -> dict:
-    from .train import parse_args
-
-    return vars(parse_args(["--model", model])[0])
-
-
 def recipe_from_command(command: str) -> dict:
     """A recipe (TOML-ready dict) from a manifest command: the options that differ from the defaults plus
     model, dataset, seed and name; checkpoint paths become recipe names; ``model_args`` a table."""
-    from .train import parse_args
-
-    args = vars(parse_args(command_argv(command))[0])
-    defaults = _defaults(args["model"])
+    parsed, recipe_of_run = parse_args(command_argv(command))
+    args = vars(parsed)
+    defaults = option_defaults(*run_option_classes(recipe_of_run))
     recipe = {key: args[key] for key in ALWAYS}
     for key, value in args.items():
         if key in recipe or key in ENVIRONMENT_OPTIONS or value == defaults.get(key) or value is None:
@@ -132,11 +70,23 @@ def recipe_from_command(command: str) -> dict:
 
 
 def load_recipe(path: str | os.PathLike) -> dict:
+    """A recipe file, each key checked against the options of its model's method (a clear error names a bad one)."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            recipe = tomllib.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"no recipe {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"recipe {path} is not TOML: {e}") from None
+    if not isinstance(recipe.get("model"), str):
+        raise UsageError(f"recipe {path} names no model (model = \"...\")")
+    try:
+        method = recipe_of(method_of(recipe["model"]))
+    except KeyError as e:
+        raise UsageError(f"recipe {path}: {str(e).strip(chr(39))}") from None
+    check_recipe({k: json.dumps(v) if k == "model_args" else v for k, v in recipe.items()}, run_option_classes(method),
+                 f"recipe {path}")
+    return recipe
 
 
 def recipe_path(name: str) -> Path:
@@ -145,32 +95,9 @@ def recipe_path(name: str) -> Path:
 
 def recipe_argv(recipe: dict, out: str = DEFAULT_OUT) -> list[str]:
     """The ``models.train`` arguments of a recipe, writing to ``out`` (its checkpoint options resolve there)."""
-    model = recipe["model"]
-    parser_actions = {a.dest: a for a in _parser(model)._actions}
-    argv: list[str] = []
-    for key, value in recipe.items():
-        action = parser_actions.get(key)
-        if action is None:
-            raise ValueError(f"recipe of {recipe.get('name')!r}: unknown option {key!r} for {model}")
-        flag = action.option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):
-            argv += [flag] if value else []
-        elif isinstance(action, argparse._StoreFalseAction):
-            argv += [] if value else [flag]
-        elif key in CHECKPOINT_OPTIONS:
-            argv += [flag, str(Path(out) / f"{value}.pt")]
-        elif key == "model_args":
-            argv += [flag, json.dumps(value)]
-        else:
-            argv += [flag, str(value)]
-    return [*argv, "--out", str(out)]
-
-
-def _parser(model: str) -> argparse.ArgumentParser:
-    from .registry import method_of, recipe_of
-    from .train import build_parser
-
-    return build_parser(recipe_of(method_of(model)))
+    values = {key: str(Path(out) / f"{value}.pt") if key in CHECKPOINT_OPTIONS
+              else json.dumps(value) if key == "model_args" else value for key, value in recipe.items()}
+    return [*option_argv(values, run_option_classes(recipe_of(method_of(recipe["model"])))), "--out", str(out)]
 
 
 def expand_recipe(argv: list[str]) -> list[str]:
@@ -231,8 +158,6 @@ def build_order(name: str, recipes: dict[str, dict] | None = None) -> list[str]:
 
 def run_epochs(recipe: dict) -> int:
     """Epochs one run of ``recipe`` trains (the sum over its method's stages)."""
-    from .train import parse_args
-
     args, method = parse_args(recipe_argv(recipe))
     args = copy.copy(args)
     args.ft_teacher = None  # the count, not the teacher

@@ -38,3 +38,13 @@ def kill_training_at_epoch(monkeypatch, epoch: int) -> None:
         return original(self, *a, **k)
 
     monkeypatch.setattr(train.Trainer, "train_epoch", dies)
+
+
+def run_args(**options):
+    """A ``models.train`` namespace: every common option at its default (``models.options.TrainOptions``), ``options``
+    on top; a method's own options left out take their declared defaults (``options_of``)."""
+    import argparse
+
+    from models.options import TrainOptions, option_defaults
+
+    return argparse.Namespace(**{**option_defaults(TrainOptions), **options})

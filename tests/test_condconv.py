@@ -10,12 +10,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import randomize_batchnorm
+from helpers import randomize_batchnorm, run_args
+from models.options import add_options
 from models import create_model
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.condconv import CondConvBlock, CondConvResNet
 from models.layers.condconv import CondConv2d
-from models.recipes.condconv import CondConvStage, add_condconv_arguments, condconv_recipe
+from models.recipes.condconv import CondConvStage, CondConvOptions, condconv_recipe
 from models.cost import count_macs, full_macs
 from models.resnet import ResNet
 from models.trace import traced_forward
@@ -141,7 +142,7 @@ def test_macs_agree_with_flop_counter_and_across_batch_sizes():
 
 def test_training_step_reaches_router_and_every_expert():
     model = make(num_experts=4).train()
-    stage = condconv_recipe(argparse.Namespace(epochs=1, lr=0.05, weight_decay=5e-4))[0]
+    stage = condconv_recipe(run_args(epochs=1, lr=0.05, weight_decay=5e-4))[0]
     opt = stage.optimizer(model)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -163,7 +164,7 @@ def test_recipe_is_one_supervised_stage_with_optional_expert_decay():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    add_condconv_arguments(parser)
+    add_options(parser, CondConvOptions)
     stages = condconv_recipe(parser.parse_args([]))
     assert len(stages) == 1 and isinstance(stages[0], CondConvStage) and stages[0].epochs == 3
     assert stages[0].expert_weight_decay == 5e-4

@@ -9,14 +9,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import randomize_batchnorm
+from helpers import randomize_batchnorm, run_args
+from models.options import add_options
 from models import create_model
 from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.cost import count_macs, full_macs
 from models.data import FASHION_MNIST
 from models.dgconv import DGConvResNet
 from models.layers.dgconv import DGConv2d, GroupedConv2d, group_index, kron_mask
-from models.recipes.dgconv import BudgetedStage, add_dgconv_arguments, budget_loss, dgconv_recipe
+from models.recipes.dgconv import BudgetedStage, DGConvOptions, budget_loss, dgconv_recipe
 from models.trace import traced_forward
 
 META = {"name": "g", "method": "dgconv", "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
@@ -273,13 +274,13 @@ def test_budget_penalty_alone_lowers_complexity(form):
 
 def test_recipe_reads_options_and_step_trains_gates():
     parser = argparse.ArgumentParser()
-    add_dgconv_arguments(parser)
+    add_options(parser, DGConvOptions)
     args = parser.parse_args(["--budget", "0.3", "--budget-weight", "2", "--budget-loss", "power", "--gate-lr-scale", "3"])
     args.epochs, args.lr, args.weight_decay = 1, 0.05, 5e-4
     (stage,) = dgconv_recipe(args)
     assert isinstance(stage, BudgetedStage) and (stage.budget, stage.budget_weight, stage.budget_loss) == (0.3, 2.0, "power")
     assert stage.gate_lr_scale == 3.0
-    (default,) = dgconv_recipe(argparse.Namespace(epochs=1, lr=0.1))
+    (default,) = dgconv_recipe(run_args(epochs=1, lr=0.1))
     assert default.budget == 0.5 and default.budget_loss == "hinge" and default.complexity == "macs"
     model = create_model("dgconv_resnet8", in_chans=1).train()
     y = torch.randint(0, 10, (8,))

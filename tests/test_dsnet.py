@@ -11,14 +11,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import varied_images
+from helpers import varied_images, run_args
+from models.options import add_options
 from models import create_model
 from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.cost import full_macs
 from models.data import FASHION_MNIST
 from models.dsnet import DSResNet
 from models.layers.slimmable import SlimBatchNorm2d, SlimConv2d
-from models.recipes.dsnet import (sgs_gate_loss, GateStage, SupernetStage, add_dsnet_arguments, dsnet_recipe, ema_update,
+from models.recipes.dsnet import (sgs_gate_loss, GateStage, SupernetStage, DSNetOptions, dsnet_recipe, ema_update,
                                   expected_cost, ieb_loss, recalibrate_bn, sgs_targets)
 from models.resnet import ResNet
 from models.trace import traced_forward
@@ -352,12 +353,12 @@ def test_recipe_stages_and_arguments():
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=0.1)
-    add_dsnet_arguments(parser)
-    args = parser.parse_args(["--gate-epochs", "2", "--ema-decay", "0.99"])
+    add_options(parser, DSNetOptions)
+    args = run_args(**vars(parser.parse_args(["--gate-epochs", "2", "--ema-decay", "0.99"])))
     stages = dsnet_recipe(args)
     assert [(s.name, s.epochs) for s in stages] == [("supernet-ieb", 4), ("gate-sgs", 2)]
     assert stages[0].ema_decay == 0.99 and not stages[1].recalibrate
-    only_gates = dsnet_recipe(argparse.Namespace(epochs=3, lr=0.1, supernet_epochs=0))
+    only_gates = dsnet_recipe(run_args(epochs=3, lr=0.1, supernet_epochs=0))
     assert [s.name for s in only_gates] == ["gate-sgs"] and only_gates[0].recalibrate
 
 
@@ -448,5 +449,5 @@ def test_hard_weight_weighs_the_widest_target_in_the_gate_loss():
     w = torch.tensor([1.0, 1, 1, 1, 5, 5])
     torch.testing.assert_close(sgs_gate_loss(logits, target, 5.0), (w * per_sample).sum() / w.sum())
     torch.testing.assert_close(sgs_gate_loss(logits, target), per_sample.mean())
-    args = argparse.Namespace(epochs=0, lr=0.1, supernet_epochs=0, gate_epochs=1, hard_weight=4.0)
+    args = run_args(epochs=0, lr=0.1, supernet_epochs=0, gate_epochs=1, hard_weight=4.0)
     assert dsnet_recipe(args)[0].hard_weight == 4.0

@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from analysis.core.catalog import PRETRAINED
 from analysis.core.table import dataset_table, load_test_images
 from analysis.methods.early_exit import exit_by_class, exit_shares, static_exits, threshold_sweep
+from helpers import run_args
 from models import create_model, load_checkpoint
 from models.cost import count_macs
 from models.data import normalize
@@ -151,6 +152,6 @@ def test_joint_stage_trains_every_exit_and_ic_only_freezes_the_backbone():
 
 
 def test_recipe_reads_its_options():
-    args = argparse.Namespace(epochs=3, lr=0.02, weight_decay=5e-4, exit_distill=0.25, exit_ic_only=False)
+    args = run_args(epochs=3, lr=0.02, weight_decay=5e-4, exit_distill=0.25, exit_ic_only=False)
     (stage,) = early_exit_recipe(args)
     assert stage.epochs == 3 and stage.distill_weight == 0.25

@@ -10,14 +10,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from helpers import run_args
+from models.options import add_options
 from models import train
 from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.convnet import ConvNet
 from models.cost import count_macs, full_macs
 from models.data import load_dataset
 from models.layers.filter_overlap import (filter_scores, null_space_directions, overlap_matrix, rank_scores, select_global)
-from models.recipes.repr import RePrStage, add_repr_arguments, reinitialize_filters, repr_recipe
-from models.registry import create_model, get_recipe
+from models.recipes.repr import RePrStage, RePrOptions, reinitialize_filters, repr_recipe
+from models import create_model
+from models.registry import get_recipe
 from models.repr import BUFFER, FilterLayer, filter_layers, prunable_layers, repr_record
 from helpers import kill_training_at_epoch
 
@@ -231,14 +234,14 @@ def test_schedule_phases_and_validation():
 
 def test_recipe_reads_cli_options():
     parser = argparse.ArgumentParser()
-    add_repr_arguments(parser)
+    add_options(parser, RePrOptions)
     args = parser.parse_args(["--repr-s1", "4", "--repr-s2", "1", "--repr-cycles", "3", "--repr-prune", "0.2",
                               "--repr-ranking", "norm"])
     args.epochs, args.lr, args.weight_decay, args.seed = 20, 0.1, 1e-4, 7
     assert get_recipe("repr") is repr_recipe
     (stage,) = repr_recipe(args)
     assert (stage.s1, stage.s2, stage.cycles, stage.fraction, stage.ranking, stage.epochs, stage.seed) == (4, 1, 3, 0.2, "norm", 20, 7)
-    (default,) = repr_recipe(argparse.Namespace(epochs=15, lr=0.1))  # options not in the parser: defaults
+    (default,) = repr_recipe(run_args(epochs=15, lr=0.1))  # options not in the parser: defaults
     assert (default.s1, default.s2, default.cycles) == (3, 2, 2)
 
 

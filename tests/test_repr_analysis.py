@@ -21,7 +21,7 @@ from analysis.methods.repr import (accuracy_curves, cycle_records, dropped_grid,
 from models import train
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.layers.filter_overlap import filter_scores
-from models.registry import create_model
+from models import create_model
 from models.repr import prunable_layers
 
 REPR_FIGURES = ("repr_training_curves", "repr_filter_overlap", "repr_dropped_filters", "repr_ranking_comparison")

@@ -10,14 +10,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import randomize_batchnorm, varied_images
+from helpers import randomize_batchnorm, varied_images, run_args
+from models.options import add_options
 from models import create_model
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.cost import count_macs, full_macs
 from models.data import FASHION_MNIST, load_dataset, normalize
 from models.resnet import ResNet
 from models.layers.skip_gates import FeedForwardGates, RNNGate, lstm_step
-from models.recipes.skipnet import (HybridRLStage, SupervisedPretrainStage, add_skipnet_arguments, gate_log_probs,
+from models.recipes.skipnet import (HybridRLStage, SupervisedPretrainStage, SkipNetOptions, gate_log_probs,
                                     gate_returns, skipnet_recipe, PolicyFinetuneStage)
 from models.skipnet import SkipNet
 from models.stages import distillation_loss
@@ -311,7 +312,7 @@ def test_gate_returns_and_log_probs():
 
 
 def test_recipe_reads_options_from_args():
-    plain = argparse.Namespace(epochs=4, lr=0.1, weight_decay=5e-4)  # models.train's parser without SkipNet options
+    plain = run_args(epochs=4, lr=0.1, weight_decay=5e-4)  # models.train's parser without SkipNet options
     sp, rl, ft = skipnet_recipe(plain)
     assert isinstance(sp, SupervisedPretrainStage) and (sp.epochs, sp.lr) == (4, 0.1)
     assert isinstance(rl, HybridRLStage) and rl.alpha == 0.05 and rl.beta == 1.0 and rl.epochs > 0
@@ -319,9 +320,9 @@ def test_recipe_reads_options_from_args():
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=0.1)
-    add_skipnet_arguments(parser)
-    args = parser.parse_args(["--alpha", "0.2", "--beta", "0.5", "--rl-epochs", "7", "--rl-lr", "1e-3", "--gate", "ff1",
-                              "--ft-epochs", "2", "--ft-lr", "0.003"])
+    add_options(parser, SkipNetOptions)
+    args = run_args(**vars(parser.parse_args(["--alpha", "0.2", "--beta", "0.5", "--rl-epochs", "7", "--rl-lr", "1e-3", "--gate", "ff1",
+                              "--ft-epochs", "2", "--ft-lr", "0.003"])))
     _, rl, ft = skipnet_recipe(args)
     assert (rl.alpha, rl.beta, rl.epochs, rl.lr) == (0.2, 0.5, 7, 1e-3)
     assert (ft.epochs, ft.lr) == (2, 0.003)
@@ -335,7 +336,7 @@ def test_two_stage_loop_on_bundled_subset():
     x_all, y_all = normalize(images, info.mean, info.std), labels
     torch.manual_seed(0)
     model = create_model("skipnet_resnet8", num_classes=10, in_chans=1)
-    for stage in skipnet_recipe(argparse.Namespace(epochs=1, lr=0.05, weight_decay=5e-4)):
+    for stage in skipnet_recipe(run_args(epochs=1, lr=0.05, weight_decay=5e-4)):
         optimizer = stage.optimizer(model)
         for step in range(2):
             model.train()
@@ -478,9 +479,9 @@ def test_distilled_finetune_moves_the_student_towards_a_frozen_teacher(tmp_path)
     meta = {"name": "teacher", "method": "baseline", "dataset": "mnist", "classes": [str(i) for i in range(10)],
             "input_size": [1, 28, 28], "mean": [0.5], "std": [0.5]}
     save_checkpoint(tmp_path / "teacher.pt", teacher, meta)
-    args = argparse.Namespace(epochs=0, lr=0.1, ft_epochs=1, ft_teacher=str(tmp_path / "teacher.pt"), ft_distill=0.5)
-    assert isinstance(skipnet_recipe(argparse.Namespace(**vars(args), dataset="mnist"))[2].teacher, ResNet)
+    args = run_args(epochs=0, lr=0.1, ft_epochs=1, ft_teacher=str(tmp_path / "teacher.pt"), ft_distill=0.5)
+    assert isinstance(skipnet_recipe(run_args(**{**vars(args), "dataset": "mnist"}))[2].teacher, ResNet)
     with pytest.raises(CheckpointError, match="trained on 'mnist', not 'fashion-mnist'"):
-        skipnet_recipe(argparse.Namespace(**vars(args), dataset="fashion-mnist"))
+        skipnet_recipe(run_args(**{**vars(args), "dataset": "fashion-mnist"}))
     with pytest.raises(ValueError, match=r"--ft-distill must be in \[0, 1\]"):
         PolicyFinetuneStage(epochs=1, lr=0.05, teacher=teacher, distill_weight=1.5)

@@ -94,3 +94,36 @@ def test_evaluate_cli_writes_metrics(fmnist_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "manifest.json").read_text())["tiny"]["metrics"] == printed
     assert evaluate_main(["--checkpoint", str(tmp_path / "tiny.pt"), "--dataset", "fashion-mnist-subset"]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_a_recipe_file_is_checked_against_the_options_of_its_method(tmp_path):
+    """Options are declared once (``models.options`` dataclasses): a recipe key no declaration has, or a value of the
+    wrong type, is refused by name before anything trains."""
+    from models import zoo
+    from models.errors import UsageError
+
+    good = tmp_path / "good.toml"
+    good.write_text('model = "skipnet_resnet20"\nname = "x"\nalpha = 0.1\n')
+    assert zoo.load_recipe(good)["alpha"] == 0.1
+    for text, message in [('model = "resnet20"\nalpha = 0.1\n', "unknown option 'alpha'"),
+                          ('model = "resnet20"\nepochs = "ten"\n', "option 'epochs' must be int"),
+                          ('epochs = 3\n', "names no model")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(UsageError, match=message):
+            zoo.load_recipe(bad)
+
+
+def test_every_method_declares_its_options_once():
+    """The parser's flags of a method are exactly the fields of its options dataclass, with their defaults."""
+    import dataclasses
+
+    from models.options import build_parser
+    from models.registry import _RECIPES
+
+    for recipe in _RECIPES.values():
+        if recipe.options is None:
+            continue
+        args = build_parser(recipe).parse_args(["--model", "x"])
+        for field in dataclasses.fields(recipe.options):
+            assert getattr(args, field.name) == field.default, (recipe.method, field.name)

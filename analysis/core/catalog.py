@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Iterator
 
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.data import SAMPLE_IMAGES
-from models.zoo import PRETRAINED, models_folder  # the path logic lives in models/ (create_model(..., pretrained=True))
+from models.factory import PRETRAINED, models_folder  # noqa: F401 (PRETRAINED re-exported); the path logic lives in models.factory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 

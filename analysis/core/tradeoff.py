@@ -4,7 +4,7 @@ early exit's truncated nets), the dense ResNet of the same family and the other 
 Shared by the Compare page (plotly) and ``python -m analysis.figures`` (matplotlib)."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import pandas as pd

@@ -30,7 +30,7 @@ from analysis.core.kinds import KindView, Section, register_view
 from analysis.experiments import group_members, register_run_variant, run_row, runs_frame, seed_of, summarize_runs
 from models.checkpoint import training_args
 from models.layers.filter_overlap import overlap_matrix
-from models.recipes.repr import REPR_DEFAULTS
+from models.recipes.repr import RePrOptions
 from models.repr import filter_layers, prunable_layers, repr_record
 
 
@@ -136,7 +136,7 @@ def repr_ranking(meta: dict) -> str | None:
     for record in cycle_records(meta.get("history") or []):
         if record.get("ranking"):
             return record["ranking"]
-    return training_args(meta).get("repr_ranking") or REPR_DEFAULTS["repr_ranking"]
+    return training_args(meta).get("repr_ranking") or RePrOptions.repr_ranking
 
 
 register_run_variant("repr", repr_ranking)

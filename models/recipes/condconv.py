@@ -4,11 +4,13 @@ weight decay (``--expert-weight-decay``). ``--init-from`` a plain ResNet upcycle
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from ..layers.condconv import CondConv2d
+from ..options import option, options_of
 from ..registry import register_recipe
 from ..stages import Stage, param_groups
 
@@ -29,14 +31,14 @@ class CondConvStage(Stage):
                                nesterov=self.momentum > 0)
 
 
-def add_condconv_arguments(parser: argparse.ArgumentParser) -> None:
-    """CondConv options for ``models.train``'s parser; experts and stages go in ``--model-args``."""
-    g = parser.add_argument_group("CondConv (builder options via --model-args '{\"num_experts\": 8, \"condconv_stages\": [2, 3]}')")
-    g.add_argument("--expert-weight-decay", type=float, default=None,
-                   help="weight decay of the CondConv expert kernels (default: --weight-decay)")
+@dataclass
+class CondConvOptions:
+    expert_weight_decay: float | None = option(None, "weight decay of the CondConv expert kernels (default: "
+                                                     "--weight-decay)")
 
 
-@register_recipe("condconv", arguments=add_condconv_arguments)
+@register_recipe("condconv", options=CondConvOptions,
+                 title="CondConv (builder options via --model-args '{\"num_experts\": 8, \"condconv_stages\": [2, 3]}')")
 def condconv_recipe(args: argparse.Namespace) -> list[Stage]:
     """One supervised stage with the baseline's epochs, lr and weight decay."""
-    return [CondConvStage(args.epochs, args.lr, getattr(args, "weight_decay", 5e-4), getattr(args, "expert_weight_decay", None))]
+    return [CondConvStage(args.epochs, args.lr, args.weight_decay, options_of(CondConvOptions, args).expert_weight_decay)]

@@ -12,6 +12,7 @@ straight-through gates.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import sys
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..dgconv import COMPLEXITY_KINDS
+from ..options import option, options_of
 from ..registry import register_recipe
 from ..stages import Stage, StepOutput, param_groups, unwrap
 
@@ -80,28 +82,21 @@ class BudgetedStage(Stage):
                   file=sys.stderr, flush=True)
 
 
-DGCONV_DEFAULTS = {"budget": 0.5, "budget_weight": 1.0, "budget_loss": "hinge", "budget_complexity": "macs",
-                   "gate_lr_scale": 1.0}
+@dataclass
+class DGConvOptions:
+    budget: float = option(0.5, "target complexity as a fraction of the dense DGConv layers (e.g. 0.5)")
+    budget_weight: float = option(1.0, "weight of the hinge term (or the exponent |a| of the power form)")
+    budget_loss: str = option("hinge", "hinge: CE + w*relu(r/budget - 1); power: the paper's CE * max(r/budget, 1)^w",
+                              choices=BUDGET_LOSSES)
+    budget_complexity: str = option("macs", "macs: nnz(U) * k^2 * H*W per layer; nnz: the paper's sum of nnz(U)",
+                                    choices=COMPLEXITY_KINDS)
+    gate_lr_scale: float = option(1.0, "learning rate of the gate parameters theta, as a multiple of --lr (plain SGD, "
+                                       "no momentum)")
 
 
-def add_dgconv_arguments(parser: argparse.ArgumentParser) -> None:
-    """DGConv options for ``models.train``'s parser (other methods ignore them)."""
-    g = parser.add_argument_group("DGConv")
-    g.add_argument("--budget", type=float, default=DGCONV_DEFAULTS["budget"],
-                   help="target complexity as a fraction of the dense DGConv layers (e.g. 0.5)")
-    g.add_argument("--budget-weight", type=float, default=DGCONV_DEFAULTS["budget_weight"],
-                   help="weight of the hinge term (or the exponent |a| of the power form)")
-    g.add_argument("--budget-loss", choices=BUDGET_LOSSES, default=DGCONV_DEFAULTS["budget_loss"],
-                   help="hinge: CE + w*relu(r/budget - 1); power: the paper's CE * max(r/budget, 1)^w")
-    g.add_argument("--budget-complexity", choices=COMPLEXITY_KINDS, default=DGCONV_DEFAULTS["budget_complexity"],
-                   help="macs: nnz(U) * k^2 * H*W per layer; nnz: the paper's sum of nnz(U)")
-    g.add_argument("--gate-lr-scale", type=float, default=DGCONV_DEFAULTS["gate_lr_scale"],
-                   help="learning rate of the gate parameters theta, as a multiple of --lr (plain SGD, no momentum)")
-
-
-@register_recipe("dgconv", arguments=add_dgconv_arguments)
+@register_recipe("dgconv", options=DGConvOptions, title="DGConv")
 def dgconv_recipe(args: argparse.Namespace) -> list[Stage]:
     """One supervised stage (``--epochs``, ``--lr``) with the budget term on the gates."""
-    opt = {k: getattr(args, k, v) for k, v in DGCONV_DEFAULTS.items()}
-    return [BudgetedStage(args.epochs, args.lr, getattr(args, "weight_decay", 5e-4), opt["budget"], opt["budget_weight"],
-                          opt["budget_loss"], opt["budget_complexity"], opt["gate_lr_scale"])]
+    opt = options_of(DGConvOptions, args)
+    return [BudgetedStage(args.epochs, args.lr, args.weight_decay, opt.budget, opt.budget_weight, opt.budget_loss,
+                          opt.budget_complexity, opt.gate_lr_scale)]

@@ -33,6 +33,7 @@ rather than the reference's squared absolute GMACs; an untrained width head star
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -43,6 +44,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from ..errors import UsageError
 from ..dsnet import Config, DSResNet
 from ..layers.slimmable import SlimBatchNorm2d
+from ..options import option, options_of
 from ..registry import register_recipe
 from ..stages import FrozenCopy, Stage, StepOutput, unwrap
 
@@ -222,37 +224,28 @@ class GateStage(Stage):
         return StepOutput(loss, out.logits)
 
 
-DSNET_DEFAULTS = {"supernet_epochs": None, "gate_epochs": 3, "gate_lr": 1e-3, "complexity_weight": 0.1,
-                  "ema_decay": 0.997, "recalibration_batches": 20, "hard_weight": 1.0}
+@dataclass
+class DSNetOptions:
+    supernet_epochs: int | None = option(None, "epochs of the IEB supernet stage (default: --epochs)")
+    gate_epochs: int = option(3, "epochs of the SGS gate stage")
+    gate_lr: float = option(1e-3, "Adam learning rate of the gate stage")
+    complexity_weight: float = option(0.1, "weight of the expected-width-cost penalty on the gates; more, narrower")
+    hard_weight: float = option(1.0, "weight of the hard (widest) SGS target in the gate loss; > 1 when the narrowest "
+                                     "subnet is right on most images (not in the paper)")
+    ema_decay: float = option(0.997, "per-step decay of the EMA teacher")
+    recalibration_batches: int = option(20, "training batches used to re-estimate each width's BN statistics after the "
+                                            "supernet stage")
 
 
-def add_dsnet_arguments(parser: argparse.ArgumentParser) -> None:
-    """DS-Net options for ``models.train``'s parser (other methods ignore them)."""
-    g = parser.add_argument_group("DS-Net")
-    g.add_argument("--supernet-epochs", type=int, default=None, help="epochs of the IEB supernet stage (default: --epochs)")
-    g.add_argument("--gate-epochs", type=int, default=DSNET_DEFAULTS["gate_epochs"], help="epochs of the SGS gate stage")
-    g.add_argument("--gate-lr", type=float, default=DSNET_DEFAULTS["gate_lr"], help="Adam learning rate of the gate stage")
-    g.add_argument("--complexity-weight", type=float, default=DSNET_DEFAULTS["complexity_weight"],
-                   help="weight of the expected-width-cost penalty on the gates; more, narrower")
-    g.add_argument("--hard-weight", type=float, default=DSNET_DEFAULTS["hard_weight"],
-                   help="weight of the hard (widest) SGS target in the gate loss; > 1 when the narrowest subnet is right "
-                        "on most images (not in the paper)")
-    g.add_argument("--ema-decay", type=float, default=DSNET_DEFAULTS["ema_decay"], help="per-step decay of the EMA teacher")
-    g.add_argument("--recalibration-batches", type=int, default=DSNET_DEFAULTS["recalibration_batches"],
-                   help="training batches used to re-estimate each width's BN statistics after the supernet stage")
-
-
-@register_recipe("dsnet", arguments=add_dsnet_arguments)
+@register_recipe("dsnet", options=DSNetOptions, title="DS-Net")
 def dsnet_recipe(args: argparse.Namespace) -> list[Stage]:
     """IEB supernet (``--supernet-epochs``, ``--lr``), BN recalibration, then SGS gate training (``--gate-epochs``)."""
-    opt = {k: getattr(args, k, v) for k, v in DSNET_DEFAULTS.items()}
-    supernet_epochs = args.epochs if opt["supernet_epochs"] is None else opt["supernet_epochs"]
-    weight_decay = getattr(args, "weight_decay", 5e-4)
+    opt = options_of(DSNetOptions, args)
+    supernet_epochs = args.epochs if opt.supernet_epochs is None else opt.supernet_epochs
     stages: list[Stage] = []
     if supernet_epochs > 0:
-        stages.append(SupernetStage(supernet_epochs, args.lr, weight_decay, opt["ema_decay"], opt["recalibration_batches"]))
-    if opt["gate_epochs"] > 0:
-        stages.append(GateStage(opt["gate_epochs"], opt["gate_lr"], opt["complexity_weight"],
-                                recalibrate=supernet_epochs <= 0, recalibration_batches=opt["recalibration_batches"],
-                                hard_weight=opt["hard_weight"]))
+        stages.append(SupernetStage(supernet_epochs, args.lr, args.weight_decay, opt.ema_decay, opt.recalibration_batches))
+    if opt.gate_epochs > 0:
+        stages.append(GateStage(opt.gate_epochs, opt.gate_lr, opt.complexity_weight, recalibrate=supernet_epochs <= 0,
+                                recalibration_batches=opt.recalibration_batches, hard_weight=opt.hard_weight))
     return stages

@@ -12,6 +12,7 @@ images kept out of training, never on the test set.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..layers.exit_head import EXIT_HEADS
+from ..options import option, options_of
 from ..registry import register_recipe
 from ..stages import Stage, StepOutput, distillation_loss, unwrap
 
@@ -134,30 +136,30 @@ def set_threshold(model: nn.Module, threshold: float) -> None:
     model.arch_config["threshold"] = float(threshold)
 
 
-def add_early_exit_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("early exit")
-    g.add_argument("--exits", default=None, help="comma-separated blocks to put exit heads after (default: every block "
-                                                 "but the first and last, e.g. layer1.1,...,layer3.1)")
-    g.add_argument("--exit-head", choices=EXIT_HEADS, default="sdn", help="exit head: SDN's mixed pooling to 4x4, or global pooling")
-    g.add_argument("--exit-threshold", type=float, default=0.9,
-                   help="confidence (max softmax) at which an image leaves; a model setting, changeable at inference")
-    g.add_argument("--exit-distill", type=float, default=0.0,
-                   help="weight in [0, 1] of distillation from the final exit in each internal exit's loss")
-    g.add_argument("--exit-ic-only", action="store_true", help="train only the exit heads, on the frozen backbone (SDN's IC-only)")
-    g.add_argument("--exit-calibrate", type=float, default=None, metavar="POINTS",
-                   help="after training, set the threshold to the lowest one whose accuracy on the --holdout images is "
-                        "within POINTS of the final exit's (replaces --exit-threshold)")
+@dataclass
+class EarlyExitOptions:
+    exits: str | None = option(None, "comma-separated blocks to put exit heads after (default: every block but the "
+                                     "first and last in a short network, SDN's six positions in a deep one)")
+    exit_head: str = option("sdn", "exit head: SDN's mixed pooling to 4x4, or global pooling", choices=EXIT_HEADS)
+    exit_threshold: float = option(0.9, "confidence (max softmax) at which an image leaves; a model setting, "
+                                        "changeable at inference")
+    exit_distill: float = option(0.0, "weight in [0, 1] of distillation from the final exit in each internal exit's loss")
+    exit_ic_only: bool = option(False, "train only the exit heads, on the frozen backbone (SDN's IC-only)")
+    exit_calibrate: float | None = option(None, "after training, set the threshold to the lowest one whose accuracy on "
+                                                "the --holdout images is within POINTS of the final exit's (replaces "
+                                                "--exit-threshold)", metavar="POINTS")
 
 
 def early_exit_model_args(args: argparse.Namespace) -> dict:
-    out = {"head": args.exit_head, "threshold": args.exit_threshold}
-    if args.exits:
-        out["exits"] = [e.strip() for e in args.exits.split(",") if e.strip()]
+    opt = options_of(EarlyExitOptions, args)
+    out = {"head": opt.exit_head, "threshold": opt.exit_threshold}
+    if opt.exits:
+        out["exits"] = [e.strip() for e in opt.exits.split(",") if e.strip()]
     return out
 
 
-@register_recipe("early_exit", arguments=add_early_exit_arguments, model_args=early_exit_model_args)
+@register_recipe("early_exit", options=EarlyExitOptions, model_args=early_exit_model_args, title="early exit")
 def early_exit_recipe(args: argparse.Namespace) -> list[Stage]:
     """One joint stage (``--epochs``, ``--lr``) of every exit's loss with SDN's schedule."""
-    return [JointExitStage(args.epochs, args.lr, args.weight_decay, args.exit_distill, args.exit_ic_only,
-                           getattr(args, "exit_calibrate", None))]
+    opt = options_of(EarlyExitOptions, args)
+    return [JointExitStage(args.epochs, args.lr, args.weight_decay, opt.exit_distill, opt.exit_ic_only, opt.exit_calibrate)]

@@ -44,6 +44,7 @@ Design decisions and deviations from the paper (the convs it touches: ``models.r
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import warnings
 
 import torch
@@ -52,6 +53,7 @@ import torch.nn as nn
 from ..errors import UsageError
 from ..layers.filter_overlap import (RANKINGS, filter_scores, flatten_filters, kaiming_filter_norm,
                                      null_space_directions, rank_scores, select_global)
+from ..options import option, options_of
 from ..registry import register_recipe
 from ..repr import BUFFER, FilterLayer, prunable_layers
 from ..stages import Stage, StepOutput, unwrap
@@ -296,25 +298,19 @@ class RePrStage(Stage):
 
 # --- recipe and CLI ----------------------------------------------------------------------------------------
 
-REPR_DEFAULTS = {"repr_s1": 3, "repr_s2": 2, "repr_cycles": 2, "repr_prune": 0.3, "repr_ranking": "orthogonality"}
+@dataclass
+class RePrOptions:
+    repr_s1: int = option(3, "epochs of full training before each drop")
+    repr_s2: int = option(2, "epochs of sub-network training after each drop")
+    repr_cycles: int = option(2, "number N of prune/re-initialize cycles; then full training to --epochs")
+    repr_prune: float = option(0.3, "fraction of filters dropped per cycle")
+    repr_ranking: str = option("orthogonality", "which filters to drop: highest overlap, lowest weight norm, or random",
+                               choices=RANKINGS)
 
 
-def add_repr_arguments(parser: argparse.ArgumentParser) -> None:
-    """RePr options for ``models.train``'s parser (other methods ignore them)."""
-    g = parser.add_argument_group("RePr (paper: S1=20, S2=10, N=3, p=0.3)")
-    g.add_argument("--repr-s1", type=int, default=REPR_DEFAULTS["repr_s1"], help="epochs of full training before each drop")
-    g.add_argument("--repr-s2", type=int, default=REPR_DEFAULTS["repr_s2"], help="epochs of sub-network training after each drop")
-    g.add_argument("--repr-cycles", type=int, default=REPR_DEFAULTS["repr_cycles"],
-                   help="number N of prune/re-initialize cycles; then full training to --epochs")
-    g.add_argument("--repr-prune", type=float, default=REPR_DEFAULTS["repr_prune"], help="fraction of filters dropped per cycle")
-    g.add_argument("--repr-ranking", choices=RANKINGS, default=REPR_DEFAULTS["repr_ranking"],
-                   help="which filters to drop: highest overlap, lowest weight norm, or random")
-
-
-@register_recipe("repr", arguments=add_repr_arguments)
+@register_recipe("repr", options=RePrOptions, title="RePr (paper: S1=20, S2=10, N=3, p=0.3)")
 def repr_recipe(args: argparse.Namespace) -> list[Stage]:
     """One stage of ``--epochs`` with ``--repr-cycles`` prune/re-init cycles inside it."""
-    opt = {k: getattr(args, k, v) for k, v in REPR_DEFAULTS.items()}
-    return [RePrStage(args.epochs, args.lr, getattr(args, "weight_decay", 5e-4), s1=opt["repr_s1"], s2=opt["repr_s2"],
-                      cycles=opt["repr_cycles"], prune=opt["repr_prune"], ranking=opt["repr_ranking"],
-                      seed=getattr(args, "seed", 0))]
+    opt = options_of(RePrOptions, args)
+    return [RePrStage(args.epochs, args.lr, args.weight_decay, s1=opt.repr_s1, s2=opt.repr_s2, cycles=opt.repr_cycles,
+                      prune=opt.repr_prune, ranking=opt.repr_ranking, seed=args.seed)]

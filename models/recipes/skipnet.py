@@ -5,6 +5,7 @@ uses (``"st"``, ``"sample"``, ``"infer"``) are described in ``models.skipnet``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..layers.skip_gates import GATE_KINDS
+from ..options import option, options_of
 from ..registry import register_recipe
 from ..stages import FrozenCopy, Stage, StepOutput, distillation_loss, param_groups, unwrap
 
@@ -151,52 +153,41 @@ class PolicyFinetuneStage(Stage):
         self.anchor.load_state_dict(state.get("anchor"))
 
 
-SKIPNET_DEFAULTS = {"alpha": 0.05, "beta": 1.0, "rl_epochs": 3, "rl_lr": 1e-3, "rl_weight": 1.0, "rl_backbone_lr": None,
-                    "ft_epochs": 0, "ft_lr": 0.01, "ft_anchor": 0.0, "ft_teacher": None, "ft_distill": 0.5}
-
-
-def add_skipnet_arguments(parser: argparse.ArgumentParser) -> None:
-    """SkipNet options for ``models.train``'s parser (other methods ignore them)."""
-    g = parser.add_argument_group("SkipNet")
-    g.add_argument("--alpha", type=float, default=SKIPNET_DEFAULTS["alpha"],
-                   help="reward for skipping, shared over the gates (alpha / G each); more alpha, more skipping")
-    g.add_argument("--beta", type=float, default=SKIPNET_DEFAULTS["beta"], help="weight of -CE in the terminal reward")
-    g.add_argument("--rl-epochs", type=int, default=SKIPNET_DEFAULTS["rl_epochs"], help="epochs of the hybrid RL stage")
-    g.add_argument("--rl-lr", type=float, default=SKIPNET_DEFAULTS["rl_lr"], help="Adam learning rate of the RL stage")
-    g.add_argument("--rl-backbone-lr", type=float, default=None,
-                   help="Adam learning rate of the backbone in the RL stage (default: --rl-lr, as the gates)")
-    g.add_argument("--rl-weight", type=float, default=SKIPNET_DEFAULTS["rl_weight"],
-                   help="weight of the REINFORCE term against the cross-entropy")
-    g.add_argument("--ft-epochs", type=int, default=SKIPNET_DEFAULTS["ft_epochs"],
-                   help="epochs of backbone fine-tuning under the frozen greedy policy after RL (not in the paper)")
-    g.add_argument("--ft-lr", type=float, default=SKIPNET_DEFAULTS["ft_lr"], help="SGD learning rate of that fine-tuning")
-    g.add_argument("--ft-anchor", type=float, default=SKIPNET_DEFAULTS["ft_anchor"],
-                   help="weight of a loss that keeps the gates' decisions as they were when fine-tuning started (0: gates frozen)")
-    g.add_argument("--ft-teacher", default=None, metavar="CHECKPOINT",
-                   help="distil that fine-tuning from this model's outputs (e.g. the dense ResNet it started from)")
-    g.add_argument("--ft-distill", type=float, default=SKIPNET_DEFAULTS["ft_distill"],
-                   help="weight of the distillation term against the cross-entropy, in [0, 1]")
-    g.add_argument("--gate", choices=GATE_KINDS, default=None, help="SkipNet gate (default: the builder's, rnn)")
+@dataclass
+class SkipNetOptions:
+    alpha: float = option(0.05, "reward for skipping, shared over the gates (alpha / G each); more alpha, more skipping")
+    beta: float = option(1.0, "weight of -CE in the terminal reward")
+    rl_epochs: int = option(3, "epochs of the hybrid RL stage")
+    rl_lr: float = option(1e-3, "Adam learning rate of the RL stage")
+    rl_backbone_lr: float | None = option(None, "Adam learning rate of the backbone in the RL stage (default: --rl-lr, "
+                                                "as the gates)")
+    rl_weight: float = option(1.0, "weight of the REINFORCE term against the cross-entropy")
+    ft_epochs: int = option(0, "epochs of backbone fine-tuning under the frozen greedy policy after RL (not in the paper)")
+    ft_lr: float = option(0.01, "SGD learning rate of that fine-tuning")
+    ft_anchor: float = option(0.0, "weight of a loss that keeps the gates' decisions as they were when fine-tuning "
+                                   "started (0: gates frozen)")
+    ft_teacher: str | None = option(None, "distil that fine-tuning from this model's outputs (e.g. the dense ResNet it "
+                                          "started from)", metavar="CHECKPOINT")
+    ft_distill: float = option(0.5, "weight of the distillation term against the cross-entropy, in [0, 1]")
+    gate: str | None = option(None, "SkipNet gate (default: the builder's, rnn)", choices=GATE_KINDS)
 
 
 def skipnet_model_args(args: argparse.Namespace) -> dict:
     """``--gate`` chooses the builder's gate."""
-    return {"gate": args.gate} if args.gate else {}
+    gate = options_of(SkipNetOptions, args).gate
+    return {"gate": gate} if gate else {}
 
 
-@register_recipe("skipnet", arguments=add_skipnet_arguments, model_args=skipnet_model_args)
+@register_recipe("skipnet", options=SkipNetOptions, model_args=skipnet_model_args, title="SkipNet")
 def skipnet_recipe(args: argparse.Namespace) -> list[Stage]:
     """Supervised pre-training (``--epochs``, ``--lr``), hybrid RL (``--rl-epochs``, ``--rl-lr``), then optionally
     fine-tuning under the frozen policy (``--ft-epochs``, ``--ft-lr``)."""
-    opt = {k: getattr(args, k, v) for k, v in SKIPNET_DEFAULTS.items()}
-    weight_decay = getattr(args, "weight_decay", 5e-4)
+    opt = options_of(SkipNetOptions, args)
     return [
-        SupervisedPretrainStage(args.epochs, args.lr, weight_decay),
-        HybridRLStage(opt["rl_epochs"], opt["rl_lr"], weight_decay, opt["alpha"], opt["beta"], opt["rl_weight"],
-                      opt["rl_backbone_lr"]),
-        PolicyFinetuneStage(opt["ft_epochs"], opt["ft_lr"], weight_decay, opt["ft_anchor"],
-                            load_teacher(opt["ft_teacher"], getattr(args, "dataset", None), getattr(args, "device", "cpu")),
-                            opt["ft_distill"]),
+        SupervisedPretrainStage(args.epochs, args.lr, args.weight_decay),
+        HybridRLStage(opt.rl_epochs, opt.rl_lr, args.weight_decay, opt.alpha, opt.beta, opt.rl_weight, opt.rl_backbone_lr),
+        PolicyFinetuneStage(opt.ft_epochs, opt.ft_lr, args.weight_decay, opt.ft_anchor,
+                            load_teacher(opt.ft_teacher, args.dataset, args.device or "cpu"), opt.ft_distill),
     ]
 
 
