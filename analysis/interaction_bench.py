@@ -19,7 +19,7 @@ from analysis.core.kinds import decision_controls
 from analysis.core.table import load_test_images
 from analysis.core.trace import trace_batch
 from analysis.core.tradeoff import knob_values
-from analysis.sweep import knob_sweep
+from analysis.core.sweeps import knob_sweep
 from models.checkpoint import load_checkpoint
 
 MODELS = ("skipnet_resnet20_fmnist_a0.75_fta6kd", "dsnet_resnet20_fmnist")

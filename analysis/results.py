@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from analysis.core.catalog import PRETRAINED, bundled_checkpoints, featured
-from analysis.experiments import display_table, markdown_table, seeds_table
+from analysis.core.runs import display_table, markdown_table, seeds_table
 from models import create_model
 from models.data import REPO_ROOT
 from models.zoo import command_argv

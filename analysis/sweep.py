@@ -9,37 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
-
-import pandas as pd
-import torch
-from torch.utils.data import TensorDataset
-from tqdm import tqdm
-
+from analysis.core.sweeps import knob_sweep
 from analysis.core.table import load_test_images
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import DataNotFoundError
-from models.devices import add_device_argument, model_device, resolve_device
-from models.evaluate import accuracy_and_macs
-from models.trace import check_interventions
-
-
-def knob_sweep(model: torch.nn.Module, knob: str, values: Sequence[float], images: torch.Tensor, labels: torch.Tensor,
-               progress: Callable[[float], None] | None = None, bar: bool = False) -> pd.DataFrame:
-    """One row per value: ``value, accuracy, macs_mean, macs_min, macs_max``; ``progress(fraction)`` after each."""
-    for value in values:
-        check_interventions(model, None, {knob: value})
-    data = TensorDataset(images, labels)
-    device = model_device(model)
-    rows = []
-    for i, value in enumerate(tqdm(values, desc=f"sweep {knob}", disable=not bar)):
-        correct, macs = accuracy_and_macs(model, data, model.meta["mean"], model.meta["std"], device, progress=False,
-                                          knobs={knob: float(value)})
-        rows.append({"value": float(value), "accuracy": correct.float().mean().item(), "macs_mean": macs.mean().item(),
-                     "macs_min": macs.min().item(), "macs_max": macs.max().item()})
-        if progress is not None:
-            progress((i + 1) / len(values))
-    return pd.DataFrame(rows, columns=["value", "accuracy", "macs_mean", "macs_min", "macs_max"])
+from models.devices import add_device_argument, resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,71 +11,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
 
-import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .cost import full_macs
 from .manifest import write_manifest_entry
 from .errors import UsageError
-from .devices import add_device_argument, model_device, resolve_device
-from .data import DataNotFoundError, DatasetInfo, collate_batch, load_dataset, normalize
-from .trace import traced_forward
+from .devices import add_device_argument, resolve_device
+from .data import DataNotFoundError, load_dataset
 
 
-@torch.no_grad()
-def accuracy_and_macs(forward: Callable[[torch.Tensor], torch.Tensor], data, mean: Sequence[float], std: Sequence[float],
-                      device: torch.device, limit: int | None = None, batch_size: int = 500,
-                      progress: bool = True, knobs: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image correctness and executed MACs (from the trace) of ``forward`` over ``data`` (uint8 images,
-    standardized with ``mean`` / ``std``), with inference settings ``knobs`` if given."""
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
-    correct, macs = [], []
-    seen = 0
-    for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        if limit is not None and seen >= limit:
-            break
-        logits, trace = traced_forward(forward, normalize(images, mean, std).to(device), knobs=knobs)
-        correct.append(logits.argmax(1).cpu() == labels)
-        macs.append(trace.macs)
-        seen += len(labels)
-    return torch.cat(correct), torch.cat(macs)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data, info: DatasetInfo, limit: int | None = None, batch_size: int = 500,
-             progress: bool = True) -> dict:
-    """Accuracy and per-image executed MACs over ``data`` (the first ``limit`` images if given).
-
-    A model that declares ``evaluation_variants()`` (DS-Net: each static width) also gets the accuracy and
-    mean MACs of each variant under ``"variants"``, so its results table compares them on the same images.
-    """
-    model.eval()
-    device = model_device(model)
-    correct, macs = accuracy_and_macs(model, data, info.mean, info.std, device, limit, batch_size, progress)
-    dense = full_macs(model, info.input_size)
-    metrics = {
-        "test_acc": round(correct.float().mean().item(), 5),
-        "n_test": len(correct),
-        "macs_mean": round(macs.mean().item()),
-        "macs_min": round(macs.min().item()),
-        "macs_max": round(macs.max().item()),
-        "macs_full": dense,
-        "mac_ratio": round(macs.mean().item() / dense, 4),
-        "params": sum(p.numel() for p in model.parameters()),
-    }
-    variants = getattr(model, "evaluation_variants", None)
-    if callable(variants):
-        metrics["variants"] = {}
-        for label, forward in variants().items():
-            v_correct, v_macs = accuracy_and_macs(forward, data, info.mean, info.std, device, limit, batch_size, progress)
-            metrics["variants"][label] = {"test_acc": round(v_correct.float().mean().item(), 5),
-                                          "macs_mean": round(v_macs.mean().item()),
-                                          "mac_ratio": round(v_macs.mean().item() / dense, 4)}
-    return metrics
+from .evaluation import evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

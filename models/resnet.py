@@ -16,14 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UsageError
+from .layers.conv import conv3x3
 from .decisions import Decides
 from .registry import register_model
 
 Plain = TypeVar("Plain", bound=nn.Module)
-
-
-def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
 
 
 def projection_shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .errors import UsageError
 from .data import DataNotFoundError, DatasetInfo, augment, collate_batch, load_dataset, normalize
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .inference import fast_form
 from .manifest import write_manifest_entry
 from . import options

@@ -425,7 +425,7 @@ def test_width_probabilities_stay_differentiable_for_attributions():
 
 def test_evaluate_reports_every_static_width_on_the_same_images():
     from models.data import load_dataset
-    from models.evaluate import evaluate
+    from models.evaluation import evaluate
 
     model = make()
     data, info = load_dataset("fashion-mnist-subset", "test")

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import analysis.methods.repr as fr
-from analysis import experiments
+from analysis import experiments as experiments_cli
+from analysis.core import runs as experiments
 from analysis.core.figures import FIGURES, FigureContext, available_figures, figure_bytes
 from analysis.methods.repr import (accuracy_curves, cycle_records, dropped_grid, mean_overlap, overlap_layers, overlap_matrices,
                                    pruned_spans, repr_ranking)
@@ -256,32 +257,32 @@ def test_runs_that_share_a_seed_are_counted_as_runs_not_seeds(experiment_dirs):
 
 def test_cli_prints_text_markdown_and_json(experiment_dirs, capsys):
     exp, pre = experiment_dirs
-    assert experiments.main([str(exp), str(pre), "--json"]) == 0
+    assert experiments_cli.main([str(exp), str(pre), "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [(r["arch"], r["ranking"], r["n_seeds"]) for r in records] == [
         ("convnet3", None, 3), ("repr_convnet3", "norm", 2), ("repr_convnet3", "orthogonality", 3)]
     assert records[0]["test_acc_mean"] == pytest.approx(0.92)
-    assert experiments.main([str(pre / "convnet3_fmnist.pt"), "--json"]) == 0
+    assert experiments_cli.main([str(pre / "convnet3_fmnist.pt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["test_acc_std"] is None  # one seed: no spread
-    assert experiments.main([str(exp), str(pre), "--markdown"]) == 0
+    assert experiments_cli.main([str(exp), str(pre), "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| dataset | arch | method | ranking | n_runs | n_seeds | seeds | acc_mean (%)") and len(lines) == 5
     assert "| 92.00 |" in lines[2] and "| 0,1,2 |" in lines[2]
-    assert experiments.main([str(exp)]) == 0
+    assert experiments_cli.main([str(exp)]) == 0
     assert "orthogonality" in capsys.readouterr().out
 
 
 def test_cli_reports_bad_files_and_keeps_the_others(experiment_dirs, capsys, tmp_path):
     exp, _ = experiment_dirs
     (exp / "broken.pt").write_bytes(b"not a checkpoint")
-    assert experiments.main([str(exp)]) == 1
+    assert experiments_cli.main([str(exp)]) == 1
     out, err = capsys.readouterr()
     assert "broken.pt" in err and "convnet3" in out
-    assert experiments.main([str(tmp_path / "missing")]) == 2
+    assert experiments_cli.main([str(tmp_path / "missing")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert experiments.main([str(empty)]) == 2
+    assert experiments_cli.main([str(empty)]) == 2
     with pytest.raises(Exception, match="broken.pt"):
         experiments.seeds_table([exp])
 

@@ -107,8 +107,9 @@ def register_view(view: KindView) -> KindView:
 @functools.cache
 def load_method_modules() -> None:
     """Import every module of ``analysis.methods`` once (views and figures register on import); every lookup of a
-    kind's view calls this, so it must cost nothing after the first time."""
-    import analysis.methods as package
+    kind's view calls this, so it must cost nothing after the first time. They are found by name at run time, as
+    ``models/__init__`` finds the method modules: core depends on none of them (they depend on core)."""
+    package = importlib.import_module("analysis.methods")
 
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from analysis.core.charts import COMPACT
-from models.evaluate import accuracy_and_macs
+from models.evaluation import accuracy_and_macs
 
 POINTS = ["label", "kind", "accuracy", "macs_mean"]
 
@@ -85,7 +85,7 @@ def knob_tradeoff(context, method: str, count: int = 5):
     import matplotlib.pyplot as plt
 
     from analysis.core.figures import main_model, matching_baselines
-    from analysis.sweep import knob_sweep
+    from analysis.core.sweeps import knob_sweep
 
     name = main_model(context, method)
     model = context.model(name)

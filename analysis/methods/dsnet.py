@@ -24,7 +24,7 @@ from analysis.core.tradeoff import knob_tradeoff
 from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
 from analysis.core.scaling import nearest_layer
 from analysis.core.table import layer_columns
-from models.evaluate import accuracy_and_macs
+from models.evaluation import accuracy_and_macs
 
 
 def width_bars(decisions: list[dict]) -> go.Figure:

@@ -22,7 +22,7 @@ from analysis.core.tradeoff import knob_tradeoff
 from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
 from analysis.core.scaling import nearest_layer
 from models.early_exit import FINAL_EXIT
-from models.evaluate import accuracy_and_macs
+from models.evaluation import accuracy_and_macs
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 

@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, register_figure
 from analysis.core.kinds import KindView, Section, register_view
-from analysis.experiments import group_members, register_run_variant, run_row, runs_frame, seed_of, summarize_runs
+from analysis.core.runs import group_members, register_run_variant, run_row, runs_frame, seed_of, summarize_runs
 from models.checkpoint import training_args
 from models.layers.filter_overlap import overlap_matrix
 from models.recipes.repr import RePrOptions

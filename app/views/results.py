@@ -10,7 +10,7 @@ import streamlit as st
 
 from analysis.core.catalog import bundled_checkpoints, models_folder
 from analysis.core.charts import accuracy_vs_macs
-from analysis.experiments import checkpoint_paths, display_table, seeds_table
+from analysis.core.runs import checkpoint_paths, display_table, seeds_table
 from analysis.core.pareto import models_frame, pareto_front
 from analysis.results import SPEED_COLUMNS, bench_source, saved_bench, seed_sources
 

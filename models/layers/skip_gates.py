@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from ..resnet import conv3x3
+from .conv import conv3x3
 from .fused import fused_ops, runs_compiled
 
 GATE_KINDS = ("rnn", "ff1", "ff2")
