@@ -17,6 +17,7 @@ app: install
 	$(VENV)/bin/streamlit run app/streamlit_app.py $(STREAMLIT_FLAGS)
 
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 test-all: install

@@ -2,16 +2,19 @@
 interventions (every decision's control, drawn from its kind's ``Control``) and perturbation sweeps."""
 from __future__ import annotations
 
+import io
 import json
+import warnings
 
 import numpy as np
 import plotly.express as px
 import streamlit as st
 import torch
+from PIL import Image
 
 from analysis.core.catalog import sample_images
 from analysis.core.charts import top_classes
-from analysis.core.images import ImageError
+from analysis.core.images import MAX_BYTES as IMAGE_MAX_BYTES, MAX_PIXELS as IMAGE_MAX_PIXELS, ImageError
 from analysis.core.interventions import changed_decisions, format_interventions, parse_interventions
 from analysis.core.kinds import Control, Section, attribution_targets, decision_controls, inspect_charts
 from analysis.core.perturb import PERTURBATIONS, perturbation_figure
@@ -20,26 +23,60 @@ from app.resources import perturbation as cached_perturbation, traced_image
 from models.decisions import decision_kind
 from models.trace import check_interventions
 
-IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
+IMAGE_HELP = (f"PNG, JPEG, WebP, GIF, BMP or TIFF, up to {IMAGE_MAX_BYTES // 2**20} MB and {IMAGE_MAX_PIXELS // 10**6} "
+              "megapixels; the models see small inputs (28x28 for Fashion-MNIST), so a resized copy gives the same result")
+
+
+def image_refusal(name: str, data: bytes) -> str | None:
+    """Why an uploaded image is refused before it is decoded (file size, pixel count: the limits of
+    ``analysis.core.images``), as one sentence that says what to do; None if it may be decoded."""
+    if len(data) > IMAGE_MAX_BYTES:
+        return (f"{name}: {len(data) / 2**20:.0f} MB is over the {IMAGE_MAX_BYTES // 2**20} MB limit for images; upload a "
+                "smaller copy (a resized JPEG or a screenshot: the models see 28x28 pixels, so the result is the same).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                size = f"{img.width}x{img.height} pixels is" if img.width * img.height > IMAGE_MAX_PIXELS else None
+    except Image.DecompressionBombError:
+        size = "its pixel count is"
+    except Exception:  # not an image, or a broken one: decoding says which (``image_report``)
+        return None
+    if size is None:
+        return None
+    return (f"{name}: {size} over the {IMAGE_MAX_PIXELS // 10**6}-megapixel limit for images; upload a resized copy "
+            "(the models see 28x28 pixels, so the result is the same).")
 
 
 def pick_images(key: str, default_samples: int = 1, multiple: bool = True) -> list[tuple[str, bytes]]:
-    """Sample images and uploads, as ``(name, bytes)``; decoding happens later, per model."""
+    """Sample images and uploads, as ``(name, bytes)``; decoding happens later, per model. An upload over the
+    size limits is refused here, under the uploader, with what to do.
+
+    The uploader has no ``type`` filter and a wide size limit (``server.maxUploadSize``): the browser would refuse
+    other files without a readable reason; the app says why instead."""
     samples = {p.name: p for p in sample_images()}
     left, right = st.columns(2)
     if multiple:
         restored = st.session_state.pop(f"{key}-samples-restored", False)  # a shared link set the picks already
         picked = left.multiselect("Sample images", list(samples), default=None if restored else list(samples)[:default_samples],
                                   key=f"{key}-samples")
-        uploads = right.file_uploader("…or upload images", accept_multiple_files=True, type=IMAGE_TYPES, key=f"{key}-upload") or []
+        uploads = right.file_uploader("…or upload images", accept_multiple_files=True, key=f"{key}-upload", help=IMAGE_HELP) or []
     else:
         choice = left.selectbox("Sample image", ["(none)", *samples], index=1, key=f"{key}-samples")
         picked = [] if choice == "(none)" else [choice]
-        upload = right.file_uploader("…or upload an image", type=IMAGE_TYPES, key=f"{key}-upload")
+        upload = right.file_uploader("…or upload an image", key=f"{key}-upload", help=IMAGE_HELP)
         uploads = [upload] if upload is not None else []
         if uploads:
             picked = []
-    return [(name, samples[name].read_bytes()) for name in picked] + [(u.name, u.getvalue()) for u in uploads]
+    accepted = []
+    for upload in uploads:
+        data = upload.getvalue()
+        refusal = image_refusal(upload.name, data)
+        if refusal:
+            right.error(refusal)
+        else:
+            accepted.append((upload.name, data))
+    return [(name, samples[name].read_bytes()) for name in picked] + accepted
 
 
 def show_decisions(decisions: list[dict], key: str) -> None:
@@ -166,7 +203,9 @@ def control_widget(control: Control, key: str, container) -> None:
         container.caption(f"{control.label}: no widget for {control.widget!r}")
 
 
-def _run_card(column, title: str, trace: dict, latency, key: str) -> None:
+def _run_card(column, title: str, trace: dict, latencies, key: str) -> None:
+    """One run's prediction, MACs and latency; ``latencies``: (this run, the dense counterpart) timed alternately."""
+    latency, dense = latencies
     prediction, cost = trace["prediction"], trace["cost"]
     column.markdown(f"**{title}**")
     column.metric(f"Prediction ({title.lower()})", prediction["label"], f"{prediction['probability'] * 100:.1f}% confidence",
@@ -174,8 +213,10 @@ def _run_card(column, title: str, trace: dict, latency, key: str) -> None:
     column.metric(f"MACs ({title.lower()})", f"{cost['macs'] / 1e6:.2f} M",
                   f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of dense", delta_color="off")
     column.metric(f"Latency ({title.lower()})", f"{latency.median_ms:.2f} ms",
-                  f"IQR {latency.q1_ms:.2f}–{latency.q3_ms:.2f} ms, min {latency.min_ms:.2f}", delta_color="off",
-                  help=f"batch 1, median of {latency.runs} runs after a warm-up, on this server")
+                  f"{latency.median_ms / dense.median_ms:.2f}× the dense {dense.median_ms:.2f} ms", delta_color="off",
+                  help=f"Batch 1 on this server, median of {latency.runs} runs after a warm-up (IQR "
+                       f"{latency.q1_ms:.2f}–{latency.q3_ms:.2f} ms), timed alternately with the dense counterpart "
+                       f"({dense}) in the same run, so the machine's noise falls on both.")
     column.plotly_chart(top_classes(trace), key=f"{key}-top")
 
 
@@ -211,8 +252,8 @@ def intervention_panel(model: torch.nn.Module, name: str, data: bytes, original:
     left, right = st.columns(2)
     _run_card(left, "Original", original, cached_latency(model, model.cache_key, name, data, "{}", "{}"), f"{key}-orig")
     _run_card(right, "Intervened", intervened, cached_latency(model, model.cache_key, name, data, *as_json), f"{key}-intv")
-    dense = cached_latency(model, model.cache_key, name, data, "{}", "{}", dense=True)
-    st.caption(f"Dense counterpart (every layer, full width): {dense} for {original['cost']['macs_full'] / 1e6:.2f} M MACs.")
+    st.caption(f"Dense counterpart: every layer at full width, {original['cost']['macs_full'] / 1e6:.2f} M MACs; each "
+               "latency above is timed alternately with it in one run (ABBA order), the timing path of `analysis.bench`.")
     fields = {kind: decision_kind(kind).forcible for kind in {d["kind"] for d in original["decisions"] + intervened["decisions"]}}
     changed = changed_decisions(original["decisions"], intervened["decisions"], fields)
     if changed.empty:

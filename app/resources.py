@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -16,50 +17,94 @@ import torch
 from analysis.core.catalog import bundled_checkpoints, featured_names
 from analysis.core.table import dataset_table, load_test_images
 from analysis.core.images import ModelInput, load_model_input
-from analysis.core.latency import Latency, dense_counterpart, image_latency
+from analysis.core.latency import Latency, dense_counterpart, paired_latency
 from analysis.core.perturb import perturbation_sweep, perturbed, pixels_tensor
 from analysis.core.trace import trace_batch
 from analysis.core.tradeoff import static_points
-from analysis.sweep import knob_sweep
+from analysis.core.sweeps import knob_sweep
 from models.checkpoint import CheckpointError, check_usable, load_checkpoint
 from models.data import find_fashion_mnist
+from models.devices import ENV as DEVICE_ENV, default_device
+from models.errors import UsageError
 
-UPLOAD_MAX_BYTES = 25 * 2**20  # as server.maxUploadSize in .streamlit/config.toml; the bundled checkpoints are < 5 MB
+UPLOAD_MAX_BYTES = 25 * 2**20  # refused with a message (server.maxUploadSize is wider); the bundled checkpoints are < 5 MB
+
+
+def app_device() -> str:
+    """The device models are loaded on (``$ROUTESCOPE_DEVICE``, else cuda when available, else cpu); a
+    ``UsageError`` that names the variable when it holds no usable device."""
+    try:
+        return str(default_device())
+    except UsageError as e:
+        raise UsageError(f"{DEVICE_ENV}={os.environ.get(DEVICE_ENV)!r} is not usable here: {e}") from None
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=64)
-def _load(path: str, mtime: float) -> torch.nn.Module:
-    model = load_checkpoint(path)
-    model.cache_key = f"{path}@{mtime}"
+def _load(path: str, mtime: float, device: str) -> torch.nn.Module:
+    model = load_checkpoint(path, map_location=device)
+    model.cache_key = f"{path}@{mtime}@{device}"
     return model
 
 
 def load_bundled(name: str) -> torch.nn.Module:
     path = bundled_checkpoints()[name]
-    return _load(str(path), path.stat().st_mtime)
-
-
-_check_usable = check_usable  # moved to models.checkpoint: python -m analysis.fuzz runs the same check
+    return _load(str(path), path.stat().st_mtime, app_device())
 
 
 @st.cache_resource(show_spinner="Loading uploaded checkpoint…", max_entries=8)
-def load_uploaded(data: bytes) -> torch.nn.Module:
-    """An uploaded checkpoint, keyed by its content; ``CheckpointError`` (without the temporary path) if it
-    is not a usable RouteScope checkpoint."""
+def load_uploaded(data: bytes, device: str = "cpu") -> torch.nn.Module:
+    """An uploaded checkpoint loaded on ``device``, keyed by its content and the device; ``CheckpointError``
+    (without the temporary path) if it is not a usable RouteScope checkpoint."""
     if len(data) > UPLOAD_MAX_BYTES:
-        raise CheckpointError(f"{len(data) / 2**20:.1f} MB is over the upload limit of {UPLOAD_MAX_BYTES // 2**20} MB")
+        raise CheckpointError(f"{len(data) / 2**20:.1f} MB is over the {UPLOAD_MAX_BYTES // 2**20} MB limit for uploaded "
+                              "checkpoints (RouteScope's own are under 5 MB); to open a larger one, put it in the models "
+                              "folder of an app you run yourself (ROUTESCOPE_MODELS)")
     digest = hashlib.sha256(data).hexdigest()[:16]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload-{digest}.pt"
         path.write_bytes(data)
         try:
-            model = check_usable(load_checkpoint(path, max_bytes=UPLOAD_MAX_BYTES))
+            model = check_usable(load_checkpoint(path, map_location=device, max_bytes=UPLOAD_MAX_BYTES))
         except CheckpointError as e:
             raise CheckpointError(str(e).replace(f"{path}: ", "")) from None
         except Exception as e:  # whatever an untrusted file breaks must become a message, not a crash
-            raise CheckpointError(f"cannot be used ({type(e).__name__}: {str(e)[:200]})") from None
-    model.cache_key = f"upload:{digest}"
+            raise CheckpointError(f"cannot be used as a model ({type(e).__name__}); check it with "
+                                  "python -m analysis.inspect --checkpoint FILE") from None
+    model.cache_key = f"upload:{digest}@{device}"
     return model
+
+
+CHOSEN = "chosen-model"  # the model choice, kept in a session key that is no widget's (see ``choose_model``)
+
+
+def _chosen() -> dict:
+    """``{"source", "name", "all", "upload": (file name, file id, bytes)}`` of this session: what the model picker
+    shows on every page. Streamlit drops a widget's state on a run that does not draw it (another page, an upload
+    branch not shown), so the widgets are seeded from here and write back here."""
+    return st.session_state.setdefault(CHOSEN, {})
+
+
+def _seed(widget_key: str, field: str, allowed=None) -> None:
+    """Before the widget is drawn: give it the kept value (if it is still one of ``allowed``)."""
+    kept = _chosen()
+    if field in kept and (allowed is None or kept[field] in allowed):
+        st.session_state[widget_key] = kept[field]
+
+
+def _keep(widget_key: str, field: str) -> None:
+    """Widget callback: the user's choice becomes the kept one."""
+    _chosen()[field] = st.session_state[widget_key]
+
+
+def _keep_show_all(widget_key: str, featured: list[str]) -> None:
+    _keep(widget_key, "all")
+    if not st.session_state[widget_key] and _chosen().get("name") not in featured:
+        _chosen().pop("name", None)  # hiding the sweeps: back to the default model, not a hidden one
+
+
+def _keep_upload(widget_key: str) -> None:
+    if st.session_state.get(widget_key) is None:  # the user removed the file: forget it on every page
+        _chosen().pop("upload", None)
 
 
 def pick_bundled(bundled: dict, key: str) -> str:
@@ -67,46 +112,99 @@ def pick_bundled(bundled: dict, key: str) -> str:
     SkipNet by default), the sweeps and ablations behind a toggle, still loadable."""
     featured = [name for name in featured_names() if name in bundled]
     others = [name for name in bundled if name not in featured]
+    kept = _chosen()
     if featured and others:
-        chosen = st.session_state.get(f"{key}-name")
-        if chosen in others:  # e.g. from a shared link: keep it visible
-            st.session_state[f"{key}-all"] = True
-        show_all = st.sidebar.toggle(f"Also the {len(others)} sweeps and ablations", key=f"{key}-all")
+        if kept.get("name") in others:  # e.g. from a shared link: keep it visible
+            kept["all"] = True
+        _seed(f"{key}-all", "all")
+        show_all = st.sidebar.toggle(f"Also the {len(others)} sweeps and ablations", key=f"{key}-all",
+                                     on_change=_keep_show_all, args=(f"{key}-all", featured))
         names = featured + others if show_all else featured
     else:
         names = featured or others
-    return st.sidebar.selectbox("Bundled model", names, key=f"{key}-name",
+    _seed(f"{key}-name", "name", names)
+    name = st.sidebar.selectbox("Bundled model", names, key=f"{key}-name", on_change=_keep, args=(f"{key}-name", "name"),
                                 format_func=lambda n: f"★ {n}" if n in featured else n)
+    kept["name"] = name  # the default too: another page must not fall back to another one
+    return name
+
+
+def chosen_bundled_name() -> str | None:
+    """The bundled model this session shows (None: an uploaded checkpoint)."""
+    kept = _chosen()
+    return kept.get("name") if kept.get("source", "Bundled") == "Bundled" else None
+
+
+def upload_message(file_name: str, error: Exception) -> str:
+    """One sentence for a refused checkpoint upload; a published ``.pth.tar`` gets why it cannot be used yet."""
+    text = str(error)
+    if file_name.lower().endswith((".pth.tar", ".tar", ".ckpt")) and "RouteScope checkpoint" in text:
+        return (f"{file_name}: not a RouteScope checkpoint, and converters for published checkpoint layouts "
+                f"(.pth.tar) are not available yet; upload a .pt file written by python -m models.train.")
+    return f"{file_name}: {text}"
 
 
 def choose_model(key: str = "model") -> torch.nn.Module | None:
     """Sidebar: a bundled model or an uploaded checkpoint; shows a message and returns None on failure.
 
-    The returned model carries ``cache_key`` (path and mtime, or the upload's digest) for dataset tables.
+    The choice follows the user across pages (``_chosen``) and is in the page's URL (``?model=NAME``). The
+    returned model carries ``cache_key`` (path, mtime and device, or the upload's digest) for dataset tables.
     """
+    try:
+        device = app_device()
+    except UsageError as e:
+        st.error(f"No model can be loaded: {e}. Unset {DEVICE_ENV} or set it to cpu, then restart the app.")
+        return None
     bundled = bundled_checkpoints()
-    if f"{key}-url-read" not in st.session_state:  # a shared view (?model=NAME) selects its model once per session
-        st.session_state[f"{key}-url-read"] = True
+    kept = _chosen()
+    if "url-read" not in kept:  # a shared view (?model=NAME) selects its model once per session
+        kept["url-read"] = True
         wanted = st.query_params.get("model")
         if wanted is not None and wanted in bundled:
-            st.session_state[f"{key}-source"], st.session_state[f"{key}-name"] = "Bundled", wanted
+            kept["source"], kept["name"] = "Bundled", wanted
         elif wanted is not None:
             st.warning(f"The link names model `{wanted}`, which is not bundled here; showing another model.")
-    source = st.sidebar.radio("Model", ["Bundled", "Upload a checkpoint"], key=f"{key}-source", horizontal=True)
+    _seed(f"{key}-source", "source")
+    source = st.sidebar.radio("Model", ["Bundled", "Upload a checkpoint"], key=f"{key}-source", horizontal=True,
+                              on_change=_keep, args=(f"{key}-source", "source"))
+    kept["source"] = source
     if source == "Bundled":
         if not bundled:
             st.sidebar.error("No bundled checkpoints in models/pretrained.")
             return None
-        return load_bundled(pick_bundled(bundled, key))
-    upload = st.sidebar.file_uploader("RouteScope checkpoint (.pt)", type=["pt", "pth"], key=f"{key}-upload")
-    if upload is None:
+        name = pick_bundled(bundled, key)
+        st.query_params["model"] = name  # every page's URL names its model
+        return load_bundled(name)
+    st.query_params.pop("model", None)
+    upload_key = f"{key}-upload"
+    # no ``type`` filter: the browser would refuse a .pth.tar (or any other name) without a visible reason
+    upload = st.sidebar.file_uploader("RouteScope checkpoint (.pt, .pth or .pth.tar)", key=upload_key,
+                                      on_change=_keep_upload, args=(upload_key,),
+                                      help=f"A file written by `python -m models.train`, up to {UPLOAD_MAX_BYTES // 2**20} MB")
+    if upload is not None and kept.get("upload", (None, None))[1] != upload.file_id:
+        kept["upload"] = (upload.name, upload.file_id, upload.getvalue())
+    if kept.get("upload") is None:
         st.sidebar.info("Upload a checkpoint written by `python -m models.train`.")
         return None
+    file_name, _, data = kept["upload"]
+    if upload is None:
+        st.sidebar.caption(f"Showing `{file_name}`, uploaded earlier; upload another file to replace it.")
     try:
-        return load_uploaded(upload.getvalue())
+        model = load_uploaded(data, device)
     except CheckpointError as e:
-        st.sidebar.error(f"{upload.name}: {e}")
+        st.sidebar.error(upload_message(file_name, e))
         return None
+    return model
+
+
+def show_model(model: torch.nn.Module) -> None:
+    """The caption that names the page's model (exactly as the picker does), and where it came from."""
+    meta = model.meta
+    upload = _chosen().get("upload") if _chosen().get("source") == "Upload a checkpoint" else None
+    accuracy = meta.get("metrics", {}).get("test_acc")
+    origin = f" (uploaded file `{upload[0]}`)" if upload else ""
+    st.caption(f"Model: **{meta['name']}**{origin} · method `{meta['method']}` · trained on {meta['dataset']}"
+               + (f" · test accuracy {accuracy * 100:.2f}%" if isinstance(accuracy, (int, float)) else ""))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -197,15 +295,14 @@ def dense_model(_model: torch.nn.Module, model_key: str) -> torch.nn.Module:
     return dense_counterpart(_model)
 
 
-@st.cache_data(show_spinner="Timing batch-1 latency…", max_entries=128)
-def latency(_model: torch.nn.Module, model_key: str, name: str, data: bytes, overrides: str, knobs: str,
-            dense: bool = False) -> Latency:
-    """Batch-1 latency of one image (median of 15 runs after 3 warm-ups), once per (model, image, overrides,
-    knobs); ``dense``: through the model's dense counterpart instead."""
+@st.cache_data(show_spinner="Timing batch-1 latency against the dense network…", max_entries=128)
+def latency(_model: torch.nn.Module, model_key: str, name: str, data: bytes, overrides: str, knobs: str
+            ) -> tuple[Latency, Latency]:
+    """Batch-1 latency of one image through the model (with its overrides and knobs, JSON strings) and through its
+    dense counterpart, timed alternately in one run (``analysis.core.latency.paired_latency``, the timing path of
+    ``analysis.bench``), once per (model, image, overrides, knobs)."""
     x = load_model_input(data, _model.meta, name).tensor
-    if dense:
-        return image_latency(dense_model(_model, model_key), x)
-    return image_latency(_model, x, json.loads(overrides), json.loads(knobs))
+    return paired_latency(_model, dense_model(_model, model_key), x, json.loads(overrides), json.loads(knobs))
 
 
 @st.cache_data(show_spinner="Perturbing and tracing…", max_entries=64)

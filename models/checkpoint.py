@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import pickle
+import re
 import struct
 import tempfile
 import zipfile
@@ -24,7 +25,7 @@ import torch.nn as nn
 
 from .errors import UsageError
 from .inference import FORMS, fast_form
-from .registry import _MODELS, create_model
+from .registry import _MODELS, build_model
 
 FORMAT, VERSION = "routescope", 1
 META_KEYS = ("name", "method", "dataset", "classes", "input_size", "mean", "std", "metrics", "recipe")
@@ -161,7 +162,7 @@ def build_meta_model(payload: dict, source: str = "checkpoint") -> nn.Module:
         raise CheckpointError(f"{source}: cannot build architecture {payload['arch']!r}: {e}") from None
     try:
         with torch.device("meta"):
-            model = create_model(payload["arch"], **payload["config"])
+            model = build_model(payload["arch"], **payload["config"])
     except (KeyError, TypeError, ValueError, IndexError, AssertionError) as e:
         raise CheckpointError(f"{source}: cannot build architecture {payload['arch']!r}: {str(e)[:200]}") from None
     params = sum(p.numel() for p in model.parameters())
@@ -233,6 +234,33 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, train
         raise
 
 
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # torch.save before 1.6
+_SAVE_HINT = "save the weights with models.checkpoint.save_checkpoint (python -m models.train does)"
+
+
+def _why_unloadable(path: Path, error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in RouteScope's words: never PyTorch's own text (which
+    suggests ``weights_only=False``, i.e. running the file's code, and carries terminal colour codes)."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if not head:
+        return "the file is empty"
+    # torch names the first class or function a pickle refers to: "Unsupported global: GLOBAL models.resnet.ResNet ..."
+    found = re.search(r"GLOBAL ([\w.]+)", str(error)) if isinstance(error, pickle.UnpicklingError) else None
+    if found:
+        return (f"it contains pickled Python code ({found.group(1)[:80]}), which RouteScope never runs; {_SAVE_HINT}, "
+                "not the whole model object")
+    if head.startswith(b"PK\x03\x04"):
+        if zipfile.is_zipfile(path):
+            return f"it is a ZIP archive that is not a PyTorch file, or a damaged one; {_SAVE_HINT}"
+        return "it is a damaged or incomplete ZIP/PyTorch file (cut short in the upload or copy?); copy it again"
+    if head.startswith(_LEGACY_MAGIC):
+        return f"it is an old-style PyTorch file that is damaged or holds objects other than tensors; {_SAVE_HINT}"
+    if head[:1] == b"\x80":
+        return f"it is a plain Python pickle, not a PyTorch checkpoint, and RouteScope never unpickles code; {_SAVE_HINT}"
+    return f"it is not a PyTorch file (another format, or random bytes); {_SAVE_HINT}"
+
+
 def read_checkpoint(path: str | os.PathLike, max_bytes: int | None = MAX_BYTES) -> dict:
     """Load and validate the raw dict; every failure is a one-line ``CheckpointError``. A file over ``max_bytes``
     (None: no limit) is refused before it is read, so ``torch.load`` never holds more than that in memory."""
@@ -248,8 +276,7 @@ def read_checkpoint(path: str | os.PathLike, max_bytes: int | None = MAX_BYTES) 
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, AttributeError,
             KeyError, IndexError, TypeError, UnicodeDecodeError, OverflowError, MemoryError, struct.error) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a loadable RouteScope checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path}: not a loadable RouteScope checkpoint: {_why_unloadable(path, e)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a RouteScope checkpoint (a plain state_dict or another tool's file?)")
     if payload.get("version") != VERSION:
@@ -267,7 +294,7 @@ def build_from_payload(payload: dict, source: str = "checkpoint") -> nn.Module:
         raise CheckpointError(f"{source}: its meta is not a mapping")
     expected = build_meta_model(payload, source).state_dict()
     check_state_dict(expected, payload["state_dict"], source, payload["arch"])
-    model = create_model(payload["arch"], **payload["config"])
+    model = build_model(payload["arch"], **payload["config"])
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:

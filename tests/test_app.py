@@ -95,9 +95,10 @@ def test_upload_images_good_odd_and_bad(models_dir):
     at.file_uploader[0].set_value([(name, data, "application/octet-stream") for name, data in uploads.items()]).run()
     assert not at.exception, at.exception
     errors = [e.value for e in at.error]
-    assert len(errors) == 3 and errors[0] == "fake.png: not an image file (or a format Pillow cannot read)"
-    assert errors[1].startswith("cut.png: broken or truncated image")
-    assert errors[2].startswith("bomb.png: ") and ("megapixel limit" in errors[2] or "decompression bomb" in errors[2])
+    assert len(errors) == 3, errors
+    assert errors[0].startswith("bomb.png: ") and "megapixel limit" in errors[0], "refused at the uploader, before decoding"
+    assert errors[1] == "fake.png: not an image file (or a format Pillow cannot read)"
+    assert errors[2].startswith("cut.png: broken or truncated image")
     assert [w.value for w in at.warning] == ["anim.gif: animated (2 frames): used the first frame",
                                              "cmyk.jpg: CMYK converted to RGB",
                                              "deep.png: 16-bit grayscale image rescaled to 8 bits",

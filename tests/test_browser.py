@@ -151,8 +151,17 @@ PAGES = {"inspect": "skipnet_resnet20_fmnist_a0.75_fta6kd", "compare": "early_ex
          "structure": "dgconv_resnet20_fmnist_b0.6_e8", "figures": None, "results": None, "training": None}
 
 
+def _no_page_not_found(page) -> None:
+    """Streamlit answers an unknown URL pathname with a "Page not found" dialog (and runs the default page)."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+    expect(page.get_by_role("dialog")).to_have_count(0)
+
+
 def test_every_page_renders_and_is_photographed(server, page, tmp_path):
-    """Each page in a real browser, no exception on it; the screenshots are the README's
+    """Each page in a real browser at its own URL (``/inspect`` too, not only ``/``): no "Page not found" dialog, no
+    exception, the model a link names is the one the page says it shows; the screenshots are the README's
     (``ROUTESCOPE_UPDATE_SCREENSHOTS=1`` writes them to docs/screenshots)."""
     from playwright.sync_api import expect
 
@@ -163,10 +172,50 @@ def test_every_page_renders_and_is_photographed(server, page, tmp_path):
         page.goto(f"{url}/{name}" + (f"?model={model}" if model else ""))
         expect(page.get_by_role("heading", name=name.capitalize(), exact=True)).to_be_visible()
         expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
-        page.wait_for_timeout(1500)  # let plotly finish drawing
+        page.wait_for_timeout(1500)  # let plotly finish drawing (and a late dialog open)
+        _no_page_not_found(page)
         expect(page.get_by_test_id("stException")).to_have_count(0)
-        if model:  # the link chose the model: the sidebar select holds it
+        assert page.url.split("?")[0].rstrip("/").endswith(f"/{name}"), page.url
+        if model:  # the link chose the model: the sidebar select holds it and the page names it
             page.wait_for_function("name => document.querySelector('[data-testid=stSidebar]').innerHTML.includes(name)",
                                    arg=model, timeout=120_000)
+            expect(page.get_by_test_id("stCaptionContainer").filter(has_text=f"Model: {model}")).to_have_count(1)
         page.screenshot(path=str(out / f"{name}.png"))
     assert {p.stem for p in out.glob("*.png")} >= set(PAGES)
+
+
+def test_the_root_url_opens_inspect_with_its_link(server, page):
+    """``/`` (and an old shared link on it) lands on Inspect at ``/inspect``, its query parameters kept."""
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    model = PAGES["inspect"]
+    page.goto(f"{url}/?model={model}")
+    expect(page.get_by_role("heading", name="Inspect", exact=True)).to_be_visible()
+    expect(page).to_have_url(re.compile(rf"/inspect\?.*model={re.escape(model)}"))
+    expect(page.get_by_test_id("stCaptionContainer").filter(has_text=f"Model: {model}")).to_have_count(1)
+    _no_page_not_found(page)
+
+
+def test_the_chosen_model_follows_to_compare(server, page):
+    """Pick a model on Inspect, open Compare from the menu: Compare shows and names the same model."""
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    model = featured().get("dsnet", {}).get("flagship")
+    if model is None:
+        pytest.skip("no featured DS-Net checkpoint in models/pretrained")
+    page.goto(f"{url}/inspect")
+    expect(page.get_by_role("heading", name="Inspect", exact=True)).to_be_visible()
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_test_id("stSelectbox").click()
+    page.keyboard.type(model)
+    page.get_by_role("option", name=f"★ {model}", exact=True).click()
+    expect(page.get_by_test_id("stCaptionContainer").filter(has_text=f"Model: {model}")).to_have_count(1)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    sidebar.get_by_role("link", name="Compare").click()
+    expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
+    expect(page.get_by_test_id("stCaptionContainer").filter(has_text=f"Model: {model}")).to_have_count(1)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    _no_page_not_found(page)
+    expect(page.get_by_test_id("stException")).to_have_count(0)

@@ -11,7 +11,7 @@ from analysis.core.figures import FIGURES, FigureContext, load_figure_modules
 from analysis.core.images import load_model_input
 from analysis.core.interventions import changed_decisions, format_interventions, parse_interventions, parse_override
 from analysis.core.kinds import decision_controls, routing_pattern
-from analysis.core.latency import dense_counterpart, image_latency
+from analysis.core.latency import dense_counterpart, paired_latency
 from analysis.core.patterns import decision_map, pattern_summary
 from analysis.core.perturb import PERTURBATIONS, perturbation_sweep, perturbed, pixels_tensor
 from analysis.core.table import dataset_table, load_test_images
@@ -123,11 +123,13 @@ def test_perturbation_sweep_rows():
 def test_latency_numbers_and_dense_copy():
     model = tiny("skipnet_resnet8")
     x = image(model).tensor
-    measured = image_latency(model, x, {"layer2.0": {"executed": False}}, {"threshold": 0.4}, runs=5, warmup=1)
-    assert measured.runs == 5 and 0 < measured.min_ms <= measured.q1_ms <= measured.median_ms <= measured.q3_ms <= measured.max_ms
-    assert dense_counterpart(model) is not model and dense_counterpart(tiny_static()) is not None
+    dense = dense_counterpart(model)
+    pair = paired_latency(model, dense, x, {"layer2.0": {"executed": False}}, {"threshold": 0.4}, rounds=5, warmup=1)
+    for measured in pair:
+        assert measured.runs == 5 and 0 < measured.min_ms <= measured.q1_ms <= measured.median_ms <= measured.q3_ms <= measured.max_ms
+    assert dense is not model and dense_counterpart(tiny_static()) is not None
     with pytest.raises(ValueError):
-        image_latency(model, x, {"nowhere": {"executed": False}})
+        paired_latency(model, dense, x, {"nowhere": {"executed": False}})
 
 
 def test_knob_tradeoff_figure_is_registered_for_methods_with_knobs():

@@ -125,8 +125,15 @@ def test_image_byte_limit_and_empty_file(tmp_path):
 
 
 def test_streamlit_upload_limit_is_configured():
-    text = (REPO / ".streamlit" / "config.toml").read_text()
-    assert "maxUploadSize = 25" in text
+    """The server takes files up to its limit, so that an oversized image or checkpoint reaches the app's own checks
+    (a sentence under the uploader) instead of the browser's silent refusal; the app's limits stay far below it."""
+    import tomllib
+
+    from analysis.core import images
+    from app.resources import UPLOAD_MAX_BYTES
+
+    limit_mb = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
+    assert limit_mb >= 192 and UPLOAD_MAX_BYTES < limit_mb * 2**20 and images.MAX_BYTES < limit_mb * 2**20
 
 
 # --- 2. sessions -------------------------------------------------------------------------------------------

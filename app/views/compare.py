@@ -13,7 +13,8 @@ from analysis.core.patterns import decision_map, pattern_summary
 from analysis.core.table import easy_and_hard, per_class_cost
 from analysis.core.tradeoff import POINTS, knob_values, table_point, tradeoff_figure
 from app.components import show_section
-from app.resources import cached_sweep, cached_static_points, cached_table, choose_model, load_bundled, test_images, test_sets
+from app.resources import (cached_sweep, cached_static_points, cached_table, choose_model, load_bundled, show_model, test_images,
+                           test_sets)
 from analysis.core.catalog import bundled_checkpoints
 
 import pandas as pd
@@ -22,6 +23,7 @@ st.title("Compare")
 model = choose_model()
 if model is None:
     st.stop()
+show_model(model)
 dataset = st.selectbox("Test images", test_sets(), help="The bundled 500-image subset, or the full test set when installed.")
 images, _ = test_images(dataset)
 if list(images.shape[1:]) != list(model.meta["input_size"]):  # e.g. an uploaded CIFAR checkpoint

@@ -9,17 +9,14 @@ import streamlit as st
 
 from app.components import (explain, forget_interventions_of_another_model, image_report, intervention_panel,
                             perturbation_view, pick_images, restore_view, share_view)
-from app.resources import choose_model, load_bundled
+from app.resources import choose_model, chosen_bundled_name, load_bundled, show_model
 from analysis.core.catalog import bundled_checkpoints, sample_images
 
 st.title("Inspect")
 model = choose_model()
 if model is None:
     st.stop()
-meta = model.meta
-accuracy = meta.get("metrics", {}).get("test_acc")
-st.caption(f"**{meta['name']}** · method `{meta['method']}` · trained on {meta['dataset']}"
-           + (f" · test accuracy {accuracy * 100:.2f}%" if accuracy is not None else ""))
+show_model(model)
 
 mode = st.radio("View", ["Images", "Side by side", "Across all bundled models"], horizontal=True, key="inspect-mode")
 
@@ -41,9 +38,8 @@ if mode == "Images":
                 if st.toggle("Explain this prediction or a decision (captum)", key=f"img{i}-explain"):
                     explain(model, trace, key=f"img{i}")
     samples = {p.name for p in sample_images()}
-    bundled = st.session_state.get("model-source", "Bundled") == "Bundled"
     first = inputs[0][0] if inputs and inputs[0][0] in samples else None
-    share_view(st.session_state.get("model-name") if bundled else None, first)
+    share_view(chosen_bundled_name(), first)
 elif mode == "Side by side":
     columns = st.columns(2)
     for i, column in enumerate(columns):

@@ -7,12 +7,13 @@ import streamlit as st
 from analysis.core.kinds import grouped, kind_view
 from analysis.core.trace import model_structure
 from app.components import show_section
-from app.resources import choose_model
+from app.resources import choose_model, show_model
 
 st.title("Structure")
 model = choose_model()
 if model is None:
     st.stop()
+show_model(model)
 structure = model_structure(model)
 if not structure:
     st.info(f"`{model.meta['name']}` ({model.meta['method']}) has no learned per-model structure to show: "

@@ -46,30 +46,39 @@ def _curves(frame: pd.DataFrame) -> None:
         st.dataframe(frame, hide_index=True)
 
 
+def run_files() -> dict[str, Path]:
+    """The metrics files the page may open, by label: ``*.metrics.jsonl`` under the project's run folders only (the
+    models folder with its ``experiments/``, and ``runs/``), never a path a user types: the page must not become a
+    way to read other files on the server (a link inside a run folder that leads out of it is left out too)."""
+    roots = [root.resolve() for root in (models_folder(), REPO_ROOT / "runs") if root.is_dir()]
+    files = {}
+    for path in metrics_files(roots):
+        real = path.resolve()
+        if real.name.endswith(".metrics.jsonl") and real.is_file() and any(real.is_relative_to(r) for r in roots):
+            files[_label(path)] = path
+    return files
+
+
 st.title("Training")
-st.caption("`python -m models.train` appends one line per epoch to `OUT/NAME.metrics.jsonl` beside the checkpoint; "
-           "pick one (bundled checkpoints and `runs/`) or type a path.")
-files = metrics_files([models_folder(), REPO_ROOT / "runs"])
-labels = {_label(p): p for p in files}
+st.caption("`python -m models.train ... --out runs` appends one line per epoch to `runs/NAME.metrics.jsonl` beside "
+           "the checkpoint; pick a run from the bundled models, their experiments or `runs/`.")
+labels = run_files()
 picked = st.selectbox("Metrics file", list(labels), key="training-file",
                       placeholder="no metrics file under models/pretrained or runs/")
-typed = st.text_input("…or its path", key="training-path", placeholder="runs/NAME.metrics.jsonl").strip()
-path = Path(typed).expanduser() if typed else labels.get(picked)
+path = labels.get(picked)
 follow = st.toggle(f"Follow the run (refresh every {REFRESH_S} s)", key="training-follow")
 
 
 @st.fragment(run_every=REFRESH_S if follow else None)
 def show(path: Path | None) -> None:
     if path is None:
-        st.info("No metrics file yet: train a model (`python -m models.train ... --out runs`) or type a path.")
+        st.info("No metrics file yet: train a model with `python -m models.train ... --out runs`; its run appears here.")
         return
-    if not path.is_absolute() and not path.exists():
-        path = REPO_ROOT / path
     st.button("Refresh", key="training-refresh", icon=":material/refresh:")
     try:
         frame = read_metrics(path)
     except MetricsError as e:
-        st.error(f"Cannot show this run: {e}")
+        st.error(f"Cannot show this run: {str(e).replace(str(path), _label(path))}")
         return
     if frame.empty:
         st.info(f"`{_label(path)}`: no epoch has finished yet.")
