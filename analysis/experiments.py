@@ -1,13 +1,6 @@
 """Seed statistics of finished runs: ``python -m analysis.experiments DIR [DIR|CKPT ...] [--markdown] [--json]``.
 
-One row per (data set, architecture, method, RePr ranking): its runs, their distinct seeds (fewer than runs
-when two runs share a seed, e.g. the same run copied into two folders) and the mean, sample
-standard deviation (ddof 1; undefined for one run), min and max of their test accuracy
-(``meta["metrics"]["test_acc"]``, measured by ``models.evaluate`` at the end of training). Groups come from
-each checkpoint's own arch and meta, never from its file name: the seed-0 runs are bundled as
-``convnet3_fmnist.pt``, the others live in ``models/pretrained/experiments/...`` as ``convnet3_s1.pt``.
-``varies`` names the training options (other than the seed and where files went) that are not the same
-over a group's runs, so a mean over runs that are not replicates does not pass unnoticed.
+One row per (data set, architecture, method, RePr ranking); what each column means is in ``analysis.core.runs``.
 """
 from __future__ import annotations
 
