@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from analysis.core.catalog import bundled_checkpoints, featured
-from analysis.core.latency import alternating, paired_latency
+from analysis.core.latency import alternating, dense_counterpart, paired_latency
 from analysis.core.table import dataset_table, load_test_images
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import normalize
@@ -68,7 +68,7 @@ def check(name: str, path: Path, device: torch.device, images: torch.Tensor, lab
            **compare_tables(dataset_table(cpu_model, images, labels), dataset_table(dev_model, images, labels))}
     x = normalize(images, cpu_model.meta["mean"], cpu_model.meta["std"])
     row["batch1_agreement"] = batch_one_agreement(cpu_model, dev_model, x[:singles])
-    dense = dev_model.dense_counterpart().eval() if hasattr(dev_model, "dense_counterpart") else dev_model
+    dense = dense_counterpart(dev_model)
     ms, ms_dense = [], []
     for i in range(min(singles, 8)):
         model_latency, dense_latency = paired_latency(dev_model, dense, x[i:i + 1], rounds=rounds)
