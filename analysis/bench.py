@@ -39,20 +39,19 @@ from models.data import normalize
 from models.devices import add_device_argument, model_device, resolve_device
 from models.errors import UsageError
 from models.inference import fast_form
+from models.protocol import RouteScopeModel, RunsCompiled
 from models.trace import check_interventions, forced_forward, traced_forward
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def comparisons(model: torch.nn.Module) -> dict[str, Forward | tuple[Forward, Forward]]:
+def comparisons(model: RouteScopeModel) -> dict[str, Forward | tuple[Forward, Forward]]:
     """What to time the model against: first the dense network of its family in the same inference form (what a
     user would run instead); a static model against itself (the noise of the run); then the model's declared
     references (masked execution, static subnets)."""
-    counterpart = getattr(model, "dense_counterpart", None)
-    out: dict = {DENSE: counterpart().eval()} if callable(counterpart) else {SAME: copy.deepcopy(model)}
-    declared = getattr(model, "benchmark_references", None)
-    if callable(declared):
-        out.update({label: ref for label, ref in declared().items() if label != "dense backbone"})
+    counterpart = model.dense_counterpart()
+    out: dict = {DENSE: counterpart.eval()} if counterpart is not None else {SAME: copy.deepcopy(model)}
+    out.update({label: ref for label, ref in model.benchmark_references().items() if label != "dense backbone"})
     return out
 
 
@@ -109,13 +108,13 @@ def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
-def bench_model(model: torch.nn.Module, images: torch.Tensor, batch: int | None = None, rounds: int = 6) -> list[dict]:
+def bench_model(model: RouteScopeModel, images: torch.Tensor, batch: int | None = None, rounds: int = 6) -> list[dict]:
     """One row per comparison of ``model`` with one of its references.
 
     Throughput is measured at ``batch`` if given, else at the model's own ``benchmark_batch`` (CondConv: 64,
     the batch its issue compares at), else at ``DEFAULT_BATCH``.
     """
-    batch = batch or getattr(model, "benchmark_batch", DEFAULT_BATCH)
+    batch = batch or model.benchmark_batch or DEFAULT_BATCH
     x = normalize(images, model.meta["mean"], model.meta["std"]).to(model_device(model))
     rows = []
     metrics = model.meta.get("metrics", {})
@@ -227,7 +226,7 @@ def form_rows(path: Path, images: torch.Tensor, rounds: int) -> list[dict]:
     x = normalize(images, train.meta["mean"], train.meta["std"])
     operators_only = copy.deepcopy(fast)
     for module in operators_only.modules():
-        if getattr(module, "compiled", False):
+        if isinstance(module, RunsCompiled) and module.compiled:
             module.compiled = False  # the compiled batch-1 kernels off (models.layers.fused)
     options = {"fast form": (fast, x), "fast form, channels_last": (copy.deepcopy(fast).to(memory_format=torch.channels_last),
                                                                       x.contiguous(memory_format=torch.channels_last)),

@@ -69,6 +69,7 @@ def check(name: str, path: Path, device: torch.device, images: torch.Tensor, lab
     x = normalize(images, cpu_model.meta["mean"], cpu_model.meta["std"])
     row["batch1_agreement"] = batch_one_agreement(cpu_model, dev_model, x[:singles])
     dense = dense_counterpart(dev_model)
+    dense = dev_model if dense is None else dense.eval()
     ms, ms_dense = [], []
     for i in range(min(singles, 8)):
         model_latency, dense_latency = paired_latency(dev_model, dense, x[i:i + 1], rounds=rounds)

@@ -175,7 +175,7 @@ def static_prefix(entry: dict) -> str | None:
     class: DS-Net's static widths, early exit's truncated networks), read from a build on the meta device."""
     argv = command_argv(entry["command"])
     with torch.device("meta"):
-        return getattr(create_model(argv[argv.index("--model") + 1]), "static_variants", None)
+        return create_model(argv[argv.index("--model") + 1]).static_variants
 
 
 def static_at(variants: dict, macs: float, prefix: str) -> tuple[float, str, str] | None:

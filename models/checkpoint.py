@@ -207,7 +207,7 @@ def training_args(meta: dict) -> dict:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, train_state: dict | None = None) -> None:
     """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    if getattr(model, "inference_only", False):
+    if model.is_fast_form:
         raise ValueError("this is the fast inference form (BatchNorm folded): save the training form "
                          "(load_checkpoint(..., form='train'))")
     path = Path(path)
@@ -319,10 +319,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def inference_form(model: nn.Module) -> nn.Module:
-    """What inference runs: ``model.for_inference()`` where the model declares one (DGConv exports its masked
-    convs to grouped convs; a new model), else the model itself."""
-    prepare = getattr(model, "for_inference", None)
-    return prepare() if callable(prepare) else model
+    """What inference runs: ``model.inference_form()`` (DGConv exports its masked convs to grouped convs; a new
+    model), else the model itself."""
+    return model.inference_form()
 
 
 def check_meta(meta: dict) -> None:

@@ -72,7 +72,7 @@ class CondConvBlock(BasicBlock):
 
     compiled = False  # batch-1 routing and kernel mixing run the compiled kernel (``models.layers.fused``)
 
-    def prepare_inference(self) -> None:
+    def prepare_fast_form(self) -> None:
         """The fast form: at batch 1, the router and both kernel mixtures in one compiled call (where built)."""
         self.compiled = (fused_ops() and self.conv1.bias is None and self.conv2.bias is None
                          and self.conv1.weight.dtype == torch.float32)
@@ -91,13 +91,13 @@ class CondConvBlock(BasicBlock):
         """``(output, routing (B, E))``; records the routing to the active trace."""
         trace = current_trace()
         if self.compiled and runs_compiled(x) and x.shape[0] == 1 and (trace is None or not trace.observe):
-            return self._routed_one(x, trace.forced(self.layer_name, "weights") if trace is not None else None)
+            return self._routed_one(x, trace.forced(self.layer_name, ROUTING) if trace is not None else None)
         routing = self.router(x)
-        forced = trace.forced(self.layer_name, "weights") if trace is not None else None
+        forced = trace.forced(self.layer_name, ROUTING) if trace is not None else None
         if forced is not None:
             routing = forced_routing(forced, routing)
         if trace is not None:
-            trace.record(self.layer_name, "routing", weights=routing, **({"forced": True} if forced is not None else {}))
+            trace.record(self.layer_name, ROUTING, weights=routing, **({"forced": True} if forced is not None else {}))
         return F.relu(self.residual(x, routing) + self.shortcut(x)), routing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,7 +150,7 @@ class CondConvResNet(ResNet):
         return [name for name, _ in self.routing_blocks()]
 
     def decision_layers(self) -> dict[str, str]:
-        return {name: "routing" for name in self.routing_layers()}
+        return {name: ROUTING.name for name in self.routing_layers()}
 
     def forward(self, x: torch.Tensor, return_routing: bool = False) -> torch.Tensor | CondConvOutput:
         x = self.stem(x)

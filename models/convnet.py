@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decisions import Decides
+from .protocol import RouteScopeModel
 from .registry import register_model
 from .resnet import conv3x3, init_weights
 
 
-class ConvNet(Decides, nn.Module):
+class ConvNet(RouteScopeModel):
     """``len(widths)`` conv-BN-ReLU-maxpool layers and a linear head; a plain (static) network."""
 
     method = "baseline"

@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .protocol import RouteScopeModel
+
 
 @torch.no_grad()
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -17,12 +19,13 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def full_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+def full_macs(model: RouteScopeModel, input_size: tuple[int, int, int]) -> int:
     """MACs of the same backbone executing everything at full width, without gates or routers.
 
-    Dynamic models say what their dense counterpart is with ``dense_counterpart()``; a static model is
+    Dynamic models say what their dense counterpart is with ``dense_counterpart()``; a static model (None) is
     its own counterpart.
     """
-    dense = model.dense_counterpart() if hasattr(model, "dense_counterpart") else model
+    dense = model.dense_counterpart()
+    dense = model if dense is None else dense
     device = next(dense.parameters()).device
     return count_macs(dense, torch.zeros(1, *input_size, device=device))

@@ -26,6 +26,13 @@ class DecisionKind:
     optional: tuple[str, ...] = field(default=())  # fields an entry may omit
     forcible: tuple[str, ...] = field(default=())  # fields an override can force (``traced_forward(overrides=...)``)
 
+    @property
+    def forced_field(self) -> str:
+        """The field an override of this kind forces (``Trace.forced``): its one forcible field."""
+        if len(self.forcible) != 1:
+            raise ValueError(f"decision kind {self.name!r} has no single forcible field: {self.forcible}")
+        return self.forcible[0]
+
     def typed(self, field_name: str, value: Any) -> Any:
         """An override's value for ``field_name`` as the type this kind declares for it (``typed_value``)."""
         return typed_value(self.fields[field_name][0], value)
@@ -72,18 +79,6 @@ def typed_value(json_type: str, value: Any) -> Any:
 
 
 FORCED = ("boolean", "the decision was forced by an override, not taken by the model")
-
-
-class Decides:
-    """What every model answers about its decisions (mixed into the backbones): none by default."""
-
-    def decision_layers(self) -> dict[str, str]:
-        """``{layer: kind}`` of every per-image decision the model can take (what overrides may name)."""
-        return {}
-
-    def knobs(self) -> dict[str, dict]:
-        """Inference settings with their ranges: ``{name: {"low", "high", "default", "help"}}``; {} if none."""
-        return {}
 
 
 _KINDS: dict[str, DecisionKind] = {}

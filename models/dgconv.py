@@ -12,7 +12,7 @@ Execution:
 - train mode: the masked form (dense weights times U), the only one with gradients to ``theta``.
 - eval mode: a REAL grouped convolution computed from the current gates (gather each group's channels,
   ``groups=G`` conv with the block-diagonal weights, scatter back); same outputs, fewer MACs.
-- ``model.for_inference()`` returns a new model where every DGConv2d is a ``GroupedConv2d`` (static
+- ``model.inference_form()`` returns a new model where every DGConv2d is a ``GroupedConv2d`` (static
   permutation buffers + ``nn.Conv2d(C, C, k, groups=G)`` with only the block-diagonal weights), so the
   parameter count shrinks too. ``models.checkpoint.load_checkpoint`` calls it: checkpoints load exported.
 
@@ -99,7 +99,7 @@ class DGConvResNet(ResNet):
         out = []
         for name, layer in self.dg_layers():
             groups = layer.group_of_channel()
-            entry = {"layer": name, "kind": "groups", "groups": layer.groups(), "group_of_channel": groups,
+            entry = {"layer": name, "kind": GROUPS.name, "groups": layer.groups(), "group_of_channel": groups,
                      "channels": len(groups), "gates": layer.hard_gates().int().tolist(), "nnz": layer.nnz()}
             if mask:
                 entry["mask"] = layer.mask().int().tolist()
@@ -131,7 +131,7 @@ class DGConvResNet(ResNet):
         conv = layer.conv if isinstance(layer, GroupedConv2d) else layer
         return conv.kernel_size[0] * conv.kernel_size[1] * layer.area
 
-    def for_inference(self) -> "DGConvResNet":
+    def inference_form(self) -> "DGConvResNet":
         """A NEW model in which every DGConv2d is a real grouped conv; ``self`` is left untouched.
 
         ``meta``, ``arch`` and ``arch_config`` travel with the copy. The exported model is for inference:

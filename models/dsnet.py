@@ -326,14 +326,14 @@ class DSResNet(ResNet):
         raise ValueError(f"width {width} is not one of this DS-Net's choices {list(self.widths_choices)}")
 
     def decision_layers(self) -> dict[str, str]:
-        return {name: "width" for name in self.gate_names}
+        return {name: WIDTH.name for name in self.gate_names}
 
     def fold_batchnorms(self) -> int:
         """The fast inference form (``models.inference``): the stem's BN folded as in any ResNet, each block's per
         width and statistics row (``DSBlock.fold_widths``)."""
-        from .inference import fold_batchnorm
+        from .inference import fold_batchnorms
 
-        folded = fold_batchnorm(self.stem)
+        folded = fold_batchnorms(self.stem)
         in_options: tuple[int, ...] = (self.widths[0],)
         for s, options in enumerate(self.stage_channels, 1):
             blocks = list(self.stages()[s - 1])
@@ -380,7 +380,7 @@ class DSResNet(ResNet):
             if name in self.gates:
                 channels = self.stage_channels[s - 1][index]
                 if trace is not None:
-                    trace.record(name, "width", width=self.widths_choices[index], channels=channels,
+                    trace.record(name, WIDTH, width=self.widths_choices[index], channels=channels,
                                  max_channels=self.stage_channels[s - 1][-1], forced=True)
                 gate = self.gates[name]
                 if gate.se is not None:
@@ -411,7 +411,7 @@ class DSResNet(ResNet):
                 continue
             gate = self.gates[name]
             h = gate.hidden(x)
-            forced = trace.forced(name, "width") if trace is not None else None
+            forced = trace.forced(name, WIDTH) if trace is not None else None
             index = self.choice_of(forced) if forced is not None else int(self._tilted(gate.width_logits(h), trace).argmax())
             x, in_index = self._run_stage(s, x, index, in_index, gate.attention(h, self.inner_of(s, index))), index
         return self.head(x)
@@ -429,12 +429,12 @@ class DSResNet(ResNet):
         h = gate.hidden(x)
         z = self._tilted(gate.width_logits(h), trace)  # > 0 tilts towards wider choices, < 0 towards narrower
         choice = z.argmax(1)
-        forced = trace.forced(name, "width") if trace is not None else None
+        forced = trace.forced(name, WIDTH) if trace is not None else None
         if forced is not None:
             choice = torch.full_like(choice, self.choice_of(forced))
         options = self.stage_channels[s - 1]
         if trace is not None:
-            trace.record(name, "width", width=torch.tensor(self.widths_choices, dtype=torch.float64)[choice.cpu()],
+            trace.record(name, WIDTH, width=torch.tensor(self.widths_choices, dtype=torch.float64)[choice.cpu()],
                          channels=torch.tensor(options)[choice.cpu()], max_channels=self.stage_channels[s - 1][-1],
                          probabilities=z.softmax(1),  # kept differentiable for attributions (Trace(keep_tensors=True))
                          **({"forced": True} if forced is not None else {}))

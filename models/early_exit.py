@@ -108,10 +108,10 @@ class EarlyExitResNet(ResNet):
             if head is None or (exit_at is not None and name != exit_at):
                 continue
             z, confidence = head.decide(x)
-            forced = trace.forced(name, "exited") if trace is not None else None
+            forced = trace.forced(name, EXIT) if trace is not None else None
             if (exit_at is not None or confidence >= threshold) if forced is None else bool(forced):
                 return z
-        if trace is not None and trace.forced(FINAL_EXIT, "exited") is False:
+        if trace is not None and trace.forced(FINAL_EXIT, EXIT) is False:
             raise ValueError("the final exit (fc) cannot be refused: every image leaves there at the latest")
         return self.head(x)
 
@@ -143,11 +143,11 @@ class EarlyExitResNet(ResNet):
                 z = heads[name](x)
                 confidence = z.softmax(1).amax(1)
                 done = confidence >= threshold if exit_at is None else torch.ones_like(confidence, dtype=torch.bool)
-                forced = trace.forced(name, "exited") if trace is not None else None
+                forced = trace.forced(name, EXIT) if trace is not None else None
                 if forced is not None:
                     done = torch.full_like(done, bool(forced))
                 if trace is not None:
-                    trace.record(name, "exit", confidence=confidence, exited=done, threshold=threshold,
+                    trace.record(name, EXIT, confidence=confidence, exited=done, threshold=threshold,
                                  **({"forced": True} if forced is not None else {}))
                 if logits is None:
                     logits = z.new_zeros(len(active), z.shape[1])
@@ -160,15 +160,15 @@ class EarlyExitResNet(ResNet):
                         subsets.enter_context(trace.subset(keep))
                     x, active = x.index_select(0, keep), active[keep]
             z = self.head(x)
-            if trace is not None and trace.forced(FINAL_EXIT, "exited") is False:
+            if trace is not None and trace.forced(FINAL_EXIT, EXIT) is False:
                 raise ValueError("the final exit (fc) cannot be refused: every image leaves there at the latest")
             if trace is not None:
-                trace.record(FINAL_EXIT, "exit", confidence=z.softmax(1).amax(1), exited=torch.ones(len(z), dtype=torch.bool),
-                             threshold=threshold)
+                trace.record(FINAL_EXIT, EXIT, confidence=z.softmax(1).amax(1),
+                             exited=torch.ones(len(z), dtype=torch.bool), threshold=threshold)
         return z if logits is None else logits.index_copy(0, active, z)
 
     def decision_layers(self) -> dict[str, str]:
-        return {name: "exit" for name in (*self.exit_names, FINAL_EXIT)}
+        return {name: EXIT.name for name in (*self.exit_names, FINAL_EXIT)}
 
     def knobs(self) -> dict[str, dict]:
         return {"threshold": {"low": 0.0, "high": 1.01, "default": self.threshold,

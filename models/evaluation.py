@@ -11,6 +11,7 @@ from tqdm import tqdm
 from .cost import full_macs
 from .data import DatasetInfo, collate_batch, normalize
 from .devices import model_device
+from .protocol import RouteScopeModel
 from .trace import traced_forward
 
 
@@ -34,7 +35,7 @@ def accuracy_and_macs(forward: Callable[[torch.Tensor], torch.Tensor], data, mea
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data, info: DatasetInfo, limit: int | None = None, batch_size: int = 500,
+def evaluate(model: RouteScopeModel, data, info: DatasetInfo, limit: int | None = None, batch_size: int = 500,
              progress: bool = True) -> dict:
     """Accuracy and per-image executed MACs over ``data`` (the first ``limit`` images if given).
 
@@ -55,10 +56,10 @@ def evaluate(model: torch.nn.Module, data, info: DatasetInfo, limit: int | None 
         "mac_ratio": round(macs.mean().item() / dense, 4),
         "params": sum(p.numel() for p in model.parameters()),
     }
-    variants = getattr(model, "evaluation_variants", None)
-    if callable(variants):
+    variants = model.evaluation_variants()
+    if variants:
         metrics["variants"] = {}
-        for label, forward in variants().items():
+        for label, forward in variants.items():
             v_correct, v_macs = accuracy_and_macs(forward, data, info.mean, info.std, device, limit, batch_size, progress)
             metrics["variants"][label] = {"test_acc": round(v_correct.float().mean().item(), 5),
                                           "macs_mean": round(v_macs.mean().item()),

@@ -6,10 +6,11 @@ form removes operators without changing what is computed:
 
 - BatchNorm folded into the convolution before it (``models.layers.batchnorm_fold``: PyTorch's
   ``fuse_conv_bn_weights`` in float64): plain ``Conv2d``+``BatchNorm2d`` pairs (a ``Sequential`` of the two, or
-  attributes ``convX`` / ``bnX``), and layers that know how to take a BatchNorm in (``fold_batchnorm(bn)``:
-  CondConv's experts, DGConv's exported grouped convs, DS-Net's slimmable convs per width);
-- modules that have a cheaper inference computation provide ``prepare_inference()`` (SkipNet's recurrent
-  gate as one affine map and one sigmoid per step);
+  attributes ``convX`` / ``bnX``), layers that know how to take a BatchNorm in (``protocol.FoldsBatchNorm``:
+  CondConv's experts, DGConv's exported grouped convs) and modules that fold their own
+  (``protocol.FoldsOwnBatchNorms``: DS-Net's slimmable convs per width);
+- modules that have a cheaper inference computation provide ``prepare_fast_form()`` (``protocol.PreparesFastForm``:
+  SkipNet's recurrent gate as one affine map and one sigmoid per step);
 - no autograd bookkeeping (``requires_grad_(False)``); callers may run it under ``no_grad`` or
   ``torch.inference_mode``, which decide and count the same.
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .layers.batchnorm_fold import fold_weights
+from .protocol import FoldsBatchNorm, FoldsOwnBatchNorms, PreparesFastForm, RouteScopeModel
 
 FORMS = ("fast", "train")
 
@@ -46,17 +48,15 @@ def _fold_pair(conv: nn.Module, bn: nn.Module) -> nn.Module | None:
         return None
     if type(conv) is nn.Conv2d:
         return fold_conv(conv, bn)
-    fold = getattr(conv, "fold_batchnorm", None)
-    return fold(bn) if callable(fold) else None
+    return conv.fold_batchnorm(bn) if isinstance(conv, FoldsBatchNorm) else None
 
 
 @torch.no_grad()
-def fold_batchnorm(module: nn.Module) -> int:
+def fold_batchnorms(module: nn.Module) -> int:
     """Fold every BatchNorm that follows a conv into it, in place; returns how many were folded."""
     folded = 0
-    custom = getattr(module, "fold_batchnorms", None)
-    if callable(custom):  # a module that folds its own (e.g. DS-Net's per-width statistics)
-        return custom()
+    if isinstance(module, FoldsOwnBatchNorms):  # a module that folds its own (e.g. DS-Net's per-width statistics)
+        return module.fold_batchnorms()
     if isinstance(module, nn.Sequential):
         for i in range(len(module) - 1):
             fused = _fold_pair(module[i], module[i + 1])
@@ -71,23 +71,21 @@ def fold_batchnorm(module: nn.Module) -> int:
                 setattr(module, "bn" + name[4:], nn.Identity())
                 folded += 1
     for child in module.children():
-        folded += fold_batchnorm(child)
+        folded += fold_batchnorms(child)
     return folded
 
 
 @torch.no_grad()
-def fast_form(model: nn.Module) -> nn.Module:
+def fast_form(model: RouteScopeModel) -> RouteScopeModel:
     """``model`` (in eval mode) turned into its fast inference form, in place: a model made for inference only."""
     model.eval()
-    counterpart = getattr(model, "dense_counterpart", None)
-    if callable(counterpart):  # built from the training-form weights, before they are folded; in the same form
-        dense = fast_form(counterpart().eval())
-        object.__setattr__(model, "dense_counterpart", lambda: dense)  # not a submodule: no extra state_dict keys
-    fold_batchnorm(model)
+    counterpart = model.dense_counterpart()
+    if counterpart is not None:  # built from the training-form weights, before they are folded; in the same form
+        model.keep_dense_counterpart(fast_form(counterpart.eval()))
+    fold_batchnorms(model)
     for m in model.modules():
-        prepare = getattr(m, "prepare_inference", None)
-        if callable(prepare):
-            prepare()
+        if isinstance(m, PreparesFastForm):
+            m.prepare_fast_form()
     model.requires_grad_(False).eval()  # the folded convs are new modules: in eval mode like the rest
-    model.inference_only = True
+    model.is_fast_form = True
     return model

@@ -95,7 +95,7 @@ def filter_structure(model: nn.Module) -> list[dict]:
         dropped = getattr(layer.conv, BUFFER, None)
         out.append({
             "layer": layer.name,
-            "kind": "filters",
+            "kind": FILTERS.name,
             "overlap": [round(float(s), 6) for s in filter_scores(layer.conv.weight)],
             "dropped": [] if dropped is None else dropped.nonzero().flatten().tolist(),
             "prunable": layer.name in prunable,

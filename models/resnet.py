@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .errors import UsageError
 from .layers.conv import conv3x3
-from .decisions import Decides
+from .protocol import RouteScopeModel
 from .registry import register_model
 
 Plain = TypeVar("Plain", bound=nn.Module)
@@ -105,7 +105,7 @@ def stage_layers(depth: int, stages: int, layers: Sequence[int] | None) -> tuple
     return ((depth - 2) // 6,) * stages
 
 
-class ResNet(Decides, nn.Module):
+class ResNet(RouteScopeModel):
     """Stem, one stage of blocks per entry of ``widths`` (``layer1``, ``layer2``, ...), global average pool, linear head.
 
     The defaults are the CIFAR family (``depth`` 6n+2, BasicBlocks, 3x3 stem); ``block=Bottleneck,

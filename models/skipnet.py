@@ -91,7 +91,7 @@ class SkipNet(ResNet):
         state = self.gates.initial_state_one(x)
         for index, (name, block) in enumerate(zip(self.gate_names, blocks[1:])):
             z, state = self.gates.step_one(index, x, state)
-            forced = trace.forced(name, "executed") if trace is not None else None
+            forced = trace.forced(name, SKIP) if trace is not None else None
             if (1.0 / (1.0 + math.exp(-z)) > threshold) if forced is None else bool(forced):
                 x = F.relu(block.residual(x) + block.shortcut(x))
             else:
@@ -110,11 +110,11 @@ class SkipNet(ResNet):
             z, state = self.gates.step(index, x, state)
             p = torch.sigmoid(z)
             on = p > threshold
-            forced = trace.forced(name, "executed") if trace is not None else None
+            forced = trace.forced(name, SKIP) if trace is not None else None
             if forced is not None:
                 on = torch.full_like(on, bool(forced))
             if trace is not None:
-                trace.record(name, "skip", executed=on, probability=p, **({"forced": True} if forced is not None else {}))
+                trace.record(name, SKIP, executed=on, probability=p, **({"forced": True} if forced is not None else {}))
             shortcut = block.shortcut(x)  # a skipped identity block returns x itself; a skipped downsampler its projection
             if bool(on.all()):
                 x = F.relu(block.residual(x) + shortcut)
@@ -154,7 +154,7 @@ class SkipNet(ResNet):
         return GateOutput(self.head(x), torch.stack(probs, 1), torch.stack(actions, 1), torch.stack(gate_logits, 1))
 
     def decision_layers(self) -> dict[str, str]:
-        return {name: "skip" for name in self.gate_names}
+        return {name: SKIP.name for name in self.gate_names}
 
     def knobs(self) -> dict[str, dict]:
         return {"threshold": {"low": 0.0, "high": 1.0, "default": 0.5,

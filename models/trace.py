@@ -18,8 +18,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from .decisions import decision_kind, typed_value
+from .decisions import DecisionKind, decision_kind, typed_value
 from .devices import model_device
+from .protocol import RouteScopeModel
 
 _ACTIVE: ContextVar["Trace | None"] = ContextVar("routescope_trace", default=None)
 
@@ -85,8 +86,10 @@ class Trace:
         finally:
             self._rows.pop()
 
-    def forced(self, layer: str, field: str) -> Any | None:
-        """The value an override forces for ``layer``'s decision ``field`` (None: decide as the model would)."""
+    def forced(self, layer: str, kind: DecisionKind) -> Any | None:
+        """The value an override forces for ``layer``'s decision of ``kind`` (its ``forced_field``; None: decide
+        as the model would)."""
+        field = kind.forced_field
         value = self.overrides.get(layer, {}).get(field)
         if value is not None:
             self.applied.add((layer, field))
@@ -96,8 +99,8 @@ class Trace:
         """An inference setting for this forward pass (``default``: the model's trained value)."""
         return float(self.knobs.get(name, default))
 
-    def record(self, layer: str, kind: str, **fields: Any) -> None:
-        """One decision per sample of the current subset; tensor fields are split along dim 0."""
+    def record(self, layer: str, kind: DecisionKind, **fields: Any) -> None:
+        """One decision of ``kind`` per sample of the current subset; tensor fields are split along dim 0."""
         if not self.observe:
             return
         if self.keep_tensors:
@@ -106,7 +109,7 @@ class Trace:
                     self._tensors.setdefault((layer, key), []).append((self.rows, value))
         rows = self.rows.tolist()
         for i, row in enumerate(rows):
-            entry: dict[str, Any] = {"layer": layer, "kind": kind}
+            entry: dict[str, Any] = {"layer": layer, "kind": kind.name}
             for key, value in fields.items():
                 if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == len(rows):
                     value = value[i]
@@ -134,12 +137,12 @@ class Trace:
             _ACTIVE.reset(token)
 
 
-def check_interventions(model: torch.nn.Module, overrides: dict | None,
+def check_interventions(model: RouteScopeModel, overrides: dict | None,
                         knobs: dict | None) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     """``(overrides, knobs)`` checked against the model and typed as its kinds declare each field (``"false"``,
     ``0`` and ``False`` all force a block off); a ``ValueError`` naming the layer, field or knob and what it
     accepts. A typo must not silently give the unforced result, nor a wrong type the opposite one."""
-    layers = model.decision_layers() if hasattr(model, "decision_layers") else {}
+    layers = model.decision_layers()
     typed: dict[str, dict[str, Any]] = {}
     for layer, fields in (overrides or {}).items():
         if layer not in layers:
@@ -153,7 +156,7 @@ def check_interventions(model: torch.nn.Module, overrides: dict | None,
                 typed.setdefault(layer, {})[field] = kind.typed(field, value)
             except ValueError as e:
                 raise ValueError(f"{layer}.{field} {e}") from None
-    declared = model.knobs() if hasattr(model, "knobs") else {}
+    declared = model.knobs()
     moved: dict[str, float] = {}
     for name, value in (knobs or {}).items():
         if name not in declared:

@@ -35,6 +35,7 @@ from .manifest import write_manifest_entry
 from . import options
 from .factory import read_manifest
 from .devices import resolve_device
+from .protocol import RouteScopeModel
 from .registry import Recipe, build_model
 from . import zoo
 from .stages import Stage
@@ -304,7 +305,7 @@ def open_tensorboard(folder: str):
     return SummaryWriter(folder)
 
 
-def init_from(model: nn.Module, path: str) -> None:
+def init_from(model: RouteScopeModel, path: str) -> None:
     """Copy every weight of ``path`` whose name and shape match; the rest (gates, routers) keep their init,
     except what the model can derive from the unmatched ones (``model.upcycle``: CondConv experts from dense
     kernels, DS-Net grid gates from global-pool gates)."""
@@ -314,7 +315,7 @@ def init_from(model: nn.Module, path: str) -> None:
     if not matched:
         raise ckpt.CheckpointError(f"{path}: no weight matches {model.arch}")
     model.load_state_dict(matched, strict=False)
-    upcycled = model.upcycle({k: v for k, v in source.items() if k not in matched}) if hasattr(model, "upcycle") else []
+    upcycled = model.upcycle({k: v for k, v in source.items() if k not in matched})
     if is_main_process():
         print(f"initialized {len(matched)}/{len(own)} tensors from {path}; new: {len(own) - len(matched)}"
               + (f" ({len(upcycled)} derived from unmatched ones by {type(model).__name__}.upcycle)" if upcycled else ""))

@@ -198,7 +198,7 @@ def test_export_equals_masked_model(widths, monkeypatch):
     model = make(widths=widths)
     x = torch.randn(4, 1, 28, 28)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    exported = model.for_inference()
+    exported = model.inference_form()
     after = model.state_dict()
     assert sorted(after) == sorted(before) and all(torch.equal(v, before[k]) for k, v in after.items())
     assert not any(isinstance(m, DGConv2d) for m in exported.modules())
@@ -222,7 +222,7 @@ def test_export_equals_masked_model(widths, monkeypatch):
 
 
 def test_flop_counter_equals_trace_of_exported():
-    exported = make().for_inference().eval()
+    exported = make().inference_form().eval()
     x = torch.randn(3, 1, 28, 28)
     _, trace = traced_forward(exported, x)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -234,7 +234,7 @@ def test_flop_counter_equals_trace_of_exported():
 
 def test_structure_survives_export():
     model = make()
-    exported = model.for_inference()
+    exported = model.inference_form()
     s = model.structure()
     assert s == exported.structure()
     assert [e["layer"] for e in s] == [name for name, _ in model.dg_layers()]
@@ -244,7 +244,7 @@ def test_structure_survives_export():
     with_mask = exported.structure(mask=True)
     for entry, (name, mask) in zip(with_mask, model.masks().items()):
         assert entry["layer"] == name and torch.equal(torch.tensor(entry["mask"]).float(), mask)
-    assert exported.for_inference().structure() == s  # exporting twice is harmless
+    assert exported.inference_form().structure() == s  # exporting twice is harmless
 
 
 # --- budgeted training ----------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_checkpoint_roundtrip_loads_exported_form(tmp_path):
     assert loaded.meta == META and loaded.arch == "dgconv_resnet8" and loaded.arch_config == model.arch_config
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model.for_inference()(x), atol=1e-5, rtol=1e-5)  # BN folded too
+        torch.testing.assert_close(loaded(x), model.inference_form()(x), atol=1e-5, rtol=1e-5)  # BN folded too
     assert loaded.structure() == model.structure()
     plain = count_macs(create_model("resnet8", in_chans=1), x[:1])
     assert full_macs(loaded, (1, 28, 28)) == full_macs(model, (1, 28, 28)) == plain

@@ -23,7 +23,7 @@ def test_compiled_gate_step_equals_the_pytorch_step(shape):
             p.normal_(0, 0.5)
     channels = shape[1]
     gates.embed[0] = torch.nn.Conv2d(channels, 10, 1)
-    gates.prepare_inference()
+    gates.prepare_fast_form()
     assert gates.compiled
     x = torch.randn(shape)
     h, c = torch.randn(1, 10), torch.randn(1, 10)
@@ -55,7 +55,7 @@ def test_compiled_exit_head_equals_the_pytorch_head(kind, side):
     x = torch.randn(1, 32, side, side)
     with torch.inference_mode():
         want = head(x)
-        head.prepare_inference()
+        head.prepare_fast_form()
         assert head.compiled
         z, confidence = head.decide(x)
     torch.testing.assert_close(z, want, atol=1e-5, rtol=1e-5)

@@ -9,6 +9,8 @@ import torch.nn as nn
 from analysis.core.catalog import sample_images
 from analysis.core.images import load_model_input
 from models.checkpoint import load_checkpoint
+from models.protocol import RouteScopeModel
+from models.skipnet import SKIP
 from models.trace import current_trace, traced_forward
 
 from conftest import REPO
@@ -16,7 +18,7 @@ from conftest import REPO
 PRETRAINED = REPO / "models" / "pretrained"
 
 
-class HalfSkipper(nn.Module):
+class HalfSkipper(RouteScopeModel):
     """Runs its conv only on even-indexed samples of the batch and records the decision."""
 
     def __init__(self) -> None:
@@ -27,7 +29,7 @@ class HalfSkipper(nn.Module):
         run = torch.arange(len(x)) % 2 == 0
         trace = current_trace()
         if trace is not None:
-            trace.record("conv", "skip", executed=run, probability=run.float())
+            trace.record("conv", SKIP, executed=run, probability=run.float())
         rows = run.nonzero().flatten()
         out = torch.zeros(len(x), 3, *x.shape[2:])
         if trace is not None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pandas as pd
 import plotly.graph_objects as go
 
-from models.decisions import decision_kind
+from models.decisions import DecisionKind, decision_kind
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class KindView:
       (the bench's ``--scale paper``).
     """
 
-    kind: str
+    kind: DecisionKind
     columns: Callable[[dict], dict] | None = None
     inspect: Callable[[list[dict]], list[go.Figure]] | None = None
     compare: Callable[[pd.DataFrame], list[Section]] | None = None
@@ -91,16 +91,17 @@ class KindView:
     title: str = field(default="")
 
     def __post_init__(self) -> None:
-        decision_kind(self.kind)  # a view is of a kind some method declared
+        if decision_kind(self.kind.name) != self.kind:  # a view is of a kind some method declared
+            raise ValueError(f"decision kind {self.kind.name!r} is not the one its method declared")
         if not self.title:
-            object.__setattr__(self, "title", decision_kind(self.kind).summary.capitalize())
+            object.__setattr__(self, "title", self.kind.summary.capitalize())
 
 
 _VIEWS: dict[str, KindView] = {}
 
 
 def register_view(view: KindView) -> KindView:
-    _VIEWS[view.kind] = view
+    _VIEWS[view.kind.name] = view
     return view
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from models.devices import model_device
+from models.protocol import RouteScopeModel
 from models.trace import check_interventions, forced_forward
 
 
@@ -83,8 +84,9 @@ def paired_latency(model: torch.nn.Module, dense: torch.nn.Module, x: torch.Tens
     return Latency.of(times[0]), Latency.of(times[1])
 
 
-def dense_counterpart(model: torch.nn.Module) -> torch.nn.Module:
+def dense_counterpart(model: RouteScopeModel) -> torch.nn.Module:
     """The dense network a dynamic model is measured against (``model.dense_counterpart()``; a static model is
     its own), in eval mode. A copy: the caller caches it, the model is not touched."""
-    dense = model.dense_counterpart() if hasattr(model, "dense_counterpart") else copy.deepcopy(model)
+    dense = model.dense_counterpart()
+    dense = copy.deepcopy(model) if dense is None else dense
     return dense.eval()

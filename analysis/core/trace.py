@@ -6,6 +6,7 @@ from functools import lru_cache
 import torch
 
 from models.cost import full_macs
+from models.protocol import RouteScopeModel
 from models.trace import traced_forward
 
 
@@ -25,10 +26,9 @@ def dense_macs(model: torch.nn.Module) -> int:
     return int(measured) if measured else _dense_macs(model)
 
 
-def model_structure(model: torch.nn.Module) -> list[dict]:
+def model_structure(model: RouteScopeModel) -> list[dict]:
     """Per-model learned structure (DGConv groups, RePr filter overlaps); empty for other methods."""
-    structure = getattr(model, "structure", None)
-    return structure() if callable(structure) else []
+    return model.structure()
 
 
 def trace_batch(model: torch.nn.Module, x: torch.Tensor, names: list[str], structure: bool = True, top: int = 5,

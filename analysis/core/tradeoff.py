@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from analysis.core.charts import COMPACT
 from models.evaluation import accuracy_and_macs
+from models.protocol import RouteScopeModel
 
 POINTS = ["label", "kind", "accuracy", "macs_mean"]
 
@@ -26,10 +27,10 @@ def knob_values(model: torch.nn.Module, knob: str, count: int = 11, low: float |
     return [round(float(v), 4) for v in np.linspace(low, high, count)]
 
 
-def static_points(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+def static_points(model: RouteScopeModel, images: torch.Tensor, labels: torch.Tensor,
                   progress: Callable[[float], None] | None = None) -> pd.DataFrame:
     """Accuracy and mean MACs of each of the model's ``evaluation_variants()`` on the same images (none: empty)."""
-    variants = model.evaluation_variants() if hasattr(model, "evaluation_variants") else {}
+    variants = model.evaluation_variants()
     device = next(model.parameters()).device
     data = TensorDataset(images, labels)
     rows = []

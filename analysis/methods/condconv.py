@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, main_model, register_figure
 from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
+from models.condconv import ROUTING
 
 
 def routing_heatmap(decisions: list[dict]) -> go.Figure:
@@ -68,12 +69,12 @@ def routing_control(entry: dict, model) -> Control:
     value = AS_ROUTED
     if entry.get("forced"):
         value = next((o for o in options[1:] if override(o) == weights), AS_ROUTED)
-    return Control(entry["layer"], "weights", f"experts of {entry['layer']}", "select", value, override, options=options,
-                   help="routed: " + ", ".join(f"{w:.2f}" for w in weights))
+    return Control(entry["layer"], ROUTING.forced_field, f"experts of {entry['layer']}", "select", value, override,
+                   options=options, help="routed: " + ", ".join(f"{w:.2f}" for w in weights))
 
 
 register_view(KindView(
-    "routing",
+    ROUTING,
     columns=lambda d: {f"{d['layer']}/expert{e}": float(w) for e, w in enumerate(d["weights"])},
     inspect=lambda entries: [routing_heatmap(entries)],
     compare=compare_sections,

@@ -22,6 +22,7 @@ from analysis.core.figures import FigureContext, main_model, matching_baselines,
 from analysis.core.kinds import KindView, Section, register_view
 from analysis.core.trace import model_structure
 from models.checkpoint import training_args
+from models.dgconv import GROUPS
 
 
 def group_mask(entry: dict) -> go.Figure:
@@ -33,7 +34,7 @@ def group_mask(entry: dict) -> go.Figure:
 
 
 register_view(KindView(
-    "groups",
+    GROUPS,
     inspect=lambda entries: [group_mask(e) for e in entries],
     summary=lambda entries: pd.DataFrame([{"layer": e["layer"], "groups": e["groups"], "channels": len(e["group_of_channel"]),
                                            "group size": len(e["group_of_channel"]) // e["groups"]} for e in entries]),
@@ -50,7 +51,7 @@ def mask_from_groups(group_of_channel: Sequence[int]) -> np.ndarray:
 
 def group_entries(model: torch.nn.Module) -> list[dict]:
     """The model's learned group structure, one entry per DGConv layer in network order."""
-    return [entry for entry in model_structure(model) if entry["kind"] == "groups"]
+    return [entry for entry in model_structure(model) if entry["kind"] == GROUPS.name]
 
 
 def budget_of(model: torch.nn.Module) -> float | None:

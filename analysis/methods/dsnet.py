@@ -24,6 +24,7 @@ from analysis.core.tradeoff import knob_tradeoff
 from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
 from analysis.core.scaling import nearest_layer
 from analysis.core.table import layer_columns
+from models.dsnet import WIDTH
 from models.evaluation import accuracy_and_macs
 
 
@@ -64,8 +65,8 @@ def width_control(entry: dict, model) -> Control:
     """Pick the stage's width among the model's ``widths_choices``."""
     choices = tuple(float(w) for w in model.widths_choices)
     top = entry["max_channels"]
-    return Control(entry["layer"], "width", f"width of {entry['layer']}", "select", float(entry["width"]), float,
-                   options=choices, format=lambda w: f"{w:g}x ({round(w * top)} of {top} channels)")
+    return Control(entry["layer"], WIDTH.forced_field, f"width of {entry['layer']}", "select", float(entry["width"]),
+                   float, options=choices, format=lambda w: f"{w:g}x ({round(w * top)} of {top} channels)")
 
 
 def width_like(table: pd.DataFrame, bundled, target) -> Callable:
@@ -81,7 +82,7 @@ def width_like(table: pd.DataFrame, bundled, target) -> Callable:
 
 
 register_view(KindView(
-    "width",
+    WIDTH,
     columns=lambda d: {f"{d['layer']}/width": float(d["width"]), f"{d['layer']}/channels": int(d["channels"])},
     inspect=lambda entries: [width_bars(entries), width_probabilities(entries)],
     compare=compare_sections,

@@ -21,7 +21,7 @@ from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, 
 from analysis.core.tradeoff import knob_tradeoff
 from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
 from analysis.core.scaling import nearest_layer
-from models.early_exit import FINAL_EXIT
+from models.early_exit import EXIT, FINAL_EXIT
 from models.evaluation import accuracy_and_macs
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
@@ -102,8 +102,8 @@ def decision_columns(d: dict) -> dict:
 def exit_control(entry: dict, model) -> Control:
     """Leave at this exit or pass it (the final exit cannot be refused: every image leaves there at the latest)."""
     final = entry["layer"] == FINAL_EXIT
-    return Control(entry["layer"], "exited", f"leave at {entry['layer']}", "toggle", bool(entry["exited"]), bool,
-                   help=f"confidence {entry['confidence']:.2f} (threshold {entry['threshold']:g})"
+    return Control(entry["layer"], EXIT.forced_field, f"leave at {entry['layer']}", "toggle", bool(entry["exited"]),
+                   bool, help=f"confidence {entry['confidence']:.2f} (threshold {entry['threshold']:g})"
                         + ("; the final exit cannot be refused" if final else ""), disabled=final)
 
 
@@ -124,7 +124,7 @@ def exit_like(table: pd.DataFrame, bundled, target) -> Callable:
 
 
 register_view(KindView(
-    "exit",
+    EXIT,
     columns=decision_columns,
     inspect=lambda entries: [exit_confidences(entries)],
     compare=compare_sections,

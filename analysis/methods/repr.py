@@ -31,7 +31,7 @@ from analysis.core.runs import group_members, register_run_variant, run_row, run
 from models.checkpoint import training_args
 from models.layers.filter_overlap import overlap_matrix
 from models.recipes.repr import RePrOptions
-from models.repr import filter_layers, prunable_layers, repr_record
+from models.repr import FILTERS, filter_layers, prunable_layers, repr_record
 
 
 def filter_overlap(entry: dict) -> go.Figure:
@@ -58,7 +58,7 @@ def filter_details(entry: dict, meta: dict) -> list[Section]:
 
 
 register_view(KindView(
-    "filters",
+    FILTERS,
     inspect=lambda entries: [filter_overlap(e) for e in entries],
     detail=filter_details,
     title="Filter overlap (RePr ranking)",

@@ -21,6 +21,7 @@ from analysis.core.perturb import rescale
 from analysis.core.scaling import nearest_layer
 from analysis.core.table import dataset_table, layer_columns
 from models.checkpoint import training_args
+from models.skipnet import SKIP
 
 
 def skip_strip(decisions: list[dict]) -> go.Figure:
@@ -46,8 +47,8 @@ def compare_sections(table: pd.DataFrame) -> list[Section]:
 
 def skip_control(entry: dict, model) -> Control:
     """Run or skip the block: a toggle of ``executed``."""
-    return Control(entry["layer"], "executed", f"run {entry['layer']}", "toggle", bool(entry["executed"]), bool,
-                   help=f"gate probability {entry['probability']:.2f}; off skips the block (identity shortcut)")
+    return Control(entry["layer"], SKIP.forced_field, f"run {entry['layer']}", "toggle", bool(entry["executed"]),
+                   bool, help=f"gate probability {entry['probability']:.2f}; off skips the block (identity shortcut)")
 
 
 def skip_like(table: pd.DataFrame, bundled, target) -> Callable:
@@ -60,7 +61,7 @@ def skip_like(table: pd.DataFrame, bundled, target) -> Callable:
 
 
 register_view(KindView(
-    "skip",
+    SKIP,
     columns=lambda d: {f"{d['layer']}/executed": bool(d["executed"]), f"{d['layer']}/p": float(d["probability"])},
     inspect=lambda entries: [skip_strip(entries)],
     compare=compare_sections,

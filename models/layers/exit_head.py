@@ -45,7 +45,7 @@ class ExitHead(nn.Module):
 
     compiled = False  # batch-1 ``decide`` runs the compiled kernel (``models.layers.fused``), set by the fast form
 
-    def prepare_inference(self) -> None:
+    def prepare_fast_form(self) -> None:
         self.compiled = fused_ops() and self.fc.weight.dtype == torch.float32
 
     def decide(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:

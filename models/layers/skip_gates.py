@@ -94,10 +94,10 @@ class RNNGate(GateBank):
         h, c = lstm_step(e, state, self.lstm)
         return self.proj(h).squeeze(1), (h, c)
 
-    fused: list | None = None  # the fast inference form's pre-arranged weights (``prepare_inference``)
+    fused: list | None = None  # the fast inference form's pre-arranged weights (``prepare_fast_form``)
 
     @torch.no_grad()
-    def prepare_inference(self) -> None:
+    def prepare_fast_form(self) -> None:
         """Pre-arrange the weights so a step is a few matrix products and one sigmoid: the 1x1 conv becomes a
         linear on the pooled vector, the LSTM's ``g`` rows are doubled so ``tanh(g) = 2 sigmoid(2g) - 1`` comes out
         of the same sigmoid as the ``i, f, o`` gates. The same multiply-adds as ``step``, fewer operators."""

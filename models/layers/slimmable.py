@@ -102,10 +102,10 @@ class WidthGate(nn.Module):
         nn.init.zeros_(self.width.bias)
         self.width.bias.data[-1] = widest_bias
 
-    linear: dict | None = None  # the fast inference form's weights as matrices (``prepare_inference``)
+    linear: dict | None = None  # the fast inference form's weights as matrices (``prepare_fast_form``)
 
     @torch.no_grad()
-    def prepare_inference(self) -> None:
+    def prepare_fast_form(self) -> None:
         """The fast form: the gate's convs all read a ``grid`` x ``grid`` map with a ``grid`` x ``grid`` (or 1x1) kernel,
         so each is one matrix product on the flattened map (the same multiply-adds; at batch 1 PyTorch runs such
         tiny convs through oneDNN at about 100 us each). Reduce weights are cut per input width on first use."""
