@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STREAMLIT_FLAGS := --server.headless true --server.fileWatcherType none --browser.gatherUsageStats false
 
-.PHONY: app test test-all install bundle
+.PHONY: app test test-all lint install bundle
 
 install: $(VENV)/.installed
 
@@ -16,11 +16,18 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 app: install
 	$(VENV)/bin/streamlit run app/streamlit_app.py $(STREAMLIT_FLAGS)
 
-test: install
-	$(VENV)/bin/lint-imports --no-cache
+# the import contract, ruff (lint and format) and the default tests (pyproject's addopts leave out the tests
+# marked slow or heavy): under 3 minutes on 2 cores
+test: lint
 	$(PY) -m pytest -q
 
-test-all: install
+lint: install
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# every test, the slow and heavy ones too
+test-all: lint
 	$(PY) -m pytest -q -m ""
 
 # Rebuild a bundled checkpoint from recipes/NAME.toml, replaying its chain of init_from links (those whose

@@ -2,6 +2,7 @@
 
 One row per (data set, architecture, method, RePr ranking); what each column means is in ``analysis.core.runs``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,9 @@ from models.checkpoint import CheckpointError
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.experiments", description=__doc__.split("\n")[0])
-    p.add_argument("sources", nargs="+", metavar="DIR|CKPT", help="folders of finished checkpoints and/or checkpoint files")
+    p.add_argument(
+        "sources", nargs="+", metavar="DIR|CKPT", help="folders of finished checkpoints and/or checkpoint files"
+    )
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="print a markdown table")
     fmt.add_argument("--json", action="store_true", help="print JSON records (accuracies as fractions)")

@@ -3,6 +3,7 @@
 Writes ``NAME.pdf`` (TrueType fonts embedded), ``NAME.png`` and ``NAME.txt`` (the caption) for every
 registered figure whose method has a checkpoint; the app's Figures page shows the same figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,17 +21,30 @@ from models.errors import UsageError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.figures", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--only", default=None, help="only the figures of one method (as a checkpoint meta names it, e.g. skipnet, early_exit)")
-    p.add_argument("--checkpoint", action="append", default=[], help="use these checkpoints instead of the bundled ones")
-    p.add_argument("--dataset", default=None,
-                   help="test images for dataset-level figures (default: the full test set when installed, else the bundled subset)")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="only the figures of one method (as a checkpoint meta names it, e.g. skipnet, early_exit)",
+    )
+    p.add_argument(
+        "--checkpoint", action="append", default=[], help="use these checkpoints instead of the bundled ones"
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help=(
+            "test images for dataset-level figures (default: the full test set when installed, else the bundled subset)"
+        ),
+    )
     p.add_argument("--data-dir", default=None)
     add_device_argument(p)
     args = p.parse_args(argv)
     load_figure_modules()
     checkpoints = {Path(c).stem: Path(c) for c in args.checkpoint} or bundled_checkpoints()
     try:
-        context = FigureContext(checkpoints, args.dataset or default_test_set(), args.data_dir, resolve_device(args.device))
+        context = FigureContext(
+            checkpoints, args.dataset or default_test_set(), args.data_dir, resolve_device(args.device)
+        )
         written = write_figures(context, args.out, args.only)
     except (CheckpointError, DataNotFoundError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)

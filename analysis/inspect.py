@@ -5,6 +5,7 @@ decision and ``--knob NAME=VALUE`` moves an inference setting, as ``traced_forwa
 image gets one line on stderr and the others still get their traces; the exit status is non-zero if
 anything failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--no-structure", action="store_true", help="omit the per-model 'structure' entries")
     p.add_argument("--indent", type=int, default=None, help="pretty-print (then it is no longer JSON lines)")
-    p.add_argument("--override", action="append", default=[], metavar="LAYER.FIELD=VALUE",
-                   help="force a decision, e.g. layer2.1.executed=false, layer3.width=0.25, layer3.0.weights=[1,0,0,0]")
-    p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE", help="an inference setting, e.g. threshold=0.7")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="LAYER.FIELD=VALUE",
+        help="force a decision, e.g. layer2.1.executed=false, layer3.width=0.25, layer3.0.weights=[1,0,0,0]",
+    )
+    p.add_argument(
+        "--knob", action="append", default=[], metavar="NAME=VALUE", help="an inference setting, e.g. threshold=0.7"
+    )
     add_device_argument(p)
     args = p.parse_args(argv)
     try:
@@ -45,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        record = trace_batch(model, model_input.tensor, [path], structure=not args.no_structure, overrides=overrides,
-                             knobs=knobs)[0]
+        record = trace_batch(
+            model, model_input.tensor, [path], structure=not args.no_structure, overrides=overrides, knobs=knobs
+        )[0]
         record["preprocessing"] = model_input.notes
         print(json.dumps(record, indent=args.indent), flush=True)
     return 1 if failed else 0

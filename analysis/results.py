@@ -3,39 +3,84 @@ seed experiments (never typed by hand).
 
 A document marks a block ``<!-- generated:KEY -->`` ... ``<!-- /generated:KEY -->`` (keys: ``results``,
 ``featured``, ``speed`` (``bench.json``), ``speed:NAME`` (``NAME.json``), ``speed:targets``, ``seeds``,
-``variants:NAME``, ``models:A,B,...``, ``frontier:A,B,...``). ``python -m analysis.results --update``
-rewrites them all; ``--check`` exits 1 when one is stale (the test suite runs it).
+``variants:NAME``, ``models:A,B,...``, ``frontier:A,B,...``, ``comparison:NAME`` (``COMPARISONS``)).
+``python -m analysis.results --update`` rewrites them all; ``--check`` exits 1 when one is stale (the test suite runs
+it).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from analysis.core.catalog import PRETRAINED, bundled_checkpoints, featured
-from analysis.core.runs import display_table, markdown_table, seeds_table
+from analysis.core.catalog import PRETRAINED, bundled_checkpoints, featured, read_checkpoints
+from analysis.core.runs import (
+    collect_runs,
+    display_table,
+    group_members,
+    markdown_table,
+    seed_of,
+    seeds_table,
+    summarize_runs,
+)
 from models import create_model
 from models.data import REPO_ROOT
-from models.zoo import command_argv
+from models.recipe_files import command_argv
 
 # Replicated experiments: the seed-0 run is bundled, seeds 1+ live in models/pretrained/experiments/<name>/
-# (paths relative to the models folder; each folder's manifest.json holds every run's command)
+# (paths relative to the models folder; each folder's manifest.json holds every run's command); the uniform-group
+# control of DGConv bundles both its seeds
 SEED_EXPERIMENTS = {
-    "RePr vs standard training (ConvNet: 20 epochs; ResNet-20: 5 epochs; no augmentation)":
-        ("experiments/repr_fmnist", "convnet3_fmnist.pt", "repr_convnet3_fmnist.pt"),
-    "CondConv vs the same-budget ResNet-20 (4 epochs from the bundled ResNet-20)":
-        ("experiments/condconv_fmnist", "condconv_resnet20_fmnist.pt", "resnet20_fmnist_ft4.pt"),
+    "RePr vs standard training (ConvNet: 20 epochs; ResNet-20: 5 epochs; no augmentation)": (
+        "experiments/repr_fmnist",
+        "convnet3_fmnist.pt",
+        "repr_convnet3_fmnist.pt",
+    ),
+    "CondConv vs the same-budget ResNet-20 (4 epochs from the bundled ResNet-20)": (
+        "experiments/condconv_fmnist",
+        "condconv_resnet20_fmnist.pt",
+        "resnet20_fmnist_ft4.pt",
+    ),
     "CondConv closer to the paper (8 experts, CondConv in layer2 and layer3; 4 epochs from the bundled ResNet-20; "
-    "one seed: no better than the 4-expert model and the control above, so not replicated)":
-        ("experiments/condconv_e8_fmnist",),
-    "DGConv budget 0.6 vs the same-budget ResNet-20 (8 epochs from the bundled ResNet-20)":
-        ("experiments/dgconv_fmnist", "dgconv_resnet20_fmnist_b0.6_e8.pt", "resnet20_fmnist_ft8.pt"),
-    "SkipNet alpha 0.75, 6 anchored fine-tuning epochs distilled from the ResNet-20 (lr 0.05)":
-        ("experiments/skipnet_fmnist", "skipnet_resnet20_fmnist_a0.75_fta6kd.pt"),
+    "one seed: no better than the 4-expert model and the control above, so not replicated)": (
+        "experiments/condconv_e8_fmnist",
+    ),
+    "DGConv budget 0.6 vs the same-budget ResNet-20 and the ResNet-20 with uniform groups (2, 4, 1) of the same MACs "
+    "(8 epochs from the bundled ResNet-20)": (
+        "experiments/dgconv_fmnist",
+        "dgconv_resnet20_fmnist_b0.6_e8.pt",
+        "resnet20_fmnist_ft8.pt",
+        "grouped_resnet20_fmnist_g241_e8_s0.pt",
+        "grouped_resnet20_fmnist_g241_e8_s1.pt",
+    ),
+    "SkipNet alpha 0.75, 6 anchored fine-tuning epochs distilled from the ResNet-20 (lr 0.05)": (
+        "experiments/skipnet_fmnist",
+        "skipnet_resnet20_fmnist_a0.75_fta6kd.pt",
+    ),
+}
+
+
+# A claim against its controls, every seed of each: ``(label, checkpoints relative to the models folder)`` per row;
+# the first row is the method, the second the control its claim is tested against (``comparison:NAME`` blocks)
+COMPARISONS = {
+    "dgconv": (
+        (
+            "learned groups (DGConv, budget 0.6)",
+            ("dgconv_resnet20_fmnist_b0.6_e8.pt", "experiments/dgconv_fmnist/dgconv_resnet20_fmnist_b0.6_e8_s1.pt"),
+        ),
+        (
+            "uniform groups (2, 4, 1), same MACs",
+            ("grouped_resnet20_fmnist_g241_e8_s0.pt", "grouped_resnet20_fmnist_g241_e8_s1.pt"),
+        ),
+        ("dense, the same 8 epochs", ("resnet20_fmnist_ft8.pt", "experiments/dgconv_fmnist/resnet20_fmnist_ft8_s1.pt")),
+        ("dense, where the three start", ("resnet20_fmnist.pt",)),
+    ),
 }
 
 
@@ -55,60 +100,99 @@ def seeds_section(folder: Path = PRETRAINED) -> str:
     parts = []
     for title, paths in seed_sources(folder).items():
         sources = " ".join(str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p) for p in paths)
-        parts.append(f"**{title}** (`python -m analysis.experiments {sources} --markdown`)\n\n"
-                     f"{markdown_table(display_table(seeds_table(paths)))}")
+        parts.append(
+            f"**{title}** (`python -m analysis.experiments {sources} --markdown`)\n\n"
+            f"{markdown_table(display_table(seeds_table(paths)))}"
+        )
     return "\n\n".join(parts) or "_No replicated experiments yet._"
+
+
+def seed_statistics(folder: Path = PRETRAINED) -> dict[str, tuple[float, float, int]]:
+    """``{checkpoint name: (mean, std, runs)}`` of the test accuracy of the replicated group (``SEED_EXPERIMENTS``:
+    two or more runs whose options differ only in the seed) each checkpoint belongs to."""
+    out: dict[str, tuple[float, float, int]] = {}
+    for paths in seed_sources(folder).values():
+        runs = collect_runs(paths)
+        for _, group in summarize_runs(runs).iterrows():
+            if group["n_runs"] < 2 or group["varies"]:
+                continue
+            for path in group_members(runs, group)["path"]:
+                out.setdefault(Path(path).stem, (group["test_acc_mean"], group["test_acc_std"], int(group["n_runs"])))
+    return out
 
 
 def results_table(manifest_path: Path = PRETRAINED / "manifest.json") -> str:
     manifest = json.loads(manifest_path.read_text())
     lines = [
-        "| model | test accuracy | mean MACs / image | of dense | min - max MACs | params | training wall time | command |",
+        "| model | test accuracy | mean MACs / image | of dense | min - max MACs | params | "
+        "training wall time | command |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in sorted(manifest.items()):
         m = entry["metrics"]
         lines.append(
             f"| `{name}` | {m['test_acc'] * 100:.2f}% ({m['n_test']:,} images) | {m['macs_mean'] / 1e6:.2f} M | "
-            f"{m['mac_ratio'] * 100:.0f}% | {m['macs_min'] / 1e6:.2f} - {m['macs_max'] / 1e6:.2f} M | {m['params']:,} | "
+            f"{m['mac_ratio'] * 100:.0f}% | {m['macs_min'] / 1e6:.2f} - {m['macs_max'] / 1e6:.2f} M | "
+            f"{m['params']:,} | "
             f"{entry['wall_time_s'] / 60:.0f} min ({entry['machine']}, {entry['date']}) | `{entry['command']}` |"
         )
         for label, v in m.get("variants", {}).items():  # e.g. DS-Net's static widths, same images
-            lines.append(f"| &nbsp;&nbsp;`{name}`, {label} | {v['test_acc'] * 100:.2f}% | {v['macs_mean'] / 1e6:.2f} M | "
-                         f"{v['mac_ratio'] * 100:.0f}% | | | | |")
+            lines.append(
+                f"| &nbsp;&nbsp;`{name}`, {label} | {v['test_acc'] * 100:.2f}% | {v['macs_mean'] / 1e6:.2f} M | "
+                f"{v['mac_ratio'] * 100:.0f}% | | | | |"
+            )
     return "\n".join(lines)
 
 
-SPEED_COLUMNS = ("model", "vs", "mac_ratio", "latency_ms", "latency_ref_ms", "latency_ratio", "batch", "throughput",
-                 "throughput_ref", "throughput_ratio")
+SPEED_COLUMNS = (
+    "model",
+    "vs",
+    "mac_ratio",
+    "latency_ms",
+    "latency_ref_ms",
+    "latency_ratio",
+    "batch",
+    "throughput",
+    "throughput_ref",
+    "throughput_ratio",
+)
 
 
 def saved_bench(bench_path: Path) -> dict | None:
-    """The record ``python -m analysis.bench --save`` wrote (rows plus command, machine, torch, date), or None."""
+    """The record ``python -m tools.bench --save`` wrote (rows plus command, machine, torch, date), or None."""
     return json.loads(bench_path.read_text()) if bench_path.exists() else None
 
 
 def bench_source(record: dict) -> str:
-    return (f"Measured by `{record['command']}` on {record['machine']} (torch {record['torch']}), {record['date']}; "
-            "ratios are model / reference, measured alternately in one run.")
+    return (
+        f"Measured by `{record['command']}` on {record['machine']} (torch {record['torch']}), {record['date']}; "
+        "ratios are model / reference, measured alternately in one run."
+    )
 
 
 def speed_table(bench_path: Path = PRETRAINED / "bench.json") -> str:
-    """The benchmark rows saved by ``python -m analysis.bench --save``, with their command, machine and date."""
+    """The benchmark rows saved by ``python -m tools.bench --save``, with their command, machine and date."""
     record = saved_bench(bench_path)
     if record is None:
-        return "_No benchmark saved yet: run `python -m analysis.bench --save models/pretrained/bench.json`._"
+        return "_No benchmark saved yet: run `python -m tools.bench --save models/pretrained/bench.json`._"
     lines = [
         bench_source(record),
         "",
-        "| model | vs | MAC ratio | batch-1 latency (ms) | reference (ms) | latency ratio | batch | throughput (img/s) | reference | throughput ratio |",
+        "| model | vs | MAC ratio | batch-1 latency (ms) | reference (ms) | latency ratio | batch | "
+        "throughput (img/s) | reference | throughput ratio |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
-        lines.append(f"| `{r['model']}` | {r['vs']} | {r['mac_ratio']:.3f} | {r['latency_ms']:.2f} | {r['latency_ref_ms']:.2f} | "
-                     f"{r['latency_ratio']:.3f} | {r.get('batch', '')} | " + (
-                         f"{r['throughput']:.0f} | {r['throughput_ref']:.0f} | {r['throughput_ratio']:.3f} |"
-                         if r.get("throughput") is not None else "- | - | - |"))
+        lines.append(
+            f"| `{r['model']}` | {r['vs']} | {r['mac_ratio']:.3f} | {r['latency_ms']:.2f} | "
+            f"{r['latency_ref_ms']:.2f} | "
+            f"{r['latency_ratio']:.3f} | {r.get('batch', '')} | "
+            + (
+                f"{r['throughput']:.0f} | {r['throughput_ref']:.0f} | {r['throughput_ratio']:.3f} |"
+                if r.get("throughput") is not None
+                else "- | - | - |"
+            )
+        )
     return "\n".join(lines)
 
 
@@ -119,12 +203,21 @@ def speed_targets(folder: Path = PRETRAINED) -> str:
     """Each flagship's batch-1 latency against the dense network (bench.json) and each paper-scale row
     (bench_paper*.json), set against its target: ``featured.json``'s ``speed_target``, the share of the MAC saving
     that shows in latency (``["saving", at least]``) or, for a method that saves no MACs, ``["ratio", at most]``."""
-    lines = ["| model | MAC ratio | latency ratio | MAC saving shown in latency | target | met |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | MAC ratio | latency ratio | MAC saving shown in latency | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
     targets = {entry["flagship"]: entry.get("speed_target") for entry in featured(folder).values()}
-    rows = [(r, targets.get(r["model"])) for r in (saved_bench(folder / "bench.json") or {}).get("rows", [])
-            if r["model"] in targets and r["vs"].startswith("dense")]
-    rows += [(r, ("saving", PAPER_TARGET)) for path in sorted(folder.glob("bench_paper*.json"))
-             for r in saved_bench(path)["rows"]]
+    rows = [
+        (r, targets.get(r["model"]))
+        for r in (saved_bench(folder / "bench.json") or {}).get("rows", [])
+        if r["model"] in targets and r["vs"].startswith("dense")
+    ]
+    rows += [
+        (r, ("saving", PAPER_TARGET))
+        for path in sorted(folder.glob("bench_paper*.json"))
+        for r in saved_bench(path)["rows"]
+    ]
     for r, target in rows:
         if target is None:
             continue
@@ -132,8 +225,10 @@ def speed_targets(folder: Path = PRETRAINED) -> str:
         kind, value = target
         met = (share is not None and share >= value) if kind == "saving" else r["latency_ratio"] <= value
         wanted = f"saving >= {value:.0%}" if kind == "saving" else f"latency ratio <= {value:.2f}"
-        lines.append(f"| `{r['model']}` | {r['mac_ratio']:.3f} | {r['latency_ratio']:.3f} | "
-                     f"{'-' if share is None else f'{share:.0%}'} | {wanted} | {'yes' if met else '**no**'} |")
+        lines.append(
+            f"| `{r['model']}` | {r['mac_ratio']:.3f} | {r['latency_ratio']:.3f} | "
+            f"{'-' if share is None else f'{share:.0%}'} | {wanted} | {'yes' if met else '**no**'} |"
+        )
     return "\n".join(lines)
 
 
@@ -145,28 +240,110 @@ def training(entry: dict) -> str:
 
 
 def featured_table(manifest_path: Path = PRETRAINED / "manifest.json") -> str:
-    """One row per featured checkpoint (``featured.json``): method, role, accuracy, MACs, training, from the manifest."""
+    """One row per featured checkpoint (``featured.json``): method, role, accuracy (and, where the model was
+    replicated, the mean and std over its seeds), MACs, training, from the manifest."""
     manifest = json.loads(manifest_path.read_text())
-    lines = ["| method | model | role | test accuracy | mean MACs / image | of dense | training (whole chain) |",
-             "|---|---|---|---|---|---|---|"]
+    seeds = seed_statistics(manifest_path.parent)
+    lines = [
+        "| method | model | role | test accuracy | over seeds | mean MACs / image | of dense "
+        "| training (whole chain) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for method, entry in featured(manifest_path.parent).items():
         for role, name in [("flagship", entry["flagship"])] + [("control", c) for c in entry["controls"]]:
             if name not in manifest:
                 continue
             m, e = manifest[name]["metrics"], manifest[name]
-            lines.append(f"| {method if role == 'flagship' else ''} | `{name}` | {role} | {m['test_acc'] * 100:.2f}% | "
-                         f"{m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.0f}% | {training(e)} |")
+            mean, std, n = seeds.get(name, (None, None, 1))
+            over = "-" if mean is None else f"{mean * 100:.2f} ± {std * 100:.2f}% ({n} seeds)"
+            lines.append(
+                f"| {method if role == 'flagship' else ''} | `{name}` | {role} | {m['test_acc'] * 100:.2f}% | "
+                f"{over} | {m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.0f}% | {training(e)} |"
+            )
     return "\n".join(lines)
+
+
+def _distinct(values: list, form) -> str:
+    """One value if all are equal, else each (in the rows' seed order)."""
+    return form(values[0]) if len(set(values)) == 1 else " / ".join(map(form, values))
+
+
+def comparison_table(name: str, folder: Path = PRETRAINED) -> str:
+    """``COMPARISONS[name]``: each row's test accuracy per seed, their mean and sample std, MACs, parameters (each
+    checkpoint's ``models.evaluate`` record), and the batch-1 latency of its first checkpoint against the dense
+    ResNet in the same run (``bench.json``); then the first row against the second, in points and in seed stds."""
+    record = saved_bench(folder / "bench.json")
+    timed: dict[str, dict] = {}
+    for r in (record or {}).get("rows", []):
+        if r["vs"].startswith(("dense", "itself")):
+            timed.setdefault(r["model"], r)
+    lines = [
+        "| model | checkpoints (seed) | test accuracy per seed | mean ± std | mean MACs / image | of dense "
+        "| params | batch-1 latency | of the dense ResNet's |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary, missing = [], []
+    for label, files in COMPARISONS[name]:
+        paths = [folder / f for f in files if (folder / f).is_file()]
+        runs = [(path, payload["meta"]) for path, payload in read_checkpoints(paths)]
+        if not runs:
+            continue
+        metrics = [meta["metrics"] for _, meta in runs]
+        accuracy = [m["test_acc"] for m in metrics]
+        mean, std = statistics.mean(accuracy), (statistics.stdev(accuracy) if len(accuracy) > 1 else None)
+        summary.append((label, mean, std, len(accuracy)))
+        bench_row = timed.get(runs[0][1]["name"])
+        if bench_row is None:
+            missing.append(runs[0][1]["name"])
+        latency = "-" if bench_row is None else f"{bench_row['latency_ms']:.2f} ms"
+        ratio = (
+            "-"
+            if bench_row is None
+            else f"{bench_row['latency_ratio']:.3f}"
+            + ("" if bench_row["vs"].startswith("dense") else " (itself: noise)")
+        )
+        names = ", ".join(f"`{meta['name']}` ({seed_of(meta, path)})" for path, meta in runs)
+        lines.append(
+            f"| {label} | {names} | {' / '.join(f'{a * 100:.2f}%' for a in accuracy)} | "
+            f"{mean * 100:.2f}" + ("% (one seed)" if std is None else f" ± {std * 100:.2f}%") + " | "
+            f"{_distinct([m['macs_mean'] for m in metrics], lambda v: f'{v / 1e6:.2f} M')} | "
+            f"{_distinct([m['mac_ratio'] for m in metrics], lambda v: f'{v * 100:.1f}%')} | "
+            f"{_distinct([m['params'] for m in metrics], lambda v: f'{v:,}')} | {latency} | {ratio} |"
+        )
+    notes = [
+        "",
+        "Accuracy, MACs and parameters: each checkpoint's `python -m models.evaluate` record on the 10,000 "
+        "test images; std: sample standard deviation over the seeds. Latency: median per image at batch 1 in the "
+        "fast form, the row's first checkpoint against the dense ResNet-20, alternately. "
+        + (bench_source(record) if record else "No `bench.json` saved yet."),
+    ]
+    if missing and record:
+        notes.append(f"Not in that run yet: {', '.join(f'`{n}`' for n in missing)} (re-run `{record['command']}`).")
+    if len(summary) >= 2 and summary[0][2] is not None and summary[1][2] is not None:
+        (a, mean_a, std_a, n_a), (b, mean_b, std_b, n_b) = summary[:2]
+        diff, spread = (mean_a - mean_b) * 100, max(std_a, std_b) * 100
+        notes.append(
+            f"{a[0].upper()}{a[1:]} minus {b}: {diff:+.2f} points of mean test accuracy ({n_a} and {n_b} "
+            f"seeds), {'within' if abs(diff) <= spread else 'more than'} one seed standard deviation (the "
+            f"larger of the two: {spread:.2f} points); {min(n_a, n_b)} seeds a side are no significance test."
+        )
+    return "\n".join(lines) + "\n\n".join(notes)
 
 
 def variants_table(name: str, manifest_path: Path = PRETRAINED / "manifest.json") -> str:
     """A model's evaluation variants (DS-Net's static widths, early exit's thresholds and static exits) beside
     its own operating point, all on the same test images."""
     m = json.loads(manifest_path.read_text())[name]["metrics"]
-    lines = ["| setting | test accuracy | mean MACs / image | of dense |", "|---|---|---|---|",
-             f"| `{name}` as bundled | {m['test_acc'] * 100:.2f}% | {m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.1f}% |"]
-    lines += [f"| {label} | {v['test_acc'] * 100:.2f}% | {v['macs_mean'] / 1e6:.2f} M | {v['mac_ratio'] * 100:.1f}% |"
-              for label, v in m.get("variants", {}).items()]
+    lines = [
+        "| setting | test accuracy | mean MACs / image | of dense |",
+        "|---|---|---|---|",
+        f"| `{name}` as bundled | {m['test_acc'] * 100:.2f}% | {m['macs_mean'] / 1e6:.2f} M | "
+        f"{m['mac_ratio'] * 100:.1f}% |",
+    ]
+    lines += [
+        f"| {label} | {v['test_acc'] * 100:.2f}% | {v['macs_mean'] / 1e6:.2f} M | {v['mac_ratio'] * 100:.1f}% |"
+        for label, v in m.get("variants", {}).items()
+    ]
     return "\n".join(lines)
 
 
@@ -192,8 +369,11 @@ def static_at(variants: dict, macs: float, prefix: str) -> tuple[float, str, str
 def frontier_table(names: list[str], manifest_path: Path = PRETRAINED / "manifest.json") -> str:
     """Each dynamic model against its own static networks at equal mean MACs, on the same test images."""
     manifest = json.loads(manifest_path.read_text())
-    lines = ["| model | mean MACs / image | of dense | accuracy | static at the same MACs | interpolated between | dynamic - static |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | mean MACs / image | of dense | accuracy | static at the same MACs | interpolated between | "
+        "dynamic - static |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         m, prefix = manifest[name]["metrics"], static_prefix(manifest[name])
         static = static_at(m.get("variants", {}), m["macs_mean"], prefix) if prefix else None
@@ -213,22 +393,31 @@ def models_table(names: list[str], manifest_path: Path = PRETRAINED / "manifest.
     lines = ["| model | test accuracy | mean MACs / image | of dense | training time |", "|---|---|---|---|---|"]
     for name in names:
         m, e = manifest[name]["metrics"], manifest[name]
-        lines.append(f"| `{name}` | {m['test_acc'] * 100:.2f}% | {m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.1f}% | "
-                     f"{e['wall_time_s'] / 60:.0f} min |")
+        lines.append(
+            f"| `{name}` | {m['test_acc'] * 100:.2f}% | {m['macs_mean'] / 1e6:.2f} M | {m['mac_ratio'] * 100:.1f}% | "
+            f"{e['wall_time_s'] / 60:.0f} min |"
+        )
     return "\n".join(lines)
 
 
 def block_text(key: str, folder: Path = PRETRAINED) -> str:
     """The generated text of one block: ``results``, ``featured``, ``speed`` (``bench.json``), ``speed:paper``
     (``bench_paper.json``), ``speed:targets``, ``seeds``,
-    ``variants:NAME``, from the manifest and benchmarks in ``folder``."""
+    ``variants:NAME``, ``comparison:NAME``, from the manifest and benchmarks in ``folder``."""
     kind, _, arg = key.partition(":")
     manifest = folder / "manifest.json"
-    makers = {"results": lambda: results_table(manifest), "featured": lambda: featured_table(manifest),
-              "seeds": lambda: seeds_section(folder), "variants": lambda: variants_table(arg, manifest),
-              "models": lambda: models_table(arg.split(","), manifest),
-              "frontier": lambda: frontier_table(arg.split(","), manifest),
-              "speed": lambda: speed_targets(folder) if arg == "targets" else speed_table(folder / f"bench{'_' + arg if arg else ''}.json")}
+    makers = {
+        "results": lambda: results_table(manifest),
+        "featured": lambda: featured_table(manifest),
+        "seeds": lambda: seeds_section(folder),
+        "variants": lambda: variants_table(arg, manifest),
+        "models": lambda: models_table(arg.split(","), manifest),
+        "frontier": lambda: frontier_table(arg.split(","), manifest),
+        "comparison": lambda: comparison_table(arg, folder),
+        "speed": lambda: (
+            speed_targets(folder) if arg == "targets" else speed_table(folder / f"bench{'_' + arg if arg else ''}.json")
+        ),
+    }
     if kind not in makers:
         raise ValueError(f"unknown generated block {key!r}")
     return makers[kind]()
@@ -239,7 +428,9 @@ DOCUMENTS = (REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("**/*.md
 
 
 def regenerate(text: str, folder: Path = PRETRAINED) -> str:
-    return BLOCK.sub(lambda m: f"<!-- generated:{m['key']} -->\n{block_text(m['key'], folder)}\n<!-- /generated:{m['key']} -->", text)
+    return BLOCK.sub(
+        lambda m: f"<!-- generated:{m['key']} -->\n{block_text(m['key'], folder)}\n<!-- /generated:{m['key']} -->", text
+    )
 
 
 def stale_blocks(documents=DOCUMENTS, folder: Path = PRETRAINED) -> list[str]:
@@ -266,8 +457,13 @@ def update_documents(documents=DOCUMENTS, folder: Path = PRETRAINED) -> list[Pat
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.results", description=__doc__.split("\n")[0])
-    p.add_argument("--update", "--update-readme", action="store_true", dest="update",
-                   help="rewrite every generated block of README.md and docs/")
+    p.add_argument(
+        "--update",
+        "--update-readme",
+        action="store_true",
+        dest="update",
+        help="rewrite every generated block of README.md and docs/",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 if any generated block is stale")
     args = p.parse_args(argv)
     if args.check:

@@ -3,6 +3,7 @@
 ``--write`` stores it as ``docs/trace.schema.json``; the tests check that file is current and validate
 ``analysis.inspect`` output against it, so the documented format is the one the code writes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,16 @@ def entry_schema(kind: DecisionKind) -> dict:
 
 def trace_schema() -> dict:
     """One routing trace (one line of ``python -m analysis.inspect``)."""
+
     def entries(per: str) -> dict:
         return {"type": "array", "items": {"oneOf": [entry_schema(k) for k in decision_kinds(per).values()]}}
 
     probability = {"type": "number", "minimum": 0, "maximum": 1}
-    label = {"type": "object", "required": ["index", "label", "probability"],
-             "properties": {"index": {"type": "integer"}, "label": {"type": "string"}, "probability": probability}}
+    label = {
+        "type": "object",
+        "required": ["index", "label", "probability"],
+        "properties": {"index": {"type": "integer"}, "label": {"type": "string"}, "probability": probability},
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "RouteScope routing trace",
@@ -42,13 +47,21 @@ def trace_schema() -> dict:
         "required": ["image", "model", "prediction", "cost", "decisions"],
         "properties": {
             "image": {"type": "string"},
-            "model": {"type": "object", "required": ["name", "method", "dataset"],
-                      "properties": {k: {"type": "string"} for k in ("name", "method", "dataset")}},
+            "model": {
+                "type": "object",
+                "required": ["name", "method", "dataset"],
+                "properties": {k: {"type": "string"} for k in ("name", "method", "dataset")},
+            },
             "prediction": label,
             "top": {"type": "array", "items": label},
-            "cost": {"type": "object", "required": ["macs", "macs_full"],
-                     "properties": {"macs": {"type": "integer", "description": "multiply-adds this image executed"},
-                                    "macs_full": {"type": "integer", "description": "the dense backbone's"}}},
+            "cost": {
+                "type": "object",
+                "required": ["macs", "macs_full"],
+                "properties": {
+                    "macs": {"type": "integer", "description": "multiply-adds this image executed"},
+                    "macs_full": {"type": "integer", "description": "the dense backbone's"},
+                },
+            },
             "decisions": entries("image"),
             "structure": entries("model"),
             "preprocessing": {"type": "array", "items": {"type": "string"}},

@@ -3,7 +3,8 @@
 For each value of one inference setting (``model.knobs()``: SkipNet's gate threshold, the early-exit
 confidence threshold, DS-Net's width bias), the accuracy and the mean/min/max MACs each test image really
 executed, on the same images. The model is never changed: the value travels in the trace of each call.
-"""
+"""  # noqa: E501 (the first line is the --help description)
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--values", required=True, help="comma-separated values, e.g. 0.3,0.5,0.7")
     p.add_argument("--dataset", default="fashion-mnist-subset", choices=["fashion-mnist", "fashion-mnist-subset"])
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--json", action="store_true", help="print a JSON list of {value, accuracy, macs_mean, macs_min, macs_max}")
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON list of {value, accuracy, macs_mean, macs_min, macs_max}"
+    )
     add_device_argument(p)
     args = p.parse_args(argv)
     try:
@@ -35,10 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([{k: (round(v, 6) if k == "accuracy" else v) for k, v in row.items()} for row in table.to_dict("records")]))
+        print(
+            json.dumps(
+                [
+                    {k: (round(v, 6) if k == "accuracy" else v) for k, v in row.items()}
+                    for row in table.to_dict("records")
+                ]
+            )
+        )
     else:
-        print(f"{model.meta['name']}: {args.knob} over {len(images):,} {args.dataset} images "
-              f"(trained value {model.knobs()[args.knob]['default']:g})")
+        print(
+            f"{model.meta['name']}: {args.knob} over {len(images):,} {args.dataset} images "
+            f"(trained value {model.knobs()[args.knob]['default']:g})"
+        )
         print(table.assign(accuracy=table["accuracy"] * 100).to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
     return 0
 

@@ -1,10 +1,12 @@
 """Reusable pieces of the pages: image picking, one image's report, decision views, attribution view,
 interventions (every decision's control, drawn from its kind's ``Control``) and perturbation sweeps."""
+
 from __future__ import annotations
 
 import io
 import json
 import warnings
+from typing import Callable
 
 import numpy as np
 import plotly.express as px
@@ -16,23 +18,27 @@ from analysis.core.catalog import sample_images
 from analysis.core.charts import top_classes
 from analysis.core.images import MAX_BYTES as IMAGE_MAX_BYTES, MAX_PIXELS as IMAGE_MAX_PIXELS, ImageError
 from analysis.core.interventions import changed_decisions, format_interventions, parse_interventions
-from analysis.core.kinds import Control, Section, attribution_targets, decision_controls, inspect_charts
+from analysis.core.kinds import Control, Section, Widget, attribution_targets, decision_controls, inspect_charts
 from analysis.core.perturb import PERTURBATIONS, perturbation_figure
 from app.resources import attribution as cached_attribution, intervened_image, latency as cached_latency
 from app.resources import perturbation as cached_perturbation, traced_image
 from models.decisions import decision_kind
 from models.trace import check_interventions
 
-IMAGE_HELP = (f"PNG, JPEG, WebP, GIF, BMP or TIFF, up to {IMAGE_MAX_BYTES // 2**20} MB and {IMAGE_MAX_PIXELS // 10**6} "
-              "megapixels; the models see small inputs (28x28 for Fashion-MNIST), so a resized copy gives the same result")
+IMAGE_HELP = (
+    f"PNG, JPEG, WebP, GIF, BMP or TIFF, up to {IMAGE_MAX_BYTES // 2**20} MB and {IMAGE_MAX_PIXELS // 10**6} "
+    "megapixels; the models see small inputs (28x28 for Fashion-MNIST), so a resized copy gives the same result"
+)
 
 
 def image_refusal(name: str, data: bytes) -> str | None:
     """Why an uploaded image is refused before it is decoded (file size, pixel count: the limits of
     ``analysis.core.images``), as one sentence that says what to do; None if it may be decoded."""
     if len(data) > IMAGE_MAX_BYTES:
-        return (f"{name}: {len(data) / 2**20:.0f} MB is over the {IMAGE_MAX_BYTES // 2**20} MB limit for images; upload a "
-                "smaller copy (a resized JPEG or a screenshot: the models see 28x28 pixels, so the result is the same).")
+        return (
+            f"{name}: {len(data) / 2**20:.0f} MB is over the {IMAGE_MAX_BYTES // 2**20} MB limit for images; upload a "
+            "smaller copy (a resized JPEG or a screenshot: the models see 28x28 pixels, so the result is the same)."
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -44,8 +50,10 @@ def image_refusal(name: str, data: bytes) -> str | None:
         return None
     if size is None:
         return None
-    return (f"{name}: {size} over the {IMAGE_MAX_PIXELS // 10**6}-megapixel limit for images; upload a resized copy "
-            "(the models see 28x28 pixels, so the result is the same).")
+    return (
+        f"{name}: {size} over the {IMAGE_MAX_PIXELS // 10**6}-megapixel limit for images; upload a resized copy "
+        "(the models see 28x28 pixels, so the result is the same)."
+    )
 
 
 def pick_images(key: str, default_samples: int = 1, multiple: bool = True) -> list[tuple[str, bytes]]:
@@ -58,9 +66,16 @@ def pick_images(key: str, default_samples: int = 1, multiple: bool = True) -> li
     left, right = st.columns(2)
     if multiple:
         restored = st.session_state.pop(f"{key}-samples-restored", False)  # a shared link set the picks already
-        picked = left.multiselect("Sample images", list(samples), default=None if restored else list(samples)[:default_samples],
-                                  key=f"{key}-samples")
-        uploads = right.file_uploader("…or upload images", accept_multiple_files=True, key=f"{key}-upload", help=IMAGE_HELP) or []
+        picked = left.multiselect(
+            "Sample images",
+            list(samples),
+            default=None if restored else list(samples)[:default_samples],
+            key=f"{key}-samples",
+        )
+        uploads = (
+            right.file_uploader("…or upload images", accept_multiple_files=True, key=f"{key}-upload", help=IMAGE_HELP)
+            or []
+        )
     else:
         choice = left.selectbox("Sample image", ["(none)", *samples], index=1, key=f"{key}-samples")
         picked = [] if choice == "(none)" else [choice]
@@ -118,8 +133,12 @@ def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compa
     prediction, cost = trace["prediction"], trace["cost"]
     a, b = result.columns(2)
     a.metric("Prediction", prediction["label"], f"{prediction['probability'] * 100:.1f}% confidence", delta_color="off")
-    b.metric("MACs executed", f"{cost['macs'] / 1e6:.2f} M",
-             f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of the dense {cost['macs_full'] / 1e6:.2f} M", delta_color="off")
+    b.metric(
+        "MACs executed",
+        f"{cost['macs'] / 1e6:.2f} M",
+        f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of the dense {cost['macs_full'] / 1e6:.2f} M",
+        delta_color="off",
+    )
     with result:
         st.plotly_chart(top_classes(trace), key=f"{key}-top")
         if trace["decisions"]:
@@ -137,7 +156,11 @@ def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
     choice = st.selectbox("Explain", choices, key=f"{key}-target")
     if choice == "prediction":
         method = st.radio("Method", ["Integrated Gradients", "GradCAM"], horizontal=True, key=f"{key}-method")
-        target = ("prediction", trace["prediction"]["index"], "gradcam" if method == "GradCAM" else "integrated_gradients")
+        target = (
+            "prediction",
+            trace["prediction"]["index"],
+            "gradcam" if method == "GradCAM" else "integrated_gradients",
+        )
     else:
         decision = decisions[choices.index(choice) - 1]
         options = attribution_targets(decision)
@@ -147,8 +170,13 @@ def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
         target = ("decision", decision["layer"], picked)
     attribution = cached_attribution(model, model.cache_key, trace["tensor"].numpy(), target)
     limit = float(abs(attribution.heatmap).max()) or 1.0
-    figure = px.imshow(attribution.heatmap, color_continuous_scale="RdBu_r", zmin=-limit, zmax=limit,
-                       title=f"{attribution.method}: {attribution.target}")
+    figure = px.imshow(
+        attribution.heatmap,
+        color_continuous_scale="RdBu_r",
+        zmin=-limit,
+        zmax=limit,
+        title=f"{attribution.method}: {attribution.target}",
+    )
     figure.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10))
     st.plotly_chart(figure, key=f"{key}-attribution")
     if attribution.delta is not None:
@@ -187,20 +215,25 @@ def _move_knob(key: str, name: str, default: float) -> None:
         knobs[name] = value
 
 
+_DRAW: dict[Widget, Callable] = {
+    Widget.TOGGLE: lambda box, c, common: box.toggle(c.label, **common),
+    Widget.SELECT: lambda box, c, common: box.selectbox(c.label, c.options, format_func=c.format, **common),
+    Widget.SLIDER: lambda box, c, common: box.slider(c.label, float(c.low), float(c.high), **common),
+}
+
+
 def control_widget(control: Control, key: str, container) -> None:
     """One decision's control, showing what the run on screen decided (its state is set before it is drawn)."""
     widget_key = f"{key}-ctl-{control.layer}-{control.field}"
     st.session_state[widget_key] = control.value
-    common = dict(key=widget_key, on_change=_force, args=(key, control, widget_key), help=control.help or None,
-                  disabled=control.disabled)
-    if control.widget == "toggle":
-        container.toggle(control.label, **common)
-    elif control.widget == "select":
-        container.selectbox(control.label, control.options, format_func=control.format, **common)
-    elif control.widget == "slider":
-        container.slider(control.label, float(control.low), float(control.high), **common)
-    else:
-        container.caption(f"{control.label}: no widget for {control.widget!r}")
+    common = dict(
+        key=widget_key,
+        on_change=_force,
+        args=(key, control, widget_key),
+        help=control.help or None,
+        disabled=control.disabled,
+    )
+    _DRAW[control.widget](container, control, common)
 
 
 def _run_card(column, title: str, trace: dict, latencies, key: str) -> None:
@@ -208,15 +241,27 @@ def _run_card(column, title: str, trace: dict, latencies, key: str) -> None:
     latency, dense = latencies
     prediction, cost = trace["prediction"], trace["cost"]
     column.markdown(f"**{title}**")
-    column.metric(f"Prediction ({title.lower()})", prediction["label"], f"{prediction['probability'] * 100:.1f}% confidence",
-                  delta_color="off")
-    column.metric(f"MACs ({title.lower()})", f"{cost['macs'] / 1e6:.2f} M",
-                  f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of dense", delta_color="off")
-    column.metric(f"Latency ({title.lower()})", f"{latency.median_ms:.2f} ms",
-                  f"{latency.median_ms / dense.median_ms:.2f}× the dense {dense.median_ms:.2f} ms", delta_color="off",
-                  help=f"Batch 1 on this server, median of {latency.runs} runs after a warm-up (IQR "
-                       f"{latency.q1_ms:.2f}–{latency.q3_ms:.2f} ms), timed alternately with the dense counterpart "
-                       f"({dense}) in the same run, so the machine's noise falls on both.")
+    column.metric(
+        f"Prediction ({title.lower()})",
+        prediction["label"],
+        f"{prediction['probability'] * 100:.1f}% confidence",
+        delta_color="off",
+    )
+    column.metric(
+        f"MACs ({title.lower()})",
+        f"{cost['macs'] / 1e6:.2f} M",
+        f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of dense",
+        delta_color="off",
+    )
+    column.metric(
+        f"Latency ({title.lower()})",
+        f"{latency.median_ms:.2f} ms",
+        f"{latency.median_ms / dense.median_ms:.2f}× the dense {dense.median_ms:.2f} ms",
+        delta_color="off",
+        help=f"Batch 1 on this server, median of {latency.runs} runs after a warm-up (IQR "
+        f"{latency.q1_ms:.2f}–{latency.q3_ms:.2f} ms), timed alternately with the dense counterpart "
+        f"({dense}) in the same run, so the machine's noise falls on both.",
+    )
     column.plotly_chart(top_classes(trace), key=f"{key}-top")
 
 
@@ -229,38 +274,63 @@ def intervention_panel(model: torch.nn.Module, name: str, data: bytes, original:
     for knob, spec in declared.items():  # sliders first: a knob changes which decisions the controls show
         slider_key = f"{key}-knob-{knob}"
         st.session_state.setdefault(slider_key, float(knobs.get(knob, spec["default"])))
-        st.slider(f"knob: {knob}", float(spec["low"]), float(spec["high"]), step=0.01, key=slider_key, help=spec["help"],
-                  on_change=_move_knob, args=(key, knob, float(spec["default"])))
+        st.slider(
+            f"knob: {knob}",
+            float(spec["low"]),
+            float(spec["high"]),
+            step=0.01,
+            key=slider_key,
+            help=spec["help"],
+            on_change=_move_knob,
+            args=(key, knob, float(spec["default"])),
+        )
     try:
-        intervened = intervened_image(model, model.cache_key, name, data, json.dumps(overrides, sort_keys=True),
-                                      json.dumps(knobs, sort_keys=True))
+        intervened = intervened_image(
+            model, model.cache_key, name, data, json.dumps(overrides, sort_keys=True), json.dumps(knobs, sort_keys=True)
+        )
     except ValueError as e:
         st.error(f"This intervention cannot run: {e}")
         st.button("Reset", key=f"{key}-reset", on_click=_reset, args=(key, list(declared)))
         return None
     controls = decision_controls(intervened["decisions"], model)
     if controls:
-        st.caption("Each control shows what the intervened run decided; change one to force it (later decisions respond).")
+        st.caption(
+            "Each control shows what the intervened run decided; change one to force it (later decisions respond)."
+        )
         columns = st.columns(4)
         for i, control in enumerate(controls):
             control_widget(control, key, columns[i % 4])
     elif not declared:
         st.caption("This model decides nothing per image and has no knobs: there is nothing to intervene on.")
-    st.button("Reset", key=f"{key}-reset", on_click=_reset, args=(key, list(declared)),
-              help="forget every forced decision and knob move of this image")
+    st.button(
+        "Reset",
+        key=f"{key}-reset",
+        on_click=_reset,
+        args=(key, list(declared)),
+        help="forget every forced decision and knob move of this image",
+    )
     as_json = json.dumps(overrides, sort_keys=True), json.dumps(knobs, sort_keys=True)
     left, right = st.columns(2)
     _run_card(left, "Original", original, cached_latency(model, model.cache_key, name, data, "{}", "{}"), f"{key}-orig")
-    _run_card(right, "Intervened", intervened, cached_latency(model, model.cache_key, name, data, *as_json), f"{key}-intv")
-    st.caption(f"Dense counterpart: every layer at full width, {original['cost']['macs_full'] / 1e6:.2f} M MACs; each "
-               "latency above is timed alternately with it in one run (ABBA order), the timing path of `analysis.bench`.")
-    fields = {kind: decision_kind(kind).forcible for kind in {d["kind"] for d in original["decisions"] + intervened["decisions"]}}
+    _run_card(
+        right, "Intervened", intervened, cached_latency(model, model.cache_key, name, data, *as_json), f"{key}-intv"
+    )
+    st.caption(
+        f"Dense counterpart: every layer at full width, {original['cost']['macs_full'] / 1e6:.2f} M MACs; each "
+        "latency above is timed alternately with it in one run (ABBA order), the timing path of `tools.bench`."
+    )
+    fields = {
+        kind: decision_kind(kind).forcible
+        for kind in {d["kind"] for d in original["decisions"] + intervened["decisions"]}
+    }
     changed = changed_decisions(original["decisions"], intervened["decisions"], fields)
     if changed.empty:
         st.caption("No decision differs from the original run.")
     else:
-        st.markdown(f"**Decisions that differ** ({int(changed['forced'].sum())} forced, "
-                    f"{int((~changed['forced']).sum())} changed in response)")
+        st.markdown(
+            f"**Decisions that differ** ({int(changed['forced'].sum())} forced, "
+            f"{int((~changed['forced']).sum())} changed in response)"
+        )
         st.dataframe(changed, hide_index=True, key=f"{key}-changed")
     return intervened
 
@@ -268,10 +338,18 @@ def intervention_panel(model: torch.nn.Module, name: str, data: bytes, original:
 def perturbation_view(model: torch.nn.Module, pixels, key: str) -> None:
     """Sweep one transformation of the picture the model saw and plot decisions, probability and MACs vs strength."""
     left, middle, right = st.columns([2, 3, 1])
-    name = left.selectbox("Transformation", list(PERTURBATIONS), format_func=lambda n: PERTURBATIONS[n].label, key=f"{key}-ptype")
+    name = left.selectbox(
+        "Transformation", list(PERTURBATIONS), format_func=lambda n: PERTURBATIONS[n].label, key=f"{key}-ptype"
+    )
     spec = PERTURBATIONS[name]
-    low, high = middle.slider("Strength range", float(spec.low), float(spec.high), (float(spec.low), float(spec.high)),
-                              key=f"{key}-prange-{name}", help=spec.unit)
+    low, high = middle.slider(
+        "Strength range",
+        float(spec.low),
+        float(spec.high),
+        (float(spec.low), float(spec.high)),
+        key=f"{key}-prange-{name}",
+        help=spec.unit,
+    )
     steps = right.number_input("Steps", 3, 21, 11, key=f"{key}-psteps")
     strengths = tuple(round(float(v), 4) for v in np.linspace(low, high, int(steps)))
     frame, pictures = cached_perturbation(model, model.cache_key, pixels, name, strengths)
@@ -320,5 +398,7 @@ def forget_interventions_of_another_model(model: torch.nn.Module) -> None:
     previous = st.session_state.get("interventions-model")
     st.session_state["interventions-model"] = model.cache_key
     if previous is not None and previous != model.cache_key:
-        for name in [k for k in st.session_state if k.startswith("img") and ("-overrides" in k or "-knobs" in k or "-knob-" in k)]:
+        for name in [
+            k for k in st.session_state if k.startswith("img") and ("-overrides" in k or "-knobs" in k or "-knob-" in k)
+        ]:
             del st.session_state[name]

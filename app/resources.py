@@ -1,4 +1,5 @@
 """Cached, shared resources of the app: models are loaded once per file and never mutated per request."""
+
 from __future__ import annotations
 
 import copy
@@ -27,7 +28,9 @@ from models.data import find_fashion_mnist
 from models.devices import ENV as DEVICE_ENV, default_device
 from models.errors import UsageError
 
-UPLOAD_MAX_BYTES = 25 * 2**20  # refused with a message (server.maxUploadSize is wider); the bundled checkpoints are < 5 MB
+UPLOAD_MAX_BYTES = (
+    25 * 2**20
+)  # refused with a message (server.maxUploadSize is wider); the bundled checkpoints are < 5 MB
 
 
 def app_device() -> str:
@@ -56,9 +59,11 @@ def load_uploaded(data: bytes, device: str = "cpu") -> torch.nn.Module:
     """An uploaded checkpoint loaded on ``device``, keyed by its content and the device; ``CheckpointError``
     (without the temporary path) if it is not a usable RouteScope checkpoint."""
     if len(data) > UPLOAD_MAX_BYTES:
-        raise CheckpointError(f"{len(data) / 2**20:.1f} MB is over the {UPLOAD_MAX_BYTES // 2**20} MB limit for uploaded "
-                              "checkpoints (RouteScope's own are under 5 MB); to open a larger one, put it in the models "
-                              "folder of an app you run yourself (ROUTESCOPE_MODELS)")
+        raise CheckpointError(
+            f"{len(data) / 2**20:.1f} MB is over the {UPLOAD_MAX_BYTES // 2**20} MB limit for uploaded "
+            "checkpoints (RouteScope's own are under 5 MB); to open a larger one, put it in the models "
+            "folder of an app you run yourself (ROUTESCOPE_MODELS)"
+        )
     digest = hashlib.sha256(data).hexdigest()[:16]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload-{digest}.pt"
@@ -68,8 +73,10 @@ def load_uploaded(data: bytes, device: str = "cpu") -> torch.nn.Module:
         except CheckpointError as e:
             raise CheckpointError(str(e).replace(f"{path}: ", "")) from None
         except Exception as e:  # whatever an untrusted file breaks must become a message, not a crash
-            raise CheckpointError(f"cannot be used as a model ({type(e).__name__}); check it with "
-                                  "python -m analysis.inspect --checkpoint FILE") from None
+            raise CheckpointError(
+                f"cannot be used as a model ({type(e).__name__}); check it with "
+                "python -m analysis.inspect --checkpoint FILE"
+            ) from None
     model.cache_key = f"upload:{digest}@{device}"
     return model
 
@@ -117,14 +124,24 @@ def pick_bundled(bundled: dict, key: str) -> str:
         if kept.get("name") in others:  # e.g. from a shared link: keep it visible
             kept["all"] = True
         _seed(f"{key}-all", "all")
-        show_all = st.sidebar.toggle(f"Also the {len(others)} sweeps and ablations", key=f"{key}-all",
-                                     on_change=_keep_show_all, args=(f"{key}-all", featured))
+        show_all = st.sidebar.toggle(
+            f"Also the {len(others)} sweeps and ablations",
+            key=f"{key}-all",
+            on_change=_keep_show_all,
+            args=(f"{key}-all", featured),
+        )
         names = featured + others if show_all else featured
     else:
         names = featured or others
     _seed(f"{key}-name", "name", names)
-    name = st.sidebar.selectbox("Bundled model", names, key=f"{key}-name", on_change=_keep, args=(f"{key}-name", "name"),
-                                format_func=lambda n: f"★ {n}" if n in featured else n)
+    name = st.sidebar.selectbox(
+        "Bundled model",
+        names,
+        key=f"{key}-name",
+        on_change=_keep,
+        args=(f"{key}-name", "name"),
+        format_func=lambda n: f"★ {n}" if n in featured else n,
+    )
     kept["name"] = name  # the default too: another page must not fall back to another one
     return name
 
@@ -139,8 +156,10 @@ def upload_message(file_name: str, error: Exception) -> str:
     """One sentence for a refused checkpoint upload; a published ``.pth.tar`` gets why it cannot be used yet."""
     text = str(error)
     if file_name.lower().endswith((".pth.tar", ".tar", ".ckpt")) and "RouteScope checkpoint" in text:
-        return (f"{file_name}: not a RouteScope checkpoint, and converters for published checkpoint layouts "
-                f"(.pth.tar) are not available yet; upload a .pt file written by python -m models.train.")
+        return (
+            f"{file_name}: not a RouteScope checkpoint, and converters for published checkpoint layouts "
+            f"(.pth.tar) are not available yet; upload a .pt file written by python -m models.train."
+        )
     return f"{file_name}: {text}"
 
 
@@ -165,8 +184,14 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
         elif wanted is not None:
             st.warning(f"The link names model `{wanted}`, which is not bundled here; showing another model.")
     _seed(f"{key}-source", "source")
-    source = st.sidebar.radio("Model", ["Bundled", "Upload a checkpoint"], key=f"{key}-source", horizontal=True,
-                              on_change=_keep, args=(f"{key}-source", "source"))
+    source = st.sidebar.radio(
+        "Model",
+        ["Bundled", "Upload a checkpoint"],
+        key=f"{key}-source",
+        horizontal=True,
+        on_change=_keep,
+        args=(f"{key}-source", "source"),
+    )
     kept["source"] = source
     if source == "Bundled":
         if not bundled:
@@ -178,9 +203,13 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
     st.query_params.pop("model", None)
     upload_key = f"{key}-upload"
     # no ``type`` filter: the browser would refuse a .pth.tar (or any other name) without a visible reason
-    upload = st.sidebar.file_uploader("RouteScope checkpoint (.pt, .pth or .pth.tar)", key=upload_key,
-                                      on_change=_keep_upload, args=(upload_key,),
-                                      help=f"A file written by `python -m models.train`, up to {UPLOAD_MAX_BYTES // 2**20} MB")
+    upload = st.sidebar.file_uploader(
+        "RouteScope checkpoint (.pt, .pth or .pth.tar)",
+        key=upload_key,
+        on_change=_keep_upload,
+        args=(upload_key,),
+        help=f"A file written by `python -m models.train`, up to {UPLOAD_MAX_BYTES // 2**20} MB",
+    )
     if upload is not None and kept.get("upload", (None, None))[1] != upload.file_id:
         kept["upload"] = (upload.name, upload.file_id, upload.getvalue())
     if kept.get("upload") is None:
@@ -203,8 +232,10 @@ def show_model(model: torch.nn.Module) -> None:
     upload = _chosen().get("upload") if _chosen().get("source") == "Upload a checkpoint" else None
     accuracy = meta.get("metrics", {}).get("test_acc")
     origin = f" (uploaded file `{upload[0]}`)" if upload else ""
-    st.caption(f"Model: **{meta['name']}**{origin} · method `{meta['method']}` · trained on {meta['dataset']}"
-               + (f" · test accuracy {accuracy * 100:.2f}%" if isinstance(accuracy, (int, float)) else ""))
+    st.caption(
+        f"Model: **{meta['name']}**{origin} · method `{meta['method']}` · trained on {meta['dataset']}"
+        + (f" · test accuracy {accuracy * 100:.2f}%" if isinstance(accuracy, (int, float)) else "")
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -229,7 +260,9 @@ def attribution(_model: torch.nn.Module, model_key: str, image: np.ndarray, targ
     x = torch.from_numpy(image)
     if target[0] == "prediction":
         _, index, method = target
-        return attributions.explain_prediction(copy.deepcopy(_model) if method == "gradcam" else _model, x, index, method)
+        return attributions.explain_prediction(
+            copy.deepcopy(_model) if method == "gradcam" else _model, x, index, method
+        )
     _, layer, value = target
     return attributions.explain_decision(_model, x, layer, value)
 
@@ -266,27 +299,29 @@ def test_images(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
 def cached_table(model: torch.nn.Module, dataset: str) -> pd.DataFrame:
     """Trace a whole test set once (with a progress bar), then reuse it across reruns and sessions; each caller
     gets its own copy (a page may add columns)."""
+
     def make() -> pd.DataFrame:
         images, labels = test_images(dataset)
         bar = st.progress(0.0, text=f"Tracing {len(images):,} test images…")
-        out = dataset_table(model, images, labels, progress=lambda f: bar.progress(f, text=f"Tracing test images… {f:.0%}"))
+        out = dataset_table(
+            model, images, labels, progress=lambda f: bar.progress(f, text=f"Tracing test images… {f:.0%}")
+        )
         bar.empty()
         return out
 
     return _bounded_store(_table_store(), ("table", model.cache_key, dataset), make, limit=64)
 
 
-def _json(value: dict | None) -> str:
-    return json.dumps(value or {}, sort_keys=True)
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
-def intervened_image(_model: torch.nn.Module, model_key: str, name: str, data: bytes, overrides: str, knobs: str) -> dict:
+def intervened_image(
+    _model: torch.nn.Module, model_key: str, name: str, data: bytes, overrides: str, knobs: str
+) -> dict:
     """One image's trace with decisions forced and knobs moved (JSON strings, so the cache can hash them); a bad
     intervention raises ``ValueError`` (not cached). Reruns of the page reuse it."""
     model_input = load_model_input(data, _model.meta, name)
-    return trace_batch(_model, model_input.tensor, [name], structure=False, overrides=json.loads(overrides),
-                       knobs=json.loads(knobs))[0]
+    return trace_batch(
+        _model, model_input.tensor, [name], structure=False, overrides=json.loads(overrides), knobs=json.loads(knobs)
+    )[0]
 
 
 @st.cache_resource(show_spinner="Building the dense counterpart…", max_entries=8)
@@ -296,18 +331,20 @@ def dense_model(_model: torch.nn.Module, model_key: str) -> torch.nn.Module:
 
 
 @st.cache_data(show_spinner="Timing batch-1 latency against the dense network…", max_entries=128)
-def latency(_model: torch.nn.Module, model_key: str, name: str, data: bytes, overrides: str, knobs: str
-            ) -> tuple[Latency, Latency]:
+def latency(
+    _model: torch.nn.Module, model_key: str, name: str, data: bytes, overrides: str, knobs: str
+) -> tuple[Latency, Latency]:
     """Batch-1 latency of one image through the model (with its overrides and knobs, JSON strings) and through its
     dense counterpart, timed alternately in one run (``analysis.core.latency.paired_latency``, the timing path of
-    ``analysis.bench``), once per (model, image, overrides, knobs)."""
+    ``tools.bench``), once per (model, image, overrides, knobs)."""
     x = load_model_input(data, _model.meta, name).tensor
     return paired_latency(_model, dense_model(_model, model_key), x, json.loads(overrides), json.loads(knobs))
 
 
 @st.cache_data(show_spinner="Perturbing and tracing…", max_entries=64)
-def perturbation(_model: torch.nn.Module, model_key: str, pixels: np.ndarray, name: str,
-                 strengths: tuple[float, ...]) -> tuple[pd.DataFrame, np.ndarray]:
+def perturbation(
+    _model: torch.nn.Module, model_key: str, pixels: np.ndarray, name: str, strengths: tuple[float, ...]
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The perturbation sweep of one image's uint8 picture and the perturbed pictures (N x H x W[x3])."""
     x = pixels_tensor(pixels)
     batch = perturbed(x, name, strengths)
@@ -337,10 +374,13 @@ def _sweep_store() -> dict:
 
 def cached_sweep(model: torch.nn.Module, dataset: str, knob: str, values: tuple[float, ...]) -> pd.DataFrame:
     """``knob_sweep`` over a test set, with a progress bar the first time, reused per (model, data set, values)."""
+
     def make() -> pd.DataFrame:
         images, labels = test_images(dataset)
         bar = st.progress(0.0, text=f"Sweeping {knob} over {len(values)} values on {len(images):,} images…")
-        out = knob_sweep(model, knob, values, images, labels, progress=lambda f: bar.progress(f, text=f"Sweeping {knob}… {f:.0%}"))
+        out = knob_sweep(
+            model, knob, values, images, labels, progress=lambda f: bar.progress(f, text=f"Sweeping {knob}… {f:.0%}")
+        )
         bar.empty()
         return out
 
@@ -349,6 +389,7 @@ def cached_sweep(model: torch.nn.Module, dataset: str, knob: str, values: tuple[
 
 def cached_static_points(model: torch.nn.Module, dataset: str) -> pd.DataFrame:
     """The model's static variants (``evaluation_variants()``) on a test set, once per (model, data set)."""
+
     def make() -> pd.DataFrame:
         images, labels = test_images(dataset)
         bar = st.progress(0.0, text="Evaluating the static variants…")

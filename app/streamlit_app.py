@@ -1,4 +1,5 @@
 """RouteScope app entry: ``streamlit run app/streamlit_app.py``."""
+
 import os
 from pathlib import Path
 

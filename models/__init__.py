@@ -5,6 +5,7 @@ recipe register themselves: a new method is ``models/<method>.py`` plus ``models
 no list to edit here. Only the command-line entry points are skipped (``python -m models.train`` must not
 find its module imported already).
 """
+
 from __future__ import annotations
 
 import importlib

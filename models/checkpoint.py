@@ -8,9 +8,9 @@ Layout of the saved dict::
 ``meta`` describes the run: ``models.train`` writes the ``META_KEYS`` (name, method, dataset, classes, input
 size, normalization, metrics, recipe) and the training ``history``; hand-made checkpoints may carry fewer.
 """
+
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import pickle
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .config_schema import MAX_CHANNELS, MAX_CLASSES, builder_schema, config_errors
 from .errors import UsageError
 from .inference import FORMS, fast_form
 from .registry import _MODELS, build_model
@@ -35,86 +36,21 @@ META_KEYS = ("name", "method", "dataset", "classes", "input_size", "mean", "std"
 MAX_BYTES = 100 * 2**20  # file size: ``torch.load`` memory is bounded by it
 MAX_PARAMS = 50_000_000
 MAX_ACTIVATION_BYTES = 2**30  # estimated activation memory of one image's forward pass
-MAX_WIDTH = 2048  # any channel count in a config
-MAX_INT = 100_000  # any other integer in a config (num_classes, ...)
-MAX_SEQUENCE = 64  # length of a list in a config
-MAX_SIDE = 1024  # input_size height and width in meta
-MAX_CHANNELS = 16  # input_size channels / in_chans
-MAX_CLASSES = 100_000
+MAX_SIDE = 1024  # input_size height and width in meta (config bounds: models.config_schema)
 
 
 class CheckpointError(UsageError):
     """The file is not a RouteScope checkpoint, or does not fit its architecture."""
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _check_value(key: str, annotation: str, value) -> str | None:
-    """Why ``value`` is not acceptable for a builder argument annotated ``annotation`` (a string: the model
-    modules use ``from __future__ import annotations``), or None."""
-    kinds = [a.strip() for a in annotation.split("|")]
-    if value is None:
-        return None if "None" in kinds else "must not be null"
-    kinds = [k for k in kinds if k != "None"]
-    scalar = {"int": _is_int, "float": _is_number, "bool": lambda v: isinstance(v, bool),
-              "str": lambda v: isinstance(v, str) and len(v) <= 64}
-    for kind in kinds:
-        if kind in scalar:
-            if not scalar[kind](value):
-                return f"must be {'a number' if kind == 'float' else 'an ' + kind if kind == 'int' else 'a ' + kind}"
-            if kind == "int" and not 1 <= value <= (MAX_CHANNELS if key == "in_chans" else MAX_CLASSES if key == "num_classes" else MAX_INT):
-                return "is out of range"
-            return None
-        inner = kind[kind.index("[") + 1:-1] if "[" in kind else "int"
-        if not isinstance(value, (list, tuple)):
-            continue
-        items = [i.strip() for i in inner.split(",")]
-        element = items[0]
-        fixed = len(items) if "..." not in items and kind.startswith("tuple") else None
-        if fixed is not None and len(value) != fixed:
-            return f"must be a list of {fixed} values, not {len(value)}"
-        if not 1 <= len(value) <= MAX_SEQUENCE:
-            return f"must be a list of 1 to {MAX_SEQUENCE} values"
-        if element == "int":
-            if not all(_is_int(v) for v in value):
-                return "must be a list of integers"
-            bound = MAX_WIDTH if key == "widths" else MAX_INT
-            if not all(0 <= v <= bound for v in value) or (key == "widths" and min(value) < 1):
-                return f"has a value out of range (at most {bound}{', at least 1' if key == 'widths' else ''})"
-        elif element == "float":
-            if not all(_is_number(v) for v in value):
-                return "must be a list of finite numbers"
-        elif element == "str":
-            if not all(isinstance(v, str) and len(v) <= 64 for v in value):
-                return "must be a list of names"
-        return None
-    return f"must be {annotation}"
-
-
 def check_config(arch, config) -> None:
     """A ``UsageError`` unless ``config`` uses only ``arch``'s builder keywords, each with a value of its type and
-    within the bounds above (``MAX_WIDTH`` etc.)."""
+    within the bounds of ``models.config_schema``."""
     if not isinstance(arch, str) or arch not in _MODELS:
         raise UsageError(f"unknown model {arch!r}")
-    if not isinstance(config, dict):
-        raise UsageError("its config is not a mapping of builder arguments")
-    params = inspect.signature(_MODELS[arch]).parameters
-    unknown = [k for k in config if k not in params or params[k].kind not in (params[k].POSITIONAL_OR_KEYWORD, params[k].KEYWORD_ONLY)]
-    if unknown:
-        raise UsageError(f"unknown config key(s) for {arch}: {', '.join(map(repr, unknown[:5]))}; "
-                         f"known: {', '.join(params)}")
-    for key, value in config.items():
-        annotation = params[key].annotation
-        annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-        why = _check_value(key, annotation, value)
-        if why:
-            raise UsageError(f"config {key}={str(value)[:60]!r} {why}")
+    errors = config_errors(builder_schema(_MODELS[arch]), config)
+    if errors:
+        raise UsageError(errors[0].replace("unknown config key(s)", f"unknown config key(s) for {arch}"))
 
 
 def activation_bytes(model: nn.Module, input_size) -> int:
@@ -137,8 +73,10 @@ def activation_bytes(model: nn.Module, input_size) -> int:
         return total
     except (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError):
         pixels = input_size[1] * input_size[2]
-        return sum(4 * pixels * int(getattr(m, "out_channels", getattr(m, "num_features", getattr(m, "out_features", 0))))
-                   for m in leaves)
+        return sum(
+            4 * pixels * int(getattr(m, "out_channels", getattr(m, "num_features", getattr(m, "out_features", 0))))
+            for m in leaves
+        )
     finally:
         for h in handles:
             h.remove()
@@ -148,9 +86,16 @@ def _input_size(meta, config, required: bool = False) -> tuple[int, int, int]:
     size = meta.get("input_size") if isinstance(meta, dict) else None
     if size is None and not required:  # a hand-made checkpoint without it: the CIFAR size, for the estimate
         return (config.get("in_chans", 3), 32, 32)
-    if (not isinstance(size, (list, tuple)) or len(size) != 3 or not all(_is_int(v) for v in size)
-            or not 1 <= size[0] <= MAX_CHANNELS or not all(1 <= v <= MAX_SIDE for v in size[1:])):
-        raise CheckpointError(f"meta input_size {str(size)[:60]} is not [channels <= {MAX_CHANNELS}, height, width <= {MAX_SIDE}]")
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+        or not 1 <= size[0] <= MAX_CHANNELS
+        or not all(1 <= v <= MAX_SIDE for v in size[1:])
+    ):
+        raise CheckpointError(
+            f"meta input_size {str(size)[:60]} is not [channels <= {MAX_CHANNELS}, height, width <= {MAX_SIDE}]"
+        )
     return tuple(size)
 
 
@@ -167,19 +112,24 @@ def build_meta_model(payload: dict, source: str = "checkpoint") -> nn.Module:
         raise CheckpointError(f"{source}: cannot build architecture {payload['arch']!r}: {str(e)[:200]}") from None
     params = sum(p.numel() for p in model.parameters())
     if params > MAX_PARAMS:
-        raise CheckpointError(f"{source}: {payload['arch']} with this config has {params:,} parameters, over the "
-                              f"limit of {MAX_PARAMS:,}")
+        raise CheckpointError(
+            f"{source}: {payload['arch']} with this config has {params:,} parameters, over the limit of {MAX_PARAMS:,}"
+        )
     size = _input_size(payload["meta"], payload["config"])
     activations = activation_bytes(model, size)
     if activations > MAX_ACTIVATION_BYTES:
-        raise CheckpointError(f"{source}: one {'x'.join(map(str, size))} image needs about {activations / 2**30:.1f} GiB "
-                              f"of activations, over the limit of {MAX_ACTIVATION_BYTES / 2**30:.0f} GiB")
+        raise CheckpointError(
+            f"{source}: one {'x'.join(map(str, size))} image needs about {activations / 2**30:.1f} GiB "
+            f"of activations, over the limit of {MAX_ACTIVATION_BYTES / 2**30:.0f} GiB"
+        )
     return model
 
 
 def check_state_dict(expected: dict, state: dict, source: str, arch: str) -> None:
     """Names, count, shapes and dtypes of ``state`` against the meta-built model's; then finite values."""
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise CheckpointError(f"{source}: its state_dict is not a mapping of names to tensors")
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
@@ -190,14 +140,20 @@ def check_state_dict(expected: dict, state: dict, source: str, arch: str) -> Non
         if tuple(got.shape) != tuple(want.shape):
             problems.append(f"{k} has shape {tuple(got.shape)}, want {tuple(want.shape)}")
         elif got.dtype != want.dtype:
-            problems.append(f"{k} is {str(got.dtype).replace('torch.', '')}, want {str(want.dtype).replace('torch.', '')}")
+            problems.append(
+                f"{k} is {str(got.dtype).replace('torch.', '')}, want {str(want.dtype).replace('torch.', '')}"
+            )
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise CheckpointError(f"{source}: weights do not fit architecture {arch!r}: {len(state)} tensors, want "
-                              f"{len(expected)}; {'; '.join(problems[:5])}{more}")
+        raise CheckpointError(
+            f"{source}: weights do not fit architecture {arch!r}: {len(state)} tensors, want "
+            f"{len(expected)}; {'; '.join(problems[:5])}{more}"
+        )
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise CheckpointError(f"{source}: weights contain NaN/inf ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
+        raise CheckpointError(
+            f"{source}: weights contain NaN/inf ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})"
+        )
 
 
 def training_args(meta: dict) -> dict:
@@ -208,8 +164,10 @@ def training_args(meta: dict) -> dict:
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, train_state: dict | None = None) -> None:
     """Write atomically: a temporary file in the same folder, then ``os.replace``."""
     if model.is_fast_form:
-        raise ValueError("this is the fast inference form (BatchNorm folded): save the training form "
-                         "(load_checkpoint(..., form='train'))")
+        raise ValueError(
+            "this is the fast inference form (BatchNorm folded): save the training form "
+            "(load_checkpoint(..., form='train'))"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -248,8 +206,10 @@ def _why_unloadable(path: Path, error: BaseException) -> str:
     # torch names the first class or function a pickle refers to: "Unsupported global: GLOBAL models.resnet.ResNet ..."
     found = re.search(r"GLOBAL ([\w.]+)", str(error)) if isinstance(error, pickle.UnpicklingError) else None
     if found:
-        return (f"it contains pickled Python code ({found.group(1)[:80]}), which RouteScope never runs; {_SAVE_HINT}, "
-                "not the whole model object")
+        return (
+            f"it contains pickled Python code ({found.group(1)[:80]}), which RouteScope never runs; {_SAVE_HINT}, "
+            "not the whole model object"
+        )
     if head.startswith(b"PK\x03\x04"):
         if zipfile.is_zipfile(path):
             return f"it is a ZIP archive that is not a PyTorch file, or a damaged one; {_SAVE_HINT}"
@@ -257,7 +217,9 @@ def _why_unloadable(path: Path, error: BaseException) -> str:
     if head.startswith(_LEGACY_MAGIC):
         return f"it is an old-style PyTorch file that is damaged or holds objects other than tensors; {_SAVE_HINT}"
     if head[:1] == b"\x80":
-        return f"it is a plain Python pickle, not a PyTorch checkpoint, and RouteScope never unpickles code; {_SAVE_HINT}"
+        return (
+            f"it is a plain Python pickle, not a PyTorch checkpoint, and RouteScope never unpickles code; {_SAVE_HINT}"
+        )
     return f"it is not a PyTorch file (another format, or random bytes); {_SAVE_HINT}"
 
 
@@ -269,18 +231,36 @@ def read_checkpoint(path: str | os.PathLike, max_bytes: int | None = MAX_BYTES) 
         raise CheckpointError(f"{path}: no such checkpoint file")
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
-        raise CheckpointError(f"{path}: {size / 2**20:.1f} MB is over the checkpoint size limit of {max_bytes / 2**20:.0f} MB")
+        raise CheckpointError(
+            f"{path}: {size / 2**20:.1f} MB is over the checkpoint size limit of {max_bytes / 2**20:.0f} MB"
+        )
     try:
         # not ``mmap=True``: it skips torch's record-size check, so a truncated tensor member silently reads the
-        # bytes of its neighbours (found by ``python -m analysis.fuzz``); ``max_bytes`` bounds the memory instead
+        # bytes of its neighbours (found by ``python -m tools.fuzz``); ``max_bytes`` bounds the memory instead
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, AttributeError,
-            KeyError, IndexError, TypeError, UnicodeDecodeError, OverflowError, MemoryError, struct.error) as e:
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        TypeError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+        struct.error,
+    ) as e:
         raise CheckpointError(f"{path}: not a loadable RouteScope checkpoint: {_why_unloadable(path, e)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a RouteScope checkpoint (a plain state_dict or another tool's file?)")
     if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path}: RouteScope checkpoint version {payload.get('version')} is not supported (want {VERSION})")
+        raise CheckpointError(
+            f"{path}: RouteScope checkpoint version {payload.get('version')} is not supported (want {VERSION})"
+        )
     missing = [k for k in ("arch", "config", "state_dict", "meta") if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: RouteScope checkpoint lacks {', '.join(missing)}")
@@ -299,13 +279,19 @@ def build_from_payload(payload: dict, source: str = "checkpoint") -> nn.Module:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())
-        raise CheckpointError(f"{source}: weights do not fit architecture {payload['arch']!r}: {detail[:300]}") from None
+        raise CheckpointError(
+            f"{source}: weights do not fit architecture {payload['arch']!r}: {detail[:300]}"
+        ) from None
     model.meta = dict(payload["meta"])
     return model
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", form: str = "fast",
-                    max_bytes: int | None = MAX_BYTES) -> nn.Module:
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    form: str = "fast",
+    max_bytes: int | None = MAX_BYTES,
+) -> nn.Module:
     """The model in eval mode with ``.meta``, ready for true dynamic inference.
 
     ``form="fast"`` (the default) is the inference form of ``models.inference`` (BatchNorm folded, gates
@@ -332,14 +318,23 @@ def check_meta(meta: dict) -> None:
         raise CheckpointError(f"its meta lacks {', '.join(missing)}")
     channels = _input_size(meta, {}, required=True)[0]
     classes = meta["classes"]
-    if (not isinstance(classes, (list, tuple)) or not 1 <= len(classes) <= MAX_CLASSES
-            or not all(isinstance(c, str) for c in classes)):
+    if (
+        not isinstance(classes, (list, tuple))
+        or not 1 <= len(classes) <= MAX_CLASSES
+        or not all(isinstance(c, str) for c in classes)
+    ):
         raise CheckpointError("its meta classes are not a list of class names")
     for key in ("mean", "std"):
         value = meta[key]
-        if (not isinstance(value, (list, tuple)) or len(value) not in (1, channels)
-                or not all(_is_number(v) for v in value) or (key == "std" and min(value) <= 0)):
-            raise CheckpointError(f"its meta {key} is not one finite number per input channel{' (> 0)' if key == 'std' else ''}")
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) not in (1, channels)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            or (key == "std" and min(value) <= 0)
+        ):
+            raise CheckpointError(
+                f"its meta {key} is not one finite number per input channel{' (> 0)' if key == 'std' else ''}"
+            )
     for key in ("name", "method", "dataset"):
         if not isinstance(meta[key], str):
             raise CheckpointError(f"its meta {key} is not a string")
@@ -348,17 +343,21 @@ def check_meta(meta: dict) -> None:
 def check_usable(model: nn.Module) -> nn.Module:
     """An uploaded file is untrusted: the meta the pages read must be there and valid, and one traced forward
     pass must give finite logits, one per class, or every image would fail later, deep inside a page (the app and
-    ``python -m analysis.fuzz`` run this after ``load_checkpoint``)."""
+    ``python -m tools.fuzz`` run this after ``load_checkpoint``)."""
     from .trace import traced_forward
 
     check_meta(model.meta)
     try:
         logits, _ = traced_forward(model, torch.zeros(1, *model.meta["input_size"]))
     except RuntimeError as e:  # e.g. an input_size the layers cannot take (too small for the pooling)
-        raise CheckpointError(f"a {'x'.join(map(str, model.meta['input_size']))} input does not run through it "
-                              f"({' '.join(str(e).split())[:160]})") from None
+        raise CheckpointError(
+            f"a {'x'.join(map(str, model.meta['input_size']))} input does not run through it "
+            f"({' '.join(str(e).split())[:160]})"
+        ) from None
     if not isinstance(logits, torch.Tensor) or logits.shape != (1, len(model.meta["classes"])):
-        raise CheckpointError(f"it gives {tuple(getattr(logits, 'shape', ()))} logits for {len(model.meta['classes'])} classes")
+        raise CheckpointError(
+            f"it gives {tuple(getattr(logits, 'shape', ()))} logits for {len(model.meta['classes'])} classes"
+        )
     if not torch.isfinite(logits).all():
         raise CheckpointError("it gives NaN/inf logits")
     return model

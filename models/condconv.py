@@ -21,10 +21,11 @@ Design choices and deviations from the paper (and its TF code):
   router bias is zero, so at the neutral routing ``a = 0.5`` the mixture has exactly the variance of a
   Kaiming-initialized conv for any E (for E = 4 each expert is plain Kaiming, as in the paper).
   The block's last BN starts at zero, as in the baseline ResNet.
-- Training (``models.recipes.condconv``): one supervised stage, the baseline's budget. ``--init-from`` a plain ResNet upcycles it
-  (``CondConvResNet.upcycle``: every expert starts from the dense kernel), which the bundled model uses to
-  fit the CPU budget; it is then compared with the plain ResNet fine-tuned for the same epochs. ``--expert-weight-decay`` optionally sets a
-  different weight decay for the expert kernels (default: the same as ``--weight-decay``).
+- Training (``models.recipes.condconv``): one supervised stage, the baseline's budget. ``--init-from`` a plain ResNet
+  upcycles it (``CondConvResNet.upcycle``: every expert starts from the dense kernel), which the bundled model uses to
+  fit the CPU budget; it is then compared with the plain ResNet fine-tuned for the same epochs.
+  ``--expert-weight-decay`` optionally sets a different weight decay for the expert kernels (default: the same as
+  ``--weight-decay``).
 - The batched conv is exact (equal to a per-example loop and to ``sum_e a_e conv(x, W_e)``), works at
   batch 1 and on channels_last inputs (``reshape``, never ``view``, on activations).
 
@@ -32,6 +33,7 @@ Design choices and deviations from the paper (and its TF code):
 with routing ``(B, L, E)`` in the order of ``routing_layers()``. Under an active ``models.trace.Trace``
 each CondConv block records ``{"layer": "layer3.0", "kind": "routing", "weights": [E floats]}``.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -48,11 +50,17 @@ from .trace import current_trace
 from .decisions import DecisionKind, register_kind
 
 
-ROUTING = register_kind(DecisionKind(
-    "routing", "condconv", "image",
-    {"weights": ("array", "the router's sigmoid weight of each expert kernel")},
-    "the expert mixture of a CondConv block",
-    signature=lambda d: max(range(len(d["weights"])), key=d["weights"].__getitem__), forcible=("weights",)))
+ROUTING = register_kind(
+    DecisionKind(
+        "routing",
+        "condconv",
+        "image",
+        {"weights": ("array", "the router's sigmoid weight of each expert kernel")},
+        "the expert mixture of a CondConv block",
+        signature=lambda d: max(range(len(d["weights"])), key=d["weights"].__getitem__),
+        forcible=("weights",),
+    )
+)
 
 
 class CondConvBlock(BasicBlock):
@@ -74,14 +82,19 @@ class CondConvBlock(BasicBlock):
 
     def prepare_fast_form(self) -> None:
         """The fast form: at batch 1, the router and both kernel mixtures in one compiled call (where built)."""
-        self.compiled = (fused_ops() and self.conv1.bias is None and self.conv2.bias is None
-                         and self.conv1.weight.dtype == torch.float32)
+        self.compiled = (
+            fused_ops()
+            and self.conv1.bias is None
+            and self.conv2.bias is None
+            and self.conv1.weight.dtype == torch.float32
+        )
 
     def _routed_one(self, x: torch.Tensor, forced) -> tuple[torch.Tensor, torch.Tensor]:
         """``routed`` at batch 1 with nothing to record: the compiled router and mixtures, then two plain convs."""
         weights = None if forced is None else forced_routing(forced, x.new_zeros(1, self.router.fc.out_features))
-        routing, k1, k2 = torch.ops.routescope.condconv_mix(x, self.router.fc.weight, self.router.fc.bias, weights,
-                                                            self.conv1.weight, self.conv2.weight)
+        routing, k1, k2 = torch.ops.routescope.condconv_mix(
+            x, self.router.fc.weight, self.router.fc.bias, weights, self.conv1.weight, self.conv2.weight
+        )
         c1, c2 = self.conv1, self.conv2
         h = F.relu(F.conv2d(x, k1.view(c1.weight_shape), c1.shift, c1.stride, c1.padding, 1, c1.groups))
         h = F.conv2d(h, k2.view(c2.weight_shape), c2.shift, c2.stride, c2.padding, 1, c2.groups)
@@ -113,7 +126,7 @@ def forced_routing(weights, routing: torch.Tensor) -> torch.Tensor:
 
 
 class CondConvOutput(NamedTuple):
-    logits: torch.Tensor   # (B, classes)
+    logits: torch.Tensor  # (B, classes)
     routing: torch.Tensor  # (B, L, E), blocks in the order of routing_layers()
 
 
@@ -121,11 +134,17 @@ class CondConvResNet(ResNet):
     """CIFAR-style ResNet (``models.resnet`` names) whose blocks in ``condconv_stages`` are CondConv blocks."""
 
     method = "condconv"
-    benchmark_batch = 64  # analysis.bench measures throughput where the paper compares: batch 64
+    benchmark_batch = 64  # tools.bench measures throughput where the paper compares: batch 64
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
-                 widths: tuple[int, int, int] = (16, 32, 64), num_experts: int = 4,
-                 condconv_stages: tuple[int, ...] = (3,)) -> None:
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        num_experts: int = 4,
+        condconv_stages: tuple[int, ...] = (3,),
+    ) -> None:
         super().__init__(depth, num_classes, in_chans, tuple(widths))
         stages = tuple(sorted({int(s) for s in condconv_stages}))
         if not stages or any(s not in (1, 2, 3) for s in stages):
@@ -136,14 +155,20 @@ class CondConvResNet(ResNet):
         for s in stages:
             stage = self.stages()[s - 1]
             for j, old in enumerate(stage):
-                block = CondConvBlock(old.conv1.in_channels, old.conv1.out_channels, old.conv1.stride[0], self.num_experts)
+                block = CondConvBlock(
+                    old.conv1.in_channels, old.conv1.out_channels, old.conv1.stride[0], self.num_experts
+                )
                 init_weights(block)  # shortcut conv, BN, zero last BN; CondConv2d and Router init themselves
                 block.layer_name = f"layer{s}.{j}"
                 stage[j] = block
 
     def routing_blocks(self) -> list[tuple[str, CondConvBlock]]:
-        return [(f"layer{s}.{j}", b) for s, stage in enumerate(self.stages(), 1) for j, b in enumerate(stage)
-                if isinstance(b, CondConvBlock)]
+        return [
+            (f"layer{s}.{j}", b)
+            for s, stage in enumerate(self.stages(), 1)
+            for j, b in enumerate(stage)
+            if isinstance(b, CondConvBlock)
+        ]
 
     def routing_layers(self) -> list[str]:
         """Names of the CondConv blocks in execution order (the ``layer`` of their trace decisions)."""
@@ -177,8 +202,14 @@ class CondConvResNet(ResNet):
         used = []
         for name, module in self.named_modules():
             key = f"{name}.weight"
-            if isinstance(module, CondConv2d) and key in dense_state and tuple(dense_state[key].shape) == module.weight_shape:
-                module.weight.copy_(dense_state[key].reshape(1, -1).expand_as(module.weight) * (2.0 / module.num_experts))
+            if (
+                isinstance(module, CondConv2d)
+                and key in dense_state
+                and tuple(dense_state[key].shape) == module.weight_shape
+            ):
+                module.weight.copy_(
+                    dense_state[key].reshape(1, -1).expand_as(module.weight) * (2.0 / module.num_experts)
+                )
                 used.append(key)
         return used
 
@@ -191,35 +222,61 @@ class CondConvResNet(ResNet):
 
 
 @register_model
-def condconv_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                     num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
+def condconv_resnet8(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    num_experts: int = 4,
+    condconv_stages: tuple[int, ...] | list[int] = (3,),
+) -> CondConvResNet:
     """CondConv ResNet-8: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
     return CondConvResNet(8, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))
 
 
 @register_model
-def condconv_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                      num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
+def condconv_resnet20(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    num_experts: int = 4,
+    condconv_stages: tuple[int, ...] | list[int] = (3,),
+) -> CondConvResNet:
     """CondConv ResNet-20: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
     return CondConvResNet(20, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))
 
 
 @register_model
-def condconv_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                      num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
+def condconv_resnet32(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    num_experts: int = 4,
+    condconv_stages: tuple[int, ...] | list[int] = (3,),
+) -> CondConvResNet:
     """CondConv ResNet-32: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
     return CondConvResNet(32, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))
 
 
 @register_model
-def condconv_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                      num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
+def condconv_resnet56(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    num_experts: int = 4,
+    condconv_stages: tuple[int, ...] | list[int] = (3,),
+) -> CondConvResNet:
     """CondConv ResNet-56: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
     return CondConvResNet(56, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))
 
 
 @register_model
-def condconv_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                       num_experts: int = 4, condconv_stages: tuple[int, ...] | list[int] = (3,)) -> CondConvResNet:
-    """CondConv ResNet-110: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per image."""
+def condconv_resnet110(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    num_experts: int = 4,
+    condconv_stages: tuple[int, ...] | list[int] = (3,),
+) -> CondConvResNet:
+    """CondConv ResNet-110: the blocks of condconv_stages (default: the last stage) mix num_experts kernels per
+    image."""
     return CondConvResNet(110, num_classes, in_chans, tuple(widths), num_experts, tuple(condconv_stages))

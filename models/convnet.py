@@ -9,6 +9,7 @@ ConvNet has BatchNorm; we use it (it stabilizes SGD at the backbone's learning r
 dropped filter's BN affine along with its weights). Layers are named ``conv1``..``conv3`` (``bn1``..),
 the names traces and RePr records show.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,9 @@ class ConvNet(RouteScopeModel):
 
     method = "baseline"
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (32, 32, 32), pool: int = 4) -> None:
+    def __init__(
+        self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (32, 32, 32), pool: int = 4
+    ) -> None:
         super().__init__()
         self.widths, self.pool = tuple(widths), pool
         in_ch = in_chans

@@ -1,4 +1,5 @@
 """Compute accounting: MACs (1 per multiply-add) counted by PyTorch's own ``FlopCounterMode`` (2 FLOPs per MAC)."""
+
 from __future__ import annotations
 
 import torch

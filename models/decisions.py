@@ -5,6 +5,7 @@ A *decision* is per image (``skip``, ``width``, ``routing``, ``exit``: it change
 a trace entry of the kind holds and what part of an image's routing pattern it contributes; shared code
 (the trace schema, tables, the app) loops over ``decision_kinds()`` instead of naming kinds.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,12 @@ class DecisionKind:
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-ACCEPTED = {"boolean": "true or false (also 1/0, yes/no)", "number": "a number", "integer": "a whole number",
-            "array": "a list of numbers, e.g. [1, 0, 0, 0]"}
+ACCEPTED = {
+    "boolean": "true or false (also 1/0, yes/no)",
+    "number": "a number",
+    "integer": "a whole number",
+    "array": "a list of numbers, e.g. [1, 0, 0, 0]",
+}
 
 
 def typed_value(json_type: str, value: Any) -> Any:
@@ -70,8 +75,11 @@ def typed_value(json_type: str, value: Any) -> Any:
                 value = json.loads(value.strip())
             except json.JSONDecodeError:
                 pass
-        if isinstance(value, (list, tuple)) and value and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        if (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        ):
             return [float(v) for v in value]
     else:
         return value

@@ -4,6 +4,7 @@ The default is CUDA when PyTorch sees a GPU, else the CPU. Results (decisions, M
 on the device beyond float rounding at a threshold; the compiled batch-1 kernels (``models.layers.fused``) are a
 CPU optimisation that every other device goes around.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
         raise UsageError(f"device {name!r} is not a device name (cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"device {name!r}: PyTorch sees no CUDA GPU here (this build: {torch.__version__}); "
-                             "use --device cpu")
+            raise UsageError(
+                f"device {name!r}: PyTorch sees no CUDA GPU here (this build: {torch.__version__}); use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
@@ -55,5 +57,9 @@ def model_device(model: nn.Module) -> torch.device:
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """``--device`` with the project's default and help text, for every command that runs a model."""
-    parser.add_argument("--device", default=None, metavar="DEVICE",
-                        help=f"cpu, cuda, cuda:N or mps (default: ${ENV}, else cuda when available, else cpu)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help=f"cpu, cuda, cuda:N or mps (default: ${ENV}, else cuda when available, else cpu)",
+    )

@@ -37,6 +37,7 @@ paper / reference code (d-li14/dgconv.pytorch):
 - Permutations are explicit ``index_select`` on channels (skipped when a layer's groups are already
   contiguous); they are not folded into neighbouring BN layers.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,12 +54,23 @@ from .decisions import DecisionKind, register_kind
 COMPLEXITY_KINDS = ("macs", "nnz")
 
 
-GROUPS = register_kind(DecisionKind(
-    "groups", "dgconv", "model",
-    {"groups": ("integer", "number of channel groups"), "group_of_channel": ("array", "group index of each channel"),
-     "channels": ("integer", "channels of the layer"), "gates": ("array", "the learned binary gates"),
-     "nnz": ("integer", "non-zero entries of the connectivity mask"), "mask": ("array", "the connectivity mask")},
-    "the learned group structure of a DGConv layer", optional=("channels", "gates", "nnz", "mask")))
+GROUPS = register_kind(
+    DecisionKind(
+        "groups",
+        "dgconv",
+        "model",
+        {
+            "groups": ("integer", "number of channel groups"),
+            "group_of_channel": ("array", "group index of each channel"),
+            "channels": ("integer", "channels of the layer"),
+            "gates": ("array", "the learned binary gates"),
+            "nnz": ("integer", "non-zero entries of the connectivity mask"),
+            "mask": ("array", "the connectivity mask"),
+        },
+        "the learned group structure of a DGConv layer",
+        optional=("channels", "gates", "nnz", "mask"),
+    )
+)
 
 
 # --- G-ResNet -----------------------------------------------------------------------------------------------
@@ -71,9 +83,16 @@ class DGConvResNet(ResNet):
 
     method = "dgconv"
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
-                 widths: tuple[int, int, int] = (16, 32, 64), gate_init: float = 0.5, gate_noise: float = 0.5,
-                 ste: str = "sigmoid") -> None:
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        gate_init: float = 0.5,
+        gate_noise: float = 0.5,
+        ste: str = "sigmoid",
+    ) -> None:
         super().__init__(depth, num_classes, in_chans, tuple(widths))
         scale = 1  # downsampling so far, relative to the stem's resolution
         for stage in self.stages():
@@ -83,11 +102,19 @@ class DGConvResNet(ResNet):
                     scale *= conv.stride[0]
                     if conv.in_channels != conv.out_channels:
                         continue  # the first conv of a downsampling block: C_in != C_out, stays a plain conv
-                    layer = DGConv2d(conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0],
-                                     conv.bias is not None, gate_init, gate_noise, ste)
+                    layer = DGConv2d(
+                        conv.out_channels,
+                        conv.kernel_size[0],
+                        conv.stride[0],
+                        conv.padding[0],
+                        conv.bias is not None,
+                        gate_init,
+                        gate_noise,
+                        ste,
+                    )
                     with torch.no_grad():
                         layer.weight.copy_(conv.weight)  # keep init_weights' kaiming init
-                    layer.area = 1.0 / scale ** 2
+                    layer.area = 1.0 / scale**2
                     setattr(block, name, layer)
 
     def dg_layers(self) -> list[tuple[str, nn.Module]]:
@@ -99,8 +126,15 @@ class DGConvResNet(ResNet):
         out = []
         for name, layer in self.dg_layers():
             groups = layer.group_of_channel()
-            entry = {"layer": name, "kind": GROUPS.name, "groups": layer.groups(), "group_of_channel": groups,
-                     "channels": len(groups), "gates": layer.hard_gates().int().tolist(), "nnz": layer.nnz()}
+            entry = {
+                "layer": name,
+                "kind": GROUPS.name,
+                "groups": layer.groups(),
+                "group_of_channel": groups,
+                "channels": len(groups),
+                "gates": layer.hard_gates().int().tolist(),
+                "nnz": layer.nnz(),
+            }
             if mask:
                 entry["mask"] = layer.mask().int().tolist()
             out.append(entry)
@@ -111,10 +145,13 @@ class DGConvResNet(ResNet):
         return {name: layer.mask() for name, layer in self.dg_layers()}
 
     def complexity(self, kind: str = "macs") -> torch.Tensor:
-        """``sum_l nnz(U_l) * k^2 * area_l`` (``"macs"``) or ``sum_l nnz(U_l)`` (``"nnz"``), differentiable via the STE."""
+        """``sum_l nnz(U_l) * k^2 * area_l`` (``"macs"``) or ``sum_l nnz(U_l)`` (``"nnz"``), differentiable via the
+        STE."""
         if kind not in COMPLEXITY_KINDS:
             raise UsageError(f"complexity must be one of {', '.join(COMPLEXITY_KINDS)}, not {kind!r}")
-        terms = [layer.nnz_ste() * self._weight(layer, kind) for _, layer in self.dg_layers() if isinstance(layer, DGConv2d)]
+        terms = [
+            layer.nnz_ste() * self._weight(layer, kind) for _, layer in self.dg_layers() if isinstance(layer, DGConv2d)
+        ]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
     def dense_complexity(self, kind: str = "macs") -> float:
@@ -154,35 +191,65 @@ class DGConvResNet(ResNet):
 
 
 @register_model
-def dgconv_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                   gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+def dgconv_resnet8(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    gate_init: float = 0.5,
+    gate_noise: float = 0.5,
+    ste: str = "sigmoid",
+) -> DGConvResNet:
     """G-ResNet-8: ResNet-8 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
     return DGConvResNet(8, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)
 
 
 @register_model
-def dgconv_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                    gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+def dgconv_resnet20(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    gate_init: float = 0.5,
+    gate_noise: float = 0.5,
+    ste: str = "sigmoid",
+) -> DGConvResNet:
     """G-ResNet-20: ResNet-20 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
     return DGConvResNet(20, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)
 
 
 @register_model
-def dgconv_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                    gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+def dgconv_resnet32(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    gate_init: float = 0.5,
+    gate_noise: float = 0.5,
+    ste: str = "sigmoid",
+) -> DGConvResNet:
     """G-ResNet-32: ResNet-32 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
     return DGConvResNet(32, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)
 
 
 @register_model
-def dgconv_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                    gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+def dgconv_resnet56(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    gate_init: float = 0.5,
+    gate_noise: float = 0.5,
+    ste: str = "sigmoid",
+) -> DGConvResNet:
     """G-ResNet-56: ResNet-56 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
     return DGConvResNet(56, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)
 
 
 @register_model
-def dgconv_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                     gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> DGConvResNet:
+def dgconv_resnet110(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    gate_init: float = 0.5,
+    gate_noise: float = 0.5,
+    ste: str = "sigmoid",
+) -> DGConvResNet:
     """G-ResNet-110: ResNet-110 whose C_in == C_out 3x3 convs learn their group structure (DGConv)."""
     return DGConvResNet(110, num_classes, in_chans, tuple(widths), gate_init, gate_noise, ste)

@@ -33,11 +33,12 @@ Forward modes (none mutates the model; one model serves many requests at once):
   (all dynamic stages) or one per dynamic stage. ``model(x, configs=[...])``: several static subnets at
   once (choice indices per dynamic stage), stacked; one call, so DDP syncs gradients once per step.
 - ``static_subnet(w)`` exports a static subnet as a plain ``ResNet`` (without the SE attention),
-  ``dense_counterpart()`` is ``static_subnet(1.0)``, ``benchmark_references()`` gives ``analysis.bench``
+  ``dense_counterpart()`` is ``static_subnet(1.0)``, ``benchmark_references()`` gives ``tools.bench``
   the dense backbone and the widest/narrowest static subnets.
 
 Training (IEB supernet, then SGS gates) and what its gradients see: ``models.recipes.dsnet``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,27 +62,46 @@ WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
 Config = tuple[int, ...]  # width-choice index per dynamic stage
 
 
-WIDTH = register_kind(DecisionKind(
-    "width", "dsnet", "image",
-    {"width": ("number", "the chosen width ratio"), "channels": ("integer", "channels the stage ran with"),
-     "max_channels": ("integer", "channels of the widest choice"),
-     "probabilities": ("array", "the width gate's probability of each choice")},
-    "the width a slimmable stage ran at",
-    signature=lambda d: d["width"], optional=("probabilities",), forcible=("width",)))
+WIDTH = register_kind(
+    DecisionKind(
+        "width",
+        "dsnet",
+        "image",
+        {
+            "width": ("number", "the chosen width ratio"),
+            "channels": ("integer", "channels the stage ran with"),
+            "max_channels": ("integer", "channels of the widest choice"),
+            "probabilities": ("array", "the width gate's probability of each choice"),
+        },
+        "the width a slimmable stage ran at",
+        signature=lambda d: d["width"],
+        optional=("probabilities",),
+        forcible=("width",),
+    )
+)
 
 
 class DSOutput(NamedTuple):
     """A dynamic forward's result; D = number of dynamic stages, n = number of width choices."""
 
-    logits: torch.Tensor        # (N, classes)
+    logits: torch.Tensor  # (N, classes)
     width_logits: torch.Tensor  # (N, D, n)
-    choices: torch.Tensor       # (N, D) long, index of the width each gate chose
+    choices: torch.Tensor  # (N, D) long, index of the width each gate chose
 
 
-def fold_sliced(conv: SlimConv2d, bn: SlimBatchNorm2d, k_in: int, c: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_sliced(
+    conv: SlimConv2d, bn: SlimBatchNorm2d, k_in: int, c: int, key: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``bn`` (statistics row ``key``) folded into ``conv`` sliced to ``k_in -> c``: one contiguous weight and bias."""
-    weight, bias = fold_weights(conv.weight[:c, :k_in], None, bn.running_mean[key, :c], bn.running_var[key, :c], bn.eps,
-                                bn.weight[:c], bn.bias[:c])
+    weight, bias = fold_weights(
+        conv.weight[:c, :k_in],
+        None,
+        bn.running_mean[key, :c],
+        bn.running_var[key, :c],
+        bn.eps,
+        bn.weight[:c],
+        bn.bias[:c],
+    )
     return weight.contiguous(), bias
 
 
@@ -108,8 +128,10 @@ class DSBlock(nn.Module):
     def _shortcut(self, in_ch: int, out_ch: int, stride: int) -> None:
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(SlimConv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                                          SlimBatchNorm2d(out_ch, self.in_keys * self.out_keys))
+            self.shortcut = nn.Sequential(
+                SlimConv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                SlimBatchNorm2d(out_ch, self.in_keys * self.out_keys),
+            )
 
     @property
     def last_bn(self) -> SlimBatchNorm2d:
@@ -151,8 +173,9 @@ class DSBlock(nn.Module):
             return F.relu(h + x[:, :channels])
         return F.relu(h + F.conv2d(x, shortcut[0], shortcut[1], self.shortcut[0].stride))
 
-    def forward(self, x: torch.Tensor, channels: int, out_index: int, in_index: int = 0,
-                attention: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, channels: int, out_index: int, in_index: int = 0, attention: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run at ``channels`` output channels; ``x`` has the width of its producer (choice ``in_index``);
         ``attention`` (the gate's SE head) scales the first conv's output."""
         key = in_index * self.out_keys + out_index
@@ -197,10 +220,20 @@ class DSResNet(ResNet):
 
     method = "dsnet"
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
-                 widths: Sequence[int] = (16, 32, 64), widths_choices: Sequence[float] = WIDTH_CHOICES,
-                 dynamic_stages: Sequence[int] = (2, 3), attention: bool = True, gate_grid: int = 1,
-                 block: type[BasicBlock] = BasicBlock, layers: Sequence[int] | None = None, stem: str = "cifar") -> None:
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: Sequence[int] = (16, 32, 64),
+        widths_choices: Sequence[float] = WIDTH_CHOICES,
+        dynamic_stages: Sequence[int] = (2, 3),
+        attention: bool = True,
+        gate_grid: int = 1,
+        block: type[BasicBlock] = BasicBlock,
+        layers: Sequence[int] | None = None,
+        stem: str = "cifar",
+    ) -> None:
         nn.Module.__init__(self)
         self.depth, self.widths = depth, tuple(int(w) for w in widths)
         self.layers, self.stem_kind = stage_layers(depth, len(self.widths), layers), stem
@@ -216,8 +249,11 @@ class DSResNet(ResNet):
         self.widths_choices, self.dynamic_stages, self.use_attention = choices, dynamic, bool(attention)
         # the channels each stage outputs (the residual stream's width), per choice
         self.stage_channels: tuple[tuple[int, ...], ...] = tuple(
-            tuple(max(1, round(w * c * slim_block.expansion)) for w in choices) if s in dynamic else (c * slim_block.expansion,)
-            for s, c in enumerate(self.widths, 1))
+            tuple(max(1, round(w * c * slim_block.expansion)) for w in choices)
+            if s in dynamic
+            else (c * slim_block.expansion,)
+            for s, c in enumerate(self.widths, 1)
+        )
         for s, options in enumerate(self.stage_channels, 1):
             if len(set(options)) != len(options):
                 raise UsageError(f"widths_choices {choices} give repeated channel counts {options} in layer{s}")
@@ -227,8 +263,10 @@ class DSResNet(ResNet):
         for s, (width, n) in enumerate(zip(self.widths, self.layers), 1):
             keys = len(self.stage_channels[s - 1])
             out_ch = width * slim_block.expansion
-            blocks = [slim_block(in_ch if j == 0 else out_ch, width, 1 if s == 1 or j else 2, in_keys if j == 0 else 1, keys)
-                      for j in range(n)]
+            blocks = [
+                slim_block(in_ch if j == 0 else out_ch, width, 1 if s == 1 or j else 2, in_keys if j == 0 else 1, keys)
+                for j in range(n)
+            ]
             setattr(self, f"layer{s}", nn.Sequential(*blocks))
             if s in dynamic:  # the SE head scales the first block's inner channels
                 gates[f"layer{s}"] = WidthGate(in_ch, width, len(choices), attention=attention, grid=gate_grid)
@@ -239,7 +277,8 @@ class DSResNet(ResNet):
         self._init_backbone()
 
     def _init_backbone(self) -> None:
-        """As ``resnet.init_weights`` (Kaiming convs, unit BN, zero-init last BN of each block); gates keep their own."""
+        """As ``resnet.init_weights`` (Kaiming convs, unit BN, zero-init last BN of each block); gates keep their
+        own."""
         for part in (self.stem, *self.stages()):
             for m in part.modules():
                 if isinstance(m, nn.Conv2d):
@@ -283,7 +322,9 @@ class DSResNet(ResNet):
     def stage_indices(self, config: Config) -> tuple[int, ...]:
         """Choice index of each stage (0 for a fixed stage)."""
         if len(config) != len(self.dynamic_stages) or not all(0 <= i < self.num_choices for i in config):
-            raise ValueError(f"config {config} does not fit dynamic stages {self.gate_names} x {self.num_choices} choices")
+            raise ValueError(
+                f"config {config} does not fit dynamic stages {self.gate_names} x {self.num_choices} choices"
+            )
         chosen = dict(zip(self.dynamic_stages, config))
         return tuple(int(chosen.get(s, 0)) for s in range(1, len(self.widths) + 1))
 
@@ -296,7 +337,8 @@ class DSResNet(ResNet):
         return tuple(self.layer1[0].inner_channels(c) for c in self.channels_of(config))
 
     def calibration_configs(self) -> list[Config]:
-        """n^2 configurations (alternating i, j over the dynamic stages) covering every (previous, current) width pair."""
+        """n^2 configurations (alternating i, j over the dynamic stages) covering every (previous, current) width
+        pair."""
         n, d = self.num_choices, len(self.dynamic_stages)
         configs = {tuple(i if t % 2 == 0 else j for t in range(d)): None for i in range(n) for j in range(n)}
         return list(configs)
@@ -305,8 +347,14 @@ class DSResNet(ResNet):
         return list(self.gates.parameters())
 
     # --- forward --------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, width: float | Sequence[float] | None = None, *,
-                configs: Sequence[Config] | None = None, return_gates: bool = False) -> torch.Tensor | DSOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        width: float | Sequence[float] | None = None,
+        *,
+        configs: Sequence[Config] | None = None,
+        return_gates: bool = False,
+    ) -> torch.Tensor | DSOutput:
         """Dynamic logits by default; ``width`` forces a static subnet; ``configs`` stacks several static subnets."""
         if configs is not None:
             return torch.stack([self._forward_static(x, tuple(c)) for c in configs])
@@ -345,9 +393,15 @@ class DSResNet(ResNet):
         return folded
 
     def knobs(self) -> dict[str, dict]:
-        return {"width_bias": {"low": -5.0, "high": 5.0, "default": 0.0,
-                               "help": "added to the width gate's logits from -bias (narrowest) to +bias (widest); "
-                                       "> 0 moves images to wider widths, < 0 to narrower (0: the trained gate)"}}
+        return {
+            "width_bias": {
+                "low": -5.0,
+                "high": 5.0,
+                "default": 0.0,
+                "help": "added to the width gate's logits from -bias (narrowest) to +bias (widest); "
+                "> 0 moves images to wider widths, < 0 to narrower (0: the trained gate)",
+            }
+        }
 
     def forward_at_width(self, x: torch.Tensor, width: float | Sequence[float]) -> torch.Tensor:
         """The static subnet at ``width`` (functional: nothing is stored on the model)."""
@@ -355,13 +409,15 @@ class DSResNet(ResNet):
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Classifier on the first ``x.shape[1]`` features (the last stage's width)."""
-        return F.linear(torch.flatten(self.pool(x), 1), self.fc.weight[:, :x.shape[1]], self.fc.bias)
+        return F.linear(torch.flatten(self.pool(x), 1), self.fc.weight[:, : x.shape[1]], self.fc.bias)
 
     def inner_of(self, s: int, index: int) -> int:
         """The inner channels of stage ``s``'s blocks at choice ``index`` (what the gate's SE head scales)."""
         return self.stages()[s - 1][0].inner_channels(self.stage_channels[s - 1][index])
 
-    def _run_stage(self, s: int, x: torch.Tensor, index: int, in_index: int, attention: torch.Tensor | None) -> torch.Tensor:
+    def _run_stage(
+        self, s: int, x: torch.Tensor, index: int, in_index: int, attention: torch.Tensor | None
+    ) -> torch.Tensor:
         channels = self.stage_channels[s - 1][index]
         blocks = list(getattr(self, f"layer{s}"))
         x = blocks[0](x, channels, index, in_index, attention)
@@ -380,8 +436,14 @@ class DSResNet(ResNet):
             if name in self.gates:
                 channels = self.stage_channels[s - 1][index]
                 if trace is not None:
-                    trace.record(name, WIDTH, width=self.widths_choices[index], channels=channels,
-                                 max_channels=self.stage_channels[s - 1][-1], forced=True)
+                    trace.record(
+                        name,
+                        WIDTH,
+                        width=self.widths_choices[index],
+                        channels=channels,
+                        max_channels=self.stage_channels[s - 1][-1],
+                        forced=True,
+                    )
                 gate = self.gates[name]
                 if gate.se is not None:
                     attention = gate.attention(gate.hidden(x), self.inner_of(s, index))
@@ -412,16 +474,25 @@ class DSResNet(ResNet):
             gate = self.gates[name]
             h = gate.hidden(x)
             forced = trace.forced(name, WIDTH) if trace is not None else None
-            index = self.choice_of(forced) if forced is not None else int(self._tilted(gate.width_logits(h), trace).argmax())
+            index = (
+                self.choice_of(forced)
+                if forced is not None
+                else int(self._tilted(gate.width_logits(h), trace).argmax())
+            )
             x, in_index = self._run_stage(s, x, index, in_index, gate.attention(h, self.inner_of(s, index))), index
         return self.head(x)
 
-    def _dynamic_from(self, x: torch.Tensor, s: int, in_index: int, trace: Trace | None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _dynamic_from(
+        self, x: torch.Tensor, s: int, in_index: int, trace: Trace | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stages ``s..3`` and the head on ``x``; each gate splits its rows by chosen width (recursively)."""
         if s > len(self.widths):
             n = len(x)
-            return self.head(x), x.new_zeros(n, 0, self.num_choices), torch.zeros(n, 0, dtype=torch.long, device=x.device)
+            return (
+                self.head(x),
+                x.new_zeros(n, 0, self.num_choices),
+                torch.zeros(n, 0, dtype=torch.long, device=x.device),
+            )
         name = f"layer{s}"
         if name not in self.gates:
             return self._dynamic_from(self._run_stage(s, x, 0, in_index, None), s + 1, 0, trace)
@@ -434,10 +505,15 @@ class DSResNet(ResNet):
             choice = torch.full_like(choice, self.choice_of(forced))
         options = self.stage_channels[s - 1]
         if trace is not None:
-            trace.record(name, WIDTH, width=torch.tensor(self.widths_choices, dtype=torch.float64)[choice.cpu()],
-                         channels=torch.tensor(options)[choice.cpu()], max_channels=self.stage_channels[s - 1][-1],
-                         probabilities=z.softmax(1),  # kept differentiable for attributions (Trace(keep_tensors=True))
-                         **({"forced": True} if forced is not None else {}))
+            trace.record(
+                name,
+                WIDTH,
+                width=torch.tensor(self.widths_choices, dtype=torch.float64)[choice.cpu()],
+                channels=torch.tensor(options)[choice.cpu()],
+                max_channels=self.stage_channels[s - 1][-1],
+                probabilities=z.softmax(1),  # kept differentiable for attributions (Trace(keep_tensors=True))
+                **({"forced": True} if forced is not None else {}),
+            )
         groups = torch.unique(choice).tolist()
         parts, order = [], []
         for index in groups:
@@ -457,7 +533,9 @@ class DSResNet(ResNet):
             perm = torch.cat(order)
             inverse = torch.empty_like(perm)
             inverse[perm] = torch.arange(len(perm), device=perm.device)
-            logits, rest_logits, rest_choices = (torch.cat([p[i] for p in parts]).index_select(0, inverse) for i in range(3))
+            logits, rest_logits, rest_choices = (
+                torch.cat([p[i] for p in parts]).index_select(0, inverse) for i in range(3)
+            )
         return logits, torch.cat([z.unsqueeze(1), rest_logits], 1), torch.cat([choice.unsqueeze(1), rest_choices], 1)
 
     # --- static subnets -------------------------------------------------------------------------------
@@ -475,9 +553,11 @@ class DSResNet(ResNet):
         return keys
 
     def subnet_state_dict(self, config: Config) -> dict[str, torch.Tensor]:
-        """Weights and BN statistics of the static subnet ``config``, shaped for ``ResNet(widths=channels_of(config))``."""
-        target = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, self.widths_of(config),
-                        **self.backbone).state_dict()
+        """Weights and BN statistics of the static subnet ``config``, shaped for
+        ``ResNet(widths=channels_of(config))``."""
+        target = ResNet(
+            self.depth, self.fc.out_features, self.stem[0].in_channels, self.widths_of(config), **self.backbone
+        ).state_dict()
         source, keys = self.state_dict(), self._bn_keys(config)
         out = {}
         for name, like in target.items():
@@ -513,81 +593,157 @@ class DSResNet(ResNet):
         return {f"static width {w:g}": functools.partial(self.forward_at_width, width=w) for w in self.widths_choices}
 
     def benchmark_references(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        """What ``analysis.bench`` times the dynamic net against (the dense backbone, the extreme static subnets),
+        """What ``tools.bench`` times the dynamic net against (the dense backbone, the extreme static subnets),
         plus the narrowest static subnet against the widest (a ``(subject, reference)`` pair)."""
         widest = functools.partial(self.forward_at_width, width=self.widths_choices[-1])
         narrowest = functools.partial(self.forward_at_width, width=self.widths_choices[0])
-        return {"dense backbone": self.dense_counterpart().eval(), "static widest subnet": widest,
-                "static narrowest subnet": narrowest, "narrowest vs widest (static)": (narrowest, widest)}
+        return {
+            "dense backbone": self.dense_counterpart().eval(),
+            "static widest subnet": widest,
+            "static narrowest subnet": narrowest,
+            "narrowest vs widest (static)": (narrowest, widest),
+        }
 
 
 @register_model
-def dsnet_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                  widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
-                  attention: bool = True, gate_grid: int = 1) -> DSResNet:
-    """DS-Net on the CIFAR ResNet-8: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
-    return DSResNet(8, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
-                    gate_grid)
+def dsnet_resnet8(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    widths_choices: Sequence[float] = WIDTH_CHOICES,
+    dynamic_stages: Sequence[int] = (2, 3),
+    attention: bool = True,
+    gate_grid: int = 1,
+) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-8: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image
+    by gates."""
+    return DSResNet(
+        8, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention, gate_grid
+    )
 
 
 @register_model
-def dsnet_resnet14(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
-                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
-    """DS-Net on the CIFAR ResNet-14: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
-    return DSResNet(14, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
-                    gate_grid)
+def dsnet_resnet14(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    widths_choices: Sequence[float] = WIDTH_CHOICES,
+    dynamic_stages: Sequence[int] = (2, 3),
+    attention: bool = True,
+    gate_grid: int = 1,
+) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-14: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image
+    by gates."""
+    return DSResNet(
+        14, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention, gate_grid
+    )
 
 
 @register_model
-def dsnet_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
-                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
-    """DS-Net on the CIFAR ResNet-20: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
-    return DSResNet(20, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
-                    gate_grid)
+def dsnet_resnet20(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    widths_choices: Sequence[float] = WIDTH_CHOICES,
+    dynamic_stages: Sequence[int] = (2, 3),
+    attention: bool = True,
+    gate_grid: int = 1,
+) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-20: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image
+    by gates."""
+    return DSResNet(
+        20, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention, gate_grid
+    )
 
 
 @register_model
-def dsnet_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
-                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
-    """DS-Net on the CIFAR ResNet-32: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
-    return DSResNet(32, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
-                    gate_grid)
+def dsnet_resnet32(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    widths_choices: Sequence[float] = WIDTH_CHOICES,
+    dynamic_stages: Sequence[int] = (2, 3),
+    attention: bool = True,
+    gate_grid: int = 1,
+) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-32: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image
+    by gates."""
+    return DSResNet(
+        32, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention, gate_grid
+    )
 
 
 @register_model
-def dsnet_resnet44(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
-                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
-    """DS-Net on the CIFAR ResNet-44: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
-    return DSResNet(44, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
-                    gate_grid)
+def dsnet_resnet44(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    widths_choices: Sequence[float] = WIDTH_CHOICES,
+    dynamic_stages: Sequence[int] = (2, 3),
+    attention: bool = True,
+    gate_grid: int = 1,
+) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-44: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image
+    by gates."""
+    return DSResNet(
+        44, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention, gate_grid
+    )
 
 
 @register_model
-def dsnet_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
-                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
-    """DS-Net on the CIFAR ResNet-56: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
-    return DSResNet(56, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
-                    gate_grid)
+def dsnet_resnet56(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    widths_choices: Sequence[float] = WIDTH_CHOICES,
+    dynamic_stages: Sequence[int] = (2, 3),
+    attention: bool = True,
+    gate_grid: int = 1,
+) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-56: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image
+    by gates."""
+    return DSResNet(
+        56, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention, gate_grid
+    )
 
 
 @register_model
-def dsnet_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                    widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3),
-                    attention: bool = True, gate_grid: int = 1) -> DSResNet:
-    """DS-Net on the CIFAR ResNet-110: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image by gates."""
-    return DSResNet(110, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
-                    gate_grid)
+def dsnet_resnet110(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    widths_choices: Sequence[float] = WIDTH_CHOICES,
+    dynamic_stages: Sequence[int] = (2, 3),
+    attention: bool = True,
+    gate_grid: int = 1,
+) -> DSResNet:
+    """DS-Net on the CIFAR ResNet-110: slimmable widths in dynamic_stages (default layer2, layer3), chosen per image
+    by gates."""
+    return DSResNet(
+        110, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention, gate_grid
+    )
 
 
 @register_model
-def dsnet_resnet50(num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = RESNET50_WIDTHS,
-                   widths_choices: Sequence[float] = WIDTH_CHOICES, dynamic_stages: Sequence[int] = (2, 3, 4),
-                   attention: bool = True, gate_grid: int = 1) -> DSResNet:
-    """DS-Net on the ImageNet ResNet-50 (the paper's backbone): slimmable bottleneck stages 2-4, for the paper-scale bench."""
-    return DSResNet(50, num_classes, in_chans, tuple(widths), tuple(widths_choices), tuple(dynamic_stages), attention,
-                    gate_grid, **RESNET50)
+def dsnet_resnet50(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    widths: tuple[int, ...] = RESNET50_WIDTHS,
+    widths_choices: Sequence[float] = WIDTH_CHOICES,
+    dynamic_stages: Sequence[int] = (2, 3, 4),
+    attention: bool = True,
+    gate_grid: int = 1,
+) -> DSResNet:
+    """DS-Net on the ImageNet ResNet-50 (the paper's backbone): slimmable bottleneck stages 2-4, for the paper-scale
+    bench."""
+    return DSResNet(
+        50,
+        num_classes,
+        in_chans,
+        tuple(widths),
+        tuple(widths_choices),
+        tuple(dynamic_stages),
+        attention,
+        gate_grid,
+        **RESNET50,
+    )

@@ -18,6 +18,7 @@ Deviations: exits go after blocks (SDN places them at about 15-90% of the cost; 
 every block from ``layer1.1`` on in a network of at most 9 blocks, which for ResNet-20 is 22-89%, and at
 SDN's six positions in deeper ones); confidence is max softmax (SDN's), not BranchyNet's entropy.
 """
+
 from __future__ import annotations
 
 from contextlib import ExitStack
@@ -38,13 +39,21 @@ FINAL_EXIT = "fc"
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 
 
-EXIT = register_kind(DecisionKind(
-    "exit", "early_exit", "image",
-    {"confidence": ("number", "max softmax of this exit's prediction"),
-     "exited": ("boolean", "the image left here (confidence reached the threshold, or the final exit)"),
-     "threshold": ("number", "the confidence threshold this forward pass used")},
-    "an exit the image visited, taken or passed",
-    signature=lambda d: d["layer"] if d["exited"] else None, forcible=("exited",)))
+EXIT = register_kind(
+    DecisionKind(
+        "exit",
+        "early_exit",
+        "image",
+        {
+            "confidence": ("number", "max softmax of this exit's prediction"),
+            "exited": ("boolean", "the image left here (confidence reached the threshold, or the final exit)"),
+            "threshold": ("number", "the confidence threshold this forward pass used"),
+        },
+        "an exit the image visited, taken or passed",
+        signature=lambda d: d["layer"] if d["exited"] else None,
+        forcible=("exited",),
+    )
+)
 
 
 SDN_POSITIONS = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)
@@ -63,16 +72,26 @@ class EarlyExitResNet(ResNet):
 
     method = "early_exit"
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3,
-                 widths: tuple[int, int, int] = (16, 32, 64), exits: Sequence[str] | None = None,
-                 head: str = "sdn", threshold: float = 0.9, **backbone) -> None:
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        exits: Sequence[str] | None = None,
+        head: str = "sdn",
+        threshold: float = 0.9,
+        **backbone,
+    ) -> None:
         super().__init__(depth, num_classes, in_chans, tuple(widths), **backbone)
         blocks = dict(self.named_blocks())
         names = list(blocks)
         exits = list(default_exits(names) if exits is None else exits)
         unknown = [e for e in exits if e not in blocks or e == names[-1]]
         if unknown:
-            raise UsageError(f"exits must name blocks before the last ({', '.join(names[:-1])}), not {', '.join(unknown)}")
+            raise UsageError(
+                f"exits must name blocks before the last ({', '.join(names[:-1])}), not {', '.join(unknown)}"
+            )
         self.exit_names: tuple[str, ...] = tuple(sorted(exits, key=names.index))
         self.exits = nn.ModuleList(ExitHead(blocks[e].out_channels, num_classes, head) for e in self.exit_names)
         self.threshold = float(threshold)
@@ -82,8 +101,9 @@ class EarlyExitResNet(ResNet):
         names = [name for name, _ in self.named_blocks()]
         return [(names.index(e) + 1) / len(names) for e in self.exit_names]
 
-    def forward(self, x: torch.Tensor, threshold: float | None = None, all_exits: bool = False,
-                exit_at: str | None = None) -> torch.Tensor | list[torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, threshold: float | None = None, all_exits: bool = False, exit_at: str | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Logits of each sample's exit; ``threshold`` overrides the model's for this call; ``exit_at`` names the
         one exit every sample takes (the static truncated network); ``all_exits`` is the training form."""
         if all_exits:
@@ -147,8 +167,14 @@ class EarlyExitResNet(ResNet):
                 if forced is not None:
                     done = torch.full_like(done, bool(forced))
                 if trace is not None:
-                    trace.record(name, EXIT, confidence=confidence, exited=done, threshold=threshold,
-                                 **({"forced": True} if forced is not None else {}))
+                    trace.record(
+                        name,
+                        EXIT,
+                        confidence=confidence,
+                        exited=done,
+                        threshold=threshold,
+                        **({"forced": True} if forced is not None else {}),
+                    )
                 if logits is None:
                     logits = z.new_zeros(len(active), z.shape[1])
                 if bool(done.all()):
@@ -163,24 +189,38 @@ class EarlyExitResNet(ResNet):
             if trace is not None and trace.forced(FINAL_EXIT, EXIT) is False:
                 raise ValueError("the final exit (fc) cannot be refused: every image leaves there at the latest")
             if trace is not None:
-                trace.record(FINAL_EXIT, EXIT, confidence=z.softmax(1).amax(1),
-                             exited=torch.ones(len(z), dtype=torch.bool), threshold=threshold)
+                trace.record(
+                    FINAL_EXIT,
+                    EXIT,
+                    confidence=z.softmax(1).amax(1),
+                    exited=torch.ones(len(z), dtype=torch.bool),
+                    threshold=threshold,
+                )
         return z if logits is None else logits.index_copy(0, active, z)
 
     def decision_layers(self) -> dict[str, str]:
         return {name: EXIT.name for name in (*self.exit_names, FINAL_EXIT)}
 
     def knobs(self) -> dict[str, dict]:
-        return {"threshold": {"low": 0.0, "high": 1.01, "default": self.threshold,
-                              "help": "an image leaves at the first exit whose max softmax reaches this; above 1 "
-                                      "it never leaves early"}}
+        return {
+            "threshold": {
+                "low": 0.0,
+                "high": 1.01,
+                "default": self.threshold,
+                "help": "an image leaves at the first exit whose max softmax reaches this; above 1 "
+                "it never leaves early",
+            }
+        }
 
     static_variants = "always exit"  # the evaluation variants that are static networks (analysis.results' frontier)
 
     def evaluation_variants(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """For ``models.evaluate``: the threshold sweep and the static truncated networks, on the same images."""
         sweep = {f"threshold {q:g}": functools.partial(self, threshold=q) for q in SWEEP_THRESHOLDS}
-        return {**sweep, **{f"always exit {e}": functools.partial(self, exit_at=e) for e in (*self.exit_names, FINAL_EXIT)}}
+        return {
+            **sweep,
+            **{f"always exit {e}": functools.partial(self, exit_at=e) for e in (*self.exit_names, FINAL_EXIT)},
+        }
 
     def dense_counterpart(self) -> ResNet:
         """The plain ResNet with this backbone's weights: every block, no exit heads (``cost.full_macs``)."""
@@ -188,42 +228,78 @@ class EarlyExitResNet(ResNet):
 
 
 @register_model
-def early_exit_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                       exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+def early_exit_resnet8(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    exits: Sequence[str] | None = None,
+    head: str = "sdn",
+    threshold: float = 0.9,
+) -> EarlyExitResNet:
     """ResNet-8 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
     return EarlyExitResNet(8, num_classes, in_chans, tuple(widths), exits, head, threshold)
 
 
 @register_model
-def early_exit_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                        exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+def early_exit_resnet20(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    exits: Sequence[str] | None = None,
+    head: str = "sdn",
+    threshold: float = 0.9,
+) -> EarlyExitResNet:
     """ResNet-20 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
     return EarlyExitResNet(20, num_classes, in_chans, tuple(widths), exits, head, threshold)
 
 
 @register_model
-def early_exit_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                        exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+def early_exit_resnet32(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    exits: Sequence[str] | None = None,
+    head: str = "sdn",
+    threshold: float = 0.9,
+) -> EarlyExitResNet:
     """ResNet-32 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
     return EarlyExitResNet(32, num_classes, in_chans, tuple(widths), exits, head, threshold)
 
 
 @register_model
-def early_exit_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                        exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+def early_exit_resnet56(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    exits: Sequence[str] | None = None,
+    head: str = "sdn",
+    threshold: float = 0.9,
+) -> EarlyExitResNet:
     """ResNet-56 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
     return EarlyExitResNet(56, num_classes, in_chans, tuple(widths), exits, head, threshold)
 
 
 @register_model
-def early_exit_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                         exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+def early_exit_resnet110(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    exits: Sequence[str] | None = None,
+    head: str = "sdn",
+    threshold: float = 0.9,
+) -> EarlyExitResNet:
     """ResNet-110 with exit heads (SDN's head by default) at the default exits (``default_exits``)."""
     return EarlyExitResNet(110, num_classes, in_chans, tuple(widths), exits, head, threshold)
 
 
 @register_model
-def early_exit_resnet50(num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = RESNET50_WIDTHS,
-                        exits: Sequence[str] | None = None, head: str = "sdn", threshold: float = 0.9) -> EarlyExitResNet:
+def early_exit_resnet50(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    widths: tuple[int, ...] = RESNET50_WIDTHS,
+    exits: Sequence[str] | None = None,
+    head: str = "sdn",
+    threshold: float = 0.9,
+) -> EarlyExitResNet:
     """ImageNet ResNet-50 with exit heads at SDN's six positions (the paper-scale bench)."""
     return EarlyExitResNet(50, num_classes, in_chans, tuple(widths), exits, head, threshold, **RESNET50)

@@ -5,6 +5,7 @@ trace), plus the dense backbone's MACs. ``--write`` stores them in the checkpoin
 manifest beside it, which is how the bundled models' numbers are produced (another data set's, e.g. the
 bundled subset's, under ``metrics["datasets"]``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,11 @@ from .evaluation import evaluate
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", default=None, help="default: the checkpoint's data set (fashion-mnist-subset for the bundled subset)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="default: the checkpoint's data set (fashion-mnist-subset for the bundled subset)",
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N test images only")
     p.add_argument("--write", action="store_true", help="store the metrics in the checkpoint meta and manifest.json")
@@ -40,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"{args.checkpoint}: its meta names no data set: pass --dataset")
         data, info = load_dataset(dataset, "test", args.data_dir)
         if list(info.input_size) != list(model.meta["input_size"]):
-            raise UsageError(f"{dataset} images are {info.input_size}, the model expects {tuple(model.meta['input_size'])}")
+            raise UsageError(
+                f"{dataset} images are {info.input_size}, the model expects {tuple(model.meta['input_size'])}"
+            )
         metrics = evaluate(model, data, info, args.limit)
     except (DataNotFoundError, UsageError) as e:  # CheckpointError is a UsageError; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
@@ -48,9 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{Path(args.checkpoint).name} on {dataset} test ({metrics['n_test']} images): accuracy {metrics['test_acc'] * 100:.2f}%")
-        print(f"MACs per image: mean {metrics['macs_mean']:,} min {metrics['macs_min']:,} max {metrics['macs_max']:,} "
-              f"(dense backbone {metrics['macs_full']:,}, ratio {metrics['mac_ratio']:.3f}); params {metrics['params']:,}")
+        print(
+            f"{Path(args.checkpoint).name} on {dataset} test ({metrics['n_test']} images): "
+            f"accuracy {metrics['test_acc'] * 100:.2f}%"
+        )
+        print(
+            f"MACs per image: mean {metrics['macs_mean']:,} min {metrics['macs_min']:,} max {metrics['macs_max']:,} "
+            f"(dense backbone {metrics['macs_full']:,}, ratio {metrics['mac_ratio']:.3f}); params {metrics['params']:,}"
+        )
     if args.write:
         if args.limit:
             print("error: --write needs a whole test set, not --limit", file=sys.stderr)
@@ -71,8 +83,12 @@ def write_metrics(path: Path, metrics: dict, dataset: str | None = None) -> None
     else:
         meta["metrics"] = {**old, "datasets": {**old.get("datasets", {}), dataset: metrics}}
     ckpt.save_checkpoint(path, model, meta)
-    write_manifest_entry(path.parent / "manifest.json", meta["name"],
-                         {"file": path.name, "metrics": metrics if dataset is None else meta["metrics"]})
+    write_manifest_entry(
+        path.parent / "manifest.json",
+        meta["name"],
+        {"file": path.name, "metrics": metrics if dataset is None else meta["metrics"]},
+    )
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,6 @@
 """Accuracy and executed MACs of a model over a data set (``python -m models.evaluate`` prints them; training
 measures them at the end of each run)."""
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -16,9 +17,17 @@ from .trace import traced_forward
 
 
 @torch.no_grad()
-def accuracy_and_macs(forward: Callable[[torch.Tensor], torch.Tensor], data, mean: Sequence[float], std: Sequence[float],
-                      device: torch.device, limit: int | None = None, batch_size: int = 500,
-                      progress: bool = True, knobs: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def accuracy_and_macs(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    data,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    limit: int | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+    knobs: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image correctness and executed MACs (from the trace) of ``forward`` over ``data`` (uint8 images,
     standardized with ``mean`` / ``std``), with inference settings ``knobs`` if given."""
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
@@ -35,8 +44,14 @@ def accuracy_and_macs(forward: Callable[[torch.Tensor], torch.Tensor], data, mea
 
 
 @torch.no_grad()
-def evaluate(model: RouteScopeModel, data, info: DatasetInfo, limit: int | None = None, batch_size: int = 500,
-             progress: bool = True) -> dict:
+def evaluate(
+    model: RouteScopeModel,
+    data,
+    info: DatasetInfo,
+    limit: int | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+) -> dict:
     """Accuracy and per-image executed MACs over ``data`` (the first ``limit`` images if given).
 
     A model that declares ``evaluation_variants()`` (DS-Net: each static width) also gets the accuracy and
@@ -60,8 +75,12 @@ def evaluate(model: RouteScopeModel, data, info: DatasetInfo, limit: int | None 
     if variants:
         metrics["variants"] = {}
         for label, forward in variants.items():
-            v_correct, v_macs = accuracy_and_macs(forward, data, info.mean, info.std, device, limit, batch_size, progress)
-            metrics["variants"][label] = {"test_acc": round(v_correct.float().mean().item(), 5),
-                                          "macs_mean": round(v_macs.mean().item()),
-                                          "mac_ratio": round(v_macs.mean().item() / dense, 4)}
+            v_correct, v_macs = accuracy_and_macs(
+                forward, data, info.mean, info.std, device, limit, batch_size, progress
+            )
+            metrics["variants"][label] = {
+                "test_acc": round(v_correct.float().mean().item(), 5),
+                "macs_mean": round(v_macs.mean().item()),
+                "mac_ratio": round(v_macs.mean().item() / dense, 4),
+            }
     return metrics

@@ -2,6 +2,7 @@
 nothing of files), beside checkpoint loading. The bundled checkpoints live in ``$ROUTESCOPE_MODELS`` or
 ``models/pretrained`` with their ``manifest.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ def create_model(name: str, pretrained: bool = False, **cfg) -> nn.Module:
     if not pretrained:
         return build_model(name, **cfg)
     if cfg:
-        raise ValueError(f"create_model({name!r}, pretrained=True) takes no builder arguments (the checkpoint "
-                         f"fixes them), not {', '.join(sorted(cfg))}")
+        raise ValueError(
+            f"create_model({name!r}, pretrained=True) takes no builder arguments (the checkpoint "
+            f"fixes them), not {', '.join(sorted(cfg))}"
+        )
     return load_pretrained(name)
 
 
@@ -78,8 +81,10 @@ def load_pretrained(name: str, **kwargs):
         if name in registered_models():
             best = flagship(name, folder)
             if best is None:
-                raise KeyError(f"no bundled checkpoint of architecture {name!r} in {folder}; "
-                               f"create_model({name!r}) builds it untrained; bundled: {', '.join(names)}")
+                raise KeyError(
+                    f"no bundled checkpoint of architecture {name!r} in {folder}; "
+                    f"create_model({name!r}) builds it untrained; bundled: {', '.join(names)}"
+                )
             name = best
         else:
             raise KeyError(f"no bundled checkpoint or architecture {name!r} in {folder}; bundled: {', '.join(names)}")

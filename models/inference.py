@@ -19,6 +19,7 @@ The form counts exactly the multiply-adds of the training form (BatchNorm is not
 change. It is for inference only: ``save_checkpoint`` refuses it, and training uses the training form
 (``load_checkpoint(..., form="train")``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,17 @@ FORMS = ("fast", "train")
 def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new ``Conv2d`` computing ``bn(conv(x))`` (eval mode), keeping the buffers the conv records of itself."""
     weight, bias = fold_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                      conv.groups, bias=True, padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(conv.weight.device, conv.weight.dtype)
     fused.weight.copy_(weight)
     fused.bias.copy_(bias)
     for name, buffer in conv.named_buffers(recurse=False):  # what the conv records of itself (RePr's dropped filters)

@@ -1,4 +1,5 @@
 """``manifest.json`` beside a folder of checkpoints: how each was made and what it measured."""
+
 from __future__ import annotations
 
 import json

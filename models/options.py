@@ -5,6 +5,7 @@ any choices. ``add_options`` makes the argparse flags (``rl_epochs`` -> ``--rl-e
 ``options_of`` reads a parsed namespace back into the dataclass, ``check_recipe`` refuses a recipe file's unknown key
 by name, and ``option_argv`` turns recipe values back into flags (``models.zoo``), without argparse's internals.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,13 @@ from .registry import Recipe, method_of, recipe_of
 T = TypeVar("T")
 
 
-def option(default: Any = None, help: str = "", choices: Iterable[str] | None = None, metavar: str | None = None) -> Any:
+def option(
+    default: Any = None, help: str = "", choices: Iterable[str] | None = None, metavar: str | None = None
+) -> Any:
     """A dataclass field that is a command-line option."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None,
-                                                        "metavar": metavar})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": tuple(choices) if choices else None, "metavar": metavar}
+    )
 
 
 def flag(name: str) -> str:
@@ -54,8 +58,14 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
                 raise TypeError(f"{cls.__name__}.{f.name}: a switch defaults to False")
             parser.add_argument(flag(f.name), action="store_true", help=meta.get("help"))
         else:
-            parser.add_argument(flag(f.name), type=kinds[f.name], default=f.default, choices=meta.get("choices"),
-                                metavar=meta.get("metavar"), help=meta.get("help"))
+            parser.add_argument(
+                flag(f.name),
+                type=kinds[f.name],
+                default=f.default,
+                choices=meta.get("choices"),
+                metavar=meta.get("metavar"),
+                help=meta.get("help"),
+            )
 
 
 def options_of(cls: type[T], args: argparse.Namespace | Mapping[str, Any]) -> T:
@@ -78,8 +88,12 @@ def check_recipe(recipe: Mapping[str, Any], classes: Iterable[type], source: str
         if key not in kinds:
             raise UsageError(f"{source}: unknown option {key!r}; known: {', '.join(sorted(kinds))}")
         kind = kinds[key]
-        ok = (value is None or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-              or (kind is not float and isinstance(value, kind)) or (kind is str and isinstance(value, dict)))
+        ok = (
+            value is None
+            or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (kind is not float and isinstance(value, kind))
+            or (kind is str and isinstance(value, dict))
+        )
         if not ok:
             raise UsageError(f"{source}: option {key!r} must be {kind.__name__}, not {value!r}")
 
@@ -112,32 +126,44 @@ class TrainOptions:
     batch_size: int = option(128, "global batch size (split over processes)")
     lr: float = option(0.1)
     weight_decay: float = option(5e-4)
-    no_augment: bool = option(False, "train on the images as they are (no random crop/flip; the RePr paper's ConvNet "
-                                     "setting)")
+    no_augment: bool = option(
+        False, "train on the images as they are (no random crop/flip; the RePr paper's ConvNet setting)"
+    )
     seed: int = option(0)
     out: str = option("runs", "output folder")
     name: str | None = option(None, "checkpoint name (default: MODEL_DATASET)")
     resume: bool = option(False, "continue from OUT/NAME.last.pt")
-    init_from: str | None = option(None, "start from the matching weights of another checkpoint (e.g. a SkipNet from "
-                                         "the plain ResNet)", metavar="CHECKPOINT")
-    device: str | None = option(None, "cpu, cuda, cuda:N or mps (default: $ROUTESCOPE_DEVICE, else cuda when "
-                                      "available, else cpu)")
+    init_from: str | None = option(
+        None,
+        "start from the matching weights of another checkpoint (e.g. a SkipNet from the plain ResNet)",
+        metavar="CHECKPOINT",
+    )
+    device: str | None = option(
+        None, "cpu, cuda, cuda:N or mps (default: $ROUTESCOPE_DEVICE, else cuda when available, else cpu)"
+    )
     workers: int = option(0, "DataLoader workers (useful for ImageFolder)")
     limit_batches: int = option(0, "stop each epoch after N batches (smoke tests)")
-    holdout: int = option(0, "keep the last N training images out of training, for stages that calibrate on unseen "
-                             "images", metavar="N")
+    holdout: int = option(
+        0, "keep the last N training images out of training, for stages that calibrate on unseen images", metavar="N"
+    )
     no_progress: bool = option(False, "no tqdm bars")
-    tensorboard: str | None = option(None, "also write TensorBoard scalars to DIR (needs the optional tensorboard "
-                                           "package)", metavar="DIR")
-    recipe: str | None = option(None, "take the options of a recipe file (recipes/NAME.toml); options given beside it "
-                                      "override the file's; its checkpoint names resolve to OUT/NAME.pt (OUT default "
-                                      "models/pretrained)", metavar="FILE")
+    tensorboard: str | None = option(
+        None, "also write TensorBoard scalars to DIR (needs the optional tensorboard package)", metavar="DIR"
+    )
+    recipe: str | None = option(
+        None,
+        "take the options of a recipe file (recipes/NAME.toml); options given beside it "
+        "override the file's; its checkpoint names resolve to OUT/NAME.pt (OUT default "
+        "models/pretrained)",
+        metavar="FILE",
+    )
 
 
 def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     """``models.train``'s parser: ``TrainOptions`` plus the options of ``recipe`` (the chosen model's method)."""
-    p = argparse.ArgumentParser(prog="python -m models.train", description="Train a registered model.",
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(
+        prog="python -m models.train", description="Train a registered model.", allow_abbrev=False
+    )
     add_options(p, TrainOptions)
     if recipe is not None and recipe.options is not None:
         add_options(p.add_argument_group(recipe.title or recipe.method), recipe.options)

@@ -9,6 +9,7 @@ One name per idea: ``inference_form()`` is the model the exported inference runs
 the *fast form* (``models.inference.fast_form``) folds BatchNorms, calls each module's ``prepare_fast_form()``
 and marks the model ``is_fast_form``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Protocol, runtime_checkable
@@ -23,7 +24,7 @@ class RouteScopeModel(nn.Module):
     """The base class of every RouteScope model: the optional model-level hooks and their defaults."""
 
     static_variants: str | None = None  # label prefix of the evaluation_variants() that are static networks
-    benchmark_batch: int | None = None  # the batch analysis.bench measures throughput at (None: its default)
+    benchmark_batch: int | None = None  # the batch tools.bench measures throughput at (None: its default)
     is_fast_form: bool = False  # set by models.inference.fast_form; save_checkpoint refuses such a model
 
     def decision_layers(self) -> dict[str, str]:
@@ -53,7 +54,7 @@ class RouteScopeModel(nn.Module):
         return {}
 
     def benchmark_references(self) -> dict[str, Forward | tuple[Forward, Forward]]:
-        """What ``analysis.bench`` times the model against besides its dense counterpart (a forward, or a
+        """What ``tools.bench`` times the model against besides its dense counterpart (a forward, or a
         ``(subject, reference)`` pair); {} if none."""
         return {}
 

@@ -1,5 +1,6 @@
 """Model registry in the style of timm's ``_registry``: ``@register_model`` on a builder function, and the training
 recipe of each method. A leaf: it knows nothing of files, checkpoints or pretrained weights (``models.factory``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ def registered_models() -> list[str]:
 
 
 def build_model(name: str, **cfg) -> nn.Module:
-    """Build a registered model (untrained); ``cfg`` are the builder's keyword arguments (num_classes, in_chans, ...)."""
+    """Build a registered model (untrained); ``cfg`` are the builder's keyword arguments (num_classes, in_chans,
+    ...)."""
     try:
         builder = _MODELS[name]
     except KeyError:
@@ -37,6 +39,7 @@ def build_model(name: str, **cfg) -> nn.Module:
 
 
 # --- training recipes: one per method, a list of stages and the command-line options they own -------------
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -58,8 +61,9 @@ class Recipe:
 _RECIPES: dict[str, Recipe] = {}
 
 
-def register_recipe(method: str, options: type | None = None, model_args: Callable | None = None,
-                    title: str | None = None):
+def register_recipe(
+    method: str, options: type | None = None, model_args: Callable | None = None, title: str | None = None
+):
     """Register ``fn(args) -> list[Stage]`` as the training recipe of models whose ``method`` is ``method``."""
 
     def wrap(fn: Callable) -> Callable:

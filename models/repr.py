@@ -18,6 +18,7 @@ The schedule and its stage are in ``models.recipes.repr``, the ranking math in `
   of a checkpoint's weights gives the final one); the per-filter scores before the drop and after the
   re-init are, in the cycle records (``repr_record``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,11 +37,19 @@ BUFFER = "repr_last_dropped"
 
 # --- which convs RePr touches ------------------------------------------------------------------------------
 
-FILTERS = register_kind(DecisionKind(
-    "filters", "repr", "model",
-    {"overlap": ("array", "each filter's overlap (RePr's ranking score)"),
-     "dropped": ("array", "filters dropped in the last cycle")},
-    "RePr's filter ranking of a conv layer", optional=("dropped",)))
+FILTERS = register_kind(
+    DecisionKind(
+        "filters",
+        "repr",
+        "model",
+        {
+            "overlap": ("array", "each filter's overlap (RePr's ranking score)"),
+            "dropped": ("array", "filters dropped in the last cycle"),
+        },
+        "RePr's filter ranking of a conv layer",
+        optional=("dropped",),
+    )
+)
 
 
 @dataclass
@@ -93,30 +102,39 @@ def filter_structure(model: nn.Module) -> list[dict]:
     out = []
     for layer in filter_layers(model):
         dropped = getattr(layer.conv, BUFFER, None)
-        out.append({
-            "layer": layer.name,
-            "kind": FILTERS.name,
-            "overlap": [round(float(s), 6) for s in filter_scores(layer.conv.weight)],
-            "dropped": [] if dropped is None else dropped.nonzero().flatten().tolist(),
-            "prunable": layer.name in prunable,
-        })
+        out.append(
+            {
+                "layer": layer.name,
+                "kind": FILTERS.name,
+                "overlap": [round(float(s), 6) for s in filter_scores(layer.conv.weight)],
+                "dropped": [] if dropped is None else dropped.nonzero().flatten().tolist(),
+                "prunable": layer.name in prunable,
+            }
+        )
     return out
 
 
 def repr_record(history: list[dict]) -> dict:
     """From a checkpoint's ``meta["history"]``: the finished cycle records and the epochs trained pruned."""
-    return {"cycles": [row["repr_cycle_record"] for row in history if row.get("repr_cycle_record")],
-            "pruned_epochs": [row.get("global_epoch", i) for i, row in enumerate(history) if row.get("repr_phase") == "pruned"]}
+    return {
+        "cycles": [row["repr_cycle_record"] for row in history if row.get("repr_cycle_record")],
+        "pruned_epochs": [
+            row.get("global_epoch", i) for i, row in enumerate(history) if row.get("repr_phase") == "pruned"
+        ],
+    }
 
 
 # --- models ------------------------------------------------------------------------------------------------
+
 
 class RePrResNet(ResNet):
     """The CIFAR ResNet trained with RePr: same layers, plus a dropped-filter buffer per prunable conv."""
 
     method = "repr"
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+    def __init__(
+        self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64)
+    ) -> None:
         super().__init__(depth, num_classes, in_chans, tuple(widths))
         attach_repr_buffers(self)
 

@@ -1,12 +1,13 @@
 """ResNets (He et al. 2016): the CIFAR family (section 4.2: 6n+2 layers of BasicBlocks in three stages, 3x3 stem)
 that every bundled model uses, and the ImageNet ResNet-50 (Table 1: 7x7 stem and max pool, bottleneck blocks
-(3, 4, 6, 3) in four stages) that ``analysis.bench --scale paper`` times the methods on.
+(3, 4, 6, 3) in four stages) that ``tools.bench --scale paper`` times the methods on.
 
 Every method in RouteScope builds on this backbone, so block and stage names (``layer2.1``) are the
 names that appear in routing traces. Downsampling blocks use a projection shortcut (1x1 conv + BN,
 "option B"), which SkipNet needs: a skipped downsampling block still runs its shortcut. The bottleneck puts
 its stride in the 3x3 conv (torchvision's "ResNet v1.5").
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence, TypeVar
@@ -89,8 +90,12 @@ def make_stem(kind: str, in_chans: int, width: int) -> nn.Sequential:
     if kind == "cifar":
         return nn.Sequential(conv3x3(in_chans, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
     if kind == "imagenet":
-        return nn.Sequential(nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(width),
-                             nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+        return nn.Sequential(
+            nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
     raise UsageError(f"stem must be one of {', '.join(STEMS)}, not {kind!r}")
 
 
@@ -98,7 +103,9 @@ def stage_layers(depth: int, stages: int, layers: Sequence[int] | None) -> tuple
     """Blocks per stage: ``layers`` as given, else the CIFAR rule (``(depth - 2) / 6`` in each stage)."""
     if layers is not None:
         if len(layers) != stages or min(layers) < 1:
-            raise UsageError(f"layers must give at least one block for each of the {stages} stages, got {tuple(layers)}")
+            raise UsageError(
+                f"layers must give at least one block for each of the {stages} stages, got {tuple(layers)}"
+            )
         return tuple(int(n) for n in layers)
     if (depth - 2) % 6:
         raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -106,7 +113,8 @@ def stage_layers(depth: int, stages: int, layers: Sequence[int] | None) -> tuple
 
 
 class ResNet(RouteScopeModel):
-    """Stem, one stage of blocks per entry of ``widths`` (``layer1``, ``layer2``, ...), global average pool, linear head.
+    """Stem, one stage of blocks per entry of ``widths`` (``layer1``, ``layer2``, ...), global average pool, linear
+    head.
 
     The defaults are the CIFAR family (``depth`` 6n+2, BasicBlocks, 3x3 stem); ``block=Bottleneck,
     layers=(3, 4, 6, 3), stem="imagenet"`` (``RESNET50``) with widths ``(64, 128, 256, 512)`` is ResNet-50.
@@ -130,8 +138,10 @@ class ResNet(RouteScopeModel):
         self.stem = make_stem(stem, in_chans, self.widths[0])
         in_ch = self.widths[0]
         for i, (width, n) in enumerate(zip(self.widths, self.layers)):
-            blocks = [block(in_ch if j == 0 else width * block.expansion, width, stride=1 if i == 0 or j else 2)
-                      for j in range(n)]
+            blocks = [
+                block(in_ch if j == 0 else width * block.expansion, width, stride=1 if i == 0 or j else 2)
+                for j in range(n)
+            ]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             in_ch = width * block.expansion
         self.pool = nn.AdaptiveAvgPool2d(1)  # a module, so attributions (GradCAM) can hook the last feature map
@@ -140,7 +150,8 @@ class ResNet(RouteScopeModel):
 
     @property
     def backbone(self) -> dict:
-        """The options that rebuild this backbone's layout (``ResNet(depth, ..., **backbone)``), default ones left out."""
+        """The options that rebuild this backbone's layout (``ResNet(depth, ..., **backbone)``), default ones left
+        out."""
         if self.stem_kind == "cifar" and self.block_type is BasicBlock:
             return {}
         plain_block = Bottleneck if issubclass(self.block_type, Bottleneck) else BasicBlock
@@ -162,16 +173,21 @@ class ResNet(RouteScopeModel):
             x = stage(x)
         return self.head(x)
 
-    def plain_copy(self, state_dict: Mapping[str, torch.Tensor] | None = None, widths: Sequence[int] | None = None,
-                   shared_only: bool = False) -> "ResNet":
+    def plain_copy(
+        self,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+        widths: Sequence[int] | None = None,
+        shared_only: bool = False,
+    ) -> "ResNet":
         """The plain ``ResNet`` of this depth, classes, input channels and ``widths`` (default: this model's),
         with the weights of ``state_dict`` (default: this model's own); see ``load_plain``.
 
         Every dynamic method's ``dense_counterpart`` (``cost.full_macs``) is one; methods whose dense weights
         are derived (DGConv's ``W * U``, DS-Net's sliced subnets) pass them in ``state_dict``.
         """
-        plain = ResNet(self.depth, self.fc.out_features, self.stem[0].in_channels, tuple(widths or self.widths),
-                       **self.backbone)
+        plain = ResNet(
+            self.depth, self.fc.out_features, self.stem[0].in_channels, tuple(widths or self.widths), **self.backbone
+        )
         return load_plain(plain, self, state_dict, shared_only)
 
 
@@ -188,8 +204,9 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
 
-def load_plain(plain: Plain, model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None = None,
-               shared_only: bool = False) -> Plain:
+def load_plain(
+    plain: Plain, model: nn.Module, state_dict: Mapping[str, torch.Tensor] | None = None, shared_only: bool = False
+) -> Plain:
     """``plain`` (a freshly built static network) given, for each of its own keys, the tensor of ``state_dict``
     (default: ``model.state_dict()``), on ``model``'s device and in its train/eval mode.
 

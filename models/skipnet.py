@@ -19,6 +19,7 @@ Forward modes (``model(x, gate_mode=...)``):
 actions, gate_logits), which passes through DistributedDataParallel, so the RL loss keeps its gradient
 sync. No mode mutates the model, so one model can serve many requests at once.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,21 +38,29 @@ from .decisions import DecisionKind, register_kind
 GATE_MODES = ("infer", "st", "sample", "greedy")
 
 
-SKIP = register_kind(DecisionKind(
-    "skip", "skipnet", "image",
-    {"executed": ("boolean", "the block ran (its gate probability exceeded the threshold)"),
-     "probability": ("number", "the gate's probability that the block runs")},
-    "a gated residual block, run or skipped",
-    signature=lambda d: int(d["executed"]), forcible=("executed",)))
+SKIP = register_kind(
+    DecisionKind(
+        "skip",
+        "skipnet",
+        "image",
+        {
+            "executed": ("boolean", "the block ran (its gate probability exceeded the threshold)"),
+            "probability": ("number", "the gate's probability that the block runs"),
+        },
+        "a gated residual block, run or skipped",
+        signature=lambda d: int(d["executed"]),
+        forcible=("executed",),
+    )
+)
 
 
 class GateOutput(NamedTuple):
     """What a SkipNet forward decided; G = number of gated blocks (all blocks but the first)."""
 
-    logits: torch.Tensor        # (N, classes)
-    probs: torch.Tensor         # (N, G) probability that each gated block runs
-    actions: torch.Tensor       # (N, G) float, 1 = block ran, 0 = skipped
-    gate_logits: torch.Tensor   # (N, G) probs = sigmoid(gate_logits); exact log-probabilities for RL
+    logits: torch.Tensor  # (N, classes)
+    probs: torch.Tensor  # (N, G) probability that each gated block runs
+    actions: torch.Tensor  # (N, G) float, 1 = block ran, 0 = skipped
+    gate_logits: torch.Tensor  # (N, G) probs = sigmoid(gate_logits); exact log-probabilities for RL
 
 
 class SkipNet(ResNet):
@@ -59,8 +68,15 @@ class SkipNet(ResNet):
 
     method = "skipnet"
 
-    def __init__(self, depth: int = 38, num_classes: int = 10, in_chans: int = 3,
-                 widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn", **backbone) -> None:
+    def __init__(
+        self,
+        depth: int = 38,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        gate: str = "rnn",
+        **backbone,
+    ) -> None:
         super().__init__(depth, num_classes, in_chans, tuple(widths), **backbone)
         named = self.named_blocks()
         self.gate_kind = gate
@@ -115,7 +131,9 @@ class SkipNet(ResNet):
                 on = torch.full_like(on, bool(forced))
             if trace is not None:
                 trace.record(name, SKIP, executed=on, probability=p, **({"forced": True} if forced is not None else {}))
-            shortcut = block.shortcut(x)  # a skipped identity block returns x itself; a skipped downsampler its projection
+            shortcut = block.shortcut(
+                x
+            )  # a skipped identity block returns x itself; a skipped downsampler its projection
             if bool(on.all()):
                 x = F.relu(block.residual(x) + shortcut)
             elif bool(on.any()):
@@ -157,11 +175,18 @@ class SkipNet(ResNet):
         return {name: SKIP.name for name in self.gate_names}
 
     def knobs(self) -> dict[str, dict]:
-        return {"threshold": {"low": 0.0, "high": 1.0, "default": 0.5,
-                              "help": "a block runs when its gate probability exceeds this (0.5: the trained policy)"}}
+        return {
+            "threshold": {
+                "low": 0.0,
+                "high": 1.0,
+                "default": 0.5,
+                "help": "a block runs when its gate probability exceeds this (0.5: the trained policy)",
+            }
+        }
 
     def benchmark_references(self) -> dict:
-        """For ``analysis.bench``: the same model and decisions, computing every block and masking (the reference code's way)."""
+        """For ``tools.bench``: the same model and decisions, computing every block and masking (the reference code's
+        way)."""
         return {"same gates, masked (all blocks)": lambda x: self(x, gate_mode="greedy").logits}
 
     def dense_counterpart(self) -> ResNet:
@@ -170,56 +195,66 @@ class SkipNet(ResNet):
 
 
 @register_model
-def skipnet_resnet8(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                    gate: str = "rnn") -> SkipNet:
+def skipnet_resnet8(
+    num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn"
+) -> SkipNet:
     """SkipNet on the CIFAR ResNet-8: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
     return SkipNet(8, num_classes, in_chans, tuple(widths), gate)
 
 
 @register_model
-def skipnet_resnet20(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                     gate: str = "rnn") -> SkipNet:
+def skipnet_resnet20(
+    num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn"
+) -> SkipNet:
     """SkipNet on the CIFAR ResNet-20: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
     return SkipNet(20, num_classes, in_chans, tuple(widths), gate)
 
 
 @register_model
-def skipnet_resnet32(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                     gate: str = "rnn") -> SkipNet:
+def skipnet_resnet32(
+    num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn"
+) -> SkipNet:
     """SkipNet on the CIFAR ResNet-32: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
     return SkipNet(32, num_classes, in_chans, tuple(widths), gate)
 
 
 @register_model
-def skipnet_resnet38(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                     gate: str = "rnn") -> SkipNet:
+def skipnet_resnet38(
+    num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn"
+) -> SkipNet:
     """SkipNet on the CIFAR ResNet-38: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
     return SkipNet(38, num_classes, in_chans, tuple(widths), gate)
 
 
 @register_model
-def skipnet_resnet56(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                     gate: str = "rnn") -> SkipNet:
+def skipnet_resnet56(
+    num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn"
+) -> SkipNet:
     """SkipNet on the CIFAR ResNet-56: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
     return SkipNet(56, num_classes, in_chans, tuple(widths), gate)
 
 
 @register_model
-def skipnet_resnet74(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                     gate: str = "rnn") -> SkipNet:
+def skipnet_resnet74(
+    num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn"
+) -> SkipNet:
     """SkipNet on the CIFAR ResNet-74: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
     return SkipNet(74, num_classes, in_chans, tuple(widths), gate)
 
 
 @register_model
-def skipnet_resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
-                      gate: str = "rnn") -> SkipNet:
-    """SkipNet on the CIFAR ResNet-110: a gate before every block but the first; gate 'rnn' (default), 'ff1' or 'ff2'."""
+def skipnet_resnet110(
+    num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (16, 32, 64), gate: str = "rnn"
+) -> SkipNet:
+    """SkipNet on the CIFAR ResNet-110: a gate before every block but the first; gate 'rnn' (default), 'ff1' or
+    'ff2'."""
     return SkipNet(110, num_classes, in_chans, tuple(widths), gate)
 
 
 @register_model
-def skipnet_resnet50(num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = RESNET50_WIDTHS,
-                     gate: str = "rnn") -> SkipNet:
-    """SkipNet on the ImageNet ResNet-50 (the paper-scale bench; the paper gates ResNet-50/101 on ImageNet the same way)."""
+def skipnet_resnet50(
+    num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = RESNET50_WIDTHS, gate: str = "rnn"
+) -> SkipNet:
+    """SkipNet on the ImageNet ResNet-50 (the paper-scale bench; the paper gates ResNet-50/101 on ImageNet the same
+    way)."""
     return SkipNet(50, num_classes, in_chans, tuple(widths), gate, **RESNET50)

@@ -4,6 +4,7 @@ SkipNet (supervised, then RL), DS-Net (supernet, then gate) and RePr (prune/re-i
 multi-stage; each stage subclass overrides only what differs, and ``train.Trainer`` runs them all
 with one loop, one checkpoint format and one ``--resume``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,11 +36,17 @@ class Stage:
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """SGD over ``parameters(model)``, weight decay on weights only (``param_groups``)."""
-        return torch.optim.SGD(param_groups(self.parameters(model), self.weight_decay), lr=self.lr,
-                               momentum=self.momentum, nesterov=self.momentum > 0)
+        return torch.optim.SGD(
+            param_groups(self.parameters(model), self.weight_decay),
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.momentum > 0,
+        )
 
     def scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         logits = model(x)
@@ -52,8 +59,10 @@ class Stage:
     def epoch_record(self) -> dict:
         """Extra JSON-safe keys for the history row of the epoch that just ended (read after on_epoch_end)."""
         return {}
+
     def state_dict(self) -> dict:
         return {}
+
     def load_state_dict(self, state: dict) -> None: ...
 
 
@@ -93,8 +102,13 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     """Hinton et al.'s soft-target term, ``T^2 * KL(teacher_T || student_T)``; the ``T^2`` keeps its gradient
     on the scale of the cross-entropy's, whatever the temperature."""
     t = temperature
-    return F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean",
-                    log_target=True) * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean", log_target=True
+        )
+        * t
+        * t
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -106,11 +120,13 @@ def param_groups(params: Iterable[nn.Parameter], weight_decay: float, lr: float 
     """Optimizer groups: ``weight_decay`` for weights (``ndim > 1``), none for biases and norm affines (``ndim <= 1``).
 
     The usual split (timm's ``param_groups_weight_decay``): biases and normalization affines set offsets and
-    scales, not features, so they are not decayed. ``lr``, if given, goes into both groups (a per-part learning rate). Empty groups are
-    left out, so the result can be concatenated with a caller's own groups.
+    scales, not features, so they are not decayed. ``lr``, if given, goes into both groups (a per-part learning rate).
+    Empty groups are left out, so the result can be concatenated with a caller's own groups.
     """
     params = list(params)
     extra = {} if lr is None else {"lr": lr}
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, **extra},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra}]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, **extra},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra},
+    ]
     return [g for g in groups if g["params"]]

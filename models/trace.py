@@ -8,6 +8,7 @@ count being split evenly over the samples it ran on, so a skipped block or a sli
 exactly as executed. The trace lives in a context variable and a thread-local dispatch mode: a model
 shared by many app sessions is never mutated.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
@@ -59,8 +60,14 @@ class _MacCounter(TorchDispatchMode):
 class Trace:
     """Decisions and executed MACs for each of ``batch_size`` inputs."""
 
-    def __init__(self, batch_size: int, keep_tensors: bool = False, overrides: dict[str, dict[str, Any]] | None = None,
-                 knobs: dict[str, float] | None = None, observe: bool = True) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        keep_tensors: bool = False,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        knobs: dict[str, float] | None = None,
+        observe: bool = True,
+    ) -> None:
         self.batch_size = batch_size
         self.observe = observe  # False: carry overrides and knobs only (timing a forced path), record and count nothing
         self.overrides = {layer: dict(fields) for layer, fields in (overrides or {}).items()}
@@ -137,8 +144,9 @@ class Trace:
             _ACTIVE.reset(token)
 
 
-def check_interventions(model: RouteScopeModel, overrides: dict | None,
-                        knobs: dict | None) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+def check_interventions(
+    model: RouteScopeModel, overrides: dict | None, knobs: dict | None
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     """``(overrides, knobs)`` checked against the model and typed as its kinds declare each field (``"false"``,
     ``0`` and ``False`` all force a block off); a ``ValueError`` naming the layer, field or knob and what it
     accepts. A typo must not silently give the unforced result, nor a wrong type the opposite one."""
@@ -172,10 +180,15 @@ def check_interventions(model: RouteScopeModel, overrides: dict | None,
     return typed, moved
 
 
-def forced_forward(model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
-                   knobs: dict | None = None, checked: bool = False) -> torch.Tensor:
+def forced_forward(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    overrides: dict | None = None,
+    knobs: dict | None = None,
+    checked: bool = False,
+) -> torch.Tensor:
     """Logits of ``model`` with ``overrides`` and ``knobs`` applied and nothing recorded or counted: the model's own
-    inference path (batch-1 control flow, compiled kernels), which ``analysis.bench`` and the app's latency time
+    inference path (batch-1 control flow, compiled kernels), which ``tools.bench`` and the app's latency time
     (``checked``: the caller typed and validated the interventions already, outside its timed loop)."""
     if not checked:
         overrides, knobs = check_interventions(model, overrides, knobs)
@@ -183,9 +196,13 @@ def forced_forward(model: torch.nn.Module, x: torch.Tensor, overrides: dict | No
         return model(x)
 
 
-def traced_forward(model: torch.nn.Module, x: torch.Tensor, keep_tensors: bool = False,
-                   overrides: dict[str, dict[str, Any]] | None = None,
-                   knobs: dict[str, float] | None = None) -> tuple[torch.Tensor, Trace]:
+def traced_forward(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    keep_tensors: bool = False,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    knobs: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, Trace]:
     """``(logits, trace)`` for a batch, with per-input decisions and executed MACs.
 
     ``overrides`` (``{layer: {field: value}}``) force decisions: the forced path is really executed, later

@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny Fashion-MNIST-format data folder made from the bundled real subset, and bundled
-checkpoints loaded once per session."""
+"""Shared fixtures: a tiny Fashion-MNIST-format data folder made from the bundled real subset, bundled checkpoints
+loaded once per session, and a models folder with one tiny checkpoint for the app. Plain helpers are in helpers.py."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,10 +11,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.checkpoint import load_checkpoint
+from models import create_model
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import BUNDLED_SUBSET
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import TINY_META
 
 
 @pytest.fixture(scope="session")
@@ -28,28 +30,43 @@ def fmnist_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def loaded_checkpoint() -> Callable[[Path], nn.Module]:
-    """``load(path)``: ``load_checkpoint(path)`` (its defaults: the fast form), loaded once per session and path, so the
-    tests that go over every bundled checkpoint (golden traces, the usable check) load each one once. The model is
-    shared: a test that changes it (weights, hooks, attributes) must load its own with ``load_checkpoint``."""
-    cache: dict[Path, nn.Module] = {}
+def loaded_checkpoint() -> Callable[..., nn.Module]:
+    """``load(path, form="fast")``: ``load_checkpoint(path, form=form)``, loaded once per session, path and form, so the
+    tests that go over every bundled checkpoint (golden traces, the usable check, both forms compared) load each one
+    once. The model is shared: a test that changes it (weights, hooks, attributes, its mode, ``fast_form`` of a
+    training form) must load its own with ``load_checkpoint``."""
+    cache: dict[tuple[Path, str], nn.Module] = {}
 
-    def load(path: Path) -> nn.Module:
-        key = Path(path).resolve()
+    def load(path: Path, form: str = "fast") -> nn.Module:
+        key = (Path(path).resolve(), form)
         if key not in cache:
-            cache[key] = load_checkpoint(key)
+            cache[key] = load_checkpoint(key[0], form=form)
         return cache[key]
 
     return load
 
 
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch) -> Path:
+    """$ROUTESCOPE_MODELS: a folder with one tiny random resnet8 checkpoint, ``tiny.pt`` (meta ``TINY_META``), and the
+    app's caches cleared."""
+    import streamlit as st
+
+    save_checkpoint(tmp_path / "tiny.pt", create_model("resnet8", in_chans=1), TINY_META)
+    monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return tmp_path
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch):
-    """Tests never read $ROUTESCOPE_DATA, $ROUTESCOPE_MODELS or $ROUTESCOPE_DEVICE from the developer's shell, and the app's
-    one-thread setting (app/streamlit_app.py, run in-process by AppTest) does not leak into later tests."""
+def _isolated_environment(monkeypatch, tmp_path_factory):
+    """Tests never read $ROUTESCOPE_DATA, $ROUTESCOPE_MODELS or $ROUTESCOPE_DEVICE from the developer's shell, and the
+    app's one-thread setting (app/streamlit_app.py, run in-process by AppTest) does not leak into later tests."""
     monkeypatch.delenv("ROUTESCOPE_DATA", raising=False)
     monkeypatch.delenv("ROUTESCOPE_MODELS", raising=False)
     monkeypatch.delenv("ROUTESCOPE_DEVICE", raising=False)
+    monkeypatch.setenv("ROUTESCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))  # stored tables: per run
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     yield

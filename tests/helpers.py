@@ -1,6 +1,58 @@
-"""Shared test helpers: models that look trained, and inputs on which dynamic decisions differ."""
+"""Shared test helpers: models that look trained, inputs on which dynamic decisions differ, images a user may bring,
+a tiny training run, and driving the app with AppTest. Test modules import from here (and fixtures come from
+conftest.py), never from one another."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
+
+from models.data import FASHION_MNIST
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parent.parent
+PRETRAINED = REPO / "models" / "pretrained"
+
+
+# --- the bundled checkpoints ----------------------------------------------------------------------------------------
+
+
+def flagships() -> dict[str, Path]:
+    """One bundled checkpoint per method (its featured flagship) plus the dense ResNet: every decision kind and a
+    static net."""
+    from analysis.core.catalog import bundled_checkpoints, featured
+
+    bundled = bundled_checkpoints(PRETRAINED)
+    return {
+        **{e["flagship"]: bundled[e["flagship"]] for e in featured(PRETRAINED).values()},
+        "resnet20_fmnist": bundled["resnet20_fmnist"],
+    }
+
+
+def every_bundled_checkpoint() -> list:
+    """The name of every bundled checkpoint as pytest parameters, for the whole-zoo sweeps: the ``flagships()`` run by
+    default, the others are marked ``heavy`` (``make test-all`` or ``pytest -m heavy`` runs them)."""
+    from analysis.core.catalog import bundled_checkpoints
+
+    default = set(flagships())
+    return [
+        pytest.param(name, marks=() if name in default else pytest.mark.heavy)
+        for name in sorted(bundled_checkpoints(PRETRAINED))
+    ]
 
 
 @torch.no_grad()
@@ -15,12 +67,74 @@ def randomize_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def routing_decisions(trace) -> list:
+    """A trace's decisions, image by image, without the scores that float rounding may move (probabilities, weights,
+    confidences): what two forms of one model must agree on exactly."""
+    return [
+        [
+            {k: v for k, v in d.items() if k not in ("probability", "probabilities", "weights", "confidence")}
+            for d in row
+        ]
+        for row in trace.decisions
+    ]
+
+
 def varied_images(n: int = 8, seed: int = 1) -> torch.Tensor:
     """Inputs with different brightness and contrast, so gates disagree across the batch."""
     g = torch.Generator().manual_seed(seed)
     scale = torch.linspace(0.2, 3.0, n).view(-1, 1, 1, 1)
     shift = torch.linspace(-2.0, 2.0, n)[torch.randperm(n, generator=g)].view(-1, 1, 1, 1)
     return torch.randn(n, 1, 28, 28, generator=g) * scale + shift
+
+
+# --- images a user may bring --------------------------------------------------------------------------------------
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **kw)
+    return buffer.getvalue()
+
+
+def huge_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A 1x1 PNG whose header claims a huge size: a decompression bomb that is cheap to make."""
+    data = bytearray(encode(Image.new("L", (1, 1))))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
+
+
+def shoe_on_white(size=(300, 200), mode="RGB") -> Image.Image:
+    img = Image.new("RGB", size, (255, 255, 255))
+    img.paste((20, 20, 20), (60, 80, 240, 150))
+    return img.convert(mode)
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+TRAIN_ARGS = [
+    "--model",
+    "resnet8",
+    "--dataset",
+    "fashion-mnist",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--limit-batches",
+    "3",
+    "--no-progress",
+    "--lr",
+    "0.05",
+]
+
+
+def train_tiny(fmnist_dir, out, *extra) -> int:
+    """``python -m models.train`` of a tiny two-epoch resnet8 named ``tiny`` into ``out`` (``extra`` on top)."""
+    from models import train
+
+    return train.main([*TRAIN_ARGS, "--data-dir", str(fmnist_dir), "--out", str(out), "--name", "tiny", *extra])
 
 
 def kill_training_at_epoch(monkeypatch, epoch: int) -> None:
@@ -48,3 +162,69 @@ def run_args(**options):
     from models.options import TrainOptions, option_defaults
 
     return argparse.Namespace(**{**option_defaults(TrainOptions), **options})
+
+
+# --- the app under AppTest ----------------------------------------------------------------------------------------
+
+APP = str(REPO / "app" / "streamlit_app.py")
+TIMEOUT = 600  # per script run: generous for a loaded 2-core machine; a hang still fails
+TINY_META = {
+    "name": "tiny",
+    "method": "baseline",
+    "dataset": "fashion-mnist",
+    "classes": list(FASHION_MNIST.classes),
+    "input_size": [1, 28, 28],
+    "mean": [0.286],
+    "std": [0.353],
+    "dark_background": True,
+    "metrics": {"test_acc": 0.5},
+    "recipe": {},
+}
+
+
+def start(script: str = APP) -> AppTest:
+    """The whole app (or one page's script), run once without an exception."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(script, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def page(name: str) -> AppTest:
+    return start(str(REPO / "app" / "views" / f"{name}.py"))
+
+
+def plotly_values(values: list | dict) -> list | np.ndarray:
+    """A trace's data as plotly's JSON holds it: a list, or a numpy array encoded as ``{"dtype", "bdata"}``."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+    return values
+
+
+def chart_data(at: AppTest) -> list[dict]:
+    """The plotly figure JSON behind every chart of the page."""
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def array_shape(value) -> tuple:
+    """Shape of a plotly array, whether plain lists or plotly's typed-array encoding."""
+    if isinstance(value, dict):
+        return tuple(int(n) for n in value["shape"].split(","))
+    return np.asarray(value).shape
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """Weights, buffers, grads, hooks, modes and plain attributes of every module, and the meta."""
+    digest = hashlib.sha256(json.dumps(model.meta, sort_keys=True, default=repr).encode())
+    for name, value in model.state_dict(keep_vars=True).items():
+        digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(f"{value.requires_grad}{value.grad is None}".encode())
+    for name, module in model.named_modules():
+        plain = {
+            k: repr(v) for k, v in vars(module).items() if isinstance(v, (bool, int, float, str, tuple, type(None)))
+        }
+        hooks = [len(getattr(module, h)) for h in vars(module) if h.endswith("_hooks")]
+        digest.update(repr((name, type(module).__name__, sorted(plain.items()), hooks)).encode())
+    return digest.hexdigest()

@@ -1,11 +1,13 @@
 """analysis/: dataset tables, SkipNet statistics, attributions, charts, figures, bench and results on tiny models."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from analysis import bench, figures, results
+from analysis import figures, results
+from tools import bench
 from analysis.core.attributions import explain_decision, explain_prediction
 from analysis.core.charts import top_classes
 from analysis.core.kinds import attribution_targets, inspect_charts, kind_views
@@ -20,9 +22,18 @@ from models.data import FASHION_MNIST
 
 
 def with_meta(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    model.meta = {"name": name, "method": model.method, "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
-                  "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "dark_background": True,
-                  "metrics": {"test_acc": 0.5, "macs_mean": 1e6}, "recipe": {"args": {"alpha": 0.1}}}
+    model.meta = {
+        "name": name,
+        "method": model.method,
+        "dataset": "fashion-mnist",
+        "classes": list(FASHION_MNIST.classes),
+        "input_size": [1, 28, 28],
+        "mean": [0.286],
+        "std": [0.353],
+        "dark_background": True,
+        "metrics": {"test_acc": 0.5, "macs_mean": 1e6},
+        "recipe": {"args": {"alpha": 0.1}},
+    }
     return model.eval()
 
 
@@ -78,10 +89,19 @@ def test_charts_for_every_kind(skipnet, images):
     from models.data import normalize
 
     trace = trace_batch(skipnet, normalize(images[0][:1], skipnet.meta["mean"], skipnet.meta["std"]), ["x"])[0]
-    (kind, strip), = inspect_charts(trace["decisions"])
+    ((kind, strip),) = inspect_charts(trace["decisions"])
     assert kind == "skip" and list(strip.data[0].x) == list(skipnet.gate_names)
     assert len(top_classes(trace).data[0].y) == 5
-    width = [{"layer": "layer3", "kind": "width", "width": 0.5, "channels": 32, "max_channels": 64, "probabilities": [0.1, 0.6, 0.2, 0.1]}]
+    width = [
+        {
+            "layer": "layer3",
+            "kind": "width",
+            "width": 0.5,
+            "channels": 32,
+            "max_channels": 64,
+            "probabilities": [0.1, 0.6, 0.2, 0.1],
+        }
+    ]
     assert len(inspect_charts(width)) == 2
     routing = [{"layer": "layer3.0", "kind": "routing", "weights": [0.9, 0.1, 0.4, 0.2]}]
     assert np.asarray(inspect_charts(routing)[0][1].data[0].z).shape == (1, 4)
@@ -90,8 +110,10 @@ def test_charts_for_every_kind(skipnet, images):
     filters = {"layer": "l", "kind": "filters", "overlap": [0.1, 0.3], "dropped": [1]}
     bars = inspect_charts([filters])[0][1].data[0]
     assert bars.marker.color[1] != bars.marker.color[0]
-    exits = [{"layer": "layer1.1", "kind": "exit", "confidence": 0.4, "exited": False},
-             {"layer": "layer2.0", "kind": "exit", "confidence": 0.95, "exited": True}]
+    exits = [
+        {"layer": "layer1.1", "kind": "exit", "confidence": 0.4, "exited": False},
+        {"layer": "layer2.0", "kind": "exit", "confidence": 0.95, "exited": True},
+    ]
     bars = inspect_charts(exits)[0][1].data[0]
     assert list(bars.x) == ["layer1.1", "layer2.0"] and bars.marker.color[0] != bars.marker.color[1]
 
@@ -116,52 +138,112 @@ def checkpoint_dir(tmp_path_factory, skipnet):
     return folder
 
 
+@pytest.mark.heavy
 def test_figures_cli_writes_pdf_png_and_captions(checkpoint_dir, tmp_path):
-    args = ["--out", str(tmp_path), "--checkpoint", str(checkpoint_dir / "tiny_skipnet.pt"),
-            "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt"), "--dataset", "fashion-mnist-subset"]
+    args = [
+        "--out",
+        str(tmp_path),
+        "--checkpoint",
+        str(checkpoint_dir / "tiny_skipnet.pt"),
+        "--checkpoint",
+        str(checkpoint_dir / "tiny_resnet.pt"),
+        "--dataset",
+        "fashion-mnist-subset",
+    ]
     assert figures.main(args) == 0
     names = {p.stem for p in tmp_path.glob("*.pdf")}
-    assert {"overview_accuracy_vs_macs", "skipnet_skip_ratio", "skipnet_easy_vs_hard", "skipnet_blocks_per_class",
-            "skipnet_input_scale", "skipnet_alpha_sweep"} <= names
+    assert {
+        "overview_accuracy_vs_macs",
+        "skipnet_skip_ratio",
+        "skipnet_easy_vs_hard",
+        "skipnet_blocks_per_class",
+        "skipnet_input_scale",
+        "skipnet_alpha_sweep",
+    } <= names
     for name in names:
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (tmp_path / f"{name}.txt").read_text().strip().endswith("Test images: fashion-mnist-subset (500).")
         assert b"/FontFile2" in (tmp_path / f"{name}.pdf").read_bytes(), "TrueType fonts must be embedded"
     only = tmp_path / "only"
-    assert figures.main(["--out", str(only), "--only", "baseline", "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt"),
-                         "--dataset", "fashion-mnist-subset"]) == 0
+    assert (
+        figures.main(
+            [
+                "--out",
+                str(only),
+                "--only",
+                "baseline",
+                "--checkpoint",
+                str(checkpoint_dir / "tiny_resnet.pt"),
+                "--dataset",
+                "fashion-mnist-subset",
+            ]
+        )
+        == 0
+    )
     assert {p.stem for p in only.glob("*.pdf")} == {"overview_accuracy_vs_macs"}
 
 
 def test_bench_prints_ratios(checkpoint_dir, capsys):
-    args = ["--checkpoint", str(checkpoint_dir / "tiny_skipnet.pt"), "--images", "4", "--batch", "8", "--rounds", "1", "--json"]
+    args = [
+        "--checkpoint",
+        str(checkpoint_dir / "tiny_skipnet.pt"),
+        "--images",
+        "4",
+        "--batch",
+        "8",
+        "--rounds",
+        "1",
+        "--json",
+    ]
     assert bench.main(args) == 0
     dense, masked = json.loads(capsys.readouterr().out)
-    assert dense["vs"] == bench.DENSE and masked["vs"].startswith("same gates, masked")  # what a user runs instead first
+    assert dense["vs"] == bench.DENSE and masked["vs"].startswith(
+        "same gates, masked"
+    )  # what a user runs instead first
     row = masked
     assert 0 < row["mac_ratio"] <= 1.0 and row["latency_ms"] > 0 and row["throughput_ratio"] > 0
     assert row["image_size"] == 28
     assert bench.main(args + ["--image-size", "56"]) == 0
     _, big = json.loads(capsys.readouterr().out)
-    assert big["image_size"] == 56 and 3.5 < big["macs_ref"] / row["macs_ref"] <= 4  # each conv sees 4x the pixels, the fc not
+    assert (
+        big["image_size"] == 56 and 3.5 < big["macs_ref"] / row["macs_ref"] <= 4
+    )  # each conv sees 4x the pixels, the fc not
 
 
 def test_results_table_from_manifest(tmp_path):
-    manifest = {"m": {"metrics": {"test_acc": 0.9, "n_test": 10, "macs_mean": 2e6, "mac_ratio": 0.5, "macs_min": 1e6,
-                                  "macs_max": 3e6, "params": 5,
-                                  "variants": {"static width 0.5": {"test_acc": 0.8, "macs_mean": 1e6, "mac_ratio": 0.25}}},
-                      "wall_time_s": 120, "machine": "x", "date": "d", "command": "python -m models.train --model m"}}
+    manifest = {
+        "m": {
+            "metrics": {
+                "test_acc": 0.9,
+                "n_test": 10,
+                "macs_mean": 2e6,
+                "mac_ratio": 0.5,
+                "macs_min": 1e6,
+                "macs_max": 3e6,
+                "params": 5,
+                "variants": {"static width 0.5": {"test_acc": 0.8, "macs_mean": 1e6, "mac_ratio": 0.25}},
+            },
+            "wall_time_s": 120,
+            "machine": "x",
+            "date": "d",
+            "command": "python -m models.train --model m",
+        }
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     table = results.results_table(tmp_path / "manifest.json")
     assert "| `m` | 90.00% (10 images) | 2.00 M | 50% |" in table
     assert "`m`, static width 0.5 | 80.00% | 1.00 M | 25% |" in table
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- generated:results -->\nold\n<!-- /generated:results -->\n"
-                      "<!-- generated:variants:m -->\n<!-- /generated:variants:m -->\noutro\n")
+    readme.write_text(
+        "intro\n<!-- generated:results -->\nold\n<!-- /generated:results -->\n"
+        "<!-- generated:variants:m -->\n<!-- /generated:variants:m -->\noutro\n"
+    )
     assert results.stale_blocks([readme], tmp_path) == ["README.md: results", "README.md: variants:m"]
     assert results.update_documents([readme], tmp_path) == [readme]
     text = readme.read_text()
-    assert "old" not in text and "| `m` |" in text and "| static width 0.5 | 80.00% |" in text and text.endswith("outro\n")
+    assert (
+        "old" not in text and "| `m` |" in text and "| static width 0.5 | 80.00% |" in text and text.endswith("outro\n")
+    )
     assert results.stale_blocks([readme], tmp_path) == []
 
 
@@ -175,10 +257,24 @@ def test_figures_cli_as_a_module(checkpoint_dir, tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
-    result = subprocess.run([sys.executable, "-m", "analysis.figures", "--out", str(tmp_path), "--only", "baseline",
-                             "--checkpoint", str(checkpoint_dir / "tiny_resnet.pt")], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis.figures",
+            "--out",
+            str(tmp_path),
+            "--only",
+            "baseline",
+            "--checkpoint",
+            str(checkpoint_dir / "tiny_resnet.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-1000:]
     assert (tmp_path / "overview_accuracy_vs_macs.pdf").exists()
 
@@ -215,8 +311,9 @@ def test_pareto_front_keeps_only_undominated_models():
 
     from analysis.core.pareto import pareto_front
 
-    frame = pd.DataFrame({"name": list("abcdef"), "macs_mean": [10, 5, 5, 8, 12, 3],
-                          "test_acc": [0.94, 0.90, 0.92, 0.91, 0.93, 0.80]})
+    frame = pd.DataFrame(
+        {"name": list("abcdef"), "macs_mean": [10, 5, 5, 8, 12, 3], "test_acc": [0.94, 0.90, 0.92, 0.91, 0.93, 0.80]}
+    )
     # b loses to c (same MACs, less accurate), d to c (more MACs, less accurate), e to a
     assert pareto_front(frame)["name"].tolist() == ["f", "c", "a"]
 
@@ -229,22 +326,38 @@ def test_alpha_sweep_series_follow_the_training_lineage():
     def run(**args):
         return SimpleNamespace(meta={"recipe": {"args": args}})
 
-    models = {"sp": run(epochs=3, rl_epochs=0), "a1": run(epochs=0, rl_epochs=3, alpha=1.0),
-              "a1_blr": run(epochs=0, rl_epochs=3, alpha=1.0, rl_backbone_lr=1e-4),
-              "a1_ft": run(epochs=0, rl_epochs=0, ft_epochs=2, alpha=0.05, init_from="models/pretrained/a1.pt"),
-              "orphan_ft": run(rl_epochs=0, ft_epochs=2, init_from="elsewhere/x.pt"),
-              "a1_fta": run(epochs=0, rl_epochs=0, ft_epochs=3, ft_anchor=1.0, init_from="models/pretrained/a1.pt"),
-              "a1_fta2": run(epochs=0, rl_epochs=0, ft_epochs=3, ft_anchor=1.0, init_from="models/pretrained/a1_fta.pt"),
-              "a1_ftakd": run(epochs=0, rl_epochs=0, ft_epochs=6, ft_anchor=1.0, ft_teacher="models/pretrained/resnet20.pt",
-                              init_from="models/pretrained/a1.pt"),
-              "a1_ft_rl": run(epochs=0, rl_epochs=1, alpha=0.5, rl_backbone_lr=1e-4, init_from="a1_ft.pt")}
+    models = {
+        "sp": run(epochs=3, rl_epochs=0),
+        "a1": run(epochs=0, rl_epochs=3, alpha=1.0),
+        "a1_blr": run(epochs=0, rl_epochs=3, alpha=1.0, rl_backbone_lr=1e-4),
+        "a1_ft": run(epochs=0, rl_epochs=0, ft_epochs=2, alpha=0.05, init_from="models/pretrained/a1.pt"),
+        "orphan_ft": run(rl_epochs=0, ft_epochs=2, init_from="elsewhere/x.pt"),
+        "a1_fta": run(epochs=0, rl_epochs=0, ft_epochs=3, ft_anchor=1.0, init_from="models/pretrained/a1.pt"),
+        "a1_fta2": run(epochs=0, rl_epochs=0, ft_epochs=3, ft_anchor=1.0, init_from="models/pretrained/a1_fta.pt"),
+        "a1_ftakd": run(
+            epochs=0,
+            rl_epochs=0,
+            ft_epochs=6,
+            ft_anchor=1.0,
+            ft_teacher="models/pretrained/resnet20.pt",
+            init_from="models/pretrained/a1.pt",
+        ),
+        "a1_ft_rl": run(epochs=0, rl_epochs=1, alpha=0.5, rl_backbone_lr=1e-4, init_from="a1_ft.pt"),
+    }
     assert sweep_point("sp", models) == ("supervised pre-training only", None)
     assert sweep_point("a1", models) == ("hybrid RL (paper)", 1.0)
     assert sweep_point("a1_blr", models) == ("hybrid RL, backbone lr 0.0001", 1.0)
     assert sweep_point("a1_ft", models) == ("+ fine-tuned under the fixed policy", 1.0), "alpha of the policy it kept"
     assert sweep_point("orphan_ft", models) == ("+ fine-tuned under the fixed policy", None)
-    assert sweep_point("a1_fta", models) == sweep_point("a1_fta2", models) == ("+ fine-tuned, gates anchored to the policy", 1.0)
-    assert sweep_point("a1_ftakd", models) == ("+ fine-tuned, gates anchored to the policy, distilled from a teacher", 1.0)
+    assert (
+        sweep_point("a1_fta", models)
+        == sweep_point("a1_fta2", models)
+        == ("+ fine-tuned, gates anchored to the policy", 1.0)
+    )
+    assert sweep_point("a1_ftakd", models) == (
+        "+ fine-tuned, gates anchored to the policy, distilled from a teacher",
+        1.0,
+    )
     assert sweep_point("a1_ft_rl", models) == ("fine-tuned, then hybrid RL again", 0.5)
 
 
@@ -257,8 +370,9 @@ def test_seeds_section_lists_only_sources_with_finished_runs(tmp_path):
     unfinished = tmp_path / "experiments" / "repr_fmnist"
     unfinished.mkdir(parents=True)
     (unfinished / "convnet3_s1.last.pt").write_bytes(b"resumable state")
-    assert results.seed_sources(tmp_path) == {title: [tmp_path / "convnet3_fmnist.pt"]
-                                              for title in results.SEED_EXPERIMENTS if "RePr" in title}
+    assert results.seed_sources(tmp_path) == {
+        title: [tmp_path / "convnet3_fmnist.pt"] for title in results.SEED_EXPERIMENTS if "RePr" in title
+    }
     section = results.seeds_section(tmp_path)
     assert "experiments/repr_fmnist" not in section and "| convnet3 | baseline |" in section
 
@@ -283,8 +397,15 @@ def test_paper_scale_forces_the_bundled_rates_onto_resnet110():
 
 
 def test_static_frontier_interpolates_in_macs():
-    variants = {"static width 0.25": {"macs_mean": 10.0, "test_acc": 0.90}, "static width 0.5": {"macs_mean": 20.0, "test_acc": 0.92},
-                "threshold 0.9": {"macs_mean": 15.0, "test_acc": 0.99}}  # not a static network: ignored
-    assert results.static_at(variants, 15.0, "static width") == (pytest.approx(0.91), "static width 0.25", "static width 0.5")
+    variants = {
+        "static width 0.25": {"macs_mean": 10.0, "test_acc": 0.90},
+        "static width 0.5": {"macs_mean": 20.0, "test_acc": 0.92},
+        "threshold 0.9": {"macs_mean": 15.0, "test_acc": 0.99},
+    }  # not a static network: ignored
+    assert results.static_at(variants, 15.0, "static width") == (
+        pytest.approx(0.91),
+        "static width 0.25",
+        "static width 0.5",
+    )
     assert results.static_at(variants, 20.0, "static width")[0] == pytest.approx(0.92)
     assert results.static_at(variants, 25.0, "static width") is None

@@ -1,7 +1,6 @@
 """AppTest of every page: bundled models, samples, real uploads, bad input that must not crash it, the data
 behind the charts, the files behind the download buttons, and a shared model that no request mutates."""
-import base64
-import hashlib
+
 import io
 import json
 import tempfile
@@ -17,24 +16,19 @@ from streamlit.testing.v1 import AppTest
 from models import create_model
 from models.checkpoint import save_checkpoint
 from models.data import FASHION_MNIST
-from test_images import encode, huge_png, shoe_on_white
 
-from conftest import REPO
-
-APP = str(REPO / "app" / "streamlit_app.py")
-TIMEOUT = 600  # per script run: generous for a loaded 2-core machine; a hang still fails
-TINY_META = {"name": "tiny", "method": "baseline", "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
-             "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "dark_background": True,
-             "metrics": {"test_acc": 0.5}, "recipe": {}}
-
-
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    save_checkpoint(tmp_path / "tiny.pt", create_model("resnet8", in_chans=1), TINY_META)
-    monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    return tmp_path
+from helpers import (
+    TINY_META,
+    array_shape,
+    chart_data,
+    encode,
+    fingerprint,
+    huge_png,
+    page,
+    plotly_values,
+    shoe_on_white,
+    start,
+)
 
 
 @pytest.fixture
@@ -50,14 +44,6 @@ def downloads(monkeypatch) -> dict[str, tuple[str, bytes]]:
 
     monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
     return seen
-
-
-def start(script: str = APP) -> AppTest:
-    """The whole app (or one page's script), run once without an exception."""
-    at = AppTest.from_file(script, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def shown_images(at: AppTest) -> list[str]:
@@ -96,19 +82,26 @@ def test_upload_images_good_odd_and_bad(models_dir):
     assert not at.exception, at.exception
     errors = [e.value for e in at.error]
     assert len(errors) == 3, errors
-    assert errors[0].startswith("bomb.png: ") and "megapixel limit" in errors[0], "refused at the uploader, before decoding"
+    assert errors[0].startswith("bomb.png: ") and "megapixel limit" in errors[0], (
+        "refused at the uploader, before decoding"
+    )
     assert errors[1] == "fake.png: not an image file (or a format Pillow cannot read)"
     assert errors[2].startswith("cut.png: broken or truncated image")
-    assert [w.value for w in at.warning] == ["anim.gif: animated (2 frames): used the first frame",
-                                             "cmyk.jpg: CMYK converted to RGB",
-                                             "deep.png: 16-bit grayscale image rescaled to 8 bits",
-                                             "alpha.png: transparency composited on white"]
-    assert shown_images(at) == ["ankle-boot-1.png", "shoe.jpg", "anim.gif", "cmyk.jpg", "deep.png", "alpha.png"], \
+    assert [w.value for w in at.warning] == [
+        "anim.gif: animated (2 frames): used the first frame",
+        "cmyk.jpg: CMYK converted to RGB",
+        "deep.png: 16-bit grayscale image rescaled to 8 bits",
+        "alpha.png: transparency composited on white",
+    ]
+    assert shown_images(at) == ["ankle-boot-1.png", "shoe.jpg", "anim.gif", "cmyk.jpg", "deep.png", "alpha.png"], (
         "the rest still works"
+    )
     predictions = [m.value for m in at.metric if m.label == "Prediction"]
     assert len(predictions) == 6 and set(predictions) <= set(FASHION_MNIST.classes)
     tops = [d["data"][0] for d in chart_data(at) if d["layout"]["title"]["text"] == "Top classes"]
-    assert len(tops) == 6 and all(t["y"][-1] == p for t, p in zip(tops, predictions)), "bars are the trace's top classes"
+    assert len(tops) == 6 and all(t["y"][-1] == p for t, p in zip(tops, predictions)), (
+        "bars are the trace's top classes"
+    )
     assert any("inverted" in c.value for c in at.caption)
 
 
@@ -117,11 +110,14 @@ def test_side_by_side_upload_replaces_the_sample(models_dir):
     at.radio(key="inspect-mode").set_value("Side by side").run()
     at.file_uploader(key="side1-upload").set_value(("anim.gif", encode(shoe_on_white(), "GIF"), "image/gif")).run()
     assert not at.exception
-    assert shown_images(at) == ["ankle-boot-1.png", "anim.gif"] and not at.warning, "a one-frame palette GIF is plain RGB"
+    assert shown_images(at) == ["ankle-boot-1.png", "anim.gif"] and not at.warning, (
+        "a one-frame palette GIF is plain RGB"
+    )
 
 
 def _broken_checkpoints(folder) -> dict[str, tuple[bytes, str]]:
     """Uploads that are not usable RouteScope checkpoints, with the message each must give."""
+
     def routescope(meta: dict) -> bytes:
         path = folder / "broken.pt"
         save_checkpoint(path, create_model("resnet8", in_chans=1), meta)
@@ -134,7 +130,10 @@ def _broken_checkpoints(folder) -> dict[str, tuple[bytes, str]]:
         "zip.pt": (b"PK\x03\x04 not torch", "not a loadable RouteScope checkpoint"),
         "state_dict.pt": (plain.getvalue(), "not a RouteScope checkpoint (a plain state_dict"),
         "no_classes.pt": (routescope({k: v for k, v in TINY_META.items() if k != "classes"}), "its meta lacks classes"),
-        "rgb_meta.pt": (routescope({**TINY_META, "input_size": [3, 32, 32]}), "a 3x32x32 input does not run through it"),
+        "rgb_meta.pt": (
+            routescope({**TINY_META, "input_size": [3, 32, 32]}),
+            "a 3x32x32 input does not run through it",
+        ),
         "few_classes.pt": (routescope({**TINY_META, "classes": ["a", "b"]}), "gives (1, 10) logits for 2 classes"),
     }
 
@@ -159,29 +158,6 @@ def test_compare_page_with_a_model_for_other_images(models_dir, tmp_path_factory
     at.sidebar.radio[0].set_value("Upload a checkpoint").run()
     at.sidebar.file_uploader[0].set_value(("rgb.pt", path.read_bytes(), "application/octet-stream")).run()
     assert not at.exception and "takes 3x32x32 inputs, the test images are 1x28x28" in at.error[0].value
-
-
-def page(name: str) -> AppTest:
-    return start(str(REPO / "app" / "views" / f"{name}.py"))
-
-
-def plotly_values(values: list | dict) -> list | np.ndarray:
-    """A trace's data as plotly's JSON holds it: a list, or a numpy array encoded as ``{"dtype", "bdata"}``."""
-    if isinstance(values, dict):
-        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
-    return values
-
-
-def chart_data(at: AppTest) -> list[dict]:
-    """The plotly figure JSON behind every chart of the page."""
-    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
-
-
-def array_shape(value) -> tuple:
-    """Shape of a plotly array, whether plain lists or plotly's typed-array encoding."""
-    if isinstance(value, dict):
-        return tuple(int(n) for n in value["shape"].split(","))
-    return np.asarray(value).shape
 
 
 def test_inspect_side_by_side_and_across_models(models_dir):
@@ -230,19 +206,6 @@ def test_figures_page_offers_png_pdf_and_svg(models_dir, downloads):
             assert b"<svg" in data[:2000]
 
 
-def fingerprint(model: torch.nn.Module) -> str:
-    """Weights, buffers, grads, hooks, modes and plain attributes of every module, and the meta."""
-    digest = hashlib.sha256(json.dumps(model.meta, sort_keys=True, default=repr).encode())
-    for name, value in model.state_dict(keep_vars=True).items():
-        digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
-        digest.update(f"{value.requires_grad}{value.grad is None}".encode())
-    for name, module in model.named_modules():
-        plain = {k: repr(v) for k, v in vars(module).items() if isinstance(v, (bool, int, float, str, tuple, type(None)))}
-        hooks = [len(getattr(module, h)) for h in vars(module) if h.endswith("_hooks")]
-        digest.update(repr((name, type(module).__name__, sorted(plain.items()), hooks)).encode())
-    return digest.hexdigest()
-
-
 def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
     """Inspect (uploads, attributions of a decision, IG and GradCAM, a forced gate, a knob moved, a perturbation
     sweep), Compare (with its knob sweep): the shared model stays as loaded."""
@@ -267,7 +230,9 @@ def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
     at.sidebar.selectbox[0].set_value("tiny_skipnet").run()
     at.file_uploader[0].set_value(("shoe.jpg", encode(shoe_on_white(), "JPEG"), "image/jpeg")).run()
     skips = [d["data"][0] for d in chart_data(at) if d["layout"]["title"]["text"].startswith("Blocks executed")]
-    assert len(skips) == 2 and all(len(s["z"][0]) == len(skipnet.gate_names) and set(s["z"][0]) <= {0, 1} for s in skips)
+    assert len(skips) == 2 and all(
+        len(s["z"][0]) == len(skipnet.gate_names) and set(s["z"][0]) <= {0, 1} for s in skips
+    )
     at.toggle(key="img1-explain").set_value(True).run()
     target = at.selectbox(key="img1-target")
     target.set_value(target.options[1]).run()  # a skip decision
@@ -295,7 +260,9 @@ def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
     assert {name: fingerprint(model) for name, model in shared.items()} == before
 
 
-@pytest.mark.parametrize("bundled, kind", [("dgconv_resnet20_fmnist_b0.5", "groups"), ("repr_convnet3_fmnist", "filters")])
+@pytest.mark.parametrize(
+    "bundled, kind", [("dgconv_resnet20_fmnist_b0.5", "groups"), ("repr_convnet3_fmnist", "filters")]
+)
 def test_structure_page_of_a_bundled_model(tmp_path, monkeypatch, bundled, kind):
     """The learned structure of a real DGConv / RePr checkpoint: table and heatmap data from the model itself."""
     import shutil
@@ -314,7 +281,9 @@ def test_structure_page_of_a_bundled_model(tmp_path, monkeypatch, bundled, kind)
     if kind == "groups":
         table = at.dataframe[0].value
         assert list(table["groups"]) == [e["groups"] for e in entries]
-        assert np.asarray(heatmap["z"]).sum() == sum(len(e["group_of_channel"]) ** 2 // e["groups"] for e in entries[:1])
+        assert np.asarray(heatmap["z"]).sum() == sum(
+            len(e["group_of_channel"]) ** 2 // e["groups"] for e in entries[:1]
+        )
     else:
         ranking = at.dataframe[0].value
         assert sorted(ranking["overlap"].round(6)) == sorted(np.round(entries[0]["overlap"], 6))
@@ -338,22 +307,41 @@ def test_results_page_pareto_speed_and_seeds(tmp_path, monkeypatch):
     for name in names:
         shutil.copy(PRETRAINED / f"{name}.pt", tmp_path / f"{name}.pt")
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    row = {"model": "m", "vs": "dense backbone", "mac_ratio": 0.5, "latency_ms": 1.0, "latency_ref_ms": 2.0,
-           "latency_ratio": 0.5, "batch": 64, "throughput": 4.0, "throughput_ref": 2.0, "throughput_ratio": 2.0}
-    (tmp_path / "bench.json").write_text(json.dumps({"command": "python -m analysis.bench", "machine": "test", "torch": "x",
-                                                      "date": "2026-11-22", "rows": [row]}))
+    row = {
+        "model": "m",
+        "vs": "dense backbone",
+        "mac_ratio": 0.5,
+        "latency_ms": 1.0,
+        "latency_ref_ms": 2.0,
+        "latency_ratio": 0.5,
+        "batch": 64,
+        "throughput": 4.0,
+        "throughput_ref": 2.0,
+        "throughput_ratio": 2.0,
+    }
+    (tmp_path / "bench.json").write_text(
+        json.dumps(
+            {"command": "python -m tools.bench", "machine": "test", "torch": "x", "date": "2026-11-22", "rows": [row]}
+        )
+    )
     monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
     st.cache_data.clear()
     at = page("results")
     assert "broken.pt" in at.warning[0].value
     frame = models_frame(tmp_path / f"{n}.pt" for n in names)
     (figure,) = chart_data(at)
-    points = [(x, y) for trace in figure["data"] if trace["mode"] == "markers"
-              for x, y in zip(plotly_values(trace["x"]), plotly_values(trace["y"]))]
+    points = [
+        (x, y)
+        for trace in figure["data"]
+        if trace["mode"] == "markers"
+        for x, y in zip(plotly_values(trace["x"]), plotly_values(trace["y"]))
+    ]
     assert sorted(points) == sorted(zip(frame["macs_mean"] / 1e6, frame["test_acc"] * 100))
     (line,) = [trace for trace in figure["data"] if trace["name"] == "Pareto front"]
     front = pareto_front(frame)
-    assert list(plotly_values(line["x"])) == list(front["macs_mean"] / 1e6) and front["name"].iloc[-1] == "resnet20_fmnist"
+    assert (
+        list(plotly_values(line["x"])) == list(front["macs_mean"] / 1e6) and front["name"].iloc[-1] == "resnet20_fmnist"
+    )
     table = at.dataframe[0].value
     assert set(table["name"]) == set(names) and set(table.loc[table["on_front"], "name"]) == set(front["name"])
     assert at.dataframe[1].value["throughput_ratio"].tolist() == [2.0]

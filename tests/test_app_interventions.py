@@ -1,6 +1,7 @@
 """AppTest of "Question the routing": every decision's control and the knob sliders change the intervened run
 (MACs, forced decisions), a shared URL restores the view and a bad one is a message, the perturbation sweep,
 the Compare page's knob sweep and routing patterns."""
+
 import json
 
 import pytest
@@ -10,10 +11,16 @@ import torch
 from analysis.core.catalog import sample_images
 from models import create_model
 from models.checkpoint import save_checkpoint
-from test_app import TINY_META, array_shape, chart_data, fingerprint, page, plotly_values
+
+from helpers import APP, TIMEOUT, TINY_META, array_shape, chart_data, fingerprint, page, plotly_values
 
 SAMPLE = sample_images()[0].name
-TINY = {"skipnet": "skipnet_resnet8", "dsnet": "dsnet_resnet8", "early_exit": "early_exit_resnet8", "condconv": "condconv_resnet8"}
+TINY = {
+    "skipnet": "skipnet_resnet8",
+    "dsnet": "dsnet_resnet8",
+    "early_exit": "early_exit_resnet8",
+    "condconv": "condconv_resnet8",
+}
 
 
 @pytest.fixture
@@ -22,8 +29,11 @@ def dynamic_dir(tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "tiny.pt", create_model("resnet8", in_chans=1), TINY_META)
     for method, arch in TINY.items():
         torch.manual_seed(0)
-        save_checkpoint(tmp_path / f"{method}.pt", create_model(arch, in_chans=1).eval(),
-                        {**TINY_META, "name": method, "method": method})
+        save_checkpoint(
+            tmp_path / f"{method}.pt",
+            create_model(arch, in_chans=1).eval(),
+            {**TINY_META, "name": method, "method": method},
+        )
     monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
     st.cache_resource.clear()
     st.cache_data.clear()
@@ -39,8 +49,6 @@ def inspect_with(model: str, params: dict | None = None):
 
 def start_with(params: dict | None):
     from streamlit.testing.v1 import AppTest
-
-    from test_app import APP, TIMEOUT
 
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     for k, v in (params or {}).items():
@@ -102,8 +110,14 @@ def test_knob_slider_moves_the_intervened_run(dynamic_dir):
 def test_width_select_on_a_dsnet(dynamic_dir):
     at = intervene(inspect_with("dsnet"))
     widths = [s for s in at.selectbox if s.key and s.key.startswith("img0-ctl-")]
-    assert widths and all(s.options == [f"{w:g}x ({round(w * int(s.options[-1].split()[3]))} of {s.options[-1].split()[3]} channels)"
-                                        for w in (0.25, 0.5, 0.75, 1.0)] for s in widths)
+    assert widths and all(
+        s.options
+        == [
+            f"{w:g}x ({round(w * int(s.options[-1].split()[3]))} of {s.options[-1].split()[3]} channels)"
+            for w in (0.25, 0.5, 0.75, 1.0)
+        ]
+        for s in widths
+    )
     target = 0.25 if widths[0].value != 0.25 else 1.0
     widths[0].set_value(target).run()
     assert not at.exception, at.exception
@@ -140,8 +154,12 @@ def test_force_and_refuse_an_exit(dynamic_dir):
 
 
 def test_url_restores_the_view(dynamic_dir):
-    params = {"model": "skipnet", "image": sample_images()[1].name, "override": ["layer2.0.executed=false"],
-              "knob": ["threshold=0.3"]}
+    params = {
+        "model": "skipnet",
+        "image": sample_images()[1].name,
+        "override": ["layer2.0.executed=false"],
+        "knob": ["threshold=0.3"],
+    }
     at = start_with(params)
     assert at.sidebar.selectbox[0].value == "skipnet"
     assert at.multiselect(key="inspect-samples").value == [sample_images()[1].name]
@@ -152,14 +170,17 @@ def test_url_restores_the_view(dynamic_dir):
     assert not at.error and not at.warning
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"model": "nope"}, "not bundled"),
-    ({"model": "skipnet", "image": "missing.png"}, "not a sample image"),
-    ({"model": "skipnet", "override": ["layer9.9.executed=false"]}, "no decision at 'layer9.9'"),
-    ({"model": "skipnet", "override": ["garbage"]}, "not LAYER.FIELD=VALUE"),
-    ({"model": "skipnet", "knob": ["threshold=7"]}, "outside"),
-    ({"model": "dsnet", "override": ["layer2.width=0.3"]}, "not one of"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"model": "nope"}, "not bundled"),
+        ({"model": "skipnet", "image": "missing.png"}, "not a sample image"),
+        ({"model": "skipnet", "override": ["layer9.9.executed=false"]}, "no decision at 'layer9.9'"),
+        ({"model": "skipnet", "override": ["garbage"]}, "not LAYER.FIELD=VALUE"),
+        ({"model": "skipnet", "knob": ["threshold=7"]}, "outside"),
+        ({"model": "dsnet", "override": ["layer2.width=0.3"]}, "not one of"),
+    ],
+)
 def test_bad_url_is_a_message(dynamic_dir, params, message):
     at = start_with(params)
     if "override" in params and "width" in params["override"][0]:
@@ -173,7 +194,9 @@ def test_perturbation_view(dynamic_dir):
     at.toggle(key="img0-perturb").set_value(True).run()
     at.selectbox(key="img0-ptype").set_value("occlusion").run()
     assert not at.exception, at.exception
-    (figure,) = [d for d in chart_data(at) if d["layout"].get("title", {}).get("text", "").startswith("Perturbation sweep")]
+    (figure,) = [
+        d for d in chart_data(at) if d["layout"].get("title", {}).get("text", "").startswith("Perturbation sweep")
+    ]
     from app.resources import load_bundled
 
     probability, macs, decisions = figure["data"]
@@ -214,7 +237,9 @@ def test_interventions_never_mutate_the_cached_model(dynamic_dir):
     before = {name: fingerprint(model) for name, model in shared.items()}
     for name in TINY:
         at = intervene(inspect_with(name))
-        control = next(w for w in [*at.toggle, *at.selectbox] if w.key and w.key.startswith("img0-ctl-") and not w.disabled)
+        control = next(
+            w for w in [*at.toggle, *at.selectbox] if w.key and w.key.startswith("img0-ctl-") and not w.disabled
+        )
         control.set_value(not control.value if isinstance(control.value, bool) else control.options[-1]).run()
         for knob in [s for s in at.slider if s.key and "-knob-" in s.key]:
             knob.set_value(knob.max).run()
@@ -225,14 +250,17 @@ def test_interventions_never_mutate_the_cached_model(dynamic_dir):
 
 
 def test_refuse_the_exit_of_the_bundled_early_exit_model(tmp_path, monkeypatch):
-    """With the trained early-exit ResNet (once bundled): refusing the exit an image took sends it on, with more MACs."""
+    """With the trained early-exit ResNet (once bundled): refusing the exit an image took sends it on, with more
+    MACs."""
     import shutil
 
     from analysis.core.catalog import PRETRAINED
 
     bundled = PRETRAINED / "early_exit_resnet20_fmnist.pt"
     if not bundled.exists():
-        pytest.skip("models/pretrained/early_exit_resnet20_fmnist.pt is not there yet (the tiny model covers the controls)")
+        pytest.skip(
+            "models/pretrained/early_exit_resnet20_fmnist.pt is not there yet (the tiny model covers the controls)"
+        )
     shutil.copy(bundled, tmp_path / bundled.name)
     monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
     st.cache_resource.clear()

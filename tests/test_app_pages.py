@@ -1,6 +1,7 @@
 """AppTest of what spans the pages: the chosen (or uploaded) model follows the user and every page names it, the
 Training page opens run files only, refusals are sentences next to their control, the device the app loads on,
 and the latency timed against the dense network in one run."""
+
 import io
 import os
 import pickle
@@ -13,18 +14,19 @@ from streamlit.testing.v1 import AppTest
 
 from models import create_model
 from models.checkpoint import save_checkpoint
-from test_app import APP, TIMEOUT, TINY_META, models_dir, page, start  # noqa: F401 (fixture)
-from test_images import encode, shoe_on_white
 
-from conftest import REPO
+from helpers import APP, REPO, TIMEOUT, TINY_META, encode, page, shoe_on_white, start
 
 VIEWS = "views"  # AppTest.switch_page takes paths relative to the entry script's folder
 
 
 @pytest.fixture
-def two_models(models_dir):  # noqa: F811
-    save_checkpoint(models_dir / "tiny_skipnet.pt", create_model("skipnet_resnet8", in_chans=1),
-                    {**TINY_META, "name": "tiny_skipnet", "method": "skipnet"})
+def two_models(models_dir):
+    save_checkpoint(
+        models_dir / "tiny_skipnet.pt",
+        create_model("skipnet_resnet8", in_chans=1),
+        {**TINY_META, "name": "tiny_skipnet", "method": "skipnet"},
+    )
     return models_dir
 
 
@@ -64,7 +66,9 @@ def test_an_uploaded_model_follows_across_pages(two_models, tmp_path):
     save_checkpoint(tmp_path / "mine.pt", create_model("resnet8", in_chans=1), {**TINY_META, "name": "mine"})
     at = start()
     at.sidebar.radio(key="model-source").set_value("Upload a checkpoint").run()
-    at.sidebar.file_uploader[0].set_value(("mine.pt", (tmp_path / "mine.pt").read_bytes(), "application/octet-stream")).run()
+    at.sidebar.file_uploader[0].set_value(
+        ("mine.pt", (tmp_path / "mine.pt").read_bytes(), "application/octet-stream")
+    ).run()
     assert "**mine** (uploaded file `mine.pt`)" in model_caption(at)
     for name in ("figures", "compare", "structure"):
         go(at, name)
@@ -103,12 +107,23 @@ def _state_dict() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("name, data, words", [
-    ("random.pt", np.random.default_rng(1).bytes(8192), "not a PyTorch file"),
-    ("module.pt", _module_pickle(), "contains pickled Python code (models.resnet.ResNet), which RouteScope never runs"),
-    ("code.pt", pickle.dumps(os.system), "never unpickles code"),
-    ("model_best.pth.tar", _state_dict(), "converters for published checkpoint layouts (.pth.tar) are not available yet"),
-])
+@pytest.mark.parametrize(
+    "name, data, words",
+    [
+        ("random.pt", np.random.default_rng(1).bytes(8192), "not a PyTorch file"),
+        (
+            "module.pt",
+            _module_pickle(),
+            "contains pickled Python code (models.resnet.ResNet), which RouteScope never runs",
+        ),
+        ("code.pt", pickle.dumps(os.system), "never unpickles code"),
+        (
+            "model_best.pth.tar",
+            _state_dict(),
+            "converters for published checkpoint layouts (.pth.tar) are not available yet",
+        ),
+    ],
+)
 def test_checkpoint_refusals_are_the_projects_sentences(models_dir, name, data, words):  # noqa: F811
     at = start()
     at.sidebar.radio(key="model-source").set_value("Upload a checkpoint").run()

@@ -3,7 +3,10 @@ and must see the prediction and the decision charts (the upload-to-ready time is
 flips one gate in the Intervene panel and must see the intervened prediction card and MACs update.
 
 Skipped when Chromium or playwright is missing, unless ``ROUTESCOPE_REQUIRE_BROWSER=1`` (CI), where that fails.
+The default run (``make test``, so CI) drives the browser through every page (the README's screenshots) and the root
+URL; the upload and the Inspect-to-Compare sessions are marked ``heavy`` (``make test-all``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from analysis.core.catalog import featured
-from analysis.serve import ServerError, running_app
+from tools.serve import ServerError, running_app
 from models.data import SAMPLE_IMAGES as SAMPLES
 from models.data import FASHION_MNIST
 
-from conftest import REPO
+from helpers import REPO
 
 pytestmark = pytest.mark.browser
 
@@ -48,7 +51,7 @@ def _cpu_seconds(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The app on a free loopback port with the bundled models (``analysis.serve``): (url, pid, log)."""
+    """The app on a free loopback port with the bundled models (``tools.serve``): (url, pid, log)."""
     reason = _missing()
     if reason:
         if os.environ.get("ROUTESCOPE_REQUIRE_BROWSER") == "1":
@@ -85,6 +88,7 @@ def _skipnet() -> str:
     return flagship
 
 
+@pytest.mark.heavy
 def test_upload_shows_prediction_and_decision_charts(server, page, tmp_path, capsys):
     from playwright.sync_api import expect
 
@@ -107,7 +111,9 @@ def test_upload_shows_prediction_and_decision_charts(server, page, tmp_path, cap
     expect(skip_charts).to_have_count(2)
     expect(page.locator(".js-plotly-plot").filter(has_text="Top classes")).to_have_count(2)
     page.wait_for_function(  # every chart's traces drawn (bars, heatmap), not just its container mounted
-        "() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg .trace, .main-svg .hm'))")
+        "() => [...document.querySelectorAll('.js-plotly-plot')]"
+        ".every(p => p.querySelector('.main-svg .trace, .main-svg .hm'))"
+    )
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)  # and the script run is over
     ready_s, server_cpu_s = time.perf_counter() - start, _cpu_seconds(pid) - cpu_before
 
@@ -137,9 +143,16 @@ def test_upload_shows_prediction_and_decision_charts(server, page, tmp_path, cap
     expect(page).to_have_url(re.compile(r"[?&]override=layer"))  # the view is in the URL, to share
     page.screenshot(path=str(tmp_path / "intervene.png"), full_page=True)
 
-    report = {"upload_to_ready_s": round(ready_s, 3), "server_cpu_s": round(server_cpu_s, 3), "model": model,
-              "image": UPLOAD.name, "images_on_page": 2, "cpu_count": os.cpu_count(),
-              "load_average_1min": round(os.getloadavg()[0], 2), "nice": os.nice(0)}
+    report = {
+        "upload_to_ready_s": round(ready_s, 3),
+        "server_cpu_s": round(server_cpu_s, 3),
+        "model": model,
+        "image": UPLOAD.name,
+        "images_on_page": 2,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "nice": os.nice(0),
+    }
     (tmp_path / "browser_timing.json").write_text(json.dumps(report, indent=2))
     with capsys.disabled():
         print(f"\nbrowser: upload to ready {ready_s:.2f} s (server CPU {server_cpu_s:.2f} s), {json.dumps(report)}")
@@ -147,8 +160,14 @@ def test_upload_shows_prediction_and_decision_charts(server, page, tmp_path, cap
 
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
-PAGES = {"inspect": "skipnet_resnet20_fmnist_a0.75_fta6kd", "compare": "early_exit_resnet20_fmnist",
-         "structure": "dgconv_resnet20_fmnist_b0.6_e8", "figures": None, "results": None, "training": None}
+PAGES = {
+    "inspect": "skipnet_resnet20_fmnist_a0.75_fta6kd",
+    "compare": "early_exit_resnet20_fmnist",
+    "structure": "dgconv_resnet20_fmnist_b0.6_e8",
+    "figures": None,
+    "results": None,
+    "training": None,
+}
 
 
 def _no_page_not_found(page) -> None:
@@ -177,8 +196,11 @@ def test_every_page_renders_and_is_photographed(server, page, tmp_path):
         expect(page.get_by_test_id("stException")).to_have_count(0)
         assert page.url.split("?")[0].rstrip("/").endswith(f"/{name}"), page.url
         if model:  # the link chose the model: the sidebar select holds it and the page names it
-            page.wait_for_function("name => document.querySelector('[data-testid=stSidebar]').innerHTML.includes(name)",
-                                   arg=model, timeout=120_000)
+            page.wait_for_function(
+                "name => document.querySelector('[data-testid=stSidebar]').innerHTML.includes(name)",
+                arg=model,
+                timeout=120_000,
+            )
             expect(page.get_by_test_id("stCaptionContainer").filter(has_text=f"Model: {model}")).to_have_count(1)
         page.screenshot(path=str(out / f"{name}.png"))
     assert {p.stem for p in out.glob("*.png")} >= set(PAGES)
@@ -197,6 +219,7 @@ def test_the_root_url_opens_inspect_with_its_link(server, page):
     _no_page_not_found(page)
 
 
+@pytest.mark.heavy
 def test_the_chosen_model_follows_to_compare(server, page):
     """Pick a model on Inspect, open Compare from the menu: Compare shows and names the same model."""
     from playwright.sync_api import expect

@@ -7,8 +7,17 @@ import torch
 from models import create_model, list_models
 from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
-META = {"name": "tiny", "method": "baseline", "dataset": "fashion-mnist", "classes": [str(i) for i in range(10)],
-        "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "metrics": {}, "recipe": {}}
+META = {
+    "name": "tiny",
+    "method": "baseline",
+    "dataset": "fashion-mnist",
+    "classes": [str(i) for i in range(10)],
+    "input_size": [1, 28, 28],
+    "mean": [0.286],
+    "std": [0.353],
+    "metrics": {},
+    "recipe": {},
+}
 
 
 def test_registry_lists_cifar_resnets():

@@ -1,4 +1,6 @@
-"""CondConv: the batched grouped conv against per-example and per-expert references, routing, MACs, training, checkpoints."""
+"""CondConv: the batched grouped conv against per-example and per-expert references, routing, MACs, training,
+checkpoints."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +38,7 @@ def reference_loop(conv: CondConv2d, x: torch.Tensor, routing: torch.Tensor) -> 
     for b in range(len(x)):
         kernel = (routing[b, :, None] * conv.weight).sum(0).view(conv.weight_shape)
         bias = routing[b] @ conv.bias if conv.bias is not None else None
-        outs.append(F.conv2d(x[b:b + 1], kernel, bias, conv.stride, conv.padding, groups=conv.groups))
+        outs.append(F.conv2d(x[b : b + 1], kernel, bias, conv.stride, conv.padding, groups=conv.groups))
     return torch.cat(outs)
 
 
@@ -50,7 +52,9 @@ def reference_experts(conv: CondConv2d, x: torch.Tensor, routing: torch.Tensor) 
     return out
 
 
-@pytest.mark.parametrize("groups,stride,bias,batch", [(1, 1, False, 5), (2, 2, True, 3), (4, 1, True, 1), (1, 2, False, 1)])
+@pytest.mark.parametrize(
+    "groups,stride,bias,batch", [(1, 1, False, 5), (2, 2, True, 3), (4, 1, True, 1), (1, 2, False, 1)]
+)
 @torch.no_grad()
 def test_batched_conv_equals_loop_and_expert_mixture(groups, stride, bias, batch):
     conv = CondConv2d(8, 12, 3, stride, 1, groups=groups, num_experts=4, bias=bias)
@@ -125,9 +129,9 @@ def test_macs_agree_with_flop_counter_and_across_batch_sizes():
     x = torch.randn(5, 1, 28, 28)
     _, batched = traced_forward(model, x)
     for i in range(len(x)):
-        _, single = traced_forward(model, x[i:i + 1])
+        _, single = traced_forward(model, x[i : i + 1])
         with FlopCounterMode(display=False) as counter:
-            model(x[i:i + 1])
+            model(x[i : i + 1])
         assert counter.get_total_flops() == pytest.approx(2 * single.macs[0].item(), rel=0.01)
         assert batched.macs[i].item() == pytest.approx(single.macs[0].item(), rel=1e-9)
     # the executed MACs are the dense backbone's plus routing (Linear) and kernel combination ((1,E) @ (E,P))
@@ -192,11 +196,22 @@ def test_checkpoint_roundtrip_gives_identical_outputs(tmp_path):
     model = make(condconv_stages=[2, 3], num_experts=8)
     x = torch.randn(3, 1, 28, 28)
     want = model(x, return_routing=True)
-    meta = {"name": "cc", "method": model.method, "dataset": "fashion-mnist", "classes": [str(i) for i in range(10)],
-            "input_size": [1, 28, 28], "mean": [0.5], "std": [0.5], "metrics": {}, "recipe": {}}
+    meta = {
+        "name": "cc",
+        "method": model.method,
+        "dataset": "fashion-mnist",
+        "classes": [str(i) for i in range(10)],
+        "input_size": [1, 28, 28],
+        "mean": [0.5],
+        "std": [0.5],
+        "metrics": {},
+        "recipe": {},
+    }
     save_checkpoint(tmp_path / "cc.pt", model, meta)
     loaded = load_checkpoint(tmp_path / "cc.pt", form="train")
-    assert isinstance(loaded, CondConvResNet) and not loaded.training and loaded.routing_layers() == model.routing_layers()
+    assert (
+        isinstance(loaded, CondConvResNet) and not loaded.training and loaded.routing_layers() == model.routing_layers()
+    )
     got = loaded(x, return_routing=True)
     assert torch.equal(got.logits, want.logits) and torch.equal(got.routing, want.routing)
 
@@ -205,12 +220,32 @@ def test_trainer_runs_condconv(fmnist_dir, tmp_path):
     """End to end through models.train (channels_last on CPU, recipe lookup, final evaluation)."""
     from models import train
 
-    args = ["--model", "condconv_resnet8", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "16",
-            "--limit-batches", "2", "--no-progress", "--data-dir", str(fmnist_dir), "--out", str(tmp_path),
-            "--name", "cc", "--model-args", '{"num_experts": 4, "condconv_stages": [3]}']
+    args = [
+        "--model",
+        "condconv_resnet8",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--limit-batches",
+        "2",
+        "--no-progress",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "cc",
+        "--model-args",
+        '{"num_experts": 4, "condconv_stages": [3]}',
+    ]
     assert train.main(args) == 0
     model = load_checkpoint(tmp_path / "cc.pt")
-    assert model.meta["method"] == "condconv" and model.meta["metrics"]["macs_mean"] > model.meta["metrics"]["macs_full"]
+    assert (
+        model.meta["method"] == "condconv" and model.meta["metrics"]["macs_mean"] > model.meta["metrics"]["macs_full"]
+    )
 
 
 @torch.no_grad()
@@ -221,8 +256,17 @@ def test_upcycled_experts_reproduce_the_dense_network_at_neutral_routing(tmp_pat
     torch.manual_seed(1)
     dense = create_model("resnet8", num_classes=10, in_chans=1)
     randomize_batchnorm(dense)
-    meta = {"name": "dense", "method": "baseline", "dataset": "fashion-mnist", "classes": [str(i) for i in range(10)],
-            "input_size": [1, 28, 28], "mean": [0.5], "std": [0.5], "metrics": {}, "recipe": {}}
+    meta = {
+        "name": "dense",
+        "method": "baseline",
+        "dataset": "fashion-mnist",
+        "classes": [str(i) for i in range(10)],
+        "input_size": [1, 28, 28],
+        "mean": [0.5],
+        "std": [0.5],
+        "metrics": {},
+        "recipe": {},
+    }
     save_checkpoint(tmp_path / "dense.pt", dense, meta)
     model = make(num_experts=4)
     train.init_from(model, str(tmp_path / "dense.pt"))

@@ -1,5 +1,6 @@
 """Results that must not depend on how a model is called: the grad mode, the override's spelling, the inference
 form, the timing path or the device (issue "Correct on every page, input and device")."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis import bench, device_check
+from tools import bench, device_check
 from analysis import inspect as inspect_cli
-from analysis.core.catalog import bundled_checkpoints, featured
+from analysis.core.catalog import bundled_checkpoints
 from analysis.core.latency import paired_latency
 from models import load_checkpoint
 from models.decisions import decision_kinds
@@ -19,15 +20,11 @@ from models.errors import UsageError
 from models.layers.fused import fused_ops, runs_compiled
 from models.trace import check_interventions, forced_forward, traced_forward
 
+from helpers import every_bundled_checkpoint, flagships
+
 PRETRAINED = Path(__file__).resolve().parent.parent / "models" / "pretrained"
 SKIPNET = PRETRAINED / "skipnet_resnet20_fmnist_a0.75_fta6kd.pt"
 SAMPLE = Path(__file__).resolve().parent.parent / "models" / "assets" / "samples"
-
-
-def flagships() -> dict[str, Path]:
-    """One checkpoint per method (its featured flagship) plus the dense ResNet: every decision kind and a static net."""
-    bundled = bundled_checkpoints()
-    return {**{e["flagship"]: bundled[e["flagship"]] for e in featured().values()}, "resnet20_fmnist": bundled["resnet20_fmnist"]}
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +32,18 @@ def images() -> torch.Tensor:
     return torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 
 
-def test_flagships_cover_every_decision_kind():
+def test_flagships_cover_every_decision_kind(loaded_checkpoint):
     kinds = set()
     for path in flagships().values():
-        model = load_checkpoint(path)
+        model = loaded_checkpoint(path)
         kinds |= set(model.decision_layers().values())
     assert kinds == set(decision_kinds("image"))
 
 
 @pytest.mark.parametrize("name", list(flagships()))
-def test_macs_are_the_same_in_every_grad_mode(name, images):
+def test_macs_are_the_same_in_every_grad_mode(name, images, loaded_checkpoint):
     """``inference_mode`` hands composite ops (conv2d, linear) to the counter undecomposed: they must still count."""
-    model = load_checkpoint(flagships()[name])
+    model = loaded_checkpoint(flagships()[name])
     counted = {}
     for mode in (torch.inference_mode, torch.no_grad, torch.enable_grad):
         with mode():
@@ -57,23 +54,41 @@ def test_macs_are_the_same_in_every_grad_mode(name, images):
     assert counted["inference_mode"] == grad and counted["no_grad"] == grad
 
 
-@pytest.mark.parametrize("text,executed", [("True", True), ("False", False), ("true", True), ("false", False),
-                                           ("1", True), ("0", False), ("yes", True), ("no", False), ("FALSE", False)])
+@pytest.mark.parametrize(
+    "text,executed",
+    [
+        ("True", True),
+        ("False", False),
+        ("true", True),
+        ("false", False),
+        ("1", True),
+        ("0", False),
+        ("yes", True),
+        ("no", False),
+        ("FALSE", False),
+    ],
+)
 def test_override_spellings_force_what_they_say(text, executed, capsys):
     """The string "False" is truthy in Python: the CLI forced the block on. Every spelling goes through one parser
     and is typed as the kind declares the field."""
     sample = sorted(SAMPLE.glob("*.png"))[0]
-    code = inspect_cli.main(["--checkpoint", str(SKIPNET), str(sample), "--no-structure",
-                             "--override", f"layer2.1.executed={text}"])
+    code = inspect_cli.main(
+        ["--checkpoint", str(SKIPNET), str(sample), "--no-structure", "--override", f"layer2.1.executed={text}"]
+    )
     assert code == 0
     record = json.loads(capsys.readouterr().out.splitlines()[0])
     entry = next(d for d in record["decisions"] if d["layer"] == "layer2.1")
     assert entry["executed"] is executed and entry["forced"] is True
 
 
-@pytest.mark.parametrize("override,named", [("layer2.1.executed=junk", "layer2.1.executed"),
-                                            ("layer2.1.executed=0.5", "layer2.1.executed"),
-                                            ("layer2.1.executed=[1]", "layer2.1.executed")])
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("layer2.1.executed=junk", "layer2.1.executed"),
+        ("layer2.1.executed=0.5", "layer2.1.executed"),
+        ("layer2.1.executed=[1]", "layer2.1.executed"),
+    ],
+)
 def test_override_of_the_wrong_type_is_a_clear_error(override, named, capsys):
     code = inspect_cli.main(["--checkpoint", str(SKIPNET), "x.png", "--override", override])
     err = capsys.readouterr().err
@@ -88,20 +103,27 @@ def test_typed_overrides_for_every_forcible_field():
         check_interventions(model, {layer: {"width": "wide"}}, {})
     condconv = load_checkpoint(flagships()["condconv_resnet20_fmnist"])
     layer = next(iter(condconv.decision_layers()))
-    assert check_interventions(condconv, {layer: {"weights": "[1, 0, 0, 0]"}}, {})[0][layer]["weights"] == [1.0, 0, 0, 0]
+    assert check_interventions(condconv, {layer: {"weights": "[1, 0, 0, 0]"}}, {})[0][layer]["weights"] == [
+        1.0,
+        0,
+        0,
+        0,
+    ]
     with pytest.raises(ValueError, match="list of numbers"):
         check_interventions(condconv, {layer: {"weights": "[true]"}}, {})
     with pytest.raises(ValueError, match="knob threshold takes a number"):
         check_interventions(load_checkpoint(SKIPNET), {}, {"threshold": "high"})
 
 
-@pytest.mark.parametrize("name", list(bundled_checkpoints()))
-def test_structure_is_the_same_in_both_forms(name):
+@pytest.mark.parametrize("name", every_bundled_checkpoint())
+def test_structure_is_the_same_in_both_forms(name, loaded_checkpoint):
     """Folding BatchNorm built new convs and lost the buffers RePr records its dropped filters in."""
     path = bundled_checkpoints()[name]
-    fast, train = load_checkpoint(path), load_checkpoint(path, form="train")
+    fast, train = loaded_checkpoint(path), loaded_checkpoint(path, form="train")
     a, b = fast.structure(), train.structure()
-    assert [{k: v for k, v in e.items() if k != "overlap"} for e in a] == [{k: v for k, v in e.items() if k != "overlap"} for e in b]
+    assert [{k: v for k, v in e.items() if k != "overlap"} for e in a] == [
+        {k: v for k, v in e.items() if k != "overlap"} for e in b
+    ]
     for x, y in zip(a, b):
         assert x.get("overlap", []) == pytest.approx(y.get("overlap", []), abs=1e-5)
 
@@ -112,14 +134,15 @@ def test_repr_fast_form_reports_its_dropped_filters():
 
 
 def test_app_latency_times_the_fast_batch1_path(monkeypatch):
-    """The app timed a recording trace, which turns off the batch-1 fast path that ``analysis.bench`` times."""
+    """The app timed a recording trace, which turns off the batch-1 fast path that ``tools.bench`` times."""
     model = load_checkpoint(SKIPNET)
     calls = []
     original = type(model)._forward_one
     monkeypatch.setattr(type(model), "_forward_one", lambda self, *a: calls.append(1) or original(self, *a))
     x = torch.randn(1, 1, 28, 28)
-    measured, dense = paired_latency(model, model.dense_counterpart(), x, {"layer2.1": {"executed": "false"}}, rounds=2,
-                                     warmup=1)
+    measured, dense = paired_latency(
+        model, model.dense_counterpart(), x, {"layer2.1": {"executed": "false"}}, rounds=2, warmup=1
+    )
     assert len(calls) == 3 and measured.runs == dense.runs == 2 and measured.median_ms > 0
     calls.clear()
     bench.batch_one_pass(model, [x])()
@@ -140,13 +163,13 @@ def test_condconv_off_the_cpu_takes_the_pytorch_path():
     assert model(torch.zeros(1, 1, 28, 28, device="meta")).shape == (1, 10)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (python -m analysis.device_check does this)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (python -m tools.device_check does this)")
 @pytest.mark.parametrize("name", list(flagships()))
 def test_flagships_on_cuda_agree_with_the_cpu(name):
     cpu, gpu = load_checkpoint(flagships()[name]), load_checkpoint(flagships()[name], map_location="cuda")
     x = torch.randn(8, 1, 28, 28)
     for i in range(len(x)):  # batch 1: the compiled kernels' path on the CPU, PyTorch's on the GPU
-        assert forced_forward(cpu, x[i:i + 1]).argmax() == forced_forward(gpu, x[i:i + 1].cuda()).argmax().cpu()
+        assert forced_forward(cpu, x[i : i + 1]).argmax() == forced_forward(gpu, x[i : i + 1].cuda()).argmax().cpu()
     (a, ta), (b, tb) = traced_forward(cpu, x), traced_forward(gpu, x)
     assert torch.equal(a.argmax(1), b.argmax(1)) and ta.macs.tolist() == pytest.approx(tb.macs.tolist(), rel=1e-6)
 
@@ -163,15 +186,45 @@ def test_device_names(monkeypatch):
             resolve_device("cuda")
 
 
-@pytest.mark.parametrize("command", [
-    ["models.evaluate", "--checkpoint", str(SKIPNET), "--dataset", "fashion-mnist-subset", "--limit", "50", "--json"],
-    ["analysis.inspect", "--checkpoint", str(SKIPNET), str(sorted(SAMPLE.glob("*.png"))[0])],
-    ["analysis.sweep", "--checkpoint", str(SKIPNET), "--knob", "threshold", "--values", "0.5", "--json"],
-    ["analysis.bench", "--checkpoint", str(PRETRAINED / "repr_convnet3_fmnist.pt"), "--images", "4", "--rounds", "1",
-     "--batch", "8"],
-    ["analysis.device_check", "--checkpoint", str(PRETRAINED / "repr_convnet3_fmnist.pt"), "--singles", "2", "--rounds",
-     "1", "--batch", "8"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [
+            "models.evaluate",
+            "--checkpoint",
+            str(SKIPNET),
+            "--dataset",
+            "fashion-mnist-subset",
+            "--limit",
+            "50",
+            "--json",
+        ],
+        ["analysis.inspect", "--checkpoint", str(SKIPNET), str(sorted(SAMPLE.glob("*.png"))[0])],
+        ["analysis.sweep", "--checkpoint", str(SKIPNET), "--knob", "threshold", "--values", "0.5", "--json"],
+        [
+            "tools.bench",
+            "--checkpoint",
+            str(PRETRAINED / "repr_convnet3_fmnist.pt"),
+            "--images",
+            "4",
+            "--rounds",
+            "1",
+            "--batch",
+            "8",
+        ],
+        [
+            "tools.device_check",
+            "--checkpoint",
+            str(PRETRAINED / "repr_convnet3_fmnist.pt"),
+            "--singles",
+            "2",
+            "--rounds",
+            "1",
+            "--batch",
+            "8",
+        ],
+    ],
+)
 def test_every_command_that_runs_a_model_takes_a_device(command, capsys):
     import importlib
 
@@ -191,7 +244,24 @@ def test_figures_take_a_device(tmp_path, capsys):
 
 def test_device_check_compares_and_saves(tmp_path):
     out = tmp_path / "check.json"
-    assert device_check.main(["--device", "cpu", "--checkpoint", str(SKIPNET), "--singles", "4", "--rounds", "1",
-                              "--batch", "16", "--save", str(out)]) == 0
+    assert (
+        device_check.main(
+            [
+                "--device",
+                "cpu",
+                "--checkpoint",
+                str(SKIPNET),
+                "--singles",
+                "4",
+                "--rounds",
+                "1",
+                "--batch",
+                "16",
+                "--save",
+                str(out),
+            ]
+        )
+        == 0
+    )
     row = json.loads(out.read_text())["rows"][0]
     assert row["agreement"] == 1.0 and row["same_decisions"] == 1.0 and row["macs_rel_diff"] == 0.0

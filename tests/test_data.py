@@ -70,7 +70,10 @@ def test_svhn_mat(tmp_path):
     from scipy.io import savemat
 
     (tmp_path / "svhn").mkdir()
-    savemat(tmp_path / "svhn" / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 4), np.uint8), "y": np.array([[10], [1], [2], [3]])})
+    savemat(
+        tmp_path / "svhn" / "test_32x32.mat",
+        {"X": np.zeros((32, 32, 3, 4), np.uint8), "y": np.array([[10], [1], [2], [3]])},
+    )
     test, info = load_dataset("svhn", "test", data_dir=tmp_path)
     assert test.images.shape == (4, 3, 32, 32) and test.labels.tolist() == [0, 1, 2, 3] and not info.hflip
 

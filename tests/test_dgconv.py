@@ -1,4 +1,5 @@
 """DGConv: the Kronecker mask and its groups, straight-through gates, the budget, export to real grouped convs."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,17 @@ from models.layers.dgconv import DGConv2d, GroupedConv2d, group_index, kron_mask
 from models.recipes.dgconv import BudgetedStage, DGConvOptions, budget_loss, dgconv_recipe
 from models.trace import traced_forward
 
-META = {"name": "g", "method": "dgconv", "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
-        "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "metrics": {}, "recipe": {}}
+META = {
+    "name": "g",
+    "method": "dgconv",
+    "dataset": "fashion-mnist",
+    "classes": list(FASHION_MNIST.classes),
+    "input_size": [1, 28, 28],
+    "mean": [0.286],
+    "std": [0.353],
+    "metrics": {},
+    "recipe": {},
+}
 
 
 def components(mask: torch.Tensor) -> list[int]:
@@ -69,6 +79,7 @@ def make(depth: int = 8, widths=(16, 32, 64), seed: int = 0) -> DGConvResNet:
 
 # --- the mask and its groups ------------------------------------------------------------------------------
 
+
 def test_kron_mask_hand_written_c4():
     eye, ones = torch.eye(4), torch.ones(4, 4)
     expected = {
@@ -104,7 +115,7 @@ def test_all_off_is_depthwise_all_on_is_dense(channels):
     off, on = set_gates(DGConv2d(channels), [0] * k), set_gates(DGConv2d(channels), [1] * k)
     assert torch.equal(off.mask(), torch.eye(channels)) and off.groups() == channels and off.nnz() == channels
     assert off.group_of_channel() == list(range(channels))
-    assert torch.equal(on.mask(), torch.ones(channels, channels)) and on.groups() == 1 and on.nnz() == channels ** 2
+    assert torch.equal(on.mask(), torch.ones(channels, channels)) and on.groups() == 1 and on.nnz() == channels**2
     assert on.group_of_channel() == [0] * channels
 
 
@@ -146,6 +157,7 @@ def test_gates_train_without_momentum():
 
 # --- straight-through gates ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ste", ("sigmoid", "identity"))
 def test_ste_gradients_reach_theta(ste):
     layer = set_gates(DGConv2d(8, ste=ste), (1, 0, 1))
@@ -159,7 +171,7 @@ def test_ste_gradients_reach_theta(ste):
     theta = layer.theta.detach()
     surrogate = torch.sigmoid(theta) * (1 - torch.sigmoid(theta)) if ste == "sigmoid" else (theta.abs() <= 1).float()
     g = (theta > 0).float()
-    expected = torch.stack([8 * torch.prod(torch.cat([1 + g[:k], 1 + g[k + 1:]])) for k in range(3)]) * surrogate
+    expected = torch.stack([8 * torch.prod(torch.cat([1 + g[:k], 1 + g[k + 1 :]])) for k in range(3)]) * surrogate
     assert torch.allclose(layer.theta.grad, expected)
 
 
@@ -180,6 +192,7 @@ def test_grouped_forms_equal_the_masked_layer(gates):
 
 
 # --- the G-ResNet and its export --------------------------------------------------------------------------
+
 
 def test_which_convs_are_dgconv():
     model = create_model("dgconv_resnet8", in_chans=1)
@@ -249,6 +262,7 @@ def test_structure_survives_export():
 
 # --- budgeted training ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("form", ("hinge", "power"))
 def test_budget_penalty_alone_lowers_complexity(form):
     torch.manual_seed(0)
@@ -275,10 +289,16 @@ def test_budget_penalty_alone_lowers_complexity(form):
 def test_recipe_reads_options_and_step_trains_gates():
     parser = argparse.ArgumentParser()
     add_options(parser, DGConvOptions)
-    args = parser.parse_args(["--budget", "0.3", "--budget-weight", "2", "--budget-loss", "power", "--gate-lr-scale", "3"])
+    args = parser.parse_args(
+        ["--budget", "0.3", "--budget-weight", "2", "--budget-loss", "power", "--gate-lr-scale", "3"]
+    )
     args.epochs, args.lr, args.weight_decay = 1, 0.05, 5e-4
     (stage,) = dgconv_recipe(args)
-    assert isinstance(stage, BudgetedStage) and (stage.budget, stage.budget_weight, stage.budget_loss) == (0.3, 2.0, "power")
+    assert isinstance(stage, BudgetedStage) and (stage.budget, stage.budget_weight, stage.budget_loss) == (
+        0.3,
+        2.0,
+        "power",
+    )
     assert stage.gate_lr_scale == 3.0
     (default,) = dgconv_recipe(run_args(epochs=1, lr=0.1))
     assert default.budget == 0.5 and default.budget_loss == "hinge" and default.complexity == "macs"
@@ -313,9 +333,27 @@ def test_training_run_and_inspect(fmnist_dir, tmp_path):
     from analysis.core.trace import trace_batch
     from models import train
 
-    args = ["--model", "dgconv_resnet8", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "32",
-            "--limit-batches", "2", "--no-progress", "--lr", "0.05", "--data-dir", str(fmnist_dir), "--out", str(tmp_path),
-            "--name", "g"]
+    args = [
+        "--model",
+        "dgconv_resnet8",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--limit-batches",
+        "2",
+        "--no-progress",
+        "--lr",
+        "0.05",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "g",
+    ]
     assert train.main(args) == 0
     model = load_checkpoint(tmp_path / "g.pt")
     metrics = model.meta["metrics"]

@@ -1,5 +1,6 @@
 """DS-Net: slicing against plain layers, static subnets against plain ResNets, true per-width batching,
 MAC accounting, both training stages (IEB with its EMA teacher, SGS), BN recalibration, checkpoints."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,18 @@ from models.cost import full_macs
 from models.data import FASHION_MNIST
 from models.dsnet import DSResNet
 from models.layers.slimmable import SlimBatchNorm2d, SlimConv2d
-from models.recipes.dsnet import (sgs_gate_loss, GateStage, SupernetStage, DSNetOptions, dsnet_recipe, ema_update,
-                                  expected_cost, ieb_loss, recalibrate_bn, sgs_targets)
+from models.recipes.dsnet import (
+    sgs_gate_loss,
+    GateStage,
+    SupernetStage,
+    DSNetOptions,
+    dsnet_recipe,
+    ema_update,
+    expected_cost,
+    ieb_loss,
+    recalibrate_bn,
+    sgs_targets,
+)
 from models.resnet import ResNet
 from models.trace import traced_forward
 
@@ -52,8 +63,6 @@ def make(attention: bool = True, seed: int = 0, mixed: bool = False, **kwargs) -
     return model.eval()
 
 
-
-
 def flops_macs(fn, *args) -> float:
     with FlopCounterMode(display=False) as counter:
         fn(*args)
@@ -61,6 +70,7 @@ def flops_macs(fn, *args) -> float:
 
 
 # --- slice-able layers ------------------------------------------------------------------------------------
+
 
 def test_sliced_conv_equals_plain_conv_with_first_filters():
     torch.manual_seed(0)
@@ -95,12 +105,15 @@ def test_slim_bn_uses_its_own_running_stats_per_width():
         bn.running_mean[0].uniform_(-1, 1)
         bn.running_var[2].uniform_(0.5, 2)
     for key in range(3):
-        want = F.batch_norm(x, bn.running_mean[key, :4], bn.running_var[key, :4], bn.weight[:4], bn.bias[:4], False, 0.0, bn.eps)
+        want = F.batch_norm(
+            x, bn.running_mean[key, :4], bn.running_var[key, :4], bn.weight[:4], bn.bias[:4], False, 0.0, bn.eps
+        )
         assert torch.allclose(bn(x, key), want, atol=1e-6)
     assert not torch.allclose(bn(x, 0), bn(x, 2))
 
 
 # --- static subnets against plain ResNets -----------------------------------------------------------------
+
 
 def plain_subnet(model: DSResNet, widths: tuple[float, float]) -> ResNet:
     """A separately built ResNet-8 at the subnet's channels, weights copied here (not with the model's helpers).
@@ -109,8 +122,16 @@ def plain_subnet(model: DSResNet, widths: tuple[float, float]) -> ResNet:
     """
     n = len(CHOICES)
     i2, i3 = CHOICES.index(widths[0]), CHOICES.index(widths[1])
-    rows = {"layer1.0.bn1": 0, "layer1.0.bn2": 0, "layer2.0.bn1": i2, "layer2.0.shortcut.1": i2, "layer2.0.bn2": i2,
-            "layer3.0.bn1": i2 * n + i3, "layer3.0.shortcut.1": i2 * n + i3, "layer3.0.bn2": i3}
+    rows = {
+        "layer1.0.bn1": 0,
+        "layer1.0.bn2": 0,
+        "layer2.0.bn1": i2,
+        "layer2.0.shortcut.1": i2,
+        "layer2.0.bn2": i2,
+        "layer3.0.bn1": i2 * n + i3,
+        "layer3.0.shortcut.1": i2 * n + i3,
+        "layer3.0.bn2": i3,
+    }
     channels = (16, round(32 * widths[0]), round(64 * widths[1]))
     plain = create_model("resnet8", num_classes=10, in_chans=1, widths=channels).eval()
     source = model.state_dict()
@@ -138,14 +159,17 @@ def test_static_subnet_equals_plain_resnet(widths):
 
 
 def test_static_subnet_with_attention_equals_plain_resnet_with_se():
-    """The SE head scales relu(bn1(conv1 x)) of each dynamic stage's first block (a > 0, so bn1's output may be scaled)."""
+    """The SE head scales relu(bn1(conv1 x)) of each dynamic stage's first block (a > 0, so bn1's output may be
+    scaled)."""
     model = make(attention=True)
     widths = (0.5, 0.75)
     plain = plain_subnet(model, widths)
     for s, w in zip((2, 3), widths):
         gate, channels = model.gates[f"layer{s}"], round(model.widths[s - 1] * w)
         block = getattr(plain, f"layer{s}")[0]
-        block.register_forward_pre_hook(lambda m, args, gate=gate, k=channels: setattr(m, "_att", gate.attention(gate.hidden(args[0]), k)))
+        block.register_forward_pre_hook(
+            lambda m, args, gate=gate, k=channels: setattr(m, "_att", gate.attention(gate.hidden(args[0]), k))
+        )
         block.bn1.register_forward_hook(lambda m, args, out, block=block: out * block._att)
     x = varied_images(4)
     with torch.no_grad():
@@ -165,6 +189,7 @@ def test_dense_counterpart_is_the_full_width_plain_resnet():
 
 # --- dynamic inference ------------------------------------------------------------------------------------
 
+
 def test_gate_in_eval_is_deterministic_argmax():
     model = make(mixed=True)
     x = varied_images(8)
@@ -183,9 +208,11 @@ def test_mixed_width_batch_equals_batch_one_forwards(gate_grid, seed):
     with torch.no_grad():
         choices = model(x, return_gates=True).choices
     configs = {tuple(c) for c in choices.tolist()}
-    assert len(configs) >= 3 and len({c[0] for c in configs}) >= 2 and len({c[1] for c in configs}) >= 2, "the test needs mixed widths"
+    assert len(configs) >= 3 and len({c[0] for c in configs}) >= 2 and len({c[1] for c in configs}) >= 2, (
+        "the test needs mixed widths"
+    )
     for i in range(len(x)):
-        one, one_trace = traced_forward(model, x[i:i + 1])
+        one, one_trace = traced_forward(model, x[i : i + 1])
         assert torch.allclose(logits[i], one[0], atol=1e-5)
         assert _same_decisions(trace.decisions[i], one_trace.decisions[0])
         assert trace.macs[i].item() == pytest.approx(one_trace.macs[0].item(), rel=1e-9)
@@ -195,7 +222,9 @@ def _same_decisions(a: list[dict], b: list[dict]) -> bool:
     if len(a) != len(b):
         return False
     for da, db in zip(a, b):
-        if {k: v for k, v in da.items() if k != "probabilities"} != {k: v for k, v in db.items() if k != "probabilities"}:
+        if {k: v for k, v in da.items() if k != "probabilities"} != {
+            k: v for k, v in db.items() if k != "probabilities"
+        }:
             return False
         if not torch.allclose(torch.tensor(da["probabilities"]), torch.tensor(db["probabilities"]), atol=1e-5):
             return False
@@ -219,7 +248,7 @@ def test_macs_agree_with_flop_counter_and_narrow_subnet_is_cheaper(gate_grid):
     model = make(mixed=True, gate_grid=gate_grid)
     x = varied_images(6)
     for i in range(len(x)):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         _, trace = traced_forward(model, xi)
         assert abs(flops_macs(model, xi) - trace.macs[0].item()) <= 0.01 * trace.macs[0].item()
     narrow = traced_forward(lambda z: model(z, width=0.25), x[:1])[1].macs[0].item()
@@ -249,20 +278,28 @@ def test_static_forward_records_the_forced_width():
     model = make()
     _, trace = traced_forward(lambda z: model(z, width=(0.25, 0.75)), varied_images(2))
     assert [(d["layer"], d["width"], d["channels"], d["forced"]) for d in trace.decisions[1]] == [
-        ("layer2", 0.25, 8, True), ("layer3", 0.75, 48, True)]
+        ("layer2", 0.25, 8, True),
+        ("layer3", 0.75, 48, True),
+    ]
 
 
 # --- training -----------------------------------------------------------------------------------------------
+
 
 def test_ieb_loss_targets():
     torch.manual_seed(0)
     student, teacher, y = torch.randn(4, 5, 10), torch.randn(3, 5, 10), torch.randint(10, (5,))
     p = teacher.softmax(-1)
+
     def soft(logits, target):  # the soft cross-entropy written out
         return -(target * logits.log_softmax(-1)).sum(-1).mean()
 
-    want = (F.cross_entropy(student[0], y) + soft(student[1], p[0]) + soft(student[2], p[0])
-            + soft(student[3], (p[0] + p[1] + p[2]) / 3))
+    want = (
+        F.cross_entropy(student[0], y)
+        + soft(student[1], p[0])
+        + soft(student[2], p[0])
+        + soft(student[3], (p[0] + p[1] + p[2]) / 3)
+    )
     assert torch.allclose(ieb_loss(student, teacher, y), want)
 
 
@@ -341,7 +378,10 @@ def test_gate_stage_trains_only_the_gates():
         out = stage.training_step(model, x, y)
         opt.zero_grad()
         out.loss.backward()
-        assert model.gates["layer2"].width.weight.grad.abs().sum() > 0 and model.gates["layer3"].se.weight.grad.abs().sum() > 0
+        assert (
+            model.gates["layer2"].width.weight.grad.abs().sum() > 0
+            and model.gates["layer3"].se.weight.grad.abs().sum() > 0
+        )
         opt.step()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in backbone.items())  # weights and BN statistics frozen
@@ -364,10 +404,20 @@ def test_recipe_stages_and_arguments():
 
 # --- checkpoints and the training CLI -----------------------------------------------------------------------
 
+
 def test_checkpoint_roundtrip(tmp_path):
     model = make(mixed=True)
-    meta = {"name": "ds", "method": "dsnet", "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
-            "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "metrics": {}, "recipe": {}}
+    meta = {
+        "name": "ds",
+        "method": "dsnet",
+        "dataset": "fashion-mnist",
+        "classes": list(FASHION_MNIST.classes),
+        "input_size": [1, 28, 28],
+        "mean": [0.286],
+        "std": [0.353],
+        "metrics": {},
+        "recipe": {},
+    }
     save_checkpoint(tmp_path / "ds.pt", model, meta)
     loaded = load_checkpoint(tmp_path / "ds.pt", form="train")
     assert isinstance(loaded, DSResNet) and loaded.method == "dsnet" and not loaded.training
@@ -383,15 +433,38 @@ def test_training_cli_runs_both_stages_and_resumes_with_the_ema(fmnist_dir, tmp_
     import models.train as train
 
     made = []  # the DS-Net recipe adds its own options to the parser; only its stages function is wrapped here
-    recipe = dataclasses.replace(registry.recipe_of("dsnet"), stages=lambda args: made.append(dsnet_recipe(args)) or made[-1])
+    recipe = dataclasses.replace(
+        registry.recipe_of("dsnet"), stages=lambda args: made.append(dsnet_recipe(args)) or made[-1]
+    )
     monkeypatch.setitem(registry._RECIPES, "dsnet", recipe)
-    argv = ["--model", "dsnet_resnet8", "--data-dir", str(fmnist_dir), "--out", str(tmp_path), "--name", "ds",
-            "--epochs", "2", "--gate-epochs", "1", "--limit-batches", "1", "--batch-size", "16",
-            "--recalibration-batches", "1", "--no-progress", "--device", "cpu"]
+    argv = [
+        "--model",
+        "dsnet_resnet8",
+        "--data-dir",
+        str(fmnist_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "ds",
+        "--epochs",
+        "2",
+        "--gate-epochs",
+        "1",
+        "--limit-batches",
+        "1",
+        "--batch-size",
+        "16",
+        "--recalibration-batches",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
 
     def crash(self, trainer, epoch):
         if epoch == 1:
             raise KeyboardInterrupt
+
     with monkeypatch.context() as m:
         m.setattr(SupernetStage, "on_epoch_end", crash)
         with pytest.raises(KeyboardInterrupt):
@@ -404,9 +477,14 @@ def test_training_cli_runs_both_stages_and_resumes_with_the_ema(fmnist_dir, tmp_
     monkeypatch.setattr(SupernetStage, "load_state_dict", lambda self, state: loaded.append(state) or load(self, state))
     assert train.main(argv + ["--resume"]) == 0
     assert len(loaded) == 1 and torch.equal(loaded[0]["ema"]["fc.weight"], state["stage_state"]["ema"]["fc.weight"])
-    assert made[-1][0].teacher is not None and made[-1][0].snapshot._pending is None  # the teacher was built from the saved EMA
+    assert (
+        made[-1][0].teacher is not None and made[-1][0].snapshot._pending is None
+    )  # the teacher was built from the saved EMA
     model = load_checkpoint(tmp_path / "ds.pt")
-    assert model.method == "dsnet" and [s["name"] for s in model.meta["recipe"]["stages"]] == ["supernet-ieb", "gate-sgs"]
+    assert model.method == "dsnet" and [s["name"] for s in model.meta["recipe"]["stages"]] == [
+        "supernet-ieb",
+        "gate-sgs",
+    ]
     assert [h["stage"] for h in model.meta["history"]] == ["supernet-ieb", "supernet-ieb", "gate-sgs"]
     assert 0 < model.meta["metrics"]["mac_ratio"] <= 1.001
 

@@ -1,5 +1,4 @@
 """Early exit: nothing after the exit is computed, batched equals batch-1, thresholds behave, training works."""
-import argparse
 
 import pytest
 import torch
@@ -47,7 +46,7 @@ def test_nothing_after_the_exit_is_computed(k, x):
     model = confident_at(k)
     _, trace = traced_forward(model, x[:1])
     visited = trace.decisions[0]
-    assert [d["layer"] for d in visited] == list(model.exit_names[:k + 1])
+    assert [d["layer"] for d in visited] == list(model.exit_names[: k + 1])
     assert visited[-1]["exited"] and not any(d["exited"] for d in visited[:-1])
     assert flop_macs(model, x[:1]) == pytest.approx(float(trace.macs[0]), rel=1e-9)
 
@@ -104,11 +103,13 @@ def test_bundled_batched_equals_batch_one(bundled, subset):
     exits = {d["layer"] for row in trace.decisions for d in row if d["exited"]}
     assert len(exits) >= 2, "the sample should leave at more than one exit"
     for i in range(0, 64, 7):
-        one, single = traced_forward(bundled, x[i:i + 1])
-        torch.testing.assert_close(one, logits[i:i + 1], atol=1e-5, rtol=1e-5)
-        assert [(d["layer"], d["exited"]) for d in single.decisions[0]] == [(d["layer"], d["exited"]) for d in trace.decisions[i]]
+        one, single = traced_forward(bundled, x[i : i + 1])
+        torch.testing.assert_close(one, logits[i : i + 1], atol=1e-5, rtol=1e-5)
+        assert [(d["layer"], d["exited"]) for d in single.decisions[0]] == [
+            (d["layer"], d["exited"]) for d in trace.decisions[i]
+        ]
         assert float(single.macs[0]) == pytest.approx(float(trace.macs[i]), rel=1e-6)
-        assert flop_macs(bundled, x[i:i + 1]) == pytest.approx(float(single.macs[0]), rel=1e-6)
+        assert flop_macs(bundled, x[i : i + 1]) == pytest.approx(float(single.macs[0]), rel=1e-6)
 
 
 def test_bundled_trained_threshold_reproduces_recorded_subset_metrics(bundled, subset):

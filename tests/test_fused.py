@@ -1,6 +1,7 @@
 """The compiled batch-1 kernels (``models.layers.fused``: SkipNet's gate step, early exit's heads) compute what the
 PyTorch operators compute; ``test_inference_form`` checks that ``FlopCounterMode`` counts them as those operators.
 Skipped where no C++ compiler can build them (the fallback is the PyTorch operators, tested everywhere else)."""
+
 import copy
 
 import pytest
@@ -62,7 +63,6 @@ def test_compiled_exit_head_equals_the_pytorch_head(kind, side):
     assert confidence == pytest.approx(float(want.softmax(1).amax()), abs=1e-6)
 
 
-
 def test_compiled_condconv_routing_equals_the_pytorch_block():
     from models.trace import forced_forward
 
@@ -78,5 +78,6 @@ def test_compiled_condconv_routing_equals_the_pytorch_block():
         torch.testing.assert_close(routing, want_routing, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         image, forced = torch.randn(1, 1, 28, 28), {"layer3.1": {"weights": [1.0, 0.0, 0.0, 0.0]}}
-        torch.testing.assert_close(forced_forward(model, image, forced), forced_forward(fallback, image, forced),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            forced_forward(model, image, forced), forced_forward(fallback, image, forced), atol=1e-5, rtol=1e-5
+        )

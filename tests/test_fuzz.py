@@ -1,5 +1,6 @@
-"""A seeded sample of ``python -m analysis.fuzz``: mutated images only ever give an ``ImageError`` or a valid model
+"""A seeded sample of ``python -m tools.fuzz``: mutated images only ever give an ``ImageError`` or a valid model
 input, mutated checkpoints a ``CheckpointError`` or a usable model; never another exception or a hang."""
+
 from __future__ import annotations
 
 import io
@@ -7,9 +8,10 @@ import io
 import pytest
 import torch
 
-from analysis.fuzz import Case, PRETRAINED, Runner, checkpoint_cases, fuzz, image_cases, run_case
+from tools.fuzz import Case, PRETRAINED, Runner, checkpoint_cases, fuzz, image_cases, run_case
 
 
+@pytest.mark.heavy
 def test_seeded_sample_has_no_failures():
     summary = fuzz(70, 30, seed=7, timeout=120)
     assert summary["cases"] == 100
@@ -17,7 +19,9 @@ def test_seeded_sample_has_no_failures():
     assert kinds == {"image", "checkpoint"}
     assert not summary["failures"], "\n\n".join(f"{k} {n}\n{d}" for k, n, d in summary["failures"][:5])
     # the sample exercises both outcomes of each kind, not only refusals
-    assert {"image: ok", "image: ImageError", "checkpoint: ok", "checkpoint: CheckpointError"} <= set(summary["outcomes"])
+    assert {"image: ok", "image: ImageError", "checkpoint: ok", "checkpoint: CheckpointError"} <= set(
+        summary["outcomes"]
+    )
 
 
 def test_cases_are_seeded():
@@ -49,9 +53,13 @@ def test_nan_weights_and_huge_widths_are_checkpoint_errors():
 def test_an_exception_of_another_type_is_a_failure():
     """The fuzzer itself can fail: an image case fed to a checkpoint meta that breaks conversion is reported."""
     data = (PRETRAINED.parent / "assets" / "samples" / "bag-1.png").read_bytes()
-    outcome, detail = run_case(Case("image", "bad-meta", data, False, {"input_size": [3, 32, 32], "mean": [0.1, 0.2], "std": [1.0]}))
+    outcome, detail = run_case(
+        Case("image", "bad-meta", data, False, {"input_size": [3, 32, 32], "mean": [0.1, 0.2], "std": [1.0]})
+    )
     assert outcome == "failure" and "Traceback" in detail  # a RuntimeError from normalize: not an ImageError
-    outcome, detail = run_case(Case("image", "wrong-shape", data, False, {"input_size": [1, 28, 28], "mean": [0.1] * 4, "std": [1.0]}))
+    outcome, detail = run_case(
+        Case("image", "wrong-shape", data, False, {"input_size": [1, 28, 28], "mean": [0.1] * 4, "std": [1.0]})
+    )
     assert outcome == "failure" and "want (1, 1, 28, 28)" in detail
 
 

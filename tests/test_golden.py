@@ -4,6 +4,7 @@ A test passes only where the traces match the committed file. After retraining a
 ``ROUTESCOPE_UPDATE_GOLDEN=1 pytest tests/test_golden.py``: where a trace differs (or no file exists) it rewrites the
 file and still fails, naming what changed; review ``git diff tests/golden`` and run again without the variable.
 """
+
 import json
 import math
 import os
@@ -15,6 +16,8 @@ import torch
 from analysis.core.catalog import bundled_checkpoints, sample_images
 from analysis.core.images import load_model_input
 from analysis.core.trace import trace_batch
+
+from helpers import every_bundled_checkpoint
 
 GOLDEN = Path(__file__).parent / "golden"
 IMAGES = ["sneaker-1.png", "bag-2.png", "shirt-1.png", "trouser-1.png", "photo-sneaker.jpg", "coat-2.png"]
@@ -28,8 +31,9 @@ def traces(model) -> list[dict]:
 
 def assert_close(actual, expected, where: str) -> None:
     if isinstance(expected, float):
-        assert isinstance(actual, (int, float)) and math.isclose(actual, expected, rel_tol=1e-4, abs_tol=1e-4), \
+        assert isinstance(actual, (int, float)) and math.isclose(actual, expected, rel_tol=1e-4, abs_tol=1e-4), (
             f"{where}: {actual!r}, golden {expected!r}"
+        )
     elif isinstance(expected, dict):
         assert isinstance(actual, dict) and actual.keys() == expected.keys(), f"{where}: keys differ"
         for key in expected:
@@ -55,7 +59,7 @@ def differences(actual: list[dict], expected: list[dict], name: str) -> list[str
     return found
 
 
-@pytest.mark.parametrize("name", sorted(bundled_checkpoints()))
+@pytest.mark.parametrize("name", every_bundled_checkpoint())
 def test_bundled_checkpoint_matches_golden(name, loaded_checkpoint):
     golden = GOLDEN / f"{name}.jsonl"
     actual = traces(loaded_checkpoint(bundled_checkpoints()[name]))
@@ -64,6 +68,9 @@ def test_bundled_checkpoint_matches_golden(name, loaded_checkpoint):
     summary = "; ".join(found[:3]) + (f" (and {len(found) - 3} more images)" if len(found) > 3 else "")
     if found and os.environ.get("ROUTESCOPE_UPDATE_GOLDEN"):
         golden.write_text("".join(json.dumps(r) + "\n" for r in actual))
-        pytest.fail(f"rewrote tests/golden/{golden.name} (ROUTESCOPE_UPDATE_GOLDEN): {summary}. Review git diff "
-                    "tests/golden, then run without ROUTESCOPE_UPDATE_GOLDEN", pytrace=False)
+        pytest.fail(
+            f"rewrote tests/golden/{golden.name} (ROUTESCOPE_UPDATE_GOLDEN): {summary}. Review git diff "
+            "tests/golden, then run without ROUTESCOPE_UPDATE_GOLDEN",
+            pytrace=False,
+        )
     assert not found, f"{summary} (after a retraining: ROUTESCOPE_UPDATE_GOLDEN=1 rewrites the file)"

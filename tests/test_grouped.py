@@ -1,4 +1,5 @@
 """The uniform-group ResNet, DGConv's hand-set control: its MACs, its start from a dense checkpoint."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,7 +1,4 @@
 """Every kind of image a user may bring becomes the model's input, or a clear ImageError."""
-import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -10,29 +7,10 @@ from PIL import Image
 from analysis.core.catalog import sample_images
 from analysis.core.images import ImageError, load_model_input, open_image, to_model_input
 
+from helpers import encode, huge_png, shoe_on_white
+
 FMNIST_META = {"input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "dark_background": True}
 RGB_META = {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "dark_background": False}
-
-
-def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buffer = io.BytesIO()
-    img.save(buffer, fmt, **kw)
-    return buffer.getvalue()
-
-
-def huge_png(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A 1x1 PNG whose header claims a huge size: a decompression bomb that is cheap to make."""
-    data = bytearray(encode(Image.new("L", (1, 1))))
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return bytes(data)
-
-
-def shoe_on_white(size=(300, 200), mode="RGB") -> Image.Image:
-    img = Image.new("RGB", size, (255, 255, 255))
-    img.paste((20, 20, 20), (60, 80, 240, 150))
-    return img.convert(mode)
 
 
 def test_samples_are_model_ready():

@@ -1,6 +1,7 @@
 """The fast inference form (what load_checkpoint returns) computes what the training form computes, for every
 bundled model: the same decisions on all 500 bundled test images, logits within float32 rounding, the same
 executed MACs, with BatchNorm really folded away."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -14,35 +15,42 @@ from models.data import normalize
 from models.inference import fast_form
 from models.trace import traced_forward
 
+from helpers import every_bundled_checkpoint, routing_decisions
+
 
 @pytest.fixture(scope="module")
 def images():
     return load_test_images()[0]
 
 
-def decisions(trace) -> list:
-    return [[{k: v for k, v in d.items() if k not in ("probability", "probabilities", "weights", "confidence")}
-             for d in row] for row in trace.decisions]
-
-
-@pytest.mark.parametrize("name", sorted(bundled_checkpoints()))
-def test_fast_form_matches_training_form(name, images):
+@pytest.mark.parametrize("name", every_bundled_checkpoint())
+def test_fast_form_matches_training_form(name, images, loaded_checkpoint):
     path = bundled_checkpoints()[name]
-    trained = inference_form(load_checkpoint(path, form="train"))
-    fast = load_checkpoint(path)
+    trained = inference_form(loaded_checkpoint(path, form="train"))  # DGConv: a new model, the rest: the shared one
+    fast = loaded_checkpoint(path)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules()), "every BatchNorm is folded"
     x = normalize(images, fast.meta["mean"], fast.meta["std"])
     want, want_trace = traced_forward(trained, x)
     got, got_trace = traced_forward(fast, x)
-    assert decisions(got_trace) == decisions(want_trace)
+    assert routing_decisions(got_trace) == routing_decisions(want_trace)
     scale = want.abs().amax(1, keepdim=True).clamp_min(1.0)
     assert ((got - want).abs() / scale).max() < 1e-5
     torch.testing.assert_close(got_trace.macs, want_trace.macs, rtol=0, atol=0)
     assert full_macs(fast, tuple(fast.meta["input_size"])) == full_macs(trained, tuple(fast.meta["input_size"]))
 
 
-@pytest.mark.parametrize("arch", ["skipnet_resnet8", "dsnet_resnet8", "condconv_resnet8", "dgconv_resnet8",
-                                  "early_exit_resnet8", "repr_resnet8", "resnet8"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "skipnet_resnet8",
+        "dsnet_resnet8",
+        "condconv_resnet8",
+        "dgconv_resnet8",
+        "early_exit_resnet8",
+        "repr_resnet8",
+        "resnet8",
+    ],
+)
 def test_fast_form_of_random_models_with_trained_statistics(arch):
     """Random BN statistics (as after training) so that folding has something to fold."""
     model = create_model(arch, in_chans=1)
@@ -63,7 +71,7 @@ def test_fast_form_of_random_models_with_trained_statistics(arch):
     fast = fast_form(copy.deepcopy(reference))
     got, got_trace = traced_forward(fast, x)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
-    assert decisions(got_trace) == decisions(want_trace)
+    assert routing_decisions(got_trace) == routing_decisions(want_trace)
     assert got_trace.macs.tolist() == want_trace.macs.tolist()
 
 
@@ -80,8 +88,12 @@ def test_train_form_still_loads_with_its_batchnorms():
         load_checkpoint(path, form="quick")
 
 
-BATCH_ONE_PATHS = ["skipnet_resnet20_fmnist_a0.75_fta6kd", "early_exit_resnet20_fmnist", "dsnet_resnet20_fmnist_grid4_hw6_long",
-                   "condconv_resnet20_fmnist"]
+BATCH_ONE_PATHS = [
+    "skipnet_resnet20_fmnist_a0.75_fta6kd",
+    "early_exit_resnet20_fmnist",
+    "dsnet_resnet20_fmnist_grid4_hw6_long",
+    "condconv_resnet20_fmnist",
+]
 
 
 @pytest.mark.parametrize("name", BATCH_ONE_PATHS)
@@ -91,14 +103,15 @@ def test_untraced_batch_one_path_matches_the_traced_batch(name, images):
     x = normalize(images, model.meta["mean"], model.meta["std"])  # all 500: the same decisions on every one
     batched, _ = traced_forward(model, x)
     with torch.inference_mode():
-        single = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+        single = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
     torch.testing.assert_close(single, batched, atol=1e-4, rtol=1e-5)
     assert (single.argmax(1) == batched.argmax(1)).all()
 
 
 @pytest.mark.parametrize("name", BATCH_ONE_PATHS)
 def test_untraced_batch_one_path_counts_the_traced_macs(name, images):
-    """``FlopCounterMode`` over the batch-1 path (compiled kernels included, where built) counts what the trace counts."""
+    """``FlopCounterMode`` over the batch-1 path (compiled kernels included, where built) counts what the trace
+    counts."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = load_checkpoint(bundled_checkpoints()[name])
@@ -106,5 +119,5 @@ def test_untraced_batch_one_path_counts_the_traced_macs(name, images):
     _, trace = traced_forward(model, x)
     for i in range(len(x)):
         with FlopCounterMode(display=False) as flops, torch.inference_mode():
-            model(x[i:i + 1])
+            model(x[i : i + 1])
         assert flops.get_total_flops() / 2 == trace.macs[i].item()

@@ -1,4 +1,5 @@
 """The routing-trace CLI: JSON lines with the keys of docs/trace.md, MACs that agree with FlopCounterMode, bad input."""
+
 import json
 import subprocess
 import sys
@@ -13,16 +14,25 @@ from analysis.core.images import load_model_input
 from models import create_model
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import FASHION_MNIST
-from test_images import huge_png
 
-from conftest import REPO
+from helpers import REPO, huge_png
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    meta = {"name": "tiny", "method": "baseline", "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
-            "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "dark_background": True, "metrics": {}, "recipe": {}}
+    meta = {
+        "name": "tiny",
+        "method": "baseline",
+        "dataset": "fashion-mnist",
+        "classes": list(FASHION_MNIST.classes),
+        "input_size": [1, 28, 28],
+        "mean": [0.286],
+        "std": [0.353],
+        "dark_background": True,
+        "metrics": {},
+        "recipe": {},
+    }
     save_checkpoint(path, create_model("resnet8", in_chans=1), meta)
     return path
 
@@ -59,19 +69,35 @@ def test_bad_images_fail_alone(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
     (tmp_path / "bomb.png").write_bytes(huge_png())
-    args = [str(tmp_path / "notes.txt"), str(good), str(tmp_path / "cut.png"), str(tmp_path / "bomb.png"), str(tmp_path / "gone.png"), str(good)]
+    args = [
+        str(tmp_path / "notes.txt"),
+        str(good),
+        str(tmp_path / "cut.png"),
+        str(tmp_path / "bomb.png"),
+        str(tmp_path / "gone.png"),
+        str(good),
+    ]
     assert inspect.main(["--checkpoint", str(tiny_checkpoint), *args]) == 1
     captured = capsys.readouterr()
     assert len(captured.out.strip().splitlines()) == 2
     errors = captured.err.strip().splitlines()
     assert len(errors) == 4 and all(e.startswith("error: ") for e in errors)
-    assert "not an image" in errors[0] and "truncated" in errors[1] and ("megapixel" in errors[2] or "decompression bomb" in errors[2]) and "no such file" in errors[3]
+    assert (
+        "not an image" in errors[0]
+        and "truncated" in errors[1]
+        and ("megapixel" in errors[2] or "decompression bomb" in errors[2])
+        and "no such file" in errors[3]
+    )
 
 
 def test_bad_checkpoint_is_one_line(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"nope")
-    result = subprocess.run([sys.executable, "-m", "analysis.inspect", "--checkpoint", str(tmp_path / "x.pt"), str(sample_images()[0])],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "analysis.inspect", "--checkpoint", str(tmp_path / "x.pt"), str(sample_images()[0])],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode != 0 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and "not a loadable RouteScope checkpoint" in result.stderr
 
@@ -88,6 +114,6 @@ def test_batched_trace_matches_single_images(tiny_checkpoint):
     x = torch.cat([load_model_input(p, model.meta).tensor for p in sample_images()[:5]])
     logits, trace = traced_forward(model, x)
     for i in range(5):
-        single_logits, single = traced_forward(model, x[i:i + 1])
+        single_logits, single = traced_forward(model, x[i : i + 1])
         assert torch.allclose(logits[i], single_logits[0], atol=1e-5)
         assert trace.macs[i] == single.macs[0]

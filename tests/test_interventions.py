@@ -1,5 +1,6 @@
 """Interventions and knobs: a forced decision really runs the forced path, knobs move settings per call, and
 neither touches the model."""
+
 import copy
 
 import pytest
@@ -53,7 +54,9 @@ def test_skip_override_changes_macs_by_the_block_and_later_gates_respond(x):
     trained = load_checkpoint(SKIPNET)
     image = _normalized(trained, load_test_images()[0][:1])
     _, plain, _ = forced_forward(trained, image)
-    _, forced, forced_macs = forced_forward(trained, image, {"layer2.0": {"executed": not entries(plain, "skip")["layer2.0"]["executed"]}})
+    _, forced, forced_macs = forced_forward(
+        trained, image, {"layer2.0": {"executed": not entries(plain, "skip")["layer2.0"]["executed"]}}
+    )
     later = [layer for layer in trained.gate_names if layer > "layer2.0"]
     assert any(entries(forced, "skip")[g]["probability"] != entries(plain, "skip")[g]["probability"] for g in later)
     assert float(forced.macs[0]) == pytest.approx(forced_macs)
@@ -66,7 +69,11 @@ def test_width_override_runs_the_forced_width(x):
     stage = model.gate_names[-1]
     _, forced, forced_macs = forced_forward(model, x, {stage: {"width": narrow}})
     entry = entries(forced, "width")[stage]
-    assert entry["forced"] and entry["width"] == narrow and entry["channels"] == model.stage_channels[int(stage[-1]) - 1][0]
+    assert (
+        entry["forced"]
+        and entry["width"] == narrow
+        and entry["channels"] == model.stage_channels[int(stage[-1]) - 1][0]
+    )
     assert float(forced.macs[0]) == pytest.approx(forced_macs)
     if entries(plain, "width")[stage]["width"] != narrow:
         assert forced_macs < plain_macs
@@ -132,7 +139,7 @@ def test_knobs_at_their_default_reproduce_the_model():
     images, labels = load_test_images()
     for name in ("skipnet_resnet20_fmnist_a0.75_fta6kd", "dsnet_resnet20_fmnist_grid4_hw6_long"):
         model = load_checkpoint(PRETRAINED / f"{name}.pt")
-        (knob, spec), = model.knobs().items()
+        ((knob, spec),) = model.knobs().items()
         table = sweep.knob_sweep(model, knob, [spec["default"]], images[:200], labels[:200])
         plain = sweep.knob_sweep(model, knob, [spec["default"]], images[:200], labels[:200])
         _, trace = traced_forward(model, _normalized(model, images[:200]))
@@ -158,16 +165,33 @@ def test_knobs_move_the_cost_monotonically():
 def test_interventions_never_mutate_the_model(x):
     model = load_checkpoint(SKIPNET)
     state = copy.deepcopy(model.state_dict())
-    traced_forward(model, _normalized(model, torch.zeros(1, 1, 28, 28, dtype=torch.uint8)),
-                   overrides={"layer2.1": {"executed": False}}, knobs={"threshold": 0.9})
+    traced_forward(
+        model,
+        _normalized(model, torch.zeros(1, 1, 28, 28, dtype=torch.uint8)),
+        overrides={"layer2.1": {"executed": False}},
+        knobs={"threshold": 0.9},
+    )
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not hasattr(model, "overrides") and model.knobs()["threshold"]["default"] == 0.5
 
 
 def test_inspect_cli_prints_the_intervened_trace(capsys):
     image = str(next(p for p in sample_images() if p.name == "bag-1.png"))
-    assert inspect.main(["--checkpoint", str(SKIPNET), image, "--no-structure", "--override", "layer2.1.executed=false",
-                         "--knob", "threshold=0.6"]) == 0
+    assert (
+        inspect.main(
+            [
+                "--checkpoint",
+                str(SKIPNET),
+                image,
+                "--no-structure",
+                "--override",
+                "layer2.1.executed=false",
+                "--knob",
+                "threshold=0.6",
+            ]
+        )
+        == 0
+    )
     import json
 
     record = json.loads(capsys.readouterr().out)

@@ -1,4 +1,5 @@
 """DS-Net, CondConv and DGConv figures and the analysis behind them, on tiny depth-8 checkpoints."""
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -12,7 +13,13 @@ from analysis.core.figures import FIGURES, FigureContext, matching_baselines, wr
 from analysis.core.table import load_test_images
 from analysis.methods.dgconv import budget_table, group_entries, groups_table, mask_from_groups
 from analysis.methods.condconv import class_specificity, routing_by_image, routing_layers, top_classes_per_expert
-from analysis.methods.dsnet import dynamic_point, mean_width_by_class, stage_widths, static_width_table, width_distribution
+from analysis.methods.dsnet import (
+    dynamic_point,
+    mean_width_by_class,
+    stage_widths,
+    static_width_table,
+    width_distribution,
+)
 from models import create_model
 from models.checkpoint import save_checkpoint
 from models.data import FASHION_MNIST, normalize
@@ -21,12 +28,22 @@ CLASSES = list(FASHION_MNIST.classes)
 MEAN, STD = [0.286], [0.353]
 
 
-def with_meta(model: torch.nn.Module, name: str, test_acc: float, mac_ratio: float, macs_mean: float, **args) -> torch.nn.Module:
+def with_meta(
+    model: torch.nn.Module, name: str, test_acc: float, mac_ratio: float, macs_mean: float, **args
+) -> torch.nn.Module:
     """The meta ``models.train`` + ``models.evaluate`` would write (metrics made up, recipe args as given)."""
-    model.meta = {"name": name, "method": model.method, "dataset": "fashion-mnist", "classes": CLASSES,
-                  "input_size": [1, 28, 28], "mean": MEAN, "std": STD, "dark_background": True,
-                  "metrics": {"test_acc": test_acc, "mac_ratio": mac_ratio, "macs_mean": macs_mean, "macs_full": 2e6},
-                  "recipe": {"args": args}}
+    model.meta = {
+        "name": name,
+        "method": model.method,
+        "dataset": "fashion-mnist",
+        "classes": CLASSES,
+        "input_size": [1, 28, 28],
+        "mean": MEAN,
+        "std": STD,
+        "dark_background": True,
+        "metrics": {"test_acc": test_acc, "mac_ratio": mac_ratio, "macs_mean": macs_mean, "macs_full": 2e6},
+        "recipe": {"args": args},
+    }
     return model.eval()
 
 
@@ -54,14 +71,20 @@ def tiny_models(images: torch.Tensor) -> dict[str, torch.nn.Module]:
         for _, layer in model.dg_layers():  # some gates off: 2..C groups
             layer.theta.copy_(torch.linspace(-1.0, 1.0, layer.theta.numel()) - budget)
         name = f"tiny_dgconv_b{budget}"
-        dgconv[name] = with_meta(model, name, 0.5 + budget, budget, budget * 2e6, budget=budget, epochs=int(budget * 16))
+        dgconv[name] = with_meta(
+            model, name, 0.5 + budget, budget, budget * 2e6, budget=budget, epochs=int(budget * 16)
+        )
     return {
         "tiny_dsnet_mixed": with_meta(mixed, "tiny_dsnet_mixed", 0.4, 0.6, 1.2e6),
-        "tiny_dsnet_wide": with_meta(create_model("dsnet_resnet8", num_classes=10, in_chans=1), "tiny_dsnet_wide", 0.5, 1.0, 2e6),
+        "tiny_dsnet_wide": with_meta(
+            create_model("dsnet_resnet8", num_classes=10, in_chans=1), "tiny_dsnet_wide", 0.5, 1.0, 2e6
+        ),
         "tiny_condconv": with_meta(condconv, "tiny_condconv", 0.5, 1.01, 2.02e6),
         **dgconv,
         "tiny_resnet8": with_meta(create_model("resnet8", num_classes=10, in_chans=1), "tiny_resnet8", 0.8, 1.0, 2e6),
-        "tiny_resnet14": with_meta(create_model("resnet14", num_classes=10, in_chans=1), "tiny_resnet14", 0.85, 1.0, 3e6),
+        "tiny_resnet14": with_meta(
+            create_model("resnet14", num_classes=10, in_chans=1), "tiny_resnet14", 0.85, 1.0, 3e6
+        ),
     }
 
 
@@ -141,7 +164,11 @@ def test_routing_statistics_of_a_condconv_model(context):
     model, table = context.model("tiny_condconv"), context.table("tiny_condconv")
     assert routing_layers(table) == model.routing_layers()
     specificity = class_specificity(table)
-    assert list(specificity.index) == model.routing_layers() and (specificity >= 0).all() and np.isfinite(specificity).all()
+    assert (
+        list(specificity.index) == model.routing_layers()
+        and (specificity >= 0).all()
+        and np.isfinite(specificity).all()
+    )
     assert len(top_classes_per_expert(table, model.routing_layers()[-1], k=2)) == 2 * model.num_experts
 
 
@@ -175,13 +202,16 @@ def draw_all(context: FigureContext, method: str) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("method", ["condconv", "dgconv"])  # DS-Net's are drawn by test_write_figures_writes_pdf_and_png
+@pytest.mark.parametrize(
+    "method", ["condconv", "dgconv"]
+)  # DS-Net's are drawn by test_write_figures_writes_pdf_and_png
 def test_every_figure_of_the_method_is_drawn(context, method):
     assert len(draw_all(context, method)) >= 3
 
 
-@pytest.mark.parametrize("method, name", [("dsnet", "tiny_dsnet_wide"), ("condconv", "tiny_condconv"),
-                                          ("dgconv", "tiny_dgconv_b0.25")])
+@pytest.mark.parametrize(
+    "method, name", [("dsnet", "tiny_dsnet_wide"), ("condconv", "tiny_condconv"), ("dgconv", "tiny_dgconv_b0.25")]
+)
 def test_figures_with_a_single_model_of_the_method(checkpoints, images, method, name):
     """One checkpoint (the DS-Net always at full width): no comparison to draw, but every figure still draws."""
     context = FigureContext({name: checkpoints[name]}, _images=images)

@@ -1,6 +1,7 @@
 """The analysis side of "Question the routing": every decision kind's control maps to an override the model
 accepts, interventions round-trip through their text (URL) form, routing patterns, the decision map, the
 perturbations, the latency numbers and the knob trade-off figure."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +11,7 @@ from analysis.core.catalog import PRETRAINED, sample_images
 from analysis.core.figures import FIGURES, FigureContext, load_figure_modules
 from analysis.core.images import load_model_input
 from analysis.core.interventions import changed_decisions, format_interventions, parse_interventions, parse_override
-from analysis.core.kinds import decision_controls, routing_pattern
+from analysis.core.kinds import Widget, decision_controls, routing_pattern
 from analysis.core.latency import dense_counterpart, paired_latency
 from analysis.core.patterns import decision_map, pattern_summary
 from analysis.core.perturb import PERTURBATIONS, perturbation_sweep, perturbed, pixels_tensor
@@ -19,8 +20,15 @@ from analysis.core.trace import trace_batch
 from models import create_model
 from models.decisions import decision_kind
 
-META = {"name": "t", "dataset": "fashion-mnist", "classes": [str(i) for i in range(10)], "input_size": [1, 28, 28],
-        "mean": [0.286], "std": [0.353], "dark_background": True}
+META = {
+    "name": "t",
+    "dataset": "fashion-mnist",
+    "classes": [str(i) for i in range(10)],
+    "input_size": [1, 28, 28],
+    "mean": [0.286],
+    "std": [0.353],
+    "dark_background": True,
+}
 ARCHS = ["skipnet_resnet8", "dsnet_resnet8", "condconv_resnet8", "early_exit_resnet8"]
 
 
@@ -45,7 +53,11 @@ def test_every_control_forces_what_it_says(arch):
     assert {c.layer for c in controls} <= set(model.decision_layers()) and controls
     for control in [c for c in controls if not c.disabled]:
         assert control.field in decision_kind(model.decision_layers()[control.layer]).forcible
-        other = (not control.value) if control.widget == "toggle" else next(o for o in control.options[::-1] if o != control.value)
+        other = (
+            (not control.value)
+            if control.widget is Widget.TOGGLE
+            else next(o for o in control.options[::-1] if o != control.value)
+        )
         forced = control.override(other)
         after = trace_batch(model, x, ["x"], structure=False, overrides={control.layer: {control.field: forced}})[0]
         entry = next(d for d in after["decisions"] if d["layer"] == control.layer)
@@ -55,7 +67,11 @@ def test_every_control_forces_what_it_says(arch):
 
 
 def test_interventions_round_trip_and_bad_text():
-    overrides = {"layer2.1": {"executed": False}, "layer3.0": {"weights": [1.0, 0.0, 0.0, 0.0]}, "layer2": {"width": 0.5}}
+    overrides = {
+        "layer2.1": {"executed": False},
+        "layer3.0": {"weights": [1.0, 0.0, 0.0, 0.0]},
+        "layer2": {"width": 0.5},
+    }
     assert parse_interventions(*format_interventions(overrides, {"threshold": 0.7})) == (overrides, {"threshold": 0.7})
     assert parse_override("layer2.1.executed=FALSE") == ("layer2.1", "executed", "FALSE")  # typed by the model's kind
     for bad in ("layer2.1.executed", "executed=true", "layer2.1.executed="):
@@ -67,16 +83,31 @@ def test_interventions_round_trip_and_bad_text():
 
 def test_changed_decisions_marks_forced_and_unreached():
     a = [{"layer": "e1", "kind": "exit", "exited": True}]
-    b = [{"layer": "e1", "kind": "exit", "exited": False, "forced": True}, {"layer": "fc", "kind": "exit", "exited": True}]
+    b = [
+        {"layer": "e1", "kind": "exit", "exited": False, "forced": True},
+        {"layer": "fc", "kind": "exit", "exited": True},
+    ]
     table = changed_decisions(a, b, {"exit": ("exited",)})
     assert table.to_dict("records") == [
         {"layer": "e1", "kind": "exit", "field": "exited", "original": "True", "intervened": "False", "forced": True},
-        {"layer": "fc", "kind": "exit", "field": "exited", "original": "not reached", "intervened": "True", "forced": False}]
+        {
+            "layer": "fc",
+            "kind": "exit",
+            "field": "exited",
+            "original": "not reached",
+            "intervened": "True",
+            "forced": False,
+        },
+    ]
 
 
 def test_routing_pattern_and_table_column():
-    decisions = [{"layer": "a", "kind": "skip", "executed": True}, {"layer": "b", "kind": "skip", "executed": False},
-                 {"layer": "l2", "kind": "width", "width": 0.5}, {"layer": "l3", "kind": "width", "width": 1.0}]
+    decisions = [
+        {"layer": "a", "kind": "skip", "executed": True},
+        {"layer": "b", "kind": "skip", "executed": False},
+        {"layer": "l2", "kind": "width", "width": 0.5},
+        {"layer": "l3", "kind": "width", "width": 1.0},
+    ]
     assert routing_pattern(decisions) == "10 | 0.5/1"
     assert routing_pattern([]) == ""
     images, labels = load_test_images(limit=40)
@@ -94,7 +125,9 @@ def tiny_static():
 
 def test_decision_map_is_the_pca_of_the_decisions():
     rng = np.random.default_rng(0)
-    table = pd.DataFrame({"a/p": rng.normal(size=50), "b/p": rng.normal(size=50), "macs": 1.0, "c/executed": rng.random(50) > 0.5})
+    table = pd.DataFrame(
+        {"a/p": rng.normal(size=50), "b/p": rng.normal(size=50), "macs": 1.0, "c/executed": rng.random(50) > 0.5}
+    )
     coords = decision_map(table)
     assert coords.shape == (50, 2) and abs(np.corrcoef(coords["pc1"], coords["pc2"])[0, 1]) < 1e-6
     assert 0 < sum(coords.attrs["explained"]) <= 1
@@ -126,7 +159,10 @@ def test_latency_numbers_and_dense_copy():
     dense = dense_counterpart(model)
     pair = paired_latency(model, dense, x, {"layer2.0": {"executed": False}}, {"threshold": 0.4}, rounds=5, warmup=1)
     for measured in pair:
-        assert measured.runs == 5 and 0 < measured.min_ms <= measured.q1_ms <= measured.median_ms <= measured.q3_ms <= measured.max_ms
+        assert (
+            measured.runs == 5
+            and 0 < measured.min_ms <= measured.q1_ms <= measured.median_ms <= measured.q3_ms <= measured.max_ms
+        )
     assert dense is not model and dense_counterpart(tiny_static()) is not None
     with pytest.raises(ValueError):
         paired_latency(model, dense, x, {"nowhere": {"executed": False}})

@@ -1,5 +1,6 @@
 """Hostile inputs and many sessions: checkpoint limits before allocation, image byte limits, bounded and
 thread-safe app caches, and CLI errors that are one line only when the project raised them on purpose."""
+
 from __future__ import annotations
 
 import ast
@@ -13,14 +14,24 @@ import torch
 
 from analysis.core.images import MAX_BYTES, ImageError, load_model_input
 from models import train
-from models.checkpoint import (MAX_PARAMS, CheckpointError, check_usable, load_checkpoint, read_checkpoint)
+from models.checkpoint import MAX_PARAMS, CheckpointError, check_usable, load_checkpoint, read_checkpoint
 from models.evaluate import main as evaluate_main
 
-from conftest import REPO
+from helpers import PRETRAINED, REPO, every_bundled_checkpoint
 
-PRETRAINED = REPO / "models" / "pretrained"
-ARGS = ["--model", "resnet8", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "32",
-        "--limit-batches", "2", "--no-progress"]
+ARGS = [
+    "--model",
+    "resnet8",
+    "--dataset",
+    "fashion-mnist",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--limit-batches",
+    "2",
+    "--no-progress",
+]
 
 
 def _write(tmp_path: Path, edit, source: str = "resnet20_fmnist.pt") -> Path:
@@ -32,6 +43,7 @@ def _write(tmp_path: Path, edit, source: str = "resnet20_fmnist.pt") -> Path:
 
 
 # --- 1. checkpoints --------------------------------------------------------------------------------------
+
 
 def test_huge_widths_fail_fast_naming_the_limit(tmp_path):
     path = _write(tmp_path, lambda p: p["config"].update(widths=[4096, 4096, 4096]))
@@ -48,15 +60,18 @@ def test_activation_memory_limit(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("config,match", [
-    ({"depth": 20}, "unknown config key"),
-    ({"widths": "16,32,64"}, "widths"),
-    ({"widths": [16, 32]}, "list of 3"),
-    ({"widths": [16, 0, 64]}, "out of range"),
-    ({"num_classes": "10"}, "num_classes"),
-    ({"num_classes": True}, "num_classes"),
-    ({"in_chans": 1.0}, "in_chans"),
-])
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        ({"depth": 20}, "unknown config key"),
+        ({"widths": "16,32,64"}, "widths"),
+        ({"widths": [16, 32]}, "list of 3"),
+        ({"widths": [16, 0, 64]}, "out of range"),
+        ({"num_classes": "10"}, "num_classes"),
+        ({"num_classes": True}, "num_classes"),
+        ({"in_chans": 1.0}, "in_chans"),
+    ],
+)
 def test_config_keys_and_types(tmp_path, config, match):
     path = _write(tmp_path, lambda p: p["config"].update(config))
     with pytest.raises(CheckpointError, match=match):
@@ -69,6 +84,7 @@ def test_tensors_checked_against_the_meta_build(tmp_path):
         p["state_dict"]["fc.weight"] = torch.zeros(3, 3)
         del p["state_dict"]["fc.bias"]
         p["state_dict"]["extra"] = torch.zeros(1)
+
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(_write(tmp_path, wrong))
     message = str(info.value)
@@ -80,6 +96,7 @@ def test_tensors_checked_against_the_meta_build(tmp_path):
 def test_nan_and_inf_weights_are_refused(tmp_path, value):
     def poison(p):
         p["state_dict"]["layer2.0.conv1.weight"][0, 0, 0, 0] = value
+
     with pytest.raises(CheckpointError, match="weights contain NaN/inf"):
         load_checkpoint(_write(tmp_path, poison))
 
@@ -90,8 +107,15 @@ def test_file_size_limit(tmp_path):
     assert read_checkpoint(PRETRAINED / "resnet20_fmnist.pt", max_bytes=None)["arch"] == "resnet20"
 
 
-@pytest.mark.parametrize("meta,match", [({"input_size": None}, "input_size"), ({"std": [0.0]}, "std"),
-                                        ({"mean": [0.1, 0.2]}, "mean"), ({"classes": "abc"}, "classes")])
+@pytest.mark.parametrize(
+    "meta,match",
+    [
+        ({"input_size": None}, "input_size"),
+        ({"std": [0.0]}, "std"),
+        ({"mean": [0.1, 0.2]}, "mean"),
+        ({"classes": "abc"}, "classes"),
+    ],
+)
 def test_usable_check_refuses_broken_meta(tmp_path, meta, match):
     with pytest.raises(CheckpointError, match=match):
         check_usable(load_checkpoint(_write(tmp_path, lambda p: p["meta"].update(meta))))
@@ -99,16 +123,18 @@ def test_usable_check_refuses_broken_meta(tmp_path, meta, match):
 
 def test_usable_check_refuses_nonfinite_logits(tmp_path):
     def scale(p):
-        p["state_dict"]["fc.bias"] = torch.full_like(p["state_dict"]["fc.bias"], 3e38) * torch.tensor([1.0] + [-1.0] * 9)
+        p["state_dict"]["fc.bias"] = torch.full_like(p["state_dict"]["fc.bias"], 3e38) * torch.tensor(
+            [1.0] + [-1.0] * 9
+        )
         p["state_dict"]["fc.weight"] = p["state_dict"]["fc.weight"] * 1e38
+
     with pytest.raises(CheckpointError, match="NaN/inf logits"):
         check_usable(load_checkpoint(_write(tmp_path, scale)))
 
 
-@pytest.mark.parametrize("path", sorted(p for p in PRETRAINED.glob("*.pt") if not p.name.endswith(".last.pt")),
-                         ids=lambda p: p.stem)
-def test_bundled_checkpoints_pass_every_check(path, loaded_checkpoint):
-    check_usable(loaded_checkpoint(path))  # every bundled checkpoint: load_checkpoint's checks, then check_usable's
+@pytest.mark.parametrize("name", every_bundled_checkpoint())
+def test_bundled_checkpoints_pass_every_check(name, loaded_checkpoint):
+    check_usable(loaded_checkpoint(PRETRAINED / f"{name}.pt"))  # load_checkpoint's checks, then check_usable's
 
 
 def test_image_byte_limit_and_empty_file(tmp_path):
@@ -138,6 +164,7 @@ def test_streamlit_upload_limit_is_configured():
 
 # --- 2. sessions -------------------------------------------------------------------------------------------
 
+
 def test_every_app_cache_is_bounded():
     tree = ast.parse((REPO / "app" / "resources.py").read_text())
     for node in ast.walk(tree):
@@ -164,8 +191,10 @@ def test_dataset_table_computed_once_and_copied_per_session(monkeypatch):
     model = torch.nn.Identity()
     model.cache_key = "fake@1"
     got = []
-    threads = [threading.Thread(target=lambda: got.append(resources.cached_table(model, "fashion-mnist-subset")))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: got.append(resources.cached_table(model, "fashion-mnist-subset")))
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -203,11 +232,15 @@ def test_figure_context_is_safe_to_share(monkeypatch):
 
 # --- 5. command-line errors --------------------------------------------------------------------------------
 
+
 def test_a_bad_option_value_is_one_line(fmnist_dir, tmp_path, capsys):
     assert train.main([*ARGS, "--data-dir", str(fmnist_dir), "--out", str(tmp_path), "--holdout", "100000"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --holdout must be between") and err.count("\n") == 1
-    assert train.main([*ARGS, "--data-dir", str(fmnist_dir), "--out", str(tmp_path), "--model-args", '{"widths": "x"}']) == 2
+    assert (
+        train.main([*ARGS, "--data-dir", str(fmnist_dir), "--out", str(tmp_path), "--model-args", '{"widths": "x"}'])
+        == 2
+    )
     assert "error: --model-args: config widths" in capsys.readouterr().err
     assert train.main([*ARGS, "--data-dir", str(fmnist_dir), "--out", str(tmp_path), "--model-args", "{nope"]) == 2
     assert "not JSON" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """RePr: overlap math, global ranking, masking (weights, gradients, BN, momentum), orthogonal re-initialization
 with its fallback, the schedule through a Trainer-free loop and through the real Trainer (resume included),
 structure() and checkpoints."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,13 @@ from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from models.convnet import ConvNet
 from models.cost import count_macs, full_macs
 from models.data import load_dataset
-from models.layers.filter_overlap import (filter_scores, null_space_directions, overlap_matrix, rank_scores, select_global)
+from models.layers.filter_overlap import (
+    filter_scores,
+    null_space_directions,
+    overlap_matrix,
+    rank_scores,
+    select_global,
+)
 from models.recipes.repr import RePrStage, RePrOptions, reinitialize_filters, repr_recipe
 from models import create_model
 from models.registry import get_recipe
@@ -73,6 +80,7 @@ def small_resnet(seed: int = 0) -> nn.Module:
 
 # --- the math ----------------------------------------------------------------------------------------------
 
+
 def test_overlap_is_zero_for_orthogonal_and_one_for_identical_filters():
     orthogonal = torch.eye(8).reshape(8, 2, 2, 2) * torch.arange(1.0, 9.0).view(8, 1, 1, 1)  # scale does not matter
     assert filter_scores(orthogonal).abs().max() < 1e-12
@@ -80,8 +88,13 @@ def test_overlap_is_zero_for_orthogonal_and_one_for_identical_filters():
     assert torch.allclose(filter_scores(same), torch.ones(5, dtype=torch.float64))
     w = torch.randn(6, 4, 3, 3)
     p = overlap_matrix(w)
-    reference = torch.tensor([[0.0 if i == j else abs(F.cosine_similarity(w[i].flatten(), w[j].flatten(), 0).item())
-                               for j in range(6)] for i in range(6)], dtype=torch.float64)
+    reference = torch.tensor(
+        [
+            [0.0 if i == j else abs(F.cosine_similarity(w[i].flatten(), w[j].flatten(), 0).item()) for j in range(6)]
+            for i in range(6)
+        ],
+        dtype=torch.float64,
+    )
     assert torch.allclose(p, reference, atol=1e-6) and torch.allclose(p, p.T)
     assert torch.allclose(filter_scores(w), reference.sum(1) / 5)  # mean over the F - 1 other filters
     w[2] = 0  # a dropped (zero) filter does not overlap with itself
@@ -123,6 +136,7 @@ def test_ranking_excludes_first_conv_and_overcomplete_shortcuts_and_is_global():
 
 # --- masking -----------------------------------------------------------------------------------------------
 
+
 def test_masks_zero_weights_gradients_bn_and_momentum():
     model = small_resnet()
     stage = RePrStage(epochs=20, lr=0.05, prune=0.3)
@@ -160,6 +174,7 @@ def test_masks_zero_weights_gradients_bn_and_momentum():
 
 
 # --- re-initialization -------------------------------------------------------------------------------------
+
 
 def test_reinitialized_filters_are_orthogonal_to_survivors_and_old_values():
     model = small_resnet()
@@ -219,11 +234,19 @@ def test_null_space_fallback_when_dimension_is_too_small():
 
 # --- schedule ----------------------------------------------------------------------------------------------
 
+
 def test_schedule_phases_and_validation():
     stage = RePrStage(epochs=7, lr=0.1, s1=2, s2=1, cycles=2)
     phases = [stage.phase(e) for e in range(7)]
-    assert phases == [("full", 0, None), ("full", 0, "prune"), ("pruned", 0, "reinit"),
-                      ("full", 1, None), ("full", 1, "prune"), ("pruned", 1, "reinit"), ("final", None, None)]
+    assert phases == [
+        ("full", 0, None),
+        ("full", 0, "prune"),
+        ("pruned", 0, "reinit"),
+        ("full", 1, None),
+        ("full", 1, "prune"),
+        ("pruned", 1, "reinit"),
+        ("final", None, None),
+    ]
     with pytest.raises(ValueError, match="epochs"):
         RePrStage(epochs=6, lr=0.1, s1=2, s2=1, cycles=2)  # the last re-initialized filters would never train
     with pytest.raises(ValueError):
@@ -235,12 +258,21 @@ def test_schedule_phases_and_validation():
 def test_recipe_reads_cli_options():
     parser = argparse.ArgumentParser()
     add_options(parser, RePrOptions)
-    args = parser.parse_args(["--repr-s1", "4", "--repr-s2", "1", "--repr-cycles", "3", "--repr-prune", "0.2",
-                              "--repr-ranking", "norm"])
+    args = parser.parse_args(
+        ["--repr-s1", "4", "--repr-s2", "1", "--repr-cycles", "3", "--repr-prune", "0.2", "--repr-ranking", "norm"]
+    )
     args.epochs, args.lr, args.weight_decay, args.seed = 20, 0.1, 1e-4, 7
     assert get_recipe("repr") is repr_recipe
     (stage,) = repr_recipe(args)
-    assert (stage.s1, stage.s2, stage.cycles, stage.fraction, stage.ranking, stage.epochs, stage.seed) == (4, 1, 3, 0.2, "norm", 20, 7)
+    assert (stage.s1, stage.s2, stage.cycles, stage.fraction, stage.ranking, stage.epochs, stage.seed) == (
+        4,
+        1,
+        3,
+        0.2,
+        "norm",
+        20,
+        7,
+    )
     (default,) = repr_recipe(run_args(epochs=15, lr=0.1))  # options not in the parser: defaults
     assert (default.s1, default.s2, default.cycles) == (3, 2, 2)
 
@@ -266,6 +298,7 @@ def test_trainer_free_loop_records_every_cycle():
 
 # --- structure, cost, checkpoints --------------------------------------------------------------------------
 
+
 def test_structure_and_checkpoint_roundtrip(tmp_path):
     model = small_resnet()
     stage = RePrStage(epochs=20, lr=0.05, prune=0.3)
@@ -277,10 +310,25 @@ def test_structure_and_checkpoint_roundtrip(tmp_path):
     assert all(e["kind"] == "filters" for e in structure)
     assert by_layer["stem.0"]["prunable"] is False and by_layer["stem.0"]["dropped"] == []
     for name, rows in dropped.items():
-        assert by_layer[name]["dropped"] == rows and len(by_layer[name]["overlap"]) == model.get_submodule(name).out_channels
-    save_checkpoint(tmp_path / "repr.pt", model.eval(), {"name": "repr", "method": "repr", "dataset": "fashion-mnist",
-                                                          "classes": [str(i) for i in range(10)], "input_size": [1, 28, 28],
-                                                          "mean": [0.0], "std": [1.0], "metrics": {}, "recipe": {}})
+        assert (
+            by_layer[name]["dropped"] == rows
+            and len(by_layer[name]["overlap"]) == model.get_submodule(name).out_channels
+        )
+    save_checkpoint(
+        tmp_path / "repr.pt",
+        model.eval(),
+        {
+            "name": "repr",
+            "method": "repr",
+            "dataset": "fashion-mnist",
+            "classes": [str(i) for i in range(10)],
+            "input_size": [1, 28, 28],
+            "mean": [0.0],
+            "std": [1.0],
+            "metrics": {},
+            "recipe": {},
+        },
+    )
     loaded = load_checkpoint(tmp_path / "repr.pt", form="train")  # strict=True inside
     assert type(loaded).__name__ == "RePrResNet" and loaded.method == "repr"
     assert loaded.structure() == structure
@@ -301,11 +349,37 @@ def test_convnet_models():
 
 # --- through the real Trainer ------------------------------------------------------------------------------
 
+
 def run_trainer(fmnist_dir, out, *extra: str) -> train.Trainer:
     """What ``models.train.main`` does (its parser carries the RePr options)."""
-    args, _ = train.parse_args(["--model", "repr_resnet8", "--epochs", "4", "--batch-size", "32", "--limit-batches", "2",
-                              "--no-progress", "--lr", "0.05", "--repr-s1", "1", "--repr-s2", "2", "--repr-cycles", "1",
-                              "--data-dir", str(fmnist_dir), "--out", str(out), "--name", "tiny", *extra])
+    args, _ = train.parse_args(
+        [
+            "--model",
+            "repr_resnet8",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "32",
+            "--limit-batches",
+            "2",
+            "--no-progress",
+            "--lr",
+            "0.05",
+            "--repr-s1",
+            "1",
+            "--repr-s2",
+            "2",
+            "--repr-cycles",
+            "1",
+            "--data-dir",
+            str(fmnist_dir),
+            "--out",
+            str(out),
+            "--name",
+            "tiny",
+            *extra,
+        ]
+    )
     torch.manual_seed(args.seed)
     train_data, info = load_dataset(args.dataset, "train", args.data_dir)
     test_data, _ = load_dataset(args.dataset, "test", args.data_dir)
@@ -318,6 +392,7 @@ def run_trainer(fmnist_dir, out, *extra: str) -> train.Trainer:
     return trainer
 
 
+@pytest.mark.heavy
 def test_trainer_run_killed_in_pruned_phase_resumes_to_the_same_weights(fmnist_dir, tmp_path, monkeypatch):
     full = run_trainer(fmnist_dir, tmp_path / "full")
     (record,) = full.stages[0].record

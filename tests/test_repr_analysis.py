@@ -1,6 +1,7 @@
 """RePr figures and the seeds table: the data behind each figure (pruned phases, dropped-filter grid, overlap
 matrices, standard-trained counterpart, ranking comparison) from one tiny real RePr run, and the table's
 groups and statistics from hand-made checkpoints with known accuracies."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,16 @@ import analysis.methods.repr as fr
 from analysis import experiments as experiments_cli
 from analysis.core import runs as experiments
 from analysis.core.figures import FIGURES, FigureContext, available_figures, figure_bytes
-from analysis.methods.repr import (accuracy_curves, cycle_records, dropped_grid, mean_overlap, overlap_layers, overlap_matrices,
-                                   pruned_spans, repr_ranking)
+from analysis.methods.repr import (
+    accuracy_curves,
+    cycle_records,
+    dropped_grid,
+    mean_overlap,
+    overlap_layers,
+    overlap_matrices,
+    pruned_spans,
+    repr_ranking,
+)
 from models import train
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.layers.filter_overlap import filter_scores
@@ -28,11 +37,20 @@ from models.repr import prunable_layers
 REPR_FIGURES = ("repr_training_curves", "repr_filter_overlap", "repr_dropped_filters", "repr_ranking_comparison")
 
 
-def meta_of(name: str, method: str, acc: float | None, seed: int | None = 0, history: list | None = None, **args) -> dict:
+def meta_of(
+    name: str, method: str, acc: float | None, seed: int | None = 0, history: list | None = None, **args
+) -> dict:
     """A checkpoint meta as ``models.train`` writes it, with only what these tests read."""
     train_args = {"epochs": 5, **args} if seed is None else {"seed": seed, "epochs": 5, **args}
-    return {"name": name, "method": method, "dataset": "fashion-mnist", "input_size": [1, 28, 28],
-            "metrics": {} if acc is None else {"test_acc": acc}, "recipe": {"args": train_args}, "history": history or []}
+    return {
+        "name": name,
+        "method": method,
+        "dataset": "fashion-mnist",
+        "input_size": [1, 28, 28],
+        "metrics": {} if acc is None else {"test_acc": acc},
+        "recipe": {"args": train_args},
+        "history": history or [],
+    }
 
 
 def save(path: Path, arch: str, meta: dict, **config) -> Path:
@@ -54,9 +72,34 @@ def with_ranking(meta: dict, ranking: str, acc: float, seed: int, name: str) -> 
 def runs(fmnist_dir, tmp_path_factory) -> dict[str, Path]:
     """A real 5-epoch RePr ConvNet (2 cycles of S1 = S2 = 1, one batch per epoch) and a standard-trained twin."""
     out = tmp_path_factory.mktemp("repr_runs")
-    assert train.main(["--model", "repr_convnet3", "--epochs", "5", "--batch-size", "32", "--limit-batches", "1", "--no-progress",
-                       "--repr-s1", "1", "--repr-s2", "1", "--repr-cycles", "2", "--data-dir", str(fmnist_dir),
-                       "--out", str(out), "--name", "repr_convnet3_fmnist"]) == 0
+    assert (
+        train.main(
+            [
+                "--model",
+                "repr_convnet3",
+                "--epochs",
+                "5",
+                "--batch-size",
+                "32",
+                "--limit-batches",
+                "1",
+                "--no-progress",
+                "--repr-s1",
+                "1",
+                "--repr-s2",
+                "1",
+                "--repr-cycles",
+                "2",
+                "--data-dir",
+                str(fmnist_dir),
+                "--out",
+                str(out),
+                "--name",
+                "repr_convnet3_fmnist",
+            ]
+        )
+        == 0
+    )
     history = [{"global_epoch": e, "train_acc": 0.5 + e / 20, "test_acc": 0.45 + e / 20} for e in range(5)]
     base = save(out / "standard_twin.pt", "convnet3", meta_of("standard_twin", "baseline", 0.8, history=history))
     return {"repr": out / "repr_convnet3_fmnist.pt", "baseline": base}
@@ -68,9 +111,12 @@ def context_of(*paths: Path) -> FigureContext:
 
 # --- (a) training curves -----------------------------------------------------------------------------------
 
+
 def test_pruned_spans_merge_consecutive_pruned_epochs():
     phases = ["full", "full", "pruned", "pruned", "full", "full", "full", "pruned", "final"]
-    history = [{"global_epoch": e, "train_acc": 0.1 * e, "test_acc": 0.05 * e, "repr_phase": p} for e, p in enumerate(phases)]
+    history = [
+        {"global_epoch": e, "train_acc": 0.1 * e, "test_acc": 0.05 * e, "repr_phase": p} for e, p in enumerate(phases)
+    ]
     assert pruned_spans(history) == [(2, 4), (7, 8)]
     curves = accuracy_curves(history)
     assert curves["epoch"].tolist() == list(range(1, 10)) and curves["phase"].tolist() == phases
@@ -98,6 +144,7 @@ def test_training_curves_shade_the_pruned_epochs_of_a_real_run(runs):
 
 
 # --- (b) overlap matrices ----------------------------------------------------------------------------------
+
 
 def test_overlap_matrices_are_symmetric_per_layer_before_and_after(runs):
     context = context_of(runs["repr"], runs["baseline"])
@@ -136,14 +183,21 @@ def test_deep_nets_show_up_to_six_ranked_convs_spread_over_depth():
 def test_counterpart_is_found_by_architecture_not_by_name(runs, tmp_path):
     twin = save(tmp_path / "whatever.pt", "convnet3", meta_of("whatever", "baseline", 0.8, seed=3))
     same_seed = save(tmp_path / "repr_convnet3_s0.pt", "convnet3", meta_of("repr_convnet3_s0", "baseline", 0.8, seed=0))
-    narrower = save(tmp_path / "convnet3_fmnist.pt", "convnet3", meta_of("convnet3_fmnist", "baseline", 0.8), widths=(8, 8, 8))
+    narrower = save(
+        tmp_path / "convnet3_fmnist.pt", "convnet3", meta_of("convnet3_fmnist", "baseline", 0.8), widths=(8, 8, 8)
+    )
     resnet = save(tmp_path / "resnet8.pt", "resnet8", meta_of("resnet8", "baseline", 0.8))
     assert fr.standard_counterpart(context_of(runs["repr"], narrower, resnet), "repr_convnet3_fmnist") is None
-    assert fr.standard_counterpart(context_of(runs["repr"], twin, narrower, resnet), "repr_convnet3_fmnist") == "whatever"
-    assert fr.standard_counterpart(context_of(runs["repr"], twin, same_seed), "repr_convnet3_fmnist") == "repr_convnet3_s0"
+    assert (
+        fr.standard_counterpart(context_of(runs["repr"], twin, narrower, resnet), "repr_convnet3_fmnist") == "whatever"
+    )
+    assert (
+        fr.standard_counterpart(context_of(runs["repr"], twin, same_seed), "repr_convnet3_fmnist") == "repr_convnet3_s0"
+    )
 
 
 # --- (c) dropped filters -----------------------------------------------------------------------------------
+
 
 def test_dropped_grid_matches_the_cycle_records(runs):
     cycles = cycle_records(load_checkpoint(runs["repr"]).meta["history"])
@@ -161,8 +215,10 @@ def test_dropped_grid_matches_the_cycle_records(runs):
 
 
 def test_dropped_grid_of_hand_made_records():
-    cycles = [{"dropped": {"b": [0, 2]}, "overlap_before": {"a": [0.1] * 4, "b": [0.2] * 3}},
-              {"dropped": {"a": [3]}, "overlap_before": {"a": [0.1] * 4, "b": [0.2] * 3}}]
+    cycles = [
+        {"dropped": {"b": [0, 2]}, "overlap_before": {"a": [0.1] * 4, "b": [0.2] * 3}},
+        {"dropped": {"a": [3]}, "overlap_before": {"a": [0.1] * 4, "b": [0.2] * 3}},
+    ]
     grid = dropped_grid(cycles)
     assert grid["a"].tolist() == [[False] * 4, [False, False, False, True]]
     assert grid["b"].tolist() == [[True, False, True], [False] * 3]
@@ -171,9 +227,12 @@ def test_dropped_grid_of_hand_made_records():
 
 # --- (d) ranking criteria ----------------------------------------------------------------------------------
 
+
 def test_ranking_is_read_from_the_records_then_the_args():
     record = {"repr_cycle_record": {"ranking": "norm", "dropped": {}}}
-    assert repr_ranking({"method": "repr", "history": [record], "recipe": {"args": {"repr_ranking": "random"}}}) == "norm"
+    assert (
+        repr_ranking({"method": "repr", "history": [record], "recipe": {"args": {"repr_ranking": "random"}}}) == "norm"
+    )
     assert repr_ranking({"method": "repr", "history": [], "recipe": {"args": {"repr_ranking": "random"}}}) == "random"
     assert repr_ranking({"method": "repr"}) == "orthogonality"  # the recipe's default
     assert repr_ranking({"method": "baseline", "recipe": {"args": {"repr_ranking": "norm"}}}) is None
@@ -182,7 +241,10 @@ def test_ranking_is_read_from_the_records_then_the_args():
 def test_ranking_comparison_groups_rankings_against_standard_training(runs, tmp_path):
     real = load_checkpoint(runs["repr"]).meta
     made = {f"{r}_{s}": (r, acc, s) for r, acc, s in [("norm", 0.70, 1), ("norm", 0.74, 2), ("random", 0.60, 1)]}
-    paths = [save(tmp_path / f"{name}.pt", "repr_convnet3", with_ranking(real, r, acc, s, name)) for name, (r, acc, s) in made.items()]
+    paths = [
+        save(tmp_path / f"{name}.pt", "repr_convnet3", with_ranking(real, r, acc, s, name))
+        for name, (r, acc, s) in made.items()
+    ]
     other = save(tmp_path / "resnet8.pt", "resnet8", meta_of("resnet8", "baseline", 0.99))  # another backbone: left out
     context = context_of(runs["repr"], runs["baseline"], other, *paths)
     runs_table, table = fr.ranking_comparison(context)
@@ -210,6 +272,7 @@ def test_every_figure_draws_from_one_repr_checkpoint(runs, tmp_path):
 
 # --- the seeds table ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def experiment_dirs(tmp_path) -> tuple[Path, Path]:
     """experiments/: seeds 1, 2 of both methods (names that lie), a norm run, an unfinished run, a manifest-only
@@ -220,10 +283,15 @@ def experiment_dirs(tmp_path) -> tuple[Path, Path]:
     save(exp / "repr_convnet3_s1.pt", "repr_convnet3", meta_of("repr_convnet3_s1", "repr", 0.91, seed=1))
     save(exp / "r2.pt", "repr_convnet3", meta_of("r2", "repr", 0.95, seed=None))  # seed only in the manifest
     (exp / "manifest.json").write_text(json.dumps({"r2": {"file": "r2.pt", "seed": 2}}))
-    save(exp / "norm_s1.pt", "repr_convnet3", meta_of("norm_s1", "repr", 0.89, seed=1, repr_ranking="norm", epochs=9,
-                                                      no_augment=True))  # an option norm_s2 (older) does not record
+    save(
+        exp / "norm_s1.pt",
+        "repr_convnet3",
+        meta_of("norm_s1", "repr", 0.89, seed=1, repr_ranking="norm", epochs=9, no_augment=True),
+    )  # an option norm_s2 (older) does not record
     save(exp / "norm_s2.pt", "repr_convnet3", meta_of("norm_s2", "repr", 0.87, seed=2, repr_ranking="norm"))
-    save(exp / "convnet3_s3.last.pt", "convnet3", meta_of("convnet3_s3", "baseline", None, seed=3))  # resumable: ignored
+    save(
+        exp / "convnet3_s3.last.pt", "convnet3", meta_of("convnet3_s3", "baseline", None, seed=3)
+    )  # resumable: ignored
     save(pre / "convnet3_fmnist.pt", "convnet3", meta_of("convnet3_fmnist", "baseline", 0.94, seed=0))
     save(pre / "repr_convnet3_fmnist.pt", "repr_convnet3", meta_of("repr_convnet3_fmnist", "repr", 0.93, seed=0))
     return exp, pre
@@ -231,9 +299,14 @@ def experiment_dirs(tmp_path) -> tuple[Path, Path]:
 
 def test_seeds_table_groups_by_arch_method_and_ranking(experiment_dirs):
     exp, pre = experiment_dirs
-    table = experiments.seeds_table([exp, pre / "convnet3_fmnist.pt", pre / "repr_convnet3_fmnist.pt", exp / "norm_s1.pt"])
+    table = experiments.seeds_table(
+        [exp, pre / "convnet3_fmnist.pt", pre / "repr_convnet3_fmnist.pt", exp / "norm_s1.pt"]
+    )
     assert table[["arch", "method", "ranking"]].values.tolist() == [
-        ["convnet3", "baseline", None], ["repr_convnet3", "repr", "norm"], ["repr_convnet3", "repr", "orthogonality"]]
+        ["convnet3", "baseline", None],
+        ["repr_convnet3", "repr", "norm"],
+        ["repr_convnet3", "repr", "orthogonality"],
+    ]
     expected = {"baseline": [0.94, 0.90, 0.92], "norm": [0.89, 0.87], "orthogonality": [0.93, 0.91, 0.95]}
     for (_, row), accs in zip(table.iterrows(), expected.values()):
         assert row["n_seeds"] == len(accs) and row["dataset"] == "fashion-mnist"
@@ -260,13 +333,19 @@ def test_cli_prints_text_markdown_and_json(experiment_dirs, capsys):
     assert experiments_cli.main([str(exp), str(pre), "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [(r["arch"], r["ranking"], r["n_seeds"]) for r in records] == [
-        ("convnet3", None, 3), ("repr_convnet3", "norm", 2), ("repr_convnet3", "orthogonality", 3)]
+        ("convnet3", None, 3),
+        ("repr_convnet3", "norm", 2),
+        ("repr_convnet3", "orthogonality", 3),
+    ]
     assert records[0]["test_acc_mean"] == pytest.approx(0.92)
     assert experiments_cli.main([str(pre / "convnet3_fmnist.pt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["test_acc_std"] is None  # one seed: no spread
     assert experiments_cli.main([str(exp), str(pre), "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| dataset | arch | method | ranking | n_runs | n_seeds | seeds | acc_mean (%)") and len(lines) == 5
+    assert (
+        lines[0].startswith("| dataset | arch | method | ranking | n_runs | n_seeds | seeds | acc_mean (%)")
+        and len(lines) == 5
+    )
     assert "| 92.00 |" in lines[2] and "| 0,1,2 |" in lines[2]
     assert experiments_cli.main([str(exp)]) == 0
     assert "orthogonality" in capsys.readouterr().out

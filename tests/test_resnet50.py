@@ -1,6 +1,7 @@
 """The ImageNet ResNet-50 backbone (bottleneck blocks, four stages, 7x7 stem) of the paper-scale bench: torchvision's
 layout exactly, and SkipNet, DS-Net and early exit on it behave as on the CIFAR ResNets (fast form = training form,
 trace MACs = FlopCounterMode, forced decisions run the forced path). Small inputs keep these tests quick."""
+
 import copy
 
 import numpy as np
@@ -14,8 +15,8 @@ from models.inference import fast_form
 from models.layers.slimmable import SlimBatchNorm2d
 from models.resnet import Bottleneck
 from models.trace import forced_forward, traced_forward
-from tests.helpers import randomize_batchnorm
-from tests.test_inference_form import decisions
+
+from helpers import randomize_batchnorm, routing_decisions
 
 DYNAMIC = ("skipnet_resnet50", "dsnet_resnet50", "early_exit_resnet50")
 
@@ -35,7 +36,9 @@ def test_resnet50_is_torchvisions_layout():
     model = create_model("resnet50")
     assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision.models.resnet50
     blocks = model.named_blocks()
-    assert [len(stage) for stage in model.stages()] == [3, 4, 6, 3] and all(isinstance(b, Bottleneck) for _, b in blocks)
+    assert [len(stage) for stage in model.stages()] == [3, 4, 6, 3] and all(
+        isinstance(b, Bottleneck) for _, b in blocks
+    )
     assert blocks[-1][0] == "layer4.2" and model.fc.in_features == 2048
     with FlopCounterMode(display=False) as flops, torch.no_grad():
         model.eval()(torch.zeros(1, 3, 224, 224))
@@ -51,7 +54,7 @@ def test_methods_on_resnet50_fast_form_and_macs(name):
         want, want_trace = traced_forward(model, x)
         got, got_trace = traced_forward(fast, x)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-        assert decisions(got_trace) == decisions(want_trace)
+        assert routing_decisions(got_trace) == routing_decisions(want_trace)
         torch.testing.assert_close(got_trace.macs, want_trace.macs, rtol=0, atol=0)
         with FlopCounterMode(display=False) as flops:
             fast(x[:1])
@@ -87,14 +90,16 @@ def test_decisions_carry_over_by_stage_aware_depth():
     resnet20 = [f"layer{s}.{j}" for s in (1, 2, 3) for j in range(3)]
     resnet50 = [name for name, _ in create_model("resnet50").named_blocks()]
     assert block_positions(resnet20)["layer2.1"] == pytest.approx(5 / 9)
-    assert block_positions(resnet50)["layer4.2"] == 1.0 and block_positions(resnet50)["layer2.1"] == pytest.approx(3 / 8)
+    assert block_positions(resnet50)["layer4.2"] == 1.0 and block_positions(resnet50)["layer2.1"] == pytest.approx(
+        3 / 8
+    )
     assert nearest_layer("layer3.2", resnet20, resnet50, resnet50) == "layer4.2"
     assert nearest_layer("layer2.1", resnet50, resnet20, resnet20) == "layer1.2"  # 3/8 is nearest to 1/3
     assert nearest_layer("fc", resnet20, resnet50, resnet50) == "fc"
 
 
 def test_paper_scale_row_on_resnet50():
-    from analysis import bench
+    from tools import bench
     from analysis.core.catalog import PRETRAINED
     from models.checkpoint import load_checkpoint
 

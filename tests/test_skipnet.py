@@ -1,4 +1,5 @@
 """SkipNet: gates, true skipping against masking, MAC accounting, both training stages, checkpoints."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,15 @@ from models.cost import count_macs, full_macs
 from models.data import FASHION_MNIST, load_dataset, normalize
 from models.resnet import ResNet
 from models.layers.skip_gates import FeedForwardGates, RNNGate, lstm_step
-from models.recipes.skipnet import (HybridRLStage, SupervisedPretrainStage, SkipNetOptions, gate_log_probs,
-                                    gate_returns, skipnet_recipe, PolicyFinetuneStage)
+from models.recipes.skipnet import (
+    HybridRLStage,
+    SupervisedPretrainStage,
+    SkipNetOptions,
+    gate_log_probs,
+    gate_returns,
+    skipnet_recipe,
+    PolicyFinetuneStage,
+)
 from models.skipnet import SkipNet
 from models.stages import distillation_loss
 from models.trace import traced_forward
@@ -33,8 +41,6 @@ def make(gate: str = "rnn", depth: int = 8, seed: int = 0) -> SkipNet:
     model = create_model(f"skipnet_resnet{depth}", num_classes=10, in_chans=1, gate=gate)
     randomize_batchnorm(model)
     return model.eval()
-
-
 
 
 def final_bias(model: SkipNet) -> list[tuple[torch.Tensor, int | None]]:
@@ -99,6 +105,7 @@ def flops_batch1(model: nn.Module, x: torch.Tensor) -> float:
 
 # --- structure and gates ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("gate", GATES)
 def test_gate_shapes_in_every_mode(gate):
     model = make(gate, depth=20)
@@ -120,7 +127,8 @@ def test_gate_shapes_in_every_mode(gate):
 
 def test_gate_banks_and_builders():
     assert {"skipnet_resnet8", "skipnet_resnet20", "skipnet_resnet32", "skipnet_resnet38"} <= set(
-        __import__("models").list_models())
+        __import__("models").list_models()
+    )
     assert isinstance(make("rnn").gates, RNNGate)
     ff1, ff2 = make("ff1").gates, make("ff2").gates
     assert isinstance(ff1, FeedForwardGates) and ff1.kind == "ff1" and ff2.kind == "ff2"
@@ -152,6 +160,7 @@ def test_rnn_gate_state_carries_over():
 
 # --- inference: deterministic, true skipping ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("gate", GATES)
 def test_eval_is_deterministic_and_does_not_mutate(gate):
     model = make(gate)
@@ -176,7 +185,7 @@ def test_true_skipping_equals_masked_reference(gate):
     torch.testing.assert_close(out.logits, model(x, gate_mode="greedy").logits, atol=1e-5, rtol=1e-5)
     # batch of one: the same decisions and outputs image by image
     for i in range(len(x)):
-        one = model(x[i:i + 1], gate_mode="infer")
+        one = model(x[i : i + 1], gate_mode="infer")
         assert torch.equal(one.actions[0], out.actions[i])
         torch.testing.assert_close(one.logits[0], out.logits[i], atol=1e-5, rtol=1e-5)
 
@@ -192,11 +201,11 @@ def test_straight_through_forward_is_the_hard_forward():
 def expected_skip_all_macs(model: SkipNet, h: int, w: int) -> int:
     """Stem + first block + projection shortcuts + gates + fc, counted by hand (one MAC per multiply-add)."""
     c0, c1, c2 = model.widths
-    macs = h * w * 1 * c0 * 9                 # stem
-    macs += 2 * h * w * c0 * c0 * 9           # layer1.0 always runs
-    macs += (h // 2) * (w // 2) * c0 * c1     # layer2.0 skipped: 1x1 stride-2 shortcut
-    macs += (h // 4) * (w // 4) * c1 * c2     # layer3.0 skipped: 1x1 stride-2 shortcut
-    macs += c2 * 10                           # fc
+    macs = h * w * 1 * c0 * 9  # stem
+    macs += 2 * h * w * c0 * c0 * 9  # layer1.0 always runs
+    macs += (h // 2) * (w // 2) * c0 * c1  # layer2.0 skipped: 1x1 stride-2 shortcut
+    macs += (h // 4) * (w // 4) * c1 * c2  # layer3.0 skipped: 1x1 stride-2 shortcut
+    macs += c2 * 10  # fc
     for _, block in model.named_blocks()[1:]:  # RNN gate: embedding 1x1 conv on the pooled input, LSTM, linear
         macs += block.conv1.in_channels * 10 + 2 * 10 * 40 + 10
     return macs
@@ -226,9 +235,11 @@ def test_flop_counter_agrees_with_trace_per_image(gate):
     logits, trace = traced_forward(model, x)
     assert len({tuple(d["executed"] for d in ds) for ds in trace.decisions}) > 1, "want images with different paths"
     for i in range(len(x)):
-        flops = flops_batch1(model, x[i:i + 1])
-        _, one = traced_forward(model, x[i:i + 1])
-        assert one.decisions[0] == [{**d, "probability": pytest.approx(d["probability"], abs=1e-5)} for d in trace.decisions[i]]
+        flops = flops_batch1(model, x[i : i + 1])
+        _, one = traced_forward(model, x[i : i + 1])
+        assert one.decisions[0] == [
+            {**d, "probability": pytest.approx(d["probability"], abs=1e-5)} for d in trace.decisions[i]
+        ]
         assert one.macs[0].item() == pytest.approx(flops / 2, rel=1e-9)
         assert trace.macs[i].item() == pytest.approx(flops / 2, rel=1e-2)
 
@@ -257,6 +268,7 @@ def test_dense_counterpart_is_the_all_on_network():
 
 
 # --- training -----------------------------------------------------------------------------------------
+
 
 def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
@@ -321,8 +333,28 @@ def test_recipe_reads_options_from_args():
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=0.1)
     add_options(parser, SkipNetOptions)
-    args = run_args(**vars(parser.parse_args(["--alpha", "0.2", "--beta", "0.5", "--rl-epochs", "7", "--rl-lr", "1e-3", "--gate", "ff1",
-                              "--ft-epochs", "2", "--ft-lr", "0.003"])))
+    args = run_args(
+        **vars(
+            parser.parse_args(
+                [
+                    "--alpha",
+                    "0.2",
+                    "--beta",
+                    "0.5",
+                    "--rl-epochs",
+                    "7",
+                    "--rl-lr",
+                    "1e-3",
+                    "--gate",
+                    "ff1",
+                    "--ft-epochs",
+                    "2",
+                    "--ft-lr",
+                    "0.003",
+                ]
+            )
+        )
+    )
     _, rl, ft = skipnet_recipe(args)
     assert (rl.alpha, rl.beta, rl.epochs, rl.lr) == (0.2, 0.5, 7, 1e-3)
     assert (ft.epochs, ft.lr) == (2, 0.003)
@@ -340,7 +372,7 @@ def test_two_stage_loop_on_bundled_subset():
         optimizer = stage.optimizer(model)
         for step in range(2):
             model.train()
-            x, y = x_all[step * 16:(step + 1) * 16], y_all[step * 16:(step + 1) * 16]
+            x, y = x_all[step * 16 : (step + 1) * 16], y_all[step * 16 : (step + 1) * 16]
             out = stage.training_step(model, x, y)
             optimizer.zero_grad()
             out.loss.backward()
@@ -356,8 +388,17 @@ def test_two_stage_loop_on_bundled_subset():
 def test_checkpoint_roundtrip(tmp_path, gate):
     x = varied_images(8)
     model = mix_decisions(make(gate, depth=20), x)
-    meta = {"name": "t", "method": model.method, "dataset": "fashion-mnist", "classes": list(FASHION_MNIST.classes),
-            "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "metrics": {}, "recipe": {}}
+    meta = {
+        "name": "t",
+        "method": model.method,
+        "dataset": "fashion-mnist",
+        "classes": list(FASHION_MNIST.classes),
+        "input_size": [1, 28, 28],
+        "mean": [0.286],
+        "std": [0.353],
+        "metrics": {},
+        "recipe": {},
+    }
     save_checkpoint(tmp_path / "s.pt", model, meta)
     loaded = load_checkpoint(tmp_path / "s.pt", form="train")
     assert isinstance(loaded, SkipNet) and loaded.gate_kind == gate and not loaded.training
@@ -422,7 +463,10 @@ def test_anchored_finetune_pulls_drifted_gates_back_to_the_policy_it_started_wit
     with torch.no_grad():  # the backbone moved on and the gates drifted open
         for gate in model.gates.gates:
             gate.head.bias[1] += 1.0
-    disagreements = lambda: (model.eval()(x, gate_mode="infer").actions != reference).sum().item()
+
+    def disagreements():
+        return (model.eval()(x, gate_mode="infer").actions != reference).sum().item()
+
     drifted = disagreements()
     assert drifted > 0
     optimizer = stage.optimizer(model)
@@ -461,7 +505,10 @@ def test_distilled_finetune_moves_the_student_towards_a_frozen_teacher(tmp_path)
     optimizer = stage.optimizer(model)
     assert not {id(p) for p in teacher.parameters()} & {id(p) for g in optimizer.param_groups for p in g["params"]}
     target = teacher(x)
-    gap = lambda: distillation_loss(model.eval()(x), target).item()
+
+    def gap():
+        return distillation_loss(model.eval()(x), target).item()
+
     before = gap()
     model.train()
     out = stage.training_step(model, x, y)
@@ -476,8 +523,15 @@ def test_distilled_finetune_moves_the_student_towards_a_frozen_teacher(tmp_path)
     assert gap() < 0.8 * before
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
 
-    meta = {"name": "teacher", "method": "baseline", "dataset": "mnist", "classes": [str(i) for i in range(10)],
-            "input_size": [1, 28, 28], "mean": [0.5], "std": [0.5]}
+    meta = {
+        "name": "teacher",
+        "method": "baseline",
+        "dataset": "mnist",
+        "classes": [str(i) for i in range(10)],
+        "input_size": [1, 28, 28],
+        "mean": [0.5],
+        "std": [0.5],
+    }
     save_checkpoint(tmp_path / "teacher.pt", teacher, meta)
     args = run_args(epochs=0, lr=0.1, ft_epochs=1, ft_teacher=str(tmp_path / "teacher.pt"), ft_distill=0.5)
     assert isinstance(skipnet_recipe(run_args(**{**vars(args), "dataset": "mnist"}))[2].teacher, ResNet)

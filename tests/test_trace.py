@@ -1,4 +1,5 @@
 """The per-forward Trace: subsets attribute MACs to the right samples, and threads never see each other's trace."""
+
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +14,7 @@ from models.protocol import RouteScopeModel
 from models.skipnet import SKIP
 from models.trace import current_trace, traced_forward
 
-from conftest import REPO
+from helpers import REPO
 
 PRETRAINED = REPO / "models" / "pretrained"
 
@@ -54,8 +55,12 @@ def test_no_trace_outside_traced_forward():
 
 
 # per thread, its own images: batch sizes and decisions differ between the groups (SkipNet's gates, early exit's exits)
-THREAD_IMAGES = [["pullover-2.png"], ["bag-2.png", "coat-1.png"], ["sandal-1.png", "photo-bag.png", "dress-2.png"],
-                 ["trouser-1.png", "ankle-boot-2.png", "sneaker-1.png", "photo-dress.webp"]]
+THREAD_IMAGES = [
+    ["pullover-2.png"],
+    ["bag-2.png", "coat-1.png"],
+    ["sandal-1.png", "photo-bag.png", "dress-2.png"],
+    ["trouser-1.png", "ankle-boot-2.png", "sneaker-1.png", "photo-dress.webp"],
+]
 
 
 def same_decisions(actual: list[list[dict]], expected: list[list[dict]]) -> bool:
@@ -82,7 +87,7 @@ def test_threads_keep_their_own_traces(name):
     inputs = [torch.cat([load_model_input(samples[n], model.meta).tensor for n in group]) for group in THREAD_IMAGES]
     expected = [traced_forward(model, x) for x in inputs]
     for i, (_, a) in enumerate(expected):  # else a trace given another thread's decisions could still pass
-        for _, b in expected[i + 1:]:
+        for _, b in expected[i + 1 :]:
             assert not same_decisions(a.decisions, b.decisions)
     assert len({tuple(t.macs.tolist()) for _, t in expected}) == len(expected)
     # every thread waits, inside its traced forward, until all have started theirs: the traces are live together
@@ -98,7 +103,9 @@ def test_threads_keep_their_own_traces(name):
                 results = list(pool.map(lambda x: traced_forward(model, x), inputs))
             for group, (logits, trace), (want_logits, want) in zip(THREAD_IMAGES, results, expected):
                 assert same_decisions(trace.decisions, want.decisions), f"{group}: another thread's decisions"
-                assert torch.equal(trace.macs, want.macs), f"{group}: MACs {trace.macs.tolist()} != {want.macs.tolist()}"
+                assert torch.equal(trace.macs, want.macs), (
+                    f"{group}: MACs {trace.macs.tolist()} != {want.macs.tolist()}"
+                )
                 assert torch.allclose(logits, want_logits, atol=1e-5), group
     finally:
         hook.remove()

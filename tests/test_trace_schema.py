@@ -1,4 +1,5 @@
 """The documented trace format (docs/trace.schema.json) is current and is what the code writes."""
+
 import json
 from pathlib import Path
 

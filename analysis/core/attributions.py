@@ -6,6 +6,7 @@ differentiable function of the input by running the model inside a ``Trace(keep_
 reading the recorded tensor, so Integrated Gradients explains the decision exactly as the model
 computes it at inference (true skipping included: along the IG path the executed blocks may change).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from analysis.core.kinds import AttributionTarget
 from models.trace import traced_forward
 
+
 @dataclass
 class Attribution:
     """A (H, W) relevance map, what it explains, and IG's convergence delta (None for GradCAM)."""
@@ -28,7 +30,9 @@ class Attribution:
     delta: float | None
 
 
-def decision_function(model: torch.nn.Module, layer: str, field: str, option: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def decision_function(
+    model: torch.nn.Module, layer: str, field: str, option: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """x -> the recorded decision ``field`` of ``layer`` (one scalar per input; ``option`` picks one element of a
     vector field, e.g. a width choice or an expert)."""
 
@@ -44,19 +48,31 @@ def _channel_sum(attribution: torch.Tensor) -> np.ndarray:
     return attribution.detach()[0].sum(0).cpu().numpy()
 
 
-def integrated_gradients(forward: Callable, x: torch.Tensor, target: int | None = None, steps: int = 32) -> tuple[np.ndarray, float]:
+def integrated_gradients(
+    forward: Callable, x: torch.Tensor, target: int | None = None, steps: int = 32
+) -> tuple[np.ndarray, float]:
     """IG from an all-zeros baseline in normalized space (the data set's mean image)."""
     x = x.detach().requires_grad_(True)
     attribution, delta = IntegratedGradients(forward).attribute(
-        x, baselines=torch.zeros_like(x), target=target, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True)
+        x,
+        baselines=torch.zeros_like(x),
+        target=target,
+        n_steps=steps,
+        internal_batch_size=steps,
+        return_convergence_delta=True,
+    )
     return _channel_sum(attribution), float(delta.abs().max())
 
 
-def explain_prediction(model: torch.nn.Module, x: torch.Tensor, target: int, method: str = "integrated_gradients") -> Attribution:
+def explain_prediction(
+    model: torch.nn.Module, x: torch.Tensor, target: int, method: str = "integrated_gradients"
+) -> Attribution:
     """Relevance of each pixel for the logit of class ``target`` (x: one normalized image, 1xCxHxW)."""
     label = model.meta["classes"][target]
     if method == "gradcam":
-        cam = LayerGradCam(model, model.pool).attribute(x, target=target, attribute_to_layer_input=True, relu_attributions=True)
+        cam = LayerGradCam(model, model.pool).attribute(
+            x, target=target, attribute_to_layer_input=True, relu_attributions=True
+        )
         upsampled = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
         return Attribution(upsampled[0, 0].numpy(), f"class '{label}'", "GradCAM (last feature map)", None)
     heatmap, delta = integrated_gradients(model, x, target=target)

@@ -1,4 +1,5 @@
 """What ships with the repo: bundled checkpoints and sample images."""
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,9 @@ def featured_names(folder: Path | None = None) -> list[str]:
     return names
 
 
-def read_checkpoints(paths: Iterable[Path], on_error: Callable[[str], None] | None = None) -> Iterator[tuple[Path, dict]]:
+def read_checkpoints(
+    paths: Iterable[Path], on_error: Callable[[str], None] | None = None
+) -> Iterator[tuple[Path, dict]]:
     """``(path, payload)`` of each checkpoint, read without building its model (meta, arch, weights); an
     unreadable file raises ``CheckpointError``, or goes to ``on_error`` and is skipped (the app lists them)."""
     for path in paths:

@@ -5,6 +5,7 @@ that receives a ``FigureContext`` (the checkpoints by method, cached dataset tab
 matplotlib figure. (A module of its own, so that running the CLI as ``__main__`` does not give the
 per-method files a second copy of the registry.)
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,17 @@ from analysis.core.table import dataset_table, easy_and_hard, load_test_images  
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.data import find_fashion_mnist  # noqa: E402
 
-matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none", "figure.dpi": 110,
-                            "axes.spines.top": False, "axes.spines.right": False, "font.size": 9})
+matplotlib.rcParams.update(
+    {
+        "pdf.fonttype": 42,
+        "ps.fonttype": 42,
+        "svg.fonttype": "none",
+        "figure.dpi": 110,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "font.size": 9,
+    }
+)
 
 
 @dataclass
@@ -121,8 +131,9 @@ def main_model(context: FigureContext, method: str, max_mac_ratio: float = 0.9) 
     return max(saving, key=lambda n: metrics[n].get("test_acc", 0))
 
 
-def easy_hard_gallery(context: FigureContext, name: str, describe: Callable[[pd.Series], str] | None = None,
-                      k: int = 8) -> plt.Figure:
+def easy_hard_gallery(
+    context: FigureContext, name: str, describe: Callable[[pd.Series], str] | None = None, k: int = 8
+) -> plt.Figure:
     """Two rows of ``k`` test images, fewest MACs (easy) above most MACs (hard), with their mean brightness and
     contrast; ``describe(row)`` labels each image (default: class and MACs). Shared by every dynamic method."""
     table = context.table(name)
@@ -136,8 +147,15 @@ def easy_hard_gallery(context: FigureContext, name: str, describe: Callable[[pd.
         for ax, (index, item) in zip(axes[row], subset.iterrows()):
             ax.imshow(images[index].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255)
             ax.set_title(describe(item), fontsize=6)
-        axes[row][0].text(-0.3, 0.5, f"{title}\nbright {subset['brightness'].mean():.2f}\ncontrast {subset['contrast'].mean():.2f}",
-                          transform=axes[row][0].transAxes, ha="right", va="center", fontsize=7)
+        axes[row][0].text(
+            -0.3,
+            0.5,
+            f"{title}\nbright {subset['brightness'].mean():.2f}\ncontrast {subset['contrast'].mean():.2f}",
+            transform=axes[row][0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=7,
+        )
     figure.suptitle(f"{name}: easy vs hard images", fontsize=9)
     return figure
 
@@ -145,8 +163,11 @@ def easy_hard_gallery(context: FigureContext, name: str, describe: Callable[[pd.
 def matching_baselines(baselines: dict[str, torch.nn.Module], like: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """The plain models of the same depth and data set as ``like`` (the dense point of its trade-off curve)."""
     depth, dataset = getattr(like, "depth", None), like.meta.get("dataset")
-    return {name: model for name, model in baselines.items()
-            if depth is not None and getattr(model, "depth", None) == depth and model.meta.get("dataset") == dataset}
+    return {
+        name: model
+        for name, model in baselines.items()
+        if depth is not None and getattr(model, "depth", None) == depth and model.meta.get("dataset") == dataset
+    }
 
 
 def figure_bytes(figure: plt.Figure, fmt: str) -> bytes:
@@ -158,8 +179,11 @@ def figure_bytes(figure: plt.Figure, fmt: str) -> bytes:
 def available_figures(context: FigureContext, only: str | None = None) -> list[FigureSpec]:
     """Figures whose method has at least one checkpoint in ``context``."""
     methods = {context.model(n).meta["method"] for n in context.checkpoints}
-    return [spec for spec in FIGURES.values()
-            if (only is None or spec.method in (only, "all")) and (spec.method == "all" or spec.method in methods)]
+    return [
+        spec
+        for spec in FIGURES.values()
+        if (only is None or spec.method in (only, "all")) and (spec.method == "all" or spec.method in methods)
+    ]
 
 
 def write_figures(context: FigureContext, out: Path, only: str | None = None, progress: bool = True) -> list[Path]:

@@ -7,6 +7,7 @@ one); ``threshold=0.7`` moves one knob. Parsing splits the text and reads JSON w
 model's decision kind declares its field (``False``, ``false``, ``0`` and ``no`` all force a block off) and
 refuses a wrong one by name.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,11 @@ def parse_interventions(overrides: Iterable[str], knobs: Iterable[str]) -> tuple
 
 def format_interventions(overrides: dict, knobs: dict) -> tuple[list[str], list[str]]:
     """The inverse of ``parse_interventions``: the text forms, sorted."""
-    forced = [f"{layer}.{field}={json.dumps(value, separators=(',', ':'))}"
-              for layer, fields in sorted(overrides.items()) for field, value in sorted(fields.items())]
+    forced = [
+        f"{layer}.{field}={json.dumps(value, separators=(',', ':'))}"
+        for layer, fields in sorted(overrides.items())
+        for field, value in sorted(fields.items())
+    ]
     return forced, [f"{name}={value:g}" for name, value in sorted(knobs.items())]
 
 
@@ -72,14 +76,21 @@ def changed_decisions(original: list[dict], intervened: list[dict], fields: dict
     before = {d["layer"]: d for d in original}
     after = {d["layer"]: d for d in intervened}
     rows = []
-    for layer in list(after) + [l for l in before if l not in after]:
+    for layer in list(after) + [k for k in before if k not in after]:
         a, b = before.get(layer), after.get(layer)
         kind = (b or a)["kind"]
         for field in fields.get(kind, ()):
             old = "not reached" if a is None else _shown(a.get(field))
             new = "not reached" if b is None else _shown(b.get(field))
             if old != new:  # as shown (3 digits): a routing weight that moved in the 6th digit did not change
-                rows.append({"layer": layer, "kind": kind, "field": field,
-                             "original": old, "intervened": new,
-                             "forced": bool(b and b.get("forced"))})
+                rows.append(
+                    {
+                        "layer": layer,
+                        "kind": kind,
+                        "field": field,
+                        "original": old,
+                        "intervened": new,
+                        "forced": bool(b and b.get("forced")),
+                    }
+                )
     return pd.DataFrame(rows, columns=["layer", "kind", "field", "original", "intervened", "forced"])

@@ -6,8 +6,10 @@ draws each kind's charts, the Compare page each kind's sections, the Structure p
 summary and detail, and attributions each decision's targets. ``load_method_modules`` imports every module
 of ``analysis.methods`` (so their views and figures register) without a hand-kept list.
 """
+
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 import pkgutil
@@ -40,19 +42,27 @@ class AttributionTarget:
     option: int | None = None
 
 
+class Widget(enum.Enum):
+    """How a control is drawn: a switch (a bool), a choice among ``options``, or a slider over ``[low, high]``."""
+
+    TOGGLE = "toggle"
+    SELECT = "select"
+    SLIDER = "slider"
+
+
 @dataclass(frozen=True)
 class Control:
     """The widget one decision offers for an intervention (the app renders it; no kind is named there).
 
-    ``widget``: "toggle" (a bool), "select" (one of ``options``) or "slider" (a float in ``[low, high]``, one per
-    ``options`` label when the field is a vector); ``value``: what the run being shown decided, in widget terms;
+    ``widget``: ``Widget.TOGGLE`` (a bool), ``Widget.SELECT`` (one of ``options``) or ``Widget.SLIDER`` (a float in
+    ``[low, high]``); ``value``: what the run being shown decided, in widget terms;
     ``override(value)``: the forced ``field`` value for ``traced_forward(overrides={layer: {field: ...}})``.
     """
 
     layer: str
     field: str
     label: str
-    widget: str
+    widget: Widget
     value: Any
     override: Callable[[Any], Any]
     options: tuple = ()

@@ -1,11 +1,12 @@
 """Measured latency: MACs say what a decision saves on paper, the clock says what it saves on this machine (a
 skipped block saves its time; a narrower slice or a mixed kernel may save less than its MACs).
 
-One timing path for the app and ``analysis.bench``: a side is a forward through ``models.trace.forced_forward``
+One timing path for the app and ``tools.bench``: a side is a forward through ``models.trace.forced_forward``
 (the model's own inference path: batch-1 control flow and compiled kernels, with any overrides and knobs, no MAC
 counter), and two sides are timed alternately in ABBA order (``alternating``), so the noise of a shared machine
 falls on both. On a GPU each call is synchronised before the clock stops.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,13 +48,15 @@ def _synchronize(device: torch.device | str | None) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternating(sides: Sequence[Callable[[], object]], rounds: int, device: torch.device | str | None = None) -> list[list[float]]:
+def alternating(
+    sides: Sequence[Callable[[], object]], rounds: int, device: torch.device | str | None = None
+) -> list[list[float]]:
     """Seconds of each side's call per round, the sides timed round by round in ABBA order: the side that goes first
     swaps every round, so cache state and clock drift fall on both alike. ``device``: synchronised (CUDA) before each
     clock reading, so the time is the work's, not its launch's."""
     times: list[list[float]] = [[] for _ in sides]
     for r in range(rounds):
-        for side in (range(len(sides)) if r % 2 == 0 else reversed(range(len(sides)))):
+        for side in range(len(sides)) if r % 2 == 0 else reversed(range(len(sides))):
             _synchronize(device)
             tic = time.perf_counter()
             sides[side]()
@@ -62,18 +65,26 @@ def alternating(sides: Sequence[Callable[[], object]], rounds: int, device: torc
     return times
 
 
-def decided_call(model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
-                 knobs: dict | None = None) -> Callable[[], torch.Tensor]:
+def decided_call(
+    model: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None, knobs: dict | None = None
+) -> Callable[[], torch.Tensor]:
     """One timed forward of ``model`` on ``x`` with its overrides and knobs (checked here, once, not in the timed
-    call): what ``analysis.bench`` and the app's latency both time."""
+    call): what ``tools.bench`` and the app's latency both time."""
     overrides, knobs = check_interventions(model, overrides, knobs)
     x = x.to(model_device(model))
     return lambda: forced_forward(model, x, overrides, knobs, checked=True)
 
 
 @torch.no_grad()
-def paired_latency(model: torch.nn.Module, dense: torch.nn.Module, x: torch.Tensor, overrides: dict | None = None,
-                   knobs: dict | None = None, rounds: int = 16, warmup: int = 3) -> tuple[Latency, Latency]:
+def paired_latency(
+    model: torch.nn.Module,
+    dense: torch.nn.Module,
+    x: torch.Tensor,
+    overrides: dict | None = None,
+    knobs: dict | None = None,
+    rounds: int = 16,
+    warmup: int = 3,
+) -> tuple[Latency, Latency]:
     """Batch-1 latency of the normalized image ``x`` (1 x C x H x W) through ``model`` (decisions forced by
     ``overrides``, settings moved by ``knobs``) and through ``dense``, measured alternately in one run."""
     sides = [decided_call(model, x, overrides, knobs), decided_call(dense, x)]

@@ -3,6 +3,7 @@
 Read from each checkpoint's meta (``metrics`` written by ``models.evaluate`` at the end of training), without
 building the models, so the app's Results page and the overview figure show the same numbers as the README.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,10 +23,19 @@ def models_frame(paths: Iterable[Path], on_error: Callable[[str], None] | None =
         meta, metrics = payload["meta"], payload["meta"].get("metrics") or {}
         if "test_acc" not in metrics or "macs_mean" not in metrics:
             continue  # never evaluated (a hand-made or interrupted checkpoint): nothing to place
-        rows.append({"name": meta.get("name", Path(path).stem), "method": meta.get("method"), "arch": payload["arch"],
-                     "dataset": meta.get("dataset"), "test_acc": float(metrics["test_acc"]),
-                     "macs_mean": float(metrics["macs_mean"]), "mac_ratio": metrics.get("mac_ratio"),
-                     "params": metrics.get("params"), "n_test": metrics.get("n_test")})
+        rows.append(
+            {
+                "name": meta.get("name", Path(path).stem),
+                "method": meta.get("method"),
+                "arch": payload["arch"],
+                "dataset": meta.get("dataset"),
+                "test_acc": float(metrics["test_acc"]),
+                "macs_mean": float(metrics["macs_mean"]),
+                "mac_ratio": metrics.get("mac_ratio"),
+                "params": metrics.get("params"),
+                "n_test": metrics.get("n_test"),
+            }
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

@@ -1,11 +1,10 @@
 """Routing patterns over a dataset table: which distinct paths images take, how often, at what cost and accuracy,
 and a 2-D map of the images' decision vectors (PCA by SVD) to see whether paths cluster by class or difficulty."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-
 
 
 def pattern_summary(table: pd.DataFrame, top_classes: int = 3) -> pd.DataFrame:
@@ -17,14 +16,20 @@ def pattern_summary(table: pd.DataFrame, top_classes: int = 3) -> pd.DataFrame:
     groups = table.groupby("pattern", sort=False)
     out = groups.agg(images=("macs", "size"), accuracy=("correct", "mean"), macs_mean=("macs", "mean")).reset_index()
     out["share"] = out["images"] / len(table)
-    out["classes"] = [", ".join(f"{c} ({n})" for c, n in group["class"].value_counts().head(top_classes).items() if n)
-                      for _, group in groups]
+    out["classes"] = [
+        ", ".join(f"{c} ({n})" for c, n in group["class"].value_counts().head(top_classes).items() if n)
+        for _, group in groups
+    ]
     return out.sort_values(["images", "macs_mean"], ascending=[False, True])[columns].reset_index(drop=True)
 
 
 def decision_matrix(table: pd.DataFrame) -> pd.DataFrame:
     """The numeric decision columns (``layer/field``) of the table, bools as 0/1: each image's decision vector."""
-    columns = [c for c in table.columns if "/" in c and (pd.api.types.is_numeric_dtype(table[c]) or pd.api.types.is_bool_dtype(table[c]))]
+    columns = [
+        c
+        for c in table.columns
+        if "/" in c and (pd.api.types.is_numeric_dtype(table[c]) or pd.api.types.is_bool_dtype(table[c]))
+    ]
     return table[columns].astype(float).fillna(0.0)
 
 
@@ -46,6 +51,6 @@ def decision_map(table: pd.DataFrame) -> pd.DataFrame | None:
     if coords.shape[1] == 1:
         coords = np.hstack([coords, np.zeros((len(coords), 1))])
     out = pd.DataFrame(coords, index=table.index, columns=["pc1", "pc2"])
-    variance = s ** 2
+    variance = s**2
     out.attrs["explained"] = [float(v) for v in (variance[:2] / variance.sum())]
     return out

@@ -5,6 +5,7 @@ size, so the model sees them exactly as it sees a test image (normalized with it
 ``perturbation_sweep`` traces one image at every strength and returns the decisions, the probability of the
 original prediction and the MACs per strength (what the Inspect page plots).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
     n, c, h, w = images.shape
     theta = torch.tensor([[1 / scale, 0, 0], [0, 1 / scale, 0]], dtype=torch.float32).expand(n, 2, 3)
     grid = torch.nn.functional.affine_grid(theta, (n, c, h, w), align_corners=False)
-    out = torch.nn.functional.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = torch.nn.functional.grid_sample(
+        images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return _to_uint8(out)
 
 
@@ -62,7 +65,7 @@ def occlusion(images: torch.Tensor, position: float, size: float = 0.35) -> torc
     ph, pw = max(1, round(size * h)), max(1, round(size * w))
     top, left = round(position * (h - ph)), round(position * (w - pw))
     out = images.clone()
-    out[:, :, top:top + ph, left:left + pw] = 0
+    out[:, :, top : top + ph, left : left + pw] = 0
     return out
 
 
@@ -114,8 +117,15 @@ def perturbed(pixels: torch.Tensor, name: str, strengths: Sequence[float]) -> to
 
 
 @torch.no_grad()
-def perturbation_sweep(model: torch.nn.Module, pixels: torch.Tensor, name: str, strengths: Sequence[float],
-                       target: int | None = None, overrides: dict | None = None, knobs: dict | None = None) -> pd.DataFrame:
+def perturbation_sweep(
+    model: torch.nn.Module,
+    pixels: torch.Tensor,
+    name: str,
+    strengths: Sequence[float],
+    target: int | None = None,
+    overrides: dict | None = None,
+    knobs: dict | None = None,
+) -> pd.DataFrame:
     """One row per strength: ``strength, predicted, probability`` (of class ``target``, default the unperturbed
     prediction), ``macs``, ``pattern`` and one column per decision layer (its signature value), from one traced
     batch of every perturbed copy of the uint8 image ``pixels`` (1 x C x H x W)."""
@@ -123,15 +133,24 @@ def perturbation_sweep(model: torch.nn.Module, pixels: torch.Tensor, name: str, 
     meta = model.meta
     batch = perturbed(pixels, name, strengths)
     if target is None:
-        logits, _ = traced_forward(model, normalize(pixels, meta["mean"], meta["std"]), overrides=overrides, knobs=knobs)
+        logits, _ = traced_forward(
+            model, normalize(pixels, meta["mean"], meta["std"]), overrides=overrides, knobs=knobs
+        )
         target = int(logits.argmax(1))
     logits, trace = traced_forward(model, normalize(batch, meta["mean"], meta["std"]), overrides=overrides, knobs=knobs)
     probabilities = logits.softmax(1)
     rows = []
     for i, strength in enumerate(strengths):
-        rows.append({"strength": float(strength), "predicted": meta["classes"][int(probabilities[i].argmax())],
-                     "probability": float(probabilities[i, target]), "macs": float(trace.macs[i]),
-                     "pattern": routing_pattern(trace.decisions[i]), **decision_values(trace.decisions[i])})
+        rows.append(
+            {
+                "strength": float(strength),
+                "predicted": meta["classes"][int(probabilities[i].argmax())],
+                "probability": float(probabilities[i, target]),
+                "macs": float(trace.macs[i]),
+                "pattern": routing_pattern(trace.decisions[i]),
+                **decision_values(trace.decisions[i]),
+            }
+        )
     frame = pd.DataFrame(rows)
     frame.attrs.update(target=meta["classes"][target], perturbation=perturbation.label)
     return frame
@@ -141,25 +160,62 @@ def perturbation_figure(frame: pd.DataFrame) -> go.Figure:
     """Probability of the original prediction and MACs (top), each decision layer's value (bottom: a heatmap row per
     layer, the value written in each cell), vs strength."""
     layers = [c for c in frame.columns if c not in ("strength", "predicted", "probability", "macs", "pattern")]
-    figure = make_subplots(rows=2 if layers else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                           specs=[[{"secondary_y": True}]] + ([[{}]] if layers else []))
+    figure = make_subplots(
+        rows=2 if layers else 1,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        specs=[[{"secondary_y": True}]] + ([[{}]] if layers else []),
+    )
     hover = [f"predicted {p}<br>pattern {q or '-'}" for p, q in zip(frame["predicted"], frame["pattern"])]
-    figure.add_trace(go.Scatter(x=frame["strength"], y=frame["probability"], name=f"p({frame.attrs.get('target', 'class')})",
-                                mode="lines+markers", hovertext=hover), row=1, col=1)
-    figure.add_trace(go.Scatter(x=frame["strength"], y=frame["macs"] / 1e6, name="MACs (M)", mode="lines+markers",
-                                line=dict(dash="dot")), row=1, col=1, secondary_y=True)
+    figure.add_trace(
+        go.Scatter(
+            x=frame["strength"],
+            y=frame["probability"],
+            name=f"p({frame.attrs.get('target', 'class')})",
+            mode="lines+markers",
+            hovertext=hover,
+        ),
+        row=1,
+        col=1,
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=frame["strength"], y=frame["macs"] / 1e6, name="MACs (M)", mode="lines+markers", line=dict(dash="dot")
+        ),
+        row=1,
+        col=1,
+        secondary_y=True,
+    )
     if layers:  # one row per decision layer: its signature value (text), coloured within the row (0/1 gates,
         # widths, expert indices share one picture without one scale swamping another)
         values = frame[layers].to_numpy(dtype=float).T
         low, high = np.nanmin(values, axis=1, keepdims=True), np.nanmax(values, axis=1, keepdims=True)
         shade = np.where(high > low, (values - low) / np.where(high > low, high - low, 1), 0.5)
-        figure.add_trace(go.Heatmap(x=frame["strength"], y=layers, z=shade, text=[[f"{v:g}" for v in row] for row in values],
-                                    texttemplate="%{text}", colorscale="Blues", showscale=False, xgap=1, ygap=1, name="decisions",
-                                    hovertemplate="%{y} at %{x}: %{text}<extra></extra>"), row=2, col=1)
+        figure.add_trace(
+            go.Heatmap(
+                x=frame["strength"],
+                y=layers,
+                z=shade,
+                text=[[f"{v:g}" for v in row] for row in values],
+                texttemplate="%{text}",
+                colorscale="Blues",
+                showscale=False,
+                xgap=1,
+                ygap=1,
+                name="decisions",
+                hovertemplate="%{y} at %{x}: %{text}<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
     figure.update_yaxes(title_text="probability", range=[0, 1], row=1, col=1, secondary_y=False)
     figure.update_yaxes(title_text="MACs (M)", row=1, col=1, secondary_y=True)
     if layers:
         figure.update_yaxes(title_text="decision", autorange="reversed", row=2, col=1)
     figure.update_xaxes(title_text=frame.attrs.get("perturbation", "strength"), row=2 if layers else 1, col=1)
-    return figure.update_layout(title=f"Perturbation sweep: {frame.attrs.get('perturbation', '')}",
-                                height=330 + 22 * len(layers) if layers else 300, **COMPACT)
+    return figure.update_layout(
+        title=f"Perturbation sweep: {frame.attrs.get('perturbation', '')}",
+        height=330 + 22 * len(layers) if layers else 300,
+        **COMPACT,
+    )

@@ -9,6 +9,7 @@ each checkpoint's own arch and meta, never from its file name: the seed-0 runs a
 ``varies`` names the training options (other than the seed and where files went) that are not the same
 over a group's runs, so a mean over runs that are not replicates does not pass unnoticed.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,8 @@ IGNORED_ARGS = frozenset({"seed", "name", "out", "data_dir", "download", "device
 
 
 def checkpoint_paths(sources: Iterable[str | Path]) -> list[Path]:
-    """The finished checkpoints (``*.pt``, not resumable ``*.last.pt``) of folders, plus files given directly; each once."""
+    """The finished checkpoints (``*.pt``, not resumable ``*.last.pt``) of folders, plus files given directly; each
+    once."""
     paths: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
@@ -81,9 +83,17 @@ def seed_of(meta: dict, path: Path | None = None) -> int | None:
 def run_row(meta: dict, arch: str, path: Path | None = None) -> dict:
     """What the table needs of one run; ``test_acc`` is NaN for a run that was never evaluated."""
     accuracy = (meta.get("metrics") or {}).get("test_acc")
-    return {"name": meta.get("name"), "path": None if path is None else str(path), "dataset": meta.get("dataset"),
-            "arch": arch, "method": meta.get("method"), "ranking": run_variant(meta), "seed": seed_of(meta, path),
-            "test_acc": math.nan if accuracy is None else float(accuracy), "args": training_args(meta)}
+    return {
+        "name": meta.get("name"),
+        "path": None if path is None else str(path),
+        "dataset": meta.get("dataset"),
+        "arch": arch,
+        "method": meta.get("method"),
+        "ranking": run_variant(meta),
+        "seed": seed_of(meta, path),
+        "test_acc": math.nan if accuracy is None else float(accuracy),
+        "args": training_args(meta),
+    }
 
 
 def collect_runs(sources: Iterable[str | Path], on_error: Callable[[str], None] | None = None) -> pd.DataFrame:
@@ -106,7 +116,9 @@ def _none_for_missing(frame: pd.DataFrame, column: str) -> pd.DataFrame:
 def _varying_args(args: list[dict]) -> str:
     """Options with more than one value among the runs that record them (older checkpoints lack newer options)."""
     keys = sorted({k for a in args for k in a} - IGNORED_ARGS)
-    return ", ".join(k for k in keys if len({json.dumps(a[k], sort_keys=True, default=str) for a in args if k in a}) > 1)
+    return ", ".join(
+        k for k in keys if len({json.dumps(a[k], sort_keys=True, default=str) for a in args if k in a}) > 1
+    )
 
 
 def _sort_key(key: tuple) -> tuple:
@@ -125,10 +137,19 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
         members = groups[key]
         accuracy = pd.Series([r["test_acc"] for r in members], dtype="float64")
         seeds = sorted({int(r["seed"]) for r in members if r["seed"] is not None and not pd.isna(r["seed"])})
-        table.append({**dict(zip(GROUP_KEYS, key)), "n_runs": len(members), "n_seeds": len(seeds), "seeds": seeds,
-                      "test_acc_mean": accuracy.mean(), "test_acc_std": accuracy.std(ddof=1),
-                      "test_acc_min": accuracy.min(), "test_acc_max": accuracy.max(),
-                      "varies": _varying_args([r["args"] for r in members])})
+        table.append(
+            {
+                **dict(zip(GROUP_KEYS, key)),
+                "n_runs": len(members),
+                "n_seeds": len(seeds),
+                "seeds": seeds,
+                "test_acc_mean": accuracy.mean(),
+                "test_acc_std": accuracy.std(ddof=1),
+                "test_acc_min": accuracy.min(),
+                "test_acc_max": accuracy.max(),
+                "varies": _varying_args([r["args"] for r in members]),
+            }
+        )
     return _none_for_missing(pd.DataFrame(table, columns=list(TABLE_COLUMNS)), "ranking")
 
 
@@ -160,12 +181,16 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub markdown table (pandas' ``to_markdown`` needs tabulate, which RouteScope does not ship)."""
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines)
 
 
 def table_json(table: pd.DataFrame) -> str:
     """Records with raw fractions; an undefined std (one seed) is null."""
-    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-               for row in table.to_dict("records")]
+    records = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in table.to_dict("records")
+    ]
     return json.dumps(records, indent=2)

@@ -1,4 +1,5 @@
 """The routing trace (docs/trace.md): one JSON-ready dict per image, from one real (traced) forward pass."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -31,8 +32,15 @@ def model_structure(model: RouteScopeModel) -> list[dict]:
     return model.structure()
 
 
-def trace_batch(model: torch.nn.Module, x: torch.Tensor, names: list[str], structure: bool = True, top: int = 5,
-                overrides: dict | None = None, knobs: dict | None = None) -> list[dict]:
+def trace_batch(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    names: list[str],
+    structure: bool = True,
+    top: int = 5,
+    overrides: dict | None = None,
+    knobs: dict | None = None,
+) -> list[dict]:
     """Routing traces for a batch ``x`` (normalized like the model's data) named ``names``, with decisions forced
     by ``overrides`` and settings moved by ``knobs`` (``models.trace.traced_forward``)."""
     logits, trace = traced_forward(model, x, overrides=overrides, knobs=knobs)
@@ -47,8 +55,15 @@ def trace_batch(model: torch.nn.Module, x: torch.Tensor, names: list[str], struc
         record = {
             "image": name,
             **shared,
-            "prediction": {"index": int(order[0]), "label": classes[int(order[0])], "probability": round(float(p[0]), 6)},
-            "top": [{"index": int(k), "label": classes[int(k)], "probability": round(float(q), 6)} for q, k in zip(p[:top], order[:top])],
+            "prediction": {
+                "index": int(order[0]),
+                "label": classes[int(order[0])],
+                "probability": round(float(p[0]), 6),
+            },
+            "top": [
+                {"index": int(k), "label": classes[int(k)], "probability": round(float(q), 6)}
+                for q, k in zip(p[:top], order[:top])
+            ],
             "cost": {"macs": int(round(float(trace.macs[i]))), "macs_full": full},
             "decisions": trace.decisions[i],
         }

@@ -2,6 +2,7 @@
 compute buys without routing: the model's static variants (``evaluation_variants()``: DS-Net's fixed widths,
 early exit's truncated nets), the dense ResNet of the same family and the other trained models of the method.
 Shared by the Compare page (plotly) and ``python -m analysis.figures`` (matplotlib)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -19,16 +20,18 @@ from models.protocol import RouteScopeModel
 POINTS = ["label", "kind", "accuracy", "macs_mean"]
 
 
-def knob_values(model: torch.nn.Module, knob: str, count: int = 11, low: float | None = None,
-                high: float | None = None) -> list[float]:
+def knob_values(
+    model: torch.nn.Module, knob: str, count: int = 11, low: float | None = None, high: float | None = None
+) -> list[float]:
     """``count`` evenly spaced values of ``knob`` over its declared range (or ``[low, high]``), rounded to 4 digits."""
     spec = model.knobs()[knob]
     low, high = spec["low"] if low is None else low, spec["high"] if high is None else high
     return [round(float(v), 4) for v in np.linspace(low, high, count)]
 
 
-def static_points(model: RouteScopeModel, images: torch.Tensor, labels: torch.Tensor,
-                  progress: Callable[[float], None] | None = None) -> pd.DataFrame:
+def static_points(
+    model: RouteScopeModel, images: torch.Tensor, labels: torch.Tensor, progress: Callable[[float], None] | None = None
+) -> pd.DataFrame:
     """Accuracy and mean MACs of each of the model's ``evaluation_variants()`` on the same images (none: empty)."""
     variants = model.evaluation_variants()
     device = next(model.parameters()).device
@@ -36,8 +39,14 @@ def static_points(model: RouteScopeModel, images: torch.Tensor, labels: torch.Te
     rows = []
     for i, (label, forward) in enumerate(variants.items()):
         correct, macs = accuracy_and_macs(forward, data, model.meta["mean"], model.meta["std"], device, progress=False)
-        rows.append({"label": label, "kind": "static variant", "accuracy": correct.float().mean().item(),
-                     "macs_mean": macs.mean().item()})
+        rows.append(
+            {
+                "label": label,
+                "kind": "static variant",
+                "accuracy": correct.float().mean().item(),
+                "macs_mean": macs.mean().item(),
+            }
+        )
         if progress is not None:
             progress((i + 1) / len(variants))
     return pd.DataFrame(rows, columns=POINTS)
@@ -45,23 +54,51 @@ def static_points(model: RouteScopeModel, images: torch.Tensor, labels: torch.Te
 
 def table_point(label: str, kind: str, table: pd.DataFrame) -> dict:
     """A model's point from its per-image table."""
-    return {"label": label, "kind": kind, "accuracy": float(table["correct"].mean()), "macs_mean": float(table["macs"].mean())}
+    return {
+        "label": label,
+        "kind": kind,
+        "accuracy": float(table["correct"].mean()),
+        "macs_mean": float(table["macs"].mean()),
+    }
 
 
 def tradeoff_figure(curve: pd.DataFrame, knob: str, trained: dict, others: pd.DataFrame, title: str) -> go.Figure:
     """The knob curve (hover: the value), the trained operating point (a star) and the other points by kind."""
-    figure = go.Figure(go.Scatter(x=curve["macs_mean"] / 1e6, y=curve["accuracy"] * 100, mode="lines+markers",
-                                  name=f"{knob} sweep", text=[f"{knob}={v:g}" for v in curve["value"]],
-                                  hovertemplate="%{text}<br>%{x:.2f} M MACs, %{y:.2f}%<extra></extra>"))
-    figure.add_trace(go.Scatter(x=[trained["macs_mean"] / 1e6], y=[trained["accuracy"] * 100], mode="markers",
-                                marker=dict(symbol="star", size=16, color="#e45756"), name=trained["label"],
-                                hovertemplate="%{x:.2f} M MACs, %{y:.2f}%<extra>trained</extra>"))
+    figure = go.Figure(
+        go.Scatter(
+            x=curve["macs_mean"] / 1e6,
+            y=curve["accuracy"] * 100,
+            mode="lines+markers",
+            name=f"{knob} sweep",
+            text=[f"{knob}={v:g}" for v in curve["value"]],
+            hovertemplate="%{text}<br>%{x:.2f} M MACs, %{y:.2f}%<extra></extra>",
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=[trained["macs_mean"] / 1e6],
+            y=[trained["accuracy"] * 100],
+            mode="markers",
+            marker=dict(symbol="star", size=16, color="#e45756"),
+            name=trained["label"],
+            hovertemplate="%{x:.2f} M MACs, %{y:.2f}%<extra>trained</extra>",
+        )
+    )
     for kind, group in others.groupby("kind", sort=False):
-        figure.add_trace(go.Scatter(x=group["macs_mean"] / 1e6, y=group["accuracy"] * 100, mode="markers", name=kind,
-                                    text=group["label"], marker=dict(size=9, symbol="square" if kind == "dense" else "circle"),
-                                    hovertemplate="%{text}<br>%{x:.2f} M MACs, %{y:.2f}%<extra></extra>"))
-    return figure.update_layout(title=title, xaxis_title="mean MACs per image (M)", yaxis_title="accuracy (%)", height=420,
-                                **COMPACT)
+        figure.add_trace(
+            go.Scatter(
+                x=group["macs_mean"] / 1e6,
+                y=group["accuracy"] * 100,
+                mode="markers",
+                name=kind,
+                text=group["label"],
+                marker=dict(size=9, symbol="square" if kind == "dense" else "circle"),
+                hovertemplate="%{text}<br>%{x:.2f} M MACs, %{y:.2f}%<extra></extra>",
+            )
+        )
+    return figure.update_layout(
+        title=title, xaxis_title="mean MACs per image (M)", yaxis_title="accuracy (%)", height=420, **COMPACT
+    )
 
 
 def tradeoff_axes(ax, curve: pd.DataFrame, knob: str, trained: dict, others: pd.DataFrame) -> None:
@@ -69,12 +106,21 @@ def tradeoff_axes(ax, curve: pd.DataFrame, knob: str, trained: dict, others: pd.
     ax.plot(curve["macs_mean"] / 1e6, curve["accuracy"] * 100, "o-", color="tab:blue", label=f"{knob} sweep")
     for value, macs, accuracy in zip(curve["value"], curve["macs_mean"], curve["accuracy"]):
         ax.annotate(f"{value:g}", (macs / 1e6, accuracy * 100), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.scatter([trained["macs_mean"] / 1e6], [trained["accuracy"] * 100], marker="*", s=160, color="tab:red", zorder=5,
-               label=trained["label"])
+    ax.scatter(
+        [trained["macs_mean"] / 1e6],
+        [trained["accuracy"] * 100],
+        marker="*",
+        s=160,
+        color="tab:red",
+        zorder=5,
+        label=trained["label"],
+    )
     for (kind, group), marker in zip(others.groupby("kind", sort=False), "s^Dv"):
         ax.scatter(group["macs_mean"] / 1e6, group["accuracy"] * 100, marker=marker, s=24, label=kind, alpha=0.8)
         for label, macs, accuracy in zip(group["label"], group["macs_mean"], group["accuracy"]):
-            ax.annotate(label, (macs / 1e6, accuracy * 100), fontsize=5, xytext=(3, -7), textcoords="offset points", alpha=0.7)
+            ax.annotate(
+                label, (macs / 1e6, accuracy * 100), fontsize=5, xytext=(3, -7), textcoords="offset points", alpha=0.7
+            )
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=6, frameon=False)
@@ -98,9 +144,12 @@ def knob_tradeoff(context, method: str, count: int = 5):
     rows += [table_point(n, f"other {method} models", context.table(n)) for n in context.models(method) if n != name]
     others = pd.DataFrame(rows, columns=POINTS)
     figure, ax = plt.subplots(figsize=(6, 3.8))
-    tradeoff_axes(ax, curve, knob, table_point(f"{name} (trained {knob}={model.knobs()[knob]['default']:g})", "trained",
-                                               context.table(name)), others)
+    tradeoff_axes(
+        ax,
+        curve,
+        knob,
+        table_point(f"{name} (trained {knob}={model.knobs()[knob]['default']:g})", "trained", context.table(name)),
+        others,
+    )
     ax.set_title(f"{name}: {knob} sweep vs static alternatives ({len(images)} images)")
     return figure
-
-

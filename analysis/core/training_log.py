@@ -1,5 +1,6 @@
 """Training logs: the ``NAME.metrics.jsonl`` files ``models.train`` writes beside its checkpoints (one JSON line
 per finished epoch: the Trainer's history row)."""
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ class-specificity number per layer, top classes per expert of the last layer.
 The paper's observation to test: early CondConv layers route about the same for every class, late layers
 route by class. ``class_specificity`` puts one number on that per layer.
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -15,7 +16,7 @@ import plotly.graph_objects as go
 
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, main_model, register_figure
-from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
+from analysis.core.kinds import AttributionTarget, Control, KindView, Section, Widget, register_view
 from models.condconv import ROUTING
 
 
@@ -23,8 +24,17 @@ def routing_heatmap(decisions: list[dict]) -> go.Figure:
     """Layers x experts heatmap of CondConv routing weights (sigmoid, not normalized)."""
     z = [d["weights"] for d in decisions]
     n = len(z[0]) if z else 0
-    figure = go.Figure(go.Heatmap(z=z, y=[d["layer"] for d in decisions], x=[f"expert {e}" for e in range(n)], zmin=0, zmax=1,
-                                  colorscale="Greens", texttemplate="%{z:.2f}"))
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            y=[d["layer"] for d in decisions],
+            x=[f"expert {e}" for e in range(n)],
+            zmin=0,
+            zmax=1,
+            colorscale="Greens",
+            texttemplate="%{z:.2f}",
+        )
+    )
     return figure.update_layout(title="Routing weights", height=120 + 40 * len(z), **COMPACT)
 
 
@@ -44,9 +54,13 @@ def routing_by_class(table: pd.DataFrame, layer: str) -> pd.DataFrame:
 
 
 def compare_sections(table: pd.DataFrame) -> list[Section]:
-    return [Section(f"Mean routing weight per class: {layer}",
-                    px.imshow(routing_by_class(table, layer), text_auto=".2f", color_continuous_scale="Greens", zmin=0, zmax=1))
-            for layer in routing_layers(table)]
+    return [
+        Section(
+            f"Mean routing weight per class: {layer}",
+            px.imshow(routing_by_class(table, layer), text_auto=".2f", color_continuous_scale="Greens", zmin=0, zmax=1),
+        )
+        for layer in routing_layers(table)
+    ]
 
 
 AS_ROUTED = "as routed"
@@ -69,18 +83,30 @@ def routing_control(entry: dict, model) -> Control:
     value = AS_ROUTED
     if entry.get("forced"):
         value = next((o for o in options[1:] if override(o) == weights), AS_ROUTED)
-    return Control(entry["layer"], ROUTING.forced_field, f"experts of {entry['layer']}", "select", value, override,
-                   options=options, help="routed: " + ", ".join(f"{w:.2f}" for w in weights))
+    return Control(
+        entry["layer"],
+        ROUTING.forced_field,
+        f"experts of {entry['layer']}",
+        Widget.SELECT,
+        value,
+        override,
+        options=options,
+        help="routed: " + ", ".join(f"{w:.2f}" for w in weights),
+    )
 
 
-register_view(KindView(
-    ROUTING,
-    columns=lambda d: {f"{d['layer']}/expert{e}": float(w) for e, w in enumerate(d["weights"])},
-    inspect=lambda entries: [routing_heatmap(entries)],
-    compare=compare_sections,
-    targets=lambda d: [AttributionTarget(f"routing weight of expert {e}", "weights", e) for e in range(len(d["weights"]))],
-    control=routing_control,
-))
+register_view(
+    KindView(
+        ROUTING,
+        columns=lambda d: {f"{d['layer']}/expert{e}": float(w) for e, w in enumerate(d["weights"])},
+        inspect=lambda entries: [routing_heatmap(entries)],
+        compare=compare_sections,
+        targets=lambda d: [
+            AttributionTarget(f"routing weight of expert {e}", "weights", e) for e in range(len(d["weights"]))
+        ],
+        control=routing_control,
+    )
+)
 
 
 def routing_by_image(table: pd.DataFrame, layer: str) -> pd.DataFrame:
@@ -92,17 +118,22 @@ def routing_by_image(table: pd.DataFrame, layer: str) -> pd.DataFrame:
 def class_specificity(table: pd.DataFrame) -> pd.Series:
     """Per routing layer: the spread over classes (population std) of each expert's mean weight, averaged
     over experts. Near 0: every class routes alike (class-agnostic); larger: routing depends on the class."""
-    return pd.Series({layer: float(routing_by_class(table, layer).std(ddof=0).mean()) for layer in routing_layers(table)},
-                     name="class_specificity", dtype=float)
+    return pd.Series(
+        {layer: float(routing_by_class(table, layer).std(ddof=0).mean()) for layer in routing_layers(table)},
+        name="class_specificity",
+        dtype=float,
+    )
 
 
 def top_classes_per_expert(table: pd.DataFrame, layer: str, k: int = 3) -> pd.DataFrame:
     """For each expert of ``layer``, the ``k`` classes whose images give it the highest mean weight
     (long format: expert, rank, class, weight)."""
     by_class = routing_by_class(table, layer)
-    rows = [{"expert": expert, "rank": rank, "class": str(cls), "weight": float(weight)}
-            for expert in by_class.columns
-            for rank, (cls, weight) in enumerate(by_class[expert].dropna().nlargest(k).items(), 1)]
+    rows = [
+        {"expert": expert, "rank": rank, "class": str(cls), "weight": float(weight)}
+        for expert in by_class.columns
+        for rank, (cls, weight) in enumerate(by_class[expert].dropna().nlargest(k).items(), 1)
+    ]
     return pd.DataFrame(rows, columns=["expert", "rank", "class", "weight"])
 
 
@@ -110,9 +141,12 @@ def main_condconv(context: FigureContext) -> str:
     return main_model(context, "condconv")
 
 
-@register_figure("condconv_routing_per_image", "condconv",
-                 "Routing weight of every expert (columns) for every test image (rows, grouped by class), one panel per "
-                 "CondConv layer; sigmoid weights, 0 (white) to 1 (dark).")
+@register_figure(
+    "condconv_routing_per_image",
+    "condconv",
+    "Routing weight of every expert (columns) for every test image (rows, grouped by class), one panel per "
+    "CondConv layer; sigmoid weights, 0 (white) to 1 (dark).",
+)
 def routing_per_image_figure(context: FigureContext) -> plt.Figure:
     name = main_condconv(context)
     table = context.table(name)
@@ -120,8 +154,9 @@ def routing_per_image_figure(context: FigureContext) -> plt.Figure:
     counts = table["class"].value_counts(sort=False).reindex(table["class"].cat.categories, fill_value=0)
     bounds = np.cumsum(counts.to_numpy())
     centres = bounds - counts.to_numpy() / 2
-    figure, axes = plt.subplots(1, len(layers), figsize=(1.2 + 1.3 * len(layers), 4.5), squeeze=False,
-                             sharey=True, layout="constrained")
+    figure, axes = plt.subplots(
+        1, len(layers), figsize=(1.2 + 1.3 * len(layers), 4.5), squeeze=False, sharey=True, layout="constrained"
+    )
     for ax, layer in zip(axes[0], layers):
         weights = routing_by_image(table, layer)
         image = ax.imshow(weights.to_numpy(), aspect="auto", cmap="Greens", vmin=0, vmax=1, interpolation="nearest")
@@ -136,17 +171,21 @@ def routing_per_image_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-@register_figure("condconv_routing_by_class", "condconv",
-                 "Mean routing weight of each expert per class, one heatmap per CondConv layer. Each title gives the layer's "
-                 "class specificity: the std over classes of an expert's mean weight, averaged over experts (0 = every "
-                 "class routes alike); the paper finds early layers class-agnostic and late ones class-specific.")
+@register_figure(
+    "condconv_routing_by_class",
+    "condconv",
+    "Mean routing weight of each expert per class, one heatmap per CondConv layer. Each title gives the layer's "
+    "class specificity: the std over classes of an expert's mean weight, averaged over experts (0 = every "
+    "class routes alike); the paper finds early layers class-agnostic and late ones class-specific.",
+)
 def routing_by_class_figure(context: FigureContext) -> plt.Figure:
     name = main_condconv(context)
     table = context.table(name)
     specificity = class_specificity(table)
     layers = list(specificity.index)
-    figure, axes = plt.subplots(1, len(layers), figsize=(1.4 + 1.5 * len(layers), 3.4), squeeze=False,
-                             sharey=True, layout="constrained")
+    figure, axes = plt.subplots(
+        1, len(layers), figsize=(1.4 + 1.5 * len(layers), 3.4), squeeze=False, sharey=True, layout="constrained"
+    )
     for ax, layer in zip(axes[0], layers):
         by_class = routing_by_class(table, layer)
         image = ax.imshow(by_class.to_numpy(), aspect="auto", cmap="Greens", vmin=0, vmax=1)
@@ -159,9 +198,12 @@ def routing_by_class_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-@register_figure("condconv_top_classes_per_expert", "condconv",
-                 "For each expert of the last CondConv layer, the three classes whose images give it the highest mean "
-                 "routing weight.")
+@register_figure(
+    "condconv_top_classes_per_expert",
+    "condconv",
+    "For each expert of the last CondConv layer, the three classes whose images give it the highest mean "
+    "routing weight.",
+)
 def top_classes_figure(context: FigureContext) -> plt.Figure:
     name = main_condconv(context)
     table = context.table(name)
@@ -170,9 +212,10 @@ def top_classes_figure(context: FigureContext) -> plt.Figure:
     experts = list(dict.fromkeys(top["expert"]))
     columns = min(4, len(experts))
     rows = -(-len(experts) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 1.3 * rows + 0.5), squeeze=False,
-                             sharex=True, layout="constrained")
-    for ax in axes.flat[len(experts):]:
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(2.2 * columns, 1.3 * rows + 0.5), squeeze=False, sharex=True, layout="constrained"
+    )
+    for ax in axes.flat[len(experts) :]:
         ax.axis("off")
     for ax, expert in zip(axes.flat, experts):
         ranked = top[top["expert"] == expert]

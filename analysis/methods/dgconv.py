@@ -5,6 +5,7 @@ budgets with the dense ResNet of the same depth.
 Read from ``model_structure`` entries of kind "groups" (what the routing trace reports), so the same code
 serves a trainable ``DGConv2d`` model and one exported to grouped convs by ``load_checkpoint``.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,17 +31,30 @@ def group_mask(entry: dict) -> go.Figure:
     mask = entry.get("mask") or mask_from_groups(entry["group_of_channel"]).tolist()
     figure = go.Figure(go.Heatmap(z=mask, colorscale=[[0, "white"], [1, "#54a24b"]], showscale=False))
     figure.update_yaxes(autorange="reversed", title="output channel", scaleanchor="x")
-    return figure.update_layout(title=f"{entry['layer']}: {entry['groups']} groups", xaxis_title="input channel", height=320, **COMPACT)
+    return figure.update_layout(
+        title=f"{entry['layer']}: {entry['groups']} groups", xaxis_title="input channel", height=320, **COMPACT
+    )
 
 
-register_view(KindView(
-    GROUPS,
-    inspect=lambda entries: [group_mask(e) for e in entries],
-    summary=lambda entries: pd.DataFrame([{"layer": e["layer"], "groups": e["groups"], "channels": len(e["group_of_channel"]),
-                                           "group size": len(e["group_of_channel"]) // e["groups"]} for e in entries]),
-    detail=lambda entry, meta: [Section(entry["layer"], group_mask(entry))],
-    title="Learned group structure (DGConv)",
-))
+register_view(
+    KindView(
+        GROUPS,
+        inspect=lambda entries: [group_mask(e) for e in entries],
+        summary=lambda entries: pd.DataFrame(
+            [
+                {
+                    "layer": e["layer"],
+                    "groups": e["groups"],
+                    "channels": len(e["group_of_channel"]),
+                    "group size": len(e["group_of_channel"]) // e["groups"],
+                }
+                for e in entries
+            ]
+        ),
+        detail=lambda entry, meta: [Section(entry["layer"], group_mask(entry))],
+        title="Learned group structure (DGConv)",
+    )
+)
 
 
 def mask_from_groups(group_of_channel: Sequence[int]) -> np.ndarray:
@@ -61,11 +75,23 @@ def budget_of(model: torch.nn.Module) -> float | None:
 
 def groups_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
     """One row per (model, DGConv layer): budget, layer, position, groups, channels, group size, nnz(U)."""
-    rows = [{"model": name, "budget": budget_of(model), "layer": entry["layer"], "position": position,
-             "groups": entry["groups"], "channels": len(entry["group_of_channel"]),
-             "group_size": len(entry["group_of_channel"]) // entry["groups"], "nnz": entry.get("nnz")}
-            for name, model in models.items() for position, entry in enumerate(group_entries(model))]
-    return pd.DataFrame(rows, columns=["model", "budget", "layer", "position", "groups", "channels", "group_size", "nnz"])
+    rows = [
+        {
+            "model": name,
+            "budget": budget_of(model),
+            "layer": entry["layer"],
+            "position": position,
+            "groups": entry["groups"],
+            "channels": len(entry["group_of_channel"]),
+            "group_size": len(entry["group_of_channel"]) // entry["groups"],
+            "nnz": entry.get("nnz"),
+        }
+        for name, model in models.items()
+        for position, entry in enumerate(group_entries(model))
+    ]
+    return pd.DataFrame(
+        rows, columns=["model", "budget", "layer", "position", "groups", "channels", "group_size", "nnz"]
+    )
 
 
 def budget_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
@@ -75,9 +101,16 @@ def budget_table(models: dict[str, torch.nn.Module]) -> pd.DataFrame:
     for name, model in models.items():
         metrics = model.meta.get("metrics", {})
         if "test_acc" in metrics and "macs_mean" in metrics:
-            rows.append({"model": name, "budget": budget_of(model), "epochs": training_args(model.meta).get("epochs"),
-                         "accuracy": float(metrics["test_acc"]), "macs": float(metrics["macs_mean"]),
-                         "macs_full": metrics.get("macs_full")})
+            rows.append(
+                {
+                    "model": name,
+                    "budget": budget_of(model),
+                    "epochs": training_args(model.meta).get("epochs"),
+                    "accuracy": float(metrics["test_acc"]),
+                    "macs": float(metrics["macs_mean"]),
+                    "macs_full": metrics.get("macs_full"),
+                }
+            )
     columns = ["model", "budget", "epochs", "accuracy", "macs", "macs_full"]
     return pd.DataFrame(rows, columns=columns).sort_values("macs", ignore_index=True)
 
@@ -93,29 +126,37 @@ def budget_label(name: str, budget: float | None, with_name: bool = True) -> str
     return f"{name} (budget {budget:g})" if with_name else f"budget {budget:g}"
 
 
-@register_figure("dgconv_masks", "dgconv",
-                 "The learned connectivity U of every DGConv layer (dark: output channel i reads input channel j); "
-                 "block patterns are groups, interleaved ones come from the order of the Kronecker factors.")
+@register_figure(
+    "dgconv_masks",
+    "dgconv",
+    "The learned connectivity U of every DGConv layer (dark: output channel i reads input channel j); "
+    "block patterns are groups, interleaved ones come from the order of the Kronecker factors.",
+)
 def masks_figure(context: FigureContext) -> plt.Figure:
     name = main_dgconv(context)
     entries = group_entries(context.model(name))
     columns = min(4, max(1, len(entries)))
     rows = max(1, math.ceil(len(entries) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.8 * rows + 0.4), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(1.7 * columns, 1.8 * rows + 0.4), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     for ax, entry in zip(axes.flat, entries):
         ax.imshow(mask_from_groups(entry["group_of_channel"]), cmap="Purples", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{entry['layer']}\n{entry['groups']} group{'s' if entry['groups'] != 1 else ''}", fontsize=6)
-    for ax in axes.flat[len(entries):]:
+    for ax in axes.flat[len(entries) :]:
         ax.axis("off")
     figure.suptitle(f"{name}: learned masks U", fontsize=9)
     return figure
 
 
-@register_figure("dgconv_groups_per_layer", "dgconv",
-                 "Number of groups of every DGConv layer (1 = dense, C = depthwise), one line per model / budget.")
+@register_figure(
+    "dgconv_groups_per_layer",
+    "dgconv",
+    "Number of groups of every DGConv layer (1 = dense, C = depthwise), one line per model / budget.",
+)
 def groups_per_layer_figure(context: FigureContext) -> plt.Figure:
     table = groups_table(context.models("dgconv"))
     figure, ax = plt.subplots(figsize=(6, 3))
@@ -134,27 +175,46 @@ def groups_per_layer_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-@register_figure("dgconv_accuracy_vs_macs", "dgconv",
-                 "Test accuracy vs mean MACs per image of the DGConv models trained for different complexity budgets, "
-                 "one line per number of training epochs, with the plain ResNet of the same depth (square) when one is available; numbers from models.evaluate "
-                 "on the full test set.")
+@register_figure(
+    "dgconv_accuracy_vs_macs",
+    "dgconv",
+    "Test accuracy vs mean MACs per image of the DGConv models trained for different complexity budgets, "
+    "one line per number of training epochs, with the plain ResNet of the same depth (square) when one is available; "
+    "numbers from models.evaluate "
+    "on the full test set.",
+)
 def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
     models = context.models("dgconv")
     points = budget_table(models)
     figure, ax = plt.subplots(figsize=(4.5, 3))
     # one line per training length: budgets trained for different numbers of epochs are not one trade-off curve
     for epochs, rows in points.groupby(points["epochs"].fillna(-1), sort=True):
-        ax.plot(rows["macs"] / 1e6, rows["accuracy"] * 100, "v-", label=f"{epochs:g} epochs" if epochs >= 0 else "epochs unknown")
+        ax.plot(
+            rows["macs"] / 1e6,
+            rows["accuracy"] * 100,
+            "v-",
+            label=f"{epochs:g} epochs" if epochs >= 0 else "epochs unknown",
+        )
     for _, row in points.iterrows():
-        ax.annotate(budget_label(row["model"], row["budget"], with_name=False), (row["macs"] / 1e6, row["accuracy"] * 100),
-                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            budget_label(row["model"], row["budget"], with_name=False),
+            (row["macs"] / 1e6, row["accuracy"] * 100),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     baselines = {}
     for model in models.values():
         baselines.update(matching_baselines(context.models("baseline"), model))
     for _, row in budget_table(baselines).iterrows():
         ax.scatter(row["macs"] / 1e6, row["accuracy"] * 100, color="black", marker="s")
-        ax.annotate(row["model"], (row["macs"] / 1e6, row["accuracy"] * 100), fontsize=6, xytext=(3, -8),
-                    textcoords="offset points")
+        ax.annotate(
+            row["model"],
+            (row["macs"] / 1e6, row["accuracy"] * 100),
+            fontsize=6,
+            xytext=(3, -8),
+            textcoords="offset points",
+        )
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=6, frameon=False, loc="lower right")

@@ -5,6 +5,7 @@
 The static curve is what the dynamic net is judged against (DS-Net's claim: the gate buys a better
 accuracy/MACs trade-off than any fixed width), so the figures and the app compute it the same way here.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,7 +22,7 @@ from torch.utils.data import TensorDataset
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
 from analysis.core.tradeoff import knob_tradeoff
-from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
+from analysis.core.kinds import AttributionTarget, Control, KindView, Section, Widget, register_view
 from analysis.core.scaling import nearest_layer
 from analysis.core.table import layer_columns
 from models.dsnet import WIDTH
@@ -31,70 +32,117 @@ from models.evaluation import accuracy_and_macs
 def width_bars(decisions: list[dict]) -> go.Figure:
     """Chosen channels vs the stage's maximum, per dynamic stage."""
     layers = [d["layer"] for d in decisions]
-    figure = go.Figure([
-        go.Bar(x=layers, y=[d["max_channels"] for d in decisions], name="max channels", marker_color="#e8eef6"),
-        go.Bar(x=layers, y=[d["channels"] for d in decisions], name="chosen", marker_color="#f58518",
-               text=[f"{d['width']:g}x" for d in decisions], textposition="inside"),
-    ])
-    return figure.update_layout(title="Width chosen per stage", barmode="overlay", height=260, yaxis_title="channels", **COMPACT)
+    figure = go.Figure(
+        [
+            go.Bar(x=layers, y=[d["max_channels"] for d in decisions], name="max channels", marker_color="#e8eef6"),
+            go.Bar(
+                x=layers,
+                y=[d["channels"] for d in decisions],
+                name="chosen",
+                marker_color="#f58518",
+                text=[f"{d['width']:g}x" for d in decisions],
+                textposition="inside",
+            ),
+        ]
+    )
+    return figure.update_layout(
+        title="Width chosen per stage", barmode="overlay", height=260, yaxis_title="channels", **COMPACT
+    )
 
 
 def width_probabilities(decisions: list[dict]) -> go.Figure:
     z = [d["probabilities"] for d in decisions]
     n = len(z[0]) if z else 0
-    figure = go.Figure(go.Heatmap(z=z, y=[d["layer"] for d in decisions], x=[f"choice {i}" for i in range(n)], zmin=0, zmax=1,
-                                  colorscale="Oranges", texttemplate="%{z:.2f}"))
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            y=[d["layer"] for d in decisions],
+            x=[f"choice {i}" for i in range(n)],
+            zmin=0,
+            zmax=1,
+            colorscale="Oranges",
+            texttemplate="%{z:.2f}",
+        )
+    )
     return figure.update_layout(title="Width-gate probabilities", height=120 + 40 * len(z), **COMPACT)
 
 
 def width_distribution(table: pd.DataFrame) -> pd.DataFrame:
     """Share of images at each width, per dynamic stage (rows: stage, columns: width)."""
     columns = layer_columns(table, "width")
-    return pd.DataFrame({c.split("/")[0]: table[c].value_counts(normalize=True) for c in columns}).T.fillna(0.0).sort_index(axis=1)
+    return (
+        pd.DataFrame({c.split("/")[0]: table[c].value_counts(normalize=True) for c in columns})
+        .T.fillna(0.0)
+        .sort_index(axis=1)
+    )
 
 
 def compare_sections(table: pd.DataFrame) -> list[Section]:
     if not layer_columns(table, "width"):
         return []
-    return [Section("Width distribution per stage",
-                    px.imshow(width_distribution(table), text_auto=".2f", color_continuous_scale="Oranges",
-                              labels={"x": "width", "y": "stage", "color": "share"}))]
+    return [
+        Section(
+            "Width distribution per stage",
+            px.imshow(
+                width_distribution(table),
+                text_auto=".2f",
+                color_continuous_scale="Oranges",
+                labels={"x": "width", "y": "stage", "color": "share"},
+            ),
+        )
+    ]
 
 
 def width_control(entry: dict, model) -> Control:
     """Pick the stage's width among the model's ``widths_choices``."""
     choices = tuple(float(w) for w in model.widths_choices)
     top = entry["max_channels"]
-    return Control(entry["layer"], WIDTH.forced_field, f"width of {entry['layer']}", "select", float(entry["width"]),
-                   float, options=choices, format=lambda w: f"{w:g}x ({round(w * top)} of {top} channels)")
+    return Control(
+        entry["layer"],
+        WIDTH.forced_field,
+        f"width of {entry['layer']}",
+        Widget.SELECT,
+        float(entry["width"]),
+        float,
+        options=choices,
+        format=lambda w: f"{w:g}x ({round(w * top)} of {top} channels)",
+    )
 
 
 def width_like(table: pd.DataFrame, bundled, target) -> Callable:
     """Each dynamic stage of ``target`` runs at a width drawn from the bundled model's widths for the dynamic stage
     nearest in relative depth (the same stage for a deeper CIFAR ResNet; ResNet-50's ``layer2`` and ``layer3``
     follow the bundled ``layer2``, its ``layer4`` the bundled ``layer3``)."""
-    shares = {layer: table[f"{layer}/width"].value_counts(normalize=True)
-              for layer in (c.split("/")[0] for c in layer_columns(table, "width"))}
+    shares = {
+        layer: table[f"{layer}/width"].value_counts(normalize=True)
+        for layer in (c.split("/")[0] for c in layer_columns(table, "width"))
+    }
     blocks = lambda model: [name for name, _ in model.named_blocks()]  # noqa: E731
     source = {t: nearest_layer(t, blocks(target), list(shares), blocks(bundled)) for t in target.gate_names}
-    return lambda rng: {t: {"width": float(rng.choice(shares[s].index.to_numpy(), p=shares[s].to_numpy()))}
-                        for t, s in source.items()}
+    return lambda rng: {
+        t: {"width": float(rng.choice(shares[s].index.to_numpy(), p=shares[s].to_numpy()))} for t, s in source.items()
+    }
 
 
-register_view(KindView(
-    WIDTH,
-    columns=lambda d: {f"{d['layer']}/width": float(d["width"]), f"{d['layer']}/channels": int(d["channels"])},
-    inspect=lambda entries: [width_bars(entries), width_probabilities(entries)],
-    compare=compare_sections,
-    targets=lambda d: [AttributionTarget(f"probability of width choice {i} ({w:.2f})", "probabilities", i)
-                       for i, w in enumerate(d.get("probabilities") or [])],
-    control=width_control,
-    force_like=width_like,
-))
+register_view(
+    KindView(
+        WIDTH,
+        columns=lambda d: {f"{d['layer']}/width": float(d["width"]), f"{d['layer']}/channels": int(d["channels"])},
+        inspect=lambda entries: [width_bars(entries), width_probabilities(entries)],
+        compare=compare_sections,
+        targets=lambda d: [
+            AttributionTarget(f"probability of width choice {i} ({w:.2f})", "probabilities", i)
+            for i, w in enumerate(d.get("probabilities") or [])
+        ],
+        control=width_control,
+        force_like=width_like,
+    )
+)
 
 
-def static_width_table(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                       batch_size: int = 250) -> pd.DataFrame:
+def static_width_table(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250
+) -> pd.DataFrame:
     """One row per width choice (all dynamic stages at that width): ``width``, ``accuracy`` on the uint8
     ``images``, ``macs`` per image (counted by the same trace as the dynamic net's, through the loop
     ``models.evaluate`` runs for the README's variant rows); ordered by width."""
@@ -102,9 +150,18 @@ def static_width_table(model: torch.nn.Module, images: torch.Tensor, labels: tor
     data = TensorDataset(images, labels)
     rows = []
     for width in model.widths_choices:
-        correct, macs = accuracy_and_macs(functools.partial(model.forward_at_width, width=width), data, model.meta["mean"],
-                                          model.meta["std"], device, batch_size=batch_size, progress=False)
-        rows.append({"width": float(width), "accuracy": correct.float().mean().item(), "macs": macs.double().mean().item()})
+        correct, macs = accuracy_and_macs(
+            functools.partial(model.forward_at_width, width=width),
+            data,
+            model.meta["mean"],
+            model.meta["std"],
+            device,
+            batch_size=batch_size,
+            progress=False,
+        )
+        rows.append(
+            {"width": float(width), "accuracy": correct.float().mean().item(), "macs": macs.double().mean().item()}
+        )
     return pd.DataFrame(rows)
 
 
@@ -139,20 +196,36 @@ def grouped_bars(ax: plt.Axes, data: pd.DataFrame, horizontal: bool = False) -> 
         ax.invert_yaxis()
 
 
-@register_figure("dsnet_accuracy_vs_macs", "dsnet",
-                 "Accuracy vs MACs per image of every static width subnet (all dynamic stages at one width, line) and of "
-                 "the dynamic net whose gates pick the widths per image (star), on the figure's test images.")
+@register_figure(
+    "dsnet_accuracy_vs_macs",
+    "dsnet",
+    "Accuracy vs MACs per image of every static width subnet (all dynamic stages at one width, line) and of "
+    "the dynamic net whose gates pick the widths per image (star), on the figure's test images.",
+)
 def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
     figure, ax = plt.subplots(figsize=(4.8, 3.2))
     for color, (name, model) in zip(plt.cm.tab10.colors, context.models("dsnet").items()):
         static = static_width_table(model, *context.images())
         ax.plot(static["macs"] / 1e6, static["accuracy"] * 100, "o-", color=color, alpha=0.7, label=f"{name} static")
         for _, row in static.iterrows():
-            ax.annotate(f"{row['width']:g}x", (row["macs"] / 1e6, row["accuracy"] * 100), fontsize=6, xytext=(3, -8),
-                        textcoords="offset points")
+            ax.annotate(
+                f"{row['width']:g}x",
+                (row["macs"] / 1e6, row["accuracy"] * 100),
+                fontsize=6,
+                xytext=(3, -8),
+                textcoords="offset points",
+            )
         dynamic = dynamic_point(context.table(name))
-        ax.scatter(dynamic["macs"] / 1e6, dynamic["accuracy"] * 100, marker="*", s=120, color=color, edgecolor="black",
-                   zorder=3, label=f"{name} dynamic")
+        ax.scatter(
+            dynamic["macs"] / 1e6,
+            dynamic["accuracy"] * 100,
+            marker="*",
+            s=120,
+            color=color,
+            edgecolor="black",
+            zorder=3,
+            label=f"{name} dynamic",
+        )
     ax.legend(fontsize=6, frameon=False)
     ax.set_xlabel("MACs per image (millions)")
     ax.set_ylabel("accuracy (%)")
@@ -176,9 +249,12 @@ def width_distribution_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-@register_figure("dsnet_easy_vs_hard", "dsnet",
-                 "Easy images (fewest MACs: narrowest widths, top) and hard images (most MACs: widest, bottom), with the "
-                 "width chosen per dynamic stage, and their mean brightness and contrast.")
+@register_figure(
+    "dsnet_easy_vs_hard",
+    "dsnet",
+    "Easy images (fewest MACs: narrowest widths, top) and hard images (most MACs: widest, bottom), with the "
+    "width chosen per dynamic stage, and their mean brightness and contrast.",
+)
 def easy_hard_figure(context: FigureContext) -> plt.Figure:
     name = main_dsnet(context)
     widths = stage_widths(context.table(name))
@@ -202,8 +278,10 @@ def width_per_class_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-register_figure("dsnet_knob_tradeoff", "dsnet",
-                "Accuracy vs mean MACs of the main DS-Net as its inference knob is swept (a few values, the same "
-                "images), the trained operating point (star), its static variants, the dense ResNet of the same "
-                "depth and the other bundled DS-Net models: what the knob buys against fixed alternatives.")(
-    lambda context: knob_tradeoff(context, "dsnet"))
+register_figure(
+    "dsnet_knob_tradeoff",
+    "dsnet",
+    "Accuracy vs mean MACs of the main DS-Net as its inference knob is swept (a few values, the same "
+    "images), the trained operating point (star), its static variants, the dense ResNet of the same "
+    "depth and the other bundled DS-Net models: what the knob buys against fixed alternatives.",
+)(lambda context: knob_tradeoff(context, "dsnet"))

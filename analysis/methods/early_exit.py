@@ -3,6 +3,7 @@ early-exit papers (BranchyNet; Shallow-Deep Networks, Kaya et al. 2019): share o
 vs MACs over confidence thresholds (with the dense ResNet and the static truncated networks), easy vs hard
 images by exit, exit per class.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,7 @@ from torch.utils.data import TensorDataset
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, matching_baselines, register_figure
 from analysis.core.tradeoff import knob_tradeoff
-from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
+from analysis.core.kinds import AttributionTarget, Control, KindView, Section, Widget, register_view
 from analysis.core.scaling import nearest_layer
 from models.early_exit import EXIT, FINAL_EXIT
 from models.evaluation import accuracy_and_macs
@@ -30,16 +31,26 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 def exit_confidences(entries: list[dict]) -> go.Figure:
     """The confidence at each exit the image visited, the exit it left at highlighted."""
     layers = [d["layer"] for d in entries]
-    figure = go.Figure(go.Bar(x=layers, y=[d["confidence"] for d in entries],
-                              marker_color=["#e45756" if d["exited"] else "#9ecae9" for d in entries],
-                              text=["exit" if d["exited"] else "" for d in entries], textposition="outside",
-                              hovertemplate="%{x}: confidence %{y:.3f}<extra></extra>"))
+    figure = go.Figure(
+        go.Bar(
+            x=layers,
+            y=[d["confidence"] for d in entries],
+            marker_color=["#e45756" if d["exited"] else "#9ecae9" for d in entries],
+            text=["exit" if d["exited"] else "" for d in entries],
+            textposition="outside",
+            hovertemplate="%{x}: confidence %{y:.3f}<extra></extra>",
+        )
+    )
     threshold = next((d["threshold"] for d in entries if "threshold" in d), None)
     if threshold is not None and threshold <= 1:
         figure.add_hline(y=threshold, line_dash="dash", line_color="gray", annotation_text=f"threshold {threshold:g}")
     taken = next((d["layer"] for d in entries if d["exited"]), "?")
-    return figure.update_layout(title=f"Left at {taken} after {len(entries)} exit(s) visited (red = exit taken)",
-                                yaxis=dict(range=[0, 1.1], title="max softmax"), height=260, **COMPACT)
+    return figure.update_layout(
+        title=f"Left at {taken} after {len(entries)} exit(s) visited (red = exit taken)",
+        yaxis=dict(range=[0, 1.1], title="max softmax"),
+        height=260,
+        **COMPACT,
+    )
 
 
 def exit_order(table: pd.DataFrame) -> list[str]:
@@ -58,14 +69,24 @@ def exit_by_class(table: pd.DataFrame) -> pd.DataFrame:
     return shares.reindex(columns=exit_order(table), fill_value=0.0)
 
 
-def _accuracy_and_macs(forward, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    correct, macs = accuracy_and_macs(forward, TensorDataset(images, labels), model.meta["mean"], model.meta["std"],
-                                      next(model.parameters()).device, batch_size=250, progress=False)
+def _accuracy_and_macs(
+    forward, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[float, float]:
+    correct, macs = accuracy_and_macs(
+        forward,
+        TensorDataset(images, labels),
+        model.meta["mean"],
+        model.meta["std"],
+        next(model.parameters()).device,
+        batch_size=250,
+        progress=False,
+    )
     return correct.float().mean().item(), macs.double().mean().item()
 
 
-def threshold_sweep(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    thresholds=THRESHOLDS) -> pd.DataFrame:
+def threshold_sweep(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, thresholds=THRESHOLDS
+) -> pd.DataFrame:
     """Accuracy and mean executed MACs of the early-exiting model at each confidence threshold (same images)."""
     rows = []
     for q in thresholds:
@@ -88,10 +109,21 @@ def compare_sections(table: pd.DataFrame) -> list[Section]:
         return []
     shares = exit_shares(table)
     return [
-        Section("Share of images per exit", px.bar(x=shares.index, y=shares.values, labels={"x": "exit", "y": "share of images"},
-                                                   range_y=[0, 1])),
-        Section("Exit per class", px.imshow(exit_by_class(table), text_auto=".2f", color_continuous_scale="Reds", zmin=0, zmax=1,
-                                            labels={"x": "exit", "y": "class", "color": "share"})),
+        Section(
+            "Share of images per exit",
+            px.bar(x=shares.index, y=shares.values, labels={"x": "exit", "y": "share of images"}, range_y=[0, 1]),
+        ),
+        Section(
+            "Exit per class",
+            px.imshow(
+                exit_by_class(table),
+                text_auto=".2f",
+                color_continuous_scale="Reds",
+                zmin=0,
+                zmax=1,
+                labels={"x": "exit", "y": "class", "color": "share"},
+            ),
+        ),
     ]
 
 
@@ -102,9 +134,17 @@ def decision_columns(d: dict) -> dict:
 def exit_control(entry: dict, model) -> Control:
     """Leave at this exit or pass it (the final exit cannot be refused: every image leaves there at the latest)."""
     final = entry["layer"] == FINAL_EXIT
-    return Control(entry["layer"], EXIT.forced_field, f"leave at {entry['layer']}", "toggle", bool(entry["exited"]),
-                   bool, help=f"confidence {entry['confidence']:.2f} (threshold {entry['threshold']:g})"
-                        + ("; the final exit cannot be refused" if final else ""), disabled=final)
+    return Control(
+        entry["layer"],
+        EXIT.forced_field,
+        f"leave at {entry['layer']}",
+        Widget.TOGGLE,
+        bool(entry["exited"]),
+        bool,
+        help=f"confidence {entry['confidence']:.2f} (threshold {entry['threshold']:g})"
+        + ("; the final exit cannot be refused" if final else ""),
+        disabled=final,
+    )
 
 
 def exit_like(table: pd.DataFrame, bundled, target) -> Callable:
@@ -117,31 +157,37 @@ def exit_like(table: pd.DataFrame, bundled, target) -> Callable:
 
     def sample(rng) -> dict:
         taken = source[rng.choice(shares.index.to_numpy(), p=(shares / shares.sum()).to_numpy())]
-        before = exits if taken == FINAL_EXIT else exits[:exits.index(taken)]
+        before = exits if taken == FINAL_EXIT else exits[: exits.index(taken)]
         return {**{e: {"exited": False} for e in before}, **({} if taken == FINAL_EXIT else {taken: {"exited": True}})}
 
     return sample
 
 
-register_view(KindView(
-    EXIT,
-    columns=decision_columns,
-    inspect=lambda entries: [exit_confidences(entries)],
-    compare=compare_sections,
-    targets=lambda d: [AttributionTarget("confidence (max softmax)", "confidence")],
-    control=exit_control,
-    force_like=exit_like,
-))
+register_view(
+    KindView(
+        EXIT,
+        columns=decision_columns,
+        inspect=lambda entries: [exit_confidences(entries)],
+        compare=compare_sections,
+        targets=lambda d: [AttributionTarget("confidence (max softmax)", "confidence")],
+        control=exit_control,
+        force_like=exit_like,
+    )
+)
 
 
 # --- figures -------------------------------------------------------------------------------------------------
+
 
 def main_early_exit(context: FigureContext) -> str:
     return main_model(context, "early_exit")
 
 
-@register_figure("early_exit_exit_shares", "early_exit",
-                 "Share of test images that leave at each exit of the early-exit model (its trained threshold).")
+@register_figure(
+    "early_exit_exit_shares",
+    "early_exit",
+    "Share of test images that leave at each exit of the early-exit model (its trained threshold).",
+)
 def exit_shares_figure(context: FigureContext) -> plt.Figure:
     name = main_early_exit(context)
     shares = exit_shares(context.table(name))
@@ -154,9 +200,12 @@ def exit_shares_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-@register_figure("early_exit_accuracy_vs_macs", "early_exit",
-                 "Accuracy vs mean executed MACs over confidence thresholds (stars: the trained threshold), the static "
-                 "truncated networks (every image leaves at one exit) and the dense ResNet of the same depth, on the same images.")
+@register_figure(
+    "early_exit_accuracy_vs_macs",
+    "early_exit",
+    "Accuracy vs mean executed MACs over confidence thresholds (stars: the trained threshold), the static "
+    "truncated networks (every image leaves at one exit) and the dense ResNet of the same depth, on the same images.",
+)
 def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
     figure, ax = plt.subplots(figsize=(4.8, 3.2))
     images, labels = context.images()
@@ -164,18 +213,38 @@ def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
         sweep = threshold_sweep(model, images, labels)
         ax.plot(sweep["macs"] / 1e6, sweep["accuracy"] * 100, "o-", color=color, label=f"{name} thresholds")
         for _, row in sweep.iterrows():
-            ax.annotate(f"{row['threshold']:g}", (row["macs"] / 1e6, row["accuracy"] * 100), fontsize=6, xytext=(3, -8),
-                        textcoords="offset points")
+            ax.annotate(
+                f"{row['threshold']:g}",
+                (row["macs"] / 1e6, row["accuracy"] * 100),
+                fontsize=6,
+                xytext=(3, -8),
+                textcoords="offset points",
+            )
         static = static_exits(model, images, labels)
-        ax.plot(static["macs"] / 1e6, static["accuracy"] * 100, "x--", color=color, alpha=0.6, label=f"{name} static exits")
+        ax.plot(
+            static["macs"] / 1e6, static["accuracy"] * 100, "x--", color=color, alpha=0.6, label=f"{name} static exits"
+        )
         trained = context.table(name)
-        ax.scatter(trained["macs"].mean() / 1e6, trained["correct"].mean() * 100, marker="*", s=140, color=color,
-                   edgecolor="black", zorder=3, label=f"{name} (threshold {model.threshold:g})")
+        ax.scatter(
+            trained["macs"].mean() / 1e6,
+            trained["correct"].mean() * 100,
+            marker="*",
+            s=140,
+            color=color,
+            edgecolor="black",
+            zorder=3,
+            label=f"{name} (threshold {model.threshold:g})",
+        )
         for base_name in matching_baselines(context.models("baseline"), model):
             base = context.table(base_name)
             ax.scatter(base["macs"].mean() / 1e6, base["correct"].mean() * 100, marker="s", color="black")
-            ax.annotate(base_name, (base["macs"].mean() / 1e6, base["correct"].mean() * 100), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                base_name,
+                (base["macs"].mean() / 1e6, base["correct"].mean() * 100),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.legend(fontsize=6, frameon=False, loc="lower right")
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("accuracy (%)")
@@ -183,13 +252,18 @@ def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-@register_figure("early_exit_easy_vs_hard", "early_exit",
-                 "The test images that left earliest (fewest MACs) and latest, labelled with class and exit taken.")
+@register_figure(
+    "early_exit_easy_vs_hard",
+    "early_exit",
+    "The test images that left earliest (fewest MACs) and latest, labelled with class and exit taken.",
+)
 def easy_hard_figure(context: FigureContext) -> plt.Figure:
     return easy_hard_gallery(context, main_early_exit(context), lambda item: f"{item['class']}\n{item['exit']}")
 
 
-@register_figure("early_exit_exit_per_class", "early_exit", "Share of each class's test images that leave at each exit.")
+@register_figure(
+    "early_exit_exit_per_class", "early_exit", "Share of each class's test images that leave at each exit."
+)
 def exit_per_class_figure(context: FigureContext) -> plt.Figure:
     name = main_early_exit(context)
     shares = exit_by_class(context.table(name))
@@ -202,8 +276,10 @@ def exit_per_class_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-register_figure("early_exit_knob_tradeoff", "early_exit",
-                "Accuracy vs mean MACs of the main early-exit as its inference knob is swept (a few values, the same "
-                "images), the trained operating point (star), its static variants, the dense ResNet of the same "
-                "depth and the other bundled early-exit models: what the knob buys against fixed alternatives.")(
-    lambda context: knob_tradeoff(context, "early_exit"))
+register_figure(
+    "early_exit_knob_tradeoff",
+    "early_exit",
+    "Accuracy vs mean MACs of the main early-exit as its inference knob is swept (a few values, the same "
+    "images), the trained operating point (star), its static variants, the dense ResNet of the same "
+    "depth and the other bundled early-exit models: what the knob buys against fixed alternatives.",
+)(lambda context: knob_tradeoff(context, "early_exit"))

@@ -1,4 +1,5 @@
 """Cross-method figure: accuracy vs mean executed MACs of every checkpoint, with the Pareto front."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -16,10 +17,13 @@ def method_style(methods: list[str]) -> dict[str, tuple]:
     return {**style, "baseline": ("black", "s")}
 
 
-@register_figure("overview_accuracy_vs_macs", "all",
-                 "Test accuracy vs mean MACs executed per image for every model, as measured by models.evaluate "
-                 "(full test set) and stored in each checkpoint's meta; the dashed line joins the models no other "
-                 "model beats on both (the Pareto front), per data set.")
+@register_figure(
+    "overview_accuracy_vs_macs",
+    "all",
+    "Test accuracy vs mean MACs executed per image for every model, as measured by models.evaluate "
+    "(full test set) and stored in each checkpoint's meta; the dashed line joins the models no other "
+    "model beats on both (the Pareto front), per data set.",
+)
 def accuracy_vs_macs(context: FigureContext) -> plt.Figure:
     frame = models_frame(context.checkpoints.values())
     figure, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -28,10 +32,14 @@ def accuracy_vs_macs(context: FigureContext) -> plt.Figure:
         color, marker = style[method]
         ax.scatter(rows["macs_mean"] / 1e6, rows["test_acc"] * 100, color=color, marker=marker, label=method)
     for row in frame.itertuples():
-        ax.annotate(row.name, (row.macs_mean / 1e6, row.test_acc * 100), fontsize=5, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            row.name, (row.macs_mean / 1e6, row.test_acc * 100), fontsize=5, xytext=(3, 3), textcoords="offset points"
+        )
     for _, rows in frame.groupby("dataset"):
         front = pareto_front(rows)
-        ax.step(front["macs_mean"] / 1e6, front["test_acc"] * 100, where="post", color="gray", linestyle="--", linewidth=0.8)
+        ax.step(
+            front["macs_mean"] / 1e6, front["test_acc"] * 100, where="post", color="gray", linestyle="--", linewidth=0.8
+        )
     if not frame.empty:
         ax.legend(fontsize=7, frameon=False)
     ax.set_xlabel("mean MACs per image (millions)")

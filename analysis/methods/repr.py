@@ -13,6 +13,7 @@ before and after, the filters dropped in each cycle, and the ranking criteria co
 standard-trained counterpart in the context (method ``baseline``, the plain architecture RePr builds on,
 same builder config and data set); every figure still draws with one RePr checkpoint alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,10 +39,20 @@ def filter_overlap(entry: dict) -> go.Figure:
     """Overlap score of each filter (RePr's ranking); dropped filters highlighted."""
     dropped = set(entry.get("dropped", []))
     scores = entry["overlap"]
-    figure = go.Figure(go.Bar(x=list(range(len(scores))), y=scores,
-                              marker_color=["#e45756" if i in dropped else "#4c78a8" for i in range(len(scores))]))
-    return figure.update_layout(title=f"{entry['layer']}: filter overlap (red = dropped in the last cycle)",
-                                xaxis_title="filter", yaxis_title="overlap", height=240, **COMPACT)
+    figure = go.Figure(
+        go.Bar(
+            x=list(range(len(scores))),
+            y=scores,
+            marker_color=["#e45756" if i in dropped else "#4c78a8" for i in range(len(scores))],
+        )
+    )
+    return figure.update_layout(
+        title=f"{entry['layer']}: filter overlap (red = dropped in the last cycle)",
+        xaxis_title="filter",
+        yaxis_title="overlap",
+        height=240,
+        **COMPACT,
+    )
 
 
 def filter_details(entry: dict, meta: dict) -> list[Section]:
@@ -51,18 +62,29 @@ def filter_details(entry: dict, meta: dict) -> list[Section]:
     sections = [Section(entry["layer"], filter_overlap(entry), ranking.sort_values("overlap", ascending=False))]
     cycles = cycle_records(meta.get("history", []))
     if cycles:
-        sections.append(Section("Filters dropped per cycle", table=pd.DataFrame(
-            [{"cycle": c, "layer": name, "dropped": dropped}
-             for c, record in enumerate(cycles, 1) for name, dropped in record["dropped"].items()])))
+        sections.append(
+            Section(
+                "Filters dropped per cycle",
+                table=pd.DataFrame(
+                    [
+                        {"cycle": c, "layer": name, "dropped": dropped}
+                        for c, record in enumerate(cycles, 1)
+                        for name, dropped in record["dropped"].items()
+                    ]
+                ),
+            )
+        )
     return sections
 
 
-register_view(KindView(
-    FILTERS,
-    inspect=lambda entries: [filter_overlap(e) for e in entries],
-    detail=filter_details,
-    title="Filter overlap (RePr ranking)",
-))
+register_view(
+    KindView(
+        FILTERS,
+        inspect=lambda entries: [filter_overlap(e) for e in entries],
+        detail=filter_details,
+        title="Filter overlap (RePr ranking)",
+    )
+)
 
 
 CURVE_COLUMNS = ("epoch", "train_acc", "test_acc", "phase", "event", "test_acc_before_event")
@@ -74,9 +96,17 @@ def accuracy_curves(history: list[dict]) -> pd.DataFrame:
     ``test_acc_before_event`` is the test accuracy just before the drop or re-init at the end of that
     epoch (its ``test_acc`` is measured after it), so a figure can show the jump an event causes.
     """
-    rows = [{"epoch": row.get("global_epoch", i) + 1, "train_acc": row.get("train_acc"), "test_acc": row.get("test_acc"),
-             "phase": row.get("repr_phase"), "event": row.get("repr_event"),
-             "test_acc_before_event": row.get("repr_test_acc_before")} for i, row in enumerate(history)]
+    rows = [
+        {
+            "epoch": row.get("global_epoch", i) + 1,
+            "train_acc": row.get("train_acc"),
+            "test_acc": row.get("test_acc"),
+            "phase": row.get("repr_phase"),
+            "event": row.get("repr_event"),
+            "test_acc_before_event": row.get("repr_test_acc_before"),
+        }
+        for i, row in enumerate(history)
+    ]
     curves = pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
     for column in ("train_acc", "test_acc", "test_acc_before_event"):
         curves[column] = pd.to_numeric(curves[column], errors="coerce")
@@ -163,13 +193,15 @@ def overlap_layers(model: nn.Module, max_layers: int = 6) -> list[str]:
 
 
 def overlap_matrices(model: nn.Module, names: list[str]) -> dict[str, np.ndarray]:
-    """``|W W^T|`` of each named conv's normalized flattened filters (F, F), zero diagonal (``models.layers.filter_overlap``)."""
+    """``|W W^T|`` of each named conv's normalized flattened filters (F, F), zero diagonal
+    (``models.layers.filter_overlap``)."""
     modules = dict(model.named_modules())
     return {name: overlap_matrix(modules[name].weight).numpy() for name in names}
 
 
 def mean_overlap(matrix: np.ndarray) -> float:
-    """Mean over the off-diagonal entries: the layer's mean filter score of ``models.layers.filter_overlap.filter_scores``."""
+    """Mean over the off-diagonal entries: the layer's mean filter score of
+    ``models.layers.filter_overlap.filter_scores``."""
     n = matrix.shape[0]
     return float(matrix.sum() / (n * (n - 1))) if n > 1 else 0.0
 
@@ -185,8 +217,12 @@ def main_repr(context: FigureContext) -> str:
     def key(name: str) -> tuple:
         meta = models[name].meta
         seed = seed_of(meta, context.checkpoints.get(name))
-        return (repr_ranking(meta) != "orthogonality", not cycle_records(meta.get("history") or []),
-                math.inf if seed is None else seed, name)
+        return (
+            repr_ranking(meta) != "orthogonality",
+            not cycle_records(meta.get("history") or []),
+            math.inf if seed is None else seed,
+            name,
+        )
 
     return min(models, key=key)
 
@@ -197,9 +233,13 @@ def standard_counterpart(context: FigureContext, name: str) -> str | None:
     if there is one."""
     model = context.model(name)
     seed = seed_of(model.meta, context.checkpoints.get(name))
-    candidates = {n: m for n, m in context.models("baseline").items()
-                  if getattr(m, "arch", None) == dense_arch(model.arch) and dict(m.arch_config) == dict(model.arch_config)
-                  and m.meta.get("dataset") == model.meta.get("dataset")}
+    candidates = {
+        n: m
+        for n, m in context.models("baseline").items()
+        if getattr(m, "arch", None) == dense_arch(model.arch)
+        and dict(m.arch_config) == dict(model.arch_config)
+        and m.meta.get("dataset") == model.meta.get("dataset")
+    }
 
     def key(n: str) -> tuple:
         s = seed_of(candidates[n].meta, context.checkpoints.get(n))
@@ -215,11 +255,15 @@ def _no_data(ax: plt.Axes, message: str) -> None:
 
 # --- (a) the paper's Figure 1 ------------------------------------------------------------------------------
 
-@register_figure("repr_training_curves", "repr",
-                 "Train (dashed) and test (solid) accuracy per epoch of a RePr run, with the epochs trained as a pruned "
-                 "sub-network shaded; crosses are the test accuracy just before each drop / re-initialization (the dot "
-                 "on the same epoch is measured after it). In black, the standard-trained model of the same "
-                 "architecture where the checkpoints include one (the paper's Figure 1).")
+
+@register_figure(
+    "repr_training_curves",
+    "repr",
+    "Train (dashed) and test (solid) accuracy per epoch of a RePr run, with the epochs trained as a pruned "
+    "sub-network shaded; crosses are the test accuracy just before each drop / re-initialization (the dot "
+    "on the same epoch is measured after it). In black, the standard-trained model of the same "
+    "architecture where the checkpoints include one (the paper's Figure 1).",
+)
 def training_curves_figure(context: FigureContext) -> plt.Figure:
     name = main_repr(context)
     history = context.model(name).meta.get("history") or []
@@ -234,23 +278,42 @@ def training_curves_figure(context: FigureContext) -> plt.Figure:
     ax.plot(curves["epoch"], curves["test_acc"] * 100, "-", marker=".", color=REPR_COLOR, label="RePr test")
     events = curves.dropna(subset=["test_acc_before_event"])
     if len(events):
-        ax.scatter(events["epoch"], events["test_acc_before_event"] * 100, marker="x", color=REPR_COLOR, s=18,
-                   label="RePr test before drop / re-init")
+        ax.scatter(
+            events["epoch"],
+            events["test_acc_before_event"] * 100,
+            marker="x",
+            color=REPR_COLOR,
+            s=18,
+            label="RePr test before drop / re-init",
+        )
     base = standard_counterpart(context, name)
     if base is not None and (base_history := context.model(base).meta.get("history")):
         standard = accuracy_curves(base_history)
-        ax.plot(standard["epoch"], standard["train_acc"] * 100, "--", color=STANDARD_COLOR, alpha=0.7, label=f"standard train ({base})")
-        ax.plot(standard["epoch"], standard["test_acc"] * 100, "-", color=STANDARD_COLOR, alpha=0.7, label="standard test")
+        ax.plot(
+            standard["epoch"],
+            standard["train_acc"] * 100,
+            "--",
+            color=STANDARD_COLOR,
+            alpha=0.7,
+            label=f"standard train ({base})",
+        )
+        ax.plot(
+            standard["epoch"], standard["test_acc"] * 100, "-", color=STANDARD_COLOR, alpha=0.7, label="standard test"
+        )
     ax.set_xlabel("epochs completed")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"RePr vs standard training ({repr_ranking(context.model(name).meta)} ranking)" if base
-                 else f"{name}: RePr training ({repr_ranking(context.model(name).meta)} ranking)")
+    ax.set_title(
+        f"RePr vs standard training ({repr_ranking(context.model(name).meta)} ranking)"
+        if base
+        else f"{name}: RePr training ({repr_ranking(context.model(name).meta)} ranking)"
+    )
     ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the dips need the room
     return figure
 
 
 # --- (b) overlap matrices before / after -------------------------------------------------------------------
+
 
 def overlap_panels(context: FigureContext, name: str) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
     """The layers shown, and per column ("standard", "RePr") their overlap matrices; no "standard" column
@@ -265,26 +328,38 @@ def overlap_panels(context: FigureContext, name: str) -> tuple[list[str], dict[s
     return layers, columns
 
 
-@register_figure("repr_filter_overlap", "repr",
-                 "Inter-filter overlap |W W^T| of the L2-normalized flattened filters of each conv layer (diagonal set "
-                 "to 0), standard-trained (left, where the checkpoints include it) vs after RePr training (right), with "
-                 "the layer's mean overlap in each title (one colour scale per layer); lower means more orthogonal, "
-                 "less redundant filters. Layers RePr does not rank (the first conv, and convs with more filters than "
-                 "input dimensions) are marked; a deep ResNet shows up to six of its ranked convs.")
+@register_figure(
+    "repr_filter_overlap",
+    "repr",
+    "Inter-filter overlap |W W^T| of the L2-normalized flattened filters of each conv layer (diagonal set "
+    "to 0), standard-trained (left, where the checkpoints include it) vs after RePr training (right), with "
+    "the layer's mean overlap in each title (one colour scale per layer); lower means more orthogonal, "
+    "less redundant filters. Layers RePr does not rank (the first conv, and convs with more filters than "
+    "input dimensions) are marked; a deep ResNet shows up to six of its ranked convs.",
+)
 def filter_overlap_figure(context: FigureContext) -> plt.Figure:
     name = main_repr(context)
     layers, columns = overlap_panels(context, name)
     prunable = {layer.name for layer in prunable_layers(context.model(name))}
-    figure, axes = plt.subplots(len(layers), len(columns), figsize=(2.4 * len(columns) + 0.8, 2.3 * len(layers)),
-                                squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        len(layers),
+        len(columns),
+        figsize=(2.4 * len(columns) + 0.8, 2.3 * len(layers)),
+        squeeze=False,
+        layout="constrained",
+    )
     for row, layer in enumerate(layers):
         top = max(float(matrices[layer].max()) for matrices in columns.values()) or 1.0  # one scale per layer
         for col, (column, matrices) in enumerate(columns.items()):
             ax, matrix = axes[row][col], matrices[layer]
             image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
             note = "" if layer in prunable else " (not ranked)"
-            ax.set_title(f"{column}\n{layer}{note}: mean {mean_overlap(matrix):.3f}" if row == 0
-                         else f"{layer}{note}: mean {mean_overlap(matrix):.3f}", fontsize=7)
+            ax.set_title(
+                f"{column}\n{layer}{note}: mean {mean_overlap(matrix):.3f}"
+                if row == 0
+                else f"{layer}{note}: mean {mean_overlap(matrix):.3f}",
+                fontsize=7,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         colorbar = figure.colorbar(image, ax=axes[row].tolist(), shrink=0.8)
@@ -297,10 +372,14 @@ def filter_overlap_figure(context: FigureContext) -> plt.Figure:
 
 # --- (c) filters dropped per cycle -------------------------------------------------------------------------
 
-@register_figure("repr_dropped_filters", "repr",
-                 "Which filters each RePr cycle dropped, per prunable conv layer (rows: cycles, columns: filter index; "
-                 "dark = dropped, then re-initialized orthogonally). The ranking is global over layers, so layers "
-                 "lose different numbers of filters.")
+
+@register_figure(
+    "repr_dropped_filters",
+    "repr",
+    "Which filters each RePr cycle dropped, per prunable conv layer (rows: cycles, columns: filter index; "
+    "dark = dropped, then re-initialized orthogonally). The ranking is global over layers, so layers "
+    "lose different numbers of filters.",
+)
 def dropped_filters_figure(context: FigureContext) -> plt.Figure:
     name = main_repr(context)
     grid = dropped_grid(cycle_records(context.model(name).meta.get("history") or []))
@@ -311,16 +390,26 @@ def dropped_filters_figure(context: FigureContext) -> plt.Figure:
     n_cols = 1 if len(grid) <= 8 else 3
     n_rows = math.ceil(len(grid) / n_cols)
     n_cycles = next(iter(grid.values())).shape[0]
-    figure, axes = plt.subplots(n_rows, n_cols, figsize=(5.5 * n_cols, n_rows * (0.5 + 0.18 * n_cycles)),
-                                squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        n_rows, n_cols, figsize=(5.5 * n_cols, n_rows * (0.5 + 0.18 * n_cycles)), squeeze=False, layout="constrained"
+    )
     for ax, (layer, cells) in zip(axes.ravel(), grid.items()):
-        ax.imshow(cells, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest",
-                  extent=(-0.5, cells.shape[1] - 0.5, cells.shape[0] + 0.5, 0.5))
+        ax.imshow(
+            cells,
+            cmap="Greys",
+            vmin=0,
+            vmax=1,
+            aspect="auto",
+            interpolation="nearest",
+            extent=(-0.5, cells.shape[1] - 0.5, cells.shape[0] + 0.5, 0.5),
+        )
         ax.set_yticks(range(1, n_cycles + 1))
         ax.set_ylabel("cycle", fontsize=7)
-        ax.set_title(f"{layer}: {', '.join(str(int(n)) for n in cells.sum(1))} of {cells.shape[1]} dropped per cycle", fontsize=7)
+        ax.set_title(
+            f"{layer}: {', '.join(str(int(n)) for n in cells.sum(1))} of {cells.shape[1]} dropped per cycle", fontsize=7
+        )
         ax.tick_params(labelsize=6)
-    for ax in axes.ravel()[len(grid):]:
+    for ax in axes.ravel()[len(grid) :]:
         ax.set_axis_off()
     for ax in axes[-1]:
         ax.set_xlabel("filter", fontsize=7)
@@ -329,6 +418,7 @@ def dropped_filters_figure(context: FigureContext) -> plt.Figure:
 
 
 # --- (d) ranking criteria ----------------------------------------------------------------------------------
+
 
 def ranking_comparison(context: FigureContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Runs and their seed summary for every RePr checkpoint and the standard-trained ones of the same backbones."""
@@ -346,10 +436,13 @@ def group_label(group: pd.Series) -> str:
     return f"{dense_arch(group['arch'])} {how}"
 
 
-@register_figure("repr_ranking_comparison", "repr",
-                 "Test accuracy (models.evaluate, full test set) of RePr runs by filter ranking (orthogonality: the "
-                 "paper's, norm: lowest weight norm, random) next to standard training of the same backbone: mean over "
-                 "seeds with a min-max bar, each run a dot, the number of runs in brackets.")
+@register_figure(
+    "repr_ranking_comparison",
+    "repr",
+    "Test accuracy (models.evaluate, full test set) of RePr runs by filter ranking (orthogonality: the "
+    "paper's, norm: lowest weight norm, random) next to standard training of the same backbone: mean over "
+    "seeds with a min-max bar, each run a dot, the number of runs in brackets.",
+)
 def ranking_comparison_figure(context: FigureContext) -> plt.Figure:
     runs, table = ranking_comparison(context)
     figure, ax = plt.subplots(figsize=(5.5, 0.5 + 0.45 * max(1, len(table))))
@@ -363,11 +456,19 @@ def ranking_comparison_figure(context: FigureContext) -> plt.Figure:
         ax.scatter(members["test_acc"] * 100, [y] * len(members), color=color, s=10, alpha=0.6)
         ax.scatter([group["test_acc_mean"] * 100], [y], color=color, marker="D", s=30, zorder=3)
         spread = "" if pd.isna(group["test_acc_std"]) else f" ± {group['test_acc_std'] * 100:.2f}"
-        ax.annotate(f"{group['test_acc_mean'] * 100:.2f}{spread} (n={group['n_runs']})", (group["test_acc_max"] * 100, y),
-                    xytext=(6, -3), textcoords="offset points", fontsize=7)
+        ax.annotate(
+            f"{group['test_acc_mean'] * 100:.2f}{spread} (n={group['n_runs']})",
+            (group["test_acc_max"] * 100, y),
+            xytext=(6, -3),
+            textcoords="offset points",
+            fontsize=7,
+        )
     several = table["dataset"].nunique() > 1
-    ax.set_yticks(range(len(table)), [group_label(g) + (f" ({g['dataset']})" if several else "") for _, g in table.iterrows()],
-                  fontsize=7)
+    ax.set_yticks(
+        range(len(table)),
+        [group_label(g) + (f" ({g['dataset']})" if several else "") for _, g in table.iterrows()],
+        fontsize=7,
+    )
     ax.set_ylim(len(table) - 0.5, -0.5)
     low, high = table["test_acc_min"].min() * 100, table["test_acc_max"].max() * 100
     pad = max(0.5, (high - low) * 0.15)

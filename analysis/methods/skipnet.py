@@ -2,6 +2,7 @@
 figures (Wang et al. 2018): skip ratio per block, easy vs hard images, blocks per class, input scale vs blocks
 executed, accuracy vs MACs over the alpha sweep.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
 from analysis.core.tradeoff import knob_tradeoff
-from analysis.core.kinds import AttributionTarget, Control, KindView, Section, register_view
+from analysis.core.kinds import AttributionTarget, Control, KindView, Section, Widget, register_view
 from analysis.core.perturb import rescale
 from analysis.core.scaling import nearest_layer
 from analysis.core.table import dataset_table, layer_columns
@@ -29,26 +30,52 @@ def skip_strip(decisions: list[dict]) -> go.Figure:
     layers = [d["layer"] for d in decisions]
     executed = [[1 if d["executed"] else 0 for d in decisions]]
     text = [[f"{d['probability']:.2f}" for d in decisions]]
-    figure = go.Figure(go.Heatmap(z=executed, x=layers, y=["gate"], text=text, texttemplate="%{text}", zmin=0, zmax=1,
-                                  colorscale=[[0, "#e8eef6"], [1, "#1f4e8c"]], showscale=False, xgap=3,
-                                  hovertemplate="%{x}: p(execute)=%{text}<extra></extra>"))
+    figure = go.Figure(
+        go.Heatmap(
+            z=executed,
+            x=layers,
+            y=["gate"],
+            text=text,
+            texttemplate="%{text}",
+            zmin=0,
+            zmax=1,
+            colorscale=[[0, "#e8eef6"], [1, "#1f4e8c"]],
+            showscale=False,
+            xgap=3,
+            hovertemplate="%{x}: p(execute)=%{text}<extra></extra>",
+        )
+    )
     n_run = sum(executed[0])
-    return figure.update_layout(title=f"Blocks executed: {n_run} of {len(layers)} gated (dark = run, number = gate probability)",
-                                height=170, **COMPACT)
+    return figure.update_layout(
+        title=f"Blocks executed: {n_run} of {len(layers)} gated (dark = run, number = gate probability)",
+        height=170,
+        **COMPACT,
+    )
 
 
 def compare_sections(table: pd.DataFrame) -> list[Section]:
     if not layer_columns(table, "executed"):
         return []
     ratios = skip_ratios(table)
-    return [Section("Skip ratio per block",
-                    px.bar(x=ratios.index, y=ratios.values, labels={"x": "block", "y": "skip ratio"}, range_y=[0, 1]))]
+    return [
+        Section(
+            "Skip ratio per block",
+            px.bar(x=ratios.index, y=ratios.values, labels={"x": "block", "y": "skip ratio"}, range_y=[0, 1]),
+        )
+    ]
 
 
 def skip_control(entry: dict, model) -> Control:
     """Run or skip the block: a toggle of ``executed``."""
-    return Control(entry["layer"], SKIP.forced_field, f"run {entry['layer']}", "toggle", bool(entry["executed"]),
-                   bool, help=f"gate probability {entry['probability']:.2f}; off skips the block (identity shortcut)")
+    return Control(
+        entry["layer"],
+        SKIP.forced_field,
+        f"run {entry['layer']}",
+        Widget.TOGGLE,
+        bool(entry["executed"]),
+        bool,
+        help=f"gate probability {entry['probability']:.2f}; off skips the block (identity shortcut)",
+    )
 
 
 def skip_like(table: pd.DataFrame, bundled, target) -> Callable:
@@ -60,15 +87,17 @@ def skip_like(table: pd.DataFrame, bundled, target) -> Callable:
     return lambda rng: {t: {"executed": bool(rng.random() < rates[source[t]])} for t in target.gate_names}
 
 
-register_view(KindView(
-    SKIP,
-    columns=lambda d: {f"{d['layer']}/executed": bool(d["executed"]), f"{d['layer']}/p": float(d["probability"])},
-    inspect=lambda entries: [skip_strip(entries)],
-    compare=compare_sections,
-    targets=lambda d: [AttributionTarget("gate probability", "probability")],
-    control=skip_control,
-    force_like=skip_like,
-))
+register_view(
+    KindView(
+        SKIP,
+        columns=lambda d: {f"{d['layer']}/executed": bool(d["executed"]), f"{d['layer']}/p": float(d["probability"])},
+        inspect=lambda entries: [skip_strip(entries)],
+        compare=compare_sections,
+        targets=lambda d: [AttributionTarget("gate probability", "probability")],
+        control=skip_control,
+        force_like=skip_like,
+    )
+)
 
 
 def skip_ratios(table: pd.DataFrame) -> pd.Series:
@@ -82,14 +111,21 @@ def blocks_executed(table: pd.DataFrame) -> pd.Series:
     return table[layer_columns(table, "executed")].sum(axis=1)
 
 
-def scale_response(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   scales=(0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5)) -> pd.DataFrame:
+def scale_response(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, scales=(0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5)
+) -> pd.DataFrame:
     """Mean blocks executed and accuracy when the objects are shown smaller or larger."""
     rows = []
     for scale in scales:
         table = dataset_table(model, rescale(images, scale), labels)
-        rows.append({"scale": scale, "blocks_executed": blocks_executed(table).mean(), "accuracy": table["correct"].mean(),
-                     "macs": table["macs"].mean()})
+        rows.append(
+            {
+                "scale": scale,
+                "blocks_executed": blocks_executed(table).mean(),
+                "accuracy": table["correct"].mean(),
+                "macs": table["macs"].mean(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -111,9 +147,12 @@ def skip_ratio_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-@register_figure("skipnet_easy_vs_hard", "skipnet",
-                 "Easy images (fewest blocks executed, top) and hard images (most blocks executed, bottom), with their "
-                 "mean brightness and contrast: in the paper easy images are brighter and clearer.")
+@register_figure(
+    "skipnet_easy_vs_hard",
+    "skipnet",
+    "Easy images (fewest blocks executed, top) and hard images (most blocks executed, bottom), with their "
+    "mean brightness and contrast: in the paper easy images are brighter and clearer.",
+)
 def easy_hard_figure(context: FigureContext) -> plt.Figure:
     return easy_hard_gallery(context, main_skipnet(context))
 
@@ -131,9 +170,12 @@ def blocks_per_class_figure(context: FigureContext) -> plt.Figure:
     return figure
 
 
-@register_figure("skipnet_input_scale", "skipnet",
-                 "Mean blocks executed (and accuracy) when the test objects are zoomed by a factor; the paper finds "
-                 "larger inputs need more blocks.")
+@register_figure(
+    "skipnet_input_scale",
+    "skipnet",
+    "Mean blocks executed (and accuracy) when the test objects are zoomed by a factor; the paper finds "
+    "larger inputs need more blocks.",
+)
 def input_scale_figure(context: FigureContext) -> plt.Figure:
     name = main_skipnet(context)
     response = scale_response(context.model(name), *context.images())
@@ -157,7 +199,11 @@ def sweep_point(name: str, models: dict) -> tuple[str, float | None]:
     parent = Path(args.get("init_from") or "").stem
     parent_series, parent_alpha = sweep_point(parent, models) if parent in models and parent != name else (None, None)
     if args.get("ft_epochs"):
-        series = "+ fine-tuned, gates anchored to the policy" if args.get("ft_anchor") else "+ fine-tuned under the fixed policy"
+        series = (
+            "+ fine-tuned, gates anchored to the policy"
+            if args.get("ft_anchor")
+            else "+ fine-tuned under the fixed policy"
+        )
         return series + (", distilled from a teacher" if args.get("ft_teacher") else ""), parent_alpha
     if not args.get("rl_epochs"):
         return "supervised pre-training only", None
@@ -168,10 +214,13 @@ def sweep_point(name: str, models: dict) -> tuple[str, float | None]:
     return "hybrid RL (paper)", args.get("alpha")
 
 
-@register_figure("skipnet_alpha_sweep", "skipnet",
-                 "Accuracy vs mean MACs of SkipNets trained with different alpha (compute reward), one line per "
-                 "training variant, with the plain ResNet of the same depth; numbers from models.evaluate on the "
-                 "full test set.")
+@register_figure(
+    "skipnet_alpha_sweep",
+    "skipnet",
+    "Accuracy vs mean MACs of SkipNets trained with different alpha (compute reward), one line per "
+    "training variant, with the plain ResNet of the same depth; numbers from models.evaluate on the "
+    "full test set.",
+)
 def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
     figure, ax = plt.subplots(figsize=(6, 3.6))
     models = context.models("skipnet")
@@ -186,21 +235,38 @@ def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
         line = ax.plot([m for m, _, _ in points], [a for _, a, _ in points], "o-", alpha=0.8, label=label)[0]
         for macs, acc, alpha in points:
             if alpha is not None:
-                ax.annotate(f"α={alpha:g}", (macs, acc), fontsize=6, xytext=(3, 3), textcoords="offset points", color=line.get_color())
+                ax.annotate(
+                    f"α={alpha:g}",
+                    (macs, acc),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    color=line.get_color(),
+                )
     for name, model in context.models("baseline").items():
         metrics = model.meta.get("metrics", {})
         if "test_acc" in metrics:
             ax.scatter(metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100, color="black", marker="s")
-            ax.annotate(name, (metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100), fontsize=6, xytext=(3, -8), textcoords="offset points")
+            ax.annotate(
+                name,
+                (metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100),
+                fontsize=6,
+                xytext=(3, -8),
+                textcoords="offset points",
+            )
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)  # below: off the points
+    ax.legend(
+        fontsize=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2
+    )  # below: off the points
     ax.set_title("SkipNet: accuracy vs compute over alpha")
     return figure
 
 
-register_figure("skipnet_knob_tradeoff", "skipnet",
-                "Accuracy vs mean MACs of the main SkipNet as its inference knob is swept (a few values, the same "
-                "images), the trained operating point (star), its static variants, the dense ResNet of the same "
-                "depth and the other bundled SkipNet models: what the knob buys against fixed alternatives.")(
-    lambda context: knob_tradeoff(context, "skipnet"))
+register_figure(
+    "skipnet_knob_tradeoff",
+    "skipnet",
+    "Accuracy vs mean MACs of the main SkipNet as its inference knob is swept (a few values, the same "
+    "images), the trained operating point (star), its static variants, the dense ResNet of the same "
+    "depth and the other bundled SkipNet models: what the knob buys against fixed alternatives.",
+)(lambda context: knob_tradeoff(context, "skipnet"))

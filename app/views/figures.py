@@ -1,4 +1,5 @@
 """Figures: every paper-style figure of ``python -m analysis.figures``, downloadable as PNG, PDF and SVG."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,4 +53,6 @@ for spec in [s for s in specs if s.method == method]:
             continue
         st.image(files["png"])
         for column, (fmt, mime) in zip(st.columns(len(FORMATS)), FORMATS.items()):
-            column.download_button(f"Download {fmt.upper()}", files[fmt], f"{spec.name}.{fmt}", mime, key=f"{spec.name}-{fmt}")
+            column.download_button(
+                f"Download {fmt.upper()}", files[fmt], f"{spec.name}.{fmt}", mime, key=f"{spec.name}-{fmt}"
+            )

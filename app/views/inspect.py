@@ -3,12 +3,21 @@
 Each image can be questioned: force any decision, move any knob, perturb the picture. The first image's view
 (model, sample, interventions) lives in the URL, so a link restores it.
 """
+
 from __future__ import annotations
 
 import streamlit as st
 
-from app.components import (explain, forget_interventions_of_another_model, image_report, intervention_panel,
-                            perturbation_view, pick_images, restore_view, share_view)
+from app.components import (
+    explain,
+    forget_interventions_of_another_model,
+    image_report,
+    intervention_panel,
+    perturbation_view,
+    pick_images,
+    restore_view,
+    share_view,
+)
 from app.resources import choose_model, chosen_bundled_name, load_bundled, show_model
 from analysis.core.catalog import bundled_checkpoints, sample_images
 

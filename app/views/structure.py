@@ -1,5 +1,6 @@
 """Structure: what a model learned once for all inputs (DGConv group structure, RePr filter overlaps): each
 structure kind's summary table and its view of one layer."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -16,8 +17,10 @@ if model is None:
 show_model(model)
 structure = model_structure(model)
 if not structure:
-    st.info(f"`{model.meta['name']}` ({model.meta['method']}) has no learned per-model structure to show: "
-            "pick a DGConv or RePr model.")
+    st.info(
+        f"`{model.meta['name']}` ({model.meta['method']}) has no learned per-model structure to show: "
+        "pick a DGConv or RePr model."
+    )
     st.stop()
 
 for kind, entries in grouped(structure).items():

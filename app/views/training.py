@@ -1,5 +1,6 @@
 """Training: follow a run from its ``OUT/NAME.metrics.jsonl`` (written by ``python -m models.train`` after every
 epoch), with its loss and accuracy curves per epoch and stage."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,18 +31,43 @@ def _curves(frame: pd.DataFrame) -> None:
     cols[2].metric("Test accuracy", f"{last['test_acc']:.4f}")
     cols[3].metric("Elapsed", f"{float(last.get('elapsed_s', 0.0)) / 60:.1f} min")
     x = "global_epoch"
-    loss = px.line(frame, x=x, y="train_loss", color="stage", markers=True, title="Training loss",
-                   labels={x: "epoch (whole run)", "train_loss": "loss"})
+    loss = px.line(
+        frame,
+        x=x,
+        y="train_loss",
+        color="stage",
+        markers=True,
+        title="Training loss",
+        labels={x: "epoch (whole run)", "train_loss": "loss"},
+    )
     st.plotly_chart(loss, key="training-loss")
     present = [c for c in ("train_acc", "test_acc") if c in frame]
     acc = frame.melt(id_vars=[x, "stage"], value_vars=present, var_name="split", value_name="accuracy")
     acc["split"] = acc["split"].str.removesuffix("_acc")
-    fig = px.line(acc, x=x, y="accuracy", color="stage", line_dash="split", markers=True, title="Accuracy",
-                  labels={x: "epoch (whole run)"})
+    fig = px.line(
+        acc,
+        x=x,
+        y="accuracy",
+        color="stage",
+        line_dash="split",
+        markers=True,
+        title="Accuracy",
+        labels={x: "epoch (whole run)"},
+    )
     st.plotly_chart(fig, key="training-accuracy")
     if "lr" in frame:
-        st.plotly_chart(px.line(frame, x=x, y="lr", color="stage", markers=True, title="Learning rate (end of epoch)",
-                                labels={x: "epoch (whole run)"}), key="training-lr")
+        st.plotly_chart(
+            px.line(
+                frame,
+                x=x,
+                y="lr",
+                color="stage",
+                markers=True,
+                title="Learning rate (end of epoch)",
+                labels={x: "epoch (whole run)"},
+            ),
+            key="training-lr",
+        )
     with st.expander("Every epoch row"):
         st.dataframe(frame, hide_index=True)
 
@@ -60,11 +86,14 @@ def run_files() -> dict[str, Path]:
 
 
 st.title("Training")
-st.caption("`python -m models.train ... --out runs` appends one line per epoch to `runs/NAME.metrics.jsonl` beside "
-           "the checkpoint; pick a run from the bundled models, their experiments or `runs/`.")
+st.caption(
+    "`python -m models.train ... --out runs` appends one line per epoch to `runs/NAME.metrics.jsonl` beside "
+    "the checkpoint; pick a run from the bundled models, their experiments or `runs/`."
+)
 labels = run_files()
-picked = st.selectbox("Metrics file", list(labels), key="training-file",
-                      placeholder="no metrics file under models/pretrained or runs/")
+picked = st.selectbox(
+    "Metrics file", list(labels), key="training-file", placeholder="no metrics file under models/pretrained or runs/"
+)
 path = labels.get(picked)
 follow = st.toggle(f"Follow the run (refresh every {REFRESH_S} s)", key="training-follow")
 
@@ -72,7 +101,9 @@ follow = st.toggle(f"Follow the run (refresh every {REFRESH_S} s)", key="trainin
 @st.fragment(run_every=REFRESH_S if follow else None)
 def show(path: Path | None) -> None:
     if path is None:
-        st.info("No metrics file yet: train a model with `python -m models.train ... --out runs`; its run appears here.")
+        st.info(
+            "No metrics file yet: train a model with `python -m models.train ... --out runs`; its run appears here."
+        )
         return
     st.button("Refresh", key="training-refresh", icon=":material/refresh:")
     try:

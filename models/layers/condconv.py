@@ -7,6 +7,7 @@ grouped convolution runs over the whole batch (input as ``(1, B*C, H, W)``, ``gr
 Expert weights are stored flat, ``(E, out * in/groups * k * k)``, like timm: ``Module.to(memory_format=
 torch.channels_last)`` rejects 5-D parameters. ``CondConv2d.experts`` is the ``(E, out, in/groups, k, k)`` view.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,17 @@ from .batchnorm_fold import bn_scale_shift
 class CondConv2d(nn.Module):
     """A conv whose kernel is a per-example mixture of ``num_experts`` expert kernels (one grouped conv per batch)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1,
-                 num_experts: int = 4, bias: bool = False) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        num_experts: int = 4,
+        bias: bool = False,
+    ) -> None:
         super().__init__()
         if in_ch % groups or out_ch % groups:
             raise UsageError(f"channels ({in_ch} in, {out_ch} out) must be divisible by groups={groups}")
@@ -45,7 +55,7 @@ class CondConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-normal experts scaled so the mixture at routing 0.5 has a Kaiming conv's variance."""
-        fan_out = self.weight_shape[0] * self.kernel_size ** 2  # as nn.init's fan_out of one expert kernel
+        fan_out = self.weight_shape[0] * self.kernel_size**2  # as nn.init's fan_out of one expert kernel
         std = math.sqrt(2.0 / fan_out) * 2.0 / math.sqrt(self.num_experts)
         nn.init.normal_(self.weight, 0.0, std)
         if self.bias is not None:
@@ -82,8 +92,11 @@ class CondConv2d(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, num_experts={self.num_experts}, bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, groups={self.groups}, num_experts={self.num_experts}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class Router(nn.Module):

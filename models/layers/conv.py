@@ -1,4 +1,5 @@
 """The 3x3 convolution every backbone and gate is built of (no bias: a BatchNorm follows)."""
+
 from __future__ import annotations
 
 import torch.nn as nn

@@ -13,6 +13,7 @@ channel permutations). The straight-through estimator of the binary gates is ``s
 the identity clipped to [-1, 1] (BinaryConnect's form); both are this project's choices, the reference
 implementation (d-li14/dgconv.pytorch) passes the gradient through unclipped.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ STE_KINDS = ("sigmoid", "identity")
 
 
 # --- the gate algebra: pure functions of a (K,) gate vector -----------------------------------------------
+
 
 def binary_gates(theta: torch.Tensor, ste: str = "sigmoid") -> torch.Tensor:
     """Hard ``1[theta > 0]`` forward; gradient of ``sigmoid(theta)`` (or clipped identity) backward."""
@@ -59,7 +61,7 @@ def group_index(gates: torch.Tensor) -> torch.Tensor:
     """
     hard = gates.detach() > 0.5
     k = hard.numel()
-    channels = torch.arange(2 ** k, device=gates.device)
+    channels = torch.arange(2**k, device=gates.device)
     digits = (channels[:, None] >> torch.arange(k - 1, -1, -1, device=gates.device)) & 1  # (C, K), digit 0 = U_1
     free = (~hard).long()
     place = free.flip(0).cumsum(0).flip(0) - free  # number of free digits less significant than each digit
@@ -127,8 +129,17 @@ class DGConv2d(nn.Module, _GroupStructure):
     plain dense conv should not mistake it for one. The weight has the plain conv's shape and name.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1, bias: bool = False,
-                 gate_init: float = 0.5, gate_noise: float = 0.5, ste: str = "sigmoid") -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        bias: bool = False,
+        gate_init: float = 0.5,
+        gate_noise: float = 0.5,
+        ste: str = "sigmoid",
+    ) -> None:
         super().__init__()
         if channels < 1 or channels & (channels - 1):
             raise UsageError(f"DGConv2d needs a power-of-two channel count (C_in = C_out), got {channels}")
@@ -171,11 +182,25 @@ class DGConv2d(nn.Module, _GroupStructure):
         gates = self.hard_gates()
         perm, inverse = group_permutation(gates)
         if _is_identity(perm):  # groups already contiguous: no gather
-            return F.conv2d(x, grouped_weight(self.weight, gates), self.bias, self.stride, self.padding, self.dilation,
-                            groups=self.groups())
+            return F.conv2d(
+                x,
+                grouped_weight(self.weight, gates),
+                self.bias,
+                self.stride,
+                self.padding,
+                self.dilation,
+                groups=self.groups(),
+            )
         bias = None if self.bias is None else self.bias.index_select(0, perm)
-        y = F.conv2d(x.index_select(1, perm), grouped_weight(self.weight, gates), bias, self.stride, self.padding,
-                     self.dilation, groups=self.groups())
+        y = F.conv2d(
+            x.index_select(1, perm),
+            grouped_weight(self.weight, gates),
+            bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            groups=self.groups(),
+        )
         return y.index_select(1, inverse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,9 +211,11 @@ class DGConv2d(nn.Module, _GroupStructure):
         return self.weight.detach() * self.mask().to(self.weight.dtype)[:, :, None, None]
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, bias={self.bias is not None}, gates={self.hard_gates().int().tolist()}, "
-                f"groups={self.groups()}, ste={self.ste}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, bias={self.bias is not None}, gates={self.hard_gates().int().tolist()}, "
+            f"groups={self.groups()}, ste={self.ste}"
+        )
 
 
 class GroupedConv2d(nn.Module, _GroupStructure):
@@ -213,8 +240,16 @@ class GroupedConv2d(nn.Module, _GroupStructure):
     def from_dgconv(cls, layer: DGConv2d) -> "GroupedConv2d":
         gates = layer.hard_gates()
         c = layer.out_channels
-        conv = nn.Conv2d(c, c, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                         groups=2 ** int((gates < 0.5).sum()), bias=layer.bias is not None)
+        conv = nn.Conv2d(
+            c,
+            c,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            groups=2 ** int((gates < 0.5).sum()),
+            bias=layer.bias is not None,
+        )
         conv = conv.to(device=layer.weight.device, dtype=layer.weight.dtype)
         conv.weight.copy_(grouped_weight(layer.weight, gates))
         perm, _ = group_permutation(gates)

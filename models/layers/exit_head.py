@@ -6,6 +6,7 @@ reduced to 4x4 by a learned mix of max and average pooling (``alpha * max + (1 -
 cheapest head: global average pooling and a linear layer. Pooling executes no multiply-adds, so a head
 costs only its linear layer (a few thousand MACs here).
 """
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ orthogonal re-initialization directions.
   decomposition of the stacked vectors (``torch.linalg.qr``); fewer than asked when the space is too
   small, and the caller says so.
 """
+
 from __future__ import annotations
 
 import math
@@ -95,7 +96,9 @@ def select_global(scores: dict[str, torch.Tensor], fraction: float) -> dict[str,
     return {n: sorted(v) for n, v in dropped.items()}
 
 
-def null_space_directions(constraints: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def null_space_directions(
+    constraints: torch.Tensor, count: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Up to ``count`` orthonormal directions (m, D) orthogonal to every row of ``constraints`` (r, D).
 
     The complete QR of ``constraints^T`` (D, r) gives Q (D, D); its last D - r columns are orthogonal to
@@ -113,11 +116,11 @@ def null_space_directions(constraints: torch.Tensor, count: int, generator: torc
         return torch.zeros(0, d, dtype=torch.float64)
     if r:
         q, _ = torch.linalg.qr(F.normalize(rows, dim=1).T, mode="complete")
-        basis = q[:, r:]                                   # (D, D - r)
+        basis = q[:, r:]  # (D, D - r)
     else:
         basis = torch.eye(d, dtype=torch.float64)
     mix = torch.randn(basis.shape[1], m, generator=generator, dtype=torch.float64)
-    directions, _ = torch.linalg.qr(basis @ mix)           # (D, m), orthonormal, inside the null space
+    directions, _ = torch.linalg.qr(basis @ mix)  # (D, m), orthonormal, inside the null space
     return directions.T.contiguous()
 
 

@@ -1,4 +1,5 @@
-"""Compiled batch-1 kernels for the small per-image decisions (SkipNet's gate step, early exit's heads, CondConv's routing).
+"""Compiled batch-1 kernels for the small per-image decisions (SkipNet's gate step, early exit's heads, CondConv's
+routing).
 
 At batch 1 a SkipNet gate step is about a dozen tiny PyTorch operators (pool, four matrix products, the LSTM's
 element-wise arithmetic, a sigmoid) whose dispatch costs more than their arithmetic: on the CIFAR ResNets a gate
@@ -9,12 +10,13 @@ mix, the linear layer) and its confidence (max softmax) in one call; ``condconv_
 both of its mixed kernels.
 
 It is built once with ``torch.utils.cpp_extension.load_inline`` where a C++ compiler is present (cached in
-``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and used by the fast inference form only, on CPU float32 tensors only (``runs_compiled``: every other device
-takes the PyTorch path);
+``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and used by the fast inference form only, on
+CPU float32 tensors only (``runs_compiled``: every other device takes the PyTorch path);
 without a compiler, or with ``ROUTESCOPE_FUSED=0``, the Python step runs instead (same result within float32
 rounding). Its multiply-adds are registered with ``torch.utils.flop_counter``, so ``FlopCounterMode`` and the
 trace's MAC counter count it exactly as the operators it replaces.
 """
+
 from __future__ import annotations
 
 import functools
@@ -187,8 +189,9 @@ def fused_ops() -> bool:
     try:
         from torch.utils.cpp_extension import load_inline
 
-        load_inline("routescope_fused", cpp_sources=_SOURCE, is_python_module=False,
-                    extra_cflags=["-O3"], verbose=False)
+        load_inline(
+            "routescope_fused", cpp_sources=_SOURCE, is_python_module=False, extra_cflags=["-O3"], verbose=False
+        )
     except Exception as e:  # no compiler, no headers: the PyTorch operators do the same work
         log.warning("compiled batch-1 kernels unavailable (%s); using PyTorch operators", str(e).splitlines()[0][:200])
         return False
@@ -205,8 +208,9 @@ def runs_compiled(x: torch.Tensor) -> bool:
 
 def _register_flops() -> None:
     @register_flop_formula(torch.ops.routescope.rnn_gate_step)
-    def gate_flops(x_shape, hc_shape, w_embed_shape, b_embed_shape, w_ih_shape, w_hh_shape, *_, out_shape=None,
-                   **__) -> int:
+    def gate_flops(
+        x_shape, hc_shape, w_embed_shape, b_embed_shape, w_ih_shape, w_hh_shape, *_, out_shape=None, **__
+    ) -> int:
         """2 x the multiply-adds of the operators it replaces: the embedding, both LSTM products, the projection."""
         channels, embed = w_embed_shape
         hidden = w_hh_shape[0]
@@ -218,8 +222,9 @@ def _register_flops() -> None:
         return 2 * weight_shape[0] * weight_shape[1]
 
     @register_flop_formula(torch.ops.routescope.condconv_mix)
-    def mix_flops(x_shape, router_w_shape, router_b_shape, forced_shape, experts1_shape, experts2_shape, *_,
-                  out_shape=None, **__) -> int:
+    def mix_flops(
+        x_shape, router_w_shape, router_b_shape, forced_shape, experts1_shape, experts2_shape, *_, out_shape=None, **__
+    ) -> int:
         """2 x the multiply-adds of the router's linear layer and of both kernel mixtures (``routing @ experts``)."""
         experts, channels = router_w_shape
         return 2 * (experts * channels + experts * experts1_shape[1] + experts * experts2_shape[1])

@@ -11,6 +11,7 @@ skipped block's output feeds the next gate, so the recurrent state never has to 
   logits; ``FFGateII``: conv3x3 stride 2 + BN + ReLU, global pool, 1x1 conv to two logits. With two
   logits, ``softmax[:, 1] = sigmoid(l1 - l0)``, so their logit is ``l1 - l0``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -31,7 +32,9 @@ State = Any
 OPEN_BIAS = 2.0
 
 
-def lstm_step(x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], cell: nn.LSTMCell) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_step(
+    x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], cell: nn.LSTMCell
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One LSTM step written with ``F.linear`` (same math as ``cell(x, state)``).
 
     Fused RNN kernels (cuDNN, oneDNN on CPU) are invisible to ``FlopCounterMode`` and to the trace's MAC
@@ -103,7 +106,7 @@ class RNNGate(GateBank):
         of the same sigmoid as the ``i, f, o`` gates. The same multiply-adds as ``step``, fewer operators."""
         hidden = self.hidden_dim
         double = torch.ones(4 * hidden, dtype=self.proj.weight.dtype, device=self.proj.weight.device)
-        double[2 * hidden:3 * hidden] = 2.0
+        double[2 * hidden : 3 * hidden] = 2.0
         w_ih = (self.lstm.weight_ih * double[:, None]).t().contiguous()
         w_hh = (self.lstm.weight_hh * double[:, None]).t().contiguous()
         bias = (self.lstm.bias_ih + self.lstm.bias_hh) * double

@@ -9,6 +9,7 @@ read from the input, so a layer follows whatever width the previous layer ran at
 ``num_keys`` rows of running statistics. The caller picks the row (``key``): a narrow subnet's features
 have other statistics than the wide one's, so sharing one set would mis-normalize every width but one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,8 +65,16 @@ class SlimBatchNorm2d(nn.Module):
             self.num_batches_tracked[key] += 1
             momentum = 1.0 / float(self.num_batches_tracked[key]) if self.momentum is None else self.momentum
         # rows of the 2-D buffers are contiguous views: batch_norm updates them in place
-        return F.batch_norm(x, self.running_mean[key, :c], self.running_var[key, :c], self.weight[:c], self.bias[:c],
-                            self.training, momentum, self.eps)
+        return F.batch_norm(
+            x,
+            self.running_mean[key, :c],
+            self.running_var[key, :c],
+            self.weight[:c],
+            self.bias[:c],
+            self.training,
+            momentum,
+            self.eps,
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, keys={self.num_keys}, eps={self.eps}, momentum={self.momentum}"
@@ -84,8 +93,16 @@ class WidthGate(nn.Module):
     for the first ``k`` channels of the stage, computed with the first ``k`` filters only.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_choices: int, hidden: int | None = None,
-                 attention: bool = True, widest_bias: float = 2.0, grid: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_choices: int,
+        hidden: int | None = None,
+        attention: bool = True,
+        widest_bias: float = 2.0,
+        grid: int = 1,
+    ) -> None:
         super().__init__()
         hidden = hidden or max(16, in_channels // 4)
         self.grid = grid
@@ -106,9 +123,9 @@ class WidthGate(nn.Module):
 
     @torch.no_grad()
     def prepare_fast_form(self) -> None:
-        """The fast form: the gate's convs all read a ``grid`` x ``grid`` map with a ``grid`` x ``grid`` (or 1x1) kernel,
-        so each is one matrix product on the flattened map (the same multiply-adds; at batch 1 PyTorch runs such
-        tiny convs through oneDNN at about 100 us each). Reduce weights are cut per input width on first use."""
+        """The fast form: the gate's convs all read a ``grid`` x ``grid`` map with a ``grid`` x ``grid`` (or 1x1)
+        kernel, so each is one matrix product on the flattened map (the same multiply-adds; at batch 1 PyTorch runs
+        such tiny convs through oneDNN at about 100 us each). Reduce weights are cut per input width on first use."""
         self.linear = {"width": (self.width.weight.flatten(1).contiguous(), self.width.bias.clone())}
         if self.se is not None:
             self.linear["se"] = (self.se.weight.flatten(1).contiguous(), self.se.bias.clone())
@@ -132,7 +149,7 @@ class WidthGate(nn.Module):
         if self.grid == 1 or weight.shape != self.reduce.weight.shape[:2] + (1, 1):
             return False
         with torch.no_grad():
-            self.reduce.weight.copy_(weight.expand_as(self.reduce.weight) / self.grid ** 2)
+            self.reduce.weight.copy_(weight.expand_as(self.reduce.weight) / self.grid**2)
         return True
 
     def width_logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Plain supervised training (the ``baseline`` method: ResNet, ConvNet): one stage of cross-entropy, SGD, cosine."""
+
 from __future__ import annotations
 
 import argparse

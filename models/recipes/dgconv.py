@@ -9,6 +9,7 @@ straight-through gates.
   (a short run went 1.0 -> 0.13 for a 0.5 budget); without it the complexity settles around the budget.
   The one-sided term means the final complexity can sit a little above or below the target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ from ..stages import Stage, StepOutput, param_groups, unwrap
 BUDGET_LOSSES = ("hinge", "power")
 
 
-def budget_loss(task_loss: torch.Tensor, ratio: torch.Tensor, budget: float, weight: float,
-                form: str = "hinge") -> torch.Tensor:
+def budget_loss(
+    task_loss: torch.Tensor, ratio: torch.Tensor, budget: float, weight: float, form: str = "hinge"
+) -> torch.Tensor:
     """Task loss plus the budget term; zero extra loss (and no gate gradient from it) under budget.
 
     ``"hinge"``: ``L + weight * relu(ratio / budget - 1)``. ``"power"``: the paper's ``L * (o / zeta)^a``,
@@ -46,8 +48,17 @@ def budget_loss(task_loss: torch.Tensor, ratio: torch.Tensor, budget: float, wei
 class BudgetedStage(Stage):
     """Supervised cross-entropy through the masked convs, plus a complexity budget on the STE gates."""
 
-    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, budget: float = 0.5, budget_weight: float = 1.0,
-                 budget_loss: str = "hinge", complexity: str = "macs", gate_lr_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        lr: float,
+        weight_decay: float = 5e-4,
+        budget: float = 0.5,
+        budget_weight: float = 1.0,
+        budget_loss: str = "hinge",
+        complexity: str = "macs",
+        gate_lr_scale: float = 1.0,
+    ) -> None:
         super().__init__("budgeted", epochs, lr, weight_decay)
         self.gate_lr_scale = gate_lr_scale
         if not 0 < budget <= 1:
@@ -58,12 +69,20 @@ class BudgetedStage(Stage):
         self.budget_loss, self.complexity = budget_loss, complexity
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """Weights as in ``Stage`` (SGD, Nesterov momentum); gates ``theta`` with plain SGD (see the module docstring)."""
+        """Weights as in ``Stage`` (SGD, Nesterov momentum); gates ``theta`` with plain SGD (see the module
+        docstring)."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         gates = [p for n, p in named if n.endswith(".theta")]
         weights = [p for n, p in named if not n.endswith(".theta")]
         groups = param_groups(weights, self.weight_decay) + [
-            {"params": gates, "weight_decay": 0.0, "momentum": 0.0, "nesterov": False, "lr": self.lr * self.gate_lr_scale}]
+            {
+                "params": gates,
+                "weight_decay": 0.0,
+                "momentum": 0.0,
+                "nesterov": False,
+                "lr": self.lr * self.gate_lr_scale,
+            }
+        ]
         return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0)
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
@@ -78,25 +97,41 @@ class BudgetedStage(Stage):
             with torch.no_grad():
                 ratio = float(net.complexity_ratio(self.complexity))
             groups = [layer.groups() for _, layer in net.dg_layers()]
-            print(f"[dgconv] complexity {ratio:.3f} of dense (budget {self.budget}); groups per layer {groups}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[dgconv] complexity {ratio:.3f} of dense (budget {self.budget}); groups per layer {groups}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 @dataclass
 class DGConvOptions:
     budget: float = option(0.5, "target complexity as a fraction of the dense DGConv layers (e.g. 0.5)")
     budget_weight: float = option(1.0, "weight of the hinge term (or the exponent |a| of the power form)")
-    budget_loss: str = option("hinge", "hinge: CE + w*relu(r/budget - 1); power: the paper's CE * max(r/budget, 1)^w",
-                              choices=BUDGET_LOSSES)
-    budget_complexity: str = option("macs", "macs: nnz(U) * k^2 * H*W per layer; nnz: the paper's sum of nnz(U)",
-                                    choices=COMPLEXITY_KINDS)
-    gate_lr_scale: float = option(1.0, "learning rate of the gate parameters theta, as a multiple of --lr (plain SGD, "
-                                       "no momentum)")
+    budget_loss: str = option(
+        "hinge", "hinge: CE + w*relu(r/budget - 1); power: the paper's CE * max(r/budget, 1)^w", choices=BUDGET_LOSSES
+    )
+    budget_complexity: str = option(
+        "macs", "macs: nnz(U) * k^2 * H*W per layer; nnz: the paper's sum of nnz(U)", choices=COMPLEXITY_KINDS
+    )
+    gate_lr_scale: float = option(
+        1.0, "learning rate of the gate parameters theta, as a multiple of --lr (plain SGD, no momentum)"
+    )
 
 
 @register_recipe("dgconv", options=DGConvOptions, title="DGConv")
 def dgconv_recipe(args: argparse.Namespace) -> list[Stage]:
     """One supervised stage (``--epochs``, ``--lr``) with the budget term on the gates."""
     opt = options_of(DGConvOptions, args)
-    return [BudgetedStage(args.epochs, args.lr, args.weight_decay, opt.budget, opt.budget_weight, opt.budget_loss,
-                          opt.budget_complexity, opt.gate_lr_scale)]
+    return [
+        BudgetedStage(
+            args.epochs,
+            args.lr,
+            args.weight_decay,
+            opt.budget,
+            opt.budget_weight,
+            opt.budget_loss,
+            opt.budget_complexity,
+            opt.gate_lr_scale,
+        )
+    ]

@@ -30,6 +30,7 @@ pairs lag behind, batch statistics do not); the complexity penalty is the expect
 rather than the reference's squared absolute GMACs; an untrained width head starts at the widest width
 (bias), so stage 1 reports full-width accuracy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -144,8 +145,14 @@ def expected_cost(width_logits: torch.Tensor, widths_choices: Sequence[float]) -
 class SupernetStage(Stage):
     """Stage 1: the slimmable supernet with the sandwich rule and In-place Ensemble Bootstrapping."""
 
-    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, ema_decay: float = 0.997,
-                 recalibration_batches: int = 20) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        lr: float,
+        weight_decay: float = 5e-4,
+        ema_decay: float = 0.997,
+        recalibration_batches: int = 20,
+    ) -> None:
         super().__init__("supernet-ieb", epochs, lr, weight_decay)
         self.ema_decay, self.recalibration_batches = ema_decay, recalibration_batches
         self.snapshot = FrozenCopy()
@@ -194,10 +201,21 @@ class SupernetStage(Stage):
 class GateStage(Stage):
     """Stage 2: frozen supernet, gates trained with Sandwich Gate Sparsification + task loss + complexity (Adam)."""
 
-    def __init__(self, epochs: int, lr: float = 1e-3, complexity_weight: float = 0.1, recalibrate: bool = False,
-                 recalibration_batches: int = 20, hard_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        lr: float = 1e-3,
+        complexity_weight: float = 0.1,
+        recalibrate: bool = False,
+        recalibration_batches: int = 20,
+        hard_weight: float = 1.0,
+    ) -> None:
         super().__init__("gate-sgs", epochs, lr, weight_decay=0.0)
-        self.complexity_weight, self.recalibrate, self.recalibration_batches = complexity_weight, recalibrate, recalibration_batches
+        self.complexity_weight, self.recalibrate, self.recalibration_batches = (
+            complexity_weight,
+            recalibrate,
+            recalibration_batches,
+        )
         self.hard_weight = hard_weight
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -219,8 +237,14 @@ class GateStage(Stage):
         target = sgs_targets(narrow, y, net.num_choices)
         out = model(x, return_gates=True)
         d = out.width_logits.shape[1]
-        gate_loss = sgs_gate_loss(out.width_logits.reshape(-1, net.num_choices), target.repeat_interleave(d), self.hard_weight)
-        loss = F.cross_entropy(out.logits, y) + gate_loss + self.complexity_weight * expected_cost(out.width_logits, net.widths_choices)
+        gate_loss = sgs_gate_loss(
+            out.width_logits.reshape(-1, net.num_choices), target.repeat_interleave(d), self.hard_weight
+        )
+        loss = (
+            F.cross_entropy(out.logits, y)
+            + gate_loss
+            + self.complexity_weight * expected_cost(out.width_logits, net.widths_choices)
+        )
         return StepOutput(loss, out.logits)
 
 
@@ -230,11 +254,15 @@ class DSNetOptions:
     gate_epochs: int = option(3, "epochs of the SGS gate stage")
     gate_lr: float = option(1e-3, "Adam learning rate of the gate stage")
     complexity_weight: float = option(0.1, "weight of the expected-width-cost penalty on the gates; more, narrower")
-    hard_weight: float = option(1.0, "weight of the hard (widest) SGS target in the gate loss; > 1 when the narrowest "
-                                     "subnet is right on most images (not in the paper)")
+    hard_weight: float = option(
+        1.0,
+        "weight of the hard (widest) SGS target in the gate loss; > 1 when the narrowest "
+        "subnet is right on most images (not in the paper)",
+    )
     ema_decay: float = option(0.997, "per-step decay of the EMA teacher")
-    recalibration_batches: int = option(20, "training batches used to re-estimate each width's BN statistics after the "
-                                            "supernet stage")
+    recalibration_batches: int = option(
+        20, "training batches used to re-estimate each width's BN statistics after the supernet stage"
+    )
 
 
 @register_recipe("dsnet", options=DSNetOptions, title="DS-Net")
@@ -244,8 +272,18 @@ def dsnet_recipe(args: argparse.Namespace) -> list[Stage]:
     supernet_epochs = args.epochs if opt.supernet_epochs is None else opt.supernet_epochs
     stages: list[Stage] = []
     if supernet_epochs > 0:
-        stages.append(SupernetStage(supernet_epochs, args.lr, args.weight_decay, opt.ema_decay, opt.recalibration_batches))
+        stages.append(
+            SupernetStage(supernet_epochs, args.lr, args.weight_decay, opt.ema_decay, opt.recalibration_batches)
+        )
     if opt.gate_epochs > 0:
-        stages.append(GateStage(opt.gate_epochs, opt.gate_lr, opt.complexity_weight, recalibrate=supernet_epochs <= 0,
-                                recalibration_batches=opt.recalibration_batches, hard_weight=opt.hard_weight))
+        stages.append(
+            GateStage(
+                opt.gate_epochs,
+                opt.gate_lr,
+                opt.complexity_weight,
+                recalibrate=supernet_epochs <= 0,
+                recalibration_batches=opt.recalibration_batches,
+                hard_weight=opt.hard_weight,
+            )
+        )
     return stages

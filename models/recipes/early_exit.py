@@ -9,6 +9,7 @@ trains the heads alone on a frozen backbone (SDN's "IC-only" setting); BatchNorm
 then too. ``--exit-calibrate POINTS`` (with ``--holdout N``) picks the threshold after training on training
 images kept out of training, never on the test set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,15 @@ def sdn_weights(depths: list[float], epoch: int, epochs: int) -> list[float]:
 class JointExitStage(Stage):
     """All exits trained together with SDN's weight schedule (SGD, cosine, as every supervised stage)."""
 
-    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, distill_weight: float = 0.0,
-                 ic_only: bool = False, calibrate: float | None = None) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        lr: float,
+        weight_decay: float = 5e-4,
+        distill_weight: float = 0.0,
+        ic_only: bool = False,
+        calibrate: float | None = None,
+    ) -> None:
         super().__init__("joint-exits" if not ic_only else "exit-heads", epochs, lr, weight_decay)
         if not 0.0 <= distill_weight <= 1.0:
             raise UsageError(f"--exit-distill must be in [0, 1], not {distill_weight}")
@@ -55,8 +63,9 @@ class JointExitStage(Stage):
         if self.calibrate is not None and self.epoch == self.epochs:
             if trainer.holdout_data is None:
                 raise UsageError("--exit-calibrate needs held-out training images: pass --holdout N")
-            self.calibration = calibrate_threshold(unwrap(trainer.model), trainer.holdout_data, trainer.info.mean,
-                                                   trainer.info.std, self.calibrate)
+            self.calibration = calibrate_threshold(
+                unwrap(trainer.model), trainer.holdout_data, trainer.info.mean, trainer.info.std, self.calibrate
+            )
             set_threshold(unwrap(trainer.model), self.calibration["threshold"])
 
     def exit_weights(self, model: nn.Module) -> list[float]:
@@ -107,7 +116,9 @@ def exit_accuracy(model: nn.Module, data, mean, std, thresholds) -> tuple[dict[f
     model.eval()
     outputs, labels = [], []
     for images, y in DataLoader(data, batch_size=500, collate_fn=collate_batch):
-        outputs.append(torch.stack(model(normalize(images, mean, std).to(next(model.parameters()).device), all_exits=True)).cpu())
+        outputs.append(
+            torch.stack(model(normalize(images, mean, std).to(next(model.parameters()).device), all_exits=True)).cpu()
+        )
         labels.append(y)
     logits, y = torch.cat(outputs, 1), torch.cat(labels)  # (exits, N, classes)
     confidence, predicted = logits.softmax(2).max(2)  # (exits, N)
@@ -126,8 +137,13 @@ def calibrate_threshold(model: nn.Module, data, mean, std, tolerance: float) -> 
     accuracy, final = exit_accuracy(model, data, mean, std, CALIBRATION_GRID)
     good = [q for q in CALIBRATION_GRID if accuracy[q] >= final - tolerance / 100]
     threshold = min(good) if good else max(CALIBRATION_GRID)
-    return {"threshold": threshold, "tolerance_points": tolerance, "images": len(data), "final_exit_acc": round(final, 5),
-            "accuracy": {f"{q:g}": round(a, 5) for q, a in accuracy.items()}}
+    return {
+        "threshold": threshold,
+        "tolerance_points": tolerance,
+        "images": len(data),
+        "final_exit_acc": round(final, 5),
+        "accuracy": {f"{q:g}": round(a, 5) for q, a in accuracy.items()},
+    }
 
 
 def set_threshold(model: nn.Module, threshold: float) -> None:
@@ -138,16 +154,26 @@ def set_threshold(model: nn.Module, threshold: float) -> None:
 
 @dataclass
 class EarlyExitOptions:
-    exits: str | None = option(None, "comma-separated blocks to put exit heads after (default: every block but the "
-                                     "first and last in a short network, SDN's six positions in a deep one)")
+    exits: str | None = option(
+        None,
+        "comma-separated blocks to put exit heads after (default: every block but the "
+        "first and last in a short network, SDN's six positions in a deep one)",
+    )
     exit_head: str = option("sdn", "exit head: SDN's mixed pooling to 4x4, or global pooling", choices=EXIT_HEADS)
-    exit_threshold: float = option(0.9, "confidence (max softmax) at which an image leaves; a model setting, "
-                                        "changeable at inference")
-    exit_distill: float = option(0.0, "weight in [0, 1] of distillation from the final exit in each internal exit's loss")
+    exit_threshold: float = option(
+        0.9, "confidence (max softmax) at which an image leaves; a model setting, changeable at inference"
+    )
+    exit_distill: float = option(
+        0.0, "weight in [0, 1] of distillation from the final exit in each internal exit's loss"
+    )
     exit_ic_only: bool = option(False, "train only the exit heads, on the frozen backbone (SDN's IC-only)")
-    exit_calibrate: float | None = option(None, "after training, set the threshold to the lowest one whose accuracy on "
-                                                "the --holdout images is within POINTS of the final exit's (replaces "
-                                                "--exit-threshold)", metavar="POINTS")
+    exit_calibrate: float | None = option(
+        None,
+        "after training, set the threshold to the lowest one whose accuracy on "
+        "the --holdout images is within POINTS of the final exit's (replaces "
+        "--exit-threshold)",
+        metavar="POINTS",
+    )
 
 
 def early_exit_model_args(args: argparse.Namespace) -> dict:
@@ -162,4 +188,6 @@ def early_exit_model_args(args: argparse.Namespace) -> dict:
 def early_exit_recipe(args: argparse.Namespace) -> list[Stage]:
     """One joint stage (``--epochs``, ``--lr``) of every exit's loss with SDN's schedule."""
     opt = options_of(EarlyExitOptions, args)
-    return [JointExitStage(args.epochs, args.lr, args.weight_decay, opt.exit_distill, opt.exit_ic_only, opt.exit_calibrate)]
+    return [
+        JointExitStage(args.epochs, args.lr, args.weight_decay, opt.exit_distill, opt.exit_ic_only, opt.exit_calibrate)
+    ]

@@ -41,6 +41,7 @@ Design decisions and deviations from the paper (the convs it touches: ``models.r
 - Record: ``RePrStage.state_dict()`` holds the masks, the dropped filters' old values and the cycle
   records, so ``--resume`` in a pruned phase continues masked.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,15 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..layers.filter_overlap import (RANKINGS, filter_scores, flatten_filters, kaiming_filter_norm,
-                                     null_space_directions, rank_scores, select_global)
+from ..layers.filter_overlap import (
+    RANKINGS,
+    filter_scores,
+    flatten_filters,
+    kaiming_filter_norm,
+    null_space_directions,
+    rank_scores,
+    select_global,
+)
 from ..options import option, options_of
 from ..registry import register_recipe
 from ..repr import BUFFER, FilterLayer, prunable_layers
@@ -60,6 +68,7 @@ from ..stages import Stage, StepOutput, unwrap
 
 
 # --- masking and re-initialization of filters -------------------------------------------------------------
+
 
 def _rows(rows: list[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(rows, dtype=torch.long, device=device)
@@ -73,7 +82,9 @@ def zero_filters(layer: FilterLayer, rows: list[int] | torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def reset_optimizer_rows(optimizer: torch.optim.Optimizer | None, layer: FilterLayer, rows: list[int] | torch.Tensor) -> None:
+def reset_optimizer_rows(
+    optimizer: torch.optim.Optimizer | None, layer: FilterLayer, rows: list[int] | torch.Tensor
+) -> None:
     """Zero every per-parameter optimizer state (momentum, Adam moments) in the rows of these filters."""
     if optimizer is None:
         return
@@ -84,8 +95,9 @@ def reset_optimizer_rows(optimizer: torch.optim.Optimizer | None, layer: FilterL
 
 
 @torch.no_grad()
-def reinitialize_filters(layer: FilterLayer, rows: list[int], old: torch.Tensor,
-                         generator: torch.Generator | None = None) -> dict:
+def reinitialize_filters(
+    layer: FilterLayer, rows: list[int], old: torch.Tensor, generator: torch.Generator | None = None
+) -> dict:
     """New values for the filters ``rows``: orthogonal to the survivors and to ``old`` (their values at the drop).
 
     Returns how many got an orthogonal direction and how many fell back to a random one.
@@ -120,6 +132,7 @@ def reinitialize_filters(layer: FilterLayer, rows: list[int], old: torch.Tensor,
 
 # --- the training stage ------------------------------------------------------------------------------------
 
+
 def _scores_json(scores: dict[str, torch.Tensor]) -> dict[str, list[float]]:
     return {name: [round(float(s), 6) for s in v] for name, v in scores.items()}
 
@@ -127,23 +140,38 @@ def _scores_json(scores: dict[str, torch.Tensor]) -> dict[str, list[float]]:
 class RePrStage(Stage):
     """Standard supervised training with N prune / train-sub-network / re-initialize cycles inside it."""
 
-    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, s1: int = 3, s2: int = 2, cycles: int = 2,
-                 prune: float = 0.3, ranking: str = "orthogonality", seed: int = 0, measure_events: bool = True) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        lr: float,
+        weight_decay: float = 5e-4,
+        s1: int = 3,
+        s2: int = 2,
+        cycles: int = 2,
+        prune: float = 0.3,
+        ranking: str = "orthogonality",
+        seed: int = 0,
+        measure_events: bool = True,
+    ) -> None:
         super().__init__("repr", epochs, lr, weight_decay)
         if ranking not in RANKINGS:
             raise UsageError(f"unknown RePr ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
         if s1 < 1 or s2 < 1 or cycles < 0:
-            raise UsageError(f"RePr needs --repr-s1 >= 1, --repr-s2 >= 1 and --repr-cycles >= 0 (got {s1}, {s2}, {cycles})")
+            raise UsageError(
+                f"RePr needs --repr-s1 >= 1, --repr-s2 >= 1 and --repr-cycles >= 0 (got {s1}, {s2}, {cycles})"
+            )
         if not 0.0 < prune < 1.0:
             raise UsageError(f"--repr-prune is a fraction in (0, 1), got {prune}")
         if cycles and cycles * (s1 + s2) >= epochs:
-            raise UsageError(f"the RePr schedule needs more than N*(S1+S2) = {cycles * (s1 + s2)} epochs so that the last "
-                             f"re-initialized filters are trained, but --epochs is {epochs}; lower --repr-cycles/-s1/-s2")
+            raise UsageError(
+                f"the RePr schedule needs more than N*(S1+S2) = {cycles * (s1 + s2)} epochs so that the last "
+                f"re-initialized filters are trained, but --epochs is {epochs}; lower --repr-cycles/-s1/-s2"
+            )
         self.s1, self.s2, self.cycles, self.fraction, self.ranking = s1, s2, cycles, prune, ranking
         self.seed, self.measure_events = seed, measure_events
-        self.masks: dict[str, torch.Tensor] = {}   # layer -> bool (F,), True = alive; only while pruned
-        self.old: dict[str, torch.Tensor] = {}     # layer -> dropped filters' values at the drop
-        self.cycle_records: list[dict] = []        # one record per cycle (the last one possibly in progress)
+        self.masks: dict[str, torch.Tensor] = {}  # layer -> bool (F,), True = alive; only while pruned
+        self.old: dict[str, torch.Tensor] = {}  # layer -> dropped filters' values at the drop
+        self.cycle_records: list[dict] = []  # one record per cycle (the last one possibly in progress)
         self._row: dict = {}
         self._handles: list = []
         self._hooked: int | None = None
@@ -199,8 +227,14 @@ class RePrStage(Stage):
         return dict(self._row)
 
     # the two events
-    def prune(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, cycle: int, epoch: int,
-              test_acc: float | None = None) -> dict[str, list[int]]:
+    def prune(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        cycle: int,
+        epoch: int,
+        test_acc: float | None = None,
+    ) -> dict[str, list[int]]:
         """Rank every prunable filter of the network, drop the top fraction, mask them."""
         layers = prunable_layers(model)
         generator = self._generator(cycle, 0)
@@ -224,20 +258,35 @@ class RePrStage(Stage):
             reset_optimizer_rows(optimizer, layer, rows)
         self._remove_hooks()
         self._install_hooks(model)
-        self.cycle_records.append({
-            "cycle": cycle, "ranking": self.ranking, "fraction": self.fraction,
-            "prune_after_epoch": epoch, "pruned_epochs": self.pruned_epochs(cycle), "reinit_after_epoch": None,
-            "n_filters": sum(layer.conv.out_channels for layer in layers),
-            "n_dropped": sum(len(v) for v in dropped.values()),
-            "dropped": {name: rows for name, rows in dropped.items() if rows},
-            "overlap_before": _scores_json(overlap), "overlap_after": None,
-            "reinit": {}, "warnings": [],
-            "test_acc_before_prune": test_acc, "test_acc_before_reinit": None,
-        })
+        self.cycle_records.append(
+            {
+                "cycle": cycle,
+                "ranking": self.ranking,
+                "fraction": self.fraction,
+                "prune_after_epoch": epoch,
+                "pruned_epochs": self.pruned_epochs(cycle),
+                "reinit_after_epoch": None,
+                "n_filters": sum(layer.conv.out_channels for layer in layers),
+                "n_dropped": sum(len(v) for v in dropped.values()),
+                "dropped": {name: rows for name, rows in dropped.items() if rows},
+                "overlap_before": _scores_json(overlap),
+                "overlap_after": None,
+                "reinit": {},
+                "warnings": [],
+                "test_acc_before_prune": test_acc,
+                "test_acc_before_reinit": None,
+            }
+        )
         return dropped
 
-    def reinitialize(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, cycle: int, epoch: int,
-                     test_acc: float | None = None) -> dict:
+    def reinitialize(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        cycle: int,
+        epoch: int,
+        test_acc: float | None = None,
+    ) -> dict:
         """Give the dropped filters new orthogonal values, unmask them; returns the finished cycle record."""
         generator = self._generator(cycle, 1)
         fresh = {"cycle": cycle, "warnings": [], "reinit": {}}
@@ -251,13 +300,20 @@ class RePrStage(Stage):
             reset_optimizer_rows(optimizer, layer, rows)
             record["reinit"][layer.name] = info
             if info["fallback"]:
-                message = (f"RePr cycle {cycle}: {layer.name} has a null space of {info['orthogonal']} dimensions for "
-                           f"{len(rows)} filters; {info['fallback']} re-initialized randomly (not orthogonal)")
+                message = (
+                    f"RePr cycle {cycle}: {layer.name} has a null space of {info['orthogonal']} dimensions for "
+                    f"{len(rows)} filters; {info['fallback']} re-initialized randomly (not orthogonal)"
+                )
                 record["warnings"].append(message)
                 warnings.warn(message, stacklevel=2)
         self.masks, self.old = {}, {}
-        record.update(reinit_after_epoch=epoch, test_acc_before_reinit=test_acc,
-                      overlap_after=_scores_json({layer.name: filter_scores(layer.conv.weight) for layer in prunable_layers(model)}))
+        record.update(
+            reinit_after_epoch=epoch,
+            test_acc_before_reinit=test_acc,
+            overlap_after=_scores_json(
+                {layer.name: filter_scores(layer.conv.weight) for layer in prunable_layers(model)}
+            ),
+        )
         return record
 
     @property
@@ -285,8 +341,12 @@ class RePrStage(Stage):
 
     # checkpointing (train_state of OUT/NAME.last.pt)
     def state_dict(self) -> dict:
-        return {"masks": {k: v.clone() for k, v in self.masks.items()}, "old": {k: v.clone() for k, v in self.old.items()},
-                "cycles": [dict(c) for c in self.cycle_records], "row": dict(self._row)}
+        return {
+            "masks": {k: v.clone() for k, v in self.masks.items()},
+            "old": {k: v.clone() for k, v in self.old.items()},
+            "cycles": [dict(c) for c in self.cycle_records],
+            "row": dict(self._row),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._remove_hooks()
@@ -298,19 +358,32 @@ class RePrStage(Stage):
 
 # --- recipe and CLI ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class RePrOptions:
     repr_s1: int = option(3, "epochs of full training before each drop")
     repr_s2: int = option(2, "epochs of sub-network training after each drop")
     repr_cycles: int = option(2, "number N of prune/re-initialize cycles; then full training to --epochs")
     repr_prune: float = option(0.3, "fraction of filters dropped per cycle")
-    repr_ranking: str = option("orthogonality", "which filters to drop: highest overlap, lowest weight norm, or random",
-                               choices=RANKINGS)
+    repr_ranking: str = option(
+        "orthogonality", "which filters to drop: highest overlap, lowest weight norm, or random", choices=RANKINGS
+    )
 
 
 @register_recipe("repr", options=RePrOptions, title="RePr (paper: S1=20, S2=10, N=3, p=0.3)")
 def repr_recipe(args: argparse.Namespace) -> list[Stage]:
     """One stage of ``--epochs`` with ``--repr-cycles`` prune/re-init cycles inside it."""
     opt = options_of(RePrOptions, args)
-    return [RePrStage(args.epochs, args.lr, args.weight_decay, s1=opt.repr_s1, s2=opt.repr_s2, cycles=opt.repr_cycles,
-                      prune=opt.repr_prune, ranking=opt.repr_ranking, seed=args.seed)]
+    return [
+        RePrStage(
+            args.epochs,
+            args.lr,
+            args.weight_decay,
+            s1=opt.repr_s1,
+            s2=opt.repr_s2,
+            cycles=opt.repr_cycles,
+            prune=opt.repr_prune,
+            ranking=opt.repr_ranking,
+            seed=args.seed,
+        )
+    ]

@@ -2,6 +2,7 @@
 optionally fine-tuning of the backbone under the learned policy (not in the paper). The forward modes each stage
 uses (``"st"``, ``"sample"``, ``"infer"``) are described in ``models.skipnet``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,16 @@ class HybridRLStage(Stage):
     iterations: Adam's per-parameter steps let the gate biases move within the few epochs of a small run.
     """
 
-    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, alpha: float = 0.05, beta: float = 1.0,
-                 rl_weight: float = 1.0, backbone_lr: float | None = None) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        lr: float,
+        weight_decay: float = 5e-4,
+        alpha: float = 0.05,
+        beta: float = 1.0,
+        rl_weight: float = 1.0,
+        backbone_lr: float | None = None,
+    ) -> None:
         super().__init__("hybrid-rl", epochs, lr, weight_decay)
         self.alpha, self.beta, self.rl_weight = alpha, beta, rl_weight
         self.backbone_lr = lr if backbone_lr is None else backbone_lr
@@ -73,8 +82,9 @@ class HybridRLStage(Stage):
         """Adam; the gates at ``lr``, the backbone (which only has to adapt to the skipping) at ``backbone_lr``."""
         gates = {id(p) for p in unwrap(model).gates.parameters()}
         params = self.parameters(model)
-        groups = (param_groups([p for p in params if id(p) in gates], self.weight_decay, self.lr)
-                  + param_groups([p for p in params if id(p) not in gates], self.weight_decay, self.backbone_lr))
+        groups = param_groups([p for p in params if id(p) in gates], self.weight_decay, self.lr) + param_groups(
+            [p for p in params if id(p) not in gates], self.weight_decay, self.backbone_lr
+        )
         return torch.optim.Adam(groups, lr=self.lr)
 
     def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
@@ -82,7 +92,9 @@ class HybridRLStage(Stage):
         freeze_batchnorm(net)  # the trainer calls .train() every epoch; re-freeze every step (cheap, resume-safe)
         with torch.no_grad():  # self-critical baseline: the greedy policy, the one used at inference
             greedy = net(x, gate_mode="infer")
-            baseline = gate_returns(greedy.actions, F.cross_entropy(greedy.logits, y, reduction="none"), self.alpha, self.beta)
+            baseline = gate_returns(
+                greedy.actions, F.cross_entropy(greedy.logits, y, reduction="none"), self.alpha, self.beta
+            )
         out = model(x, gate_mode="sample")
         ce = F.cross_entropy(out.logits, y, reduction="none")
         returns = gate_returns(out.actions, ce.detach(), self.alpha, self.beta)
@@ -109,8 +121,15 @@ class PolicyFinetuneStage(Stage):
     only the labels. Not in the paper either; off unless ``--ft-teacher``.
     """
 
-    def __init__(self, epochs: int, lr: float, weight_decay: float = 5e-4, anchor_weight: float = 0.0,
-                 teacher: nn.Module | None = None, distill_weight: float = 0.5) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        lr: float,
+        weight_decay: float = 5e-4,
+        anchor_weight: float = 0.0,
+        teacher: nn.Module | None = None,
+        distill_weight: float = 0.5,
+    ) -> None:
         super().__init__("policy-finetune", epochs, lr, weight_decay)
         if not 0.0 <= distill_weight <= 1.0:
             raise UsageError(f"--ft-distill must be in [0, 1], not {distill_weight}")
@@ -155,19 +174,28 @@ class PolicyFinetuneStage(Stage):
 
 @dataclass
 class SkipNetOptions:
-    alpha: float = option(0.05, "reward for skipping, shared over the gates (alpha / G each); more alpha, more skipping")
+    alpha: float = option(
+        0.05, "reward for skipping, shared over the gates (alpha / G each); more alpha, more skipping"
+    )
     beta: float = option(1.0, "weight of -CE in the terminal reward")
     rl_epochs: int = option(3, "epochs of the hybrid RL stage")
     rl_lr: float = option(1e-3, "Adam learning rate of the RL stage")
-    rl_backbone_lr: float | None = option(None, "Adam learning rate of the backbone in the RL stage (default: --rl-lr, "
-                                                "as the gates)")
+    rl_backbone_lr: float | None = option(
+        None, "Adam learning rate of the backbone in the RL stage (default: --rl-lr, as the gates)"
+    )
     rl_weight: float = option(1.0, "weight of the REINFORCE term against the cross-entropy")
-    ft_epochs: int = option(0, "epochs of backbone fine-tuning under the frozen greedy policy after RL (not in the paper)")
+    ft_epochs: int = option(
+        0, "epochs of backbone fine-tuning under the frozen greedy policy after RL (not in the paper)"
+    )
     ft_lr: float = option(0.01, "SGD learning rate of that fine-tuning")
-    ft_anchor: float = option(0.0, "weight of a loss that keeps the gates' decisions as they were when fine-tuning "
-                                   "started (0: gates frozen)")
-    ft_teacher: str | None = option(None, "distil that fine-tuning from this model's outputs (e.g. the dense ResNet it "
-                                          "started from)", metavar="CHECKPOINT")
+    ft_anchor: float = option(
+        0.0, "weight of a loss that keeps the gates' decisions as they were when fine-tuning started (0: gates frozen)"
+    )
+    ft_teacher: str | None = option(
+        None,
+        "distil that fine-tuning from this model's outputs (e.g. the dense ResNet it started from)",
+        metavar="CHECKPOINT",
+    )
     ft_distill: float = option(0.5, "weight of the distillation term against the cross-entropy, in [0, 1]")
     gate: str | None = option(None, "SkipNet gate (default: the builder's, rnn)", choices=GATE_KINDS)
 
@@ -185,9 +213,17 @@ def skipnet_recipe(args: argparse.Namespace) -> list[Stage]:
     opt = options_of(SkipNetOptions, args)
     return [
         SupervisedPretrainStage(args.epochs, args.lr, args.weight_decay),
-        HybridRLStage(opt.rl_epochs, opt.rl_lr, args.weight_decay, opt.alpha, opt.beta, opt.rl_weight, opt.rl_backbone_lr),
-        PolicyFinetuneStage(opt.ft_epochs, opt.ft_lr, args.weight_decay, opt.ft_anchor,
-                            load_teacher(opt.ft_teacher, args.dataset, args.device or "cpu"), opt.ft_distill),
+        HybridRLStage(
+            opt.rl_epochs, opt.rl_lr, args.weight_decay, opt.alpha, opt.beta, opt.rl_weight, opt.rl_backbone_lr
+        ),
+        PolicyFinetuneStage(
+            opt.ft_epochs,
+            opt.ft_lr,
+            args.weight_decay,
+            opt.ft_anchor,
+            load_teacher(opt.ft_teacher, args.dataset, args.device or "cpu"),
+            opt.ft_distill,
+        ),
     ]
 
 

@@ -1,4 +1,4 @@
-"""Does RouteScope give the same results on this device? ``python -m analysis.device_check [--device cuda]``.
+"""Does RouteScope give the same results on this device? ``python -m tools.device_check [--device cuda]``.
 
 Every featured flagship (and the dense ResNet they are measured against) is loaded on the CPU and on the device.
 On the same test images it compares, batched and at batch 1: the predictions (agreement), the decisions and the
@@ -7,6 +7,7 @@ latency through the app's and the bench's timing path, batched throughput), alte
 whose gate sits on its threshold may flip with float rounding, so agreement is reported, not required to be 1;
 the exit status is non-zero when agreement falls below ``--min-agreement`` or the mean MACs differ by more than 1%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ def flagship_names() -> list[str]:
 
 def compare_tables(cpu, dev) -> dict:
     """Agreement of two per-image tables of the same images: predictions, routing patterns, MACs."""
-    out = {"agreement": float((cpu["predicted"] == dev["predicted"]).mean()),
-           "macs_cpu": float(cpu["macs"].mean()), "macs_device": float(dev["macs"].mean())}
+    out = {
+        "agreement": float((cpu["predicted"] == dev["predicted"]).mean()),
+        "macs_cpu": float(cpu["macs"].mean()),
+        "macs_device": float(dev["macs"].mean()),
+    }
     out["macs_rel_diff"] = abs(out["macs_device"] - out["macs_cpu"]) / out["macs_cpu"]
     if "pattern" in cpu:
         out["same_decisions"] = float((cpu["pattern"] == dev["pattern"]).mean())
@@ -48,8 +52,11 @@ def batch_one_agreement(cpu_model, dev_model, x: torch.Tensor) -> float:
     """Share of images whose batch-1 fast-path prediction (compiled kernels on the CPU, the PyTorch path on the
     device) agrees between CPU and device."""
     device = model_device(dev_model)
-    same = [int(forced_forward(cpu_model, x[i:i + 1]).argmax()) ==
-            int(forced_forward(dev_model, x[i:i + 1].to(device)).argmax()) for i in range(len(x))]
+    same = [
+        int(forced_forward(cpu_model, x[i : i + 1]).argmax())
+        == int(forced_forward(dev_model, x[i : i + 1].to(device)).argmax())
+        for i in range(len(x))
+    ]
     return sum(same) / len(same)
 
 
@@ -61,18 +68,29 @@ def throughput(model, dense, x: torch.Tensor, rounds: int, device: torch.device)
     return len(x) / a, len(x) / b
 
 
-def check(name: str, path: Path, device: torch.device, images: torch.Tensor, labels: torch.Tensor, batch: int,
-          singles: int, rounds: int) -> dict:
+def check(
+    name: str,
+    path: Path,
+    device: torch.device,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    singles: int,
+    rounds: int,
+) -> dict:
     cpu_model, dev_model = load_checkpoint(path), load_checkpoint(path, map_location=device)
-    row = {"model": name, "method": cpu_model.meta["method"],
-           **compare_tables(dataset_table(cpu_model, images, labels), dataset_table(dev_model, images, labels))}
+    row = {
+        "model": name,
+        "method": cpu_model.meta["method"],
+        **compare_tables(dataset_table(cpu_model, images, labels), dataset_table(dev_model, images, labels)),
+    }
     x = normalize(images, cpu_model.meta["mean"], cpu_model.meta["std"])
     row["batch1_agreement"] = batch_one_agreement(cpu_model, dev_model, x[:singles])
     dense = dense_counterpart(dev_model)
     dense = dev_model if dense is None else dense.eval()
     ms, ms_dense = [], []
     for i in range(min(singles, 8)):
-        model_latency, dense_latency = paired_latency(dev_model, dense, x[i:i + 1], rounds=rounds)
+        model_latency, dense_latency = paired_latency(dev_model, dense, x[i : i + 1], rounds=rounds)
         ms.append(model_latency.median_ms)
         ms_dense.append(dense_latency.median_ms)
     row["latency_ms"], row["latency_dense_ms"] = statistics.median(ms), statistics.median(ms_dense)
@@ -83,19 +101,23 @@ def check(name: str, path: Path, device: torch.device, images: torch.Tensor, lab
 
 
 def format_rows(rows: list[dict]) -> str:
-    header = (f"{'model':<38} {'agree':>6} {'b1 agree':>8} {'same dec':>8} {'MACs cpu':>9} {'MACs dev':>9} "
-              f"{'b1 ms':>7} {'dense ms':>8} {'img/s':>9} {'dense img/s':>11}")
+    header = (
+        f"{'model':<38} {'agree':>6} {'b1 agree':>8} {'same dec':>8} {'MACs cpu':>9} {'MACs dev':>9} "
+        f"{'b1 ms':>7} {'dense ms':>8} {'img/s':>9} {'dense img/s':>11}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         same = f"{r['same_decisions']:.4f}" if "same_decisions" in r else "-"
-        lines.append(f"{r['model']:<38} {r['agreement']:>6.4f} {r['batch1_agreement']:>8.4f} {same:>8} "
-                     f"{r['macs_cpu'] / 1e6:>8.2f}M {r['macs_device'] / 1e6:>8.2f}M {r['latency_ms']:>7.2f} "
-                     f"{r['latency_dense_ms']:>8.2f} {r['throughput']:>9.0f} {r['throughput_dense']:>11.0f}")
+        lines.append(
+            f"{r['model']:<38} {r['agreement']:>6.4f} {r['batch1_agreement']:>8.4f} {same:>8} "
+            f"{r['macs_cpu'] / 1e6:>8.2f}M {r['macs_device'] / 1e6:>8.2f}M {r['latency_ms']:>7.2f} "
+            f"{r['latency_dense_ms']:>8.2f} {r['throughput']:>9.0f} {r['throughput_dense']:>11.0f}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.device_check", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.device_check", description=__doc__.split("\n")[0])
     add_device_argument(p)
     p.add_argument("--checkpoint", action="append", default=[], help="check these (default: the featured flagships)")
     p.add_argument("--dataset", default="fashion-mnist-subset", help="test images (default: the bundled 500)")
@@ -109,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
         images, labels = load_test_images(args.dataset, args.data_dir)
-        paths = {Path(c).stem: Path(c) for c in args.checkpoint} or {n: bundled_checkpoints()[n] for n in flagship_names()}
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} (torch {torch.__version__})"
+        paths = {Path(c).stem: Path(c) for c in args.checkpoint} or {
+            n: bundled_checkpoints()[n] for n in flagship_names()
+        }
+        name = (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{device.type} (torch {torch.__version__})"
+        )
         print(f"device: {device} = {name}; {len(images)} {args.dataset} images; torch {torch.__version__}", flush=True)
         rows = []
         for model_name, path in paths.items():
@@ -121,10 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\n" + format_rows(rows))
     if args.save:
-        args.save.write_text(json.dumps({"device": str(device), "device_name": name, "torch": torch.__version__,
-                                         "rows": rows}, indent=2) + "\n")
-    bad = [r["model"] for r in rows if min(r["agreement"], r["batch1_agreement"]) < args.min_agreement
-           or r["macs_rel_diff"] > 0.01]
+        args.save.write_text(
+            json.dumps({"device": str(device), "device_name": name, "torch": torch.__version__, "rows": rows}, indent=2)
+            + "\n"
+        )
+    bad = [
+        r["model"]
+        for r in rows
+        if min(r["agreement"], r["batch1_agreement"]) < args.min_agreement or r["macs_rel_diff"] > 0.01
+    ]
     if bad:
         print(f"differs from the CPU beyond float rounding: {', '.join(bad)}", file=sys.stderr)
     return 1 if bad else 0

@@ -1,7 +1,7 @@
 """Load test: N concurrent real browser sessions against ``streamlit run``, each uploading its own image.
 
-    python -m analysis.loadtest                        # 8 sessions, 200 uploads
-    python -m analysis.loadtest --sessions 2 --uploads 10
+    python -m tools.loadtest                        # 8 sessions, 200 uploads
+    python -m tools.loadtest --sessions 2 --uploads 10
 
 Starts the app on a free loopback port, opens ``--sessions`` headless Chromium pages (playwright, the system
 Chromium) and has them upload ``--uploads`` different images in all (the samples in ``models/assets/samples``
@@ -12,6 +12,7 @@ the server's peak RSS (sampled from /proc) and its RSS after the warm-up round a
 (end RSS within ``1.25 x warm + 64 MiB``). Bounded: loopback only, at most 16 sessions and 2,000 uploads, a global
 ``--deadline``; the server is stopped on the way out. Not a timed test: the numbers describe this machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
 
-from analysis.serve import ServerError, running_app
+from tools.serve import ServerError, running_app
 from models.data import SAMPLE_IMAGES
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
@@ -104,8 +105,17 @@ class Sampler(threading.Thread):
             self.stop.wait(0.2)
 
 
-async def drive(url: str, model: str, images: list[Path], sessions: int, deadline: float, wait_s: float,
-                results: list, warmed: asyncio.Event, on_warm) -> None:
+async def drive(
+    url: str,
+    model: str,
+    images: list[Path],
+    sessions: int,
+    deadline: float,
+    wait_s: float,
+    results: list,
+    warmed: asyncio.Event,
+    on_warm,
+) -> None:
     from playwright.async_api import async_playwright, expect
 
     queue: asyncio.Queue = asyncio.Queue()
@@ -124,12 +134,16 @@ async def drive(url: str, model: str, images: list[Path], sessions: int, deadlin
                 record = {"image": path.name, "session": k}
                 try:
                     await page.goto(f"{url}/?model={model}")
-                    predictions = page.get_by_test_id("stMetric").filter(has_text="Prediction").get_by_test_id("stMetricValue")
+                    predictions = (
+                        page.get_by_test_id("stMetric").filter(has_text="Prediction").get_by_test_id("stMetricValue")
+                    )
                     await expect(predictions).to_have_count(1, timeout=wait_s * 1000)  # the default sample
                     await expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=wait_s * 1000)
                     start = time.perf_counter()
                     await page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(path)
-                    await expect(page.get_by_text(f"{path.name}: the exact input the model saw")).to_be_visible(timeout=wait_s * 1000)
+                    await expect(page.get_by_text(f"{path.name}: the exact input the model saw")).to_be_visible(
+                        timeout=wait_s * 1000
+                    )
                     await expect(predictions).to_have_count(2, timeout=wait_s * 1000)
                     await expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=wait_s * 1000)
                     record["seconds"] = time.perf_counter() - start
@@ -159,8 +173,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.loadtest", description=__doc__.split("\n")[0])
-    p.add_argument("--sessions", type=int, default=8, help=f"concurrent browser sessions (1..{MAX_SESSIONS}, default 8)")
+    p = argparse.ArgumentParser(prog="python -m tools.loadtest", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--sessions", type=int, default=8, help=f"concurrent browser sessions (1..{MAX_SESSIONS}, default 8)"
+    )
     p.add_argument("--uploads", type=int, default=200, help=f"uploads in all (default 200, at most {MAX_UPLOADS})")
     p.add_argument("--model", default=None, help="bundled model (default: the first SkipNet)")
     p.add_argument("--deadline", type=float, default=3600, help="global time limit in seconds (default 3600)")
@@ -191,8 +207,19 @@ def main(argv: list[str] | None = None) -> int:
             warm = {}
             results: list[dict] = []
             t0 = time.perf_counter()
-            asyncio.run(drive(app.url, model, images, args.sessions, deadline, args.wait, results, asyncio.Event(),
-                              lambda: warm.setdefault("rss", rss_bytes(server.pid))))
+            asyncio.run(
+                drive(
+                    app.url,
+                    model,
+                    images,
+                    args.sessions,
+                    deadline,
+                    args.wait,
+                    results,
+                    asyncio.Event(),
+                    lambda: warm.setdefault("rss", rss_bytes(server.pid)),
+                )
+            )
             wall = time.perf_counter() - t0
             time.sleep(5)  # closed sessions let go of their state
             end_rss = rss_bytes(server.pid)
@@ -210,19 +237,26 @@ def main(argv: list[str] | None = None) -> int:
     warm_rss = warm.get("rss", start_rss)
     bound = 1.25 * warm_rss + 64 * 2**20
     mib = 2**20
-    print(f"python -m analysis.loadtest --sessions {args.sessions} --uploads {args.uploads} (model {model})")
+    print(f"python -m tools.loadtest --sessions {args.sessions} --uploads {args.uploads} (model {model})")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"uploads: {len(results)} of {args.uploads} done in {wall:.0f} s; {len(ok)} ready, {len(errors)} failed steps, "
-          f"{len(wrong)} wrong predictions, {exceptions} exceptions shown; server up at the end: {alive}")
+    print(
+        f"uploads: {len(results)} of {args.uploads} done in {wall:.0f} s; {len(ok)} ready, {len(errors)} failed steps, "
+        f"{len(wrong)} wrong predictions, {exceptions} exceptions shown; server up at the end: {alive}"
+    )
     if times:
-        print(f"upload to ready: p50 {statistics.median(times):.2f} s, p95 {percentile(times, 0.95):.2f} s, "
-              f"max {max(times):.2f} s")
-    print(f"server RSS: at start {start_rss / mib:.0f} MiB, after the first {args.sessions} uploads {warm_rss / mib:.0f} MiB, "
-          f"peak {sampler.peak / mib:.0f} MiB, at the end {end_rss / mib:.0f} MiB (bound {bound / mib:.0f} MiB)")
+        print(
+            f"upload to ready: p50 {statistics.median(times):.2f} s, p95 {percentile(times, 0.95):.2f} s, "
+            f"max {max(times):.2f} s"
+        )
+    print(
+        f"server RSS: at start {start_rss / mib:.0f} MiB, "
+        f"after the first {args.sessions} uploads {warm_rss / mib:.0f} MiB, "
+        f"peak {sampler.peak / mib:.0f} MiB, at the end {end_rss / mib:.0f} MiB (bound {bound / mib:.0f} MiB)"
+    )
     for r in (errors + wrong)[:10]:
         what = r.get("error") or f"shown {r['label']!r}, expected {expected[r['image']]!r}"
         print(f"  {r['image']} (session {r['session']}): {what}")
-    passed = (len(ok) == args.uploads and not wrong and not exceptions and alive and end_rss <= bound)
+    passed = len(ok) == args.uploads and not wrong and not exceptions and alive and end_rss <= bound
     print(f"verdict: {'PASS' if passed else 'FAIL'}")
     shutil.rmtree(folder, ignore_errors=True)
     return 0 if passed else 1

@@ -1,5 +1,6 @@
 """The app as a local server for scripts and tests: ``streamlit run`` on a free loopback port, healthy or an error,
 stopped on the way out (the load test and the real-browser test both drive it)."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,14 @@ from typing import Iterator
 
 from models.data import REPO_ROOT
 
-STREAMLIT_FLAGS = ["--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+STREAMLIT_FLAGS = [
+    "--server.headless",
+    "true",
+    "--server.fileWatcherType",
+    "none",
+    "--browser.gatherUsageStats",
+    "false",
+]
 
 
 class ServerError(RuntimeError):
@@ -42,9 +50,24 @@ def running_app(log: Path, timeout_s: float = 600) -> Iterator[Server]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("ROUTESCOPE_MODELS", "ROUTESCOPE_DATA")}
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.port", str(port),
-                                    "--server.address", "127.0.0.1", *STREAMLIT_FLAGS],
-                                   cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app/streamlit_app.py",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                *STREAMLIT_FLAGS,
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

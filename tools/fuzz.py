@@ -1,7 +1,7 @@
 """Fuzz the two untrusted inputs: images and checkpoints, through the same code as the app and the CLIs.
 
-    python -m analysis.fuzz                       # 2,000 image and 500 checkpoint cases, seed 0
-    python -m analysis.fuzz --images 200 --checkpoints 50 --seed 3
+    python -m tools.fuzz                       # 2,000 image and 500 checkpoint cases, seed 0
+    python -m tools.fuzz --images 200 --checkpoints 50 --seed 3
 
 Images are real files (the samples in ``models/assets/samples``, re-encoded as PNG, JPEG, GIF, WebP and TIFF)
 mutated by bit flips, byte overwrites, truncation, header edits (huge dimensions, with and without a fixed
@@ -17,6 +17,7 @@ the app runs on an upload). The only acceptable outcomes are a ``CheckpointError
 Every case runs in a worker process with a time limit (``--timeout``): a hang or a crash of the worker is a
 failure too, and the worker is restarted. Exit status 1 if any case failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,16 @@ from models.data import SAMPLE_IMAGES
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "models" / "pretrained"
 # small and varied: one of each method the bundled files cover
-CHECKPOINTS = ("convnet3_fmnist.pt", "resnet20_fmnist.pt", "skipnet_resnet20_fmnist_a1.pt", "dsnet_resnet20_fmnist.pt",
-               "early_exit_resnet20_fmnist.pt", "dgconv_resnet20_fmnist_b0.5.pt", "repr_convnet3_fmnist.pt",
-               "condconv_resnet20_fmnist.pt")
+CHECKPOINTS = (
+    "convnet3_fmnist.pt",
+    "resnet20_fmnist.pt",
+    "skipnet_resnet20_fmnist_a1.pt",
+    "dsnet_resnet20_fmnist.pt",
+    "early_exit_resnet20_fmnist.pt",
+    "dgconv_resnet20_fmnist_b0.5.pt",
+    "repr_convnet3_fmnist.pt",
+    "condconv_resnet20_fmnist.pt",
+)
 GRAY_META = {"input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "dark_background": True}
 RGB_META = {"input_size": [3, 32, 32], "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 
@@ -56,6 +64,7 @@ class Case:
 
 
 # --- the worker: runs one case, answers (outcome, detail) --------------------------------------------------
+
 
 def run_case(case: Case) -> tuple[str, str]:
     """``("ok" | "ImageError" | "CheckpointError", message)``, or ``("failure", traceback)``."""
@@ -76,7 +85,10 @@ def run_case(case: Case) -> tuple[str, str]:
                 out = load_model_input(source, case.meta, case.name)
             c, h, w = case.meta["input_size"]
             if tuple(out.tensor.shape) != (1, c, h, w) or out.tensor.dtype != torch.float32:
-                return "failure", f"model input of shape {tuple(out.tensor.shape)} {out.tensor.dtype}, want (1, {c}, {h}, {w})"
+                return (
+                    "failure",
+                    f"model input of shape {tuple(out.tensor.shape)} {out.tensor.dtype}, want (1, {c}, {h}, {w})",
+                )
             if not torch.isfinite(out.tensor).all():
                 return "failure", "model input is not finite"
             return "ok", ""
@@ -161,6 +173,7 @@ class Runner:
 
 # --- image cases --------------------------------------------------------------------------------------------
 
+
 def _encodings(path: Path) -> dict[str, bytes]:
     """The sample as it is, and re-encoded in each format the fuzzer covers."""
     from PIL import Image
@@ -195,7 +208,7 @@ def _jpeg_dims(data: bytes, w: int, h: int) -> bytes:
     for marker in (b"\xff\xc0", b"\xff\xc2", b"\xff\xc1"):
         i = data.find(marker, 2)
         if i > 0:
-            b[i + 5:i + 9] = struct.pack(">HH", h, w)
+            b[i + 5 : i + 9] = struct.pack(">HH", h, w)
             break
     return bytes(b)
 
@@ -205,7 +218,7 @@ def _gif_dims(data: bytes, w: int, h: int) -> bytes:
     b[6:10] = struct.pack("<HH", w, h)
     i = data.find(b"\x2c", 13)  # the first image descriptor
     if i > 0 and i + 9 <= len(b):
-        b[i + 5:i + 9] = struct.pack("<HH", w, h)
+        b[i + 5 : i + 9] = struct.pack("<HH", w, h)
     return bytes(b)
 
 
@@ -215,13 +228,15 @@ def _tiff_dims(data: bytes, w: int, h: int) -> bytes:
     e = "<" if data[:2] == b"II" else ">"
     b = bytearray(data)
     ifd = struct.unpack(e + "I", data[4:8])[0]
-    count = struct.unpack(e + "H", data[ifd:ifd + 2])[0]
+    count = struct.unpack(e + "H", data[ifd : ifd + 2])[0]
     for k in range(count):
         at = ifd + 2 + 12 * k
-        tag, typ = struct.unpack(e + "HH", data[at:at + 4])
+        tag, typ = struct.unpack(e + "HH", data[at : at + 4])
         if tag in (256, 257):
             value = w if tag == 256 else h
-            b[at + 8:at + 12] = struct.pack(e + ("HH" if typ == 3 else "I"), *((min(value, 65535), 0) if typ == 3 else (value,)))
+            b[at + 8 : at + 12] = struct.pack(
+                e + ("HH" if typ == 3 else "I"), *((min(value, 65535), 0) if typ == 3 else (value,))
+            )
     return bytes(b)
 
 
@@ -238,8 +253,15 @@ def _webp_dims(data: bytes, w: int, h: int) -> bytes:
     return bytes(b)
 
 
-HEADER_EDITS = {"png": _png_dims, "jpeg": _jpeg_dims, "jpg": _jpeg_dims, "gif": _gif_dims, "gif-animated": _gif_dims,
-                "tiff": _tiff_dims, "webp": _webp_dims}
+HEADER_EDITS = {
+    "png": _png_dims,
+    "jpeg": _jpeg_dims,
+    "jpg": _jpeg_dims,
+    "gif": _gif_dims,
+    "gif-animated": _gif_dims,
+    "tiff": _tiff_dims,
+    "webp": _webp_dims,
+}
 
 
 def _mutate_bytes(rng: random.Random, data: bytes) -> tuple[str, bytes]:
@@ -254,30 +276,35 @@ def _mutate_bytes(rng: random.Random, data: bytes) -> tuple[str, bytes]:
     if choice < 0.5:
         i = rng.randrange(min(len(b), 64))  # the header region
         n = rng.randint(1, 8)
-        b[i:i + n] = bytes(rng.randrange(256) for _ in range(n))
+        b[i : i + n] = bytes(rng.randrange(256) for _ in range(n))
         return "header-bytes", bytes(b)
     if choice < 0.7:
-        return "truncate", bytes(b[:rng.randrange(len(b))])
+        return "truncate", bytes(b[: rng.randrange(len(b))])
     if choice < 0.8:
         i = rng.randrange(len(b))
         return "insert", bytes(b[:i] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))) + b[i:])
     if choice < 0.9:
         i, j = sorted(rng.randrange(len(b)) for _ in range(2))
         return "delete", bytes(b[:i] + b[j:])
-    return "extreme-bytes", bytes(b[:rng.randrange(len(b))] + bytes([rng.choice((0, 255))]) * rng.randint(1, 4096))
+    return "extreme-bytes", bytes(b[: rng.randrange(len(b))] + bytes([rng.choice((0, 255))]) * rng.randint(1, 4096))
 
 
 def image_cases(n: int, seed: int) -> list[Case]:
     rng = random.Random(seed)
     samples = sorted(p for p in SAMPLE_IMAGES.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
     encoded = [(p.name, fmt, data) for p in samples for fmt, data in _encodings(p).items()]
-    cases = [Case("image", "empty/zero-size", b"", False, GRAY_META), Case("image", "empty/zero-size-path", b"", True, GRAY_META)]
+    cases = [
+        Case("image", "empty/zero-size", b"", False, GRAY_META),
+        Case("image", "empty/zero-size-path", b"", True, GRAY_META),
+    ]
     while len(cases) < n:
         name, fmt, data = rng.choice(encoded)
         meta = GRAY_META if rng.random() < 0.75 else RGB_META
         roll = rng.random()
         if roll < 0.2 and fmt in HEADER_EDITS:
-            w, h = rng.choice([(65535, 65535), (100_000, 100_000), (6000, 6000), (1, 100_000), (0, 0), (1, 1), (7000, 5000)])
+            w, h = rng.choice(
+                [(65535, 65535), (100_000, 100_000), (6000, 6000), (1, 100_000), (0, 0), (1, 1), (7000, 5000)]
+            )
             edit = HEADER_EDITS[fmt]
             if edit is _png_dims:
                 mutated = edit(data, w, h, rng.random() < 0.7)
@@ -297,6 +324,7 @@ def image_cases(n: int, seed: int) -> list[Case]:
 
 # --- checkpoint cases ---------------------------------------------------------------------------------------
 
+
 def _save(payload: dict) -> bytes:
     import torch
 
@@ -314,7 +342,7 @@ def _truncate_member(rng: random.Random, data: bytes) -> bytes:
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
         for name in names:
             content = source.read(name)
-            target.writestr(name, content[:rng.randrange(len(content) + 1)] if name == victim else content)
+            target.writestr(name, content[: rng.randrange(len(content) + 1)] if name == victim else content)
     return out.getvalue()
 
 
@@ -352,8 +380,20 @@ def _payload_mutation(rng: random.Random, payload: dict) -> str:
         config["widths"] = rng.choice([[4096, 4096, 4096], [2048, 2048, 2048], [10**9] * 3, [1024] * 3])
         return f"huge-widths:{config['widths'][0]}"
     if roll == 7:
-        config["widths"] = rng.choice(["16,32,64", [16, 32], [16.0, 32.0, 64.0], [0, 32, 64], [-16, 32, 64], [True, 32, 64],
-                                       [[16], 32, 64], None, {}, [16, 32, 64, 128]])
+        config["widths"] = rng.choice(
+            [
+                "16,32,64",
+                [16, 32],
+                [16.0, 32.0, 64.0],
+                [0, 32, 64],
+                [-16, 32, 64],
+                [True, 32, 64],
+                [[16], 32, 64],
+                None,
+                {},
+                [16, 32, 64, 128],
+            ]
+        )
         return f"widths-type:{config['widths']!r}"
     if roll == 8:
         config["num_classes"] = rng.choice(["10", 10.0, 0, -1, 10**12, None, True, [10]])
@@ -362,7 +402,9 @@ def _payload_mutation(rng: random.Random, payload: dict) -> str:
         config["in_chans"] = rng.choice(["1", 0, 3, 1000, 2**40, 1.5])
         return f"in_chans:{config['in_chans']!r}"
     if roll == 10:
-        config[rng.choice(["depth", "bogus", "__class__", "widths_choices", "gate"])] = rng.choice([1, "x", [1, 2], None])
+        config[rng.choice(["depth", "bogus", "__class__", "widths_choices", "gate"])] = rng.choice(
+            [1, "x", [1, 2], None]
+        )
         return "config-key"
     if roll == 11:
         payload["config"] = rng.choice([[], "x", None, 3])
@@ -371,14 +413,27 @@ def _payload_mutation(rng: random.Random, payload: dict) -> str:
         payload["arch"] = rng.choice(["resnet21", "", None, 3, ["resnet20"], "resnet110"])
         return f"arch:{payload['arch']!r}"
     if roll == 13:
-        meta["input_size"] = rng.choice([[1, 100000, 100000], [1, 2, 2], [3, 28, 28], [1, 28], "1x28x28", [1, 0, 28],
-                                         [1, 28.0, 28], [64, 28, 28], None])
+        meta["input_size"] = rng.choice(
+            [
+                [1, 100000, 100000],
+                [1, 2, 2],
+                [3, 28, 28],
+                [1, 28],
+                "1x28x28",
+                [1, 0, 28],
+                [1, 28.0, 28],
+                [64, 28, 28],
+                None,
+            ]
+        )
         return f"input_size:{meta['input_size']!r}"
     if roll == 14:
         meta["classes"] = rng.choice([[], ["a"] * 3, "abc", None, list(range(10)), ["x"] * 11])
         return f"classes:{str(meta['classes'])[:30]}"
     if roll == 15:
-        meta[rng.choice(["mean", "std"])] = rng.choice([[0.0], [0.1, 0.2], [float("nan")], "0.3", [], None, [0.5, 0.5, 0.5]])
+        meta[rng.choice(["mean", "std"])] = rng.choice(
+            [[0.0], [0.1, 0.2], [float("nan")], "0.3", [], None, [0.5, 0.5, 0.5]]
+        )
         return "normalization"
     if roll == 16:
         meta.pop(rng.choice(["name", "method", "dataset", "classes", "input_size", "mean", "std", "metrics", "recipe"]))
@@ -395,9 +450,24 @@ def _payload_mutation(rng: random.Random, payload: dict) -> str:
     if roll == 20:
         state[key] = state[key] * rng.choice([1e30, 1e38, -1e38, 0.0])
         return f"extreme-weight:{key}"
-    config.update({k: v for k, v in rng.choice([{"gate": "nope"}, {"head": "x"}, {"threshold": "high"}, {"num_experts": 0},
-                                                  {"gate_grid": 10**6}, {"widths_choices": [0.5]}, {"ste": 3},
-                                                  {"dynamic_stages": [7]}, {"exits": ["nowhere"]}]).items()})
+    config.update(
+        {
+            k: v
+            for k, v in rng.choice(
+                [
+                    {"gate": "nope"},
+                    {"head": "x"},
+                    {"threshold": "high"},
+                    {"num_experts": 0},
+                    {"gate_grid": 10**6},
+                    {"widths_choices": [0.5]},
+                    {"ste": 3},
+                    {"dynamic_stages": [7]},
+                    {"exits": ["nowhere"]},
+                ]
+            ).items()
+        }
+    )
     return "builder-value"
 
 
@@ -429,6 +499,7 @@ def checkpoint_cases(n: int, seed: int) -> list[Case]:
 
 # --- the run -----------------------------------------------------------------------------------------------
 
+
 def fuzz(n_images: int, n_checkpoints: int, seed: int = 0, timeout: float = 60.0, progress: bool = False) -> dict:
     """Run the seeded cases; a summary dict (cases, outcomes by kind, slowest case, failures)."""
     cases = image_cases(n_images, seed) + checkpoint_cases(n_checkpoints, seed)
@@ -448,22 +519,31 @@ def fuzz(n_images: int, n_checkpoints: int, seed: int = 0, timeout: float = 60.0
                 print(f"  {i + 1}/{len(cases)} cases, {len(failures)} failures", file=sys.stderr, flush=True)
     finally:
         runner.close()
-    return {"cases": len(cases), "images": n_images, "checkpoints": n_checkpoints, "seed": seed,
-            "outcomes": dict(sorted(outcomes.items())), "failures": failures, "slowest": slowest,
-            "seconds": time.perf_counter() - start}
+    return {
+        "cases": len(cases),
+        "images": n_images,
+        "checkpoints": n_checkpoints,
+        "seed": seed,
+        "outcomes": dict(sorted(outcomes.items())),
+        "failures": failures,
+        "slowest": slowest,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.fuzz", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.fuzz", description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=2000, help="image cases (default 2000)")
     p.add_argument("--checkpoints", type=int, default=500, help="checkpoint cases (default 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
     args = p.parse_args(argv)
     summary = fuzz(args.images, args.checkpoints, args.seed, args.timeout, progress=True)
-    print(f"python -m analysis.fuzz --images {args.images} --checkpoints {args.checkpoints} --seed {args.seed}")
-    print(f"cases: {summary['cases']} ({args.images} images, {args.checkpoints} checkpoints), "
-          f"{summary['seconds']:.0f} s on {os.cpu_count()} CPUs")
+    print(f"python -m tools.fuzz --images {args.images} --checkpoints {args.checkpoints} --seed {args.seed}")
+    print(
+        f"cases: {summary['cases']} ({args.images} images, {args.checkpoints} checkpoints), "
+        f"{summary['seconds']:.0f} s on {os.cpu_count()} CPUs"
+    )
     for outcome, count in summary["outcomes"].items():
         print(f"  {outcome}: {count}")
     print(f"slowest case: {summary['slowest'][0]} ({summary['slowest'][1]:.2f} s)")

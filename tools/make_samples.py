@@ -1,10 +1,11 @@
 """Regenerate the bundled Fashion-MNIST subset and the sample images from the full test set.
 
-``python -m analysis.make_samples [--data-dir D]``: the first 50 test images of each class go to
+``python -m tools.make_samples [--data-dir D]``: the first 50 test images of each class go to
 ``models/assets/fashion-mnist-subset`` (original IDX format, read by the same code as the full set);
 two per class become PNG samples in ``models/assets/samples``, plus a few photo-like variants (light background,
 RGB, large) that show how uploads are converted.
 """
+
 from __future__ import annotations
 
 import argparse

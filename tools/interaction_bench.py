@@ -1,9 +1,10 @@
-"""How fast the app answers a question: ``python -m analysis.interaction_bench [--repeats N]``.
+"""How fast the app answers a question: ``python -m tools.interaction_bench [--repeats N]``.
 
 Prints the server-side time to recompute one image's intervened trace after a forced decision plus a knob
 move (a bundled SkipNet and DS-Net; target < 0.3 s), and an 11-value knob sweep over the 500-image subset
 (target < 10 s on 2 cores). Numbers only, no assertions: run it on a quiet machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,20 @@ def intervention_seconds(model: torch.nn.Module, repeats: int) -> float:
     for i in range(repeats):
         start = time.perf_counter()
         x = load_model_input(data, model.meta, "sample").tensor
-        trace_batch(model, x, ["sample"], structure=False, overrides={control.layer: {control.field: control.override(other)}},
-                    knobs={knob: (spec["low"] + spec["high"]) / 2 + i * 1e-3})
+        trace_batch(
+            model,
+            x,
+            ["sample"],
+            structure=False,
+            overrides={control.layer: {control.field: control.override(other)}},
+            knobs={knob: (spec["low"] + spec["high"]) / 2 + i * 1e-3},
+        )
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.interaction_bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.interaction_bench", description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--values", type=int, default=11, help="knob values of the sweep")
     args = p.parse_args(argv)
@@ -51,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = load_test_images()
     for name in MODELS:
         model = load_checkpoint(PRETRAINED / f"{name}.pt")
-        print(f"{name}: intervened trace + knob change {intervention_seconds(model, args.repeats):.3f} s (target < 0.3 s)")
+        print(
+            f"{name}: intervened trace + knob change {intervention_seconds(model, args.repeats):.3f} s (target < 0.3 s)"
+        )
         knob = next(iter(model.knobs()))
         start = time.perf_counter()
         knob_sweep(model, knob, knob_values(model, knob, args.values), images, labels)
-        print(f"{name}: {args.values}-value {knob} sweep over {len(images)} images {time.perf_counter() - start:.2f} s "
-              "(target < 10 s)")
+        print(
+            f"{name}: {args.values}-value {knob} sweep over {len(images)} images {time.perf_counter() - start:.2f} s "
+            "(target < 10 s)"
+        )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Speed benchmarks: ``python -m analysis.bench [--checkpoint P ...] [--json]``.
+"""Speed benchmarks: ``python -m tools.bench [--checkpoint P ...] [--json]``.
 
 For each model, every comparison it offers (``model.benchmark_references()``: e.g. SkipNet's true skipping
 vs masking, DS-Net's widths, DGConv's export vs its dense masked form; by default the dense backbone)
@@ -10,6 +10,7 @@ Numbers are printed, never asserted: the machine is shared and noisy.
 28 x 28 a batch-1 forward on a CPU is mostly per-operator overhead, which a narrower or skipped layer does
 not remove, so this shows how the latency ratios move once the convolutions themselves dominate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,7 @@ def mean_macs(forward: Forward, images: torch.Tensor) -> float:
     total = 0
     for i in range(len(images)):
         with FlopCounterMode(display=False) as counter:
-            forward(images[i:i + 1])
+            forward(images[i : i + 1])
         total += counter.get_total_flops() // 2
     return total / len(images)
 
@@ -69,9 +70,11 @@ def mean_macs(forward: Forward, images: torch.Tensor) -> float:
 def batch_one_pass(forward: Forward, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
     """One timed side: ``forward`` on each batch-1 input in turn, through ``forced_forward`` (the path the app's
     latency times too: the model's own batch-1 control flow and compiled kernels, nothing recorded)."""
+
     def run() -> None:
         for x in inputs:
             forced_forward(forward, x, checked=True)
+
     return run
 
 
@@ -80,11 +83,17 @@ def medians(times: list[list[float]]) -> list[float]:
 
 
 @torch.no_grad()
-def paired_timing(a: Forward, b: Forward, images: torch.Tensor, batch: int, rounds: int) -> tuple[float, float, float, float]:
+def paired_timing(
+    a: Forward, b: Forward, images: torch.Tensor, batch: int, rounds: int
+) -> tuple[float, float, float, float]:
     """(a, b) median seconds per image at batch 1, and (a, b) images/s at ``batch``, measured alternately (all batch-1
     rounds first, so the big batches do not flush the caches between them)."""
-    big = images[:batch] if len(images) >= batch else images.repeat((batch + len(images) - 1) // len(images), 1, 1, 1)[:batch]
-    singles = [images[i:i + 1] for i in range(min(len(images), 64))]
+    big = (
+        images[:batch]
+        if len(images) >= batch
+        else images.repeat((batch + len(images) - 1) // len(images), 1, 1, 1)[:batch]
+    )
+    singles = [images[i : i + 1] for i in range(min(len(images), 64))]
     for forward in (a, b):  # warm-up
         forward(singles[0]), forward(big)
     lat_a, lat_b = medians(alternating([batch_one_pass(a, singles), batch_one_pass(b, singles)], rounds, images.device))
@@ -124,14 +133,27 @@ def bench_model(model: RouteScopeModel, images: torch.Tensor, batch: int | None 
         subject, reference = reference if isinstance(reference, tuple) else (model, reference)
         macs_model, macs_ref = mean_macs(subject, x), mean_macs(reference, x)
         lat_model, lat_ref, thr_model, thr_ref = paired_timing(subject, reference, x, batch, rounds)
-        rows.append({
-            "model": model.meta["name"], "method": model.meta["method"], "vs": label,
-            "test_acc": metrics.get("test_acc") if subject is model else None, "macs_mean": macs_model, "macs_ref": macs_ref,
-            "mac_ratio": macs_model / macs_ref,
-            "latency_ms": lat_model * 1e3, "latency_ref_ms": lat_ref * 1e3, "latency_ratio": lat_model / lat_ref,
-            "throughput": thr_model, "throughput_ref": thr_ref, "throughput_ratio": thr_model / thr_ref,
-            "batch": batch, "images": len(images), "image_size": images.shape[-1], "threads": torch.get_num_threads(),
-        })
+        rows.append(
+            {
+                "model": model.meta["name"],
+                "method": model.meta["method"],
+                "vs": label,
+                "test_acc": metrics.get("test_acc") if subject is model else None,
+                "macs_mean": macs_model,
+                "macs_ref": macs_ref,
+                "mac_ratio": macs_model / macs_ref,
+                "latency_ms": lat_model * 1e3,
+                "latency_ref_ms": lat_ref * 1e3,
+                "latency_ratio": lat_model / lat_ref,
+                "throughput": thr_model,
+                "throughput_ref": thr_ref,
+                "throughput_ratio": thr_model / thr_ref,
+                "batch": batch,
+                "images": len(images),
+                "image_size": images.shape[-1],
+                "threads": torch.get_num_threads(),
+            }
+        )
     return rows
 
 
@@ -159,8 +181,15 @@ def flagships(paths: list[Path]) -> dict[str, Path]:
 
 
 @torch.no_grad()
-def paper_scale_row(bundled: torch.nn.Module, net: str = "resnet110", images: int = 16, rounds: int = 6, seed: int = 0,
-                    size: int | None = None, device: torch.device | str = "cpu") -> dict | None:
+def paper_scale_row(
+    bundled: torch.nn.Module,
+    net: str = "resnet110",
+    images: int = 16,
+    rounds: int = 6,
+    seed: int = 0,
+    size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> dict | None:
     """``bundled``'s method on ``net`` (``PAPER_NETS``) at ``size`` x ``size`` x 3 with random weights, its decisions
     forced to the rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at
     batch 1 against the dense ``net`` in the same form, alternately. None if no kind of the method can be forced or
@@ -184,20 +213,35 @@ def paper_scale_row(bundled: torch.nn.Module, net: str = "resnet110", images: in
     macs = [float(traced_forward(target, x, overrides=o)[1].macs[0]) for x, o in zip(xs, overrides)]
     dense_macs = count_macs(dense, xs[0])
     overrides = [check_interventions(target, o, None)[0] for o in overrides]  # checked once, not in the timed loop
+
     def subject() -> None:
         for x, o in zip(xs, overrides):
             forced_forward(target, x, o, checked=True)
 
     for x, o in zip(xs[:2], overrides):  # warm-up
         forced_forward(target, x, o, checked=True), dense(x)
-    latency, latency_ref = (t / len(xs) for t in medians(alternating([subject, batch_one_pass(dense, xs)], rounds, device)))
-    return {"model": f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})",
-            "method": bundled.meta["method"],
-            "vs": f"dense {net}, same form", "test_acc": None, "macs_mean": statistics.mean(macs),
-            "macs_ref": dense_macs, "mac_ratio": statistics.mean(macs) / dense_macs, "latency_ms": latency * 1e3,
-            "latency_ref_ms": latency_ref * 1e3, "latency_ratio": latency / latency_ref, "throughput": None,
-            "throughput_ref": None, "throughput_ratio": None, "batch": 1, "images": images,
-            "image_size": size, "threads": torch.get_num_threads()}
+    latency, latency_ref = (
+        t / len(xs) for t in medians(alternating([subject, batch_one_pass(dense, xs)], rounds, device))
+    )
+    return {
+        "model": f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})",
+        "method": bundled.meta["method"],
+        "vs": f"dense {net}, same form",
+        "test_acc": None,
+        "macs_mean": statistics.mean(macs),
+        "macs_ref": dense_macs,
+        "mac_ratio": statistics.mean(macs) / dense_macs,
+        "latency_ms": latency * 1e3,
+        "latency_ref_ms": latency_ref * 1e3,
+        "latency_ratio": latency / latency_ref,
+        "throughput": None,
+        "throughput_ref": None,
+        "throughput_ratio": None,
+        "batch": 1,
+        "images": images,
+        "image_size": size,
+        "threads": torch.get_num_threads(),
+    }
 
 
 @torch.no_grad()
@@ -208,13 +252,19 @@ def profile_table(model: torch.nn.Module, images: torch.Tensor, rows: int = 15) 
 
     x = normalize(images, model.meta["mean"], model.meta["std"])
     out = []
-    for label, forward in {"model": model, **{k: v for k, v in comparisons(model).items() if k in (DENSE, SAME)}}.items():
+    for label, forward in {
+        "model": model,
+        **{k: v for k, v in comparisons(model).items() if k in (DENSE, SAME)},
+    }.items():
         for i in range(min(4, len(x))):
-            forward(x[i:i + 1])
+            forward(x[i : i + 1])
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for i in range(len(x)):
-                forward(x[i:i + 1])
-        out.append(f"{label} ({len(x)} batch-1 forwards):\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+                forward(x[i : i + 1])
+        out.append(
+            f"{label} ({len(x)} batch-1 forwards):\n"
+            + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        )
     return "\n".join(out)
 
 
@@ -228,14 +278,26 @@ def form_rows(path: Path, images: torch.Tensor, rounds: int) -> list[dict]:
     for module in operators_only.modules():
         if isinstance(module, RunsCompiled) and module.compiled:
             module.compiled = False  # the compiled batch-1 kernels off (models.layers.fused)
-    options = {"fast form": (fast, x), "fast form, channels_last": (copy.deepcopy(fast).to(memory_format=torch.channels_last),
-                                                                      x.contiguous(memory_format=torch.channels_last)),
-               "fast form, no compiled kernels": (operators_only, x)}
+    options = {
+        "fast form": (fast, x),
+        "fast form, channels_last": (
+            copy.deepcopy(fast).to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        ),
+        "fast form, no compiled kernels": (operators_only, x),
+    }
     rows = []
     for label, (forward, inputs) in options.items():
         latency, latency_ref = _paired_inputs(forward, inputs, train, x, rounds)
-        rows.append({"model": train.meta["name"], "option": label, "latency_ms": latency * 1e3,
-                     "train_form_ms": latency_ref * 1e3, "ratio": latency / latency_ref})
+        rows.append(
+            {
+                "model": train.meta["name"],
+                "option": label,
+                "latency_ms": latency * 1e3,
+                "train_form_ms": latency_ref * 1e3,
+                "ratio": latency / latency_ref,
+            }
+        )
     return rows
 
 
@@ -243,45 +305,87 @@ def _paired_inputs(a: Forward, xa: torch.Tensor, b: Forward, xb: torch.Tensor, r
     """Batch-1 medians of ``a`` on ``xa`` and ``b`` on ``xb`` (inputs may differ in memory format), alternately."""
     n = min(len(xa), 64)
     a(xa[:1]), b(xb[:1])  # warm-up
-    sides = [batch_one_pass(a, [xa[i:i + 1] for i in range(n)]), batch_one_pass(b, [xb[i:i + 1] for i in range(n)])]
+    sides = [batch_one_pass(a, [xa[i : i + 1] for i in range(n)]), batch_one_pass(b, [xb[i : i + 1] for i in range(n)])]
     return tuple(t / n for t in medians(alternating(sides, rounds)))  # type: ignore[return-value]
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'model':<30} {'vs':<30} {'acc':>6} {'MACs':>8} {'MAC ratio':>9} {'b1 ms':>7} {'ref ms':>7} "
-              f"{'lat ratio':>9} {'batch':>5} {'img/s':>8} {'ref img/s':>9} {'thr ratio':>9}")
+    header = (
+        f"{'model':<30} {'vs':<30} {'acc':>6} {'MACs':>8} {'MAC ratio':>9} {'b1 ms':>7} {'ref ms':>7} "
+        f"{'lat ratio':>9} {'batch':>5} {'img/s':>8} {'ref img/s':>9} {'thr ratio':>9}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         acc = f"{r['test_acc'] * 100:.2f}" if r["test_acc"] is not None else "-"
-        lines.append(f"{r['model']:<30} {r['vs']:<30} {acc:>6} {r['macs_mean'] / 1e6:>7.2f}M {r['mac_ratio']:>9.3f} "
-                     f"{r['latency_ms']:>7.2f} {r['latency_ref_ms']:>7.2f} {r['latency_ratio']:>9.3f} {r['batch']:>5} "
-                     + (f"{r['throughput']:>8.0f} {r['throughput_ref']:>9.0f} {r['throughput_ratio']:>9.3f}"
-                        if r["throughput"] is not None else f"{'-':>8} {'-':>9} {'-':>9}"))
+        lines.append(
+            f"{r['model']:<30} {r['vs']:<30} {acc:>6} {r['macs_mean'] / 1e6:>7.2f}M {r['mac_ratio']:>9.3f} "
+            f"{r['latency_ms']:>7.2f} {r['latency_ref_ms']:>7.2f} {r['latency_ratio']:>9.3f} {r['batch']:>5} "
+            + (
+                f"{r['throughput']:>8.0f} {r['throughput_ref']:>9.0f} {r['throughput_ratio']:>9.3f}"
+                if r["throughput"] is not None
+                else f"{'-':>8} {'-':>9} {'-':>9}"
+            )
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", action="append", default=[], help="benchmark these (default: every bundled model)")
     p.add_argument("--images", type=int, default=64, help="test images (from the bundled subset)")
-    p.add_argument("--batch", type=int, default=None, help=f"throughput batch (default: the model's benchmark_batch, else {DEFAULT_BATCH})")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help=f"throughput batch (default: the model's benchmark_batch, else {DEFAULT_BATCH})",
+    )
     p.add_argument("--rounds", type=int, default=6, help="alternating timing rounds (ABBA order; even is balanced)")
-    p.add_argument("--image-size", type=int, default=None, metavar="S",
-                   help="upsample the test images to S x S (default: the data set's 28 x 28); with --scale paper, "
-                        "the random inputs' size (default: 32 for ResNet-110, 224 for ResNet-50)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="upsample the test images to S x S (default: the data set's 28 x 28); with --scale paper, "
+        "the random inputs' size (default: 32 for ResNet-110, 224 for ResNet-50)",
+    )
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--profile", type=Path, default=None, metavar="CHECKPOINT",
-                   help="print a torch.profiler breakdown of batch-1 forwards of this model and its dense counterpart")
-    p.add_argument("--formats", action="store_true",
-                   help="time the inference-form options (fast form, channels_last) against the training form")
-    p.add_argument("--scale", choices=["bundled", "paper"], default="bundled",
-                   help="paper: each method's flagship decisions forced onto random-weight paper-size networks "
-                        "(CIFAR ResNet-110 at 32x32x3, ImageNet ResNet-50 at 224x224x3)")
-    p.add_argument("--paper-net", action="append", choices=list(PAPER_NETS), default=None,
-                   help="with --scale paper: only this network (repeatable; default: all)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="print a torch.profiler breakdown of batch-1 forwards of this model and its dense counterpart",
+    )
+    p.add_argument(
+        "--formats",
+        action="store_true",
+        help="time the inference-form options (fast form, channels_last) against the training form",
+    )
+    p.add_argument(
+        "--scale",
+        choices=["bundled", "paper"],
+        default="bundled",
+        help="paper: each method's flagship decisions forced onto random-weight paper-size networks "
+        "(CIFAR ResNet-110 at 32x32x3, ImageNet ResNet-50 at 224x224x3)",
+    )
+    p.add_argument(
+        "--paper-net",
+        action="append",
+        choices=list(PAPER_NETS),
+        default=None,
+        help="with --scale paper: only this network (repeatable; default: all)",
+    )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--save", type=Path, default=None, metavar="JSON",
-                   help="also write the rows with the machine and date (the README's speed table reads models/pretrained/bench.json)")
+    p.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help=(
+            "also write the rows with the machine and date (the README's speed table reads "
+            "models/pretrained/bench.json)"
+        ),
+    )
     add_device_argument(p)
     args = p.parse_args(argv)
     try:
@@ -301,17 +405,30 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.formats:
         rows = [row for path in paths for row in form_rows(path, images, args.rounds)]
-        print(json.dumps(rows, indent=2) if args.json else "\n".join(
-            f"{r['model']:<45} {r['option']:<26} {r['latency_ms']:6.2f} ms vs training form {r['train_form_ms']:6.2f} ms "
-            f"= {r['ratio']:.3f}" for r in rows))
+        print(
+            json.dumps(rows, indent=2)
+            if args.json
+            else "\n".join(
+                f"{r['model']:<45} {r['option']:<26} {r['latency_ms']:6.2f} ms "
+                f"vs training form {r['train_form_ms']:6.2f} ms "
+                f"= {r['ratio']:.3f}"
+                for r in rows
+            )
+        )
         return 0
     rows = []
     try:
         if args.scale == "paper":
             for net in args.paper_net or PAPER_NETS:
                 for path in flagships(paths).values():
-                    row = paper_scale_row(load_checkpoint(path, map_location=device), net, images=min(args.images, 16),
-                                          rounds=args.rounds, size=args.image_size, device=device)
+                    row = paper_scale_row(
+                        load_checkpoint(path, map_location=device),
+                        net,
+                        images=min(args.images, 16),
+                        rounds=args.rounds,
+                        size=args.image_size,
+                        device=device,
+                    )
                     rows += [row] if row is not None else []
         else:
             for path in paths:
@@ -320,16 +437,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.save:
-        record = {"date": dt.date.today().isoformat(), "machine": machine_name(device),
-                  "torch": torch.__version__, "command": "python -m analysis.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "rows": rows}
+        record = {
+            "date": dt.date.today().isoformat(),
+            "machine": machine_name(device),
+            "torch": torch.__version__,
+            "command": "python -m tools.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "rows": rows,
+        }
         args.save.write_text(json.dumps(record, indent=2) + "\n")
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows))
-        print(f"\n{len(images)} test images of {images.shape[-1]} x {images.shape[-1]}, throughput batch {args.batch or 'per row'}, {args.rounds} alternating rounds, {torch.get_num_threads()} threads, "
-              f"torch {torch.__version__}")
+        print(
+            f"\n{len(images)} test images of {images.shape[-1]} x {images.shape[-1]}, "
+            f"throughput batch {args.batch or 'per row'}, {args.rounds} alternating rounds, "
+            f"{torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}"
+        )
     return 0
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from routescope.commands import main
+
+sys.exit(main())
