@@ -6,6 +6,7 @@ cost more than the network. ImageFolder trees (ImageNet-style) are decoded lazil
 torchvision is deliberately not a dependency: its PyPI wheels do not import beside the CPU build of
 torch these machines install, and the readers below are a few lines each.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -25,7 +26,7 @@ from .errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_SUBSET = REPO_ROOT / "models" / "assets" / "fashion-mnist-subset"
-# sample images shipped for the app, the tests and the docs (``analysis.make_samples`` writes them); one place
+# sample images shipped for the app, the tests and the docs (``tools.make_samples`` writes them); one place
 SAMPLE_IMAGES = Path(os.environ.get("ROUTESCOPE_SAMPLES") or REPO_ROOT / "models" / "assets" / "samples")
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -53,26 +54,40 @@ class DatasetInfo:
 FASHION_MNIST = DatasetInfo(
     "fashion-mnist",
     ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    (1, 28, 28), (0.2860,), (0.3530,), dark_background=True,
+    (1, 28, 28),
+    (0.2860,),
+    (0.3530,),
+    dark_background=True,
 )
 CIFAR10 = DatasetInfo(
     "cifar10",
     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-    (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    (3, 32, 32),
+    (0.4914, 0.4822, 0.4465),
+    (0.2470, 0.2435, 0.2616),
 )
-SVHN = DatasetInfo("svhn", tuple(str(d) for d in range(10)), (3, 32, 32), (0.4377, 0.4438, 0.4728),
-                   (0.1980, 0.2010, 0.1970), hflip=False)
+SVHN = DatasetInfo(
+    "svhn",
+    tuple(str(d) for d in range(10)),
+    (3, 32, 32),
+    (0.4377, 0.4438, 0.4728),
+    (0.1980, 0.2010, 0.1970),
+    hflip=False,
+)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "svhn", "imagefolder")
+# what a test set may also be: the bundled subset, and a plain folder of images without labels
+TEST_SET_NAMES = ("fashion-mnist-subset", *DATASET_NAMES, "folder")
 
 
 class TensorImages(Dataset):
     """Images held as one uint8 tensor (N, C, H, W); ``__getitems__`` lets DataLoader fetch a batch at once."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sources: list[Path] | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError("TensorImages wants uint8 images (N, C, H, W) and one label each")
         self.images, self.labels = images, labels.long()
+        self.sources = sources or []  # the files it was read from (what a test set's fingerprint hashes)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -86,22 +101,33 @@ class TensorImages(Dataset):
 
 
 class ImageFolderImages(Dataset):
-    """``root/<class>/<image>`` decoded with PIL, resized (shorter side) and center-cropped to ``size``."""
+    """``root/<class>/<image>`` (labels from the folder names), or with ``labelled=False`` every image under
+    ``root`` (label -1: routing and cost, no accuracy). Decoded lazily, one image per item, converted by
+    ``models.preprocess.to_pixels`` for a model that takes ``pixels`` (a meta: input_size, crop_pct, ...)."""
 
     EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
-    def __init__(self, root: Path, size: int) -> None:
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        self.samples = [
-            (p, label)
-            for label, name in enumerate(self.classes)
-            for p in sorted((root / name).rglob("*"))
-            if p.suffix.lower() in self.EXTENSIONS
-        ]
+    def __init__(self, root: Path, size: int | None = None, pixels: dict | None = None, labelled: bool = True) -> None:
+        self.pixels = pixels or {"input_size": (3, size or 32, size or 32)}
+        if labelled:
+            self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+            self.samples = [
+                (p, label)
+                for label, name in enumerate(self.classes)
+                for p in sorted((root / name).rglob("*"))
+                if self._is_image(p)
+            ]
+        else:
+            self.classes = []
+            self.samples = [(p, -1) for p in sorted(root.rglob("*")) if self._is_image(p)]
         if not self.samples:
-            raise DataNotFoundError(f"no images under {root} (expected {root}/<class>/<image>)")
-        self.size = size
+            where = f"{root}/<class>/<image>" if labelled else f"{root}/<image>"
+            raise DataNotFoundError(f"no images under {root} (expected {where})")
         self.labels = torch.tensor([label for _, label in self.samples])
+
+    @classmethod
+    def _is_image(cls, path: Path) -> bool:
+        return path.suffix.lower() in cls.EXTENSIONS and not any(part.startswith(".") for part in path.parts[-2:])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -109,15 +135,13 @@ class ImageFolderImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
 
+        from .preprocess import to_pixels
+
         path, label = self.samples[i]
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            scale = self.size / min(img.size)
-            img = img.resize((max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale))))
-            left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
-            img = img.crop((left, top, left + self.size, top + self.size))
-            array = np.asarray(img, dtype=np.uint8).copy()
-        return torch.from_numpy(array).permute(2, 0, 1), label
+            img.draft("RGB", (self.pixels["input_size"][2] * 2, self.pixels["input_size"][1] * 2))  # JPEG: decode small
+            pixels, _, _ = to_pixels(img, self.pixels)
+        return pixels, label
 
 
 def collate_batch(batch):
@@ -129,6 +153,7 @@ def collate_batch(batch):
 
 # --- readers of the original file formats -------------------------------------------------------------
 
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (MNIST family), gzipped or not."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -137,7 +162,7 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise UsageError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -168,7 +193,10 @@ def find_fashion_mnist(split: str, data_dir=None) -> tuple[Path, Path] | None:
     """The (images, labels) files of ``split`` in the first folder that has both, without reading them."""
     prefix = "train" if split == "train" else "t10k"
     for folder in fashion_mnist_roots(data_dir):
-        images, labels = _idx_file(folder, f"{prefix}-images-idx3-ubyte"), _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+        images, labels = (
+            _idx_file(folder, f"{prefix}-images-idx3-ubyte"),
+            _idx_file(folder, f"{prefix}-labels-idx1-ubyte"),
+        )
         if images and labels:
             return images, labels
     return None
@@ -178,7 +206,11 @@ def load_fashion_mnist(split: str, data_dir=None, download: bool = False) -> Ten
     found = find_fashion_mnist(split, data_dir)
     if found:
         images, labels = found
-        return TensorImages(torch.from_numpy(read_idx(images).copy()).unsqueeze(1), torch.from_numpy(read_idx(labels).astype(np.int64)))
+        return TensorImages(
+            torch.from_numpy(read_idx(images).copy()).unsqueeze(1),
+            torch.from_numpy(read_idx(labels).astype(np.int64)),
+            [images, labels],
+        )
     roots = fashion_mnist_roots(data_dir)
     if download:
         target = Path(data_dir or os.environ.get("ROUTESCOPE_DATA") or "data") / "fashion-mnist"
@@ -194,7 +226,12 @@ def load_fashion_mnist(split: str, data_dir=None, download: bool = False) -> Ten
 def download_fashion_mnist(target: Path, base_url: str = FASHION_MNIST_URL) -> None:
     """Fetch the four original files into ``target`` (atomic per file)."""
     target.mkdir(parents=True, exist_ok=True)
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         dest = target / f"{stem}.gz"
         if dest.exists():
             continue
@@ -225,6 +262,12 @@ def load_cifar(split: str, data_dir, num_classes: int) -> tuple[TensorImages, tu
         label_key, meta_file, names_key = b"labels", "batches.meta", b"label_names"
     else:
         files, label_key, meta_file, names_key = [split], b"fine_labels", "meta", b"fine_label_names"
+    missing = [name for name in (*files, meta_file) if not (folder / name).is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"CIFAR-{num_classes} not found: {folder} lacks {', '.join(missing)} (pass --data-dir "
+            f"or set $ROUTESCOPE_DATA to a folder holding {sub}/)"
+        )
     images, labels = [], []
     for name in files:
         with open(folder / name, "rb") as f:
@@ -233,7 +276,9 @@ def load_cifar(split: str, data_dir, num_classes: int) -> tuple[TensorImages, tu
         labels += list(batch[label_key])
     with open(folder / meta_file, "rb") as f:
         classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[names_key])
-    return TensorImages(torch.from_numpy(np.concatenate(images)), torch.tensor(labels)), classes
+    return TensorImages(
+        torch.from_numpy(np.concatenate(images)), torch.tensor(labels), [folder / n for n in files]
+    ), classes
 
 
 def load_svhn(split: str, data_dir) -> TensorImages:
@@ -241,13 +286,32 @@ def load_svhn(split: str, data_dir) -> TensorImages:
     from scipy.io import loadmat
 
     folder = _require_dir(data_dir, "svhn", "SVHN")
+    if not (folder / f"{split}_32x32.mat").is_file():
+        raise DataNotFoundError(
+            f"SVHN not found: no {split}_32x32.mat in {folder} (pass --data-dir or set "
+            "$ROUTESCOPE_DATA to a folder holding svhn/)"
+        )
     mat = loadmat(folder / f"{split}_32x32.mat")
     images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)))
     labels = torch.from_numpy(mat["y"].astype(np.int64).ravel() % 10)
-    return TensorImages(images, labels)
+    return TensorImages(images, labels, [folder / f"{split}_32x32.mat"])
 
 
-def load_dataset(name: str, split: str, data_dir=None, download: bool = False, image_size: int = 32) -> tuple[Dataset, DatasetInfo]:
+def image_root(name: str, split: str, data_dir=None) -> Path:
+    """The folder of an ImageFolder tree's ``split`` (``DIR/train``, ``DIR/val``, or ``DIR`` itself), or of a plain
+    folder of images (``name == "folder"``: ``DIR``)."""
+    if name == "folder":
+        return _require_dir(data_dir, ".", "image folder")
+    sub = "train" if split == "train" else "val"
+    root = _require_dir(data_dir, sub, "ImageFolder tree")
+    if root.name != sub and (root / split).is_dir():
+        root = root / split
+    return root
+
+
+def load_dataset(
+    name: str, split: str, data_dir=None, download: bool = False, image_size: int = 32
+) -> tuple[Dataset, DatasetInfo]:
     """Return ``(dataset, info)`` for ``split`` in {"train", "test"}; images are uint8 (C, H, W)."""
     if split not in ("train", "test"):
         raise UsageError(f"split must be 'train' or 'test', not {split!r}")
@@ -262,16 +326,14 @@ def load_dataset(name: str, split: str, data_dir=None, download: bool = False, i
         return data, DatasetInfo("cifar100", classes, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD)
     if name == "svhn":
         return load_svhn(split, data_dir), SVHN
-    if name == "imagefolder":
-        root = _require_dir(data_dir, split if split == "train" else "val", "ImageFolder tree")
-        if root.name != ("train" if split == "train" else "val") and (root / split).is_dir():
-            root = root / split
-        data = ImageFolderImages(root, image_size)
-        return data, DatasetInfo("imagefolder", tuple(data.classes), (3, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD)
-    raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
+    if name in ("imagefolder", "folder"):
+        data = ImageFolderImages(image_root(name, split, data_dir), image_size, labelled=name == "imagefolder")
+        return data, DatasetInfo(name, tuple(data.classes), (3, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD)
+    raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(TEST_SET_NAMES)}")
 
 
 # --- tensors the model sees ----------------------------------------------------------------------------
+
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float, scaled to [0, 1] and standardized per channel."""

@@ -4,6 +4,7 @@ and routing pattern (``pattern``: the concatenated signatures of its decisions, 
 Everything the Compare page and the figures show (easy vs hard images, per-class cost, per-layer skip
 ratios, width distributions, mean routing per class) is a pandas operation on this table.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -16,42 +17,72 @@ from analysis.core.kinds import decision_columns, routing_pattern
 from models.data import collate_batch, load_dataset, normalize
 from models.trace import traced_forward
 
+
 @torch.no_grad()
-def dataset_table(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250,
-                  progress: Callable[[float], None] | None = None) -> pd.DataFrame:
-    """Trace every image (uint8, N x C x H x W) in batches; ``progress(fraction)`` is called after each batch."""
+def table_rows(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: list[int] | range,
+    knobs: dict | None = None,
+) -> list[dict]:
+    """One traced batch (uint8 N x C x H x W) as table rows; label -1: an unlabelled image (no ``correct``)."""
     meta = model.meta
     classes = meta["classes"]
+    logits, trace = traced_forward(model, normalize(images, meta["mean"], meta["std"]), knobs=knobs)
+    confidence, predicted = logits.softmax(1).max(1)
+    pixels = images.float().flatten(1) / 255
     rows = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        logits, trace = traced_forward(model, normalize(chunk, meta["mean"], meta["std"]))
-        probabilities = logits.softmax(1)
-        confidence, predicted = probabilities.max(1)
-        pixels = chunk.float().flatten(1) / 255
-        for i in range(len(chunk)):
-            label = int(labels[start + i])
-            rows.append({
-                "index": start + i,
+    for i, index in enumerate(indices):
+        label = int(labels[i])
+        rows.append(
+            {
+                "index": int(index),
                 "label": label,
-                "class": classes[label],
+                "class": classes[label] if label >= 0 else None,
                 "predicted": classes[int(predicted[i])],
-                "correct": int(predicted[i]) == label,
+                "correct": int(predicted[i]) == label if label >= 0 else None,
                 "confidence": float(confidence[i]),
                 "macs": float(trace.macs[i]),
                 "brightness": float(pixels[i].mean()),
                 "contrast": float(pixels[i].std()),
                 **decision_columns(trace.decisions[i]),
                 **({"pattern": routing_pattern(trace.decisions[i])} if trace.decisions[i] else {}),
-            })
-        if progress is not None:
-            progress(min(1.0, (start + len(chunk)) / len(images)))
+            }
+        )
+    return rows
+
+
+def as_table(rows: list[dict], classes) -> pd.DataFrame:
+    """Rows as the table every analysis reads: indexed by image, ``class`` categorical in the model's order."""
     table = pd.DataFrame(rows).set_index("index")
-    table["class"] = pd.Categorical(table["class"], categories=classes)
+    table["class"] = pd.Categorical(table["class"], categories=list(classes))
+    if table["correct"].isna().any():  # unlabelled images: accuracy over the labelled ones only
+        table["correct"] = table["correct"].astype("boolean")
     return table
 
 
-def load_test_images(dataset: str = "fashion-mnist-subset", data_dir=None, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def dataset_table(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 250,
+    progress: Callable[[float], None] | None = None,
+) -> pd.DataFrame:
+    """Trace every image (uint8, N x C x H x W, held in memory) in batches; ``progress(fraction)`` after each
+    batch. A test set on disk streams through ``analysis.core.table_store.build_table`` instead."""
+    rows = []
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        rows += table_rows(model, images[start:stop], labels[start:stop], range(start, stop))
+        if progress is not None:
+            progress(min(1.0, stop / len(images)))
+    return as_table(rows, model.meta["classes"])
+
+
+def load_test_images(
+    dataset: str = "fashion-mnist-subset", data_dir=None, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All test images of a data set as one uint8 tensor (the bundled subset by default)."""
     data, _ = load_dataset(dataset, "test", data_dir)
     images, labels = next(iter(DataLoader(data, batch_size=limit or len(data), collate_fn=collate_batch)))
@@ -67,7 +98,10 @@ def easy_and_hard(table: pd.DataFrame, k: int = 8) -> tuple[pd.DataFrame, pd.Dat
 def per_class_cost(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, min and max MACs and accuracy per class."""
     return table.groupby("class", observed=False).agg(
-        images=("macs", "size"), macs_mean=("macs", "mean"), macs_min=("macs", "min"), macs_max=("macs", "max"),
+        images=("macs", "size"),
+        macs_mean=("macs", "mean"),
+        macs_min=("macs", "min"),
+        macs_max=("macs", "max"),
         accuracy=("correct", "mean"),
     )
 

@@ -1,0 +1,160 @@
+"""Per-image tables of any size, built once: streamed from disk in batches, stored as Parquet, resumed, sharded.
+
+A table is keyed by what decides its rows: the model's weights and config (``model_fingerprint``), the test set's
+files (``ModelImages.fingerprint``) and the knobs. It is built in chunks of images; each chunk is written as its
+own Parquet part as soon as it is traced, so a build that was killed resumes at the first missing chunk, and
+under ``torchrun`` every process traces the chunks of its rank and the first merges the parts. Memory stays
+bounded by one chunk of rows and one batch of images (``DataLoader`` workers decode an ImageFolder lazily).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from analysis.core.table import as_table, table_rows
+from analysis.core.testsets import ModelImages
+from models.data import collate_batch
+
+CHUNK = 2048  # images per Parquet part: what a killed build loses at most, and the rows held in memory
+
+
+def cache_root() -> Path:
+    """Where stored tables live: ``$ROUTESCOPE_CACHE/tables``, else ``~/.cache/routescope/tables``."""
+    base = os.environ.get("ROUTESCOPE_CACHE") or Path.home() / ".cache" / "routescope"
+    return Path(base) / "tables"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of the architecture, its config and every weight and buffer (kept on the model after the first call:
+    a loaded model's weights do not change)."""
+    cached = getattr(model, "_routescope_fingerprint", None)
+    if cached:
+        return cached
+    digest = hashlib.sha256(
+        json.dumps(
+            [getattr(model, "arch", type(model).__name__), getattr(model, "config", {})], sort_keys=True, default=str
+        ).encode()
+    )
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    value = digest.hexdigest()[:16]
+    object.__setattr__(model, "_routescope_fingerprint", value)
+    return value
+
+
+def knobs_key(knobs: dict | None) -> str:
+    return "default" if not knobs else "_".join(f"{k}={float(v):g}" for k, v in sorted(knobs.items()))
+
+
+def table_path(
+    model: torch.nn.Module, images: ModelImages, knobs: dict | None = None, root: Path | None = None
+) -> Path:
+    """Where the table of ``model`` on ``images`` with ``knobs`` is stored."""
+    return (root or cache_root()) / model_fingerprint(model) / images.fingerprint / f"{knobs_key(knobs)}.parquet"
+
+
+@dataclass
+class Progress:
+    """What a progress display needs: images done of the total, and the seconds so far (for an ETA)."""
+
+    done: int
+    total: int
+    seconds: float
+
+    @property
+    def eta_s(self) -> float | None:
+        return self.seconds / self.done * (self.total - self.done) if self.done else None
+
+
+def _chunks(total: int, chunk: int) -> list[range]:
+    return [range(start, min(start + chunk, total)) for start in range(0, total, chunk)]
+
+
+def _part(parts: Path, number: int) -> Path:
+    return parts / f"part-{number:06d}.parquet"
+
+
+def _write_atomic(table: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table.to_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def build_parts(
+    model: torch.nn.Module,
+    images: ModelImages,
+    out: Path,
+    knobs: dict | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    chunk: int = CHUNK,
+    rank: int = 0,
+    world: int = 1,
+    progress: Callable[[Progress], None] | None = None,
+) -> int:
+    """Trace the chunks of ``rank`` (every ``world``-th) that have no part yet into ``OUT.parts/``; returns how
+    many images this call traced (0: nothing was left to do)."""
+    parts = out.with_suffix(".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    mine = [(n, r) for n, r in enumerate(_chunks(len(images), chunk)) if n % world == rank]
+    todo = [(n, r) for n, r in mine if not _part(parts, n).exists()]
+    total = sum(len(r) for _, r in mine)
+    done, traced, start = total - sum(len(r) for _, r in todo), 0, time.perf_counter()
+    for number, indices in todo:
+        loader = DataLoader(
+            Subset(images, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate_batch
+        )
+        rows, position = [], indices.start
+        for batch, labels in loader:
+            rows += table_rows(model, batch, labels, range(position, position + len(batch)), knobs)
+            position += len(batch)
+            done += len(batch)
+            traced += len(batch)
+            if progress is not None:
+                progress(Progress(done, total, time.perf_counter() - start))
+        _write_atomic(as_table(rows, model.meta["classes"]), _part(parts, number))
+    return traced
+
+
+def merge_parts(model: torch.nn.Module, images: ModelImages, out: Path, chunk: int = CHUNK) -> pd.DataFrame:
+    """The parts of every chunk as one table, written to ``out`` (the parts are then removed)."""
+    parts = out.with_suffix(".parts")
+    numbers = range(len(_chunks(len(images), chunk)))
+    missing = [n for n in numbers if not _part(parts, n).exists()]
+    if missing:
+        raise RuntimeError(f"{out}: {len(missing)} of {len(numbers)} parts are missing (a build is unfinished)")
+    table = pd.concat([pd.read_parquet(_part(parts, n)) for n in numbers])
+    table["class"] = pd.Categorical(table["class"].astype(object), categories=list(model.meta["classes"]))
+    _write_atomic(table, out)
+    shutil.rmtree(parts, ignore_errors=True)
+    return table
+
+
+def stored_table(
+    model: torch.nn.Module,
+    images: ModelImages,
+    knobs: dict | None = None,
+    root: Path | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    progress: Callable[[Progress], None] | None = None,
+    chunk: int = CHUNK,
+) -> pd.DataFrame:
+    """The table of ``model`` on ``images``: read from the store, or built (resuming a killed build) and stored."""
+    out = table_path(model, images, knobs, root)
+    if out.exists():
+        return pd.read_parquet(out)
+    build_parts(model, images, out, knobs, batch_size, workers, chunk, progress=progress)
+    return merge_parts(model, images, out, chunk)
