@@ -7,13 +7,14 @@ registered figure whose method has a checkpoint; the app's Figures page shows th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from analysis.core.catalog import bundled_checkpoints
 from analysis.core.figures import FigureContext, default_test_set, load_figure_modules, write_figures
 from models.checkpoint import CheckpointError
-from models.data import DataNotFoundError
+from models.data import TEST_SET_NAMES, DataNotFoundError
 from models.devices import add_device_argument, resolve_device
 from models.errors import UsageError
 
@@ -32,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dataset",
         default=None,
-        help=(
-            "test images for dataset-level figures (default: the full test set when installed, else the bundled subset)"
-        ),
+        choices=TEST_SET_NAMES,
+        help="test images of the data-set level figures (default: the full Fashion-MNIST test set when installed, "
+        "else the bundled subset); every model's tables are stored, so a second run reads them",
     )
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=os.environ.get("ROUTESCOPE_DATA"))
     add_device_argument(p)
     args = p.parse_args(argv)
     load_figure_modules()

@@ -1,9 +1,10 @@
 """Routing traces on the command line: ``python -m analysis.inspect --checkpoint P IMAGE [IMAGE ...]``.
 
 Prints one JSON object per image (JSON lines, see docs/trace.md); ``--override LAYER.FIELD=VALUE`` forces a
-decision and ``--knob NAME=VALUE`` moves an inference setting, as ``traced_forward`` does. An unreadable
-image gets one line on stderr and the others still get their traces; the exit status is non-zero if
-anything failed.
+decision and ``--knob NAME=VALUE`` moves an inference setting, as ``traced_forward`` does. A folder stands for
+every image in it (recursively, in name order); a whole test set's table is ``analysis.table``. An unreadable
+image gets one line on stderr and the others still get their traces; the exit status is non-zero if anything
+failed.
 """
 
 from __future__ import annotations
@@ -11,19 +12,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from analysis.core.images import ImageError, load_model_input
 from analysis.core.interventions import parse_interventions
 from analysis.core.trace import trace_batch
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.data import ImageFolderImages
 from models.devices import add_device_argument, resolve_device
 from models.trace import check_interventions
+
+
+def image_paths(arguments: list[str]) -> list[str]:
+    """The arguments, each folder replaced by the image files under it (name order)."""
+    paths: list[str] = []
+    for argument in arguments:
+        folder = Path(argument)
+        if folder.is_dir():
+            paths += [str(p) for p in sorted(folder.rglob("*")) if p.suffix.lower() in ImageFolderImages.EXTENSIONS]
+        else:
+            paths.append(argument)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.inspect", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="an image file, or a folder of them")
     p.add_argument("--no-structure", action="store_true", help="omit the per-model 'structure' entries")
     p.add_argument("--indent", type=int, default=None, help="pretty-print (then it is no longer JSON lines)")
     p.add_argument(
@@ -46,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = 0
-    for path in args.images:
+    for path in image_paths(args.images):
         try:
             model_input = load_model_input(path, model.meta)
         except ImageError as e:

@@ -80,7 +80,7 @@ COMPARISONS = {
         ),
         ("dense, the same 8 epochs", ("resnet20_fmnist_ft8.pt", "experiments/dgconv_fmnist/resnet20_fmnist_ft8_s1.pt")),
         ("dense, where the three start", ("resnet20_fmnist.pt",)),
-    ),
+    )
 }
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from analysis.core.sweeps import knob_sweep
-from analysis.core.table import load_test_images
+from analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data import DataNotFoundError
 from models.devices import add_device_argument, resolve_device
@@ -22,8 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--knob", required=True, help="an inference setting of the model (see --list)")
     p.add_argument("--values", required=True, help="comma-separated values, e.g. 0.3,0.5,0.7")
-    p.add_argument("--dataset", default="fashion-mnist-subset", choices=["fashion-mnist", "fashion-mnist-subset"])
-    p.add_argument("--data-dir", default=None)
+    add_test_set_arguments(p)
     p.add_argument(
         "--json", action="store_true", help="print a JSON list of {value, accuracy, macs_mean, macs_min, macs_max}"
     )
@@ -32,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         values = [float(v) for v in args.values.split(",") if v.strip()]
         model = load_checkpoint(args.checkpoint, map_location=resolve_device(args.device))
-        images, labels = load_test_images(args.dataset, args.data_dir)
-        table = knob_sweep(model, args.knob, values, images, labels, bar=True)
+        test_set = test_set_of(args, model.meta)
+        images = open_test_set(test_set, model.meta)
+        table = knob_sweep(model, args.knob, values, images, bar=True)
     except (CheckpointError, DataNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(
-            f"{model.meta['name']}: {args.knob} over {len(images):,} {args.dataset} images "
+            f"{model.meta['name']}: {args.knob} over {len(images):,} {test_set.label} images "
             f"(trained value {model.knobs()[args.knob]['default']:g})"
         )
         print(table.assign(accuracy=table["accuracy"] * 100).to_string(index=False, float_format=lambda v: f"{v:,.2f}"))

@@ -56,28 +56,40 @@ def image_refusal(name: str, data: bytes) -> str | None:
     )
 
 
-def pick_images(key: str, default_samples: int = 1, multiple: bool = True) -> list[tuple[str, bytes]]:
+def pick_images(
+    key: str, default_samples: int = 1, multiple: bool = True, extra: dict[str, Callable[[], bytes]] | None = None
+) -> list[tuple[str, bytes]]:
     """Sample images and uploads, as ``(name, bytes)``; decoding happens later, per model. An upload over the
-    size limits is refused here, under the uploader, with what to do.
+    size limits is refused here, under the uploader, with what to do. ``extra``: more samples (a few images of each
+    class of the chosen test set), by name, read only when picked.
 
     The uploader has no ``type`` filter and a wide size limit (``server.maxUploadSize``): the browser would refuse
     other files without a readable reason; the app says why instead."""
-    samples = {p.name: p for p in sample_images()}
+    samples: dict[str, Callable[[], bytes]] = {p.name: p.read_bytes for p in sample_images()}
+    samples.update(extra or {})
+    bundled = len(samples) - len(extra or {})
+    help_text = None if not extra else f"The bundled sample photos, then {len(extra)} images of the test set."
     left, right = st.columns(2)
     if multiple:
         restored = st.session_state.pop(f"{key}-samples-restored", False)  # a shared link set the picks already
+        kept = st.session_state.get(f"{key}-samples")
+        if kept is not None and any(name not in samples for name in kept):  # another test set's images
+            st.session_state[f"{key}-samples"] = [name for name in kept if name in samples]
         picked = left.multiselect(
             "Sample images",
             list(samples),
-            default=None if restored else list(samples)[:default_samples],
+            default=None if restored else list(samples)[: min(default_samples, bundled)],
             key=f"{key}-samples",
+            help=help_text,
         )
         uploads = (
             right.file_uploader("…or upload images", accept_multiple_files=True, key=f"{key}-upload", help=IMAGE_HELP)
             or []
         )
     else:
-        choice = left.selectbox("Sample image", ["(none)", *samples], index=1, key=f"{key}-samples")
+        if st.session_state.get(f"{key}-samples") not in (None, "(none)", *samples):
+            del st.session_state[f"{key}-samples"]  # another test set's image
+        choice = left.selectbox("Sample image", ["(none)", *samples], index=1, key=f"{key}-samples", help=help_text)
         picked = [] if choice == "(none)" else [choice]
         upload = right.file_uploader("…or upload an image", key=f"{key}-upload", help=IMAGE_HELP)
         uploads = [upload] if upload is not None else []
@@ -91,7 +103,7 @@ def pick_images(key: str, default_samples: int = 1, multiple: bool = True) -> li
             right.error(refusal)
         else:
             accepted.append((upload.name, data))
-    return [(name, samples[name].read_bytes()) for name in picked] + accepted
+    return [(name, samples[name]()) for name in picked] + accepted
 
 
 def show_decisions(decisions: list[dict], key: str) -> None:

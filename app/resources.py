@@ -3,31 +3,56 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import io
 import json
 import os
+import pickle
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
+from PIL import Image
 
+from analysis.core.archive import (
+    DEFAULT_LIMITS,
+    IMAGE_EXTENSIONS,
+    ArchiveError,
+    ArchiveImages,
+    ArchiveTestSet,
+    archive_fingerprint,
+    archive_test_set,
+    read_image_archive,
+)
 from analysis.core.catalog import bundled_checkpoints, featured_names
-from analysis.core.table import dataset_table, load_test_images
 from analysis.core.images import ModelInput, load_model_input
 from analysis.core.latency import Latency, dense_counterpart, paired_latency
 from analysis.core.perturb import perturbation_sweep, perturbed, pixels_tensor
 from analysis.core.trace import trace_batch
 from analysis.core.tradeoff import static_points
 from analysis.core.sweeps import knob_sweep
+from analysis.core.table_store import Progress, model_fingerprint, stored_table
+from analysis.core.testsets import BUNDLED, UNLABELLED, ModelImages, TestSet, label_map, open_test_set
 from models.checkpoint import CheckpointError, check_usable, load_checkpoint
-from models.data import find_fashion_mnist
+from models.data import (
+    CIFAR10,
+    FASHION_MNIST,
+    SVHN,
+    SYSTEM_FASHION_MNIST,
+    DataNotFoundError,
+    ImageFolderImages,
+    find_fashion_mnist,
+)
 from models.devices import ENV as DEVICE_ENV, default_device
 from models.errors import UsageError
 
+DATA_ENV = "ROUTESCOPE_DATA"
 UPLOAD_MAX_BYTES = (
     25 * 2**20
 )  # refused with a message (server.maxUploadSize is wider); the bundled checkpoints are < 5 MB
@@ -46,6 +71,7 @@ def app_device() -> str:
 def _load(path: str, mtime: float, device: str) -> torch.nn.Module:
     model = load_checkpoint(path, map_location=device)
     model.cache_key = f"{path}@{mtime}@{device}"
+    model_fingerprint(model)  # what keys its stored tables, kept on the model: computed here, as it is loaded
     return model
 
 
@@ -78,6 +104,7 @@ def load_uploaded(data: bytes, device: str = "cpu") -> torch.nn.Module:
                 "python -m analysis.inspect --checkpoint FILE"
             ) from None
     model.cache_key = f"upload:{digest}@{device}"
+    model_fingerprint(model)
     return model
 
 
@@ -267,9 +294,427 @@ def attribution(_model: torch.nn.Module, model_key: str, image: np.ndarray, targ
     return attributions.explain_decision(_model, x, layer, value)
 
 
+# --- test sets: the server's, or an uploaded zip ------------------------------------------------------------------
+
+TESTSET = "chosen-testset"  # the test-set choice, kept like the model's (a session key that is no widget's)
+UPLOAD_OPTION = "upload"  # the picker's option for an uploaded zip
+KNOWN_LAYOUTS = {"cifar-10-batches-py", "cifar-100-python", "svhn", "fashion-mnist", "FashionMNIST"}
+NAMES = {
+    "fashion-mnist": "Fashion-MNIST test set",
+    "cifar10": "CIFAR-10 test set",
+    "cifar100": "CIFAR-100 test set",
+    "svhn": "SVHN test set",
+}
+ZIP_HELP = (
+    "An ImageFolder tree (a folder per class, named after the model's classes: its images are labelled) or a flat "
+    f"folder of images (unlabelled: routing and cost, no accuracy). Up to {DEFAULT_LIMITS.max_files:,} files and "
+    f"{DEFAULT_LIMITS.max_total_bytes // 2**20} MB unpacked, each image up to {DEFAULT_LIMITS.max_file_bytes // 2**20} "
+    f"MB and {DEFAULT_LIMITS.max_megapixels:g} megapixels; other files are skipped and listed."
+)
+
+
+def data_roots() -> list[Path]:
+    """The server's data folders: ``$ROUTESCOPE_DATA`` (one folder, or several separated by ``os.pathsep``) and the
+    system Fashion-MNIST. Only test sets found under them are offered: the app never opens a typed path."""
+    roots = [Path(p) for p in os.environ.get(DATA_ENV, "").split(os.pathsep) if p.strip()]
+    return [*roots, SYSTEM_FASHION_MNIST]
+
+
+def _has_image(folder: Path, limit: int = 200) -> bool:
+    """Whether one of the first ``limit`` entries of ``folder`` is an image file (a quick look, not a walk)."""
+    try:
+        with os.scandir(folder) as entries:
+            for i, entry in enumerate(entries):
+                if i >= limit:
+                    break
+                if entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.name.startswith("."):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _cifar100_classes(folder: Path) -> tuple[str, ...]:
+    with open(folder / "cifar-100-python" / "meta", "rb") as f:  # a file of the server's own data folder
+        return tuple(n.decode() for n in pickle.load(f, encoding="bytes")[b"fine_label_names"])
+
+
+def _sets_in(folder: Path, root: Path) -> list[tuple[str, str, tuple[str, ...] | None]]:
+    """The test sets whose files are in ``folder`` as the readers of ``models.data`` expect them: (name, data_dir,
+    class names; None: unlabelled). Only names and sizes are looked at, no image is read."""
+    found: list[tuple[str, str, tuple[str, ...] | None]] = []
+    fashion = find_fashion_mnist("test", folder)  # it also looks in the system path: keep what is under root
+    if fashion and fashion[0].resolve().is_relative_to(root.resolve()):
+        found.append(("fashion-mnist", str(fashion[0].parent), FASHION_MNIST.classes))
+    if all((folder / "cifar-10-batches-py" / f).is_file() for f in ("test_batch", "batches.meta")):
+        found.append(("cifar10", str(folder), CIFAR10.classes))
+    if all((folder / "cifar-100-python" / f).is_file() for f in ("test", "meta")):
+        try:
+            found.append(("cifar100", str(folder), _cifar100_classes(folder)))
+        except Exception:  # a damaged meta file: not offered
+            pass
+    if (folder / "svhn" / "test_32x32.mat").is_file():
+        found.append(("svhn", str(folder), SVHN.classes))
+    return found
+
+
+@st.cache_data(ttl=60, show_spinner=False, max_entries=16)
+def _discover(roots: tuple[str, ...]) -> list[tuple[str, str, tuple[str, ...] | None]]:
+    """Every test set under the data roots (each root and each folder in it): the layouts ``models.data`` reads,
+    a folder of class folders of images (``imagefolder``, its ``val/`` split where it has one) and a folder of
+    images (``folder``). Looked at again after a minute, so data added to a running server shows up."""
+    found, seen = [], set()
+    for root in map(Path, roots):
+        if not root.is_dir():
+            continue
+        candidates = _sets_in(root, root)
+        for sub in _subfolders(root):
+            if sub.name in KNOWN_LAYOUTS:
+                continue
+            candidates += _sets_in(sub, root)
+            tree = sub / "val" if (sub / "val").is_dir() else sub  # where ``models.data.image_root`` looks
+            if tree.name != "val" and (tree / "test").is_dir():
+                tree = tree / "test"
+            classes = _subfolders(tree)
+            if classes and any(_has_image(c) for c in classes[:50]):
+                candidates.append(("imagefolder", str(sub), tuple(c.name for c in classes)))
+            elif _has_image(sub):
+                candidates.append(("folder", str(sub), None))
+        for name, data_dir, classes in candidates:
+            if (name, Path(data_dir).resolve()) not in seen:
+                seen.add((name, Path(data_dir).resolve()))
+                found.append((name, data_dir, classes))
+    return found
+
+
+def _fits(classes: tuple[str, ...] | None, meta: dict) -> bool:
+    """A labelled set fits a model when one of its classes is one of the model's; an unlabelled one always does."""
+    return classes is None or any(label != UNLABELLED for label in label_map(classes, meta["classes"]))
+
+
+def server_test_sets(meta: dict) -> dict[str, TestSet]:
+    """The test sets this server offers a model (``meta``), by the key a link names (``?testset=KEY``): the bundled
+    subset first (always: other models get it converted, unlabelled), then every set found under ``data_roots()``
+    that fits the model (``_fits``)."""
+    offered = {BUNDLED: TestSet(BUNDLED)}
+    for name, data_dir, classes in _discover(tuple(map(str, data_roots()))):
+        if _fits(classes, meta):
+            key = f"{name}:{Path(data_dir).name}"
+            while key in offered:  # two roots with a folder of the same name
+                key += "+"
+            offered[key] = TestSet(name, data_dir)
+    return offered
+
+
+def default_key(meta: dict, offered: dict[str, TestSet]) -> str:
+    """``testsets.default_test_set`` among the server's sets: the model's own data set where it is found, else the
+    bundled subset (also the default of the Fashion-MNIST models: 500 images, quick)."""
+    own = meta.get("dataset")
+    if own not in (BUNDLED, "fashion-mnist"):
+        for key, test_set in offered.items():
+            if test_set.name == own:
+                return key
+    return BUNDLED
+
+
+def set_label(test_set: TestSet) -> str:
+    """How the picker and captions name a server test set (its folder's name, never its full path)."""
+    if test_set.name == BUNDLED:
+        return "Bundled Fashion-MNIST subset (500 images)"
+    folder = Path(test_set.data_dir or ".").name
+    if test_set.name == "imagefolder":
+        return f"{folder}/ (a folder per class)"
+    if test_set.name == "folder":
+        return f"{folder}/ (images, unlabelled)"
+    return f"{NAMES.get(test_set.name, test_set.name)} ({folder}/)"
+
+
+@dataclass(frozen=True)
+class SetChoice:
+    """The session's test images: a server test set (``test_set``) or an uploaded zip (``upload``: its file name,
+    ``digest``: the SHA-256 of its bytes, which the session keeps)."""
+
+    key: str
+    label: str
+    test_set: TestSet | None = None
+    upload: str | None = None
+    digest: str | None = None
+
+    @property
+    def slug(self) -> str:
+        """For file names: the key without what a file name should not hold."""
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in (self.upload or self.key))
+
+
+def _kept_test_set() -> dict:
+    """``{"key", "upload": (file name, file id, bytes, digest), "url-read"}`` of this session (see ``_chosen``)."""
+    return st.session_state.setdefault(TESTSET, {})
+
+
+def _keep_test_set(widget_key: str) -> None:
+    _kept_test_set()["key"] = st.session_state[widget_key]
+
+
+def _keep_zip(widget_key: str) -> None:
+    if st.session_state.get(widget_key) is None:  # the user removed the file: forget it on every page
+        _kept_test_set().pop("upload", None)
+
+
+def _meta_key(meta: dict) -> str:
+    """What decides how a test set's images reach a model: two models that agree on it share the opened set."""
+    fields = ("input_size", "classes", "crop_pct", "dark_background")
+    return json.dumps({k: meta.get(k) for k in fields}, sort_keys=True, default=str)
+
+
+@st.cache_resource(show_spinner="Opening the test images…", max_entries=8)
+def _open_server_set(name: str, data_dir: str | None, meta_key: str, _meta: dict) -> ModelImages:
+    return open_test_set(TestSet(name, data_dir), _meta)
+
+
+@st.cache_resource(show_spinner="Checking the uploaded zip…", max_entries=8)
+def _read_archive(digest: str, classes: tuple[str, ...], _data: bytes) -> ArchiveTestSet | str:
+    """The uploaded zip read for a model's classes, once per (content, classes); a refusal is its sentence."""
+    try:
+        return read_image_archive(_data, list(classes))
+    except ArchiveError as e:
+        return str(e)
+
+
+@st.cache_resource(max_entries=8)
+def _archive_images(digest: str, meta_key: str, _archive: ArchiveTestSet, _meta: dict) -> ModelImages:
+    return archive_test_set(_archive, _meta, digest)
+
+
+def _upload_images(model: torch.nn.Module, choice: SetChoice) -> ModelImages | str:
+    """The uploaded zip as ``model`` takes it, or why it cannot be used (one sentence)."""
+    upload = _kept_test_set().get("upload")
+    if upload is None or upload[3] != choice.digest:
+        return "the uploaded zip is no longer in this session; upload it again"
+    archive = _read_archive(choice.digest, tuple(model.meta["classes"]), upload[2])
+    if isinstance(archive, str):
+        return archive
+    return _archive_images(choice.digest, _meta_key(model.meta), archive, model.meta)
+
+
+def images_for(model: torch.nn.Module, choice: SetChoice) -> ModelImages | None:
+    """The chosen test images as ``model`` takes them (its size, channels and classes); None where that model
+    cannot use them (a zip whose folders are none of its classes, a set no longer on the server)."""
+    if choice.test_set is not None:
+        try:
+            return _open_server_set(choice.test_set.name, choice.test_set.data_dir, _meta_key(model.meta), model.meta)
+        except (DataNotFoundError, UsageError, OSError):
+            return None
+    images = _upload_images(model, choice)
+    return None if isinstance(images, str) else images
+
+
+def _server_choice(key: str, test_set: TestSet) -> SetChoice:
+    return SetChoice(key, set_label(test_set), test_set=test_set)
+
+
+def chosen_test_set(model: torch.nn.Module) -> tuple[SetChoice, ModelImages] | None:
+    """This session's test images for ``model`` without drawing a picker (Inspect's samples): the kept choice where
+    it fits the model, else the model's default; None when no images can be opened."""
+    offered = server_test_sets(model.meta)
+    _read_link(offered)
+    kept = _kept_test_set()
+    upload = kept.get("upload")
+    if kept.get("key") == UPLOAD_OPTION and upload is not None:
+        choice = SetChoice(UPLOAD_OPTION, upload[0], upload=upload[0], digest=upload[3])
+    else:
+        key = kept.get("key") if kept.get("key") in offered else default_key(model.meta, offered)
+        choice = _server_choice(key, offered[key])
+    images = images_for(model, choice)
+    return None if images is None else (choice, images)
+
+
+def _read_link(offered: dict[str, TestSet]) -> None:
+    """A shared view (``?testset=KEY``) chooses its server test set once per session."""
+    kept = _kept_test_set()
+    if "url-read" in kept:
+        return
+    kept["url-read"] = True
+    wanted = st.query_params.get("testset")
+    if wanted is not None and wanted in offered:
+        kept["key"] = wanted
+    elif wanted is not None:
+        st.warning(f"The link names test set `{wanted}`, which this server does not offer this model; showing another.")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'s' * (n != 1)}"
+
+
+def _archive_report(file_name: str, archive: ArchiveTestSet, model: torch.nn.Module) -> None:
+    """What the zip gave: images and labels in one caption, a warning for folders that are no class of the model,
+    and the skipped files and unmatched folders listed in an expander."""
+    labelled = sum(label is not None for _, label in archive.items)
+    text = f"`{file_name}`: {_plural(len(archive), 'image')}"
+    if archive.layout == "imagefolder":
+        text += f" in {_plural(len(archive.classes_found), 'folder')}, {labelled:,} labelled by their folder"
+    else:
+        text += " without class folders"
+    if archive.skipped:
+        text += f" · {_plural(len(archive.skipped), 'file')} skipped"
+    st.caption(text + ".")
+    unmatched = archive.unmatched_folders
+    if unmatched:
+        names = ", ".join(f"`{f}`" for f in unmatched)
+        one = len(unmatched) == 1
+        st.warning(
+            f"The folder{'' if one else 's'} {names} {'is not' if one else 'are not'} named after a class of "
+            f"`{model.meta['name']}`: {'its' if one else 'their'} images are kept, unlabelled."
+        )
+    if archive.skipped or unmatched:
+        rows = [(name, f"skipped: {why}") for name, why in archive.skipped]
+        rows += [(f"{folder}/", "kept, unlabelled: not one of the model's classes") for folder in unmatched]
+        title = ", ".join(
+            part
+            for part in (
+                _plural(len(archive.skipped), "skipped file") if archive.skipped else "",
+                _plural(len(unmatched), "unlabelled folder") if unmatched else "",
+            )
+            if part
+        )
+        with st.expander(title[0].upper() + title[1:]):
+            st.dataframe(
+                pd.DataFrame(rows, columns=["in the zip", "what happened"]),
+                hide_index=True,
+                height=min(320, 40 + 35 * len(rows)),
+            )
+
+
+def choose_test_set(
+    model: torch.nn.Module, key: str = "testset", uploads: bool = True, allowed=None
+) -> tuple[SetChoice, ModelImages] | None:
+    """The test-set picker: a server test set (``server_test_sets``) or, with ``uploads``, a zip of images. Shared by
+    the pages through the session (and ``?testset=KEY`` for a server set); ``allowed(TestSet)`` narrows the server
+    sets. Returns the choice and its images as ``model`` takes them, or None after a message (no zip yet, a refused
+    zip): the page then stops, the app keeps serving."""
+    offered = {k: t for k, t in server_test_sets(model.meta).items() if allowed is None or allowed(t)}
+    _read_link(offered)
+    kept = _kept_test_set()
+    default = default_key(model.meta, offered)
+    default = default if default in offered else next(iter(offered))
+    options = [*offered, *([UPLOAD_OPTION] if uploads else [])]
+    if not uploads and kept.get("key") == UPLOAD_OPTION and kept.get("upload"):
+        st.caption(f"This page draws on the server's test sets; `{kept['upload'][0]}` is analysed on Compare.")
+    widget = f"{key}-set"
+    st.session_state[widget] = kept["key"] if kept.get("key") in options else default
+    left, right = st.columns([2, 3])
+    picked = left.selectbox(
+        "Test images",
+        options,
+        key=widget,
+        on_change=_keep_test_set,
+        args=(widget,),
+        format_func=lambda k: "Upload a .zip of images" if k == UPLOAD_OPTION else set_label(offered[k]),
+        help="The test sets found in the server's data folders ($ROUTESCOPE_DATA) that have images of this model's "
+        "classes, the bundled 500-image Fashion-MNIST subset, or a zip of your own images.",
+    )
+    if picked != UPLOAD_OPTION:
+        if picked == default:
+            st.query_params.pop("testset", None)
+        else:
+            st.query_params["testset"] = picked  # a link opens the same server test set
+        choice = _server_choice(picked, offered[picked])
+        images = images_for(model, choice)
+        if images is None:
+            st.error(f"{choice.label} could not be opened on this server; pick another test set.")
+            return None
+        return choice, images
+
+    st.query_params.pop("testset", None)
+    widget_zip = f"{key}-zip"
+    upload = right.file_uploader(
+        "A .zip of test images", key=widget_zip, on_change=_keep_zip, args=(widget_zip,), help=ZIP_HELP
+    )
+    if upload is not None and kept.get("upload", (None, None))[1] != upload.file_id:
+        data = upload.getvalue()
+        kept["upload"] = (upload.name, upload.file_id, data, archive_fingerprint(data))
+    if kept.get("upload") is None:
+        st.info(
+            "Upload a .zip of an ImageFolder tree (a folder per class, named after the model's classes) or of a "
+            "folder of images (unlabelled: routing and cost, no accuracy)."
+        )
+        return None
+    file_name, _, data, digest = kept["upload"]
+    if upload is None:
+        right.caption(f"Showing `{file_name}`, uploaded earlier; upload another zip to replace it.")
+    archive = _read_archive(digest, tuple(model.meta["classes"]), data)
+    if isinstance(archive, str):
+        st.error(f"{file_name}: {archive}")
+        return None
+    _archive_report(file_name, archive, model)
+    choice = SetChoice(UPLOAD_OPTION, file_name, upload=file_name, digest=digest)
+    return choice, _archive_images(digest, _meta_key(model.meta), archive, model.meta)
+
+
+def picture(images: ModelImages, index: int) -> np.ndarray:
+    """One test image as the model takes it ((H, W) or (H, W, 3) uint8), decoded on demand: a gallery reads only
+    the images it shows."""
+    return images[int(index)][0].permute(1, 2, 0).squeeze(-1).numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _picture_png(_images: ModelImages, fingerprint: str, meta_key: str, index: int) -> bytes:
+    """One test image, as the model takes it, as PNG bytes (decoded when first asked for)."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture(_images, index)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_names(images: ModelImages) -> list[str] | None:
+    """Each image's file, for the tables of an uploaded zip (its member names) or of a folder on the server (paths
+    under it); None for the data sets stored as arrays."""
+    data = images.data
+    if isinstance(data, ArchiveImages):
+        return [name for name, _ in data.archive.items]
+    if isinstance(data, ImageFolderImages):
+        paths = [path for path, _ in data.samples]
+        common = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
+        return [str(path.relative_to(common)) for path in paths]
+    return None
+
+
+def sample_pictures(
+    choice: SetChoice, images: ModelImages, per_class: int = 2, most: int = 40, unlabelled: int = 8
+) -> dict:
+    """A few images of each class of the chosen test set (the first ``unlabelled`` when it has no labels), as
+    ``{name: () -> PNG bytes}``: only the images picked are decoded."""
+    labels = [images.label_of(int(label)) for label in getattr(images.data, "labels", [])]
+    classes = images.meta["classes"]
+    picked: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        if label != UNLABELLED and len(picked.setdefault(label, [])) < per_class:
+            picked[label].append(i)
+    indices = sorted(i for group in picked.values() for i in group)[:most]
+    if not indices:
+        indices = list(range(min(len(images), unlabelled)))
+    prefix = choice.upload or choice.key
+    meta_key = _meta_key(images.meta)
+
+    def name(i: int) -> str:
+        label = labels[i] if i < len(labels) else UNLABELLED
+        return f"{prefix} #{i}" + (f" ({classes[label]})" if label != UNLABELLED else "")
+
+    return {name(i): functools.partial(_picture_png, images, images.fingerprint, meta_key, i) for i in indices}
+
+
+# --- tables, sweeps and static points of a test set, computed once ------------------------------------------------
+
+
 @st.cache_resource(max_entries=1)
 def _table_store() -> dict:
-    """Dataset tables shared by all sessions, keyed by (model, data set); bounded by ``_bounded_store``."""
+    """Dataset tables shared by all sessions, keyed by (model, test set); bounded by ``_bounded_store``. Under
+    it, the Parquet store of ``table_store`` keeps them across restarts."""
     return {}
 
 
@@ -286,30 +731,32 @@ def _key_lock(key) -> threading.Lock:
         return _key_locks.setdefault(key, threading.Lock())
 
 
-def test_sets() -> list[str]:
-    """The bundled subset always; the full Fashion-MNIST test set when its files are on this machine."""
-    return ["fashion-mnist-subset"] + (["fashion-mnist"] if find_fashion_mnist("test") else [])
+def tracing_text(progress: Progress) -> str:
+    """``Tracing N images… x% (about S s left)``: the progress bar's words."""
+    eta = progress.eta_s
+    left = "" if eta is None else f" (about {eta:,.0f} s left)" if eta < 120 else f" (about {eta / 60:,.0f} min left)"
+    return f"Tracing {progress.total:,} images… {progress.done / max(progress.total, 1):.0%}{left}"
 
 
-@st.cache_resource(show_spinner="Loading test images…", max_entries=4)
-def test_images(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return load_test_images(dataset)
-
-
-def cached_table(model: torch.nn.Module, dataset: str) -> pd.DataFrame:
-    """Trace a whole test set once (with a progress bar), then reuse it across reruns and sessions; each caller
-    gets its own copy (a page may add columns)."""
+def cached_table(model: torch.nn.Module, images: ModelImages) -> pd.DataFrame:
+    """The per-image table of ``model`` on ``images``: from memory, else from the Parquet store (traced once per
+    model and test set, across sessions and restarts), else traced in batches streamed from disk with a progress
+    bar and an ETA. Each caller gets its own copy (a page may add columns)."""
 
     def make() -> pd.DataFrame:
-        images, labels = test_images(dataset)
-        bar = st.progress(0.0, text=f"Tracing {len(images):,} test images…")
-        out = dataset_table(
-            model, images, labels, progress=lambda f: bar.progress(f, text=f"Tracing test images… {f:.0%}")
-        )
-        bar.empty()
+        bar = []
+
+        def show(progress: Progress) -> None:
+            if not bar:
+                bar.append(st.progress(0.0))
+            bar[0].progress(min(1.0, progress.done / max(progress.total, 1)), text=tracing_text(progress))
+
+        out = stored_table(model, images, progress=show)
+        if bar:
+            bar[0].empty()
         return out
 
-    return _bounded_store(_table_store(), ("table", model.cache_key, dataset), make, limit=64)
+    return _bounded_store(_table_store(), ("table", model.cache_key, images.fingerprint), make, limit=64)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -368,33 +815,31 @@ def _bounded_store(store: dict, key, make, limit: int = 32):
 
 @st.cache_resource(max_entries=1)
 def _sweep_store() -> dict:
-    """Knob sweeps and static points shared by all sessions, keyed by (model, data set, what)."""
+    """Knob sweeps and static points shared by all sessions, keyed by (model, test set, what)."""
     return {}
 
 
-def cached_sweep(model: torch.nn.Module, dataset: str, knob: str, values: tuple[float, ...]) -> pd.DataFrame:
-    """``knob_sweep`` over a test set, with a progress bar the first time, reused per (model, data set, values)."""
+def cached_sweep(model: torch.nn.Module, images: ModelImages, knob: str, values: tuple[float, ...]) -> pd.DataFrame:
+    """``knob_sweep`` over a test set (each value's table stored), with a progress bar the first time, reused per
+    (model, test set, knob, values)."""
 
     def make() -> pd.DataFrame:
-        images, labels = test_images(dataset)
-        bar = st.progress(0.0, text=f"Sweeping {knob} over {len(values)} values on {len(images):,} images…")
-        out = knob_sweep(
-            model, knob, values, images, labels, progress=lambda f: bar.progress(f, text=f"Sweeping {knob}… {f:.0%}")
-        )
+        text = f"Sweeping {knob} over {len(values)} values on {len(images):,} images…"
+        bar = st.progress(0.0, text=text)
+        out = knob_sweep(model, knob, values, images, progress=lambda f: bar.progress(f, text=f"{text} {f:.0%}"))
         bar.empty()
         return out
 
-    return _bounded_store(_sweep_store(), (model.cache_key, dataset, knob, values), make)
+    return _bounded_store(_sweep_store(), (model.cache_key, images.fingerprint, knob, values), make)
 
 
-def cached_static_points(model: torch.nn.Module, dataset: str) -> pd.DataFrame:
-    """The model's static variants (``evaluation_variants()``) on a test set, once per (model, data set)."""
+def cached_static_points(model: torch.nn.Module, images: ModelImages) -> pd.DataFrame:
+    """The model's static variants (``evaluation_variants()``) on a test set, once per (model, test set)."""
 
     def make() -> pd.DataFrame:
-        images, labels = test_images(dataset)
         bar = st.progress(0.0, text="Evaluating the static variants…")
-        out = static_points(model, images, labels, progress=lambda f: bar.progress(f, text=f"Static variants… {f:.0%}"))
+        out = static_points(model, images, progress=lambda f: bar.progress(f, text=f"Static variants… {f:.0%}"))
         bar.empty()
         return out
 
-    return _bounded_store(_sweep_store(), (model.cache_key, dataset, "static"), make)
+    return _bounded_store(_sweep_store(), (model.cache_key, images.fingerprint, "static"), make)

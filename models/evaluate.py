@@ -15,13 +15,11 @@ from pathlib import Path
 
 
 from . import checkpoint as ckpt
-from .manifest import write_manifest_entry
-from .errors import UsageError
-from .devices import add_device_argument, resolve_device
 from .data import DataNotFoundError, load_dataset
-
-
+from .devices import add_device_argument, resolve_device
+from .errors import UsageError
 from .evaluation import evaluate
+from .manifest import write_manifest_entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         dataset = args.dataset or model.meta.get("dataset")
         if not dataset:
             raise UsageError(f"{args.checkpoint}: its meta names no data set: pass --dataset")
+        if dataset == "folder":
+            raise UsageError(
+                "a plain folder of images has no labels, so no accuracy: its routing and cost are in "
+                "python -m analysis.table --dataset folder --data-dir DIR"
+            )
         data, info = load_dataset(dataset, "test", args.data_dir)
         if list(info.input_size) != list(model.meta["input_size"]):
             raise UsageError(

@@ -157,7 +157,9 @@ def test_compare_page_with_a_model_for_other_images(models_dir, tmp_path_factory
     at = page("compare")
     at.sidebar.radio[0].set_value("Upload a checkpoint").run()
     at.sidebar.file_uploader[0].set_value(("rgb.pt", path.read_bytes(), "application/octet-stream")).run()
-    assert not at.exception and "takes 3x32x32 inputs, the test images are 1x28x28" in at.error[0].value
+    assert not at.exception and not at.error, "the test images are converted to what the model takes (issue 27)"
+    table = at.dataframe[-1].value
+    assert len(table) == 500 and table["correct"].notna().all(), "its classes are Fashion-MNIST's: labelled"
 
 
 def test_inspect_side_by_side_and_across_models(models_dir):

@@ -15,24 +15,13 @@ from models import create_model
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import FASHION_MNIST
 
-from helpers import REPO, huge_png
+from helpers import REPO, TINY_META, huge_png
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    meta = {
-        "name": "tiny",
-        "method": "baseline",
-        "dataset": "fashion-mnist",
-        "classes": list(FASHION_MNIST.classes),
-        "input_size": [1, 28, 28],
-        "mean": [0.286],
-        "std": [0.353],
-        "dark_background": True,
-        "metrics": {},
-        "recipe": {},
-    }
+    meta = {**TINY_META, "metrics": {}}
     save_checkpoint(path, create_model("resnet8", in_chans=1), meta)
     return path
 

@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from analysis import inspect, sweep
 from analysis.core.catalog import PRETRAINED, sample_images
 from analysis.core.table import load_test_images
+from analysis.core.testsets import in_memory_test_set
 from models import create_model, load_checkpoint
 from models.trace import traced_forward
 
@@ -140,8 +141,9 @@ def test_knobs_at_their_default_reproduce_the_model():
     for name in ("skipnet_resnet20_fmnist_a0.75_fta6kd", "dsnet_resnet20_fmnist_grid4_hw6_long"):
         model = load_checkpoint(PRETRAINED / f"{name}.pt")
         ((knob, spec),) = model.knobs().items()
-        table = sweep.knob_sweep(model, knob, [spec["default"]], images[:200], labels[:200])
-        plain = sweep.knob_sweep(model, knob, [spec["default"]], images[:200], labels[:200])
+        test_set = in_memory_test_set(images[:200], labels[:200], model.meta)
+        table = sweep.knob_sweep(model, knob, [spec["default"]], test_set)
+        plain = sweep.knob_sweep(model, knob, [spec["default"]], test_set)
         _, trace = traced_forward(model, _normalized(model, images[:200]))
         assert table["macs_mean"][0] == pytest.approx(trace.macs.mean().item()) == pytest.approx(plain["macs_mean"][0])
 
@@ -155,10 +157,14 @@ def _normalized(model, images):
 def test_knobs_move_the_cost_monotonically():
     images, labels = load_test_images()
     model = load_checkpoint(PRETRAINED / "dsnet_resnet20_fmnist_grid4_hw6_long.pt")
-    table = sweep.knob_sweep(model, "width_bias", [-5, 0, 5], images[:100], labels[:100])
+    table = sweep.knob_sweep(
+        model, "width_bias", [-5, 0, 5], in_memory_test_set(images[:100], labels[:100], model.meta)
+    )
     assert table["macs_mean"].is_monotonic_increasing and table["macs_mean"].iloc[0] < table["macs_mean"].iloc[-1]
     skipnet = load_checkpoint(SKIPNET)
-    table = sweep.knob_sweep(skipnet, "threshold", [0.0, 0.5, 1.0], images[:100], labels[:100])
+    table = sweep.knob_sweep(
+        skipnet, "threshold", [0.0, 0.5, 1.0], in_memory_test_set(images[:100], labels[:100], skipnet.meta)
+    )
     assert table["macs_mean"].is_monotonic_decreasing and table["macs_mean"].iloc[0] > table["macs_mean"].iloc[-1]
 
 

@@ -175,50 +175,22 @@ def test_every_app_cache_is_bounded():
                     assert isinstance(dec, ast.Call) and any(k.arg == "max_entries" for k in dec.keywords), node.name
 
 
-def test_dataset_table_computed_once_and_copied_per_session(monkeypatch):
-    from app import resources
-
-    resources._table_store.clear()
-    calls = []
-
-    def slow_table(model, images, labels, progress=None):
-        calls.append(1)
-        time.sleep(0.3)
-        return pd.DataFrame({"label": [1, 2, 3]})
-
-    monkeypatch.setattr(resources, "dataset_table", slow_table)
-    monkeypatch.setattr(resources, "test_images", lambda dataset: (torch.zeros(3, 1, 2, 2), torch.zeros(3)))
-    model = torch.nn.Identity()
-    model.cache_key = "fake@1"
-    got = []
-    threads = [
-        threading.Thread(target=lambda: got.append(resources.cached_table(model, "fashion-mnist-subset")))
-        for _ in range(4)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(calls) == 1 and len(got) == 4
-    assert len({id(t) for t in got}) == 4  # no two sessions hold the same object
-    got[0]["label"] = 0
-    assert list(resources.cached_table(model, "fashion-mnist-subset")["label"]) == [1, 2, 3]
-    resources._table_store.clear()
-
-
 def test_figure_context_is_safe_to_share(monkeypatch):
     from analysis.core import figures
 
     calls = []
 
-    def slow_table(model, images, labels):
+    def slow_table(model, images):
         calls.append(1)
         time.sleep(0.3)
         return pd.DataFrame({"x": [1.0]})
 
-    monkeypatch.setattr(figures, "dataset_table", slow_table)
-    monkeypatch.setattr(figures, "load_checkpoint", lambda path, **kwargs: torch.nn.Identity())
-    context = figures.FigureContext({"m": Path("m.pt")}, _images=(torch.zeros(1), torch.zeros(1)))
+    monkeypatch.setattr(figures, "stored_table", slow_table)
+    model = torch.nn.Identity()
+    model.meta = {}
+    monkeypatch.setattr(figures, "load_checkpoint", lambda path, **kwargs: model)
+    monkeypatch.setattr(figures, "open_test_set", lambda test_set, meta: "images")
+    context = figures.FigureContext({"m": Path("m.pt")}, dataset="fashion-mnist-subset")
     got = []
     threads = [threading.Thread(target=lambda: got.append(context.table("m"))) for _ in range(4)]
     for t in threads:

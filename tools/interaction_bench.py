@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from analysis.core.table import load_test_images
 from analysis.core.trace import trace_batch
 from analysis.core.tradeoff import knob_values
 from analysis.core.sweeps import knob_sweep
+from analysis.core.testsets import in_memory_test_set
 from models.checkpoint import load_checkpoint
 
 MODELS = ("skipnet_resnet20_fmnist_a0.75_fta6kd", "dsnet_resnet20_fmnist")
@@ -63,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         knob = next(iter(model.knobs()))
         start = time.perf_counter()
-        knob_sweep(model, knob, knob_values(model, knob, args.values), images, labels)
+        with tempfile.TemporaryDirectory() as store:  # traced afresh, not read from the table store
+            test_set = in_memory_test_set(images, labels, model.meta)
+            knob_sweep(model, knob, knob_values(model, knob, args.values), test_set, root=Path(store))
         print(
             f"{name}: {args.values}-value {knob} sweep over {len(images)} images {time.perf_counter() - start:.2f} s "
             "(target < 10 s)"

@@ -8,21 +8,27 @@ from those bytes by ``images.open_image``, one at a time, under the same limits 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
 import stat
+import threading
 import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from models.data import ImageFolderImages
+from models.preprocess import to_pixels
 
 from .images import MAX_BYTES, MAX_PIXELS, ImageError, open_image
+from .testsets import UNLABELLED, ModelImages
 
 IMAGE_EXTENSIONS = ImageFolderImages.EXTENSIONS  # what counts as an image file here is what training reads
 # a member below this size cannot bomb anything; above it a ratio over the limit is refused (a flat-colour
@@ -265,3 +271,36 @@ def read_image_archive(
         raise
     layout = "imagefolder" if classes_found else "flat"
     return ArchiveTestSet(layout, items, classes_found, skipped, unmatched, data, kept, limits, zf)
+
+
+class ArchiveImages(Dataset):
+    """An archive's images as the model described by ``meta`` takes them, decoded one at a time when asked for
+    (``models.preprocess.to_pixels``); the label is the model's class index, -1 for an unlabelled image."""
+
+    _reading = threading.Lock()  # an archive holds one open zip file: threads read its members one at a time
+
+    def __init__(self, archive: ArchiveTestSet, meta: dict) -> None:
+        self.archive, self.meta = archive, meta
+        self.labels = torch.tensor([UNLABELLED if label is None else label for _, label in archive.items])
+
+    def __len__(self) -> int:
+        return len(self.archive)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        name = self.archive.items[i][0]
+        with self._reading:
+            data = self.archive.image_bytes(i)
+        pixels, _, _ = to_pixels(open_image(data, name), self.meta)
+        return pixels, int(self.labels[i])
+
+
+def archive_test_set(archive: ArchiveTestSet, meta: dict, fingerprint: str) -> ModelImages:
+    """An archive read with ``meta["classes"]`` as a test set (``stored_table``, sweeps, ...); ``fingerprint``
+    identifies the archive's content (``archive_fingerprint`` of its bytes)."""
+    classes = tuple(meta["classes"])
+    return ModelImages(ArchiveImages(archive, meta), list(range(len(classes))), meta, fingerprint, classes)
+
+
+def archive_fingerprint(data: bytes) -> str:
+    """What identifies an uploaded archive: the SHA-256 of its bytes (16 hex digits, as other test sets)."""
+    return hashlib.sha256(data).hexdigest()[:16]

@@ -23,7 +23,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from analysis.core.table import dataset_table, easy_and_hard, load_test_images  # noqa: E402
+from analysis.core.table import easy_and_hard, load_test_images  # noqa: E402
+from analysis.core.table_store import stored_frame, stored_table  # noqa: E402
+from analysis.core.testsets import ModelImages, TestSet, in_memory_test_set, open_test_set  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.data import find_fashion_mnist  # noqa: E402
 
@@ -93,6 +95,7 @@ class FigureContext:
     _models: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     _images: tuple | None = None
+    _test_images: dict = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def caption(self, spec: "FigureSpec") -> str:
@@ -115,10 +118,28 @@ class FigureContext:
                 self._images = load_test_images(self.dataset, self.data_dir)
             return self._images
 
+    def test_images(self, name: str) -> ModelImages:
+        """The test set as model ``name`` takes it (its size, channels and classes)."""
+        with self._lock:
+            if name not in self._test_images:
+                meta = self.model(name).meta
+                self._test_images[name] = (
+                    in_memory_test_set(*self._images, meta, self.dataset)  # images given to the context
+                    if self._images is not None
+                    else open_test_set(TestSet(self.dataset, self.data_dir), meta)
+                )
+            return self._test_images[name]
+
+    def stored(self, name: str, what: str, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """A data-set level result of model ``name`` (``what``: its name and parameters) made once, across runs."""
+        return stored_frame(self.model(name), self.test_images(name), what, make)
+
     def table(self, name: str) -> pd.DataFrame:
+        """Model ``name``'s per-image table, from the table store (traced once per model and test set, across
+        runs: a second ``python -m analysis.figures`` reads them)."""
         with self._lock:
             if name not in self._tables:
-                self._tables[name] = dataset_table(self.model(name), *self.images())
+                self._tables[name] = stored_table(self.model(name), self.test_images(name))
             return self._tables[name].copy()
 
 

@@ -5,46 +5,48 @@ the same images. The model is never changed: the value travels in the trace of e
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
 import torch
-from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from models.devices import model_device
-from models.evaluation import accuracy_and_macs
+from analysis.core.table_store import stored_table
+from analysis.core.testsets import ModelImages
 from models.trace import check_interventions
+
+COLUMNS = ["value", "accuracy", "macs_mean", "macs_min", "macs_max"]
 
 
 def knob_sweep(
     model: torch.nn.Module,
     knob: str,
     values: Sequence[float],
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    images: ModelImages,
     progress: Callable[[float], None] | None = None,
     bar: bool = False,
+    root: Path | None = None,
 ) -> pd.DataFrame:
-    """One row per value: ``value, accuracy, macs_mean, macs_min, macs_max``; ``progress(fraction)`` after each."""
+    """One row per value: ``value, accuracy, macs_mean, macs_min, macs_max``; ``progress(fraction)`` after each.
+    Each value's per-image table is stored (``table_store``), so a value is traced once per test set; accuracy is
+    over the labelled images (NaN when none is)."""
     for value in values:
         check_interventions(model, None, {knob: value})
-    data = TensorDataset(images, labels)
-    device = model_device(model)
     rows = []
     for i, value in enumerate(tqdm(values, desc=f"sweep {knob}", disable=not bar)):
-        correct, macs = accuracy_and_macs(
-            model, data, model.meta["mean"], model.meta["std"], device, progress=False, knobs={knob: float(value)}
-        )
+        table = stored_table(model, images, knobs={knob: float(value)}, root=root)
+        correct = table["correct"].dropna()
         rows.append(
             {
                 "value": float(value),
-                "accuracy": correct.float().mean().item(),
-                "macs_mean": macs.mean().item(),
-                "macs_min": macs.min().item(),
-                "macs_max": macs.max().item(),
+                "accuracy": float(correct.mean()) if len(correct) else math.nan,
+                "macs_mean": float(table["macs"].mean()),
+                "macs_min": float(table["macs"].min()),
+                "macs_max": float(table["macs"].max()),
             }
         )
         if progress is not None:
             progress((i + 1) / len(values))
-    return pd.DataFrame(rows, columns=["value", "accuracy", "macs_mean", "macs_min", "macs_max"])
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -27,6 +27,7 @@ from analysis.core.testsets import ModelImages
 from models.data import collate_batch
 
 CHUNK = 2048  # images per Parquet part: what a killed build loses at most, and the rows held in memory
+LAYOUT = 1  # the rows' layout: raise it when a table's columns or their meaning change, so old tables are not read
 
 
 def cache_root() -> Path:
@@ -36,16 +37,16 @@ def cache_root() -> Path:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of the architecture, its config and every weight and buffer (kept on the model after the first call:
-    a loaded model's weights do not change)."""
+    """A hash of the architecture, its config, every weight and buffer, and what the table reads from the meta
+    (classes, input size, normalization, crop): kept on the model after the first call (a loaded model's weights
+    and meta do not change)."""
     cached = getattr(model, "_routescope_fingerprint", None)
     if cached:
         return cached
-    digest = hashlib.sha256(
-        json.dumps(
-            [getattr(model, "arch", type(model).__name__), getattr(model, "config", {})], sort_keys=True, default=str
-        ).encode()
-    )
+    meta = getattr(model, "meta", {})
+    reads = {k: meta.get(k) for k in ("classes", "input_size", "mean", "std", "crop_pct", "dark_background")}
+    identity = [getattr(model, "arch", type(model).__name__), getattr(model, "config", {}), reads]
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
@@ -62,7 +63,8 @@ def table_path(
     model: torch.nn.Module, images: ModelImages, knobs: dict | None = None, root: Path | None = None
 ) -> Path:
     """Where the table of ``model`` on ``images`` with ``knobs`` is stored."""
-    return (root or cache_root()) / model_fingerprint(model) / images.fingerprint / f"{knobs_key(knobs)}.parquet"
+    folder = (root or cache_root()) / f"v{LAYOUT}" / model_fingerprint(model) / images.fingerprint
+    return folder / f"{knobs_key(knobs)}.parquet"
 
 
 @dataclass
@@ -140,6 +142,20 @@ def merge_parts(model: torch.nn.Module, images: ModelImages, out: Path, chunk: i
     _write_atomic(table, out)
     shutil.rmtree(parts, ignore_errors=True)
     return table
+
+
+def stored_frame(
+    model: torch.nn.Module, images: ModelImages, what: str, make: Callable[[], pd.DataFrame], root: Path | None = None
+) -> pd.DataFrame:
+    """Any other data-set level result of ``model`` on ``images`` (a static-width table, a threshold sweep), made by
+    ``make()`` once and stored beside its tables under the name ``what``."""
+    out = table_path(model, images, root=root).with_name(f"{what}.parquet")
+    if out.exists():
+        return pd.read_parquet(out)
+    frame = make()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(frame, out)
+    return frame
 
 
 def stored_table(

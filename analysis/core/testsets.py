@@ -75,6 +75,10 @@ class ModelImages(Dataset):
     def label_of(self, source_label: int) -> int:
         return self.labels[source_label] if 0 <= source_label < len(self.labels) else UNLABELLED
 
+    def model_labels(self) -> torch.Tensor:
+        """Every image's label in the model's classes (-1: unlabelled), without decoding an image."""
+        return torch.tensor([self.label_of(int(label)) for label in self.data.labels], dtype=torch.long)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.data[i]
         if tuple(image.shape) != self.shape:  # e.g. Fashion-MNIST for a CIFAR model: the upload conversion
@@ -91,6 +95,16 @@ def _fingerprint(name: str, files: list[Path]) -> str:
         stat = path.stat()
         digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def in_memory_test_set(images: torch.Tensor, labels: torch.Tensor, meta: dict, name: str = "images") -> ModelImages:
+    """Images already in memory (uint8 N x C x H x W, labels in the model's classes) as a test set; its fingerprint
+    hashes the pixels and labels."""
+    digest = hashlib.sha256(name.encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    digest.update(labels.long().contiguous().numpy().tobytes())
+    classes = tuple(meta["classes"])
+    return ModelImages(TensorImages(images, labels), list(range(len(classes))), meta, digest.hexdigest()[:16], classes)
 
 
 def open_test_set(test_set: TestSet, meta: dict) -> ModelImages:

@@ -5,15 +5,16 @@ Shared by the Compare page (plotly) and ``python -m analysis.figures`` (matplotl
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from torch.utils.data import TensorDataset
 
 from analysis.core.charts import COMPACT
+from analysis.core.testsets import ModelImages
 from models.evaluation import accuracy_and_macs
 from models.protocol import RouteScopeModel
 
@@ -30,23 +31,19 @@ def knob_values(
 
 
 def static_points(
-    model: RouteScopeModel, images: torch.Tensor, labels: torch.Tensor, progress: Callable[[float], None] | None = None
+    model: RouteScopeModel, images: ModelImages, progress: Callable[[float], None] | None = None
 ) -> pd.DataFrame:
-    """Accuracy and mean MACs of each of the model's ``evaluation_variants()`` on the same images (none: empty)."""
+    """Accuracy (over the labelled images) and mean MACs of each of the model's ``evaluation_variants()`` on the
+    same images (none: empty)."""
     variants = model.evaluation_variants()
     device = next(model.parameters()).device
-    data = TensorDataset(images, labels)
+    labelled = images.model_labels() >= 0
     rows = []
     for i, (label, forward) in enumerate(variants.items()):
-        correct, macs = accuracy_and_macs(forward, data, model.meta["mean"], model.meta["std"], device, progress=False)
-        rows.append(
-            {
-                "label": label,
-                "kind": "static variant",
-                "accuracy": correct.float().mean().item(),
-                "macs_mean": macs.mean().item(),
-            }
-        )
+        mean, std = model.meta["mean"], model.meta["std"]
+        correct, macs = accuracy_and_macs(forward, images, mean, std, device, progress=False)
+        accuracy = correct[labelled].float().mean().item() if labelled.any() else math.nan
+        rows.append({"label": label, "kind": "static variant", "accuracy": accuracy, "macs_mean": macs.mean().item()})
         if progress is not None:
             progress((i + 1) / len(variants))
     return pd.DataFrame(rows, columns=POINTS)
@@ -137,9 +134,9 @@ def knob_tradeoff(context, method: str, count: int = 5):
     name = main_model(context, method)
     model = context.model(name)
     knob = next(iter(model.knobs()))
-    images, labels = context.images()
-    curve = knob_sweep(model, knob, knob_values(model, knob, count), images, labels)
-    rows = static_points(model, images, labels).to_dict("records")
+    images = context.test_images(name)
+    curve = knob_sweep(model, knob, knob_values(model, knob, count), images)
+    rows = context.stored(name, "static-points", lambda: static_points(model, images)).to_dict("records")
     rows += [table_point(n, "dense", context.table(n)) for n in matching_baselines(context.models("baseline"), model)]
     rows += [table_point(n, f"other {method} models", context.table(n)) for n in context.models(method) if n != name]
     others = pd.DataFrame(rows, columns=POINTS)

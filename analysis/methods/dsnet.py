@@ -205,7 +205,7 @@ def grouped_bars(ax: plt.Axes, data: pd.DataFrame, horizontal: bool = False) -> 
 def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
     figure, ax = plt.subplots(figsize=(4.8, 3.2))
     for color, (name, model) in zip(plt.cm.tab10.colors, context.models("dsnet").items()):
-        static = static_width_table(model, *context.images())
+        static = context.stored(name, "static-widths", lambda: static_width_table(model, *context.images()))
         ax.plot(static["macs"] / 1e6, static["accuracy"] * 100, "o-", color=color, alpha=0.7, label=f"{name} static")
         for _, row in static.iterrows():
             ax.annotate(

@@ -210,7 +210,7 @@ def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
     figure, ax = plt.subplots(figsize=(4.8, 3.2))
     images, labels = context.images()
     for color, (name, model) in zip(plt.cm.tab10.colors, context.models("early_exit").items()):
-        sweep = threshold_sweep(model, images, labels)
+        sweep = context.stored(name, "threshold-sweep", lambda: threshold_sweep(model, images, labels))
         ax.plot(sweep["macs"] / 1e6, sweep["accuracy"] * 100, "o-", color=color, label=f"{name} thresholds")
         for _, row in sweep.iterrows():
             ax.annotate(
@@ -220,7 +220,7 @@ def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
                 xytext=(3, -8),
                 textcoords="offset points",
             )
-        static = static_exits(model, images, labels)
+        static = context.stored(name, "static-exits", lambda: static_exits(model, images, labels))
         ax.plot(
             static["macs"] / 1e6, static["accuracy"] * 100, "x--", color=color, alpha=0.6, label=f"{name} static exits"
         )

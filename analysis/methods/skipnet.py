@@ -178,7 +178,7 @@ def blocks_per_class_figure(context: FigureContext) -> plt.Figure:
 )
 def input_scale_figure(context: FigureContext) -> plt.Figure:
     name = main_skipnet(context)
-    response = scale_response(context.model(name), *context.images())
+    response = context.stored(name, "scale-response", lambda: scale_response(context.model(name), *context.images()))
     figure, ax = plt.subplots(figsize=(4.5, 2.8))
     ax.plot(response["scale"], response["blocks_executed"], "o-", color="tab:blue")
     ax.set_xlabel("object scale")

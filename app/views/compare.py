@@ -19,10 +19,12 @@ from app.resources import (
     cached_static_points,
     cached_table,
     choose_model,
+    choose_test_set,
+    image_names,
+    images_for,
     load_bundled,
+    picture,
     show_model,
-    test_images,
-    test_sets,
 )
 from analysis.core.catalog import bundled_checkpoints
 
@@ -33,31 +35,59 @@ model = choose_model()
 if model is None:
     st.stop()
 show_model(model)
-dataset = st.selectbox(
-    "Test images", test_sets(), help="The bundled 500-image subset, or the full test set when installed."
-)
-images, _ = test_images(dataset)
-if list(images.shape[1:]) != list(model.meta["input_size"]):  # e.g. an uploaded CIFAR checkpoint
-    st.error(
-        f"`{model.meta['name']}` takes {'x'.join(map(str, model.meta['input_size']))} inputs, the test images "
-        f"are {'x'.join(map(str, images.shape[1:]))}: there is nothing to compare on."
-    )
+chosen = choose_test_set(model)
+if chosen is None:
     st.stop()
-full_table = cached_table(model, dataset)
+choice, images = chosen
+full_table = cached_table(model, images)
+names = image_names(images)
+if names is not None:  # which file each row is (a zip's member, a file under the server's folder)
+    full_table.insert(0, "file", [names[i] for i in full_table.index])
+labelled = int(full_table["correct"].notna().sum())
+NO_LABELS = "no labels for this model's classes: routing and cost only, no accuracy"
+# without labels, the views per class group the images by the class the model predicts
+by_class = (
+    full_table
+    if labelled
+    else full_table.assign(**{"class": pd.Categorical(full_table["predicted"], categories=list(model.meta["classes"]))})
+)
+
+
+def accuracy_text(subset: pd.DataFrame) -> str:
+    """Accuracy over the labelled images of ``subset`` (unlabelled ones are skipped), or a dash."""
+    known = subset["correct"].dropna()
+    return f"{known.astype(float).mean() * 100:.0f}%" if len(known) else "–"
 
 
 def gallery(subset: pd.DataFrame) -> None:
+    """The images of ``subset``, decoded only now (a big test set is never held in memory)."""
     st.image(
-        [images[i].permute(1, 2, 0).squeeze(-1).numpy() for i in subset.index],
-        caption=[f"{row['class']} → {row['predicted']} · {row['macs'] / 1e6:.1f}M" for _, row in subset.iterrows()],
+        [picture(images, i) for i in subset.index],
+        caption=[
+            (f"{row['class']} → " if isinstance(row["class"], str) else "? → ")
+            + f"{row['predicted']} · {row['macs'] / 1e6:.1f}M"
+            for _, row in subset.iterrows()
+        ],
         width=84,
     )
 
 
 a, b, c = st.columns(3)
-a.metric("Accuracy", f"{full_table['correct'].mean() * 100:.2f}%", f"{len(full_table):,} images", delta_color="off")
+if labelled:
+    accuracy = full_table["correct"].dropna().astype(float).mean()
+    counted = f"{len(full_table):,} images" + (f", {labelled:,} labelled" if labelled < len(full_table) else "")
+    a.metric("Accuracy", f"{accuracy * 100:.2f}%", counted, delta_color="off")
+else:
+    a.metric("Accuracy", "–", f"{len(full_table):,} images, none labelled", delta_color="off")
 b.metric("Mean MACs / image", f"{full_table['macs'].mean() / 1e6:.2f} M")
 c.metric("MACs range", f"{full_table['macs'].min() / 1e6:.2f} – {full_table['macs'].max() / 1e6:.2f} M")
+if not labelled:
+    st.info(f"{choice.label}: {NO_LABELS}. The views per class group the images by predicted class.")
+elif labelled < len(full_table):
+    st.caption(
+        f"Accuracy is over the {labelled:,} labelled images; the other {len(full_table) - labelled:,} count "
+        "for routing and cost only."
+    )
 
 table = full_table
 st.subheader("Routing patterns")
@@ -67,7 +97,9 @@ if "pattern" not in full_table.columns:
         "routing patterns or decision map."
     )
 else:
-    patterns = pattern_summary(full_table)
+    patterns = pattern_summary(by_class)
+    if not labelled:
+        patterns = patterns.drop(columns="accuracy").rename(columns={"classes": "predicted classes"})
     st.caption(
         f"{len(patterns):,} distinct paths (each decision's signature concatenated: skip bits, width per stage, "
         "dominant expert per block, exit taken). Pick one to filter the galleries and the per-image table."
@@ -100,16 +132,21 @@ else:
     if coords is None:
         st.caption("Every image decided alike: there is no decision map to draw.")
     else:
-        colour = st.radio("Colour the map by", ["MACs", "class", "correct"], horizontal=True, key="map-colour")
-        frame = full_table[["class", "predicted", "correct", "macs", "pattern"]].join(coords).reset_index()
-        frame["MACs"], frame["correct"] = frame["macs"] / 1e6, frame["correct"].map({True: "correct", False: "wrong"})
+        colours = ["MACs", "class", "correct"] if labelled else ["MACs", "predicted"]
+        colour = st.radio("Colour the map by", colours, horizontal=True, key="map-colour")
+        file = ["file"] if names is not None else []
+        frame = full_table[[*file, "class", "predicted", "correct", "macs", "pattern"]].join(coords).reset_index()
+        frame["MACs"], frame["correct"] = (
+            frame["macs"] / 1e6,
+            frame["correct"].map({True: "correct", False: "wrong"}).fillna("unlabelled"),
+        )
         explained = coords.attrs["explained"]
         figure = px.scatter(
             frame,
             x="pc1",
             y="pc2",
             color=colour,
-            hover_data=["index", "class", "predicted", "pattern", "MACs"],
+            hover_data=["index", *file, "class", "predicted", "pattern", "MACs"],
             custom_data=["index"],
             title=f"Decision map: PCA of the decision vectors "
             f"({explained[0]:.0%} + {explained[1]:.0%} of the variance)",
@@ -131,12 +168,12 @@ k = st.slider("Images per gallery", 4, 16, 8)
 for title, subset in zip(("Easy", "Hard"), easy_and_hard(table, k)):
     st.markdown(
         f"**{title}** · mean brightness {subset['brightness'].mean():.3f} · contrast {subset['contrast'].mean():.3f} · "
-        f"MACs {subset['macs'].mean() / 1e6:.2f} M · accuracy {subset['correct'].mean() * 100:.0f}%"
+        f"MACs {subset['macs'].mean() / 1e6:.2f} M · accuracy {accuracy_text(subset)}"
     )
     gallery(subset)
 
-st.subheader("Cost per class")
-cost = per_class_cost(full_table).reset_index()
+st.subheader("Cost per class" if labelled else "Cost per predicted class")
+cost = per_class_cost(by_class).reset_index()
 st.plotly_chart(
     px.bar(
         cost,
@@ -144,18 +181,18 @@ st.plotly_chart(
         y="macs_mean",
         error_y=cost["macs_max"] - cost["macs_mean"],
         error_y_minus=cost["macs_mean"] - cost["macs_min"],
-        hover_data=["accuracy", "images"],
+        hover_data=["accuracy", "images"] if labelled else ["images"],
         labels={"macs_mean": "mean MACs"},
     ),
     key="per-class",
 )
 
-for i, section in enumerate(compare_sections(full_table)):  # what each decision kind of this model offers
+for i, section in enumerate(compare_sections(by_class)):  # what each decision kind of this model offers
     show_section(section, key=f"section-{i}")
 
 knobs = model.knobs() if hasattr(model, "knobs") else {}
 if knobs:
-    st.subheader("Knob sweep: accuracy vs MACs")
+    st.subheader("Knob sweep: accuracy vs MACs" if labelled else "Knob sweep: MACs per value")
     left, middle, right = st.columns([2, 1, 3])
     knob = left.selectbox("Knob", list(knobs), key="sweep-knob", help=knobs[next(iter(knobs))]["help"])
     spec = knobs[knob]
@@ -167,34 +204,41 @@ if knobs:
         (float(spec["low"]), float(spec["high"])),
         key=f"sweep-range-{knob}",
     )
-    others_too = st.checkbox(
+    others_too = labelled and st.checkbox(  # points on the accuracy axis: only with labels
         "Add the other bundled models of this method (traces each one's test set)", value=True, key="sweep-others"
     )
     if st.toggle(f"Sweep {knob} over {int(count)} values on {len(images):,} images", key="sweep-run"):
         values = tuple(knob_values(model, knob, int(count), low, high))
-        curve = cached_sweep(model, dataset, knob, values)
-        rows = cached_static_points(model, dataset).to_dict("records")
-        bundled = {name: load_bundled(name) for name in bundled_checkpoints()}
-        baselines = {n: m for n, m in bundled.items() if m.meta["method"] == "baseline"}
-        rows += [
-            table_point(n, "dense", cached_table(m, dataset)) for n, m in matching_baselines(baselines, model).items()
-        ]
-        if others_too:
-            rows += [
-                table_point(n, f"other {model.meta['method']} models", cached_table(m, dataset))
-                for n, m in bundled.items()
-                if m.meta["method"] == model.meta["method"] and m.cache_key != model.cache_key
-            ]
-        trained = table_point(f"trained ({knob}={spec['default']:g})", "trained", full_table)
-        figure = tradeoff_figure(
-            curve,
-            knob,
-            trained,
-            pd.DataFrame(rows, columns=POINTS),
-            f"Knob sweep: {model.meta['name']}, {knob} on {dataset}",
-        )
-        st.plotly_chart(figure, key="sweep")
-        st.dataframe(curve, hide_index=True)
+        curve = cached_sweep(model, images, knob, values)
+        if not labelled:  # nothing to put on the accuracy axis: what each value costs
+            st.caption(f"{choice.label}: {NO_LABELS}. The sweep's cost per value:")
+            st.dataframe(curve.drop(columns="accuracy"), hide_index=True)
+        else:
+            rows = cached_static_points(model, images).to_dict("records")
+            bundled = {name: load_bundled(name) for name in bundled_checkpoints()}
+            baselines = {n: m for n, m in bundled.items() if m.meta["method"] == "baseline"}
+            others = list(matching_baselines(baselines, model).items())
+            if others_too:
+                others += [
+                    (n, m)
+                    for n, m in bundled.items()
+                    if m.meta["method"] == model.meta["method"] and m.cache_key != model.cache_key
+                ]
+            for n, m in others:  # each on the same test images, as that model takes them
+                theirs = images_for(m, choice)
+                if theirs is not None and theirs.labelled:
+                    kind = "dense" if m.meta["method"] == "baseline" else f"other {model.meta['method']} models"
+                    rows.append(table_point(n, kind, cached_table(m, theirs)))
+            trained = table_point(f"trained ({knob}={spec['default']:g})", "trained", full_table)
+            figure = tradeoff_figure(
+                curve,
+                knob,
+                trained,
+                pd.DataFrame(rows, columns=POINTS),
+                f"Knob sweep: {model.meta['name']}, {knob} on {choice.label}",
+            )
+            st.plotly_chart(figure, key="sweep")
+            st.dataframe(curve, hide_index=True)
 
 st.subheader("Per-image table")
 if table is not full_table:
@@ -203,7 +247,6 @@ st.dataframe(table, height=300)
 parquet = io.BytesIO()
 table.to_parquet(parquet)
 left, right = st.columns(2)
-left.download_button("Download CSV", table.to_csv().encode(), f"{model.meta['name']}_{dataset}.csv", "text/csv")
-right.download_button(
-    "Download Parquet", parquet.getvalue(), f"{model.meta['name']}_{dataset}.parquet", "application/octet-stream"
-)
+stem = f"{model.meta['name']}_{choice.slug.removesuffix('.zip')}"
+left.download_button("Download CSV", table.to_csv().encode(), f"{stem}.csv", "text/csv")
+right.download_button("Download Parquet", parquet.getvalue(), f"{stem}.parquet", "application/octet-stream")

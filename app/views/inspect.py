@@ -18,7 +18,7 @@ from app.components import (
     restore_view,
     share_view,
 )
-from app.resources import choose_model, chosen_bundled_name, load_bundled, show_model
+from app.resources import chosen_test_set, choose_model, chosen_bundled_name, load_bundled, sample_pictures, show_model
 from analysis.core.catalog import bundled_checkpoints, sample_images
 
 st.title("Inspect")
@@ -27,12 +27,15 @@ if model is None:
     st.stop()
 show_model(model)
 
+chosen = chosen_test_set(model)  # the test set chosen on Compare (or the model's default): a few images per class
+extra = sample_pictures(*chosen) if chosen is not None else {}
+
 mode = st.radio("View", ["Images", "Side by side", "Across all bundled models"], horizontal=True, key="inspect-mode")
 
 if mode == "Images":
     forget_interventions_of_another_model(model)
     restore_view(model)
-    inputs = pick_images("inspect")
+    inputs = pick_images("inspect", extra=extra)
     if not inputs:
         st.info("Pick a sample image or upload one.")
     for i, (name, data) in enumerate(inputs):
@@ -53,11 +56,11 @@ elif mode == "Side by side":
     columns = st.columns(2)
     for i, column in enumerate(columns):
         with column:
-            inputs = pick_images(f"side{i}", multiple=False)
+            inputs = pick_images(f"side{i}", multiple=False, extra=extra)
             if inputs:
                 image_report(model, *inputs[0], key=f"side{i}", compact=True)
 else:
-    inputs = pick_images("across", multiple=False)
+    inputs = pick_images("across", multiple=False, extra=extra)
     if inputs:
         for name in bundled_checkpoints():
             with st.container(border=True):
