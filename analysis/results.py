@@ -400,6 +400,32 @@ def models_table(names: list[str], manifest_path: Path = PRETRAINED / "manifest.
     return "\n".join(lines)
 
 
+def table_bench(path: Path) -> str:
+    """The per-image table's speed and memory (``python -m tools.table_bench --save``), or how to measure it."""
+    record = saved_bench(path)
+    if record is None:
+        return "_Not measured yet: run `python -m tools.table_bench --save models/pretrained/table_bench.json`._"
+    lines = [
+        "| test set | model | images | images/s | first batch | peak RSS | DataLoader workers' peak RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"fmnist": "Fashion-MNIST test set", "photos": "ImageFolder of 224x224 JPEGs"}
+    for r in record["rows"]:
+        workers = f"{r['peak_worker_rss_mb']:,} MB ({r['workers']} workers)" if r["workers"] else "none"
+        lines.append(
+            f"| {names.get(r['run'], r['run'])} | `{r['model']}` | {r['images']:,} | {r['images_per_s']:,.1f} "
+            f"| {r['first_batch_s']:.2f} s | {r['peak_rss_mb']:,} MB | {workers} |"
+        )
+    return "\n".join(
+        [
+            *lines,
+            "",
+            f"Measured by `{record['command']}` on {record['machine']} (torch {record['torch']}), "
+            f"{record['date']}, {r['threads']} threads; each run in its own process, into an empty store.",
+        ]
+    )
+
+
 def block_text(key: str, folder: Path = PRETRAINED) -> str:
     """The generated text of one block: ``results``, ``featured``, ``speed`` (``bench.json``), ``speed:paper``
     (``bench_paper.json``), ``speed:targets``, ``seeds``,
@@ -414,6 +440,7 @@ def block_text(key: str, folder: Path = PRETRAINED) -> str:
         "models": lambda: models_table(arg.split(","), manifest),
         "frontier": lambda: frontier_table(arg.split(","), manifest),
         "comparison": lambda: comparison_table(arg, folder),
+        "table-bench": lambda: table_bench(folder / "table_bench.json"),
         "speed": lambda: (
             speed_targets(folder) if arg == "targets" else speed_table(folder / f"bench{'_' + arg if arg else ''}.json")
         ),

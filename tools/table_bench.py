@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding the JPEGs")
     p.add_argument("--data-dir", default=os.environ.get("ROUTESCOPE_DATA"), help="where Fashion-MNIST is")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--save", type=Path, help="also write the rows with command, machine and date (for docs/data.md)")
     p.add_argument("--one", choices=["fmnist", "photos"], help=argparse.SUPPRESS)  # a child run
     p.add_argument("--store", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -130,6 +131,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(done.stderr, file=sys.stderr)
                 return done.returncode
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    if args.save:
+        import datetime as dt
+        import platform
+
+        import torch
+
+        record = {
+            "date": dt.date.today().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+            "torch": torch.__version__,
+            "command": "python -m tools.table_bench " + " ".join(argv or sys.argv[1:]),
+            "rows": rows,
+        }
+        args.save.write_text(json.dumps(record, indent=2) + "\n")
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
