@@ -8,6 +8,7 @@ import base64
 import hashlib
 import io
 import json
+import pickle
 import struct
 import zlib
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from models.data import FASHION_MNIST
+from models.data import CIFAR10, FASHION_MNIST
 
 if TYPE_CHECKING:
     from streamlit.testing.v1 import AppTest
@@ -228,3 +229,31 @@ def fingerprint(model: torch.nn.Module) -> str:
         hooks = [len(getattr(module, h)) for h in vars(module) if h.endswith("_hooks")]
         digest.update(repr((name, type(module).__name__, sorted(plain.items()), hooks)).encode())
     return digest.hexdigest()
+
+
+# --- other data sets, written at test time ----------------------------------------------------------------------
+
+CIFAR_META = {
+    **TINY_META,
+    "name": "tiny_cifar",
+    "dataset": "cifar10",
+    "classes": list(CIFAR10.classes),
+    "input_size": [3, 32, 32],
+    "mean": list(CIFAR10.mean),
+    "std": list(CIFAR10.std),
+    "dark_background": False,
+}
+
+
+def write_cifar10(root: Path, n: int = 12) -> tuple[np.ndarray, list[int]]:
+    """CIFAR-10's python test batch and meta under ``root/cifar-10-batches-py``: ``n`` random images (label i % 10);
+    returns the images (N, 3, 32, 32) and labels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    data = np.random.default_rng(0).integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
+    labels = [i % 10 for i in range(n)]
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CIFAR10.classes]}, f)
+    return data.reshape(n, 3, 32, 32), labels

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import threading
 import time
 import zipfile
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -23,20 +21,10 @@ from models import create_model
 from models.checkpoint import save_checkpoint
 from models.data import CIFAR10, FASHION_MNIST
 
-from helpers import APP, REPO, TIMEOUT, TINY_META, start
+from helpers import APP, CIFAR_META, REPO, TIMEOUT, TINY_META, start, write_cifar10
 
 COMPARE = str(REPO / "app" / "views" / "compare.py")
 NO_LABELS = "no labels for this model's classes: routing and cost only, no accuracy"
-CIFAR_META = {
-    **TINY_META,
-    "name": "tiny_cifar",
-    "dataset": "cifar10",
-    "classes": list(CIFAR10.classes),
-    "input_size": [3, 32, 32],
-    "mean": list(CIFAR10.mean),
-    "std": list(CIFAR10.std),
-    "dark_background": False,
-}
 
 
 @pytest.fixture
@@ -147,24 +135,11 @@ def test_a_cifar_model_on_the_bundled_subset_has_no_labels(cifar_model):
     assert "Cost per predicted class" in [s.value for s in at.subheader]
 
 
-def write_cifar10(root, n: int = 12) -> list[int]:
-    """CIFAR-10's python test batch and meta, ``n`` random images (label i % 10)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    data = np.random.default_rng(0).integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
-    labels = [i % 10 for i in range(n)]
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"data": data, b"labels": labels}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in CIFAR10.classes]}, f)
-    return labels
-
-
 @pytest.fixture
 def server_data(cifar_model, tmp_path, monkeypatch):
     """Two data folders in $ROUTESCOPE_DATA: one with CIFAR-10 batches, one with a folder of photos."""
     cifar, other = tmp_path / "cifar", tmp_path / "more"
-    labels = write_cifar10(cifar)
+    _, labels = write_cifar10(cifar)
     (other / "photos").mkdir(parents=True)
     for path in sample_images()[:3]:
         (other / "photos" / path.name).write_bytes(path.read_bytes())

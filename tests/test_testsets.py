@@ -4,7 +4,6 @@ streamed from them into the Parquet store: resumed after a kill, reused, sharded
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 
@@ -21,38 +20,15 @@ from analysis.core.testsets import TestSet, default_test_set, label_map, open_te
 from analysis.table import main as table_main
 from models import create_model
 from models.checkpoint import save_checkpoint
-from models.data import CIFAR10, DataNotFoundError
+from models.data import DataNotFoundError
 
-from helpers import REPO, TINY_META
-
-CIFAR_META = {
-    **TINY_META,
-    "dataset": "cifar10",
-    "classes": list(CIFAR10.classes),
-    "input_size": [3, 32, 32],
-    "mean": list(CIFAR10.mean),
-    "std": list(CIFAR10.std),
-    "dark_background": False,
-}
+from helpers import CIFAR_META, REPO, TINY_META, write_cifar10
 
 
 def tiny_model(meta: dict) -> torch.nn.Module:
     model = create_model("resnet8", num_classes=len(meta["classes"]), in_chans=meta["input_size"][0]).eval()
     model.meta = meta
     return model
-
-
-def write_cifar10(root, n: int = 12):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
-    labels = [i % 10 for i in range(n)]
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"data": data, b"labels": labels}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in CIFAR10.classes]}, f)
-    return data.reshape(n, 3, 32, 32), labels
 
 
 def write_images(folder, names, size=(40, 30)):
