@@ -4,7 +4,7 @@ flips one gate in the Intervene panel and must see the intervened prediction car
 
 Skipped when Chromium or playwright is missing, unless ``ROUTESCOPE_REQUIRE_BROWSER=1`` (CI), where that fails.
 The default run (``make test``, so CI) drives the browser through every page (the README's screenshots) and the root
-URL; the upload and the Inspect-to-Compare sessions are marked ``heavy`` (``make test-all``).
+URL; the upload, the Inspect-to-Compare and the Compare-on-a-zip sessions are marked ``heavy`` (``make test-all``).
 """
 
 from __future__ import annotations
@@ -242,3 +242,29 @@ def test_the_chosen_model_follows_to_compare(server, page):
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
     _no_page_not_found(page)
     expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+@pytest.mark.heavy
+def test_compare_on_an_uploaded_zip(server, page, tmp_path):
+    """Compare with a .zip of an ImageFolder tree (folders named after the classes, made from the sample images):
+    the page reports what it read and shows the accuracy over the labelled images."""
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    archive = tmp_path / "my-test-images.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(SAMPLES.glob("*-[12].png")):
+            z.write(path, f"mine/{path.stem.rsplit('-', 1)[0]}/{path.name}")  # e.g. mine/ankle-boot/ankle-boot-1.png
+        z.writestr("mine/readme.txt", "not an image")
+    page.goto(f"{url}/compare")
+    expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
+    page.get_by_test_id("stSelectbox").filter(has_text="Test images").click()
+    page.get_by_role("option", name="Upload a .zip of images").click()
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(archive)
+    expect(page.get_by_text("20 images in 10 folders, 20 labelled by their folder", exact=False)).to_be_visible()
+    expect(page.get_by_test_id("stMetric").filter(has_text="Accuracy")).to_have_count(1)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "compare-zip.png"), full_page=False)
