@@ -409,3 +409,14 @@ def test_static_frontier_interpolates_in_macs():
     )
     assert results.static_at(variants, 20.0, "static width")[0] == pytest.approx(0.92)
     assert results.static_at(variants, 25.0, "static width") is None
+
+
+def test_a_speed_target_is_met_only_when_the_whole_interval_clears_it():
+    from analysis.results import target_status
+
+    row = {"mac_ratio": 0.6, "latency_ratio": 0.70, "latency_ratio_low": 0.66, "latency_ratio_high": 0.74}
+    assert target_status(row, ("saving", 0.5), noise=0.01) == "yes"  # a 50% saving is a ratio of 0.80
+    assert target_status(row, ("saving", 0.7), noise=0.01) == "within noise"  # 0.72 is the ratio that meets it
+    assert target_status(row, ("saving", 0.95), noise=0.01) == "**no**"  # 0.62: below the whole interval
+    assert target_status(row, ("ratio", 0.72), noise=0.05) == "not measurable"  # the noise exceeds the margin
+    assert target_status({**row, "latency_ratio_high": 0.69, "latency_ratio_low": 0.6}, ("ratio", 0.7), 0.0) == "yes"

@@ -82,12 +82,22 @@ def medians(times: list[list[float]]) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
+def ratio_interval(a: list[float], b: list[float]) -> tuple[float, float]:
+    """The spread of the per-round ratios a/b (rounds timed alternately): their interquartile range, or the range
+    of fewer than four rounds; what decides whether a target is met or within the noise."""
+    ratios = sorted(x / y for x, y in zip(a, b))
+    if len(ratios) < 4:
+        return ratios[0], ratios[-1]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return q1, q3
+
+
 @torch.no_grad()
 def paired_timing(
     a: Forward, b: Forward, images: torch.Tensor, batch: int, rounds: int
-) -> tuple[float, float, float, float]:
-    """(a, b) median seconds per image at batch 1, and (a, b) images/s at ``batch``, measured alternately (all batch-1
-    rounds first, so the big batches do not flush the caches between them)."""
+) -> tuple[float, float, float, float, tuple[float, float]]:
+    """(a, b) median seconds per image at batch 1, (a, b) images/s at ``batch``, and the batch-1 ratio's interval,
+    measured alternately (all batch-1 rounds first, so the big batches do not flush the caches between them)."""
     big = (
         images[:batch]
         if len(images) >= batch
@@ -96,9 +106,11 @@ def paired_timing(
     singles = [images[i : i + 1] for i in range(min(len(images), 64))]
     for forward in (a, b):  # warm-up
         forward(singles[0]), forward(big)
-    lat_a, lat_b = medians(alternating([batch_one_pass(a, singles), batch_one_pass(b, singles)], rounds, images.device))
+    times_a, times_b = alternating([batch_one_pass(a, singles), batch_one_pass(b, singles)], rounds, images.device)
+    lat_a, lat_b = medians([times_a, times_b])
     big_a, big_b = medians(alternating([lambda: a(big), lambda: b(big)], rounds, images.device))
-    return lat_a / len(singles), lat_b / len(singles), len(big) / big_a, len(big) / big_b
+    interval = ratio_interval(times_a, times_b)
+    return lat_a / len(singles), lat_b / len(singles), len(big) / big_a, len(big) / big_b, interval
 
 
 def machine_name(device: torch.device) -> str:
@@ -132,7 +144,7 @@ def bench_model(model: RouteScopeModel, images: torch.Tensor, batch: int | None 
         # (DS-Net: narrowest vs widest static subnet); the accuracy column is the model's only for the model
         subject, reference = reference if isinstance(reference, tuple) else (model, reference)
         macs_model, macs_ref = mean_macs(subject, x), mean_macs(reference, x)
-        lat_model, lat_ref, thr_model, thr_ref = paired_timing(subject, reference, x, batch, rounds)
+        lat_model, lat_ref, thr_model, thr_ref, (low, high) = paired_timing(subject, reference, x, batch, rounds)
         rows.append(
             {
                 "model": model.meta["name"],
@@ -145,6 +157,8 @@ def bench_model(model: RouteScopeModel, images: torch.Tensor, batch: int | None 
                 "latency_ms": lat_model * 1e3,
                 "latency_ref_ms": lat_ref * 1e3,
                 "latency_ratio": lat_model / lat_ref,
+                "latency_ratio_low": low,
+                "latency_ratio_high": high,
                 "throughput": thr_model,
                 "throughput_ref": thr_ref,
                 "throughput_ratio": thr_model / thr_ref,
@@ -220,9 +234,9 @@ def paper_scale_row(
 
     for x, o in zip(xs[:2], overrides):  # warm-up
         forced_forward(target, x, o, checked=True), dense(x)
-    latency, latency_ref = (
-        t / len(xs) for t in medians(alternating([subject, batch_one_pass(dense, xs)], rounds, device))
-    )
+    times, times_ref = alternating([subject, batch_one_pass(dense, xs)], rounds, device)
+    latency, latency_ref = (t / len(xs) for t in medians([times, times_ref]))
+    low, high = ratio_interval(times, times_ref)
     return {
         "model": f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})",
         "method": bundled.meta["method"],
@@ -234,6 +248,8 @@ def paper_scale_row(
         "latency_ms": latency * 1e3,
         "latency_ref_ms": latency_ref * 1e3,
         "latency_ratio": latency / latency_ref,
+        "latency_ratio_low": low,
+        "latency_ratio_high": high,
         "throughput": None,
         "throughput_ref": None,
         "throughput_ratio": None,
