@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                 device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         model = load_checkpoint(args.checkpoint, map_location=device)
         _, knobs = parse_interventions([], args.knob)
-        images = open_test_set(test_set_of(args, model.meta), model.meta)
+        test_set = test_set_of(args, model.meta)
+        images = open_test_set(test_set, model.meta)
         out = table_path(model, images, knobs, Path(args.store) if args.store else None)
         start = time.perf_counter()
         if not out.exists():
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(out, args.out)
             print(
-                f"{rows} images of {images.fingerprint} ({test_set_of(args, model.meta).label}) in "
+                f"{rows} images of {images.fingerprint} ({test_set.label}) in "
                 f"{time.perf_counter() - start:.1f} s: {args.out or out}"
             )
     except (DataNotFoundError, UsageError, ValueError) as e:
