@@ -20,6 +20,9 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "train": Command("models.train", "train a model from options or a recipe file (torchrun for several processes)"),
     "evaluate": Command("models.evaluate", "accuracy and MACs of a checkpoint on a test set"),
+    "convert": Command(
+        "models.convert.__main__", "a published checkpoint (SkipNet authors', timm's CondConv) as a RouteScope one"
+    ),
     "zoo": Command("models.zoo", "export the bundled checkpoints' recipes, or replay one's chain of runs"),
     "inspect": Command("analysis.inspect", "trace images through a model: decisions, cost, prediction (JSON)"),
     "table": Command(
