@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.core.runs import collect_runs, display_table, markdown_table, summarize_runs, table_json
+from analysis.core.runs import collect_runs, display_table, markdown_table, measured_on, summarize_runs, table_json
+from analysis.core.testsets import add_test_set_arguments, test_set_of
+from models.data import DataNotFoundError
 from models.checkpoint import CheckpointError
 
 
@@ -20,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="print a markdown table")
     fmt.add_argument("--json", action="store_true", help="print JSON records (accuracies as fractions)")
+    add_test_set_arguments(p, when_absent="the accuracy each run recorded on its own test set")
     args = p.parse_args(argv)
     problems: list[str] = []
     try:
@@ -29,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
+    if args.dataset:  # accuracy on the chosen test set, not the one each run recorded
+        try:
+            runs = measured_on(runs, lambda meta: test_set_of(args, meta))
+        except (DataNotFoundError, CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"test accuracy measured on {args.dataset}", file=sys.stderr)
     for row in runs[runs["test_acc"].isna()].itertuples():
         print(f"skipped {row.path}: no metrics.test_acc (an unfinished run?)", file=sys.stderr)
     table = summarize_runs(runs)

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     add_test_set_arguments(p)
     p.add_argument("--out", help="also write the table here (Parquet)")
     p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE", help="an inference setting")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="default: about 2M input values (256 images of 28x28)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images")
     p.add_argument(
         "--store", help="where tables are stored (default: $ROUTESCOPE_CACHE/tables or ~/.cache/routescope/tables)"

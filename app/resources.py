@@ -37,6 +37,7 @@ from analysis.core.perturb import perturbation_sweep, perturbed, pixels_tensor
 from analysis.core.trace import trace_batch
 from analysis.core.tradeoff import static_points
 from analysis.core.sweeps import knob_sweep
+from analysis.core.table import as_table
 from analysis.core.table_store import Progress, model_fingerprint, stored_table
 from analysis.core.testsets import BUNDLED, UNLABELLED, ModelImages, TestSet, label_map, open_test_set
 from models.checkpoint import CheckpointError, check_usable, load_checkpoint
@@ -492,26 +493,31 @@ def _archive_images(digest: str, meta_key: str, _archive: ArchiveTestSet, _meta:
     return archive_test_set(_archive, _meta, digest)
 
 
-def _upload_images(model: torch.nn.Module, choice: SetChoice) -> ModelImages | str:
-    """The uploaded zip as ``model`` takes it, or why it cannot be used (one sentence)."""
+def _upload_images(meta: dict, choice: SetChoice) -> ModelImages | str:
+    """The uploaded zip as the model described by ``meta`` takes it, or why it cannot be used (one sentence)."""
     upload = _kept_test_set().get("upload")
     if upload is None or upload[3] != choice.digest:
         return "the uploaded zip is no longer in this session; upload it again"
-    archive = _read_archive(choice.digest, tuple(model.meta["classes"]), upload[2])
+    archive = _read_archive(choice.digest, tuple(meta["classes"]), upload[2])
     if isinstance(archive, str):
         return archive
-    return _archive_images(choice.digest, _meta_key(model.meta), archive, model.meta)
+    return _archive_images(choice.digest, _meta_key(meta), archive, meta)
 
 
 def images_for(model: torch.nn.Module, choice: SetChoice) -> ModelImages | None:
     """The chosen test images as ``model`` takes them (its size, channels and classes); None where that model
     cannot use them (a zip whose folders are none of its classes, a set no longer on the server)."""
+    return images_for_meta(model.meta, choice)
+
+
+def images_for_meta(meta: dict, choice: SetChoice) -> ModelImages | None:
+    """``images_for`` by the model's meta (what decides how images reach it)."""
     if choice.test_set is not None:
         try:
-            return _open_server_set(choice.test_set.name, choice.test_set.data_dir, _meta_key(model.meta), model.meta)
+            return _open_server_set(choice.test_set.name, choice.test_set.data_dir, _meta_key(meta), meta)
         except (DataNotFoundError, UsageError, OSError):
             return None
-    images = _upload_images(model, choice)
+    images = _upload_images(meta, choice)
     return None if isinstance(images, str) else images
 
 
@@ -591,21 +597,16 @@ def _archive_report(file_name: str, archive: ArchiveTestSet, model: torch.nn.Mod
             )
 
 
-def choose_test_set(
-    model: torch.nn.Module, key: str = "testset", uploads: bool = True, allowed=None
-) -> tuple[SetChoice, ModelImages] | None:
-    """The test-set picker: a server test set (``server_test_sets``) or, with ``uploads``, a zip of images. Shared by
-    the pages through the session (and ``?testset=KEY`` for a server set); ``allowed(TestSet)`` narrows the server
-    sets. Returns the choice and its images as ``model`` takes them, or None after a message (no zip yet, a refused
-    zip): the page then stops, the app keeps serving."""
-    offered = {k: t for k, t in server_test_sets(model.meta).items() if allowed is None or allowed(t)}
+def choose_test_set(model: torch.nn.Module, key: str = "testset") -> tuple[SetChoice, ModelImages] | None:
+    """The test-set picker: a server test set (``server_test_sets``) or a zip of images. Shared by the pages through
+    the session (and ``?testset=KEY`` for a server set). Returns the choice and its images as ``model`` takes them,
+    or None after a message (no zip yet, a refused zip): the page then stops, the app keeps serving."""
+    offered = server_test_sets(model.meta)
     _read_link(offered)
     kept = _kept_test_set()
     default = default_key(model.meta, offered)
     default = default if default in offered else next(iter(offered))
-    options = [*offered, *([UPLOAD_OPTION] if uploads else [])]
-    if not uploads and kept.get("key") == UPLOAD_OPTION and kept.get("upload"):
-        st.caption(f"This page draws on the server's test sets; `{kept['upload'][0]}` is analysed on Compare.")
+    options = [*offered, UPLOAD_OPTION]
     widget = f"{key}-set"
     st.session_state[widget] = kept["key"] if kept.get("key") in options else default
     left, right = st.columns([2, 3])
@@ -731,6 +732,9 @@ def _key_lock(key) -> threading.Lock:
         return _key_locks.setdefault(key, threading.Lock())
 
 
+FIRST_ROWS = 20  # rows shown under the progress bar while a table is traced
+
+
 def tracing_text(progress: Progress) -> str:
     """``Tracing N images… x% (about S s left)``: the progress bar's words."""
     eta = progress.eta_s
@@ -744,16 +748,21 @@ def cached_table(model: torch.nn.Module, images: ModelImages) -> pd.DataFrame:
     bar and an ETA. Each caller gets its own copy (a page may add columns)."""
 
     def make() -> pd.DataFrame:
-        bar = []
+        shown: list = []  # the progress bar, the first rows' table and those rows, once tracing has started
+        first: list[dict] = []
 
         def show(progress: Progress) -> None:
-            if not bar:
-                bar.append(st.progress(0.0))
-            bar[0].progress(min(1.0, progress.done / max(progress.total, 1)), text=tracing_text(progress))
+            if not shown:
+                shown.extend([st.progress(0.0), st.empty()])
+            shown[0].progress(min(1.0, progress.done / max(progress.total, 1)), text=tracing_text(progress))
+            if len(first) < FIRST_ROWS and progress.rows:  # the first rows, while the rest are traced
+                first.extend(progress.rows[: FIRST_ROWS - len(first)])
+                preview = as_table(first, model.meta["classes"])
+                shown[1].dataframe(preview[["class", "predicted", "confidence", "macs"]], height=180)
 
         out = stored_table(model, images, progress=show)
-        if bar:
-            bar[0].empty()
+        for element in shown:
+            element.empty()
         return out
 
     return _bounded_store(_table_store(), ("table", model.cache_key, images.fingerprint), make, limit=64)

@@ -259,15 +259,17 @@ def test_the_knob_sweep_runs_on_the_uploaded_zip(models_dir):
     assert len(curve) == 3 and "accuracy" not in curve.columns and curve["macs_mean"].gt(0).all()
 
 
-def test_the_uploaded_zip_follows_to_inspect_and_figures_says_where_it_is(models_dir):
+def test_the_uploaded_zip_follows_to_figures_and_inspect(models_dir):
     data, labels = sample_tree()
     at = start()
     at.switch_page("views/compare.py").run()
     upload_zip(at, "mine.zip", data)
     at.switch_page("views/figures.py").run()
     assert not at.exception, at.exception
-    assert at.selectbox(key="testset-set").value == "fashion-mnist-subset", "figures draw on a server test set"
-    assert any("`mine.zip` is analysed on Compare" in c.value for c in at.caption)
+    assert at.selectbox(key="testset-set").value == "upload", "figures draw on the zip too"
+    captions = [c.value for c in at.caption]
+    assert any(f"Test images: mine.zip ({len(labels):,})." in c for c in captions), captions
+    assert at.image, "figures drawn on the zip"
     at.switch_page("views/inspect.py").run()
     options = at.multiselect(key="inspect-samples").options
     assert [o for o in options if o.startswith("mine.zip #")][:2] == [

@@ -3,6 +3,7 @@ streamed from them into the Parquet store: resumed after a kill, reused, sharded
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from analysis.core.table_store import build_parts, merge_parts, stored_table, ta
 from analysis.core.testsets import TestSet, default_test_set, label_map, open_test_set
 from analysis.table import main as table_main
 from models import create_model
-from models.checkpoint import save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import DataNotFoundError
 
 from helpers import CIFAR_META, REPO, TINY_META, write_cifar10
@@ -167,3 +168,46 @@ def test_torchrun_shards_the_set_and_merges_the_same_table(tmp_path):
     )
     assert sharded.returncode == 0, sharded.stderr
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.pq"), pd.read_parquet(tmp_path / "b.pq"))
+
+
+def test_bench_and_experiments_take_a_test_set(tmp_path, capsys):
+    """``tools.bench`` times a CIFAR model on CIFAR images; ``analysis.experiments --dataset`` measures the runs'
+    accuracy again on a chosen set (the recorded one otherwise)."""
+    from analysis import experiments
+    from tools import bench
+
+    write_cifar10(tmp_path, n=8)
+    checkpoint = tmp_path / "runs" / "tiny_cifar_skipnet.pt"
+    model = create_model("skipnet_resnet8", num_classes=10, in_chans=3)
+    meta = {**CIFAR_META, "name": "tiny_cifar_skipnet", "method": "skipnet", "metrics": {"test_acc": 0.5}}
+    save_checkpoint(checkpoint, model, meta)
+    data = ["--dataset", "cifar10", "--data-dir", str(tmp_path)]
+    assert bench.main(["--checkpoint", str(checkpoint), "--images", "4", "--rounds", "1", "--json", *data]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(row["image_size"] == 32 for row in rows)
+    assert bench.main(["--checkpoint", str(checkpoint), "--images", "4", "--dataset", "svhn"]) == 2
+
+    assert experiments.main([str(tmp_path / "runs"), "--json"]) == 0
+    (recorded,) = json.loads(capsys.readouterr().out)
+    assert recorded["test_acc_mean"] == 0.5
+    assert experiments.main([str(tmp_path / "runs"), "--json", *data]) == 0
+    out = capsys.readouterr()
+    (measured,) = json.loads(out.out)
+    table = dataset_table(load_checkpoint(checkpoint), *load_test_images("cifar10", str(tmp_path)))
+    assert measured["test_acc_mean"] == pytest.approx(table["correct"].astype(float).mean())
+    assert "measured on cifar10" in out.err
+
+
+def test_progress_hands_over_each_batch_and_large_inputs_come_in_small_batches(tmp_path):
+    """The app shows the first traced rows under its progress bar; 224x224 images are traced 8 at a time, so the
+    first rows come after 8 images, not 256."""
+    model = tiny_model(TINY_META)
+    images = open_test_set(TestSet("fashion-mnist-subset"), TINY_META)
+    seen = []
+    table = stored_table(model, images, root=tmp_path, progress=seen.append)
+    assert [p.done for p in seen][:2] == [256, 500] and len(seen[0].rows) == 256
+    assert [row["index"] for row in seen[0].rows[:3]] == [0, 1, 2]
+    assert seen[0].rows[5]["macs"] == table.loc[5, "macs"]
+    write_images(tmp_path / "photos", ["a.png", "b.png"])
+    large = open_test_set(TestSet("folder", str(tmp_path / "photos")), {**CIFAR_META, "input_size": [3, 224, 224]})
+    assert table_store.batch_size_for(large) == 8 and table_store.batch_size_for(images) == 256

@@ -33,10 +33,11 @@ from analysis.core.catalog import bundled_checkpoints, featured, read_checkpoint
 from analysis.core.kinds import kind_view
 from analysis.core.latency import alternating
 from analysis.core.table import dataset_table, load_test_images
+from analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
 from models import create_model, list_models
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.checkpoint import load_checkpoint
 from models.cost import count_macs
-from models.data import normalize
+from models.data import DataNotFoundError, normalize
 from models.devices import add_device_argument, model_device, resolve_device
 from models.errors import UsageError
 from models.inference import fast_form
@@ -348,7 +349,8 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", action="append", default=[], help="benchmark these (default: every bundled model)")
-    p.add_argument("--images", type=int, default=64, help="test images (from the bundled subset)")
+    p.add_argument("--images", type=int, default=64, help="how many test images (a fixed random pick)")
+    add_test_set_arguments(p)
     p.add_argument(
         "--batch",
         type=int,
@@ -412,15 +414,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = [Path(c) for c in args.checkpoint] or list(bundled_checkpoints().values())
-    images, _ = load_test_images("fashion-mnist-subset")
-    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: args.images]]
-    if args.image_size:
-        images = upsample(images, args.image_size)
+
+    def images_of(model: torch.nn.Module) -> torch.Tensor:
+        """``--images`` of the model's test set (``--dataset``; its default), as it takes them: a fixed pick."""
+        test = open_test_set(test_set_of(args, model.meta), model.meta)
+        pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.images]
+        images = torch.stack([test[int(i)][0] for i in pick])
+        return upsample(images, args.image_size) if args.image_size else images
+
     if args.profile:
-        print(profile_table(load_checkpoint(args.profile), images))
+        model = load_checkpoint(args.profile)
+        print(profile_table(model, images_of(model)))
         return 0
     if args.formats:
-        rows = [row for path in paths for row in form_rows(path, images, args.rounds)]
+        rows = [row for path in paths for row in form_rows(path, images_of(load_checkpoint(path)), args.rounds)]
         print(
             json.dumps(rows, indent=2)
             if args.json
@@ -448,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
                     rows += [row] if row is not None else []
         else:
             for path in paths:
-                rows += bench_model(load_checkpoint(path, map_location=device), images, args.batch, args.rounds)
-    except CheckpointError as e:
+                model = load_checkpoint(path, map_location=device)
+                rows += bench_model(model, images_of(model), args.batch, args.rounds)
+    except (UsageError, DataNotFoundError) as e:  # a checkpoint or a test set that is not there or does not fit
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.save:
@@ -466,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(rows))
         print(
-            f"\n{len(images)} test images of {images.shape[-1]} x {images.shape[-1]}, "
+            f"\n{args.images} test images of {args.dataset or 'each model’s default test set'}"
+            f"{f' at {args.image_size} x {args.image_size}' if args.image_size else ''}, "
             f"throughput batch {args.batch or 'per row'}, {args.rounds} alternating rounds, "
             f"{torch.get_num_threads()} threads, "
             f"torch {torch.__version__}"

@@ -3,8 +3,9 @@
 Two runs of ``analysis.core.table_store.build_parts`` into a fresh store, each in its own process (so its peak
 resident memory is its own): the 10,000 Fashion-MNIST test images through the DS-Net flagship, and an ImageFolder
 of 224x224 JPEGs (random crops of the bundled sample photos, made in a temporary folder) through the ResNet-50
-DS-Net (random weights, fast form). Prints images per second, the time to the first traced batch (the first
-rows a progress display can show) and the peak resident memory, with the DataLoader workers' own peak.
+DS-Net (random weights, fast form). Prints images per second, the time to the first traced batch (the first rows
+the app shows under its progress bar, in the batch size the app uses) and the peak resident memory, with the
+DataLoader workers' own peak.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def run_one(kind: str, data_dir: str | None, workers: int, store: str) -> dict:
     """One build in this process: ``kind`` is ``fmnist`` or ``photos``."""
     import torch
 
-    from analysis.core.table_store import build_parts, table_path
+    from analysis.core.table_store import batch_size_for, build_parts, table_path
     from analysis.core.testsets import TestSet, open_test_set
     from models import create_model, load_checkpoint
     from models.data import IMAGENET_MEAN, IMAGENET_STD
@@ -54,7 +55,6 @@ def run_one(kind: str, data_dir: str | None, workers: int, store: str) -> dict:
     if kind == "fmnist":
         model = load_checkpoint(FLAGSHIP)
         images = open_test_set(TestSet("fashion-mnist", data_dir), model.meta)
-        batch = 256
     else:
         model = fast_form(create_model("dsnet_resnet50", num_classes=3).eval())
         model.meta = {
@@ -66,8 +66,8 @@ def run_one(kind: str, data_dir: str | None, workers: int, store: str) -> dict:
             "crop_pct": 1.0,
         }
         images = open_test_set(TestSet("imagefolder", data_dir), model.meta)
-        batch = 32
     out = table_path(model, images, root=Path(store))
+    batch = batch_size_for(images)  # what the app and analysis.table use
     first: list[float] = []
     start = time.perf_counter()
     traced = build_parts(
@@ -88,6 +88,7 @@ def run_one(kind: str, data_dir: str | None, workers: int, store: str) -> dict:
         "seconds": round(seconds, 1),
         "images_per_s": round(traced / seconds, 1),
         "first_batch_s": round(first[0], 2),
+        "batch": batch,
         "peak_rss_mb": round(own),
         "peak_worker_rss_mb": round(children),
         "workers": workers,

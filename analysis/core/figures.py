@@ -92,6 +92,9 @@ class FigureContext:
     dataset: str = field(default_factory=lambda: default_test_set())
     data_dir: str | None = None
     device: torch.device | str = "cpu"
+    # the test images as a model (its meta) takes them, where they are not a named data set (an uploaded zip);
+    # ``dataset`` then only names them in captions
+    source: Callable[[dict], ModelImages] | None = None
     _models: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     _images: tuple | None = None
@@ -113,8 +116,17 @@ class FigureContext:
         return {n: m for n in self.checkpoints if (m := self.model(n)).meta["method"] == method or method == "all"}
 
     def images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every test image (uint8 N x C x H x W) and label, in memory: the galleries and a few whole-set figures
+        use them. From ``source``, as the first checkpoint's model takes them (labels in its classes, -1: none)."""
         with self._lock:
-            if self._images is None:
+            if self._images is None and self.source is not None:
+                images = self.test_images(next(iter(self.checkpoints)))
+                items = [images[i] for i in range(len(images))]
+                self._images = (
+                    torch.stack([image for image, _ in items]),
+                    torch.tensor([label for _, label in items], dtype=torch.long),
+                )
+            elif self._images is None:
                 self._images = load_test_images(self.dataset, self.data_dir)
             return self._images
 
@@ -123,11 +135,12 @@ class FigureContext:
         with self._lock:
             if name not in self._test_images:
                 meta = self.model(name).meta
-                self._test_images[name] = (
-                    in_memory_test_set(*self._images, meta, self.dataset)  # images given to the context
-                    if self._images is not None
-                    else open_test_set(TestSet(self.dataset, self.data_dir), meta)
-                )
+                if self.source is not None:
+                    self._test_images[name] = self.source(meta)
+                elif self._images is not None:  # images given to the context
+                    self._test_images[name] = in_memory_test_set(*self._images, meta, self.dataset)
+                else:
+                    self._test_images[name] = open_test_set(TestSet(self.dataset, self.data_dir), meta)
             return self._test_images[name]
 
     def stored(self, name: str, what: str, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:

@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import pandas as pd
 
 from analysis.core.catalog import bundled_checkpoints, read_checkpoints
 from models.checkpoint import CheckpointError, training_args
+
+if TYPE_CHECKING:
+    from analysis.core.testsets import TestSet
 
 RUN_COLUMNS = ("name", "path", "dataset", "arch", "method", "ranking", "seed", "test_acc", "args")
 GROUP_KEYS = ("dataset", "arch", "method", "ranking")
@@ -100,6 +103,22 @@ def collect_runs(sources: Iterable[str | Path], on_error: Callable[[str], None] 
     """One row per checkpoint (read without building the model); unreadable files raise, or go to ``on_error``."""
     payloads = read_checkpoints(checkpoint_paths(sources), on_error)
     return runs_frame([run_row(payload["meta"], payload["arch"], path) for path, payload in payloads])
+
+
+def measured_on(runs: pd.DataFrame, test_set_for: Callable[[dict], "TestSet"]) -> pd.DataFrame:
+    """The runs with ``test_acc`` measured again on another test set (``test_set_for(meta)``) from each model's
+    stored per-image table (a model and set are traced once, across runs); NaN where the set has no labels the model
+    knows. The recorded accuracy is the one of the run's own test set."""
+    from analysis.core.table_store import stored_table
+    from analysis.core.testsets import open_test_set
+    from models.checkpoint import load_checkpoint
+
+    measured = runs.copy()
+    for index, path in measured["path"].items():
+        model = load_checkpoint(path)
+        correct = stored_table(model, open_test_set(test_set_for(model.meta), model.meta))["correct"].dropna()
+        measured.at[index, "test_acc"] = correct.astype(float).mean() if len(correct) else math.nan
+    return measured
 
 
 def runs_frame(rows: list[dict]) -> pd.DataFrame:

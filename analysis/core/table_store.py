@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -69,15 +70,27 @@ def table_path(
 
 @dataclass
 class Progress:
-    """What a progress display needs: images done of the total, and the seconds so far (for an ETA)."""
+    """What a progress display needs: images done of the total, the seconds so far (for an ETA), and the rows of
+    the batch just traced (a display can show the first rows while the rest are traced)."""
 
     done: int
     total: int
     seconds: float
+    rows: tuple = ()
 
     @property
     def eta_s(self) -> float | None:
         return self.seconds / self.done * (self.total - self.done) if self.done else None
+
+
+BATCH_PIXELS = 1 << 21  # values per batch: 256 Fashion-MNIST images, 13 ImageNet-sized ones
+
+
+def batch_size_for(images: ModelImages) -> int:
+    """A batch of about ``BATCH_PIXELS`` input values (a power of two, 8 to 256): large inputs give their first rows,
+    and memory back, sooner."""
+    values = math.prod(images.shape)
+    return max(8, min(256, 1 << max(0, (BATCH_PIXELS // values).bit_length() - 1)))
 
 
 def _chunks(total: int, chunk: int) -> list[range]:
@@ -99,15 +112,16 @@ def build_parts(
     images: ModelImages,
     out: Path,
     knobs: dict | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     workers: int = 0,
     chunk: int = CHUNK,
     rank: int = 0,
     world: int = 1,
     progress: Callable[[Progress], None] | None = None,
 ) -> int:
-    """Trace the chunks of ``rank`` (every ``world``-th) that have no part yet into ``OUT.parts/``; returns how
-    many images this call traced (0: nothing was left to do)."""
+    """Trace the chunks of ``rank`` (every ``world``-th) that have no part yet into ``OUT.parts/``, in batches of
+    ``batch_size`` (default ``batch_size_for``); returns how many images this call traced (0: nothing was left)."""
+    batch_size = batch_size or batch_size_for(images)
     parts = out.with_suffix(".parts")
     parts.mkdir(parents=True, exist_ok=True)
     mine = [(n, r) for n, r in enumerate(_chunks(len(images), chunk)) if n % world == rank]
@@ -120,12 +134,13 @@ def build_parts(
         )
         rows, position = [], indices.start
         for batch, labels in loader:
-            rows += table_rows(model, batch, labels, range(position, position + len(batch)), knobs)
+            latest = table_rows(model, batch, labels, range(position, position + len(batch)), knobs)
+            rows += latest
             position += len(batch)
             done += len(batch)
             traced += len(batch)
             if progress is not None:
-                progress(Progress(done, total, time.perf_counter() - start))
+                progress(Progress(done, total, time.perf_counter() - start, tuple(latest)))
         _write_atomic(as_table(rows, model.meta["classes"]), _part(parts, number))
     return traced
 
@@ -163,7 +178,7 @@ def stored_table(
     images: ModelImages,
     knobs: dict | None = None,
     root: Path | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     workers: int = 0,
     progress: Callable[[Progress], None] | None = None,
     chunk: int = CHUNK,

@@ -144,15 +144,20 @@ def default_test_set(meta: dict, data_dir: str | None = None) -> TestSet:
     return TestSet(BUNDLED)
 
 
-def add_test_set_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """``--dataset`` and ``--data-dir`` of every command that reads test images."""
+def add_test_set_arguments(
+    parser: argparse.ArgumentParser,
+    default: str | None = None,
+    when_absent: str = "the checkpoint's own data set where it is found, else the bundled 500-image Fashion-MNIST "
+    "subset",
+) -> None:
+    """``--dataset`` and ``--data-dir`` of every command that reads test images (``when_absent``: what it reads
+    without ``--dataset``, for the help)."""
     parser.add_argument(
         "--dataset",
         default=default,
         choices=TEST_SET_NAMES,
-        help="the test images (default: the checkpoint's own data set where it is found, else the "
-        "bundled 500-image Fashion-MNIST subset); 'folder' is "
-        "a plain folder of images (no labels: routing and cost, no accuracy)",
+        help=f"the test images (default: {when_absent}); 'folder' is a plain folder of images (no labels: routing and "
+        "cost, no accuracy)",
     )
     parser.add_argument(
         "--data-dir",

@@ -9,29 +9,41 @@ import streamlit as st
 
 from analysis.core.catalog import bundled_checkpoints
 from analysis.core.figures import FIGURES, FigureContext, available_figures, figure_bytes, load_figure_modules
-from analysis.core.testsets import BUNDLED
-from app.resources import choose_test_set, load_bundled
+from app.resources import SetChoice, choose_test_set, images_for_meta, load_bundled
 
 load_figure_modules()
 
 
 FORMATS = {"png": "image/png", "pdf": "application/pdf", "svg": "image/svg+xml"}
-# the test sets a FigureContext draws every figure on: those of the bundled models' own images (its ``images()``
-# hands them to the figures as they are); the others are for Compare
-FIGURE_SETS = (BUNDLED, "fashion-mnist")
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _context(key: tuple, dataset: str, data_dir: str | None) -> FigureContext:
-    """Loaded models and traced tables of one set of checkpoint files (``key``: name, path, mtime) on one test set;
-    a retrained checkpoint makes a new key, so only the newest sets stay in memory. The bundled 500-image subset, the
-    default, keeps the page responsive (tables are stored: a set is traced once); captions name the test set."""
-    return FigureContext({name: Path(path) for name, path, _ in key}, dataset=dataset, data_dir=data_dir)
+def _context(key: tuple, images_key: tuple, _choice: SetChoice) -> FigureContext:
+    """Loaded models and traced tables of one set of checkpoint files (``key``: name, path, mtime) on one test set
+    (``images_key``: a server set's name and folder, or an uploaded zip's digest); a retrained checkpoint makes a new
+    key, so only the newest sets stay in memory. The bundled 500-image subset, the default, keeps the page responsive
+    (tables are stored: a set is traced once); captions name the test set."""
+    checkpoints = {name: Path(path) for name, path, _ in key}
+    if _choice.test_set is not None:
+        return FigureContext(checkpoints, dataset=_choice.test_set.name, data_dir=_choice.test_set.data_dir)
+    upload = _choice.label
+
+    def source(meta: dict):
+        images = images_for_meta(meta, _choice)
+        if images is None:
+            raise ValueError(f"{upload} has no images this model can take")
+        return images
+
+    return FigureContext(checkpoints, dataset=upload, source=source)
+
+
+def images_key(choice: SetChoice) -> tuple:
+    return ("server", choice.test_set.name, choice.test_set.data_dir) if choice.test_set else ("zip", choice.digest)
 
 
 @st.cache_data(show_spinner="Drawing the figure (the first time traces the test images)…", max_entries=64)
-def render(name: str, key: tuple, dataset: str, data_dir: str | None) -> dict[str, bytes]:
-    figure = FIGURES[name].make(_context(key, dataset, data_dir))
+def render(name: str, key: tuple, images_key: tuple, _choice: SetChoice) -> dict[str, bytes]:
+    figure = FIGURES[name].make(_context(key, images_key, _choice))
     files = {fmt: figure_bytes(figure, fmt) for fmt in FORMATS}
     plt.close(figure)
     return files
@@ -44,11 +56,11 @@ key = tuple(sorted((name, str(path), path.stat().st_mtime) for name, path in che
 if not checkpoints:
     st.info("No bundled checkpoints, so no figures.")
     st.stop()
-chosen = choose_test_set(load_bundled(key[0][0]), uploads=False, allowed=lambda t: t.name in FIGURE_SETS)
+chosen = choose_test_set(load_bundled(key[0][0]))
 if chosen is None:
     st.stop()
-test_set = chosen[0].test_set
-context = _context(key, test_set.name, test_set.data_dir)
+choice = chosen[0]
+context = _context(key, images_key(choice), choice)
 specs = available_figures(context)
 if not specs:
     st.info("No figure fits the bundled checkpoints.")
@@ -60,7 +72,7 @@ for spec in [s for s in specs if s.method == method]:
         st.markdown(f"**{spec.name}**")
         st.caption(context.caption(spec))
         try:
-            files = render(spec.name, key, test_set.name, test_set.data_dir)
+            files = render(spec.name, key, images_key(choice), choice)
         except Exception as e:  # a figure that cannot be drawn must not take the page down
             st.error(f"{spec.name} could not be drawn: {e}")
             continue
