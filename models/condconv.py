@@ -105,16 +105,25 @@ class CondConvBlock(BasicBlock):
         trace = current_trace()
         if self.compiled and runs_compiled(x) and x.shape[0] == 1 and (trace is None or not trace.observe):
             return self._routed_one(x, trace.forced(self.layer_name, ROUTING) if trace is not None else None)
-        routing = self.router(x)
-        forced = trace.forced(self.layer_name, ROUTING) if trace is not None else None
-        if forced is not None:
-            routing = forced_routing(forced, routing)
-        if trace is not None:
-            trace.record(self.layer_name, ROUTING, weights=routing, **({"forced": True} if forced is not None else {}))
+        routing = decide_routing(self.router, x, self.layer_name)
         return F.relu(self.residual(x, routing) + self.shortcut(x)), routing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.routed(x)[0]
+
+
+def decide_routing(router: Router, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """The ``(B, E)`` routing a CondConv block named ``layer`` runs with: its router's on ``x``, or the one an
+    override of the active trace forces; recorded to the trace (``"forced": true`` when forced). Shared by every
+    model whose blocks route their CondConv layers with one router (``models.efficientnet`` too)."""
+    trace = current_trace()
+    routing = router(x)
+    forced = trace.forced(layer, ROUTING) if trace is not None else None
+    if forced is not None:
+        routing = forced_routing(forced, routing)
+    if trace is not None:
+        trace.record(layer, ROUTING, weights=routing, **({"forced": True} if forced is not None else {}))
+    return routing
 
 
 def forced_routing(weights, routing: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """ResNets (He et al. 2016): the CIFAR family (section 4.2: 6n+2 layers of BasicBlocks in three stages, 3x3 stem)
 that every bundled model uses, and the ImageNet ResNet-50 (Table 1: 7x7 stem and max pool, bottleneck blocks
-(3, 4, 6, 3) in four stages) that ``tools.bench --scale paper`` times the methods on.
+(3, 4, 6, 3) in four stages) that ``tools.bench --scale paper`` times the methods on; ResNet-101 (blocks
+(3, 4, 23, 3)) is the backbone of the SkipNet authors' published ImageNet checkpoint (``models.convert.skipnet``).
 
 Every method in RouteScope builds on this backbone, so block and stage names (``layer2.1``) are the
 names that appear in routing traces. Downsampling blocks use a projection shortcut (1x1 conv + BN,
@@ -83,6 +84,7 @@ class Bottleneck(BasicBlock):
 STEMS = ("cifar", "imagenet")
 RESNET50 = {"block": Bottleneck, "layers": (3, 4, 6, 3), "stem": "imagenet"}  # backbone options of ResNet-50
 RESNET50_WIDTHS = (64, 128, 256, 512)
+RESNET101 = {"block": Bottleneck, "layers": (3, 4, 23, 3), "stem": "imagenet"}  # ResNet-101: same widths as ResNet-50
 
 
 def make_stem(kind: str, in_chans: int, width: int) -> nn.Sequential:
@@ -270,3 +272,11 @@ def resnet110(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, 
 def resnet50(num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, int, int, int] = RESNET50_WIDTHS) -> ResNet:
     """ImageNet ResNet-50 (bottleneck blocks (3, 4, 6, 3), 7x7 stem and max pool); for the paper-scale bench."""
     return ResNet(50, num_classes, in_chans, tuple(widths), **RESNET50)
+
+
+@register_model
+def resnet101(
+    num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, int, int, int] = RESNET50_WIDTHS
+) -> ResNet:
+    """ImageNet ResNet-101 (bottleneck blocks (3, 4, 23, 3)): the dense network of the SkipNet-101 family."""
+    return ResNet(101, num_classes, in_chans, tuple(widths), **RESNET101)

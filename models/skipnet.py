@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .layers.skip_gates import GateBank, build_gates
 from .registry import register_model
-from .resnet import RESNET50, RESNET50_WIDTHS, ResNet
+from .resnet import RESNET50, RESNET50_WIDTHS, RESNET101, ResNet
 from .trace import Trace, current_trace
 from .decisions import DecisionKind, register_kind
 
@@ -92,6 +92,10 @@ class SkipNet(ResNet):
         mode = gate_mode or ("st" if self.training else "infer")
         if mode not in GATE_MODES:
             raise ValueError(f"gate_mode must be one of {', '.join(GATE_MODES)}, not {mode!r}")
+        if x.device.type == "meta":
+            # a size estimate (``checkpoint.activation_bytes``) has no values to decide on: every block runs, the
+            # upper bound of the real forward, instead of failing and falling back to a far larger guess
+            mode = "greedy" if mode == "infer" else mode
         trace = current_trace()
         if mode == "infer" and gate_mode is None and x.shape[0] == 1 and (trace is None or not trace.observe):
             return self._forward_one(x, trace)
@@ -258,3 +262,12 @@ def skipnet_resnet50(
     """SkipNet on the ImageNet ResNet-50 (the paper-scale bench; the paper gates ResNet-50/101 on ImageNet the same
     way)."""
     return SkipNet(50, num_classes, in_chans, tuple(widths), gate, **RESNET50)
+
+
+@register_model
+def skipnet_resnet101(
+    num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = RESNET50_WIDTHS, gate: str = "rnn"
+) -> SkipNet:
+    """SkipNet on the ImageNet ResNet-101 (bottleneck blocks (3, 4, 23, 3)): the paper's ImageNet result, and the layout
+    of the authors' published ResNet-101 checkpoints (``python -m models.convert``)."""
+    return SkipNet(101, num_classes, in_chans, tuple(widths), gate, **RESNET101)
