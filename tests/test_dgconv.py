@@ -191,6 +191,26 @@ def test_grouped_forms_equal_the_masked_layer(gates):
     assert exported.group_of_channel() == layer.group_of_channel() and torch.equal(exported.mask(), layer.mask())
 
 
+@pytest.mark.parametrize("gates", [(1, 0, 0, 1), (0, 0, 1, 1)])
+def test_each_execution_plan_is_the_same_function_and_counting_sees_the_grouped_one(gates, monkeypatch):
+    """Inference picks the faster exact plan per input shape, once; the MAC counter always runs the grouped conv."""
+    layer = GroupedConv2d.from_dgconv(set_gates(DGConv2d(16, bias=True), gates)).eval()
+    x = torch.randn(2, 16, 7, 7)
+    with torch.no_grad():
+        grouped, dense = layer._grouped(x), layer._dense_conv(x)
+    assert torch.allclose(grouped, dense, atol=1e-5)
+    measured = []
+    monkeypatch.setattr(GroupedConv2d, "_measure", lambda self, x: measured.append(tuple(x.shape)) or "dense")
+    with torch.no_grad():
+        assert torch.equal(layer(x), dense) and torch.equal(layer(x), dense)
+        layer(x[:1])
+    assert measured == [(2, 16, 7, 7), (1, 16, 7, 7)] and layer.plans[(2, 16, 7, 7)] == "dense"
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        assert torch.equal(layer(x), grouped)
+    assert counter.get_total_flops() == 2 * 2 * layer.conv.weight.numel() * 7 * 7
+    assert torch.equal(layer(x), grouped), "with gradients (training, attributions): the grouped conv"
+
+
 # --- the G-ResNet and its export --------------------------------------------------------------------------
 
 
