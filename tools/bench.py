@@ -121,7 +121,7 @@ def machine_name(device: torch.device) -> str:
 
 
 DEFAULT_BATCH = 256
-DENSE, SAME = "dense ResNet, same form", "itself (noise)"
+DENSE, SAME = "dense network, same form", "itself (noise)"
 
 
 def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -204,22 +204,29 @@ def paper_scale_row(
     seed: int = 0,
     size: int | None = None,
     device: torch.device | str = "cpu",
+    target: torch.nn.Module | None = None,
 ) -> dict | None:
     """``bundled``'s method on ``net`` (``PAPER_NETS``) at ``size`` x ``size`` x 3 with random weights, its decisions
     forced to the rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at
-    batch 1 against the dense ``net`` in the same form, alternately. None if no kind of the method can be forced or
+    batch 1 against the dense ``net`` in the same form, alternately. ``target``: time this model (a converted
+    checkpoint, in its fast form) instead of a random-weight ``net``. None if no kind of the method can be forced or
     the method has no ``net``."""
     side, layout_keys = PAPER_NETS[net]
-    size = size or side
+    size = size or (target.meta["input_size"][-1] if target is not None else side)
     table = dataset_table(bundled, *load_test_images())
     views = [kind_view(k) for k in sorted(set(bundled.decision_layers().values()))]
     views = [v for v in views if v is not None and v.force_like is not None]
-    arch = bundled.arch.replace(f"resnet{bundled.depth}", net)
-    if not views or arch == bundled.arch or arch not in list_models():
+    arch = bundled.arch.replace(f"resnet{bundled.depth}", net) if target is None else target.arch
+    if not views or (target is None and (arch == bundled.arch or arch not in list_models())):
         return None
     config = {k: v for k, v in bundled.arch_config.items() if k not in ("num_classes", "in_chans", *layout_keys)}
     torch.manual_seed(seed)
-    target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).to(device).eval())
+    label = f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})"
+    if target is None:
+        target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).to(device).eval())
+    else:
+        label = f"{target.meta['name']} at {size}x{size} (converted, decisions of {bundled.meta['name']})"
+        net = target.arch.split("_")[-1]
     dense = target.dense_counterpart()
     samplers = [v.force_like(table, bundled, target) for v in views]
     rng = np.random.default_rng(seed)
@@ -239,7 +246,7 @@ def paper_scale_row(
     latency, latency_ref = (t / len(xs) for t in medians([times, times_ref]))
     low, high = ratio_interval(times, times_ref)
     return {
-        "model": f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})",
+        "model": label,
         "method": bundled.meta["method"],
         "vs": f"dense {net}, same form",
         "test_acc": None,
@@ -393,6 +400,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="with --scale paper: only this network (repeatable; default: all)",
     )
+    p.add_argument(
+        "--converted",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="CHECKPOINT",
+        help="with --scale paper: time this converted checkpoint (models.convert) with its method's flagship decision "
+        "rates forced, against its dense network",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--save",
@@ -441,7 +457,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     try:
-        if args.scale == "paper":
+        if args.scale == "paper" and args.converted:
+            chosen = flagships(paths)
+            for path in args.converted:
+                target = load_checkpoint(path, map_location=device)
+                bundled = load_checkpoint(chosen[target.meta["method"]], map_location=device)
+                row = paper_scale_row(
+                    bundled, "resnet110", images=min(args.images, 16), rounds=args.rounds, device=device, target=target
+                )
+                rows += [row] if row is not None else []
+        elif args.scale == "paper":
             for net in args.paper_net or PAPER_NETS:
                 for path in flagships(paths).values():
                     row = paper_scale_row(
