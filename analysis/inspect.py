@@ -17,9 +17,10 @@ from pathlib import Path
 from analysis.core.images import ImageError, load_model_input
 from analysis.core.interventions import parse_interventions
 from analysis.core.trace import trace_batch
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.checkpoint import CheckpointError
 from models.data import ImageFolderImages
 from models.devices import add_device_argument, resolve_device
+from models.loading import add_model_arguments, model_from_arguments
 from models.trace import check_interventions
 
 
@@ -37,7 +38,7 @@ def image_paths(arguments: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.inspect", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True)
+    add_model_arguments(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="an image file, or a folder of them")
     p.add_argument("--no-structure", action="store_true", help="omit the per-model 'structure' entries")
     p.add_argument("--indent", type=int, default=None, help="pretty-print (then it is no longer JSON lines)")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         overrides, knobs = parse_interventions(args.override, args.knob)
-        model = load_checkpoint(args.checkpoint, map_location=resolve_device(args.device))
+        model = model_from_arguments(args, map_location=resolve_device(args.device))
         overrides, knobs = check_interventions(model, overrides, knobs)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -60,6 +60,11 @@ def trace_schema() -> dict:
                 "properties": {
                     "macs": {"type": "integer", "description": "multiply-adds this image executed"},
                     "macs_full": {"type": "integer", "description": "the dense backbone's"},
+                    "macs_decided": {
+                        "type": "integer",
+                        "description": "multiply-adds the decisions say should have run (plug-in models; less than "
+                        "macs where a model computes a gated-off block and masks it)",
+                    },
                 },
             },
             "decisions": entries("image"),

@@ -12,14 +12,15 @@ import json
 import sys
 from analysis.core.sweeps import knob_sweep
 from analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.checkpoint import CheckpointError
 from models.data import DataNotFoundError
 from models.devices import add_device_argument, resolve_device
+from models.loading import add_model_arguments, model_from_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.sweep", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True)
+    add_model_arguments(p)
     p.add_argument("--knob", required=True, help="an inference setting of the model (see --list)")
     p.add_argument("--values", required=True, help="comma-separated values, e.g. 0.3,0.5,0.7")
     add_test_set_arguments(p)
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         values = [float(v) for v in args.values.split(",") if v.strip()]
-        model = load_checkpoint(args.checkpoint, map_location=resolve_device(args.device))
+        model = model_from_arguments(args, map_location=resolve_device(args.device))
         test_set = test_set_of(args, model.meta)
         images = open_test_set(test_set, model.meta)
         table = knob_sweep(model, args.knob, values, images, bar=True)

@@ -24,15 +24,15 @@ from tqdm import tqdm
 from analysis.core.interventions import parse_interventions
 from analysis.core.table_store import build_parts, merge_parts, table_path
 from analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
-from models import load_checkpoint
 from models.data import DataNotFoundError
 from models.devices import add_device_argument, resolve_device
+from models.loading import add_model_arguments, model_from_arguments
 from models.errors import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.table", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True)
+    add_model_arguments(p)
     add_test_set_arguments(p)
     p.add_argument("--out", help="also write the table here (Parquet)")
     p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE", help="an inference setting")
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             if device.type == "cuda":
                 device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        model = load_checkpoint(args.checkpoint, map_location=device)
+        model = model_from_arguments(args, map_location=device)
         _, knobs = parse_interventions([], args.knob)
         test_set = test_set_of(args, model.meta)
         images = open_test_set(test_set, model.meta)

@@ -19,12 +19,13 @@ from .data import DataNotFoundError, load_dataset
 from .devices import add_device_argument, resolve_device
 from .errors import UsageError
 from .evaluation import evaluate
+from .loading import add_model_arguments, model_from_arguments
 from .manifest import write_manifest_entry
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True)
+    add_model_arguments(p)
     p.add_argument(
         "--dataset",
         default=None,
@@ -37,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     add_device_argument(p)
     args = p.parse_args(argv)
     try:
-        model = ckpt.load_checkpoint(args.checkpoint, map_location=resolve_device(args.device))
+        model = model_from_arguments(args, map_location=resolve_device(args.device))
+        if args.write and not (args.checkpoint and Path(args.checkpoint).is_file()):
+            raise UsageError("--write stores the metrics in a checkpoint file: name one with --checkpoint")
         dataset = args.dataset or model.meta.get("dataset")
         if not dataset:
             raise UsageError(f"{args.checkpoint}: its meta names no data set: pass --dataset")
@@ -58,10 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(
-            f"{Path(args.checkpoint).name} on {dataset} test ({metrics['n_test']} images): "
-            f"accuracy {metrics['test_acc'] * 100:.2f}%"
-        )
+        name = Path(args.checkpoint).name if args.checkpoint else model.meta["name"]
+        print(f"{name} on {dataset} test ({metrics['n_test']} images): accuracy {metrics['test_acc'] * 100:.2f}%")
         print(
             f"MACs per image: mean {metrics['macs_mean']:,} min {metrics['macs_min']:,} max {metrics['macs_max']:,} "
             f"(dense backbone {metrics['macs_full']:,}, ratio {metrics['mac_ratio']:.3f}); params {metrics['params']:,}"

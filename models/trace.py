@@ -76,6 +76,9 @@ class Trace:
         self.keep_tensors = keep_tensors  # keep differentiable decision tensors (for attributions)
         self._tensors: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.macs = torch.zeros(batch_size, dtype=torch.float64)
+        # MACs executed that the decisions say need not have run (a masking plug-in's gated-off blocks); None: the
+        # model executes what it decides, so its decided cost is its executed cost (``decided_macs``)
+        self.unneeded: torch.Tensor | None = None
         self.decisions: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
         self._rows = [torch.arange(batch_size)]
 
@@ -92,6 +95,12 @@ class Trace:
             yield
         finally:
             self._rows.pop()
+
+    @property
+    def decided_macs(self) -> torch.Tensor | None:
+        """Per input, the MACs the decisions say should have run (executed minus ``unneeded``); None for a model that
+        does not report it (every built-in model executes exactly what it decides)."""
+        return None if self.unneeded is None else self.macs - self.unneeded
 
     def forced(self, layer: str, kind: DecisionKind) -> Any | None:
         """The value an override forces for ``layer``'s decision of ``kind`` (its ``forced_field``; None: decide

@@ -1,6 +1,66 @@
-"""RouteScope's one place for its commands: ``routescope COMMAND ...`` (or ``python -m routescope COMMAND ...``).
+"""RouteScope's one namespace for outside code, and its commands.
 
-The table in ``routescope.commands`` names every entry point and the module that holds it; each such module is a
-thin command line over the library (``models`` below ``analysis`` below ``app``), and no library module imports
-one (the import contract in pyproject.toml).
+Outside code imports ``routescope`` only: ``routescope.load``, ``routescope.trace`` and ``routescope.table``
+(``routescope.api``), and the plug-in contract (``ModelPlugin``, ``DecisionPoint``, ``Site``, ``DecisionKind``,
+``register_kind``, ``declare``, ``plugin_names``). The names are imported on first use, so ``import routescope`` (and
+the ``routescope`` command) stays cheap and never imports torch or Streamlit until a name is asked for.
+
+``routescope COMMAND ...`` (or ``python -m routescope COMMAND ...``): the table in ``routescope.commands`` names every
+entry point and the module that holds it; each such module is a thin command line over the library (``models`` below
+``analysis`` below ``app``), and no library module imports one (the import contract in pyproject.toml).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from models.decisions import DecisionKind, register_kind
+    from models.plugin_model import PluginModel
+    from models.plugin_registry import declare, plugin_names
+    from models.plugins import DecisionPoint, ModelPlugin, Site
+    from models.trace import traced_forward
+    from routescope.api import load, table, trace
+
+_EXPORTS = {
+    "load": "routescope.api",
+    "trace": "routescope.api",
+    "table": "routescope.api",
+    "ModelPlugin": "models.plugins",
+    "DecisionPoint": "models.plugins",
+    "Site": "models.plugins",
+    "PluginModel": "models.plugin_model",
+    "declare": "models.plugin_registry",
+    "plugin_names": "models.plugin_registry",
+    "DecisionKind": "models.decisions",
+    "register_kind": "models.decisions",
+    "traced_forward": "models.trace",
+}
+
+__all__ = [
+    "load",
+    "trace",
+    "table",
+    "ModelPlugin",
+    "DecisionPoint",
+    "Site",
+    "PluginModel",
+    "declare",
+    "plugin_names",
+    "DecisionKind",
+    "register_kind",
+    "traced_forward",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'routescope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -31,6 +31,7 @@ def table_rows(
     classes = meta["classes"]
     logits, trace = traced_forward(model, normalize(images, meta["mean"], meta["std"]), knobs=knobs)
     confidence, predicted = logits.softmax(1).max(1)
+    decided = trace.decided_macs  # a masking plug-in's: what its decisions say should have run
     pixels = images.float().flatten(1) / 255
     rows = []
     for i, index in enumerate(indices):
@@ -44,6 +45,7 @@ def table_rows(
                 "correct": int(predicted[i]) == label if label >= 0 else None,
                 "confidence": float(confidence[i]),
                 "macs": float(trace.macs[i]),
+                **({} if decided is None else {"macs_decided": float(decided[i])}),
                 "brightness": float(pixels[i].mean()),
                 "contrast": float(pixels[i].std()),
                 **decision_columns(trace.decisions[i]),

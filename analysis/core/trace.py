@@ -49,6 +49,7 @@ def trace_batch(
     shared = {"model": model_summary(model)}
     per_model = model_structure(model) if structure else None
     full = dense_macs(model)
+    decided = trace.decided_macs
     out = []
     for i, name in enumerate(names):
         p, order = probabilities[i].sort(descending=True)
@@ -64,7 +65,11 @@ def trace_batch(
                 {"index": int(k), "label": classes[int(k)], "probability": round(float(q), 6)}
                 for q, k in zip(p[:top], order[:top])
             ],
-            "cost": {"macs": int(round(float(trace.macs[i]))), "macs_full": full},
+            "cost": {
+                "macs": int(round(float(trace.macs[i]))),
+                "macs_full": full,
+                **({} if decided is None else {"macs_decided": int(round(float(decided[i])))}),
+            },
             "decisions": trace.decisions[i],
         }
         if per_model is not None:
