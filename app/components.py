@@ -9,17 +9,30 @@ import warnings
 from typing import Callable
 
 import numpy as np
-import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 import torch
 from PIL import Image
+from plotly.subplots import make_subplots
 
 from analysis.core.catalog import sample_images
 from analysis.core.charts import top_classes
 from analysis.core.images import MAX_BYTES as IMAGE_MAX_BYTES, MAX_PIXELS as IMAGE_MAX_PIXELS, ImageError
 from analysis.core.interventions import changed_decisions, format_interventions, parse_interventions
-from analysis.core.kinds import Control, Section, Widget, attribution_targets, decision_controls, inspect_charts
+from analysis.core.kinds import (
+    Control,
+    Section,
+    Widget,
+    attribution_targets,
+    decision_controls,
+    grouped,
+    inspect_charts,
+    kind_view,
+)
+from analysis.core.latency import Latency
 from analysis.core.perturb import PERTURBATIONS, perturbation_figure
+from analysis.core.trace import model_structure
+from app.formatting import cost_delta, latency_delta, macs, ms, percent, show_table
 from app.resources import attribution as cached_attribution, intervened_image, latency as cached_latency
 from app.resources import perturbation as cached_perturbation, traced_image
 from models.decisions import decision_kind
@@ -106,9 +119,9 @@ def pick_images(
     return [(name, samples[name]()) for name in picked] + accepted
 
 
-def show_decisions(decisions: list[dict], key: str) -> None:
+def show_decisions(decisions: list[dict], key: str, model: torch.nn.Module | None = None) -> None:
     """Every chart the decisions' kinds offer, in the order the network takes them."""
-    for i, (kind, figure) in enumerate(inspect_charts(decisions)):
+    for i, (kind, figure) in enumerate(inspect_charts(decisions, model)):
         st.plotly_chart(figure, key=f"{key}-{kind}-{i}")
 
 
@@ -119,9 +132,28 @@ def show_section(section: Section, key: str, title: bool = True) -> None:
     if section.figure is not None:
         st.plotly_chart(section.figure, key=key)
     if section.table is not None:
-        st.dataframe(section.table, hide_index=True, height=min(320, 40 + 35 * len(section.table)))
+        show_table(section.table, most=8)
     if section.caption:
         st.caption(section.caption)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def structure_titles(_model: torch.nn.Module, model_key: str) -> list[str]:
+    """The titles of the model's learned per-model structures (DGConv groups, RePr filter ranking), once per model."""
+    views = [kind_view(kind) for kind in grouped(model_structure(_model))]
+    return [view.title for view in views if view is not None]
+
+
+def page_link(page: str, label: str, query: dict | None = None) -> None:
+    """A link to another page of the app (``page``: its file under app/views), keeping the session; a plain link
+    where the page is not part of the navigation (a page script run on its own)."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.page_link(f"views/{page}.py", label=label, icon=":material/arrow_forward:", query_params=query)
+    except (StreamlitAPIException, KeyError):
+        params = "&".join(f"{k}={v}" for k, v in (query or {}).items())
+        st.markdown(f"[{label}]({page}{'?' + params if params else ''})")
 
 
 def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compact: bool = False) -> dict | None:
@@ -143,20 +175,50 @@ def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compa
         if note not in model_input.warnings:
             seen.caption(note)
     prediction, cost = trace["prediction"], trace["cost"]
-    a, b = result.columns(2)
-    a.metric("Prediction", prediction["label"], f"{prediction['probability'] * 100:.1f}% confidence", delta_color="off")
+    a, b, *decided = result.columns(3 if "macs_decided" in cost else 2)
+    a.metric(
+        "Prediction",
+        prediction["label"],
+        f"{percent(prediction['probability'])} confidence",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    delta, colour = cost_delta(cost["macs"], cost["macs_full"])
     b.metric(
         "MACs executed",
-        f"{cost['macs'] / 1e6:.2f} M",
-        f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of the dense {cost['macs_full'] / 1e6:.2f} M",
-        delta_color="off",
+        macs(cost["macs"], 2),
+        delta,
+        delta_color=colour,
+        delta_arrow="off" if colour == "off" else "auto",
+        help=f"{percent(cost['macs'] / cost['macs_full'], 0)} of the dense network's {macs(cost['macs_full'], 2)} "
+        "multiply-accumulates: what this image really executed (fewer is cheaper, so a cut shows green).",
     )
+    if decided:  # a plug-in model: what its decisions say should have run, beside what it computed (masking)
+        delta, colour = cost_delta(cost["macs_decided"], cost["macs_full"])
+        decided[0].metric(
+            "MACs decided",
+            macs(cost["macs_decided"], 2),
+            delta,
+            delta_color=colour,
+            delta_arrow="off" if colour == "off" else "auto",
+            help="What the decisions say should have run; a model that computes a gated-off block and masks it "
+            "executes more than it decides.",
+        )
     with result:
         st.plotly_chart(top_classes(trace), key=f"{key}-top")
         if trace["decisions"]:
-            show_decisions(trace["decisions"], key)
+            show_decisions(trace["decisions"], key, model)
         else:
-            st.caption("A static network: every layer runs for every image, so there are no routing decisions.")
+            structures = structure_titles(model, model.cache_key)
+            if structures:
+                learned = " and ".join(title[0].lower() + title[1:] for title in structures)
+                st.caption(
+                    f"No per-image decisions: every layer runs for every image. This model's {learned} is fixed "
+                    "at inference, the same for every image: the Structure page shows it."
+                )
+                page_link("structure", "See its structure on the Structure page")
+            else:
+                st.caption("A static network: every layer runs for every image, so there are no routing decisions.")
     return {**trace, "tensor": model_input.tensor, "pixels": model_input.pixels}
 
 
@@ -181,18 +243,72 @@ def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
             picked = st.selectbox("Value", options, format_func=lambda t: t.label, key=f"{key}-option")
         target = ("decision", decision["layer"], picked)
     attribution = cached_attribution(model, model.cache_key, trace["tensor"].numpy(), target)
-    limit = float(abs(attribution.heatmap).max()) or 1.0
-    figure = px.imshow(
-        attribution.heatmap,
-        color_continuous_scale="RdBu_r",
-        zmin=-limit,
-        zmax=limit,
-        title=f"{attribution.method}: {attribution.target}",
+    st.plotly_chart(attribution_figure(attribution, trace.get("pixels")), key=f"{key}-attribution")
+    st.caption(
+        "Red pixels push the explained value up, blue ones down; left, the map over the input (grey), right, alone."
     )
-    figure.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10))
-    st.plotly_chart(figure, key=f"{key}-attribution")
-    if attribution.delta is not None:
-        st.caption(f"Convergence delta (completeness error of IG): {attribution.delta:.2e}")
+    relative = attribution.relative_delta
+    if relative is not None:
+        explained = abs(attribution.output_change)
+        note = (
+            f"Convergence delta {attribution.delta:.2g} against an output change of {explained:.2g} ({relative:.0%}): "
+            "how far the attributions fall short of adding up to what they explain (the change of the explained "
+            "value from the baseline, the mean image, to this image)."
+        )
+        if relative > IG_DELTA_WARN:
+            st.warning(
+                f"Read this map with care: its attributions miss {relative:.0%} of the output change they should add "
+                "up to (Integrated Gradients' convergence delta is large). A decision that flips along the path from "
+                "the baseline, as a skipped block does, makes the integral jump."
+            )
+        st.caption(note)
+
+
+IG_DELTA_WARN = 0.05  # a convergence delta over 5% of the explained change is worth a warning
+
+
+def attribution_figure(attribution, pixels: np.ndarray | None) -> go.Figure:
+    """The attribution over the input picture (grey, the map on top with its near-zero values transparent) and
+    alone, on one symmetric colour scale."""
+    heat = np.asarray(attribution.heatmap)
+    limit = float(abs(heat).max()) or 1.0
+    over = pixels is not None and np.asarray(pixels).shape[:2] == heat.shape
+    figure = make_subplots(
+        rows=1,
+        cols=2 if over else 1,
+        subplot_titles=("over the input", "alone") if over else None,
+        horizontal_spacing=0.04,
+    )
+    scale = dict(zmin=-limit, zmax=limit, coloraxis="coloraxis", hovertemplate="(%{x}, %{y}): %{z:.3g}<extra></extra>")
+    if over:
+        grey = np.asarray(pixels, dtype=float)
+        grey = grey.mean(axis=2) if grey.ndim == 3 else grey
+        figure.add_trace(
+            go.Heatmap(z=grey, colorscale=GREY, showscale=False, hoverinfo="skip", zmin=0, zmax=255), row=1, col=1
+        )
+        figure.add_trace(go.Heatmap(z=heat, **scale, opacity=0.75), row=1, col=1)
+    figure.add_trace(go.Heatmap(z=heat, **scale), row=1, col=2 if over else 1)
+    figure.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", showticklabels=False, showgrid=False)
+    figure.update_xaxes(constrain="domain", showticklabels=False, showgrid=False)
+    if over:
+        figure.update_yaxes(scaleanchor="x2", row=1, col=2)
+    return figure.update_layout(
+        title=f"{attribution.method}: {attribution.target}",
+        coloraxis=dict(colorscale=OVERLAY_SCALE, cmin=-limit, cmax=limit, colorbar=dict(title="relevance")),
+        height=340,
+        margin=dict(l=10, r=10, t=60, b=10),
+    )
+
+
+GREY = [[0, "#3a3a3a"], [1, "#f2f2f2"]]  # the input, lifted off black so the colours over it stay readable
+# diverging, transparent around 0: the picture shows through where a pixel does not matter
+OVERLAY_SCALE = [
+    [0.0, "rgba(33,102,172,1)"],
+    [0.35, "rgba(146,197,222,0.6)"],
+    [0.5, "rgba(255,255,255,0)"],
+    [0.65, "rgba(244,165,130,0.6)"],
+    [1.0, "rgba(178,24,43,1)"],
+]
 
 
 def intervention_state(key: str) -> tuple[dict, dict]:
@@ -248,31 +364,43 @@ def control_widget(control: Control, key: str, container) -> None:
     _DRAW[control.widget](container, control, common)
 
 
-def _run_card(column, title: str, trace: dict, latencies, key: str) -> None:
-    """One run's prediction, MACs and latency; ``latencies``: (this run, the dense counterpart) timed alternately."""
+def _run_card(column, title: str, trace: dict, latencies: tuple[Latency, Latency], key: str) -> None:
+    """One run's prediction, MACs and latency; ``latencies``: (this run, the dense counterpart) timed alternately.
+    Cost deltas are coloured the inverse way (fewer MACs, less time: green); a latency whose interquartile range
+    overlaps the dense one's is "no measurable difference", whatever its median says."""
     latency, dense = latencies
     prediction, cost = trace["prediction"], trace["cost"]
     column.markdown(f"**{title}**")
     column.metric(
         f"Prediction ({title.lower()})",
         prediction["label"],
-        f"{prediction['probability'] * 100:.1f}% confidence",
+        f"{percent(prediction['probability'])} confidence",
         delta_color="off",
+        delta_arrow="off",
     )
+    delta, colour = cost_delta(cost["macs"], cost["macs_full"])
     column.metric(
         f"MACs ({title.lower()})",
-        f"{cost['macs'] / 1e6:.2f} M",
-        f"{cost['macs'] / cost['macs_full'] * 100:.0f}% of dense",
-        delta_color="off",
+        macs(cost["macs"], 2),
+        delta,
+        delta_color=colour,
+        delta_arrow="off" if colour == "off" else "auto",
+        help=f"{percent(cost['macs'] / cost['macs_full'], 0)} of the dense network's MACs",
     )
+    delta, colour = latency_delta(latency, dense)
     column.metric(
         f"Latency ({title.lower()})",
-        f"{latency.median_ms:.2f} ms",
-        f"{latency.median_ms / dense.median_ms:.2f}× the dense {dense.median_ms:.2f} ms",
-        delta_color="off",
-        help=f"Batch 1 on this server, median of {latency.runs} runs after a warm-up (IQR "
-        f"{latency.q1_ms:.2f}–{latency.q3_ms:.2f} ms), timed alternately with the dense counterpart "
-        f"({dense}) in the same run, so the machine's noise falls on both.",
+        ms(latency.median_ms),
+        delta,
+        delta_color=colour,
+        delta_arrow="off" if colour == "off" else "auto",
+        help=f"Batch 1 on this server, median of {latency.runs} runs after a warm-up, timed alternately with the "
+        f"dense counterpart ({dense}) in the same run, so the machine's noise falls on both. A difference counts "
+        "only when the two interquartile ranges do not overlap.",
+    )
+    column.caption(
+        f"Interquartile range {latency.q1_ms:.2f}–{ms(latency.q3_ms)}; the dense network's "
+        f"{dense.q1_ms:.2f}–{ms(dense.q3_ms)}."
     )
     column.plotly_chart(top_classes(trace), key=f"{key}-top")
 
@@ -328,8 +456,9 @@ def intervention_panel(model: torch.nn.Module, name: str, data: bytes, original:
         right, "Intervened", intervened, cached_latency(model, model.cache_key, name, data, *as_json), f"{key}-intv"
     )
     st.caption(
-        f"Dense counterpart: every layer at full width, {original['cost']['macs_full'] / 1e6:.2f} M MACs; each "
-        "latency above is timed alternately with it in one run (ABBA order), the timing path of `tools.bench`."
+        f"Dense counterpart: every layer at full width, {macs(original['cost']['macs_full'], 2)} MACs; each "
+        "latency above is timed alternately with it in one run (ABBA order), the timing path of `tools.bench`; "
+        "a batch-1 difference of a few tenths of a millisecond is often inside the run's noise."
     )
     fields = {
         kind: decision_kind(kind).forcible
@@ -343,7 +472,7 @@ def intervention_panel(model: torch.nn.Module, name: str, data: bytes, original:
             f"**Decisions that differ** ({int(changed['forced'].sum())} forced, "
             f"{int((~changed['forced']).sum())} changed in response)"
         )
-        st.dataframe(changed, hide_index=True, key=f"{key}-changed")
+        show_table(changed, key=f"{key}-changed")
     return intervened
 
 

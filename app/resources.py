@@ -40,7 +40,10 @@ from analysis.core.sweeps import knob_sweep
 from analysis.core.table import as_table
 from analysis.core.table_store import Progress, model_fingerprint, stored_table
 from analysis.core.testsets import BUNDLED, UNLABELLED, ModelImages, TestSet, label_map, open_test_set
+from app.formatting import show_table
 from models.checkpoint import CheckpointError, check_usable, load_checkpoint
+from models.loading import PLUGIN_PREFIX, load_model
+from models.plugin_registry import installed_plugins
 from models.data import (
     CIFAR10,
     FASHION_MNIST,
@@ -69,8 +72,9 @@ def app_device() -> str:
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=64)
-def _load(path: str, mtime: float, device: str) -> torch.nn.Module:
-    model = load_checkpoint(path, map_location=device)
+def _load(path: str, mtime: float | str, device: str) -> torch.nn.Module:
+    """A bundled checkpoint (``path``, its ``mtime``) or an installed plug-in (``plugin:NAME``, its version)."""
+    model = load_model(path, map_location=device)
     model.cache_key = f"{path}@{mtime}@{device}"
     model_fingerprint(model)  # what keys its stored tables, kept on the model: computed here, as it is loaded
     return model
@@ -79,6 +83,23 @@ def _load(path: str, mtime: float, device: str) -> torch.nn.Module:
 def load_bundled(name: str) -> torch.nn.Module:
     path = bundled_checkpoints()[name]
     return _load(str(path), path.stat().st_mtime, app_device())
+
+
+PLUGIN_GROUP = "plug-in: "  # the model source of an installed plug-in package: "plug-in: GROUP"
+
+
+def plugin_groups() -> dict[str, list[str]]:
+    """``{"plug-in: GROUP": [model names]}`` of the installed plug-ins (entry points ``routescope.models``): code the
+    server's user installed, never anything uploaded. A plug-in that fails to import is a sidebar warning."""
+    groups: dict[str, list[str]] = {}
+    for name, declared in installed_plugins(on_error=lambda e: st.sidebar.warning(f"Not listed: {e}")).items():
+        groups.setdefault(PLUGIN_GROUP + declared.group, []).append(name)
+    return groups
+
+
+def load_plugin_model(name: str) -> torch.nn.Module:
+    """An installed plug-in model, through the same cache as the bundled checkpoints (keyed by its version)."""
+    return _load(PLUGIN_PREFIX + name, installed_plugins()[name].version, app_device())
 
 
 @st.cache_resource(show_spinner="Loading uploaded checkpoint…", max_entries=8)
@@ -175,9 +196,20 @@ def pick_bundled(bundled: dict, key: str) -> str:
 
 
 def chosen_bundled_name() -> str | None:
-    """The bundled model this session shows (None: an uploaded checkpoint)."""
+    """The bundled or plug-in model this session shows, as ``?model=`` names it (None: an uploaded checkpoint)."""
     kept = _chosen()
-    return kept.get("name") if kept.get("source", "Bundled") == "Bundled" else None
+    source = kept.get("source", "Bundled")
+    return kept.get("name") if source == "Bundled" else kept.get("plugin") if source.startswith(PLUGIN_GROUP) else None
+
+
+def pick_plugin(names: list[str], key: str) -> str:
+    """The select of one plug-in group's models."""
+    _seed(f"{key}-plugin", "plugin", names)
+    name = st.sidebar.selectbox(
+        "Plug-in model", names, key=f"{key}-plugin", on_change=_keep, args=(f"{key}-plugin", "plugin")
+    )
+    _chosen()["plugin"] = name
+    return name
 
 
 def upload_message(file_name: str, error: Exception) -> str:
@@ -203,18 +235,22 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
         st.error(f"No model can be loaded: {e}. Unset {DEVICE_ENV} or set it to cpu, then restart the app.")
         return None
     bundled = bundled_checkpoints()
+    plugins = plugin_groups()
     kept = _chosen()
     if "url-read" not in kept:  # a shared view (?model=NAME) selects its model once per session
         kept["url-read"] = True
         wanted = st.query_params.get("model")
+        group = next((g for g, names in plugins.items() if wanted in names), None)
         if wanted is not None and wanted in bundled:
             kept["source"], kept["name"] = "Bundled", wanted
+        elif group is not None:
+            kept["source"], kept["plugin"] = group, wanted
         elif wanted is not None:
             st.warning(f"The link names model `{wanted}`, which is not bundled here; showing another model.")
-    _seed(f"{key}-source", "source")
+    _seed(f"{key}-source", "source", ["Bundled", *plugins, "Upload a checkpoint"])
     source = st.sidebar.radio(
         "Model",
-        ["Bundled", "Upload a checkpoint"],
+        ["Bundled", *plugins, "Upload a checkpoint"],
         key=f"{key}-source",
         horizontal=True,
         on_change=_keep,
@@ -228,6 +264,10 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
         name = pick_bundled(bundled, key)
         st.query_params["model"] = name  # every page's URL names its model
         return load_bundled(name)
+    if source in plugins:
+        name = pick_plugin(plugins[source], key)
+        st.query_params["model"] = name
+        return load_plugin_model(name)
     st.query_params.pop("model", None)
     upload_key = f"{key}-upload"
     # no ``type`` filter: the browser would refuse a .pth.tar (or any other name) without a visible reason
@@ -254,12 +294,18 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
     return model
 
 
+def choose_bundled(name: str) -> None:
+    """Button callback: make the bundled model ``name`` this session's choice (the picker shows it on the rerun)."""
+    _chosen().update(source="Bundled", name=name)
+
+
 def show_model(model: torch.nn.Module) -> None:
     """The caption that names the page's model (exactly as the picker does), and where it came from."""
     meta = model.meta
     upload = _chosen().get("upload") if _chosen().get("source") == "Upload a checkpoint" else None
     accuracy = meta.get("metrics", {}).get("test_acc")
-    origin = f" (uploaded file `{upload[0]}`)" if upload else ""
+    group = getattr(model, "group", None)  # a plug-in's entry point
+    origin = f" (uploaded file `{upload[0]}`)" if upload else f" (plug-in `{group}`)" if group else ""
     st.caption(
         f"Model: **{meta['name']}**{origin} · method `{meta['method']}` · trained on {meta['dataset']}"
         + (f" · test accuracy {accuracy * 100:.2f}%" if isinstance(accuracy, (int, float)) else "")
@@ -758,7 +804,7 @@ def cached_table(model: torch.nn.Module, images: ModelImages) -> pd.DataFrame:
             if len(first) < FIRST_ROWS and progress.rows:  # the first rows, while the rest are traced
                 first.extend(progress.rows[: FIRST_ROWS - len(first)])
                 preview = as_table(first, model.meta["classes"])
-                shown[1].dataframe(preview[["class", "predicted", "confidence", "macs"]], height=180)
+                show_table(preview[["class", "predicted", "confidence", "macs"]], container=shown[1], most=4)
 
         out = stored_table(model, images, progress=show)
         for element in shown:

@@ -113,7 +113,7 @@ def test_width_select_on_a_dsnet(dynamic_dir):
     assert widths and all(
         s.options
         == [
-            f"{w:g}x ({round(w * int(s.options[-1].split()[3]))} of {s.options[-1].split()[3]} channels)"
+            f"{w:g}× ({round(w * int(s.options[-1].split()[3]))} of {s.options[-1].split()[3]} channels)"
             for w in (0.25, 0.5, 0.75, 1.0)
         ]
         for s in widths
@@ -200,7 +200,7 @@ def test_perturbation_view(dynamic_dir):
     from app.resources import load_bundled
 
     probability, macs, decisions = figure["data"]
-    assert macs["name"] == "MACs (M)" and decisions["type"] == "heatmap"
+    assert macs["name"] == "MACs" and decisions["type"] == "heatmap"
     assert decisions["y"] == list(load_bundled("skipnet").decision_layers()), "one row per gated block"
     assert all(set(row) <= {"0", "1"} for row in decisions["text"]), "gate bits"
     assert len(plotly_values(probability["x"])) == 11 and array_shape(decisions["z"]) == (len(decisions["y"]), 11)

@@ -197,5 +197,5 @@ def test_latency_is_timed_against_the_dense_network_in_one_run(two_models, monke
     assert not at.exception, at.exception
     cards = {m.label: m for m in at.metric if m.label.startswith("Latency")}
     assert set(cards) == {"Latency (original)", "Latency (intervened)"}
-    assert all("× the dense" in m.delta for m in cards.values()), [m.delta for m in cards.values()]
+    assert all("the dense" in m.delta for m in cards.values()), [m.delta for m in cards.values()]
     assert calls == [({}, {})], "original and (unforced) intervened run are the same cached measurement"

@@ -268,3 +268,44 @@ def test_compare_on_an_uploaded_zip(server, page, tmp_path):
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
     expect(page.get_by_test_id("stException")).to_have_count(0)
     page.screenshot(path=str(tmp_path / "compare-zip.png"), full_page=False)
+
+
+# a MAC count written out (20193136; the app writes MACs in millions), not a routing pattern of gate bits (00111110)
+RAW_MACS = re.compile(r"\b(?![01]+\b)\d{7,}\b")
+
+
+def _table_text(page) -> str:
+    """The text of every table cell on the page: st.dataframe draws on a canvas, its cells are in the accessible
+    table beside it (the values the canvas shows, unformatted)."""
+    return "\n".join(page.get_by_test_id("stDataFrame").locator("td").all_inner_texts())
+
+
+@pytest.mark.heavy
+def test_no_table_shows_a_raw_mac_count(server, page):
+    """Compare and Inspect (its Intervene panel open, one gate flipped, so the differing decisions are a table too) in
+    a real browser: no table cell, nor any text on Inspect, holds a MAC count as a raw integer."""
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    model = _skipnet()
+    page.goto(f"{url}/compare?model={model}")
+    expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # the routing patterns and the per-image table
+    page.get_by_test_id("stDataFrame").last.scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=stDataFrame] td').length > 20")
+    compare = _table_text(page)
+    assert compare.strip() and not RAW_MACS.findall(compare), RAW_MACS.findall(compare)[:5]
+    expect(page.get_by_text("How to read a pattern.", exact=False)).to_be_visible()
+
+    page.goto(f"{url}/inspect?model={model}")
+    expect(page.get_by_role("heading", name="Inspect", exact=True)).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    page.get_by_text("Intervene: force decisions, move knobs").first.click()
+    page.get_by_test_id("stCheckbox").filter(has_text="run layer").first.click()
+    expect(page.get_by_text("Decisions that differ")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    expect(page.get_by_test_id("stDataFrame")).to_have_count(1)
+    inspect = _table_text(page) + "\n" + page.get_by_test_id("stMain").inner_text()
+    assert not RAW_MACS.findall(inspect), RAW_MACS.findall(inspect)[:5]
+    expect(page.get_by_test_id("stException")).to_have_count(0)

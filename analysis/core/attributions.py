@@ -22,12 +22,22 @@ from models.trace import traced_forward
 
 @dataclass
 class Attribution:
-    """A (H, W) relevance map, what it explains, and IG's convergence delta (None for GradCAM)."""
+    """A (H, W) relevance map, what it explains, and IG's convergence delta with the change of the explained output
+    between the baseline and the image that the attributions should add up to (None for GradCAM)."""
 
     heatmap: np.ndarray
     target: str
     method: str
     delta: float | None
+    output_change: float | None = None
+
+    @property
+    def relative_delta(self) -> float | None:
+        """IG's completeness error as a share of the output change it explains (``delta / |f(x) - f(baseline)|``):
+        near 0 the map accounts for the output, near 1 or more it is not to be trusted."""
+        if self.delta is None or self.output_change is None:
+            return None
+        return self.delta / max(abs(self.output_change), 1e-12)
 
 
 def decision_function(
@@ -50,8 +60,10 @@ def _channel_sum(attribution: torch.Tensor) -> np.ndarray:
 
 def integrated_gradients(
     forward: Callable, x: torch.Tensor, target: int | None = None, steps: int = 32
-) -> tuple[np.ndarray, float]:
-    """IG from an all-zeros baseline in normalized space (the data set's mean image)."""
+) -> tuple[np.ndarray, float, float]:
+    """IG from an all-zeros baseline in normalized space (the data set's mean image): the map, the convergence delta
+    (|sum of the attributions - (f(x) - f(baseline))|) and the output change f(x) - f(baseline) (captum's signed delta
+    is the sum minus that change)."""
     x = x.detach().requires_grad_(True)
     attribution, delta = IntegratedGradients(forward).attribute(
         x,
@@ -61,7 +73,8 @@ def integrated_gradients(
         internal_batch_size=steps,
         return_convergence_delta=True,
     )
-    return _channel_sum(attribution), float(delta.abs().max())
+    signed = float(delta.reshape(-1)[0])
+    return _channel_sum(attribution), abs(signed), float(attribution.detach().sum()) - signed
 
 
 def explain_prediction(
@@ -75,12 +88,12 @@ def explain_prediction(
         )
         upsampled = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
         return Attribution(upsampled[0, 0].numpy(), f"class '{label}'", "GradCAM (last feature map)", None)
-    heatmap, delta = integrated_gradients(model, x, target=target)
-    return Attribution(heatmap, f"class '{label}'", "Integrated Gradients", delta)
+    heatmap, delta, change = integrated_gradients(model, x, target=target)
+    return Attribution(heatmap, f"class '{label}'", "Integrated Gradients", delta, change)
 
 
 def explain_decision(model: torch.nn.Module, x: torch.Tensor, layer: str, target: AttributionTarget) -> Attribution:
     """Relevance of each pixel for one decision value (a target its kind's view offers: a gate probability, a
     width probability, a routing weight, an exit's confidence)."""
-    heatmap, delta = integrated_gradients(decision_function(model, layer, target.field, target.option), x)
-    return Attribution(heatmap, f"{layer}: {target.label}", "Integrated Gradients", delta)
+    heatmap, delta, change = integrated_gradients(decision_function(model, layer, target.field, target.option), x)
+    return Attribution(heatmap, f"{layer}: {target.label}", "Integrated Gradients", delta, change)

@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from analysis.core.units import MILLION, macs_axis
 
 COMPACT = dict(margin=dict(l=10, r=10, t=40, b=10))
 
@@ -21,29 +22,38 @@ def top_classes(trace: dict) -> go.Figure:
             y=[t["label"] for t in top],
             orientation="h",
             marker_color="#4c78a8",
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+            hovertemplate="%{y}: %{x:.1%}<extra></extra>",
         )
     )
     return figure.update_layout(
-        title="Top classes", xaxis=dict(range=[0, 1], title="probability"), height=230, **COMPACT
+        title="Top classes", xaxis=dict(range=[0, 1], title="probability", tickformat=".0%"), height=230, **COMPACT
     )
 
 
 def accuracy_vs_macs(frame: pd.DataFrame, front: pd.DataFrame) -> go.Figure:
     """Every model's test accuracy vs mean MACs (``analysis.core.pareto.models_frame``), its Pareto front dashed."""
+    shown = frame.assign(
+        macs_m=frame["macs_mean"] / MILLION,
+        accuracy=frame["test_acc"] * 100,
+        of_dense=pd.to_numeric(frame["mac_ratio"], errors="coerce"),
+        params_m=pd.to_numeric(frame["params"], errors="coerce") / MILLION,
+    )
     figure = px.scatter(
-        frame,
-        x=frame["macs_mean"] / 1e6,
-        y=frame["test_acc"] * 100,
+        shown,
+        x="macs_m",
+        y="accuracy",
         color="method",
         symbol="method",
         hover_name="name",
-        hover_data={"params": ":,", "mac_ratio": ":.3f"},
-        labels={"x": "mean MACs per image (millions)", "y": "test accuracy (%)"},
+        custom_data=["of_dense", "params_m"],
+    )
+    figure.update_traces(
+        hovertemplate="<b>%{hovertext}</b><br>%{x:.2f} M MACs (%{customdata[0]:.0%} of dense) · accuracy %{y:.2f}%"
+        "<br>%{customdata[1]:.2f} M params<extra></extra>"
     )
     figure.add_trace(
         go.Scatter(
-            x=front["macs_mean"] / 1e6,
+            x=front["macs_mean"] / MILLION,
             y=front["test_acc"] * 100,
             mode="lines",
             name="Pareto front",
@@ -52,4 +62,6 @@ def accuracy_vs_macs(frame: pd.DataFrame, front: pd.DataFrame) -> go.Figure:
         )
     )
     figure.update_traces(marker=dict(size=11), selector=dict(mode="markers"))
-    return figure.update_layout(height=460, **COMPACT)
+    return figure.update_layout(
+        height=460, xaxis=macs_axis("mean MACs per image"), yaxis=dict(title="test accuracy", ticksuffix="%"), **COMPACT
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 import importlib
+import inspect as _inspect
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,6 +31,17 @@ class Section:
     figure: go.Figure | None = None
     table: pd.DataFrame | None = None
     caption: str | None = None
+
+
+@dataclass(frozen=True)
+class PatternPart:
+    """One kind's part of the routing patterns of a dataset table, as the app shows it: each image's part written
+    readably (``values``, indexed like the table), what its positions and symbols mean (``legend``, one sentence),
+    and the table column it starts at (``column``: parts of several kinds are shown in network order)."""
+
+    values: pd.Series
+    legend: str
+    column: str
 
 
 @dataclass(frozen=True)
@@ -79,10 +91,14 @@ class KindView:
 
     - ``columns(entry)``: the per-image table columns of one decision entry (``layer/field``);
     - ``inspect(entries)``: the Inspect charts of one image's entries of this kind (or of a model's structure);
+      ``inspect(entries, model)`` when it takes a second argument (labels only the model knows, e.g. its widths);
+    - ``pattern(table)``: this kind's part of the routing patterns of a dataset table, readable, with its legend
+      (``PatternPart``; None when the table has no columns of the kind);
     - ``compare(table)``: the Compare page's sections over a dataset table that has this kind's columns;
     - ``targets(entry)``: what an attribution can explain in that entry;
     - ``summary(entries)``, ``detail(entry, meta)``: the Structure page's table of all layers and the view of
-      one layer (structure kinds);
+      one layer (structure kinds); ``notable(entry)``: whether that layer has something to show (the page opens
+      on the first such layer: a RePr layer with dropped filters, a DGConv layer with more than one group);
     - ``control(entry, model)``: the widget that forces this decision in the Inspect page's interventions;
     - ``force_like(table, bundled, target)``: a sampler ``rng -> overrides`` that forces ``target`` (a deeper
       network of the same method) to decide at the rates this kind's columns of ``bundled``'s ``table`` show
@@ -91,7 +107,7 @@ class KindView:
 
     kind: DecisionKind
     columns: Callable[[dict], dict] | None = None
-    inspect: Callable[[list[dict]], list[go.Figure]] | None = None
+    inspect: Callable[..., list[go.Figure]] | None = None
     compare: Callable[[pd.DataFrame], list[Section]] | None = None
     targets: Callable[[dict], list[AttributionTarget]] | None = None
     summary: Callable[[list[dict]], pd.DataFrame] | None = None
@@ -99,6 +115,8 @@ class KindView:
     control: Callable[[dict, Any], Control | None] | None = None
     force_like: Callable[[pd.DataFrame, Any, Any], Callable[[Any], dict]] | None = None
     title: str = field(default="")
+    pattern: Callable[[pd.DataFrame], PatternPart | None] | None = None
+    notable: Callable[[dict], bool] | None = None
 
     def __post_init__(self) -> None:
         if decision_kind(self.kind.name) != self.kind:  # a view is of a kind some method declared
@@ -154,14 +172,30 @@ def decision_columns(decisions: list[dict]) -> dict:
     return row
 
 
-def inspect_charts(entries: list[dict]) -> list[tuple[str, go.Figure]]:
-    """``(kind, figure)`` for every chart of one image's decisions or one model's structure."""
+def _takes_model(function: Callable) -> bool:
+    try:
+        return len(_inspect.signature(function).parameters) > 1
+    except (TypeError, ValueError):
+        return False
+
+
+def inspect_charts(entries: list[dict], model: Any = None) -> list[tuple[str, go.Figure]]:
+    """``(kind, figure)`` for every chart of one image's decisions or one model's structure (``model``: handed to
+    the views whose ``inspect`` takes it)."""
     out = []
     for kind, of_kind in grouped(entries).items():
         view = kind_view(kind)
         if view is not None and view.inspect is not None:
-            out += [(kind, figure) for figure in view.inspect(of_kind)]
+            figures = view.inspect(of_kind, model) if _takes_model(view.inspect) else view.inspect(of_kind)
+            out += [(kind, figure) for figure in figures]
     return out
+
+
+def pattern_parts(table: pd.DataFrame) -> list[PatternPart]:
+    """Every kind's readable part of the table's routing patterns, in network order (the order of their columns)."""
+    parts = [view.pattern(table) for view in kind_views().values() if view.pattern is not None]
+    order = {column: i for i, column in enumerate(table.columns)}
+    return sorted((p for p in parts if p is not None), key=lambda p: order.get(p.column, len(order)))
 
 
 def compare_sections(table: pd.DataFrame) -> list[Section]:

@@ -42,6 +42,23 @@ class Latency:
     def __str__(self) -> str:
         return f"{self.median_ms:.2f} ms (IQR {self.q1_ms:.2f}–{self.q3_ms:.2f}, {self.runs} runs)"
 
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The interquartile range, in ms: the spread a difference must leave to be measured."""
+        return self.q1_ms, self.q3_ms
+
+
+def latency_comparison(a: Latency, b: Latency) -> float | None:
+    """The ratio of the medians ``a / b`` of two sides timed alternately in one run, or None when their
+    interquartile ranges overlap: a difference inside the noise of the run is no measurable difference (the rule of
+    ``tools.bench``'s ratio interval and ``analysis.results.target_status``: only a whole interval counts)."""
+    if a.q3_ms >= b.q1_ms and b.q3_ms >= a.q1_ms:
+        return None
+    return a.median_ms / b.median_ms
+
+
+NO_DIFFERENCE = "no measurable difference"
+
 
 def _synchronize(device: torch.device | str | None) -> None:
     if device is not None and torch.device(device).type == "cuda":

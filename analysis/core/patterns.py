@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.core.kinds import pattern_parts
+
 
 def pattern_summary(table: pd.DataFrame, top_classes: int = 3) -> pd.DataFrame:
     """One row per routing pattern, most frequent first: ``pattern, images, share, accuracy, macs_mean, classes``
@@ -21,6 +23,29 @@ def pattern_summary(table: pd.DataFrame, top_classes: int = 3) -> pd.DataFrame:
         for _, group in groups
     ]
     return out.sort_values(["images", "macs_mean"], ascending=[False, True])[columns].reset_index(drop=True)
+
+
+def readable_patterns(table: pd.DataFrame) -> tuple[pd.Series | None, list[str]]:
+    """Each image's routing pattern as the app writes it (each kind's ``PatternPart``, " | " between kinds: DS-Net's
+    widths always ``/``-separated, ``1/1`` rather than the signature's ``11``) and one legend line per kind; (None,
+    []) when no kind of the table has one. The ``pattern`` column itself is left as it is (stored tables)."""
+    parts = pattern_parts(table)
+    if not parts:
+        return None, []
+    values = parts[0].values.astype(str)
+    for part in parts[1:]:
+        values = values + " | " + part.values.astype(str)
+    return values, [part.legend for part in parts]
+
+
+def pattern_labels(table: pd.DataFrame) -> dict[str, str]:
+    """``{pattern: readable pattern}`` over the table's patterns (the signature where no kind offers a reading)."""
+    if "pattern" not in table.columns:
+        return {}
+    readable, _ = readable_patterns(table)
+    if readable is None:
+        return {p: p for p in table["pattern"].unique()}
+    return readable.groupby(table["pattern"], sort=False).first().to_dict()
 
 
 def decision_matrix(table: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 
 from analysis.core.charts import COMPACT
 from analysis.core.kinds import grouped, routing_pattern
+from analysis.core.units import MILLION
 from models.data import normalize
 from models.decisions import decision_kind
 from models.trace import traced_forward
@@ -175,32 +176,39 @@ def perturbation_figure(frame: pd.DataFrame) -> go.Figure:
             name=f"p({frame.attrs.get('target', 'class')})",
             mode="lines+markers",
             hovertext=hover,
+            hovertemplate="p = %{y:.1%}<br>%{hovertext}<extra></extra>",
         ),
         row=1,
         col=1,
     )
     figure.add_trace(
         go.Scatter(
-            x=frame["strength"], y=frame["macs"] / 1e6, name="MACs (M)", mode="lines+markers", line=dict(dash="dot")
+            x=frame["strength"],
+            y=frame["macs"] / MILLION,
+            name="MACs",
+            mode="lines+markers",
+            line=dict(dash="dot"),
+            hovertemplate="%{y:.2f} M MACs<extra></extra>",
         ),
         row=1,
         col=1,
         secondary_y=True,
     )
-    if layers:  # one row per decision layer: its signature value (text), coloured within the row (0/1 gates,
-        # widths, expert indices share one picture without one scale swamping another)
+    if layers:  # one row per decision layer: its signature value (text) on one absolute colour scale, so an
+        # all-0 row and an all-1 row look different (0/1 gates, widths, expert indices: the value, not its rank)
         values = frame[layers].to_numpy(dtype=float).T
-        low, high = np.nanmin(values, axis=1, keepdims=True), np.nanmax(values, axis=1, keepdims=True)
-        shade = np.where(high > low, (values - low) / np.where(high > low, high - low, 1), 0.5)
+        low, high = min(0.0, float(np.nanmin(values))), max(1.0, float(np.nanmax(values)))
         figure.add_trace(
             go.Heatmap(
                 x=frame["strength"],
                 y=layers,
-                z=shade,
+                z=values,
+                zmin=low,
+                zmax=high,
                 text=[[f"{v:g}" for v in row] for row in values],
                 texttemplate="%{text}",
                 colorscale="Blues",
-                showscale=False,
+                colorbar=dict(title="decision<br>value", len=0.45, y=0.22, thickness=12),
                 xgap=1,
                 ygap=1,
                 name="decisions",
@@ -209,8 +217,8 @@ def perturbation_figure(frame: pd.DataFrame) -> go.Figure:
             row=2,
             col=1,
         )
-    figure.update_yaxes(title_text="probability", range=[0, 1], row=1, col=1, secondary_y=False)
-    figure.update_yaxes(title_text="MACs (M)", row=1, col=1, secondary_y=True)
+    figure.update_yaxes(title_text="probability", range=[0, 1], tickformat=".0%", row=1, col=1, secondary_y=False)
+    figure.update_yaxes(title_text="MACs (millions)", ticksuffix=" M", tickformat=".1f", row=1, col=1, secondary_y=True)
     if layers:
         figure.update_yaxes(title_text="decision", autorange="reversed", row=2, col=1)
     figure.update_xaxes(title_text=frame.attrs.get("perturbation", "strength"), row=2 if layers else 1, col=1)

@@ -15,6 +15,7 @@ import torch
 
 from analysis.core.charts import COMPACT
 from analysis.core.testsets import ModelImages
+from analysis.core.units import macs_axis
 from models.evaluation import accuracy_and_macs
 from models.protocol import RouteScopeModel
 
@@ -94,7 +95,11 @@ def tradeoff_figure(curve: pd.DataFrame, knob: str, trained: dict, others: pd.Da
             )
         )
     return figure.update_layout(
-        title=title, xaxis_title="mean MACs per image (M)", yaxis_title="accuracy (%)", height=420, **COMPACT
+        title=title,
+        xaxis=macs_axis("mean MACs per image"),
+        yaxis=dict(title="accuracy", ticksuffix="%"),
+        height=420,
+        **COMPACT,
     )
 
 

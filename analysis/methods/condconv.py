@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, main_model, register_figure
-from analysis.core.kinds import AttributionTarget, Control, KindView, Section, Widget, register_view
+from analysis.core.kinds import AttributionTarget, Control, KindView, PatternPart, Section, Widget, register_view
 from models.condconv import ROUTING
 
 
@@ -35,6 +35,7 @@ def routing_heatmap(decisions: list[dict]) -> go.Figure:
             texttemplate="%{z:.2f}",
         )
     )
+    figure.update_yaxes(autorange="reversed")  # network order, top down
     return figure.update_layout(title="Routing weights", height=120 + 40 * len(z), **COMPACT)
 
 
@@ -53,14 +54,54 @@ def routing_by_class(table: pd.DataFrame, layer: str) -> pd.DataFrame:
     return table.groupby("class", observed=False)[columns].mean().rename(columns=lambda c: c.split("/")[1])
 
 
+def class_heatmap(means: pd.DataFrame) -> go.Figure:
+    """Mean routing weight per class and expert, the colours stretched over the data's own range (the weights of
+    a layer often differ by a few hundredths only: a fixed 0-1 scale would paint them all alike)."""
+    low, high = float(np.nanmin(means.to_numpy())), float(np.nanmax(means.to_numpy()))
+    figure = px.imshow(
+        means,
+        text_auto=".2f",
+        color_continuous_scale="Greens",
+        zmin=low,
+        zmax=high if high > low else low + 1e-6,
+        aspect="auto",
+        labels={"x": "expert", "y": "class", "color": "weight"},
+    )
+    figure.update_layout(
+        height=120 + 28 * len(means),
+        coloraxis_colorbar=dict(title=f"mean weight<br>(scaled to<br>{low:.2f}–{high:.2f})"),
+        **COMPACT,
+    )
+    return figure
+
+
 def compare_sections(table: pd.DataFrame) -> list[Section]:
     return [
         Section(
             f"Mean routing weight per class: {layer}",
-            px.imshow(routing_by_class(table, layer), text_auto=".2f", color_continuous_scale="Greens", zmin=0, zmax=1),
+            class_heatmap(routing_by_class(table, layer)),
+            caption="The colour scale spans this layer's own range of mean weights, not 0-1: compare the numbers.",
         )
         for layer in routing_layers(table)
     ]
+
+
+def routing_pattern_part(table: pd.DataFrame) -> PatternPart | None:
+    """The dominant expert (largest routing weight) of each routed block, in network order."""
+    layers = routing_layers(table)
+    if not layers:
+        return None
+    dominant = pd.DataFrame(
+        {layer: table[routing_columns(table, layer)].to_numpy().argmax(axis=1) for layer in layers}, index=table.index
+    )
+    sep = "" if int(dominant.to_numpy().max(initial=0)) < 10 else "/"
+    values = dominant.astype(str).agg(sep.join, axis=1)
+    n = len(routing_columns(table, layers[0]))
+    legend = (
+        f"Experts: one digit per CondConv block, in network order ({', '.join(layers)}); each is the expert with the "
+        f"largest routing weight in that block (0–{n - 1}; every expert still contributes with its own weight)."
+    )
+    return PatternPart(values, legend, routing_columns(table, layers[0])[0])
 
 
 AS_ROUTED = "as routed"
@@ -100,6 +141,7 @@ register_view(
         ROUTING,
         columns=lambda d: {f"{d['layer']}/expert{e}": float(w) for e, w in enumerate(d["weights"])},
         inspect=lambda entries: [routing_heatmap(entries)],
+        pattern=routing_pattern_part,
         compare=compare_sections,
         targets=lambda d: [
             AttributionTarget(f"routing weight of expert {e}", "weights", e) for e in range(len(d["weights"]))

@@ -27,12 +27,28 @@ from models.dgconv import GROUPS
 
 
 def group_mask(entry: dict) -> go.Figure:
-    """The learned connectivity U of a DGConv layer: U[i, j] = 1 when channels i and j share a group."""
+    """The learned connectivity U of a DGConv layer: U[i, j] = 1 when channels i and j share a group; square cells,
+    the axes spanning exactly the layer's channels."""
     mask = entry.get("mask") or mask_from_groups(entry["group_of_channel"]).tolist()
-    figure = go.Figure(go.Heatmap(z=mask, colorscale=[[0, "white"], [1, "#54a24b"]], showscale=False))
-    figure.update_yaxes(autorange="reversed", title="output channel", scaleanchor="x")
+    n = len(mask)
+    figure = go.Figure(
+        go.Heatmap(
+            z=mask,
+            colorscale=[[0, "#f4f4f4"], [1, "#54a24b"]],
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            xgap=1 if n <= 64 else 0,
+            ygap=1 if n <= 64 else 0,
+            hovertemplate="input %{x} → output %{y}: %{z}<extra>1 = connected</extra>",
+        )
+    )
+    figure.update_xaxes(range=[-0.5, n - 0.5], constrain="domain", title="input channel", showgrid=False)
+    figure.update_yaxes(
+        range=[n - 0.5, -0.5], scaleanchor="x", constrain="domain", title="output channel", showgrid=False
+    )
     return figure.update_layout(
-        title=f"{entry['layer']}: {entry['groups']} groups", xaxis_title="input channel", height=320, **COMPACT
+        title=f"{entry['layer']}: {entry['groups']} groups (green = connected)", height=380, **COMPACT
     )
 
 
@@ -53,6 +69,7 @@ register_view(
         ),
         detail=lambda entry, meta: [Section(entry["layer"], group_mask(entry))],
         title="Learned group structure (DGConv)",
+        notable=lambda entry: entry["groups"] > 1,
     )
 )
 

@@ -22,10 +22,11 @@ from torch.utils.data import TensorDataset
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
 from analysis.core.tradeoff import knob_tradeoff
-from analysis.core.kinds import AttributionTarget, Control, KindView, Section, Widget, register_view
+from analysis.core.kinds import AttributionTarget, Control, KindView, PatternPart, Section, Widget, register_view
 from analysis.core.scaling import nearest_layer
 from analysis.core.table import layer_columns
-from models.dsnet import WIDTH
+from analysis.core.units import width as width_text
+from models.dsnet import WIDTH, WIDTH_CHOICES
 from models.evaluation import accuracy_and_macs
 
 
@@ -40,8 +41,9 @@ def width_bars(decisions: list[dict]) -> go.Figure:
                 y=[d["channels"] for d in decisions],
                 name="chosen",
                 marker_color="#f58518",
-                text=[f"{d['width']:g}x" for d in decisions],
+                text=[width_text(d["width"]) for d in decisions],
                 textposition="inside",
+                hovertemplate="%{x}: %{y} channels (%{text} width)<extra></extra>",
             ),
         ]
     )
@@ -50,20 +52,34 @@ def width_bars(decisions: list[dict]) -> go.Figure:
     )
 
 
-def width_probabilities(decisions: list[dict]) -> go.Figure:
+def width_choices(model, n: int) -> list[float] | None:
+    """The model's width ratios (``widths_choices``), or DS-Net's default ones when ``model`` is not known and they
+    are as many as the gate's choices; None when neither fits."""
+    choices = getattr(model, "widths_choices", None)
+    choices = list(choices) if choices is not None else list(WIDTH_CHOICES) if model is None else None
+    return [float(w) for w in choices] if choices is not None and len(choices) == n else None
+
+
+def width_probabilities(decisions: list[dict], model=None) -> go.Figure:
+    """The width gate's probability of each width, per dynamic stage (columns labelled with the widths)."""
     z = [d["probabilities"] for d in decisions]
     n = len(z[0]) if z else 0
+    choices = width_choices(model, n)
+    columns = [f"{width_text(w)} width" for w in choices] if choices else [f"choice {i}" for i in range(n)]
     figure = go.Figure(
         go.Heatmap(
             z=z,
             y=[d["layer"] for d in decisions],
-            x=[f"choice {i}" for i in range(n)],
+            x=columns,
             zmin=0,
             zmax=1,
             colorscale="Oranges",
             texttemplate="%{z:.2f}",
+            colorbar=dict(title="probability"),
+            hovertemplate="%{y} at %{x}: p = %{z:.3f}<extra></extra>",
         )
     )
+    figure.update_yaxes(autorange="reversed")  # network order, top down
     return figure.update_layout(title="Width-gate probabilities", height=120 + 40 * len(z), **COMPACT)
 
 
@@ -80,17 +96,32 @@ def width_distribution(table: pd.DataFrame) -> pd.DataFrame:
 def compare_sections(table: pd.DataFrame) -> list[Section]:
     if not layer_columns(table, "width"):
         return []
-    return [
-        Section(
-            "Width distribution per stage",
-            px.imshow(
-                width_distribution(table),
-                text_auto=".2f",
-                color_continuous_scale="Oranges",
-                labels={"x": "width", "y": "stage", "color": "share"},
-            ),
-        )
-    ]
+    shares = width_distribution(table)
+    shares.columns = [width_text(w) for w in shares.columns]
+    figure = px.imshow(
+        shares,
+        text_auto=".0%",
+        color_continuous_scale="Oranges",
+        zmin=0,
+        zmax=1,
+        labels={"x": "width (fraction of the stage's channels)", "y": "stage", "color": "share of images"},
+    )
+    figure.update_layout(coloraxis_colorbar=dict(tickformat=".0%"))
+    return [Section("Width distribution per stage", figure)]
+
+
+def width_pattern(table: pd.DataFrame) -> PatternPart | None:
+    """The width of each dynamic stage, as a fraction of its channels, ``/`` between stages: ``0.25/1``."""
+    columns = layer_columns(table, "width")
+    if not columns:
+        return None
+    layers = [c.split("/")[0] for c in columns]
+    values = table[columns].apply(lambda row: "/".join(f"{w:g}" for w in row), axis=1)
+    legend = (
+        f"Widths: one number per dynamic stage ({' / '.join(layers)}), the fraction of the stage's channels it ran "
+        "with (0.25 = a quarter, 1 = all of them)."
+    )
+    return PatternPart(values, legend, columns[0])
 
 
 def width_control(entry: dict, model) -> Control:
@@ -105,7 +136,7 @@ def width_control(entry: dict, model) -> Control:
         float(entry["width"]),
         float,
         options=choices,
-        format=lambda w: f"{w:g}x ({round(w * top)} of {top} channels)",
+        format=lambda w: f"{width_text(w)} ({round(w * top)} of {top} channels)",
     )
 
 
@@ -128,7 +159,8 @@ register_view(
     KindView(
         WIDTH,
         columns=lambda d: {f"{d['layer']}/width": float(d["width"]), f"{d['layer']}/channels": int(d["channels"])},
-        inspect=lambda entries: [width_bars(entries), width_probabilities(entries)],
+        inspect=lambda entries, model=None: [width_bars(entries), width_probabilities(entries, model)],
+        pattern=width_pattern,
         compare=compare_sections,
         targets=lambda d: [
             AttributionTarget(f"probability of width choice {i} ({w:.2f})", "probabilities", i)

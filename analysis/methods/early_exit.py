@@ -20,8 +20,9 @@ from torch.utils.data import TensorDataset
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, matching_baselines, register_figure
 from analysis.core.tradeoff import knob_tradeoff
-from analysis.core.kinds import AttributionTarget, Control, KindView, Section, Widget, register_view
+from analysis.core.kinds import AttributionTarget, Control, KindView, PatternPart, Section, Widget, register_view
 from analysis.core.scaling import nearest_layer
+from analysis.core.units import percent_axis
 from models.early_exit import EXIT, FINAL_EXIT
 from models.evaluation import accuracy_and_macs
 
@@ -108,23 +109,28 @@ def compare_sections(table: pd.DataFrame) -> list[Section]:
     if "exit" not in table.columns:
         return []
     shares = exit_shares(table)
-    return [
-        Section(
-            "Share of images per exit",
-            px.bar(x=shares.index, y=shares.values, labels={"x": "exit", "y": "share of images"}, range_y=[0, 1]),
-        ),
-        Section(
-            "Exit per class",
-            px.imshow(
-                exit_by_class(table),
-                text_auto=".2f",
-                color_continuous_scale="Reds",
-                zmin=0,
-                zmax=1,
-                labels={"x": "exit", "y": "class", "color": "share"},
-            ),
-        ),
-    ]
+    bars = px.bar(x=shares.index, y=shares.values, labels={"x": "exit", "y": "share of images"})
+    bars.update_traces(hovertemplate="%{x}: %{y:.1%} of the images leave here<extra></extra>")
+    bars.update_layout(yaxis=percent_axis("images that leave here", full=True))
+    per_class = px.imshow(
+        exit_by_class(table),
+        text_auto=".0%",
+        color_continuous_scale="Reds",
+        zmin=0,
+        zmax=1,
+        labels={"x": "exit", "y": "class", "color": "share of the class"},
+    )
+    per_class.update_layout(coloraxis_colorbar=dict(tickformat=".0%"))
+    return [Section("Share of images per exit", bars), Section("Exit per class", per_class)]
+
+
+def exit_pattern(table: pd.DataFrame) -> PatternPart | None:
+    """The exit the image left at."""
+    if "exit" not in table.columns:
+        return None
+    exits = exit_order(table)
+    legend = f"Exit: the exit the image left at ({', '.join(exits)}; {FINAL_EXIT} = it ran the whole network)."
+    return PatternPart(table["exit"].astype(str), legend, f"{exits[0]}/confidence" if exits else "exit")
 
 
 def decision_columns(d: dict) -> dict:
@@ -168,6 +174,7 @@ register_view(
         EXIT,
         columns=decision_columns,
         inspect=lambda entries: [exit_confidences(entries)],
+        pattern=exit_pattern,
         compare=compare_sections,
         targets=lambda d: [AttributionTarget("confidence (max softmax)", "confidence")],
         control=exit_control,

@@ -83,6 +83,7 @@ register_view(
         inspect=lambda entries: [filter_overlap(e) for e in entries],
         detail=filter_details,
         title="Filter overlap (RePr ranking)",
+        notable=lambda entry: bool(entry.get("dropped")),
     )
 )
 

@@ -5,6 +5,7 @@ executed, accuracy vs MACs over the alpha sweep.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -17,12 +18,26 @@ import torch
 from analysis.core.charts import COMPACT
 from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
 from analysis.core.tradeoff import knob_tradeoff
-from analysis.core.kinds import AttributionTarget, Control, KindView, Section, Widget, register_view
+from analysis.core.kinds import AttributionTarget, Control, KindView, PatternPart, Section, Widget, register_view
 from analysis.core.perturb import rescale
 from analysis.core.scaling import nearest_layer
 from analysis.core.table import dataset_table, layer_columns
+from analysis.core.units import percent_axis
 from models.checkpoint import training_args
 from models.skipnet import SKIP
+
+
+def ungated_block(gated: list[str]) -> str:
+    """The block SkipNet does not gate: the network's first, which always runs (``layer1.0`` in the ResNet layout
+    the gated blocks are named in; "the first block" otherwise)."""
+    resnet = bool(gated) and all(re.fullmatch(r"layer\d+\.\d+", name) for name in gated)
+    return "layer1.0" if resnet and "layer1.0" not in gated else "the first block"
+
+
+def no_gate_note(gated: list[str]) -> str:
+    block = ungated_block(gated)
+    block = "The first block" if block == "the first block" else block
+    return f"{block} has no gate: it always runs, so it is not shown"
 
 
 def skip_strip(decisions: list[dict]) -> go.Figure:
@@ -47,22 +62,35 @@ def skip_strip(decisions: list[dict]) -> go.Figure:
     )
     n_run = sum(executed[0])
     return figure.update_layout(
-        title=f"Blocks executed: {n_run} of {len(layers)} gated (dark = run, number = gate probability)",
-        height=170,
-        **COMPACT,
+        title=f"Blocks executed: {n_run} of {len(layers)} gated (dark = run, number = gate probability)"
+        f"<br><sup>{no_gate_note(layers)}</sup>",
+        height=190,
+        **{**COMPACT, "margin": dict(l=10, r=10, t=60, b=10)},
     )
+
+
+def skip_pattern(table: pd.DataFrame) -> PatternPart | None:
+    """One digit per gated block, in network order: 1 = executed, 0 = skipped."""
+    columns = layer_columns(table, "executed")
+    if not columns:
+        return None
+    layers = [c.split("/")[0] for c in columns]
+    values = table[columns].astype(int).astype(str).agg("".join, axis=1)
+    legend = (
+        f"Skip gates: one digit per gated block, in network order ({', '.join(layers)}); 1 = block executed, "
+        f"0 = skipped. {no_gate_note(layers).split(':')[0]} (it always runs)."
+    )
+    return PatternPart(values, legend, columns[0])
 
 
 def compare_sections(table: pd.DataFrame) -> list[Section]:
     if not layer_columns(table, "executed"):
         return []
     ratios = skip_ratios(table)
-    return [
-        Section(
-            "Skip ratio per block",
-            px.bar(x=ratios.index, y=ratios.values, labels={"x": "block", "y": "skip ratio"}, range_y=[0, 1]),
-        )
-    ]
+    figure = px.bar(x=ratios.index, y=ratios.values, labels={"x": "gated block", "y": "images that skip it"})
+    figure.update_traces(hovertemplate="%{x}: skipped by %{y:.1%} of the images<extra></extra>")
+    figure.update_layout(yaxis=percent_axis("images that skip the block", full=True))
+    return [Section("Skip ratio per block", figure, caption=f"{no_gate_note(list(ratios.index))}.")]
 
 
 def skip_control(entry: dict, model) -> Control:
@@ -92,6 +120,7 @@ register_view(
         SKIP,
         columns=lambda d: {f"{d['layer']}/executed": bool(d["executed"]), f"{d['layer']}/p": float(d["probability"])},
         inspect=lambda entries: [skip_strip(entries)],
+        pattern=skip_pattern,
         compare=compare_sections,
         targets=lambda d: [AttributionTarget("gate probability", "probability")],
         control=skip_control,

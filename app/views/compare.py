@@ -10,10 +10,13 @@ import streamlit as st
 
 from analysis.core.figures import matching_baselines
 from analysis.core.kinds import compare_sections
-from analysis.core.patterns import decision_map, pattern_summary
+from analysis.core.patterns import decision_map, pattern_labels, pattern_summary, readable_patterns
 from analysis.core.table import easy_and_hard, per_class_cost
+from analysis.core.trace import dense_macs
 from analysis.core.tradeoff import POINTS, knob_values, table_point, tradeoff_figure
+from analysis.core.units import MILLION, macs_axis
 from app.components import show_section
+from app.formatting import cost_delta, macs, percent, show_table
 from app.resources import (
     cached_sweep,
     cached_static_points,
@@ -31,6 +34,11 @@ from analysis.core.catalog import bundled_checkpoints
 import pandas as pd
 
 st.title("Compare")
+st.caption(
+    "A whole test set through one model: which paths images take, which images are cheap or costly, the cost per "
+    "class and per layer, and what the model's knob trades. Try: pick a routing pattern to filter the galleries, "
+    "lasso a cluster on the decision map, or sweep the knob against the static alternatives."
+)
 model = choose_model()
 if model is None:
     st.stop()
@@ -56,7 +64,7 @@ by_class = (
 def accuracy_text(subset: pd.DataFrame) -> str:
     """Accuracy over the labelled images of ``subset`` (unlabelled ones are skipped), or a dash."""
     known = subset["correct"].dropna()
-    return f"{known.astype(float).mean() * 100:.0f}%" if len(known) else "–"
+    return percent(known.astype(float).mean(), 0) if len(known) else "–"
 
 
 def gallery(subset: pd.DataFrame) -> None:
@@ -65,7 +73,7 @@ def gallery(subset: pd.DataFrame) -> None:
         [picture(images, i) for i in subset.index],
         caption=[
             (f"{row['class']} → " if isinstance(row["class"], str) else "? → ")
-            + f"{row['predicted']} · {row['macs'] / 1e6:.1f}M"
+            + f"{row['predicted']} · {macs(row['macs'])}".replace(" M", "\u00a0M")
             for _, row in subset.iterrows()
         ],
         width=84,
@@ -76,11 +84,18 @@ a, b, c = st.columns(3)
 if labelled:
     accuracy = full_table["correct"].dropna().astype(float).mean()
     counted = f"{len(full_table):,} images" + (f", {labelled:,} labelled" if labelled < len(full_table) else "")
-    a.metric("Accuracy", f"{accuracy * 100:.2f}%", counted, delta_color="off")
+    a.metric("Accuracy", percent(accuracy, 2), counted, delta_color="off", delta_arrow="off")
 else:
-    a.metric("Accuracy", "–", f"{len(full_table):,} images, none labelled", delta_color="off")
-b.metric("Mean MACs / image", f"{full_table['macs'].mean() / 1e6:.2f} M")
-c.metric("MACs range", f"{full_table['macs'].min() / 1e6:.2f} – {full_table['macs'].max() / 1e6:.2f} M")
+    a.metric("Accuracy", "–", f"{len(full_table):,} images, none labelled", delta_color="off", delta_arrow="off")
+delta, colour = cost_delta(full_table["macs"].mean(), dense_macs(model))
+b.metric(
+    "Mean MACs / image",
+    macs(full_table["macs"].mean(), 2),
+    delta,
+    delta_color=colour,
+    delta_arrow="off" if colour == "off" else "auto",
+)
+c.metric("MACs range", f"{full_table['macs'].min() / MILLION:.2f} – {macs(full_table['macs'].max(), 2)}")
 if not labelled:
     st.info(f"{choice.label}: {NO_LABELS}. The views per class group the images by predicted class.")
 elif labelled < len(full_table):
@@ -90,6 +105,7 @@ elif labelled < len(full_table):
     )
 
 table = full_table
+readable: dict[str, str] = {}  # pattern -> as the legend reads it
 st.subheader("Routing patterns")
 if "pattern" not in full_table.columns:
     st.caption(
@@ -100,32 +116,32 @@ else:
     patterns = pattern_summary(by_class)
     if not labelled:
         patterns = patterns.drop(columns="accuracy").rename(columns={"classes": "predicted classes"})
+    readable = pattern_labels(full_table)  # DS-Net's widths "1/1", not the signature's "11"
+    _, legends = readable_patterns(full_table)
     st.caption(
-        f"{len(patterns):,} distinct paths (each decision's signature concatenated: skip bits, width per stage, "
-        "dominant expert per block, exit taken). Pick one to filter the galleries and the per-image table."
+        f"{len(patterns):,} distinct paths: each image's decisions written in a row"
+        + (', one part per kind of decision (" | " between kinds)' if len(legends) > 1 else "")
+        + ". Pick one to filter the galleries and the per-image table."
     )
-    st.dataframe(
-        patterns,
-        hide_index=True,
-        height=min(320, 40 + 35 * (len(patterns) + 1)),
-        column_config={
-            "share": st.column_config.NumberColumn(format="%.3f"),
-            "accuracy": st.column_config.NumberColumn(format="%.3f"),
-        },
+    if legends:
+        st.caption("**How to read a pattern.** " + " ".join(legends))
+    show_table(
+        patterns.assign(pattern=patterns["pattern"].map(readable)),
+        column_config={"pattern": st.column_config.TextColumn("pattern", help="the path, as the legend above reads")},
     )
     counts = dict(zip(patterns["pattern"], patterns["images"]))
     picked = st.selectbox(
         "Routing pattern",
         ["(all patterns)", *patterns["pattern"]],
         key="pattern-filter",
-        format_func=lambda p: p if p == "(all patterns)" else f"{p or '(empty)'} · {counts[p]} images",
+        format_func=lambda p: p if p == "(all patterns)" else f"{readable.get(p) or '(empty)'} · {counts[p]} images",
     )
     if picked != "(all patterns)":
         table = full_table[full_table["pattern"] == picked]
         gallery(table.head(16))
     else:
         for pattern in patterns["pattern"].head(3):
-            st.markdown(f"**{pattern}** · {counts[pattern]} images")
+            st.markdown(f"**{readable.get(pattern, pattern)}** · {counts[pattern]} images")
             gallery(full_table[full_table["pattern"] == pattern].head(8))
 
     coords = decision_map(full_table)
@@ -136,9 +152,10 @@ else:
         colour = st.radio("Colour the map by", colours, horizontal=True, key="map-colour")
         file = ["file"] if names is not None else []
         frame = full_table[[*file, "class", "predicted", "correct", "macs", "pattern"]].join(coords).reset_index()
-        frame["MACs"], frame["correct"] = (
-            frame["macs"] / 1e6,
+        frame["MACs"], frame["correct"], frame["pattern"] = (
+            frame["macs"] / MILLION,
             frame["correct"].map({True: "correct", False: "wrong"}).fillna("unlabelled"),
+            frame["pattern"].map(readable),
         )
         explained = coords.attrs["explained"]
         figure = px.scatter(
@@ -146,21 +163,44 @@ else:
             x="pc1",
             y="pc2",
             color=colour,
-            hover_data=["index", *file, "class", "predicted", "pattern", "MACs"],
+            symbol="correct" if labelled else None,
+            symbol_map={"correct": "circle", "wrong": "x", "unlabelled": "circle-open"},
+            color_continuous_scale="Viridis",  # dark to yellow: the cheapest images stay visible on white
+            color_discrete_map={"correct": "#4c78a8", "wrong": "#d62728", "unlabelled": "#9d9d9d"},
+            hover_data={
+                "index": True,
+                **{f: True for f in file},
+                "class": True,
+                "predicted": True,
+                "pattern": True,
+                "MACs": ":.2f",
+                "pc1": False,
+                "pc2": False,
+            },
             custom_data=["index"],
+            labels={"MACs": "MACs (M)", "correct": "prediction"},
             title=f"Decision map: PCA of the decision vectors "
             f"({explained[0]:.0%} + {explained[1]:.0%} of the variance)",
         )
-        figure.update_layout(height=420)
+        if labelled:
+            cross = dict(size=11, line=dict(width=1, color="#222"))
+            figure.update_traces(marker=cross, selector=dict(marker_symbol="x"))
+        figure.update_layout(
+            height=460,
+            dragmode="lasso",  # what the caption says a drag does
+            coloraxis_colorbar=dict(title="MACs", ticksuffix=" M"),
+            legend=dict(orientation="h", yanchor="top", y=-0.18, x=0, title=None),
+        )
         event = st.plotly_chart(
             figure, key="decision-map", on_select="rerun", selection_mode=("points", "box", "lasso")
         )
         selected = [frame.loc[i, "index"] for i in (event.selection.point_indices if event else [])] if event else []
+        mark = " Wrong predictions are crosses." if labelled else ""
         if selected:
             st.caption(f"{len(selected)} selected images (first 24):")
             gallery(full_table.loc[selected[:24]])
         else:
-            st.caption("Hover a point for its image index; click or lasso points to see their images.")
+            st.caption(f"Drag to lasso points (or click one) to see their images; hover a point for its index.{mark}")
 
 st.subheader("Easy vs hard images")
 st.caption("Easy: fewest MACs executed; hard: most (ties broken by confidence).")
@@ -168,24 +208,28 @@ k = st.slider("Images per gallery", 4, 16, 8)
 for title, subset in zip(("Easy", "Hard"), easy_and_hard(table, k)):
     st.markdown(
         f"**{title}** · mean brightness {subset['brightness'].mean():.3f} · contrast {subset['contrast'].mean():.3f} · "
-        f"MACs {subset['macs'].mean() / 1e6:.2f} M · accuracy {accuracy_text(subset)}"
+        f"MACs {macs(subset['macs'].mean(), 2)} · accuracy {accuracy_text(subset)}"
     )
     gallery(subset)
 
 st.subheader("Cost per class" if labelled else "Cost per predicted class")
 cost = per_class_cost(by_class).reset_index()
-st.plotly_chart(
-    px.bar(
-        cost,
-        x="class",
-        y="macs_mean",
-        error_y=cost["macs_max"] - cost["macs_mean"],
-        error_y_minus=cost["macs_mean"] - cost["macs_min"],
-        hover_data=["accuracy", "images"] if labelled else ["images"],
-        labels={"macs_mean": "mean MACs"},
-    ),
-    key="per-class",
+bars = px.bar(
+    cost,
+    x="class",
+    y=cost["macs_mean"] / MILLION,
+    error_y=(cost["macs_max"] - cost["macs_mean"]) / MILLION,
+    error_y_minus=(cost["macs_mean"] - cost["macs_min"]) / MILLION,
+    custom_data=[cost["macs_min"] / MILLION, cost["macs_max"] / MILLION, cost["accuracy"], cost["images"]],
 )
+bars.update_traces(
+    hovertemplate="%{x}: %{y:.2f} M MACs on average (%{customdata[0]:.2f}–%{customdata[1]:.2f} M)"
+    + ("<br>accuracy %{customdata[2]:.1%}" if labelled else "")
+    + " · %{customdata[3]} images<extra></extra>"
+)
+bars.update_layout(yaxis=macs_axis("mean MACs per image"), xaxis_title="class" if labelled else "predicted class")
+st.plotly_chart(bars, key="per-class")
+st.caption("Bars: mean MACs per image; whiskers: the cheapest and the costliest image of the class.")
 
 for i, section in enumerate(compare_sections(by_class)):  # what each decision kind of this model offers
     show_section(section, key=f"section-{i}")
@@ -212,7 +256,7 @@ if knobs:
         curve = cached_sweep(model, images, knob, values)
         if not labelled:  # nothing to put on the accuracy axis: what each value costs
             st.caption(f"{choice.label}: {NO_LABELS}. The sweep's cost per value:")
-            st.dataframe(curve.drop(columns="accuracy"), hide_index=True)
+            show_table(curve.drop(columns="accuracy"), column_config={"value": st.column_config.NumberColumn(knob)})
         else:
             rows = cached_static_points(model, images).to_dict("records")
             bundled = {name: load_bundled(name) for name in bundled_checkpoints()}
@@ -238,12 +282,17 @@ if knobs:
                 f"Knob sweep: {model.meta['name']}, {knob} on {choice.label}",
             )
             st.plotly_chart(figure, key="sweep")
-            st.dataframe(curve, hide_index=True)
+            show_table(curve, column_config={"value": st.column_config.NumberColumn(knob, format="%g")})
 
 st.subheader("Per-image table")
 if table is not full_table:
-    st.caption(f"Filtered to routing pattern {picked}: {len(table):,} of {len(full_table):,} images.")
-st.dataframe(table, height=300)
+    shown_as = readable.get(picked, picked)
+    st.caption(f"Filtered to routing pattern {shown_as}: {len(table):,} of {len(full_table):,} images.")
+else:
+    st.caption(f"{len(table):,} images, one row each (scroll for more; click a column to sort).")
+shown_table = table.assign(pattern=table["pattern"].map(readable)) if "pattern" in table.columns else table
+show_table(shown_table, most=8, hide_index=False)
+st.caption("The downloads hold the raw numbers (MACs as counts, fractions as 0-1) and the stored pattern signatures.")
 parquet = io.BytesIO()
 table.to_parquet(parquet)
 left, right = st.columns(2)

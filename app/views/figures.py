@@ -50,6 +50,10 @@ def render(name: str, key: tuple, images_key: tuple, _choice: SetChoice) -> dict
 
 
 st.title("Figures")
+st.caption(
+    "The paper-style figures of every method (matplotlib), drawn from the bundled models on the chosen test set, "
+    "each downloadable as PNG, PDF or SVG. Try: another method, or your own test images (a .zip) as the test set."
+)
 checkpoints = bundled_checkpoints()
 # mtimes in the key: a retrained checkpoint under the same name must not show last run's figures
 key = tuple(sorted((name, str(path), path.stat().st_mtime) for name, path in checkpoints.items()))

@@ -22,6 +22,11 @@ from app.resources import chosen_test_set, choose_model, chosen_bundled_name, lo
 from analysis.core.catalog import bundled_checkpoints, sample_images
 
 st.title("Inspect")
+st.caption(
+    "One image at a time: the prediction, the MACs it really executed and every decision the model took for it "
+    "(which blocks ran, which width, which expert, where it left). Try: pick several samples, then flip a decision "
+    "under **Intervene**, sweep brightness or occlusion under **Perturb**, or ask **Explain** what drove a decision."
+)
 model = choose_model()
 if model is None:
     st.stop()

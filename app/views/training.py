@@ -11,6 +11,7 @@ import streamlit as st
 
 from analysis.core.catalog import models_folder
 from analysis.core.training_log import MetricsError, metrics_files, read_metrics
+from app.formatting import percent, show_table
 from models.data import REPO_ROOT
 
 REFRESH_S = 5
@@ -28,7 +29,7 @@ def _curves(frame: pd.DataFrame) -> None:
     cols = st.columns(4)
     cols[0].metric("Epochs done", len(frame))
     cols[1].metric("Stage", str(last["stage"]))
-    cols[2].metric("Test accuracy", f"{last['test_acc']:.4f}")
+    cols[2].metric("Test accuracy", percent(last["test_acc"], 2))
     cols[3].metric("Elapsed", f"{float(last.get('elapsed_s', 0.0)) / 60:.1f} min")
     x = "global_epoch"
     loss = px.line(
@@ -54,6 +55,7 @@ def _curves(frame: pd.DataFrame) -> None:
         title="Accuracy",
         labels={x: "epoch (whole run)"},
     )
+    fig.update_layout(yaxis=dict(tickformat=".1%", hoverformat=".2%"))
     st.plotly_chart(fig, key="training-accuracy")
     if "lr" in frame:
         st.plotly_chart(
@@ -64,12 +66,12 @@ def _curves(frame: pd.DataFrame) -> None:
                 color="stage",
                 markers=True,
                 title="Learning rate (end of epoch)",
-                labels={x: "epoch (whole run)"},
+                labels={x: "epoch (whole run)", "lr": "learning rate"},
             ),
             key="training-lr",
         )
     with st.expander("Every epoch row"):
-        st.dataframe(frame, hide_index=True)
+        show_table(frame)
 
 
 def run_files() -> dict[str, Path]:
@@ -87,8 +89,9 @@ def run_files() -> dict[str, Path]:
 
 st.title("Training")
 st.caption(
+    "A training run's loss, accuracy and learning rate per epoch, stage by stage. "
     "`python -m models.train ... --out runs` appends one line per epoch to `runs/NAME.metrics.jsonl` beside "
-    "the checkpoint; pick a run from the bundled models, their experiments or `runs/`."
+    "the checkpoint. Try: pick a run from the bundled models, their experiments or `runs/`, and follow a live one."
 )
 labels = run_files()
 picked = st.selectbox(
