@@ -41,7 +41,9 @@ from analysis.core.table import as_table
 from analysis.core.table_store import Progress, model_fingerprint, stored_table
 from analysis.core.testsets import BUNDLED, UNLABELLED, ModelImages, TestSet, label_map, open_test_set
 from app.formatting import show_table
-from models.checkpoint import CheckpointError, check_usable, load_checkpoint
+from models.checkpoint import CheckpointError, check_usable, inference_form, load_checkpoint
+from models.convert import convert_source, detect_layout, layouts, read_source
+from models.inference import fast_form
 from models.loading import PLUGIN_PREFIX, load_model
 from models.plugin_registry import installed_plugins
 from models.data import (
@@ -60,6 +62,7 @@ DATA_ENV = "ROUTESCOPE_DATA"
 UPLOAD_MAX_BYTES = (
     25 * 2**20
 )  # refused with a message (server.maxUploadSize is wider); the bundled checkpoints are < 5 MB
+PUBLISHED_MAX_BYTES = 128 * 2**20  # a published checkpoint to convert (timm's 8-expert CondConv B0: 96 MB)
 
 
 def app_device() -> str:
@@ -213,14 +216,66 @@ def pick_plugin(names: list[str], key: str) -> str:
 
 
 def upload_message(file_name: str, error: Exception) -> str:
-    """One sentence for a refused checkpoint upload; a published ``.pth.tar`` gets why it cannot be used yet."""
-    text = str(error)
-    if file_name.lower().endswith((".pth.tar", ".tar", ".ckpt")) and "RouteScope checkpoint" in text:
-        return (
-            f"{file_name}: not a RouteScope checkpoint, and converters for published checkpoint layouts "
-            f"(.pth.tar) are not available yet; upload a .pt file written by python -m models.train."
-        )
-    return f"{file_name}: {text}"
+    """One sentence for a refused checkpoint upload."""
+    return f"{file_name}: {error}"
+
+
+@st.cache_resource(show_spinner="Looking at the file's tensors…", max_entries=8)
+def upload_layout(data: bytes) -> str | None:
+    """The published layout (``models.convert``) an uploaded file that is no RouteScope checkpoint is in, recognised
+    from its tensor names and shapes (read without running code), or None."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "upload"
+        path.write_bytes(data)
+        try:
+            state, _ = read_source(path, max_bytes=PUBLISHED_MAX_BYTES)
+        except UsageError:
+            return None
+    layout = detect_layout(state)
+    return None if layout is None else layout.name
+
+
+@st.cache_resource(show_spinner="Converting the published checkpoint…", max_entries=4)
+def load_converted(data: bytes, file_name: str, layout: str, device: str = "cpu") -> torch.nn.Module:
+    """An uploaded published checkpoint converted (``models.convert``), in the fast inference form on ``device``;
+    its meta records the provenance (file name, SHA-256, layout, converter version)."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(file_name).name
+        path.write_bytes(data)
+        try:
+            model, _ = convert_source(path, layout)
+            model = check_usable(fast_form(inference_form(model.to(device).eval())))
+        except CheckpointError as e:
+            raise CheckpointError(str(e).replace(f"{path}: ", "")) from None
+    model.cache_key = f"converted:{digest}@{device}"
+    model_fingerprint(model)
+    return model
+
+
+def _converted_upload(file_name: str, data: bytes, device: str, key: str) -> torch.nn.Module | None:
+    """A published checkpoint in the sidebar: what it is, a toggle to convert it, and what the conversion did."""
+    layout = upload_layout(data)
+    summary = layouts()[layout].summary
+    st.sidebar.info(
+        f"`{file_name}` is not a RouteScope checkpoint: it is a {summary} file. RouteScope can convert it into a "
+        "model that executes its decisions for real (its tensors are read; no code in it runs)."
+    )
+    if not st.sidebar.toggle("Convert it", key=f"{key}-convert"):
+        return None
+    try:
+        model = load_converted(data, file_name, layout, device)
+    except CheckpointError as e:
+        st.sidebar.error(f"{file_name}: {e}")
+        return None
+    provenance = model.meta["provenance"]
+    st.sidebar.success(
+        f"Converted `{provenance['source']}` (SHA-256 {provenance['sha256'][:12]}…) as `{layout}` "
+        f"(converter version {provenance['converter_version']}) into `{model.meta['name']}`: "
+        f"{model.arch}, {len(model.meta['classes']):,} classes, input {'x'.join(map(str, model.meta['input_size']))}. "
+        f"The same on the command line: `python -m models.convert {file_name} --from {layout} --out model.pt`."
+    )
+    return model
 
 
 def choose_model(key: str = "model") -> torch.nn.Module | None:
@@ -272,11 +327,13 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
     upload_key = f"{key}-upload"
     # no ``type`` filter: the browser would refuse a .pth.tar (or any other name) without a visible reason
     upload = st.sidebar.file_uploader(
-        "RouteScope checkpoint (.pt, .pth or .pth.tar)",
+        "Checkpoint (.pt, .pth, .pth.tar, .safetensors)",
         key=upload_key,
         on_change=_keep_upload,
         args=(upload_key,),
-        help=f"A file written by `python -m models.train`, up to {UPLOAD_MAX_BYTES // 2**20} MB",
+        help=f"A file written by `python -m models.train` (up to {UPLOAD_MAX_BYTES // 2**20} MB), or a published "
+        f"checkpoint RouteScope converts: the SkipNet authors', timm's CondConv EfficientNets (up to "
+        f"{PUBLISHED_MAX_BYTES // 2**20} MB)",
     )
     if upload is not None and kept.get("upload", (None, None))[1] != upload.file_id:
         kept["upload"] = (upload.name, upload.file_id, upload.getvalue())
@@ -289,8 +346,10 @@ def choose_model(key: str = "model") -> torch.nn.Module | None:
     try:
         model = load_uploaded(data, device)
     except CheckpointError as e:
-        st.sidebar.error(upload_message(file_name, e))
-        return None
+        if upload_layout(data) is None:
+            st.sidebar.error(upload_message(file_name, e))
+            return None
+        return _converted_upload(file_name, data, device, key)
     return model
 
 

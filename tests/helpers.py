@@ -9,8 +9,10 @@ import hashlib
 import io
 import json
 import pickle
+import re
 import struct
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -257,3 +259,58 @@ def write_cifar10(root: Path, n: int = 12) -> tuple[np.ndarray, list[int]]:
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [c.encode() for c in CIFAR10.classes]}, f)
     return data.reshape(n, 3, 32, 32), labels
+
+
+# --- the SkipNet authors' published files, made here (tests/data/layouts) -------------------------------------------
+
+LAYOUT_TABLES = Path(__file__).resolve().parent / "data" / "layouts"
+
+
+def layout_table(arch: str) -> dict[str, list[int]]:
+    """Their tensor names and shapes for ``arch`` (an SP or HRL, CIFAR-10 or CIFAR-100 name)."""
+    base = arch.replace("_rl_", "_").replace("cifar100_", "cifar10_")
+    shapes = json.loads((LAYOUT_TABLES / f"skipnet_{base}.json").read_text())
+    if arch.startswith("cifar100_"):
+        shapes["module.fc.weight"][0] = shapes["module.fc.bias"][0] = 100
+    return shapes
+
+
+@torch.no_grad()
+def authors_state(arch: str, seed: int = 0) -> OrderedDict:
+    """Random weights in their layout. The downsample shortcut registered twice shares its storage, as one module's
+    tensors did in their ``state_dict()``; the last BN of each block is small so 54 residual blocks stay finite."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = layout_table(arch)
+    last_bn = ".bn3." if "imagenet" in arch else ".bn2."
+
+    def uniform(shape, low, high):
+        return torch.rand(shape, generator=g) * (high - low) + low
+
+    state: OrderedDict = OrderedDict()
+    for key, shape in shapes.items():
+        twin = re.sub(r"group(\d+)_layer(\d+)\.downsample\.", r"group\1_ds\2.", key)
+        leaf = key.rsplit(".", 1)[1]
+        if twin != key:
+            state[key] = state[twin].view(state[twin].shape)  # another tensor, the same storage
+        elif key.startswith("module.control.proj"):
+            state[key] = torch.randn(shape, generator=g) * 3.0 if leaf == "weight" else torch.zeros(shape)
+        elif key.startswith("module.control.rnn"):
+            state[key] = uniform(shape, -0.6, 0.6)
+        elif len(shape) == 4:
+            fan_in = shape[1] * shape[2] * shape[3]
+            state[key] = torch.randn(shape, generator=g) * (2.0 / fan_in) ** 0.5
+        elif key.startswith("module.fc"):
+            state[key] = torch.randn(shape, generator=g) * 0.1
+        elif leaf == "weight":
+            state[key] = uniform(shape, 0.05, 0.3) if last_bn in key else uniform(shape, 0.5, 1.5)
+        elif leaf == "running_var":
+            state[key] = uniform(shape, 0.5, 2.0)
+        else:  # gate embedding bias, BN bias and running mean
+            state[key] = uniform(shape, -0.2, 0.2)
+    return state
+
+
+def authors_file(arch: str, seed: int = 0) -> dict:
+    """What their ``train_sp.py`` / ``train_rl.py`` saved."""
+    progress = {"iter": 9999} if "cifar" in arch and "_rl_" in arch else {"epoch": 160}
+    return {**progress, "arch": arch, "state_dict": authors_state(arch, seed), "best_prec1": 92.5}

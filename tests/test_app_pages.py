@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from models import create_model
 from models.checkpoint import save_checkpoint
 
-from helpers import APP, REPO, TIMEOUT, TINY_META, encode, page, shoe_on_white, start
+from helpers import authors_file, APP, REPO, TIMEOUT, TINY_META, encode, page, shoe_on_white, start
 
 VIEWS = "views"  # AppTest.switch_page takes paths relative to the entry script's folder
 
@@ -120,7 +120,7 @@ def _state_dict() -> bytes:
         (
             "model_best.pth.tar",
             _state_dict(),
-            "converters for published checkpoint layouts (.pth.tar) are not available yet",
+            "not a RouteScope checkpoint (a plain state_dict or another tool's file?)",
         ),
     ],
 )
@@ -135,6 +135,24 @@ def test_checkpoint_refusals_are_the_projects_sentences(models_dir, name, data, 
     assert "\n" not in message and len(message) < 400, message
     assert not at.main.error, "the refusal sits next to its control only"
     assert not at.sidebar.file_uploader[0].proto.type, "no type filter: the browser would refuse a .pth.tar unseen"
+
+
+def test_a_published_skipnet_upload_is_recognised_converted_and_inspected(models_dir):  # noqa: F811
+    """The SkipNet authors' file (legacy format): the sidebar says what it is, converts it on request, says what it
+    did, and Inspect runs the converted model (a CIFAR model on the bundled images, converted to 32x32 RGB)."""
+    buffer = io.BytesIO()
+    torch.save(authors_file("cifar10_rnn_gate_38"), buffer, _use_new_zipfile_serialization=False)
+    at = start()
+    at.sidebar.radio(key="model-source").set_value("Upload a checkpoint").run()
+    at.sidebar.file_uploader[0].set_value(("resnet-38-rnn-sp-cifar10.pth.tar", buffer.getvalue(), "")).run()
+    assert not at.exception and not at.sidebar.error, (at.exception, at.sidebar.error)
+    (info,) = [i.value for i in at.sidebar.info]
+    assert "SkipNet authors' CIFAR-10/100 recurrent-gate ResNet" in info and "no code in it runs" in info
+    at.sidebar.toggle(key="model-convert").set_value(True).run()
+    assert not at.exception and not at.sidebar.error, (at.exception, at.sidebar.error)
+    (done,) = [s.value for s in at.sidebar.success]
+    assert "as `skipnet-cifar`" in done and "python -m models.convert resnet-38-rnn-sp-cifar10.pth.tar" in done
+    assert any("skipnet_resnet38_cifar10_sp_ucbdrive" in c.value for c in at.caption)
 
 
 def test_a_huge_image_is_refused_next_to_the_uploader_with_what_to_do(models_dir):  # noqa: F811

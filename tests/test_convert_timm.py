@@ -25,7 +25,7 @@ from models.layers.padding import SamePad2d, same_padding
 from models.trace import traced_forward
 from tools.make_timm_golden import GOLDEN, MODELS, checksum, draw_state, golden_inputs, read_table
 
-TF, PT = "timm_tf_efficientnet_cc_b0", "timm_efficientnet_cc_b0"
+TF, PT = "timm-tf-efficientnet-cc-b0", "timm-efficientnet-cc-b0"
 BLOCKS = [
     "blocks.4.0",
     "blocks.4.1",

@@ -10,9 +10,9 @@ k * k)``, the layout RouteScope's ``CondConv2d`` stores too, and ``routing_fn`` 
 pooled block input). Every tensor maps to exactly one RouteScope tensor (``take_state``: nothing dropped, nothing
 invented); the number of experts is read from ``routing_fn.weight``.
 
-The two layouts hold the same keys and shapes and differ in numerics only: ``timm_tf_efficientnet_cc_b0`` (the
+The two layouts hold the same keys and shapes and differ in numerics only: ``timm-tf-efficientnet-cc-b0`` (the
 published weights, ported from TensorFlow: "SAME" padding, BatchNorm eps 1e-3, inputs normalized with mean = std =
-0.5) is recognised automatically; ``timm_efficientnet_cc_b0`` (symmetric padding, eps 1e-5, ImageNet mean/std: timm
+0.5) is recognised automatically; ``timm-efficientnet-cc-b0`` (symmetric padding, eps 1e-5, ImageNet mean/std: timm
 has no weights for it, only the architecture) must be named with ``--from``.
 """
 
@@ -118,13 +118,13 @@ def _convert(state: State, extras: dict, tf: bool) -> tuple[torch.nn.Module, dic
 
 LAYOUTS = [
     Layout(
-        "timm_tf_efficientnet_cc_b0",
+        "timm-tf-efficientnet-cc-b0",
         "timm's tf_efficientnet_cc_b0_4e / _8e (CondConv EfficientNet-B0, TF padding; .safetensors or .pth)",
         matches,
         lambda state, extras: _convert(state, extras, tf=True),
     ),
     Layout(
-        "timm_efficientnet_cc_b0",
+        "timm-efficientnet-cc-b0",
         "timm's efficientnet_cc_b0_4e / _8e (symmetric padding; same keys as the tf_ layout, so only with --from)",
         lambda state: False,
         lambda state, extras: _convert(state, extras, tf=False),
