@@ -10,7 +10,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -c "from models.layers.fused import main; main()"
+	$(PY) -c "from routescope.models.layers.fused import main; main()"
 	touch $@
 
 app: install

@@ -8,10 +8,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.core.runs import collect_runs, display_table, markdown_table, measured_on, summarize_runs, table_json
-from analysis.core.testsets import add_test_set_arguments, test_set_of
-from models.data import DataNotFoundError
-from models.checkpoint import CheckpointError
+from routescope.analysis.core.runs import (
+    collect_runs,
+    display_table,
+    markdown_table,
+    measured_on,
+    summarize_runs,
+    table_json,
+)
+from routescope.analysis.core.testsets import add_test_set_arguments, test_set_of
+from routescope.models.data import DataNotFoundError
+from routescope.models.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:

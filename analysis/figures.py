@@ -11,12 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-from analysis.core.catalog import bundled_checkpoints
-from analysis.core.figures import FigureContext, default_test_set, load_figure_modules, write_figures
-from models.checkpoint import CheckpointError
-from models.data import TEST_SET_NAMES, DataNotFoundError
-from models.devices import add_device_argument, resolve_device
-from models.errors import UsageError
+from routescope.analysis.core.catalog import bundled_checkpoints
+from routescope.analysis.core.figures import FigureContext, default_test_set, load_figure_modules, write_figures
+from routescope.models.checkpoint import CheckpointError
+from routescope.models.data import TEST_SET_NAMES, DataNotFoundError
+from routescope.models.devices import add_device_argument, resolve_device
+from routescope.models.errors import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,14 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.core.images import ImageError, load_model_input
-from analysis.core.interventions import parse_interventions
-from analysis.core.trace import trace_batch
-from models.checkpoint import CheckpointError
-from models.data import ImageFolderImages
-from models.devices import add_device_argument, resolve_device
-from models.loading import add_model_arguments, model_from_arguments
-from models.trace import check_interventions
+from routescope.analysis.core.images import ImageError, load_model_input
+from routescope.analysis.core.interventions import parse_interventions
+from routescope.analysis.core.trace import trace_batch
+from routescope.models.checkpoint import CheckpointError
+from routescope.models.data import ImageFolderImages
+from routescope.models.devices import add_device_argument, resolve_device
+from routescope.models.loading import add_model_arguments, model_from_arguments
+from routescope.models.trace import check_interventions
 
 
 def image_paths(arguments: list[str]) -> list[str]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from analysis.core.catalog import PRETRAINED, bundled_checkpoints, featured, read_checkpoints
-from analysis.core.runs import (
+from routescope.analysis.core.catalog import PRETRAINED, bundled_checkpoints, featured, read_checkpoints
+from routescope.analysis.core.runs import (
     collect_runs,
     display_table,
     group_members,
@@ -29,10 +29,10 @@ from analysis.core.runs import (
     seeds_table,
     summarize_runs,
 )
-from models import create_model
-from models.data import REPO_ROOT
-from models.dsnet import SAME_WIDTHS
-from models.recipe_files import command_argv
+from routescope.models import create_model
+from routescope.models.data import REPO_ROOT
+from routescope.models.dsnet import SAME_WIDTHS
+from routescope.models.recipe_files import command_argv
 
 # Replicated experiments: the seed-0 run is bundled, seeds 1+ live in models/pretrained/experiments/<name>/
 # (paths relative to the models folder; each folder's manifest.json holds every run's command); the uniform-group

@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 
-from models.data import REPO_ROOT
-from models.decisions import FORCED, DecisionKind, decision_kinds
+from routescope.models.data import REPO_ROOT
+from routescope.models.decisions import FORCED, DecisionKind, decision_kinds
 
 SCHEMA_PATH = REPO_ROOT / "docs" / "trace.schema.json"
 

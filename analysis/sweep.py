@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from analysis.core.sweeps import knob_sweep
-from analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
-from models.checkpoint import CheckpointError
-from models.data import DataNotFoundError
-from models.devices import add_device_argument, resolve_device
-from models.loading import add_model_arguments, model_from_arguments
+from routescope.analysis.core.sweeps import knob_sweep
+from routescope.analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
+from routescope.models.checkpoint import CheckpointError
+from routescope.models.data import DataNotFoundError
+from routescope.models.devices import add_device_argument, resolve_device
+from routescope.models.loading import add_model_arguments, model_from_arguments
 
 
 def main(argv: list[str] | None = None) -> int:

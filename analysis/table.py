@@ -21,13 +21,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from analysis.core.interventions import parse_interventions
-from analysis.core.table_store import build_parts, merge_parts, table_path
-from analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
-from models.data import DataNotFoundError
-from models.devices import add_device_argument, resolve_device
-from models.loading import add_model_arguments, model_from_arguments
-from models.errors import UsageError
+from routescope.analysis.core.interventions import parse_interventions
+from routescope.analysis.core.table_store import build_parts, merge_parts, table_path
+from routescope.analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
+from routescope.models.data import DataNotFoundError
+from routescope.models.devices import add_device_argument, resolve_device
+from routescope.models.loading import add_model_arguments, model_from_arguments
+from routescope.models.errors import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from analysis.core.catalog import sample_images
-from analysis.core.charts import top_classes
-from analysis.core.images import MAX_BYTES as IMAGE_MAX_BYTES, MAX_PIXELS as IMAGE_MAX_PIXELS, ImageError
-from analysis.core.interventions import changed_decisions, format_interventions, parse_interventions
-from analysis.core.kinds import (
+from routescope.analysis.core.catalog import sample_images
+from routescope.analysis.core.charts import top_classes
+from routescope.analysis.core.images import MAX_BYTES as IMAGE_MAX_BYTES, MAX_PIXELS as IMAGE_MAX_PIXELS, ImageError
+from routescope.analysis.core.interventions import changed_decisions, format_interventions, parse_interventions
+from routescope.analysis.core.kinds import (
     Control,
     Section,
     Widget,
@@ -29,14 +29,14 @@ from analysis.core.kinds import (
     inspect_charts,
     kind_view,
 )
-from analysis.core.latency import Latency
-from analysis.core.perturb import PERTURBATIONS, perturbation_figure
-from analysis.core.trace import model_structure
-from app.formatting import cost_delta, latency_delta, macs, ms, percent, show_table
-from app.resources import attribution as cached_attribution, intervened_image, latency as cached_latency
-from app.resources import perturbation as cached_perturbation, traced_image
-from models.decisions import decision_kind
-from models.trace import check_interventions
+from routescope.analysis.core.latency import Latency
+from routescope.analysis.core.perturb import PERTURBATIONS, perturbation_figure
+from routescope.analysis.core.trace import model_structure
+from routescope.app.formatting import cost_delta, latency_delta, macs, ms, percent, show_table
+from routescope.app.resources import attribution as cached_attribution, intervened_image, latency as cached_latency
+from routescope.app.resources import perturbation as cached_perturbation, traced_image
+from routescope.models.decisions import decision_kind
+from routescope.models.trace import check_interventions
 
 IMAGE_HELP = (
     f"PNG, JPEG, WebP, GIF, BMP or TIFF, up to {IMAGE_MAX_BYTES // 2**20} MB and {IMAGE_MAX_PIXELS // 10**6} "

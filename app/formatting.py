@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from analysis.core.latency import NO_DIFFERENCE, Latency, latency_comparison
-from analysis.core.units import MILLION, change, count, macs, ms, params, percent, throughput, width
+from routescope.analysis.core.latency import NO_DIFFERENCE, Latency, latency_comparison
+from routescope.analysis.core.units import MILLION, change, count, macs, ms, params, percent, throughput, width
 
 __all__ = [
     "change",

@@ -20,7 +20,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from analysis.core.archive import (
+from routescope.analysis.core.archive import (
     DEFAULT_LIMITS,
     IMAGE_EXTENSIONS,
     ArchiveError,
@@ -30,23 +30,23 @@ from analysis.core.archive import (
     archive_test_set,
     read_image_archive,
 )
-from analysis.core.catalog import bundled_checkpoints, featured_names
-from analysis.core.images import ModelInput, load_model_input
-from analysis.core.latency import Latency, dense_counterpart, paired_latency
-from analysis.core.perturb import perturbation_sweep, perturbed, pixels_tensor
-from analysis.core.trace import trace_batch
-from analysis.core.tradeoff import static_points
-from analysis.core.sweeps import knob_sweep
-from analysis.core.table import as_table
-from analysis.core.table_store import Progress, model_fingerprint, stored_table
-from analysis.core.testsets import BUNDLED, UNLABELLED, ModelImages, TestSet, label_map, open_test_set
-from app.formatting import show_table
-from models.checkpoint import CheckpointError, check_usable, inference_form, load_checkpoint
-from models.convert import convert_source, detect_layout, layouts, read_source
-from models.inference import fast_form
-from models.loading import PLUGIN_PREFIX, load_model
-from models.plugin_registry import installed_plugins
-from models.data import (
+from routescope.analysis.core.catalog import bundled_checkpoints, featured_names
+from routescope.analysis.core.images import ModelInput, load_model_input
+from routescope.analysis.core.latency import Latency, dense_counterpart, paired_latency
+from routescope.analysis.core.perturb import perturbation_sweep, perturbed, pixels_tensor
+from routescope.analysis.core.trace import trace_batch
+from routescope.analysis.core.tradeoff import static_points
+from routescope.analysis.core.sweeps import knob_sweep
+from routescope.analysis.core.table import as_table
+from routescope.analysis.core.table_store import Progress, model_fingerprint, stored_table
+from routescope.analysis.core.testsets import BUNDLED, UNLABELLED, ModelImages, TestSet, label_map, open_test_set
+from routescope.app.formatting import show_table
+from routescope.models.checkpoint import CheckpointError, check_usable, inference_form, load_checkpoint
+from routescope.models.convert import convert_source, detect_layout, layouts, read_source
+from routescope.models.inference import fast_form
+from routescope.models.loading import PLUGIN_PREFIX, load_model
+from routescope.models.plugin_registry import installed_plugins
+from routescope.models.data import (
     CIFAR10,
     FASHION_MNIST,
     SVHN,
@@ -55,8 +55,8 @@ from models.data import (
     ImageFolderImages,
     find_fashion_mnist,
 )
-from models.devices import ENV as DEVICE_ENV, default_device
-from models.errors import UsageError
+from routescope.models.devices import ENV as DEVICE_ENV, default_device
+from routescope.models.errors import UsageError
 
 DATA_ENV = "ROUTESCOPE_DATA"
 UPLOAD_MAX_BYTES = (
@@ -388,7 +388,7 @@ def attribution(_model: torch.nn.Module, model_key: str, image: np.ndarray, targ
     AttributionTarget)``. GradCAM hooks the model's last layer while it works, so it runs on a copy of the model
     that every session shares. captum is imported here, on first use, not when every page starts.
     """
-    from analysis.core import attributions
+    from routescope.analysis.core import attributions
 
     x = torch.from_numpy(image)
     if target[0] == "prediction":

@@ -16,26 +16,26 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
-    from models.decisions import DecisionKind, register_kind
-    from models.plugin_model import PluginModel
-    from models.plugin_registry import declare, plugin_names
-    from models.plugins import DecisionPoint, ModelPlugin, Site
-    from models.trace import traced_forward
+    from routescope.models.decisions import DecisionKind, register_kind
+    from routescope.models.plugin_model import PluginModel
+    from routescope.models.plugin_registry import declare, plugin_names
+    from routescope.models.plugins import DecisionPoint, ModelPlugin, Site
+    from routescope.models.trace import traced_forward
     from routescope.api import load, table, trace
 
 _EXPORTS = {
     "load": "routescope.api",
     "trace": "routescope.api",
     "table": "routescope.api",
-    "ModelPlugin": "models.plugins",
-    "DecisionPoint": "models.plugins",
-    "Site": "models.plugins",
-    "PluginModel": "models.plugin_model",
-    "declare": "models.plugin_registry",
-    "plugin_names": "models.plugin_registry",
-    "DecisionKind": "models.decisions",
-    "register_kind": "models.decisions",
-    "traced_forward": "models.trace",
+    "ModelPlugin": "routescope.models.plugins",
+    "DecisionPoint": "routescope.models.plugins",
+    "Site": "routescope.models.plugins",
+    "PluginModel": "routescope.models.plugin_model",
+    "declare": "routescope.models.plugin_registry",
+    "plugin_names": "routescope.models.plugin_registry",
+    "DecisionKind": "routescope.models.decisions",
+    "register_kind": "routescope.models.decisions",
+    "traced_forward": "routescope.models.trace",
 }
 
 __all__ = [

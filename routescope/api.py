@@ -20,14 +20,14 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from analysis.core.images import load_model_input, to_model_input
-from analysis.core.table import as_table, table_rows
-from analysis.core.table_store import stored_table
-from analysis.core.testsets import TestSet, default_test_set, open_test_set
-from analysis.core.trace import trace_batch
-from models.data import normalize
-from models.loading import load_model
-from models.plugins import ModelPlugin
+from routescope.analysis.core.images import load_model_input, to_model_input
+from routescope.analysis.core.table import as_table, table_rows
+from routescope.analysis.core.table_store import stored_table
+from routescope.analysis.core.testsets import TestSet, default_test_set, open_test_set
+from routescope.analysis.core.trace import trace_batch
+from routescope.models.data import normalize
+from routescope.models.loading import load_model
+from routescope.models.plugins import ModelPlugin
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, torch.Tensor]
 

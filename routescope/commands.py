@@ -18,21 +18,27 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("models.train", "train a model from options or a recipe file (torchrun for several processes)"),
-    "evaluate": Command("models.evaluate", "accuracy and MACs of a checkpoint on a test set"),
+    "train": Command(
+        "routescope.models.train", "train a model from options or a recipe file (torchrun for several processes)"
+    ),
+    "evaluate": Command("routescope.models.evaluate", "accuracy and MACs of a checkpoint on a test set"),
     "convert": Command(
         "models.convert.__main__", "a published checkpoint (SkipNet authors', timm's CondConv) as a RouteScope one"
     ),
-    "zoo": Command("models.zoo", "export the bundled checkpoints' recipes, or replay one's chain of runs"),
-    "inspect": Command("analysis.inspect", "trace images through a model: decisions, cost, prediction (JSON)"),
+    "zoo": Command("routescope.models.zoo", "export the bundled checkpoints' recipes, or replay one's chain of runs"),
+    "inspect": Command(
+        "routescope.analysis.inspect", "trace images through a model: decisions, cost, prediction (JSON)"
+    ),
     "table": Command(
         "analysis.table", "the per-image table of a model on a test set, as Parquet (resumable; torchrun shards it)"
     ),
-    "sweep": Command("analysis.sweep", "accuracy and MACs of a model over the values of a budget knob"),
-    "figures": Command("analysis.figures", "regenerate the figures (PDF and PNG) of the bundled models"),
-    "results": Command("analysis.results", "regenerate (or --check) the generated blocks of the README and docs"),
-    "experiments": Command("analysis.experiments", "seed statistics (mean and spread) of finished runs"),
-    "schema": Command("analysis.schema", "the JSON Schema of the trace format (--write stores it in docs/)"),
+    "sweep": Command("routescope.analysis.sweep", "accuracy and MACs of a model over the values of a budget knob"),
+    "figures": Command("routescope.analysis.figures", "regenerate the figures (PDF and PNG) of the bundled models"),
+    "results": Command(
+        "routescope.analysis.results", "regenerate (or --check) the generated blocks of the README and docs"
+    ),
+    "experiments": Command("routescope.analysis.experiments", "seed statistics (mean and spread) of finished runs"),
+    "schema": Command("routescope.analysis.schema", "the JSON Schema of the trace format (--write stores it in docs/)"),
 }
 TOOLS: dict[str, Command] = {
     "bench": Command("tools.bench", "speed of every model against its dense network, alternating (ABBA)"),

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import create_model
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.data import BUNDLED_SUBSET
+from routescope.models import create_model
+from routescope.models.checkpoint import load_checkpoint, save_checkpoint
+from routescope.models.data import BUNDLED_SUBSET
 
 from helpers import TINY_META
 

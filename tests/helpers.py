@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from models.data import CIFAR10, FASHION_MNIST
+from routescope.models.data import CIFAR10, FASHION_MNIST
 
 if TYPE_CHECKING:
     from streamlit.testing.v1 import AppTest
@@ -37,7 +37,7 @@ PRETRAINED = REPO / "models" / "pretrained"
 def flagships() -> dict[str, Path]:
     """One bundled checkpoint per method (its featured flagship) plus the dense ResNet: every decision kind and a
     static net."""
-    from analysis.core.catalog import bundled_checkpoints, featured
+    from routescope.analysis.core.catalog import bundled_checkpoints, featured
 
     bundled = bundled_checkpoints(PRETRAINED)
     return {
@@ -49,7 +49,7 @@ def flagships() -> dict[str, Path]:
 def every_bundled_checkpoint() -> list:
     """The name of every bundled checkpoint as pytest parameters, for the whole-zoo sweeps: the ``flagships()`` run by
     default, the others are marked ``heavy`` (``make test-all`` or ``pytest -m heavy`` runs them)."""
-    from analysis.core.catalog import bundled_checkpoints
+    from routescope.analysis.core.catalog import bundled_checkpoints
 
     default = set(flagships())
     return [
@@ -135,7 +135,7 @@ TRAIN_ARGS = [
 
 def train_tiny(fmnist_dir, out, *extra) -> int:
     """``python -m models.train`` of a tiny two-epoch resnet8 named ``tiny`` into ``out`` (``extra`` on top)."""
-    from models import train
+    from routescope.models import train
 
     return train.main([*TRAIN_ARGS, "--data-dir", str(fmnist_dir), "--out", str(out), "--name", "tiny", *extra])
 
@@ -143,7 +143,7 @@ def train_tiny(fmnist_dir, out, *extra) -> int:
 def kill_training_at_epoch(monkeypatch, epoch: int) -> None:
     """Make ``models.train.Trainer`` die (KeyboardInterrupt, as a killed process) when epoch ``epoch`` (1-based) starts;
     undo with ``monkeypatch.undo()`` or a new ``setattr`` before resuming."""
-    from models import train
+    from routescope.models import train
 
     original = train.Trainer.train_epoch
     calls = {"n": 0}
@@ -162,7 +162,7 @@ def run_args(**options):
     on top; a method's own options left out take their declared defaults (``options_of``)."""
     import argparse
 
-    from models.options import TrainOptions, option_defaults
+    from routescope.models.options import TrainOptions, option_defaults
 
     return argparse.Namespace(**{**option_defaults(TrainOptions), **options})
 

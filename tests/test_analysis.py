@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import figures, results
+from routescope.analysis import figures, results
 from tools import bench
-from analysis.core.attributions import explain_decision, explain_prediction
-from analysis.core.charts import top_classes
-from analysis.core.kinds import attribution_targets, inspect_charts, kind_views
-from analysis.core.table import dataset_table, easy_and_hard, load_test_images, per_class_cost
-from analysis.methods.dsnet import width_distribution
-from analysis.core.trace import trace_batch
-from analysis.core.perturb import rescale
-from analysis.methods.skipnet import blocks_executed, skip_ratios
-from models import create_model
-from models.checkpoint import save_checkpoint
-from models.data import FASHION_MNIST
+from routescope.analysis.core.attributions import explain_decision, explain_prediction
+from routescope.analysis.core.charts import top_classes
+from routescope.analysis.core.kinds import attribution_targets, inspect_charts, kind_views
+from routescope.analysis.core.table import dataset_table, easy_and_hard, load_test_images, per_class_cost
+from routescope.analysis.methods.dsnet import width_distribution
+from routescope.analysis.core.trace import trace_batch
+from routescope.analysis.core.perturb import rescale
+from routescope.analysis.methods.skipnet import blocks_executed, skip_ratios
+from routescope.models import create_model
+from routescope.models.checkpoint import save_checkpoint
+from routescope.models.data import FASHION_MNIST
 
 
 def with_meta(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -73,7 +73,7 @@ def test_rescale_zooms_content():
 
 
 def test_attributions_of_prediction_and_gate(skipnet, images):
-    from models.data import normalize
+    from routescope.models.data import normalize
 
     x = normalize(images[0][:1], skipnet.meta["mean"], skipnet.meta["std"])
     for method in ("integrated_gradients", "gradcam"):
@@ -86,7 +86,7 @@ def test_attributions_of_prediction_and_gate(skipnet, images):
 
 
 def test_charts_for_every_kind(skipnet, images):
-    from models.data import normalize
+    from routescope.models.data import normalize
 
     trace = trace_batch(skipnet, normalize(images[0][:1], skipnet.meta["mean"], skipnet.meta["std"]), ["x"])[0]
     ((kind, strip),) = inspect_charts(trace["decisions"])
@@ -120,7 +120,7 @@ def test_charts_for_every_kind(skipnet, images):
 
 def test_every_declared_kind_has_a_view():
     """A method that declares a decision kind in models/ also says, in analysis/methods, how to show it."""
-    from models.decisions import decision_kinds
+    from routescope.models.decisions import decision_kinds
 
     views = kind_views()
     for name, kind in decision_kinds().items():
@@ -280,7 +280,7 @@ def test_figures_cli_as_a_module(checkpoint_dir, tmp_path):
 
 
 def test_bench_rows_of_a_dsnet_include_narrowest_vs_widest_and_the_static_subnets_of_equal_macs(images):
-    from models.dsnet import SAME_WIDTHS
+    from routescope.models.dsnet import SAME_WIDTHS
 
     torch.manual_seed(0)
     model = with_meta(create_model("dsnet_resnet8", in_chans=1), "tiny_dsnet")
@@ -322,7 +322,7 @@ def test_bench_measures_condconv_throughput_at_its_own_batch_unless_told(images)
 def test_pareto_front_keeps_only_undominated_models():
     import pandas as pd
 
-    from analysis.core.pareto import pareto_front
+    from routescope.analysis.core.pareto import pareto_front
 
     frame = pd.DataFrame(
         {"name": list("abcdef"), "macs_mean": [10, 5, 5, 8, 12, 3], "test_acc": [0.94, 0.90, 0.92, 0.91, 0.93, 0.80]}
@@ -334,7 +334,7 @@ def test_pareto_front_keeps_only_undominated_models():
 def test_alpha_sweep_series_follow_the_training_lineage():
     from types import SimpleNamespace
 
-    from analysis.methods.skipnet import sweep_point
+    from routescope.analysis.methods.skipnet import sweep_point
 
     def run(**args):
         return SimpleNamespace(meta={"recipe": {"args": args}})
@@ -377,7 +377,7 @@ def test_alpha_sweep_series_follow_the_training_lineage():
 def test_seeds_section_lists_only_sources_with_finished_runs(tmp_path):
     import shutil
 
-    from analysis.core.catalog import PRETRAINED
+    from routescope.analysis.core.catalog import PRETRAINED
 
     shutil.copy(PRETRAINED / "convnet3_fmnist.pt", tmp_path / "convnet3_fmnist.pt")
     unfinished = tmp_path / "experiments" / "repr_fmnist"
@@ -391,9 +391,9 @@ def test_seeds_section_lists_only_sources_with_finished_runs(tmp_path):
 
 
 def test_paper_scale_forces_the_bundled_rates_onto_resnet110():
-    from analysis.core.catalog import PRETRAINED
-    from analysis.core.kinds import kind_view
-    from models.checkpoint import load_checkpoint
+    from routescope.analysis.core.catalog import PRETRAINED
+    from routescope.analysis.core.kinds import kind_view
+    from routescope.models.checkpoint import load_checkpoint
 
     bundled = load_checkpoint(PRETRAINED / "skipnet_resnet20_fmnist_a0.75_fta6kd.pt")
     table = dataset_table(bundled, *load_test_images())
@@ -425,7 +425,7 @@ def test_static_frontier_interpolates_in_macs():
 
 
 def test_a_speed_target_is_met_only_when_the_whole_interval_clears_it():
-    from analysis.results import target_status
+    from routescope.analysis.results import target_status
 
     row = {"mac_ratio": 0.6, "latency_ratio": 0.70, "latency_ratio_low": 0.66, "latency_ratio_high": 0.74}
     assert target_status(row, ("saving", 0.5), noise=0.01) == "yes"  # a 50% saving is a ratio of 0.80

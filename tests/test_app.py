@@ -13,9 +13,9 @@ from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from models import create_model
-from models.checkpoint import save_checkpoint
-from models.data import FASHION_MNIST
+from routescope.models import create_model
+from routescope.models.checkpoint import save_checkpoint
+from routescope.models.data import FASHION_MNIST
 
 from helpers import (
     TINY_META,
@@ -211,8 +211,9 @@ def test_figures_page_offers_png_pdf_and_svg(models_dir, downloads):
 def test_requests_never_mutate_the_cached_model(models_dir, monkeypatch):
     """Inspect (uploads, attributions of a decision, IG and GradCAM, a forced gate, a knob moved, a perturbation
     sweep), Compare (with its knob sweep): the shared model stays as loaded."""
-    import analysis.core.attributions
-    from app.resources import load_bundled
+    from routescope import analysis
+    import routescope.analysis.core.attributions  # noqa: F401
+    from routescope.app.resources import load_bundled
 
     skipnet = create_model("skipnet_resnet8", in_chans=1)
     save_checkpoint(models_dir / "tiny_skipnet.pt", skipnet, {**TINY_META, "name": "tiny_skipnet", "method": "skipnet"})
@@ -269,10 +270,10 @@ def test_structure_page_of_a_bundled_model(tmp_path, monkeypatch, bundled, kind)
     """The learned structure of a real DGConv / RePr checkpoint: table and heatmap data from the model itself."""
     import shutil
 
-    from analysis.core.catalog import PRETRAINED
-    from analysis.core.kinds import kind_view
-    from analysis.core.trace import model_structure
-    from models.checkpoint import load_checkpoint
+    from routescope.analysis.core.catalog import PRETRAINED
+    from routescope.analysis.core.kinds import kind_view
+    from routescope.analysis.core.trace import model_structure
+    from routescope.models.checkpoint import load_checkpoint
 
     shutil.copy(PRETRAINED / f"{bundled}.pt", tmp_path / f"{bundled}.pt")
     monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
@@ -304,8 +305,8 @@ def test_results_page_pareto_speed_and_seeds(tmp_path, monkeypatch):
     message, the saved benchmark rows, and the seeds table of a replicated experiment."""
     import shutil
 
-    from analysis.core.catalog import PRETRAINED
-    from analysis.core.pareto import models_frame, pareto_front
+    from routescope.analysis.core.catalog import PRETRAINED
+    from routescope.analysis.core.pareto import models_frame, pareto_front
 
     names = ["resnet20_fmnist", "skipnet_resnet20_fmnist_a1", "dgconv_resnet20_fmnist_b0.5", "convnet3_fmnist"]
     for name in names:
@@ -356,7 +357,7 @@ def test_results_page_pareto_speed_and_seeds(tmp_path, monkeypatch):
 
 def test_featured_models_first_and_the_flagship_skipnet_by_default():
     """On the bundled models the app opens on the flagship SkipNet; sweeps and ablations sit behind a toggle."""
-    from analysis.core.catalog import featured, featured_names
+    from routescope.analysis.core.catalog import featured, featured_names
 
     st.cache_resource.clear()
     at = start()

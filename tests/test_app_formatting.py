@@ -10,9 +10,9 @@ import pytest
 import streamlit as st
 import torch
 
-from analysis.core.latency import NO_DIFFERENCE, Latency
-from models import create_model
-from models.checkpoint import save_checkpoint
+from routescope.analysis.core.latency import NO_DIFFERENCE, Latency
+from routescope.models import create_model
+from routescope.models.checkpoint import save_checkpoint
 
 from helpers import TINY_META, chart_data, page, start
 
@@ -42,7 +42,7 @@ def dynamic_dir(tmp_path, monkeypatch):
 
 
 def test_one_format_per_column_scaled_to_its_unit():
-    from app.formatting import shown, table_height
+    from routescope.app.formatting import shown, table_height
 
     frame = pd.DataFrame(
         {
@@ -77,7 +77,7 @@ def test_one_format_per_column_scaled_to_its_unit():
 
 
 def test_cost_and_latency_deltas_read_the_right_way():
-    from app.formatting import cost_delta, latency_delta
+    from routescope.app.formatting import cost_delta, latency_delta
 
     assert cost_delta(20.19e6, 31.02e6) == ("-35% vs the dense 31.02 M", "inverse")  # cheaper: green, pointing down
     assert cost_delta(31.83e6, 31.02e6) == ("+3% vs the dense 31.02 M", "inverse")  # dearer: red, pointing up
@@ -153,7 +153,8 @@ def test_mac_savings_are_green_and_point_down(dynamic_dir):
     ],
 )
 def test_latency_inside_the_noise_is_no_measurable_difference(dynamic_dir, monkeypatch, timed, words, colour):
-    import app.resources
+    from routescope import app
+    import routescope.app.resources  # noqa: F401
 
     monkeypatch.setattr(app.resources, "paired_latency", lambda *args, **kwargs: timed)
     at = start()
@@ -167,7 +168,7 @@ def test_latency_inside_the_noise_is_no_measurable_difference(dynamic_dir, monke
 
 @pytest.mark.parametrize("delta, warned", [(0.68, True), (0.01, False)])
 def test_integrated_gradients_warns_when_its_delta_is_large(models_dir, monkeypatch, delta, warned):
-    from analysis.core import attributions
+    from routescope.analysis.core import attributions
 
     def explained(model, x, target, method="integrated_gradients"):
         heatmap = np.linspace(-1, 1, 28 * 28).reshape(28, 28)

@@ -8,9 +8,9 @@ import pytest
 import streamlit as st
 import torch
 
-from analysis.core.catalog import sample_images
-from models import create_model
-from models.checkpoint import save_checkpoint
+from routescope.analysis.core.catalog import sample_images
+from routescope.models import create_model
+from routescope.models.checkpoint import save_checkpoint
 
 from helpers import APP, TIMEOUT, TINY_META, array_shape, chart_data, fingerprint, page, plotly_values
 
@@ -197,7 +197,7 @@ def test_perturbation_view(dynamic_dir):
     (figure,) = [
         d for d in chart_data(at) if d["layout"].get("title", {}).get("text", "").startswith("Perturbation sweep")
     ]
-    from app.resources import load_bundled
+    from routescope.app.resources import load_bundled
 
     probability, macs, decisions = figure["data"]
     assert macs["name"] == "MACs" and decisions["type"] == "heatmap"
@@ -231,7 +231,7 @@ def test_compare_without_decisions_is_a_note(dynamic_dir):
 
 
 def test_interventions_never_mutate_the_cached_model(dynamic_dir):
-    from app.resources import load_bundled
+    from routescope.app.resources import load_bundled
 
     shared = {name: load_bundled(name) for name in TINY}
     before = {name: fingerprint(model) for name, model in shared.items()}
@@ -254,7 +254,7 @@ def test_refuse_the_exit_of_the_bundled_early_exit_model(tmp_path, monkeypatch):
     MACs."""
     import shutil
 
-    from analysis.core.catalog import PRETRAINED
+    from routescope.analysis.core.catalog import PRETRAINED
 
     bundled = PRETRAINED / "early_exit_resnet20_fmnist.pt"
     if not bundled.exists():

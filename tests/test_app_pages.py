@@ -12,8 +12,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from models import create_model
-from models.checkpoint import save_checkpoint
+from routescope.models import create_model
+from routescope.models.checkpoint import save_checkpoint
 
 from helpers import authors_file, APP, REPO, TIMEOUT, TINY_META, encode, page, shoe_on_white, start
 
@@ -114,7 +114,7 @@ def _state_dict() -> bytes:
         (
             "module.pt",
             _module_pickle(),
-            "contains pickled Python code (models.resnet.ResNet), which RouteScope never runs",
+            "contains pickled Python code (routescope.models.resnet.ResNet), which RouteScope never runs",
         ),
         ("code.pt", pickle.dumps(os.system), "never unpickles code"),
         (
@@ -158,7 +158,7 @@ def test_a_published_skipnet_upload_is_recognised_converted_and_inspected(models
 def test_a_huge_image_is_refused_next_to_the_uploader_with_what_to_do(models_dir):  # noqa: F811
     """The browser takes up to ``server.maxUploadSize`` (beyond it only a red icon); the app refuses above the image
     limits of ``analysis.core.images`` with a sentence under the uploader."""
-    from analysis.core.images import MAX_BYTES
+    from routescope.analysis.core.images import MAX_BYTES
 
     limit_mb = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
     assert limit_mb >= 192, "a 192 MB photo must reach the app, which then says why it is refused"
@@ -179,7 +179,7 @@ def test_app_loads_on_the_device_of_routescope_device(models_dir, monkeypatch): 
     monkeypatch.setenv("ROUTESCOPE_DEVICE", "cpu")
     at = start()
     assert [m.label for m in at.metric] == ["Prediction", "MACs executed"]
-    from app.resources import load_bundled
+    from routescope.app.resources import load_bundled
 
     assert next(load_bundled("tiny").parameters()).device.type == "cpu"
 
@@ -198,7 +198,8 @@ def test_a_bad_routescope_device_is_a_message(models_dir, monkeypatch):  # noqa:
 def test_latency_is_timed_against_the_dense_network_in_one_run(two_models, monkeypatch):
     """One ``paired_latency`` call per shown run (original, intervened), each giving the model's and the dense
     network's latency measured alternately; the cards show both."""
-    import app.resources
+    from routescope import app
+    import routescope.app.resources  # noqa: F401
 
     calls = []
     real = app.resources.paired_latency

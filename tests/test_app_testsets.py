@@ -16,10 +16,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from analysis.core.catalog import sample_images
-from models import create_model
-from models.checkpoint import save_checkpoint
-from models.data import CIFAR10, FASHION_MNIST
+from routescope.analysis.core.catalog import sample_images
+from routescope.models import create_model
+from routescope.models.checkpoint import save_checkpoint
+from routescope.models.data import CIFAR10, FASHION_MNIST
 
 from helpers import APP, CIFAR_META, REPO, TIMEOUT, TINY_META, start, write_cifar10
 
@@ -192,9 +192,9 @@ def test_fashion_models_keep_the_bundled_subset_and_offer_no_cifar(server_data):
 
 def test_tables_are_traced_once_and_copied_per_session(monkeypatch):
     """Four sessions asking at once wait for one computation; each gets its own copy."""
-    from analysis.core.testsets import ModelImages
-    from app import resources
-    from models.data import TensorImages
+    from routescope.analysis.core.testsets import ModelImages
+    from routescope.app import resources
+    from routescope.models.data import TensorImages
 
     resources._table_store.clear()
     calls = []
@@ -223,8 +223,8 @@ def test_tables_are_traced_once_and_copied_per_session(monkeypatch):
 
 
 def test_the_progress_bar_says_how_long_is_left():
-    from analysis.core.table_store import Progress
-    from app.resources import tracing_text
+    from routescope.analysis.core.table_store import Progress
+    from routescope.app.resources import tracing_text
 
     assert tracing_text(Progress(0, 10_000, 0.0)) == "Tracing 10,000 images… 0%"
     assert tracing_text(Progress(2_500, 10_000, 10.0)) == "Tracing 10,000 images… 25% (about 30 s left)"

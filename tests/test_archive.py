@@ -9,8 +9,8 @@ import zipfile
 import pytest
 from PIL import Image
 
-from analysis.core.archive import ArchiveError, ArchiveLimits, read_image_archive
-from models.data import CIFAR10, FASHION_MNIST
+from routescope.analysis.core.archive import ArchiveError, ArchiveLimits, read_image_archive
+from routescope.models.data import CIFAR10, FASHION_MNIST
 
 from helpers import encode, huge_png
 

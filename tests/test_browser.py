@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.core.catalog import featured
+from routescope.analysis.core.catalog import featured
 from tools.serve import ServerError, running_app
-from models.data import SAMPLE_IMAGES as SAMPLES
-from models.data import FASHION_MNIST
+from routescope.models.data import SAMPLE_IMAGES as SAMPLES
+from routescope.models.data import FASHION_MNIST
 
 from helpers import REPO
 

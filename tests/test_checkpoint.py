@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from models import create_model, list_models
-from models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from routescope.models import create_model, list_models
+from routescope.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
 META = {
     "name": "tiny",

@@ -13,15 +13,15 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import randomize_batchnorm, run_args
-from models.options import add_options
-from models import create_model
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.condconv import CondConvBlock, CondConvResNet
-from models.layers.condconv import CondConv2d
-from models.recipes.condconv import CondConvStage, CondConvOptions, condconv_recipe
-from models.cost import count_macs, full_macs
-from models.resnet import ResNet
-from models.trace import traced_forward
+from routescope.models.options import add_options
+from routescope.models import create_model
+from routescope.models.checkpoint import load_checkpoint, save_checkpoint
+from routescope.models.condconv import CondConvBlock, CondConvResNet
+from routescope.models.layers.condconv import CondConv2d
+from routescope.models.recipes.condconv import CondConvStage, CondConvOptions, condconv_recipe
+from routescope.models.cost import count_macs, full_macs
+from routescope.models.resnet import ResNet
+from routescope.models.trace import traced_forward
 
 
 def make(depth: int = 8, seed: int = 0, **kwargs) -> CondConvResNet:
@@ -218,7 +218,7 @@ def test_checkpoint_roundtrip_gives_identical_outputs(tmp_path):
 
 def test_trainer_runs_condconv(fmnist_dir, tmp_path):
     """End to end through models.train (channels_last on CPU, recipe lookup, final evaluation)."""
-    from models import train
+    from routescope.models import train
 
     args = [
         "--model",
@@ -251,7 +251,7 @@ def test_trainer_runs_condconv(fmnist_dir, tmp_path):
 @torch.no_grad()
 def test_upcycled_experts_reproduce_the_dense_network_at_neutral_routing(tmp_path):
     """--init-from a plain ResNet: every expert is W * 2/E, so with routing 0.5 the CondConv net IS the dense net."""
-    from models import train
+    from routescope.models import train
 
     torch.manual_seed(1)
     dense = create_model("resnet8", num_classes=10, in_chans=1)

@@ -21,12 +21,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import create_model, load_checkpoint
-from models.checkpoint import build_meta_model, check_meta, check_usable
-from models.convert import ConversionError, convert_source, layouts, read_source
-from models.convert.skipnet import CIFAR_MEAN, CIFAR_STD, recognise
-from models.data import CIFAR10, IMAGENET_MEAN, IMAGENET_STD
-from models.trace import traced_forward
+from routescope.models import create_model, load_checkpoint
+from routescope.models.checkpoint import build_meta_model, check_meta, check_usable
+from routescope.models.convert import ConversionError, convert_source, layouts, read_source
+from routescope.models.convert.skipnet import CIFAR_MEAN, CIFAR_STD, recognise
+from routescope.models.data import CIFAR10, IMAGENET_MEAN, IMAGENET_STD
+from routescope.models.trace import traced_forward
 
 from helpers import REPO, authors_file, authors_state, layout_table as table
 
@@ -235,7 +235,7 @@ def test_imagenet_resnet50_equals_the_masked_reference(tmp_path):
 @pytest.mark.slow
 def test_imagenet_resnet101_equals_the_masked_reference():
     """The published HRL ResNet-101 layout, converted in memory (its file would be 180 MB), on 32x32 inputs."""
-    from models.convert.skipnet import LAYOUTS
+    from routescope.models.convert.skipnet import LAYOUTS
 
     payload = authors_file("imagenet_rnn_gate_rl_101")
     state = {k[len("module.") :]: v for k, v in payload["state_dict"].items()}
@@ -320,7 +320,7 @@ def test_a_skipped_block_is_not_computed():
 
 
 def convert_source_state(state: dict, arch: str):
-    from models.convert.skipnet import convert
+    from routescope.models.convert.skipnet import convert
 
     return convert({k[len("module.") :]: v for k, v in state.items()}, {"arch": arch}, "cifar")
 

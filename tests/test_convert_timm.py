@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.checkpoint import load_checkpoint
-from models.convert import ConversionError, convert_source, detect_layout, layouts
-from models.convert.__main__ import main as convert_main
-from models.cost import full_macs
-from models.efficientnet import CondConvEfficientNet, CondConvMBConv, EfficientNet, MBConv
-from models.layers.condconv import CondConv2d
-from models.layers.padding import SamePad2d, same_padding
-from models.trace import traced_forward
+from routescope.models.checkpoint import load_checkpoint
+from routescope.models.convert import ConversionError, convert_source, detect_layout, layouts
+from routescope.models.convert.__main__ import main as convert_main
+from routescope.models.cost import full_macs
+from routescope.models.efficientnet import CondConvEfficientNet, CondConvMBConv, EfficientNet, MBConv
+from routescope.models.layers.condconv import CondConv2d
+from routescope.models.layers.padding import SamePad2d, same_padding
+from routescope.models.trace import traced_forward
 from tools.make_timm_golden import GOLDEN, MODELS, checksum, draw_state, golden_inputs, read_table
 
 TF, PT = "timm-tf-efficientnet-cc-b0", "timm-efficientnet-cc-b0"

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from tools import bench, device_check
-from analysis import inspect as inspect_cli
-from analysis.core.catalog import bundled_checkpoints
-from analysis.core.latency import paired_latency
-from models import load_checkpoint
-from models.decisions import decision_kinds
-from models.devices import default_device, resolve_device
-from models.errors import UsageError
-from models.layers.fused import fused_ops, runs_compiled
-from models.trace import check_interventions, forced_forward, traced_forward
+from routescope.analysis import inspect as inspect_cli
+from routescope.analysis.core.catalog import bundled_checkpoints
+from routescope.analysis.core.latency import paired_latency
+from routescope.models import load_checkpoint
+from routescope.models.decisions import decision_kinds
+from routescope.models.devices import default_device, resolve_device
+from routescope.models.errors import UsageError
+from routescope.models.layers.fused import fused_ops, runs_compiled
+from routescope.models.trace import check_interventions, forced_forward, traced_forward
 
 from helpers import every_bundled_checkpoint, flagships
 
@@ -236,7 +236,7 @@ def test_every_command_that_runs_a_model_takes_a_device(command, capsys):
 
 
 def test_figures_take_a_device(tmp_path, capsys):
-    from analysis import figures
+    from routescope.analysis import figures
 
     assert figures.main(["--out", str(tmp_path), "--device", "nonsense"]) == 2
     assert "device 'nonsense'" in capsys.readouterr().err

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models import data
-from models.data import DataNotFoundError, augment, load_dataset, normalize, read_idx, write_idx
+from routescope.models import data
+from routescope.models.data import DataNotFoundError, augment, load_dataset, normalize, read_idx, write_idx
 
 
 def test_idx_roundtrip(tmp_path):

@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import randomize_batchnorm, run_args
-from models.options import add_options
-from models import create_model
-from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from models.cost import count_macs, full_macs
-from models.data import FASHION_MNIST
-from models.dgconv import DGConvResNet
-from models.layers.dgconv import DGConv2d, GroupedConv2d, group_index, kron_mask
-from models.recipes.dgconv import BudgetedStage, DGConvOptions, budget_loss, dgconv_recipe
-from models.trace import traced_forward
+from routescope.models.options import add_options
+from routescope.models import create_model
+from routescope.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from routescope.models.cost import count_macs, full_macs
+from routescope.models.data import FASHION_MNIST
+from routescope.models.dgconv import DGConvResNet
+from routescope.models.layers.dgconv import DGConv2d, GroupedConv2d, group_index, kron_mask
+from routescope.models.recipes.dgconv import BudgetedStage, DGConvOptions, budget_loss, dgconv_recipe
+from routescope.models.trace import traced_forward
 
 META = {
     "name": "g",
@@ -350,8 +350,8 @@ def test_checkpoint_roundtrip_loads_exported_form(tmp_path):
 
 
 def test_training_run_and_inspect(fmnist_dir, tmp_path):
-    from analysis.core.trace import trace_batch
-    from models import train
+    from routescope.analysis.core.trace import trace_batch
+    from routescope.models import train
 
     args = [
         "--model",

@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import varied_images, run_args
-from models.options import add_options
-from models import create_model
-from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from models.cost import full_macs
-from models.data import FASHION_MNIST
-from models.dsnet import DSResNet
-from models.layers.slimmable import SlimBatchNorm2d, SlimConv2d
-from models.recipes.dsnet import (
+from routescope.models.options import add_options
+from routescope.models import create_model
+from routescope.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from routescope.models.cost import full_macs
+from routescope.models.data import FASHION_MNIST
+from routescope.models.dsnet import DSResNet
+from routescope.models.layers.slimmable import SlimBatchNorm2d, SlimConv2d
+from routescope.models.recipes.dsnet import (
     sgs_gate_loss,
     GateStage,
     SupernetStage,
@@ -32,8 +32,8 @@ from models.recipes.dsnet import (
     recalibrate_bn,
     sgs_targets,
 )
-from models.resnet import ResNet
-from models.trace import traced_forward
+from routescope.models.resnet import ResNet
+from routescope.models.trace import traced_forward
 
 CHOICES = (0.25, 0.5, 0.75, 1.0)
 
@@ -429,8 +429,8 @@ def test_checkpoint_roundtrip(tmp_path):
 def test_training_cli_runs_both_stages_and_resumes_with_the_ema(fmnist_dir, tmp_path, monkeypatch):
     import dataclasses
 
-    import models.registry as registry
-    import models.train as train
+    import routescope.models.registry as registry
+    import routescope.models.train as train
 
     made = []  # the DS-Net recipe adds its own options to the parser; only its stages function is wrapped here
     recipe = dataclasses.replace(
@@ -502,8 +502,8 @@ def test_width_probabilities_stay_differentiable_for_attributions():
 
 
 def test_evaluate_reports_every_static_width_on_the_same_images():
-    from models.data import load_dataset
-    from models.evaluation import evaluate
+    from routescope.models.data import load_dataset
+    from routescope.models.evaluation import evaluate
 
     model = make()
     data, info = load_dataset("fashion-mnist-subset", "test")

@@ -5,15 +5,15 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.core.catalog import PRETRAINED
-from analysis.core.table import dataset_table, load_test_images
-from analysis.methods.early_exit import exit_by_class, exit_shares, static_exits, threshold_sweep
+from routescope.analysis.core.catalog import PRETRAINED
+from routescope.analysis.core.table import dataset_table, load_test_images
+from routescope.analysis.methods.early_exit import exit_by_class, exit_shares, static_exits, threshold_sweep
 from helpers import run_args
-from models import create_model, load_checkpoint
-from models.cost import count_macs
-from models.data import normalize
-from models.recipes.early_exit import JointExitStage, early_exit_recipe, sdn_weights
-from models.trace import traced_forward
+from routescope.models import create_model, load_checkpoint
+from routescope.models.cost import count_macs
+from routescope.models.data import normalize
+from routescope.models.recipes.early_exit import JointExitStage, early_exit_recipe, sdn_weights
+from routescope.models.trace import traced_forward
 
 BUNDLED = PRETRAINED / "early_exit_resnet20_fmnist.pt"
 

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from analysis.core.catalog import bundled_checkpoints
-from models import create_model, load_checkpoint
-from models.inference import fast_form
-from models.layers.fused import fused_ops
+from routescope.analysis.core.catalog import bundled_checkpoints
+from routescope.models import create_model, load_checkpoint
+from routescope.models.inference import fast_form
+from routescope.models.layers.fused import fused_ops
 
 pytestmark = pytest.mark.skipif(not fused_ops(), reason="no C++ compiler for the compiled kernels")
 
@@ -49,7 +49,7 @@ def test_python_fallback_gives_the_same_logits():
 @pytest.mark.parametrize("kind", ["sdn", "pool"])
 @pytest.mark.parametrize("side", [28, 14, 7, 4, 3])
 def test_compiled_exit_head_equals_the_pytorch_head(kind, side):
-    from models.layers.exit_head import ExitHead
+    from routescope.models.layers.exit_head import ExitHead
 
     torch.manual_seed(side)
     head = ExitHead(32, 10, kind).eval()
@@ -64,7 +64,7 @@ def test_compiled_exit_head_equals_the_pytorch_head(kind, side):
 
 
 def test_compiled_condconv_routing_equals_the_pytorch_block():
-    from models.trace import forced_forward
+    from routescope.models.trace import forced_forward
 
     model = load_checkpoint(bundled_checkpoints()["condconv_resnet20_fmnist"])
     fallback = copy.deepcopy(model)

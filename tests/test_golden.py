@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.core.catalog import bundled_checkpoints, sample_images
-from analysis.core.images import load_model_input
-from analysis.core.trace import trace_batch
+from routescope.analysis.core.catalog import bundled_checkpoints, sample_images
+from routescope.analysis.core.images import load_model_input
+from routescope.analysis.core.trace import trace_batch
 
 from helpers import every_bundled_checkpoint
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import create_model, load_checkpoint
-from models.cost import count_macs, full_macs
-from models.errors import UsageError
-from models.train import init_from
+from routescope.models import create_model, load_checkpoint
+from routescope.models.cost import count_macs, full_macs
+from routescope.models.errors import UsageError
+from routescope.models.train import init_from
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "models" / "pretrained"
 

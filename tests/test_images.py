@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.core.catalog import sample_images
-from analysis.core.images import ImageError, load_model_input, open_image, to_model_input
+from routescope.analysis.core.catalog import sample_images
+from routescope.analysis.core.images import ImageError, load_model_input, open_image, to_model_input
 
 from helpers import encode, huge_png, shoe_on_white
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from analysis.core.catalog import bundled_checkpoints
-from analysis.core.table import load_test_images
-from models import create_model, load_checkpoint
-from models.checkpoint import inference_form, save_checkpoint
-from models.cost import full_macs
-from models.data import normalize
-from models.inference import fast_form
-from models.trace import traced_forward
+from routescope.analysis.core.catalog import bundled_checkpoints
+from routescope.analysis.core.table import load_test_images
+from routescope.models import create_model, load_checkpoint
+from routescope.models.checkpoint import inference_form, save_checkpoint
+from routescope.models.cost import full_macs
+from routescope.models.data import normalize
+from routescope.models.inference import fast_form
+from routescope.models.trace import traced_forward
 
 from helpers import every_bundled_checkpoint, routing_decisions
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis import inspect
-from analysis.core.catalog import sample_images
-from analysis.core.images import load_model_input
-from models import create_model
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.data import FASHION_MNIST
+from routescope.analysis import inspect
+from routescope.analysis.core.catalog import sample_images
+from routescope.analysis.core.images import load_model_input
+from routescope.models import create_model
+from routescope.models.checkpoint import load_checkpoint, save_checkpoint
+from routescope.models.data import FASHION_MNIST
 
 from helpers import REPO, TINY_META, huge_png
 
@@ -45,7 +45,7 @@ def test_macs_agree_with_flop_counter(tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint)
     for path in sample_images()[:4]:
         x = load_model_input(path, model.meta).tensor
-        from analysis.core.trace import trace_batch
+        from routescope.analysis.core.trace import trace_batch
 
         macs = trace_batch(model, x, [path.name])[0]["cost"]["macs"]
         with FlopCounterMode(display=False) as counter:
@@ -97,7 +97,7 @@ def test_no_structure_flag(tiny_checkpoint, capsys):
 
 
 def test_batched_trace_matches_single_images(tiny_checkpoint):
-    from models.trace import traced_forward
+    from routescope.models.trace import traced_forward
 
     model = load_checkpoint(tiny_checkpoint)
     x = torch.cat([load_model_input(p, model.meta).tensor for p in sample_images()[:5]])

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis import inspect, sweep
-from analysis.core.catalog import PRETRAINED, sample_images
-from analysis.core.table import load_test_images
-from analysis.core.testsets import in_memory_test_set
-from models import create_model, load_checkpoint
-from models.trace import traced_forward
+from routescope.analysis import inspect, sweep
+from routescope.analysis.core.catalog import PRETRAINED, sample_images
+from routescope.analysis.core.table import load_test_images
+from routescope.analysis.core.testsets import in_memory_test_set
+from routescope.models import create_model, load_checkpoint
+from routescope.models.trace import traced_forward
 
 SKIPNET = PRETRAINED / "skipnet_resnet20_fmnist_a0.75_fta6kd.pt"
 
@@ -149,7 +149,7 @@ def test_knobs_at_their_default_reproduce_the_model():
 
 
 def _normalized(model, images):
-    from models.data import normalize
+    from routescope.models.data import normalize
 
     return normalize(images, model.meta["mean"], model.meta["std"])
 

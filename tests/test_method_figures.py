@@ -6,23 +6,28 @@ import pandas as pd
 import pytest
 import torch
 
-import analysis.methods.condconv  # noqa: F401  (registers the figures)
-import analysis.methods.dgconv  # noqa: F401
-import analysis.methods.dsnet  # noqa: F401
-from analysis.core.figures import FIGURES, FigureContext, matching_baselines, write_figures
-from analysis.core.table import load_test_images
-from analysis.methods.dgconv import budget_table, group_entries, groups_table, mask_from_groups
-from analysis.methods.condconv import class_specificity, routing_by_image, routing_layers, top_classes_per_expert
-from analysis.methods.dsnet import (
+import routescope.analysis.methods.condconv  # noqa: F401  (registers the figures)
+import routescope.analysis.methods.dgconv  # noqa: F401
+import routescope.analysis.methods.dsnet  # noqa: F401
+from routescope.analysis.core.figures import FIGURES, FigureContext, matching_baselines, write_figures
+from routescope.analysis.core.table import load_test_images
+from routescope.analysis.methods.dgconv import budget_table, group_entries, groups_table, mask_from_groups
+from routescope.analysis.methods.condconv import (
+    class_specificity,
+    routing_by_image,
+    routing_layers,
+    top_classes_per_expert,
+)
+from routescope.analysis.methods.dsnet import (
     dynamic_point,
     mean_width_by_class,
     stage_widths,
     static_width_table,
     width_distribution,
 )
-from models import create_model
-from models.checkpoint import save_checkpoint
-from models.data import FASHION_MNIST, normalize
+from routescope.models import create_model
+from routescope.models.checkpoint import save_checkpoint
+from routescope.models.data import FASHION_MNIST, normalize
 
 CLASSES = list(FASHION_MNIST.classes)
 MEAN, STD = [0.286], [0.353]

@@ -7,18 +7,23 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.core.catalog import PRETRAINED, sample_images
-from analysis.core.figures import FIGURES, FigureContext, load_figure_modules
-from analysis.core.images import load_model_input
-from analysis.core.interventions import changed_decisions, format_interventions, parse_interventions, parse_override
-from analysis.core.kinds import Widget, decision_controls, routing_pattern
-from analysis.core.latency import dense_counterpart, paired_latency
-from analysis.core.patterns import decision_map, pattern_summary
-from analysis.core.perturb import PERTURBATIONS, perturbation_sweep, perturbed, pixels_tensor
-from analysis.core.table import dataset_table, load_test_images
-from analysis.core.trace import trace_batch
-from models import create_model
-from models.decisions import decision_kind
+from routescope.analysis.core.catalog import PRETRAINED, sample_images
+from routescope.analysis.core.figures import FIGURES, FigureContext, load_figure_modules
+from routescope.analysis.core.images import load_model_input
+from routescope.analysis.core.interventions import (
+    changed_decisions,
+    format_interventions,
+    parse_interventions,
+    parse_override,
+)
+from routescope.analysis.core.kinds import Widget, decision_controls, routing_pattern
+from routescope.analysis.core.latency import dense_counterpart, paired_latency
+from routescope.analysis.core.patterns import decision_map, pattern_summary
+from routescope.analysis.core.perturb import PERTURBATIONS, perturbation_sweep, perturbed, pixels_tensor
+from routescope.analysis.core.table import dataset_table, load_test_images
+from routescope.analysis.core.trace import trace_batch
+from routescope.models import create_model
+from routescope.models.decisions import decision_kind
 
 META = {
     "name": "t",

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.core.images import MAX_BYTES, ImageError, load_model_input
-from models import train
-from models.checkpoint import MAX_PARAMS, CheckpointError, check_usable, load_checkpoint, read_checkpoint
-from models.evaluate import main as evaluate_main
+from routescope.analysis.core.images import MAX_BYTES, ImageError, load_model_input
+from routescope.models import train
+from routescope.models.checkpoint import MAX_PARAMS, CheckpointError, check_usable, load_checkpoint, read_checkpoint
+from routescope.models.evaluate import main as evaluate_main
 
 from helpers import PRETRAINED, REPO, every_bundled_checkpoint
 
@@ -155,8 +155,8 @@ def test_streamlit_upload_limit_is_configured():
     (a sentence under the uploader) instead of the browser's silent refusal; the app's limits stay far below it."""
     import tomllib
 
-    from analysis.core import images
-    from app.resources import UPLOAD_MAX_BYTES
+    from routescope.analysis.core import images
+    from routescope.app.resources import UPLOAD_MAX_BYTES
 
     limit_mb = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
     assert limit_mb >= 192 and UPLOAD_MAX_BYTES < limit_mb * 2**20 and images.MAX_BYTES < limit_mb * 2**20
@@ -176,7 +176,7 @@ def test_every_app_cache_is_bounded():
 
 
 def test_figure_context_is_safe_to_share(monkeypatch):
-    from analysis.core import figures
+    from routescope.analysis.core import figures
 
     calls = []
 
@@ -233,7 +233,7 @@ def test_a_bug_inside_training_keeps_its_traceback(fmnist_dir, tmp_path, monkeyp
 def test_evaluate_errors(tmp_path, capsys, monkeypatch):
     assert evaluate_main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
-    from models import evaluate
+    from routescope.models import evaluate
 
     monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):

@@ -12,23 +12,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers import run_args
-from models.options import add_options
-from models import train
-from models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from models.convnet import ConvNet
-from models.cost import count_macs, full_macs
-from models.data import load_dataset
-from models.layers.filter_overlap import (
+from routescope.models.options import add_options
+from routescope.models import train
+from routescope.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from routescope.models.convnet import ConvNet
+from routescope.models.cost import count_macs, full_macs
+from routescope.models.data import load_dataset
+from routescope.models.layers.filter_overlap import (
     filter_scores,
     null_space_directions,
     overlap_matrix,
     rank_scores,
     select_global,
 )
-from models.recipes.repr import RePrStage, RePrOptions, reinitialize_filters, repr_recipe
-from models import create_model
-from models.registry import get_recipe
-from models.repr import BUFFER, FilterLayer, filter_layers, prunable_layers, repr_record
+from routescope.models.recipes.repr import RePrStage, RePrOptions, reinitialize_filters, repr_recipe
+from routescope.models import create_model
+from routescope.models.registry import get_recipe
+from routescope.models.repr import BUFFER, FilterLayer, filter_layers, prunable_layers, repr_record
 from helpers import kill_training_at_epoch
 
 

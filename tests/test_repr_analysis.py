@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-import analysis.methods.repr as fr
-from analysis import experiments as experiments_cli
-from analysis.core import runs as experiments
-from analysis.core.figures import FIGURES, FigureContext, available_figures, figure_bytes
-from analysis.methods.repr import (
+import routescope.analysis.methods.repr as fr
+from routescope.analysis import experiments as experiments_cli
+from routescope.analysis.core import runs as experiments
+from routescope.analysis.core.figures import FIGURES, FigureContext, available_figures, figure_bytes
+from routescope.analysis.methods.repr import (
     accuracy_curves,
     cycle_records,
     dropped_grid,
@@ -28,11 +28,11 @@ from analysis.methods.repr import (
     pruned_spans,
     repr_ranking,
 )
-from models import train
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.layers.filter_overlap import filter_scores
-from models import create_model
-from models.repr import prunable_layers
+from routescope.models import train
+from routescope.models.checkpoint import load_checkpoint, save_checkpoint
+from routescope.models.layers.filter_overlap import filter_scores
+from routescope.models import create_model
+from routescope.models.repr import prunable_layers
 
 REPR_FIGURES = ("repr_training_curves", "repr_filter_overlap", "repr_dropped_filters", "repr_ranking_comparison")
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.core.scaling import block_positions, nearest_layer
-from models import create_model
-from models.inference import fast_form
-from models.layers.slimmable import SlimBatchNorm2d
-from models.resnet import Bottleneck
-from models.trace import forced_forward, traced_forward
+from routescope.analysis.core.scaling import block_positions, nearest_layer
+from routescope.models import create_model
+from routescope.models.inference import fast_form
+from routescope.models.layers.slimmable import SlimBatchNorm2d
+from routescope.models.resnet import Bottleneck
+from routescope.models.trace import forced_forward, traced_forward
 
 from helpers import randomize_batchnorm, routing_decisions
 
@@ -100,8 +100,8 @@ def test_decisions_carry_over_by_stage_aware_depth():
 
 def test_paper_scale_row_on_resnet50():
     from tools import bench
-    from analysis.core.catalog import PRETRAINED
-    from models.checkpoint import load_checkpoint
+    from routescope.analysis.core.catalog import PRETRAINED
+    from routescope.models.checkpoint import load_checkpoint
 
     bundled = load_checkpoint(PRETRAINED / "early_exit_resnet20_fmnist.pt")
     row = bench.paper_scale_row(bundled, "resnet50", images=2, rounds=1, size=64)
@@ -112,10 +112,10 @@ def test_paper_scale_row_on_resnet50():
 
 
 def test_width_mix_carries_over_to_resnet50_stages():
-    from analysis.core.catalog import PRETRAINED
-    from analysis.core.kinds import kind_view
-    from analysis.core.table import dataset_table, load_test_images
-    from models.checkpoint import load_checkpoint
+    from routescope.analysis.core.catalog import PRETRAINED
+    from routescope.analysis.core.kinds import kind_view
+    from routescope.analysis.core.table import dataset_table, load_test_images
+    from routescope.models.checkpoint import load_checkpoint
 
     bundled = load_checkpoint(PRETRAINED / "dsnet_resnet20_fmnist_grid4_hw6_long.pt")
     table = dataset_table(bundled, *load_test_images())

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import randomize_batchnorm, varied_images, run_args
-from models.options import add_options
-from models import create_model
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.cost import count_macs, full_macs
-from models.data import FASHION_MNIST, load_dataset, normalize
-from models.resnet import ResNet
-from models.layers.skip_gates import FeedForwardGates, RNNGate, lstm_step
-from models.recipes.skipnet import (
+from routescope.models.options import add_options
+from routescope.models import create_model
+from routescope.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from routescope.models.cost import count_macs, full_macs
+from routescope.models.data import FASHION_MNIST, load_dataset, normalize
+from routescope.models.resnet import ResNet
+from routescope.models.layers.skip_gates import FeedForwardGates, RNNGate, lstm_step
+from routescope.models.recipes.skipnet import (
     HybridRLStage,
     SupervisedPretrainStage,
     SkipNetOptions,
@@ -28,9 +28,9 @@ from models.recipes.skipnet import (
     skipnet_recipe,
     PolicyFinetuneStage,
 )
-from models.skipnet import SkipNet
-from models.stages import distillation_loss
-from models.trace import traced_forward
+from routescope.models.skipnet import SkipNet
+from routescope.models.stages import distillation_loss
+from routescope.models.trace import traced_forward
 
 GATES = ("rnn", "ff1", "ff2")
 

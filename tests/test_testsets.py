@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.core import table_store
-from analysis.core.table import dataset_table, load_test_images
-from analysis.core.table_store import build_parts, merge_parts, stored_table, table_path
-from analysis.core.testsets import TestSet, default_test_set, label_map, open_test_set
-from analysis.table import main as table_main
-from models import create_model
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.data import DataNotFoundError
+from routescope.analysis.core import table_store
+from routescope.analysis.core.table import dataset_table, load_test_images
+from routescope.analysis.core.table_store import build_parts, merge_parts, stored_table, table_path
+from routescope.analysis.core.testsets import TestSet, default_test_set, label_map, open_test_set
+from routescope.analysis.table import main as table_main
+from routescope.models import create_model
+from routescope.models.checkpoint import load_checkpoint, save_checkpoint
+from routescope.models.data import DataNotFoundError
 
 from helpers import CIFAR_META, REPO, TINY_META, write_cifar10
 
@@ -173,7 +173,7 @@ def test_torchrun_shards_the_set_and_merges_the_same_table(tmp_path):
 def test_bench_and_experiments_take_a_test_set(tmp_path, capsys):
     """``tools.bench`` times a CIFAR model on CIFAR images; ``analysis.experiments --dataset`` measures the runs'
     accuracy again on a chosen set (the recorded one otherwise)."""
-    from analysis import experiments
+    from routescope.analysis import experiments
     from tools import bench
 
     write_cifar10(tmp_path, n=8)

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from analysis.core.catalog import sample_images
-from analysis.core.images import load_model_input
-from models.checkpoint import load_checkpoint
-from models.protocol import RouteScopeModel
-from models.skipnet import SKIP
-from models.trace import current_trace, traced_forward
+from routescope.analysis.core.catalog import sample_images
+from routescope.analysis.core.images import load_model_input
+from routescope.models.checkpoint import load_checkpoint
+from routescope.models.protocol import RouteScopeModel
+from routescope.models.skipnet import SKIP
+from routescope.models.trace import current_trace, traced_forward
 
 from helpers import REPO
 

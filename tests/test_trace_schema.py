@@ -6,9 +6,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from analysis import inspect
-from analysis.core.catalog import sample_images
-from analysis.schema import SCHEMA_PATH, trace_schema
+from routescope.analysis import inspect
+from routescope.analysis.core.catalog import sample_images
+from routescope.analysis.schema import SCHEMA_PATH, trace_schema
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -25,7 +25,7 @@ def test_every_golden_trace_validates(golden):
 
 
 def test_inspect_output_validates(capsys):
-    from analysis.core.catalog import PRETRAINED
+    from routescope.analysis.core.catalog import PRETRAINED
 
     images = [str(p) for p in sample_images()[:3]]
     assert inspect.main(["--checkpoint", str(PRETRAINED / "dgconv_resnet20_fmnist_b0.5.pt"), *images]) == 0

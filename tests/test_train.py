@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from models import train
-from models.checkpoint import load_checkpoint, read_checkpoint
-from models.evaluate import main as evaluate_main
+from routescope.models import train
+from routescope.models.checkpoint import load_checkpoint, read_checkpoint
+from routescope.models.evaluate import main as evaluate_main
 
 from helpers import REPO, TRAIN_ARGS, kill_training_at_epoch, train_tiny
 
@@ -63,7 +63,7 @@ def test_a_method_option_is_accepted_for_its_own_models():
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    from models import data
+    from routescope.models import data
 
     monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "nowhere")
     assert train.main([*TRAIN_ARGS, "--data-dir", str(tmp_path), "--out", str(tmp_path)]) == 2
@@ -117,8 +117,8 @@ def test_evaluate_cli_writes_metrics(fmnist_dir, tmp_path, capsys):
 def test_a_recipe_file_is_checked_against_the_options_of_its_method(tmp_path):
     """Options are declared once (``models.options`` dataclasses): a recipe key no declaration has, or a value of the
     wrong type, is refused by name before anything trains."""
-    from models import recipe_files
-    from models.errors import UsageError
+    from routescope.models import recipe_files
+    from routescope.models.errors import UsageError
 
     good = tmp_path / "good.toml"
     good.write_text('model = "skipnet_resnet20"\nname = "x"\nalpha = 0.1\n')
@@ -138,8 +138,8 @@ def test_every_method_declares_its_options_once():
     """The parser's flags of a method are exactly the fields of its options dataclass, with their defaults."""
     import dataclasses
 
-    from models.options import build_parser
-    from models.registry import _RECIPES
+    from routescope.models.options import build_parser
+    from routescope.models.registry import _RECIPES
 
     for recipe in _RECIPES.values():
         if recipe.options is None:

@@ -8,8 +8,8 @@ import tomllib
 import pytest
 import tomli_w
 
-from models import create_model, factory, list_models, recipe_files, train, zoo
-from models.checkpoint import read_checkpoint
+from routescope.models import create_model, factory, list_models, recipe_files, train, zoo
+from routescope.models.checkpoint import read_checkpoint
 
 from helpers import REPO, chart_data, kill_training_at_epoch, page, plotly_values, train_tiny
 

@@ -29,20 +29,20 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.core.catalog import bundled_checkpoints, featured, read_checkpoints
-from analysis.core.kinds import kind_view
-from analysis.core.latency import alternating
-from analysis.core.table import dataset_table, load_test_images
-from analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
-from models import create_model, list_models
-from models.checkpoint import load_checkpoint
-from models.cost import count_macs
-from models.data import DataNotFoundError, normalize
-from models.devices import add_device_argument, model_device, resolve_device
-from models.errors import UsageError
-from models.inference import fast_form
-from models.protocol import RouteScopeModel, RunsCompiled
-from models.trace import check_interventions, forced_forward, traced_forward
+from routescope.analysis.core.catalog import bundled_checkpoints, featured, read_checkpoints
+from routescope.analysis.core.kinds import kind_view
+from routescope.analysis.core.latency import alternating
+from routescope.analysis.core.table import dataset_table, load_test_images
+from routescope.analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
+from routescope.models import create_model, list_models
+from routescope.models.checkpoint import load_checkpoint
+from routescope.models.cost import count_macs
+from routescope.models.data import DataNotFoundError, normalize
+from routescope.models.devices import add_device_argument, model_device, resolve_device
+from routescope.models.errors import UsageError
+from routescope.models.inference import fast_form
+from routescope.models.protocol import RouteScopeModel, RunsCompiled
+from routescope.models.trace import check_interventions, forced_forward, traced_forward
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from analysis.core.catalog import bundled_checkpoints, featured
-from analysis.core.latency import alternating, dense_counterpart, paired_latency
-from analysis.core.table import dataset_table, load_test_images
-from models.checkpoint import CheckpointError, load_checkpoint
-from models.data import normalize
-from models.devices import add_device_argument, model_device, resolve_device
-from models.errors import UsageError
-from models.trace import forced_forward
+from routescope.analysis.core.catalog import bundled_checkpoints, featured
+from routescope.analysis.core.latency import alternating, dense_counterpart, paired_latency
+from routescope.analysis.core.table import dataset_table, load_test_images
+from routescope.models.checkpoint import CheckpointError, load_checkpoint
+from routescope.models.data import normalize
+from routescope.models.devices import add_device_argument, model_device, resolve_device
+from routescope.models.errors import UsageError
+from routescope.models.trace import forced_forward
 
 
 def flagship_names() -> list[str]:

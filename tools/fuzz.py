@@ -36,7 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.data import SAMPLE_IMAGES
+from routescope.models.data import SAMPLE_IMAGES
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "models" / "pretrained"
 # small and varied: one of each method the bundled files cover
@@ -70,8 +70,8 @@ def run_case(case: Case) -> tuple[str, str]:
     """``("ok" | "ImageError" | "CheckpointError", message)``, or ``("failure", traceback)``."""
     import torch
 
-    from analysis.core.images import ImageError, load_model_input
-    from models.checkpoint import CheckpointError, check_usable, load_checkpoint
+    from routescope.analysis.core.images import ImageError, load_model_input
+    from routescope.models.checkpoint import CheckpointError, check_usable, load_checkpoint
 
     try:
         if case.kind == "sleep":  # a hang on purpose: tests/test_fuzz.py checks the time limit with it

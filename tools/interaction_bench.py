@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.core.catalog import PRETRAINED, sample_images
-from analysis.core.images import load_model_input
-from analysis.core.kinds import decision_controls
-from analysis.core.table import load_test_images
-from analysis.core.trace import trace_batch
-from analysis.core.tradeoff import knob_values
-from analysis.core.sweeps import knob_sweep
-from analysis.core.testsets import in_memory_test_set
-from models.checkpoint import load_checkpoint
+from routescope.analysis.core.catalog import PRETRAINED, sample_images
+from routescope.analysis.core.images import load_model_input
+from routescope.analysis.core.kinds import decision_controls
+from routescope.analysis.core.table import load_test_images
+from routescope.analysis.core.trace import trace_batch
+from routescope.analysis.core.tradeoff import knob_values
+from routescope.analysis.core.sweeps import knob_sweep
+from routescope.analysis.core.testsets import in_memory_test_set
+from routescope.models.checkpoint import load_checkpoint
 
 MODELS = ("skipnet_resnet20_fmnist_a0.75_fta6kd", "dsnet_resnet20_fmnist")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from PIL import Image, ImageEnhance, ImageOps
 
 from tools.serve import ServerError, running_app
-from models.data import SAMPLE_IMAGES
+from routescope.models.data import SAMPLE_IMAGES
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -75,10 +75,10 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 def expected_labels(model_name: str, images: list[Path]) -> dict[str, str]:
     """What the app must show: ``trace_batch`` on the same input, model and form."""
-    from analysis.core.catalog import bundled_checkpoints
-    from analysis.core.images import load_model_input
-    from analysis.core.trace import trace_batch
-    from models.checkpoint import load_checkpoint
+    from routescope.analysis.core.catalog import bundled_checkpoints
+    from routescope.analysis.core.images import load_model_input
+    from routescope.analysis.core.trace import trace_batch
+    from routescope.models.checkpoint import load_checkpoint
 
     model = load_checkpoint(bundled_checkpoints()[model_name])
     labels = {}
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if not CHROMIUM.exists():
         print(f"error: no Chromium at {CHROMIUM}", file=sys.stderr)
         return 2
-    from analysis.core.catalog import bundled_checkpoints
+    from routescope.analysis.core.catalog import bundled_checkpoints
 
     bundled = bundled_checkpoints()
     model = args.model or next((n for n in bundled if n.startswith("skipnet")), next(iter(bundled)))

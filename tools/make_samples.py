@@ -13,7 +13,13 @@ import argparse
 import numpy as np
 from PIL import Image, ImageOps
 
-from models.data import BUNDLED_SUBSET, FASHION_MNIST, SAMPLE_IMAGES as SAMPLES, load_fashion_mnist, write_idx
+from routescope.models.data import (
+    BUNDLED_SUBSET,
+    FASHION_MNIST,
+    SAMPLE_IMAGES as SAMPLES,
+    load_fashion_mnist,
+    write_idx,
+)
 
 PER_CLASS = 50
 

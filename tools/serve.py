@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from models.data import REPO_ROOT
+from routescope.models.data import REPO_ROOT
 
 STREAMLIT_FLAGS = [
     "--server.headless",

@@ -46,11 +46,11 @@ def run_one(kind: str, data_dir: str | None, workers: int, store: str) -> dict:
     """One build in this process: ``kind`` is ``fmnist`` or ``photos``."""
     import torch
 
-    from analysis.core.table_store import batch_size_for, build_parts, table_path
-    from analysis.core.testsets import TestSet, open_test_set
-    from models import create_model, load_checkpoint
-    from models.data import IMAGENET_MEAN, IMAGENET_STD
-    from models.inference import fast_form
+    from routescope.analysis.core.table_store import batch_size_for, build_parts, table_path
+    from routescope.analysis.core.testsets import TestSet, open_test_set
+    from routescope.models import create_model, load_checkpoint
+    from routescope.models.data import IMAGENET_MEAN, IMAGENET_STD
+    from routescope.models.inference import fast_form
 
     if kind == "fmnist":
         model = load_checkpoint(FLAGSHIP)

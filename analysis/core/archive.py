@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from models.data import ImageFolderImages
-from models.preprocess import to_pixels
+from routescope.models.data import ImageFolderImages
+from routescope.models.preprocess import to_pixels
 
 from .images import MAX_BYTES, MAX_PIXELS, ImageError, open_image
 from .testsets import UNLABELLED, ModelImages

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 
-from analysis.core.kinds import AttributionTarget
-from models.trace import traced_forward
+from routescope.analysis.core.kinds import AttributionTarget
+from routescope.models.trace import traced_forward
 
 
 @dataclass

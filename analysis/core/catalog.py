@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from models.checkpoint import CheckpointError, read_checkpoint
-from models.data import SAMPLE_IMAGES
-from models.factory import PRETRAINED, models_folder  # noqa: F401 (PRETRAINED re-exported); the path logic lives in models.factory
+from routescope.models.checkpoint import CheckpointError, read_checkpoint
+from routescope.models.data import SAMPLE_IMAGES
+from routescope.models.factory import PRETRAINED, models_folder  # noqa: F401 (PRETRAINED re-exported); the path logic lives in models.factory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from analysis.core.units import MILLION, macs_axis
+from routescope.analysis.core.units import MILLION, macs_axis
 
 COMPACT = dict(margin=dict(l=10, r=10, t=40, b=10))
 

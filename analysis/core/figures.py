@@ -23,11 +23,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from analysis.core.table import easy_and_hard, load_test_images  # noqa: E402
-from analysis.core.table_store import stored_frame, stored_table  # noqa: E402
-from analysis.core.testsets import ModelImages, TestSet, in_memory_test_set, open_test_set  # noqa: E402
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.data import find_fashion_mnist  # noqa: E402
+from routescope.analysis.core.table import easy_and_hard, load_test_images  # noqa: E402
+from routescope.analysis.core.table_store import stored_frame, stored_table  # noqa: E402
+from routescope.analysis.core.testsets import ModelImages, TestSet, in_memory_test_set, open_test_set  # noqa: E402
+from routescope.models.checkpoint import load_checkpoint  # noqa: E402
+from routescope.models.data import find_fashion_mnist  # noqa: E402
 
 matplotlib.rcParams.update(
     {
@@ -236,6 +236,6 @@ def write_figures(context: FigureContext, out: Path, only: str | None = None, pr
 
 def load_figure_modules() -> None:
     """Import every method module so its figures register (the CLI and the app call this, so they agree)."""
-    from analysis.core.kinds import load_method_modules
+    from routescope.analysis.core.kinds import load_method_modules
 
     load_method_modules()

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from models.data import normalize
-from models.preprocess import MAX_PIXELS, to_pixels
+from routescope.models.data import normalize
+from routescope.models.preprocess import MAX_PIXELS, to_pixels
 
 MAX_BYTES = 20 * 1024 * 1024  # refuse before reading: an upload or file larger than any image the app needs
 

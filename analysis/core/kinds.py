@@ -20,7 +20,7 @@ from typing import Any, Callable
 import pandas as pd
 import plotly.graph_objects as go
 
-from models.decisions import DecisionKind, decision_kind
+from routescope.models.decisions import DecisionKind, decision_kind
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def load_method_modules() -> None:
     """Import every module of ``analysis.methods`` once (views and figures register on import); every lookup of a
     kind's view calls this, so it must cost nothing after the first time. They are found by name at run time, as
     ``models/__init__`` finds the method modules: core depends on none of them (they depend on core)."""
-    package = importlib.import_module("analysis.methods")
+    package = importlib.import_module("routescope.analysis.methods")
 
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")

@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from models.devices import model_device
-from models.protocol import RouteScopeModel
-from models.trace import check_interventions, forced_forward
+from routescope.models.devices import model_device
+from routescope.models.protocol import RouteScopeModel
+from routescope.models.trace import check_interventions, forced_forward
 
 
 @dataclass(frozen=True)

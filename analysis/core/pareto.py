@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from analysis.core.catalog import read_checkpoints
+from routescope.analysis.core.catalog import read_checkpoints
 
 COLUMNS = ("name", "method", "arch", "dataset", "test_acc", "macs_mean", "mac_ratio", "params", "n_test")
 

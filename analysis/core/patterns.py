@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.core.kinds import pattern_parts
+from routescope.analysis.core.kinds import pattern_parts
 
 
 def pattern_summary(table: pd.DataFrame, top_classes: int = 3) -> pd.DataFrame:

@@ -17,12 +17,12 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from analysis.core.charts import COMPACT
-from analysis.core.kinds import grouped, routing_pattern
-from analysis.core.units import MILLION
-from models.data import normalize
-from models.decisions import decision_kind
-from models.trace import traced_forward
+from routescope.analysis.core.charts import COMPACT
+from routescope.analysis.core.kinds import grouped, routing_pattern
+from routescope.analysis.core.units import MILLION
+from routescope.models.data import normalize
+from routescope.models.decisions import decision_kind
+from routescope.models.trace import traced_forward
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import pandas as pd
 
-from analysis.core.catalog import bundled_checkpoints, read_checkpoints
-from models.checkpoint import CheckpointError, training_args
+from routescope.analysis.core.catalog import bundled_checkpoints, read_checkpoints
+from routescope.models.checkpoint import CheckpointError, training_args
 
 if TYPE_CHECKING:
-    from analysis.core.testsets import TestSet
+    from routescope.analysis.core.testsets import TestSet
 
 RUN_COLUMNS = ("name", "path", "dataset", "arch", "method", "ranking", "seed", "test_acc", "args")
 GROUP_KEYS = ("dataset", "arch", "method", "ranking")
@@ -60,7 +60,7 @@ def register_run_variant(method: str, variant: Callable[[dict], str | None]) -> 
 
 
 def run_variant(meta: dict) -> str | None:
-    from analysis.core.kinds import load_method_modules
+    from routescope.analysis.core.kinds import load_method_modules
 
     load_method_modules()
     variant = _RUN_VARIANTS.get(meta.get("method"))
@@ -109,9 +109,9 @@ def measured_on(runs: pd.DataFrame, test_set_for: Callable[[dict], "TestSet"]) -
     """The runs with ``test_acc`` measured again on another test set (``test_set_for(meta)``) from each model's
     stored per-image table (a model and set are traced once, across runs); NaN where the set has no labels the model
     knows. The recorded accuracy is the one of the run's own test set."""
-    from analysis.core.table_store import stored_table
-    from analysis.core.testsets import open_test_set
-    from models.checkpoint import load_checkpoint
+    from routescope.analysis.core.table_store import stored_table
+    from routescope.analysis.core.testsets import open_test_set
+    from routescope.models.checkpoint import load_checkpoint
 
     measured = runs.copy()
     for index, path in measured["path"].items():

@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from analysis.core.table_store import stored_table
-from analysis.core.testsets import ModelImages
-from models.trace import check_interventions
+from routescope.analysis.core.table_store import stored_table
+from routescope.analysis.core.testsets import ModelImages
+from routescope.models.trace import check_interventions
 
 COLUMNS = ["value", "accuracy", "macs_mean", "macs_min", "macs_max"]
 

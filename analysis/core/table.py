@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from analysis.core.kinds import decision_columns, routing_pattern
-from models.data import collate_batch, load_dataset, normalize
-from models.trace import traced_forward
+from routescope.analysis.core.kinds import decision_columns, routing_pattern
+from routescope.models.data import collate_batch, load_dataset, normalize
+from routescope.models.trace import traced_forward
 
 
 @torch.no_grad()

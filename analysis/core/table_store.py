@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from analysis.core.table import as_table, table_rows
-from analysis.core.testsets import ModelImages
-from models.data import collate_batch
+from routescope.analysis.core.table import as_table, table_rows
+from routescope.analysis.core.testsets import ModelImages
+from routescope.models.data import collate_batch
 
 CHUNK = 2048  # images per Parquet part: what a killed build loses at most, and the rows held in memory
 LAYOUT = 1  # the rows' layout: raise it when a table's columns or their meaning change, so old tables are not read

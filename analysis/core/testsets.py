@@ -20,9 +20,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from models.data import TEST_SET_NAMES, DataNotFoundError, ImageFolderImages, TensorImages, image_root, load_dataset
-from models.errors import UsageError
-from models.preprocess import to_pixels
+from routescope.models.data import (
+    TEST_SET_NAMES,
+    DataNotFoundError,
+    ImageFolderImages,
+    TensorImages,
+    image_root,
+    load_dataset,
+)
+from routescope.models.errors import UsageError
+from routescope.models.preprocess import to_pixels
 
 BUNDLED = "fashion-mnist-subset"
 UNLABELLED = -1

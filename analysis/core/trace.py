@@ -6,9 +6,9 @@ from functools import lru_cache
 
 import torch
 
-from models.cost import full_macs
-from models.protocol import RouteScopeModel
-from models.trace import traced_forward
+from routescope.models.cost import full_macs
+from routescope.models.protocol import RouteScopeModel
+from routescope.models.trace import traced_forward
 
 
 def model_summary(model: torch.nn.Module) -> dict:

@@ -13,11 +13,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from analysis.core.charts import COMPACT
-from analysis.core.testsets import ModelImages
-from analysis.core.units import macs_axis
-from models.evaluation import accuracy_and_macs
-from models.protocol import RouteScopeModel
+from routescope.analysis.core.charts import COMPACT
+from routescope.analysis.core.testsets import ModelImages
+from routescope.analysis.core.units import macs_axis
+from routescope.models.evaluation import accuracy_and_macs
+from routescope.models.protocol import RouteScopeModel
 
 POINTS = ["label", "kind", "accuracy", "macs_mean"]
 
@@ -133,8 +133,8 @@ def knob_tradeoff(context, method: str, count: int = 5):
     with the static variants, the matching dense baselines and the other models of the method (their tables)."""
     import matplotlib.pyplot as plt
 
-    from analysis.core.figures import main_model, matching_baselines
-    from analysis.core.sweeps import knob_sweep
+    from routescope.analysis.core.figures import main_model, matching_baselines
+    from routescope.analysis.core.sweeps import knob_sweep
 
     name = main_model(context, method)
     model = context.model(name)

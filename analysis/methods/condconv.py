@@ -14,10 +14,18 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from analysis.core.charts import COMPACT
-from analysis.core.figures import FigureContext, main_model, register_figure
-from analysis.core.kinds import AttributionTarget, Control, KindView, PatternPart, Section, Widget, register_view
-from models.condconv import ROUTING
+from routescope.analysis.core.charts import COMPACT
+from routescope.analysis.core.figures import FigureContext, main_model, register_figure
+from routescope.analysis.core.kinds import (
+    AttributionTarget,
+    Control,
+    KindView,
+    PatternPart,
+    Section,
+    Widget,
+    register_view,
+)
+from routescope.models.condconv import ROUTING
 
 
 def routing_heatmap(decisions: list[dict]) -> go.Figure:

@@ -18,12 +18,12 @@ import plotly.graph_objects as go
 import torch
 from matplotlib import ticker
 
-from analysis.core.charts import COMPACT
-from analysis.core.figures import FigureContext, main_model, matching_baselines, register_figure
-from analysis.core.kinds import KindView, Section, register_view
-from analysis.core.trace import model_structure
-from models.checkpoint import training_args
-from models.dgconv import GROUPS
+from routescope.analysis.core.charts import COMPACT
+from routescope.analysis.core.figures import FigureContext, main_model, matching_baselines, register_figure
+from routescope.analysis.core.kinds import KindView, Section, register_view
+from routescope.analysis.core.trace import model_structure
+from routescope.models.checkpoint import training_args
+from routescope.models.dgconv import GROUPS
 
 
 def group_mask(entry: dict) -> go.Figure:

@@ -19,15 +19,23 @@ import plotly.graph_objects as go
 import torch
 from torch.utils.data import TensorDataset
 
-from analysis.core.charts import COMPACT
-from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
-from analysis.core.tradeoff import knob_tradeoff
-from analysis.core.kinds import AttributionTarget, Control, KindView, PatternPart, Section, Widget, register_view
-from analysis.core.scaling import nearest_layer
-from analysis.core.table import layer_columns
-from analysis.core.units import width as width_text
-from models.dsnet import WIDTH, WIDTH_CHOICES
-from models.evaluation import accuracy_and_macs
+from routescope.analysis.core.charts import COMPACT
+from routescope.analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
+from routescope.analysis.core.tradeoff import knob_tradeoff
+from routescope.analysis.core.kinds import (
+    AttributionTarget,
+    Control,
+    KindView,
+    PatternPart,
+    Section,
+    Widget,
+    register_view,
+)
+from routescope.analysis.core.scaling import nearest_layer
+from routescope.analysis.core.table import layer_columns
+from routescope.analysis.core.units import width as width_text
+from routescope.models.dsnet import WIDTH, WIDTH_CHOICES
+from routescope.models.evaluation import accuracy_and_macs
 
 
 def width_bars(decisions: list[dict]) -> go.Figure:

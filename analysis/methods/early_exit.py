@@ -17,14 +17,28 @@ import plotly.graph_objects as go
 import torch
 from torch.utils.data import TensorDataset
 
-from analysis.core.charts import COMPACT
-from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, matching_baselines, register_figure
-from analysis.core.tradeoff import knob_tradeoff
-from analysis.core.kinds import AttributionTarget, Control, KindView, PatternPart, Section, Widget, register_view
-from analysis.core.scaling import nearest_layer
-from analysis.core.units import percent_axis
-from models.early_exit import EXIT, FINAL_EXIT
-from models.evaluation import accuracy_and_macs
+from routescope.analysis.core.charts import COMPACT
+from routescope.analysis.core.figures import (
+    FigureContext,
+    easy_hard_gallery,
+    main_model,
+    matching_baselines,
+    register_figure,
+)
+from routescope.analysis.core.tradeoff import knob_tradeoff
+from routescope.analysis.core.kinds import (
+    AttributionTarget,
+    Control,
+    KindView,
+    PatternPart,
+    Section,
+    Widget,
+    register_view,
+)
+from routescope.analysis.core.scaling import nearest_layer
+from routescope.analysis.core.units import percent_axis
+from routescope.models.early_exit import EXIT, FINAL_EXIT
+from routescope.models.evaluation import accuracy_and_macs
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 

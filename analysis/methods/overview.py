@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from analysis.core.figures import FigureContext, register_figure
-from analysis.core.pareto import models_frame, pareto_front
+from routescope.analysis.core.figures import FigureContext, register_figure
+from routescope.analysis.core.pareto import models_frame, pareto_front
 
 MARKERS = "oD^vPXh*"
 

@@ -25,14 +25,21 @@ import plotly.graph_objects as go
 import torch.nn as nn
 from matplotlib.ticker import MaxNLocator
 
-from analysis.core.charts import COMPACT
-from analysis.core.figures import FigureContext, register_figure
-from analysis.core.kinds import KindView, Section, register_view
-from analysis.core.runs import group_members, register_run_variant, run_row, runs_frame, seed_of, summarize_runs
-from models.checkpoint import training_args
-from models.layers.filter_overlap import overlap_matrix
-from models.recipes.repr import RePrOptions
-from models.repr import FILTERS, filter_layers, prunable_layers, repr_record
+from routescope.analysis.core.charts import COMPACT
+from routescope.analysis.core.figures import FigureContext, register_figure
+from routescope.analysis.core.kinds import KindView, Section, register_view
+from routescope.analysis.core.runs import (
+    group_members,
+    register_run_variant,
+    run_row,
+    runs_frame,
+    seed_of,
+    summarize_runs,
+)
+from routescope.models.checkpoint import training_args
+from routescope.models.layers.filter_overlap import overlap_matrix
+from routescope.models.recipes.repr import RePrOptions
+from routescope.models.repr import FILTERS, filter_layers, prunable_layers, repr_record
 
 
 def filter_overlap(entry: dict) -> go.Figure:

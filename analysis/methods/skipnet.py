@@ -15,16 +15,24 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-from analysis.core.charts import COMPACT
-from analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
-from analysis.core.tradeoff import knob_tradeoff
-from analysis.core.kinds import AttributionTarget, Control, KindView, PatternPart, Section, Widget, register_view
-from analysis.core.perturb import rescale
-from analysis.core.scaling import nearest_layer
-from analysis.core.table import dataset_table, layer_columns
-from analysis.core.units import percent_axis
-from models.checkpoint import training_args
-from models.skipnet import SKIP
+from routescope.analysis.core.charts import COMPACT
+from routescope.analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
+from routescope.analysis.core.tradeoff import knob_tradeoff
+from routescope.analysis.core.kinds import (
+    AttributionTarget,
+    Control,
+    KindView,
+    PatternPart,
+    Section,
+    Widget,
+    register_view,
+)
+from routescope.analysis.core.perturb import rescale
+from routescope.analysis.core.scaling import nearest_layer
+from routescope.analysis.core.table import dataset_table, layer_columns
+from routescope.analysis.core.units import percent_axis
+from routescope.models.checkpoint import training_args
+from routescope.models.skipnet import SKIP
 
 
 def ungated_block(gated: list[str]) -> str:

@@ -8,16 +8,16 @@ import io
 import plotly.express as px
 import streamlit as st
 
-from analysis.core.figures import matching_baselines
-from analysis.core.kinds import compare_sections
-from analysis.core.patterns import decision_map, pattern_labels, pattern_summary, readable_patterns
-from analysis.core.table import easy_and_hard, per_class_cost
-from analysis.core.trace import dense_macs
-from analysis.core.tradeoff import POINTS, knob_values, table_point, tradeoff_figure
-from analysis.core.units import MILLION, macs_axis
-from app.components import show_section
-from app.formatting import cost_delta, macs, percent, show_table
-from app.resources import (
+from routescope.analysis.core.figures import matching_baselines
+from routescope.analysis.core.kinds import compare_sections
+from routescope.analysis.core.patterns import decision_map, pattern_labels, pattern_summary, readable_patterns
+from routescope.analysis.core.table import easy_and_hard, per_class_cost
+from routescope.analysis.core.trace import dense_macs
+from routescope.analysis.core.tradeoff import POINTS, knob_values, table_point, tradeoff_figure
+from routescope.analysis.core.units import MILLION, macs_axis
+from routescope.app.components import show_section
+from routescope.app.formatting import cost_delta, macs, percent, show_table
+from routescope.app.resources import (
     cached_sweep,
     cached_static_points,
     cached_table,
@@ -29,7 +29,7 @@ from app.resources import (
     picture,
     show_model,
 )
-from analysis.core.catalog import bundled_checkpoints
+from routescope.analysis.core.catalog import bundled_checkpoints
 
 import pandas as pd
 

@@ -7,9 +7,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import streamlit as st
 
-from analysis.core.catalog import bundled_checkpoints
-from analysis.core.figures import FIGURES, FigureContext, available_figures, figure_bytes, load_figure_modules
-from app.resources import SetChoice, choose_test_set, images_for_meta, load_bundled
+from routescope.analysis.core.catalog import bundled_checkpoints
+from routescope.analysis.core.figures import (
+    FIGURES,
+    FigureContext,
+    available_figures,
+    figure_bytes,
+    load_figure_modules,
+)
+from routescope.app.resources import SetChoice, choose_test_set, images_for_meta, load_bundled
 
 load_figure_modules()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.components import (
+from routescope.app.components import (
     explain,
     forget_interventions_of_another_model,
     image_report,
@@ -18,8 +18,15 @@ from app.components import (
     restore_view,
     share_view,
 )
-from app.resources import chosen_test_set, choose_model, chosen_bundled_name, load_bundled, sample_pictures, show_model
-from analysis.core.catalog import bundled_checkpoints, sample_images
+from routescope.app.resources import (
+    chosen_test_set,
+    choose_model,
+    chosen_bundled_name,
+    load_bundled,
+    sample_pictures,
+    show_model,
+)
+from routescope.analysis.core.catalog import bundled_checkpoints, sample_images
 
 st.title("Inspect")
 st.caption(

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.core.catalog import bundled_checkpoints, models_folder
-from analysis.core.charts import accuracy_vs_macs
-from analysis.core.runs import checkpoint_paths, display_table, seeds_table
-from analysis.core.pareto import models_frame, pareto_front
-from analysis.results import SPEED_COLUMNS, bench_source, saved_bench, seed_sources
-from app.formatting import show_table
+from routescope.analysis.core.catalog import bundled_checkpoints, models_folder
+from routescope.analysis.core.charts import accuracy_vs_macs
+from routescope.analysis.core.runs import checkpoint_paths, display_table, seeds_table
+from routescope.analysis.core.pareto import models_frame, pareto_front
+from routescope.analysis.results import SPEED_COLUMNS, bench_source, saved_bench, seed_sources
+from routescope.app.formatting import show_table
 
 
 def _files_key(paths) -> tuple:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.core.catalog import bundled_checkpoints, featured
-from analysis.core.kinds import grouped, kind_view
-from analysis.core.trace import model_structure
-from app.components import show_section
-from app.formatting import show_table
-from app.resources import choose_bundled, choose_model, load_bundled, show_model
-from models.decisions import decision_kinds
+from routescope.analysis.core.catalog import bundled_checkpoints, featured
+from routescope.analysis.core.kinds import grouped, kind_view
+from routescope.analysis.core.trace import model_structure
+from routescope.app.components import show_section
+from routescope.app.formatting import show_table
+from routescope.app.resources import choose_bundled, choose_model, load_bundled, show_model
+from routescope.models.decisions import decision_kinds
 
 st.title("Structure")
 st.caption(

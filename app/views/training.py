@@ -9,10 +9,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from analysis.core.catalog import models_folder
-from analysis.core.training_log import MetricsError, metrics_files, read_metrics
-from app.formatting import percent, show_table
-from models.data import REPO_ROOT
+from routescope.analysis.core.catalog import models_folder
+from routescope.analysis.core.training_log import MetricsError, metrics_files, read_metrics
+from routescope.app.formatting import percent, show_table
+from routescope.models.data import REPO_ROOT
 
 REFRESH_S = 5
 
