@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .cost import full_macs
@@ -30,16 +30,14 @@ def accuracy_and_macs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image correctness and executed MACs (from the trace) of ``forward`` over ``data`` (uint8 images,
     standardized with ``mean`` / ``std``), with inference settings ``knobs`` if given."""
+    if limit is not None:
+        data = Subset(data, range(min(limit, len(data))))
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
     correct, macs = [], []
-    seen = 0
     for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        if limit is not None and seen >= limit:
-            break
         logits, trace = traced_forward(forward, normalize(images, mean, std).to(device), knobs=knobs)
         correct.append(logits.argmax(1).cpu() == labels)
         macs.append(trace.macs)
-        seen += len(labels)
     return torch.cat(correct), torch.cat(macs)
 
 

@@ -265,3 +265,11 @@ def test_device_check_compares_and_saves(tmp_path):
     )
     row = json.loads(out.read_text())["rows"][0]
     assert row["agreement"] == 1.0 and row["same_decisions"] == 1.0 and row["macs_rel_diff"] == 0.0
+
+
+def test_evaluate_limit_is_the_number_of_images(capsys):
+    """``--limit N`` evaluates N images, not the first batch of 500 that holds them."""
+    from routescope.models import evaluate
+
+    assert evaluate.main(["--checkpoint", str(SKIPNET), "--limit", "50", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_test"] == 50
