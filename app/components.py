@@ -3,6 +3,7 @@ interventions (every decision's control, drawn from its kind's ``Control``) and 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import warnings
@@ -35,6 +36,8 @@ from routescope.analysis.core.trace import model_structure
 from routescope.app.formatting import cost_delta, latency_delta, macs, ms, percent, show_table
 from routescope.app.resources import attribution as cached_attribution, intervened_image, latency as cached_latency
 from routescope.app.resources import perturbation as cached_perturbation, traced_image
+from routescope.app.resources import original_picture
+from routescope.analysis.core.familiarity import Reference, familiarity
 from routescope.models.decisions import decision_kind
 from routescope.models.trace import check_interventions
 
@@ -108,15 +111,27 @@ def pick_images(
         uploads = [upload] if upload is not None else []
         if uploads:
             picked = []
-    accepted = []
+    accepted, seen = [], {}
     for upload in uploads:
         data = upload.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:  # the same file twice (or under two names): one card
+            right.caption(f"`{upload.name}` is the same file as `{seen[digest]}`: shown once.")
+            continue
+        seen[digest] = upload.name
         refusal = image_refusal(upload.name, data)
         if refusal:
             right.error(refusal)
         else:
             accepted.append((upload.name, data))
+    st.session_state[f"{key}-n-samples"] = len(picked)  # the inputs after these are uploads (``uploaded``)
     return [(name, samples[name]()) for name in picked] + accepted
+
+
+def uploaded(key: str, inputs: list) -> list[bool]:
+    """Which of ``pick_images(key)``'s inputs are uploads (a file may be named like a sample)."""
+    n = st.session_state.get(f"{key}-n-samples", len(inputs))
+    return [i >= n for i in range(len(inputs))]
 
 
 def show_decisions(decisions: list[dict], key: str, model: torch.nn.Module | None = None) -> None:
@@ -156,11 +171,21 @@ def page_link(page: str, label: str, query: dict | None = None) -> None:
         st.markdown(f"[{label}]({page}{'?' + params if params else ''})")
 
 
-def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compact: bool = False) -> dict | None:
+def image_report(
+    model: torch.nn.Module,
+    name: str,
+    data: bytes,
+    key: str,
+    compact: bool = False,
+    upload: bool = False,
+    reference: Reference | None = None,
+) -> dict | None:
     """The tensor the model saw, prediction, cost and every decision for one image; returns the trace.
 
     An unusable file is an error message and None; content the model cannot see (frames, alpha, bit depth,
-    colour space) is a warning; routine fitting steps are captions.
+    colour space) is a warning; routine fitting steps are captions. An ``upload`` is shown as uploaded beside the
+    input the model saw, and flagged (a warning that says why) when it is unlike the ``reference`` test images
+    (``analysis.core.familiarity``).
     """
     try:
         model_input, trace = traced_image(model, model.cache_key, name, data)
@@ -169,12 +194,26 @@ def image_report(model: torch.nn.Module, name: str, data: bytes, key: str, compa
         return None
     if model_input.warnings:
         st.warning(f"{name}: " + "; ".join(model_input.warnings))
-    seen, result = st.columns([1, 3]) if not compact else (st.container(), st.container())
-    seen.image(model_input.pixels, caption=f"{name}: the exact input the model saw", width=140, clamp=True)
+    original = original_picture(data) if upload else None
+    prediction = trace["prediction"]
+    if original is not None and reference is not None:
+        flag = familiarity(model_input.pixels, original[2], prediction["probability"], reference)
+        if flag.flagged:
+            st.warning(f"{name} is unlike the images the model was trained on: {flag.reason}.", icon="⚠️")
+    if original is not None and not compact:
+        seen, result = st.columns([2, 3])
+        left, right = seen.columns(2)
+        width, height = original[1]
+        left.image(original[0], caption=f"{name}: as uploaded ({width}x{height})", width=140)
+        seen = right
+    else:
+        seen, result = st.columns([1, 3]) if not compact else (st.container(), st.container())
+    size = "x".join(str(n) for n in model_input.pixels.shape[:2])
+    seen.image(model_input.pixels, caption=f"{name}: the exact input the model saw ({size})", width=140, clamp=True)
     for note in model_input.notes:
         if note not in model_input.warnings:
             seen.caption(note)
-    prediction, cost = trace["prediction"], trace["cost"]
+    cost = trace["cost"]
     a, b, *decided = result.columns(3 if "macs_decided" in cost else 2)
     a.metric(
         "Prediction",
@@ -227,18 +266,26 @@ def explain(model: torch.nn.Module, trace: dict, key: str) -> None:
     model, image and target in ``app.resources.attribution``)."""
     decisions = [d for d in trace["decisions"] if attribution_targets(d)]
     choices = ["prediction"] + [f"{d['kind']}: {d['layer']}" for d in decisions]
+    _apply_explain_link(key, choices)
+    if st.session_state.get(f"{key}-target") not in (None, *choices):
+        del st.session_state[f"{key}-target"]  # another image's or model's decision
     choice = st.selectbox("Explain", choices, key=f"{key}-target")
     if choice == "prediction":
-        method = st.radio("Method", ["Integrated Gradients", "GradCAM"], horizontal=True, key=f"{key}-method")
-        target = (
-            "prediction",
-            trace["prediction"]["index"],
-            "gradcam" if method == "GradCAM" else "integrated_gradients",
-        )
+        method = st.radio("Method", list(METHODS), horizontal=True, key=f"{key}-method")
+        target = ("prediction", trace["prediction"]["index"], METHODS[method])
     else:
         decision = decisions[choices.index(choice) - 1]
         options = attribution_targets(decision)
         picked = options[0]
+        wanted = st.session_state.pop(f"{key}-explain-value", None)
+        if wanted is not None:
+            labels = [t.label for t in options]
+            if wanted in labels:
+                st.session_state[f"{key}-option"] = options[labels.index(wanted)]
+            else:
+                st.warning(f"The link asks for value `{wanted}`; this decision offers {', '.join(labels)}.")
+        if st.session_state.get(f"{key}-option") not in (None, *options):
+            del st.session_state[f"{key}-option"]
         if len(options) > 1:
             picked = st.selectbox("Value", options, format_func=lambda t: t.label, key=f"{key}-option")
         target = ("decision", decision["layer"], picked)
@@ -483,15 +530,13 @@ def perturbation_view(model: torch.nn.Module, pixels, key: str) -> None:
         "Transformation", list(PERTURBATIONS), format_func=lambda n: PERTURBATIONS[n].label, key=f"{key}-ptype"
     )
     spec = PERTURBATIONS[name]
+    # defaults through the session, not the widgets: a shared link may have set them (``restore_perturb_and_explain``)
+    st.session_state.setdefault(f"{key}-prange-{name}", (float(spec.low), float(spec.high)))
+    st.session_state.setdefault(f"{key}-psteps", 11)
     low, high = middle.slider(
-        "Strength range",
-        float(spec.low),
-        float(spec.high),
-        (float(spec.low), float(spec.high)),
-        key=f"{key}-prange-{name}",
-        help=spec.unit,
+        "Strength range", float(spec.low), float(spec.high), key=f"{key}-prange-{name}", help=spec.unit
     )
-    steps = right.number_input("Steps", 3, 21, 11, key=f"{key}-psteps")
+    steps = right.number_input("Steps", 3, 21, key=f"{key}-psteps")
     strengths = tuple(round(float(v), 4) for v in np.linspace(low, high, int(steps)))
     frame, pictures = cached_perturbation(model, model.cache_key, pixels, name, strengths)
     st.plotly_chart(perturbation_figure(frame), key=f"{key}-perturbation")
@@ -505,6 +550,7 @@ def restore_view(model: torch.nn.Module, key: str = "img0") -> None:
     if "url-restored" in st.session_state:
         return
     st.session_state["url-restored"] = True
+    restore_perturb_and_explain(key)
     if not any(k in st.query_params for k in ("image", "override", "knob")):
         return
     image = st.query_params.get("image")
@@ -526,11 +572,99 @@ def restore_view(model: torch.nn.Module, key: str = "img0") -> None:
         st.session_state[f"{key}-intervene"] = True
 
 
+def restore_perturb_and_explain(key: str = "img0") -> None:
+    """A shared link's Perturb (``perturb=KIND``, ``strength=LOW,HIGH``, ``steps=N``) and Explain (``explain=TARGET``:
+    ``prediction`` or ``KIND: LAYER``, ``method=integrated_gradients|gradcam``, ``value=LABEL``) become the first
+    image's widgets' state; a kind or range the app does not know is a message. The Explain target is checked
+    against the image's decisions when ``explain`` draws it."""
+    params = st.query_params
+    kind = params.get("perturb")
+    if kind is not None:
+        if kind not in PERTURBATIONS:
+            st.warning(f"The link names perturbation `{kind}`; the app knows {', '.join(PERTURBATIONS)}.")
+        else:
+            spec = PERTURBATIONS[kind]
+            st.session_state[f"{key}-perturb"], st.session_state[f"{key}-ptype"] = True, kind
+            strength = params.get("strength")
+            if strength is not None:
+                try:
+                    low, high = sorted(float(v) for v in strength.split(","))
+                    if not spec.low <= low <= high <= spec.high:
+                        raise ValueError
+                    st.session_state[f"{key}-prange-{kind}"] = (low, high)
+                except ValueError:
+                    st.warning(f"The link's strength `{strength}` is not LOW,HIGH within {spec.low:g}..{spec.high:g}.")
+            steps = params.get("steps")
+            if steps is not None:
+                if steps.isdigit() and 3 <= int(steps) <= 21:
+                    st.session_state[f"{key}-psteps"] = int(steps)
+                else:
+                    st.warning(f"The link's steps `{steps}` is not a whole number from 3 to 21.")
+    target = params.get("explain")
+    if target is not None:
+        st.session_state[f"{key}-explain"] = True
+        st.session_state[f"{key}-explain-link"] = (target, params.get("method"), params.get("value"))
+
+
+METHODS = {"Integrated Gradients": "integrated_gradients", "GradCAM": "gradcam"}  # Explain's radio -> URL
+
+
+def _apply_explain_link(key: str, choices: list[str]) -> None:
+    """The Explain target a link asked for (``restore_perturb_and_explain``), once it can be checked."""
+    link = st.session_state.pop(f"{key}-explain-link", None)
+    if link is None:
+        return
+    target, method, _ = link
+    if target not in choices:
+        st.warning(f"The link asks to explain `{target}`; this image offers {', '.join(choices)}.")
+        return
+    st.session_state[f"{key}-target"] = target
+    if method is not None:
+        labels = {v: k for k, v in METHODS.items()}
+        if method in labels:
+            st.session_state[f"{key}-method"] = labels[method]
+        else:
+            st.warning(f"The link names attribution method `{method}`; the app knows {', '.join(labels)}.")
+    st.session_state[f"{key}-explain-value"] = link[2]
+
+
+def _explain_params(key: str) -> dict:
+    """The first image's Perturb and Explain state as query parameters (only what is open and not the default)."""
+    state, out = st.session_state, {}
+    if state.get(f"{key}-perturb"):
+        kind = state.get(f"{key}-ptype", next(iter(PERTURBATIONS)))
+        spec = PERTURBATIONS[kind]
+        out["perturb"] = kind
+        low, high = state.get(f"{key}-prange-{kind}", (spec.low, spec.high))
+        if (low, high) != (spec.low, spec.high):
+            out["strength"] = f"{low:g},{high:g}"
+        if state.get(f"{key}-psteps", 11) != 11:
+            out["steps"] = str(state[f"{key}-psteps"])
+    if state.get(f"{key}-explain"):
+        target = state.get(f"{key}-target", "prediction")
+        out["explain"] = target
+        if target == "prediction":
+            method = METHODS.get(state.get(f"{key}-method", "Integrated Gradients"))
+            if method != "integrated_gradients":
+                out["method"] = method
+        elif state.get(f"{key}-option") is not None:
+            out["value"] = getattr(state[f"{key}-option"], "label", None)
+    return {k: v for k, v in out.items() if v}
+
+
 def share_view(model_name: str | None, image: str | None, key: str = "img0") -> None:
-    """Write the page's state to the URL (model, first sample image, its overrides and knobs), so it can be shared."""
+    """Write the page's state to the URL (model, test set, first sample image, its overrides and knobs, its Perturb and
+    Explain settings), so it can be shared."""
     overrides, knobs = intervention_state(key)
     forced, moved = format_interventions(overrides, knobs) if st.session_state.get(f"{key}-intervene") else ([], [])
-    params = {"model": model_name, "image": image, "override": forced, "knob": moved}
+    params = {
+        "model": model_name,
+        "testset": st.query_params.get("testset"),
+        "image": image,
+        "override": forced,
+        "knob": moved,
+        **_explain_params(key),
+    }
     st.query_params.from_dict({k: v for k, v in params.items() if v})
 
 

@@ -30,13 +30,14 @@ from routescope.analysis.core.archive import (
     archive_test_set,
     read_image_archive,
 )
-from routescope.analysis.core.catalog import bundled_checkpoints, featured_names
-from routescope.analysis.core.images import ModelInput, load_model_input
+from routescope.analysis.core.catalog import bundled_checkpoints, featured_names, model_labels
+from routescope.analysis.core.familiarity import DATASET_NAMES, Reference, colourfulness, reference
+from routescope.analysis.core.images import ImageError, ModelInput, load_model_input, open_image
 from routescope.analysis.core.latency import Latency, dense_counterpart, paired_latency
 from routescope.analysis.core.perturb import perturbation_sweep, perturbed, pixels_tensor
 from routescope.analysis.core.trace import trace_batch
 from routescope.analysis.core.tradeoff import static_points
-from routescope.analysis.core.sweeps import knob_sweep
+from routescope.analysis.core.sweeps import adaptive_sweep, knob_sweep, seconds_per_value
 from routescope.analysis.core.table import as_table
 from routescope.analysis.core.table_store import Progress, model_fingerprint, stored_table
 from routescope.analysis.core.testsets import BUNDLED, UNLABELLED, ModelImages, TestSet, label_map, open_test_set
@@ -166,11 +167,26 @@ def _keep_upload(widget_key: str) -> None:
         _chosen().pop("upload", None)
 
 
+@st.cache_data(ttl=60, show_spinner=False, max_entries=4)
+def bundled_labels(folder: str) -> dict[str, str]:
+    """``catalog.model_labels`` of the models folder (read from its manifest), looked at again after a minute."""
+    return model_labels(Path(folder))
+
+
+def labels_of(bundled: dict) -> dict[str, str]:
+    """The picker's readable label of each bundled model (the name where none can be made)."""
+    folders = {str(path.parent) for path in bundled.values()}
+    labels = bundled_labels(folders.pop()) if len(folders) == 1 else {}
+    return {name: labels.get(name, name) for name in bundled}
+
+
 def pick_bundled(bundled: dict, key: str) -> str:
-    """The bundled-model select: the featured models first (each method's flagship and its controls, the flagship
-    SkipNet by default), the sweeps and ablations behind a toggle, still loadable."""
+    """The bundled-model select: the featured models first (each method's flagship, starred, then its controls; the
+    flagship SkipNet by default), the sweeps and ablations behind a toggle, still loadable. Each is listed by what it
+    is (method, role, accuracy, share of the dense MACs: ``catalog.model_label``); its exact name is in the help."""
     featured = [name for name in featured_names() if name in bundled]
     others = [name for name in bundled if name not in featured]
+    labels = labels_of(bundled)
     kept = _chosen()
     if featured and others:
         if kept.get("name") in others:  # e.g. from a shared link: keep it visible
@@ -186,13 +202,17 @@ def pick_bundled(bundled: dict, key: str) -> str:
     else:
         names = featured or others
     _seed(f"{key}-name", "name", names)
+    current = st.session_state.get(f"{key}-name", names[0])
     name = st.sidebar.selectbox(
         "Bundled model",
         names,
         key=f"{key}-name",
         on_change=_keep,
         args=(f"{key}-name", "name"),
-        format_func=lambda n: f"★ {n}" if n in featured else n,
+        format_func=lambda n: labels.get(n, n),
+        help=f"Checkpoint `{current if current in names else names[0]}` (models/pretrained). Starred: each method's "
+        "flagship; its controls follow it. Then: test accuracy, and the mean MACs per image as a share of the dense "
+        "network's.",
     )
     kept["name"] = name  # the default too: another page must not fall back to another one
     return name
@@ -359,14 +379,19 @@ def choose_bundled(name: str) -> None:
 
 
 def show_model(model: torch.nn.Module) -> None:
-    """The caption that names the page's model (exactly as the picker does), and where it came from."""
+    """The caption that names the page's model (its exact checkpoint name and the picker's label), and where it came
+    from."""
     meta = model.meta
     upload = _chosen().get("upload") if _chosen().get("source") == "Upload a checkpoint" else None
     accuracy = meta.get("metrics", {}).get("test_acc")
     group = getattr(model, "group", None)  # a plug-in's entry point
     origin = f" (uploaded file `{upload[0]}`)" if upload else f" (plug-in `{group}`)" if group else ""
+    bundled = bundled_checkpoints() if not upload and not group else {}
+    label = labels_of(bundled).get(meta["name"]) if meta["name"] in bundled else None
     st.caption(
-        f"Model: **{meta['name']}**{origin} · method `{meta['method']}` · trained on {meta['dataset']}"
+        f"Model: **{meta['name']}**{origin}"
+        + (f" ({label})" if label and label != meta["name"] else "")
+        + f" · method `{meta['method']}` · trained on {meta['dataset']}"
         + (f" · test accuracy {accuracy * 100:.2f}%" if isinstance(accuracy, (int, float)) else "")
     )
 
@@ -777,6 +802,46 @@ def _picture_png(_images: ModelImages, fingerprint: str, meta_key: str, index: i
     return buffer.getvalue()
 
 
+REFERENCE_IMAGES = 500  # test images the familiarity reference is measured on (evenly spread)
+
+
+@st.cache_resource(show_spinner="Measuring the test images once…", max_entries=8)
+def test_set_reference(_images: ModelImages, fingerprint: str, meta_key: str) -> Reference:
+    """``familiarity.reference`` of (up to ``REFERENCE_IMAGES`` of) a test set as the model takes it: computed once
+    per (test set, model input), on the first uploaded image that needs it, and shared by every session."""
+    n = len(_images)
+    indices = np.unique(np.linspace(0, n - 1, min(n, REFERENCE_IMAGES)).astype(int)) if n else []
+    dataset = _images.meta.get("dataset")
+    return reference(
+        (picture(_images, int(i)) for i in indices),
+        DATASET_NAMES.get(dataset, dataset or "the test set"),
+        coloured=int(_images.meta["input_size"][0]) == 3,
+    )
+
+
+def reference_for(images: ModelImages) -> Reference | None:
+    """The familiarity reference of the chosen test images (None when they cannot be read)."""
+    try:
+        return test_set_reference(images, images.fingerprint, _meta_key(images.meta))
+    except (ValueError, OSError):
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def original_picture(data: bytes, most: int = 320) -> tuple[np.ndarray, tuple[int, int], float] | None:
+    """An uploaded picture as the user sees it: a copy at most ``most`` pixels wide (RGB), its size and its
+    colourfulness; None when it cannot be decoded (``image_report`` says why)."""
+    try:
+        img = open_image(data)
+    except ImageError:
+        return None
+    size = img.size
+    colour = colourfulness(img)
+    small = img.convert("RGB")
+    small.thumbnail((most, most))
+    return np.asarray(small), size, colour
+
+
 def image_names(images: ModelImages) -> list[str] | None:
     """Each image's file, for the tables of an uploaded zip (its member names) or of a folder on the server (paths
     under it); None for the data sets stored as arrays."""
@@ -945,6 +1010,26 @@ def cached_sweep(model: torch.nn.Module, images: ModelImages, knob: str, values:
         return out
 
     return _bounded_store(_sweep_store(), (model.cache_key, images.fingerprint, knob, values), make)
+
+
+@st.cache_data(show_spinner="Timing one value of the sweep on a few images…", max_entries=64)
+def sweep_seconds(_model: torch.nn.Module, model_key: str, _images: ModelImages, fingerprint: str, knob: str) -> float:
+    """``sweeps.seconds_per_value``: about how long one knob value takes on the test set, once per (model, set)."""
+    return seconds_per_value(_model, knob, _images)
+
+
+def cached_adaptive_sweep(
+    model: torch.nn.Module, images: ModelImages, knob: str, budget: int, low: float, high: float, done=None
+) -> pd.DataFrame:
+    """``adaptive_sweep`` over a test set (each value's table stored), reused per (model, test set, knob, budget,
+    range) once complete; ``done(row)`` after each value traced (the page's progress). A sweep stopped before the end
+    is not kept here: its values' tables are, so running it again reads them instead of tracing."""
+    key = (model.cache_key, images.fingerprint, knob, "adaptive", budget, low, high)
+
+    def make() -> pd.DataFrame:
+        return adaptive_sweep(model, knob, images, budget, low, high, done=done)
+
+    return _bounded_store(_sweep_store(), key, make)
 
 
 def cached_static_points(model: torch.nn.Module, images: ModelImages) -> pd.DataFrame:

@@ -48,7 +48,9 @@ def downloads(monkeypatch) -> dict[str, tuple[str, bytes]]:
 
 def shown_images(at: AppTest) -> list[str]:
     """Names of the images whose model input the page shows (from the image captions)."""
-    return [caption.split(": the exact input")[0] for image in at.get("image") for caption in image.captions]
+    return [
+        c.split(": the exact input")[0] for image in at.get("image") for c in image.captions if ": the exact input" in c
+    ]
 
 
 def test_inspect_a_sample(models_dir):
@@ -108,6 +110,7 @@ def test_upload_images_good_odd_and_bad(models_dir):
 def test_side_by_side_upload_replaces_the_sample(models_dir):
     at = start()
     at.radio(key="inspect-mode").set_value("Side by side").run()
+    at.radio(key="side-what").set_value("Two images, one model").run()
     at.file_uploader(key="side1-upload").set_value(("anim.gif", encode(shoe_on_white(), "GIF"), "image/gif")).run()
     assert not at.exception
     assert shown_images(at) == ["ankle-boot-1.png", "anim.gif"] and not at.warning, (
@@ -167,6 +170,9 @@ def test_inspect_side_by_side_and_across_models(models_dir):
     at.radio(key="inspect-mode").set_value("Side by side").run()
     assert not at.exception and len(at.metric) == 4
     at.radio(key="inspect-mode").set_value("Across all bundled models").run()
+    assert not at.exception and not at.subheader  # a table, one row per model; a card on demand
+    assert list(next(t.value for t in at.dataframe if "decisions" in t.value.columns)["model"]) == ["tiny"]
+    at.selectbox(key="across-card").set_value("tiny").run()
     assert not at.exception and [s.value for s in at.subheader] == ["tiny"]
 
 
@@ -363,7 +369,7 @@ def test_featured_models_first_and_the_flagship_skipnet_by_default():
     at = start()
     flagship = featured()["skipnet"]["flagship"]
     select = at.sidebar.selectbox(key="model-name")
-    assert select.value == flagship and list(select.options)[0] == f"★ {flagship}"
+    assert select.value == flagship and list(select.options)[0].startswith("★ SkipNet · flagship")
     assert len(select.options) == len(featured_names())
     at.sidebar.toggle(key="model-all").set_value(True).run()
     assert len(at.sidebar.selectbox(key="model-name").options) > len(featured_names())

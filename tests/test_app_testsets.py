@@ -268,8 +268,14 @@ def test_the_uploaded_zip_follows_to_figures_and_inspect(models_dir):
     assert not at.exception, at.exception
     assert at.selectbox(key="testset-set").value == "upload", "figures draw on the zip too"
     captions = [c.value for c in at.caption]
-    assert any(f"Test images: mine.zip ({len(labels):,})." in c for c in captions), captions
-    assert at.image, "figures drawn on the zip"
+    # each caption names exactly the set its figure used: the overview reads the checkpoints' stored metrics
+    assert any("full test set" in c and "The chosen test images are not used." in c for c in captions), captions
+    assert not any("Test images:" in c for c in captions if "full test set" in c), captions
+    if len(at.selectbox(key="figures-method").options) > 2:  # a figure of the test images: it names the zip
+        at.selectbox(key="figures-method").set_value("every figure").run()
+        captions = [c.value for c in at.caption]
+        assert any(f"Test images: mine.zip ({len(labels):,})." in c for c in captions), captions
+    assert at.image, "figures drawn"
     at.switch_page("views/inspect.py").run()
     options = at.multiselect(key="inspect-samples").options
     assert [o for o in options if o.startswith("mine.zip #")][:2] == [

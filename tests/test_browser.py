@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from routescope.analysis.core.catalog import featured
+from routescope.analysis.core.catalog import featured, model_labels
 from tools.serve import ServerError, running_app
 from routescope.models.data import SAMPLE_IMAGES as SAMPLES
 from routescope.models.data import FASHION_MNIST
@@ -99,8 +99,9 @@ def test_upload_shows_prediction_and_decision_charts(server, page, tmp_path, cap
 
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_test_id("stSelectbox").click()
-    page.keyboard.type(model)  # the list is virtualized: filter it so the option is rendered
-    page.get_by_role("option", name=f"★ {model}", exact=True).click()
+    label = model_labels()[model]  # the picker lists each model by what it is (its name is in the help)
+    page.keyboard.type(label)  # the list is virtualized: filter it so the option is rendered
+    page.get_by_role("option", name=label, exact=True).click()
     skip_charts = page.locator(".js-plotly-plot").filter(has_text="Blocks executed")
     expect(skip_charts).to_have_count(1)  # the default sample, through the SkipNet
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
@@ -195,12 +196,9 @@ def test_every_page_renders_and_is_photographed(server, page, tmp_path):
         _no_page_not_found(page)
         expect(page.get_by_test_id("stException")).to_have_count(0)
         assert page.url.split("?")[0].rstrip("/").endswith(f"/{name}"), page.url
-        if model:  # the link chose the model: the sidebar select holds it and the page names it
-            page.wait_for_function(
-                "name => document.querySelector('[data-testid=stSidebar]').innerHTML.includes(name)",
-                arg=model,
-                timeout=120_000,
-            )
+        if model:  # the link chose the model: the sidebar select holds it (by its label) and the page names it
+            picker = page.get_by_test_id("stSidebar").get_by_role("combobox", name="Bundled model")
+            expect(picker).to_have_value(model_labels()[model], timeout=120_000)
             expect(page.get_by_test_id("stCaptionContainer").filter(has_text=f"Model: {model}")).to_have_count(1)
         page.screenshot(path=str(out / f"{name}.png"))
     assert {p.stem for p in out.glob("*.png")} >= set(PAGES)
@@ -232,8 +230,8 @@ def test_the_chosen_model_follows_to_compare(server, page):
     expect(page.get_by_role("heading", name="Inspect", exact=True)).to_be_visible()
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_test_id("stSelectbox").click()
-    page.keyboard.type(model)
-    page.get_by_role("option", name=f"★ {model}", exact=True).click()
+    page.keyboard.type(model_labels()[model])
+    page.get_by_role("option", name=model_labels()[model], exact=True).click()
     expect(page.get_by_test_id("stCaptionContainer").filter(has_text=f"Model: {model}")).to_have_count(1)
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
     sidebar.get_by_role("link", name="Compare").click()
@@ -308,4 +306,27 @@ def test_no_table_shows_a_raw_mac_count(server, page):
     expect(page.get_by_test_id("stDataFrame")).to_have_count(1)
     inspect = _table_text(page) + "\n" + page.get_by_test_id("stMain").inner_text()
     assert not RAW_MACS.findall(inspect), RAW_MACS.findall(inspect)[:5]
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+@pytest.mark.heavy
+def test_model_against_model_views(server, page):
+    """Inspect's two models side by side (the flagship and its control, decisions aligned by layer) and the compact
+    table of every bundled model (one row each, a card only when asked) in a real browser."""
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    flagship = _skipnet()
+    control = featured()["skipnet"]["controls"][0]
+    page.goto(f"{url}/inspect?model={flagship}")
+    expect(page.get_by_role("heading", name="Inspect", exact=True)).to_be_visible()
+    page.get_by_text("Side by side", exact=True).click()
+    expect(page.get_by_text("Decisions and cost, layer by layer")).to_be_visible()
+    expect(page.get_by_text(control, exact=True).first).to_be_visible()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    page.get_by_text("Across all bundled models", exact=True).click()
+    expect(page.get_by_text("Open the card of")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    height = page.evaluate("document.querySelector('[data-testid=stMain]').scrollHeight")
+    assert height < 3000, f"the all-models view is {height} px tall: a table, not a card per model"
     expect(page.get_by_test_id("stException")).to_have_count(0)

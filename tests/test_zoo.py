@@ -211,9 +211,16 @@ def test_training_page_curves_of_a_bundled_run():
     charts = chart_data(at)
     assert len(charts) == 3
     loss = charts[0]["data"]
-    assert [trace["name"] for trace in loss] == ["policy-finetune"] and list(plotly_values(loss[0]["x"])) == list(
-        range(6)
-    )
+    # the whole chain the fine-tuned model started from: dense ResNet, supervised pretraining, policy, fine-tuning
+    chain = ["resnet20_fmnist", "skipnet_resnet20_fmnist_sp", "skipnet_resnet20_fmnist_a0.75", FINE_TUNED]
+    assert [trace["name"].split(": ")[0] for trace in loss] == chain
+    assert loss[-1]["name"] == f"{FINE_TUNED}: policy-finetune" and len(plotly_values(loss[-1]["x"])) == 6
+    epochs = [x for trace in loss for x in plotly_values(trace["x"])]
+    assert epochs == list(range(1, len(epochs) + 1)), "epochs counted over the whole chain, from 1"
+    runs = [read_checkpoint(PRETRAINED / f"{run}.pt")["meta"]["history"] for run in chain]
+    total_min = sum(run[-1]["elapsed_s"] for run in runs) / 60
+    assert at.metric[3].value == f"{total_min:.1f} min", "the chain's training time, not the last run's"
     accuracy = charts[1]["data"]
-    assert len(accuracy) == 2 and len(plotly_values(accuracy[1]["y"])) == 6  # train and test
+    last_stage = [trace for trace in accuracy if trace["name"].startswith(f"{FINE_TUNED}: ")]
+    assert len(last_stage) == 2 and all(len(plotly_values(trace["y"])) == 6 for trace in last_stage)  # train, test
     assert not at.text_input, "a metrics file is picked from the run folders, never typed (it would read any file)"

@@ -48,6 +48,7 @@ class FigureSpec:
     method: str
     caption: str
     make: Callable[["FigureContext"], plt.Figure]
+    test_images: bool = True  # False: drawn from the checkpoints' stored metrics (full test set), not the images
 
 
 FIGURES: dict[str, FigureSpec] = {}
@@ -65,11 +66,12 @@ def _one_at_a_time(make: Callable[["FigureContext"], plt.Figure]) -> Callable[["
     return locked
 
 
-def register_figure(name: str, method: str, caption: str):
-    """Register ``make(context) -> Figure``; ``method`` is the model method it needs ("all" for any)."""
+def register_figure(name: str, method: str, caption: str, test_images: bool = True):
+    """Register ``make(context) -> Figure``; ``method`` is the model method it needs ("all" for any);
+    ``test_images=False``: it reads the metrics stored in the checkpoints, not the context's test images."""
 
     def wrap(make: Callable[["FigureContext"], plt.Figure]) -> Callable:
-        FIGURES[name] = FigureSpec(name, method, caption, _one_at_a_time(make))
+        FIGURES[name] = FigureSpec(name, method, caption, _one_at_a_time(make), test_images)
         return make
 
     return wrap
@@ -102,7 +104,10 @@ class FigureContext:
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def caption(self, spec: "FigureSpec") -> str:
-        """The figure's caption, naming the test images its dataset-level numbers come from."""
+        """The figure's caption, naming exactly the test images its numbers come from: the context's, or (a figure of
+        the checkpoints' stored metrics) the full test set its own caption names, and not the chosen images."""
+        if not spec.test_images:
+            return f"{spec.caption} The chosen test images are not used."
         return f"{spec.caption} Test images: {self.dataset} ({len(self.images()[1]):,})."
 
     def model(self, name: str) -> torch.nn.Module:
@@ -239,3 +244,45 @@ def load_figure_modules() -> None:
     from routescope.analysis.core.kinds import load_method_modules
 
     load_method_modules()
+
+
+LABEL_OFFSETS = ((4, 3), (4, -9), (-4, 3), (-4, -9), (4, 10), (-4, 10), (4, -16), (-4, -16), (10, -3), (-10, -3))
+
+
+def short_name(name: str) -> str:
+    """A checkpoint's name as a point label: without the data set and the ResNet-20 backbone every bundled model
+    shares (``skipnet_resnet20_fmnist_a0.75`` -> ``skipnet_a0.75``)."""
+    short = name.replace("_fmnist", "").replace("_resnet20", "")
+    return short or name
+
+
+def place_labels(ax, points, fontsize: float = 5, **style) -> int:
+    """Label points ``[(x, y, text), ...]`` (or ``(x, y, text, colour)``) without overlap: each label tries a few
+    offsets around its point (right, below, left, ...) and takes the first that overlaps no label placed before it and
+    stays inside the axes; one that fits nowhere is left out (the legend or a table names it). Returns how many were
+    left out."""
+    figure = ax.figure
+    renderer = figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed, left_out = [], 0
+    for x, y, text, *colour in points:
+        for dx, dy in LABEL_OFFSETS:
+            label = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                ha="left" if dx >= 0 else "right",
+                **({"color": colour[0]} if colour else {}),
+                **style,
+            )
+            box = label.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            label.remove()
+        else:
+            left_out += 1
+    return left_out

@@ -94,20 +94,54 @@ def tradeoff_figure(curve: pd.DataFrame, knob: str, trained: dict, others: pd.Da
                 hovertemplate="%{text}<br>%{x:.2f} M MACs, %{y:.2f}%<extra></extra>",
             )
         )
+    low, high, hidden = accuracy_range([curve["accuracy"], [trained["accuracy"]], others["accuracy"]])
+    if hidden:
+        figure.add_annotation(
+            text=f"{hidden} point{'s' if hidden > 1 else ''} below {low:.1f}% off the chart (double-click to see all)",
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=0,
+            xanchor="left",
+            yanchor="bottom",
+            showarrow=False,
+            font=dict(size=11, color="#666"),
+        )
     return figure.update_layout(
         title=title,
         xaxis=macs_axis("mean MACs per image"),
-        yaxis=dict(title="accuracy", ticksuffix="%"),
+        yaxis=dict(title="accuracy", ticksuffix="%", range=[low, high]),
         height=420,
         **COMPACT,
     )
 
 
+ZOOM_POINTS = 10.0  # the accuracy axis spans at most this many points below the best point (outliers: a note)
+
+
+def accuracy_range(columns, span: float = ZOOM_POINTS) -> tuple[float, float, int]:
+    """The accuracy axis (in %) zoomed to the data: from the lowest point, or ``span`` points under the best where a
+    point is far lower (a sweep value that breaks the model), to the best; and how many points fall below it."""
+    values = np.array([v for column in columns for v in column if v is not None and not math.isnan(v)], dtype=float)
+    if values.size == 0:
+        return 0.0, 100.0, 0
+    values = values * 100
+    top, bottom = float(values.max()), float(values.min())
+    floor = max(bottom, top - span)
+    pad = max((top - floor) * 0.08, 0.2)
+    low = floor - pad
+    return low, top + pad, int((values < low).sum())
+
+
 def tradeoff_axes(ax, curve: pd.DataFrame, knob: str, trained: dict, others: pd.DataFrame) -> None:
     """The same figure with matplotlib (``python -m analysis.figures``)."""
+    from routescope.analysis.core.figures import place_labels, short_name
+
     ax.plot(curve["macs_mean"] / 1e6, curve["accuracy"] * 100, "o-", color="tab:blue", label=f"{knob} sweep")
-    for value, macs, accuracy in zip(curve["value"], curve["macs_mean"], curve["accuracy"]):
-        ax.annotate(f"{value:g}", (macs / 1e6, accuracy * 100), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    labels = [
+        (m / 1e6, a * 100, f"{v:g}", "tab:blue")
+        for v, m, a in zip(curve["value"], curve["macs_mean"], curve["accuracy"])
+    ]
     ax.scatter(
         [trained["macs_mean"] / 1e6],
         [trained["accuracy"] * 100],
@@ -119,13 +153,22 @@ def tradeoff_axes(ax, curve: pd.DataFrame, knob: str, trained: dict, others: pd.
     )
     for (kind, group), marker in zip(others.groupby("kind", sort=False), "s^Dv"):
         ax.scatter(group["macs_mean"] / 1e6, group["accuracy"] * 100, marker=marker, s=24, label=kind, alpha=0.8)
-        for label, macs, accuracy in zip(group["label"], group["macs_mean"], group["accuracy"]):
-            ax.annotate(
-                label, (macs / 1e6, accuracy * 100), fontsize=5, xytext=(3, -7), textcoords="offset points", alpha=0.7
-            )
+        labels += [
+            (m / 1e6, a * 100, short_name(n), "dimgray")
+            for n, m, a in zip(group["label"], group["macs_mean"], group["accuracy"])
+        ]
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=6, frameon=False)
+    ax.legend(
+        fontsize=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3
+    )  # below: off the points
+    low, high, hidden = accuracy_range([curve["accuracy"], [trained["accuracy"]], others["accuracy"]])
+    ax.set_ylim(low, high)
+    if hidden:
+        ax.text(0.01, 0.01, f"{hidden} below {low:.1f}% not shown", transform=ax.transAxes, fontsize=5, color="gray")
+    ax.margins(x=0.1)
+    ax.figure.tight_layout()
+    place_labels(ax, [p for p in labels if low <= p[1] <= high], fontsize=5)
 
 
 def knob_tradeoff(context, method: str, count: int = 5):

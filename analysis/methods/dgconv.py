@@ -199,6 +199,7 @@ def groups_per_layer_figure(context: FigureContext) -> plt.Figure:
     "one line per number of training epochs, with the plain ResNet of the same depth (square) when one is available; "
     "numbers from models.evaluate "
     "on the full test set.",
+    test_images=False,
 )
 def accuracy_vs_macs_figure(context: FigureContext) -> plt.Figure:
     models = context.models("dgconv")

@@ -450,6 +450,7 @@ def group_label(group: pd.Series) -> str:
     "Test accuracy (models.evaluate, full test set) of RePr runs by filter ranking (orthogonality: the "
     "paper's, norm: lowest weight norm, random) next to standard training of the same backbone: mean over "
     "seeds with a min-max bar, each run a dot, the number of runs in brackets.",
+    test_images=False,
 )
 def ranking_comparison_figure(context: FigureContext) -> plt.Figure:
     runs, table = ranking_comparison(context)

@@ -16,7 +16,14 @@ import plotly.graph_objects as go
 import torch
 
 from routescope.analysis.core.charts import COMPACT
-from routescope.analysis.core.figures import FigureContext, easy_hard_gallery, main_model, register_figure
+from routescope.analysis.core.figures import (
+    FigureContext,
+    easy_hard_gallery,
+    main_model,
+    place_labels,
+    register_figure,
+    short_name,
+)
 from routescope.analysis.core.tradeoff import knob_tradeoff
 from routescope.analysis.core.kinds import (
     AttributionTarget,
@@ -257,11 +264,13 @@ def sweep_point(name: str, models: dict) -> tuple[str, float | None]:
     "Accuracy vs mean MACs of SkipNets trained with different alpha (compute reward), one line per "
     "training variant, with the plain ResNet of the same depth; numbers from models.evaluate on the "
     "full test set.",
+    test_images=False,
 )
 def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
     figure, ax = plt.subplots(figsize=(6, 3.6))
     models = context.models("skipnet")
     series: dict[str, list[tuple[float, float, float | None]]] = {}
+    labels: list[tuple[float, float, str, str]] = []  # placed last, without overlap
     for name, model in models.items():
         metrics = model.meta.get("metrics", {})
         if "test_acc" in metrics:
@@ -270,33 +279,21 @@ def alpha_sweep_figure(context: FigureContext) -> plt.Figure:
     for label, points in sorted(series.items()):
         points.sort()
         line = ax.plot([m for m, _, _ in points], [a for _, a, _ in points], "o-", alpha=0.8, label=label)[0]
-        for macs, acc, alpha in points:
-            if alpha is not None:
-                ax.annotate(
-                    f"α={alpha:g}",
-                    (macs, acc),
-                    fontsize=6,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                    color=line.get_color(),
-                )
+        labels += [(macs, acc, f"α={alpha:g}", line.get_color()) for macs, acc, alpha in points if alpha is not None]
     for name, model in context.models("baseline").items():
         metrics = model.meta.get("metrics", {})
         if "test_acc" in metrics:
             ax.scatter(metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100, color="black", marker="s")
-            ax.annotate(
-                name,
-                (metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100),
-                fontsize=6,
-                xytext=(3, -8),
-                textcoords="offset points",
-            )
+            labels.append((metrics["macs_mean"] / 1e6, metrics["test_acc"] * 100, short_name(name), "black"))
     ax.set_xlabel("mean MACs per image (millions)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(
         fontsize=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2
     )  # below: off the points
     ax.set_title("SkipNet: accuracy vs compute over alpha")
+    ax.margins(x=0.1, y=0.1)
+    figure.tight_layout()
+    place_labels(ax, labels, fontsize=6)
     return figure
 
 

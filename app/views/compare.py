@@ -13,12 +13,13 @@ from routescope.analysis.core.kinds import compare_sections
 from routescope.analysis.core.patterns import decision_map, pattern_labels, pattern_summary, readable_patterns
 from routescope.analysis.core.table import easy_and_hard, per_class_cost
 from routescope.analysis.core.trace import dense_macs
-from routescope.analysis.core.tradeoff import POINTS, knob_values, table_point, tradeoff_figure
+from routescope.analysis.core.sweeps import COLUMNS as SWEEP_COLUMNS, flat_sweep
+from routescope.analysis.core.tradeoff import POINTS, table_point, tradeoff_figure
 from routescope.analysis.core.units import MILLION, macs_axis
 from routescope.app.components import show_section
 from routescope.app.formatting import cost_delta, macs, percent, show_table
 from routescope.app.resources import (
-    cached_sweep,
+    cached_adaptive_sweep,
     cached_static_points,
     cached_table,
     choose_model,
@@ -28,6 +29,7 @@ from routescope.app.resources import (
     load_bundled,
     picture,
     show_model,
+    sweep_seconds,
 )
 from routescope.analysis.core.catalog import bundled_checkpoints
 
@@ -65,6 +67,16 @@ def accuracy_text(subset: pd.DataFrame) -> str:
     """Accuracy over the labelled images of ``subset`` (unlabelled ones are skipped), or a dash."""
     known = subset["correct"].dropna()
     return percent(known.astype(float).mean(), 0) if len(known) else "–"
+
+
+def duration(seconds: float) -> str:
+    """``12 s``, ``3 min``: how long something takes, as the page says it."""
+    return f"{max(seconds, 1):,.0f} s" if seconds < 120 else f"{seconds / 60:,.0f} min"
+
+
+def stop_sweep() -> None:
+    """Button callback: the sweep ends after the value being traced (the run is interrupted at the next element)."""
+    st.session_state["sweep-run"] = False
 
 
 def gallery(subset: pd.DataFrame) -> None:
@@ -240,7 +252,17 @@ if knobs:
     left, middle, right = st.columns([2, 1, 3])
     knob = left.selectbox("Knob", list(knobs), key="sweep-knob", help=knobs[next(iter(knobs))]["help"])
     spec = knobs[knob]
-    count = middle.number_input("Values", 3, 21, 11, key="sweep-count")
+    count = int(
+        middle.number_input(
+            "Values",
+            3,
+            21,
+            11,
+            key="sweep-count",
+            help="The budget of values: five evenly spaced, then the interval where MACs or accuracy change most is "
+            "halved, again and again, until the budget is spent (an adaptive grid).",
+        )
+    )
     low, high = right.slider(
         "Range",
         float(spec["low"]),
@@ -251,9 +273,54 @@ if knobs:
     others_too = labelled and st.checkbox(  # points on the accuracy axis: only with labels
         "Add the other bundled models of this method (traces each one's test set)", value=True, key="sweep-others"
     )
-    if st.toggle(f"Sweep {knob} over {int(count)} values on {len(images):,} images", key="sweep-run"):
-        values = tuple(knob_values(model, knob, int(count), low, high))
-        curve = cached_sweep(model, images, knob, values)
+    sweep_key = (model.cache_key, images.fingerprint, knob, count, low, high)
+    per_value = sweep_seconds(model, model.cache_key, images, images.fingerprint, knob)
+    st.caption(
+        f"Up to {count} values of {knob} from {low:g} to {high:g}, placed where the decisions change: one value traces "
+        f"{len(images):,} images, about {duration(per_value)} here, so the sweep takes up to about "
+        f"{duration(per_value * count)} (values traced before are read from the store). It can be stopped after any "
+        "value, keeping the values done."
+    )
+    running = st.toggle(f"Sweep {knob} over up to {count} values on {len(images):,} images", key="sweep-run")
+    partial = st.session_state.get("sweep-partial")
+    curve = None
+    if running:
+        st.button(
+            "Stop after the current value",
+            key="sweep-stop",
+            icon=":material/stop_circle:",
+            on_click=stop_sweep,
+            help="The value being traced finishes (and is stored); the curve then shows the values done.",
+        )
+        done_rows: list[dict] = []
+        st.session_state["sweep-partial"] = {"key": sweep_key, "rows": done_rows}
+        bar = st.empty()
+
+        def value_done(row: dict) -> None:
+            done_rows.append(row)  # kept before the bar is drawn: a stop interrupts the run at the next element
+            left_s = per_value * (count - len(done_rows))
+            bar.progress(
+                len(done_rows) / count,
+                text=f"{len(done_rows)} of up to {count} values done ({knob}={row['value']:g}); "
+                f"about {duration(left_s)} left at most",
+            )
+
+        curve = cached_adaptive_sweep(model, images, knob, count, low, high, done=value_done)
+        bar.empty()
+        st.session_state.pop("sweep-partial", None)
+    elif partial is not None and partial["key"] == sweep_key and partial["rows"]:
+        curve = pd.DataFrame(sorted(partial["rows"], key=lambda r: r["value"]), columns=SWEEP_COLUMNS)
+        st.info(
+            f"Stopped after {len(curve)} of up to {count} values: the curve shows the values done. Turn the sweep on "
+            "again to finish it (the values done are read from the store, not traced again)."
+        )
+    if curve is not None:
+        if flat_sweep(curve):
+            st.warning(
+                f"{knob} changes nothing over {low:g}–{high:g} on these images: every value gives the same MACs and "
+                "accuracy (within 0.5% of the MACs and 0.1 point of accuracy). The model's decisions do not depend on "
+                "it here; try another knob or range."
+            )
         if not labelled:  # nothing to put on the accuracy axis: what each value costs
             st.caption(f"{choice.label}: {NO_LABELS}. The sweep's cost per value:")
             show_table(curve.drop(columns="accuracy"), column_config={"value": st.column_config.NumberColumn(knob)})

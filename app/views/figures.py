@@ -75,9 +75,22 @@ specs = available_figures(context)
 if not specs:
     st.info("No figure fits the bundled checkpoints.")
     st.stop()
-methods = sorted({s.method for s in specs})
-method = st.selectbox("Method", methods, index=methods.index("all") if "all" in methods else 0)
-for spec in [s for s in specs if s.method == method]:
+EVERY = "every figure"
+methods = sorted({s.method for s in specs} - {"all"})
+overview = [s for s in specs if s.method == "all"]  # the figures of every model at once (accuracy vs MACs)
+options = (["overview"] if overview else []) + methods + [EVERY]
+method = st.selectbox(
+    "Method",
+    options,
+    key="figures-method",
+    format_func=lambda m: {"overview": "overview (all models)", EVERY: "all: every figure of every method"}.get(m, m),
+    help="One method's figures, the overview of all models, or every figure (the first time traces every method's "
+    "test images: slower).",
+)
+shown_specs = (
+    specs if method == EVERY else overview if method == "overview" else [s for s in specs if s.method == method]
+)
+for spec in shown_specs:
     with st.container(border=True):
         st.markdown(f"**{spec.name}**")
         st.caption(context.caption(spec))

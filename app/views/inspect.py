@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from routescope.app.model_vs_model import across_models, side_by_side
 from routescope.app.components import (
     explain,
     forget_interventions_of_another_model,
@@ -17,16 +18,17 @@ from routescope.app.components import (
     pick_images,
     restore_view,
     share_view,
+    uploaded,
 )
 from routescope.app.resources import (
     chosen_test_set,
     choose_model,
     chosen_bundled_name,
-    load_bundled,
+    reference_for,
     sample_pictures,
     show_model,
 )
-from routescope.analysis.core.catalog import bundled_checkpoints, sample_images
+from routescope.analysis.core.catalog import sample_images
 
 st.title("Inspect")
 st.caption(
@@ -50,9 +52,11 @@ if mode == "Images":
     inputs = pick_images("inspect", extra=extra)
     if not inputs:
         st.info("Pick a sample image or upload one.")
+    uploads = uploaded("inspect", inputs)
+    reference = reference_for(chosen[1]) if chosen is not None and any(uploads) else None  # on the first upload
     for i, (name, data) in enumerate(inputs):
         with st.container(border=True):
-            trace = image_report(model, name, data, key=f"img{i}")
+            trace = image_report(model, name, data, key=f"img{i}", upload=uploads[i], reference=reference)
             if trace is not None:
                 # toggles, not expanders: an expander's body runs (and IG with it) on every rerun, even closed
                 if st.toggle("Intervene: force decisions, move knobs", key=f"img{i}-intervene"):
@@ -61,20 +65,9 @@ if mode == "Images":
                     perturbation_view(model, trace["pixels"], key=f"img{i}")
                 if st.toggle("Explain this prediction or a decision (captum)", key=f"img{i}-explain"):
                     explain(model, trace, key=f"img{i}")
-    samples = {p.name for p in sample_images()}
-    first = inputs[0][0] if inputs and inputs[0][0] in samples else None
+    first = inputs[0][0] if inputs and inputs[0][0] in {p.name for p in sample_images()} else None
     share_view(chosen_bundled_name(), first)
 elif mode == "Side by side":
-    columns = st.columns(2)
-    for i, column in enumerate(columns):
-        with column:
-            inputs = pick_images(f"side{i}", multiple=False, extra=extra)
-            if inputs:
-                image_report(model, *inputs[0], key=f"side{i}", compact=True)
+    side_by_side(model, extra)
 else:
-    inputs = pick_images("across", multiple=False, extra=extra)
-    if inputs:
-        for name in bundled_checkpoints():
-            with st.container(border=True):
-                st.subheader(name)
-                image_report(load_bundled(name), *inputs[0], key=f"across-{name}")
+    across_models(extra)

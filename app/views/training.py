@@ -3,18 +3,21 @@ epoch), with its loss and accuracy curves per epoch and stage."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from routescope.analysis.core.catalog import models_folder
-from routescope.analysis.core.training_log import MetricsError, metrics_files, read_metrics
+from routescope.analysis.core.catalog import featured, models_folder
+from routescope.analysis.core.training_log import SUFFIX, MetricsError, metrics_files, read_metrics
 from routescope.app.formatting import percent, show_table
 from routescope.models.data import REPO_ROOT
 
 REFRESH_S = 5
+EPOCH_AXIS = dict(tickformat="d", dtick=None, tick0=1, rangemode="tozero")  # whole epochs: no 0.5 ticks
+LEGEND = dict(orientation="h", yanchor="top", y=-0.25, x=0, title=None)  # below: the chain's stage names are long
 
 
 def _label(path: Path) -> str:
@@ -24,13 +27,54 @@ def _label(path: Path) -> str:
         return str(path)
 
 
+def read_manifest(folder: Path) -> dict:
+    """``manifest.json`` of a models folder (``{}`` where there is none or it cannot be read)."""
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def featured_flagship() -> str | None:
+    """The featured SkipNet flagship (``featured.json``), else the first method's: the run the page opens on."""
+    entries = featured()
+    entry = entries.get("skipnet") or next(iter(entries.values()), None)
+    return entry["flagship"] if entry else None
+
+
+def chained(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """A bundled model's epochs after those of the runs its chain started from (``init_from`` links: the manifest's
+    ``chain``), each run a stage named ``RUN: STAGE`` and the epochs counted over the whole chain; a run outside the
+    manifest, or one whose earlier runs' metrics are missing, alone."""
+    name = path.name.removesuffix(SUFFIX)
+    chain = read_manifest(path.parent).get(name, {}).get("chain") or [name]
+    frames = []
+    for run in chain:
+        part = frame if run == name else None
+        if part is None:
+            try:
+                part = read_metrics(path.parent / f"{run}{SUFFIX}")
+            except MetricsError:
+                return frame
+        frames.append(part.assign(stage=f"{run}: " + part["stage"].astype(str)) if len(chain) > 1 else part)
+    out = pd.concat(frames, ignore_index=True)
+    out["global_epoch"] = range(1, len(out) + 1)  # whole epochs of the chain, from 1
+    if "elapsed_s" in out:  # each run's clock starts at 0: the chain's time is the sum of its runs' last readings
+        offsets = [0.0] + [float(f["elapsed_s"].max()) for f in frames[:-1] if "elapsed_s" in f]
+        out["chain_elapsed_s"] = pd.concat(
+            [f["elapsed_s"].astype(float) + sum(offsets[: i + 1]) for i, f in enumerate(frames)], ignore_index=True
+        )
+    return out
+
+
 def _curves(frame: pd.DataFrame) -> None:
     last = frame.iloc[-1]
     cols = st.columns(4)
-    cols[0].metric("Epochs done", len(frame))
-    cols[1].metric("Stage", str(last["stage"]))
+    cols[0].metric("Epochs done", len(frame), help="over the whole chain of runs")
+    cols[1].metric("Stage", str(last["stage"]).split(": ")[-1], help=str(last["stage"]))
     cols[2].metric("Test accuracy", percent(last["test_acc"], 2))
-    cols[3].metric("Elapsed", f"{float(last.get('elapsed_s', 0.0)) / 60:.1f} min")
+    elapsed = float(last.get("chain_elapsed_s", last.get("elapsed_s", 0.0)))
+    cols[3].metric("Elapsed", f"{elapsed / 60:.1f} min", help="training time of the whole chain of runs")
     x = "global_epoch"
     loss = px.line(
         frame,
@@ -41,6 +85,7 @@ def _curves(frame: pd.DataFrame) -> None:
         title="Training loss",
         labels={x: "epoch (whole run)", "train_loss": "loss"},
     )
+    loss.update_layout(xaxis=EPOCH_AXIS, legend=LEGEND)
     st.plotly_chart(loss, key="training-loss")
     present = [c for c in ("train_acc", "test_acc") if c in frame]
     acc = frame.melt(id_vars=[x, "stage"], value_vars=present, var_name="split", value_name="accuracy")
@@ -55,7 +100,7 @@ def _curves(frame: pd.DataFrame) -> None:
         title="Accuracy",
         labels={x: "epoch (whole run)"},
     )
-    fig.update_layout(yaxis=dict(tickformat=".1%", hoverformat=".2%"))
+    fig.update_layout(yaxis=dict(tickformat=".1%", hoverformat=".2%"), xaxis=EPOCH_AXIS, legend=LEGEND)
     st.plotly_chart(fig, key="training-accuracy")
     if "lr" in frame:
         st.plotly_chart(
@@ -67,11 +112,11 @@ def _curves(frame: pd.DataFrame) -> None:
                 markers=True,
                 title="Learning rate (end of epoch)",
                 labels={x: "epoch (whole run)", "lr": "learning rate"},
-            ),
+            ).update_layout(xaxis=EPOCH_AXIS, legend=LEGEND),
             key="training-lr",
         )
     with st.expander("Every epoch row"):
-        show_table(frame)
+        show_table(frame)  # test_acc, train_acc as percentages (app.formatting)
 
 
 def run_files() -> dict[str, Path]:
@@ -94,8 +139,17 @@ st.caption(
     "the checkpoint. Try: pick a run from the bundled models, their experiments or `runs/`, and follow a live one."
 )
 labels = run_files()
+flagship = featured_flagship()
+if flagship is not None and st.session_state.get("training-file") not in labels:  # the first visit: the flagship
+    default = next((label for label, p in labels.items() if p.name == f"{flagship}{SUFFIX}"), None)
+    if default is not None:
+        st.session_state["training-file"] = default
 picked = st.selectbox(
-    "Metrics file", list(labels), key="training-file", placeholder="no metrics file under models/pretrained or runs/"
+    "Metrics file",
+    list(labels),
+    key="training-file",
+    placeholder="no metrics file under models/pretrained or runs/",
+    help="Opens on the featured flagship; a bundled model's whole chain (the runs it was started from) is drawn.",
 )
 path = labels.get(picked)
 follow = st.toggle(f"Follow the run (refresh every {REFRESH_S} s)", key="training-follow")
@@ -117,7 +171,7 @@ def show(path: Path | None) -> None:
     if frame.empty:
         st.info(f"`{_label(path)}`: no epoch has finished yet.")
         return
-    _curves(frame)
+    _curves(chained(path, frame))
 
 
 show(path)

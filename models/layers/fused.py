@@ -9,8 +9,10 @@ and the logit, with the recurrent state updated in place. ``exit_head`` is an SD
 mix, the linear layer) and its confidence (max softmax) in one call; ``condconv_mix`` a CondConv block's router and
 both of its mixed kernels.
 
-It is built once with ``torch.utils.cpp_extension.load_inline`` where a C++ compiler is present (cached in
-``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), and used by the fast inference form only, on
+It is built once with ``torch.utils.cpp_extension.load_inline`` where a C++ compiler is present, by ``make install``
+(``main``), into the Python environment itself (``build_directory``: ``.venv/torch_extensions``, or
+``$TORCH_EXTENSIONS_DIR`` where that is set): it lives as long as the install, and clearing the per-user caches
+(``~/.cache``) does not put a 20-second compile in front of the app's first prediction. It is used by the fast inference form only, on
 CPU float32 tensors only (``runs_compiled``: every other device takes the PyTorch path);
 without a compiler, or with ``ROUTESCOPE_FUSED=0``, the Python step runs instead (same result within float32
 rounding). Its multiply-adds are registered with ``torch.utils.flop_counter``, so ``FlopCounterMode`` and the
@@ -22,6 +24,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
@@ -180,6 +184,20 @@ TORCH_LIBRARY_IMPL(routescope, CPU, m) {
 """
 
 
+def build_directory() -> str | None:
+    """Where the kernels are built and found: ``<sys.prefix>/torch_extensions/routescope_fused`` (the virtual
+    environment ``make install`` made), None (torch's own ``$TORCH_EXTENSIONS_DIR``, else ``~/.cache``) where that
+    variable is set or the environment is not writable (a system-wide install)."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return None
+    folder = Path(sys.prefix) / "torch_extensions" / "routescope_fused"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(folder) if os.access(folder, os.W_OK) else None
+
+
 @functools.cache
 def fused_ops() -> bool:
     """Whether ``torch.ops.routescope`` is loaded: built (or found in the cache) on first call; False without a
@@ -190,7 +208,12 @@ def fused_ops() -> bool:
         from torch.utils.cpp_extension import load_inline
 
         load_inline(
-            "routescope_fused", cpp_sources=_SOURCE, is_python_module=False, extra_cflags=["-O3"], verbose=False
+            "routescope_fused",
+            cpp_sources=_SOURCE,
+            is_python_module=False,
+            extra_cflags=["-O3"],
+            verbose=False,
+            build_directory=build_directory(),
         )
     except Exception as e:  # no compiler, no headers: the PyTorch operators do the same work
         log.warning("compiled batch-1 kernels unavailable (%s); using PyTorch operators", str(e).splitlines()[0][:200])
