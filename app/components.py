@@ -159,13 +159,13 @@ def structure_titles(_model: torch.nn.Module, model_key: str) -> list[str]:
     return [view.title for view in views if view is not None]
 
 
-def page_link(page: str, label: str, query: dict | None = None) -> None:
+def page_link(page: str, label: str, query: dict | None = None, help: str | None = None) -> None:
     """A link to another page of the app (``page``: its file under app/views), keeping the session; a plain link
     where the page is not part of the navigation (a page script run on its own)."""
     from streamlit.errors import StreamlitAPIException
 
     try:
-        st.page_link(f"views/{page}.py", label=label, icon=":material/arrow_forward:", query_params=query)
+        st.page_link(f"views/{page}.py", label=label, icon=":material/arrow_forward:", query_params=query, help=help)
     except (StreamlitAPIException, KeyError):
         params = "&".join(f"{k}={v}" for k, v in (query or {}).items())
         st.markdown(f"[{label}]({page}{'?' + params if params else ''})")
@@ -652,15 +652,16 @@ def _explain_params(key: str) -> dict:
     return {k: v for k, v in out.items() if v}
 
 
-def share_view(model_name: str | None, image: str | None, key: str = "img0") -> None:
-    """Write the page's state to the URL (model, test set, first sample image, its overrides and knobs, its Perturb and
-    Explain settings), so it can be shared."""
+def share_view(model_name: str | None, image: str | None, key: str = "img0", index: int | None = None) -> None:
+    """Write the page's state to the URL (model, test set, first sample image or ``index`` of the test set, its
+    overrides and knobs, its Perturb and Explain settings), so it can be shared."""
     overrides, knobs = intervention_state(key)
     forced, moved = format_interventions(overrides, knobs) if st.session_state.get(f"{key}-intervene") else ([], [])
     params = {
         "model": model_name,
         "testset": st.query_params.get("testset"),
         "image": image,
+        "index": None if index is None else str(index),
         "override": forced,
         "knob": moved,
         **_explain_params(key),

@@ -99,8 +99,13 @@ FIELDS: dict[str, Column] = {
 
 
 def column_spec(name: str) -> Column | None:
+    """How column ``name`` is shown: by its name, by its decision field (``layer/field``), or as one model's column
+    in a two-model table (``macs_1``, ``confidence_2``)."""
     if name in COLUMNS:
         return COLUMNS[name]
+    paired = re.fullmatch(r"(.+)_[12]", name)
+    if paired and paired.group(1) in COLUMNS:
+        return COLUMNS[paired.group(1)]
     if "/" in name:
         return FIELDS.get(re.sub(r"\d+$", "", name.rsplit("/", 1)[1]))
     return None

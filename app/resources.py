@@ -9,9 +9,11 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -861,7 +863,6 @@ def sample_pictures(
     """A few images of each class of the chosen test set (the first ``unlabelled`` when it has no labels), as
     ``{name: () -> PNG bytes}``: only the images picked are decoded."""
     labels = [images.label_of(int(label)) for label in getattr(images.data, "labels", [])]
-    classes = images.meta["classes"]
     picked: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
         if label != UNLABELLED and len(picked.setdefault(label, [])) < per_class:
@@ -869,14 +870,41 @@ def sample_pictures(
     indices = sorted(i for group in picked.values() for i in group)[:most]
     if not indices:
         indices = list(range(min(len(images), unlabelled)))
-    prefix = choice.upload or choice.key
-    meta_key = _meta_key(images.meta)
+    return dict(test_image(choice, images, i) for i in indices)
 
-    def name(i: int) -> str:
-        label = labels[i] if i < len(labels) else UNLABELLED
-        return f"{prefix} #{i}" + (f" ({classes[label]})" if label != UNLABELLED else "")
 
-    return {name(i): functools.partial(_picture_png, images, images.fingerprint, meta_key, i) for i in indices}
+def test_image(choice: SetChoice, images: ModelImages, index: int) -> tuple[str, Callable[[], bytes]]:
+    """Image ``index`` of the chosen test set as an Inspect sample: its name (``SET #INDEX (CLASS)``) and a reader
+    of its PNG bytes (decoded when read)."""
+    labels = getattr(images.data, "labels", None)
+    label = images.label_of(int(labels[index])) if labels is not None and index < len(labels) else UNLABELLED
+    name = f"{choice.upload or choice.key} #{index}" + (
+        f" ({images.meta['classes'][label]})" if label != UNLABELLED else ""
+    )
+    return name, functools.partial(_picture_png, images, images.fingerprint, _meta_key(images.meta), index)
+
+
+def test_image_index(name: str) -> int | None:
+    """The index in a ``test_image`` name (None for a bundled sample or an upload)."""
+    match = re.search(r" #(\d+)(?: \(.*\))?$", name)
+    return int(match.group(1)) if match else None
+
+
+def open_linked_image(choice: SetChoice, images: ModelImages, extra: dict, key: str = "inspect") -> None:
+    """``?index=N`` (a link from a Compare gallery): image N of the chosen test set joins the samples and becomes
+    Inspect's picked image, once per link; an index the test set does not have is a message."""
+    wanted = st.query_params.get("index")
+    if wanted is None:
+        return
+    if not wanted.isdigit() or int(wanted) >= len(images):
+        st.warning(f"The link names image #{wanted}; {choice.label} has images #0 to #{len(images) - 1}.")
+        return
+    name, reader = test_image(choice, images, int(wanted))
+    extra[name] = reader
+    if st.session_state.get(f"{key}-linked") != (choice.key, wanted):  # a new link: it picks the image
+        st.session_state[f"{key}-linked"] = (choice.key, wanted)
+        st.session_state[f"{key}-samples"], st.session_state[f"{key}-samples-restored"] = [name], True
+        st.session_state[f"{key}-mode"] = "Images"
 
 
 # --- tables, sweeps and static points of a test set, computed once ------------------------------------------------

@@ -193,6 +193,7 @@ def test_every_page_renders_and_is_photographed(server, page, tmp_path):
         expect(page.get_by_role("heading", name=name.capitalize(), exact=True)).to_be_visible()
         expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
         page.wait_for_timeout(1500)  # let plotly finish drawing (and a late dialog open)
+        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)  # a rerun the first run asked for is over
         _no_page_not_found(page)
         expect(page.get_by_test_id("stException")).to_have_count(0)
         assert page.url.split("?")[0].rstrip("/").endswith(f"/{name}"), page.url
@@ -329,4 +330,28 @@ def test_model_against_model_views(server, page):
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
     height = page.evaluate("document.querySelector('[data-testid=stMain]').scrollHeight")
     assert height < 3000, f"the all-models view is {height} px tall: a table, not a card per model"
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+@pytest.mark.heavy
+def test_a_compare_gallery_image_opens_in_inspect(server, page):
+    """Compare's second model on the same test set draws its bubbles and galleries; an image's link opens that test
+    image in Inspect, the model kept."""
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    flagship = _skipnet()
+    page.goto(f"{url}/compare?model={flagship}")
+    expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
+    page.get_by_text("Trace a second model on the same images").click()
+    expect(page.locator(".js-plotly-plot").filter(has_text="under both models")).to_have_count(1)
+    expect(page.get_by_text("Predicted differently")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    link = page.get_by_role("link", name=re.compile(r"^#\d+$")).first
+    index = re.search(r"[?&]index=(\d+)", link.get_attribute("href")).group(1)
+    link.click()
+    expect(page.get_by_role("heading", name="Inspect", exact=True)).to_be_visible()
+    expect(page).to_have_url(re.compile(rf"/inspect\?.*index={index}"))
+    expect(page.get_by_text(re.compile(rf"#{index} \(.*\): the exact input the model saw"))).to_be_visible()
+    expect(page.get_by_test_id("stCaptionContainer").filter(has_text=f"Model: {flagship}")).to_have_count(1)
     expect(page.get_by_test_id("stException")).to_have_count(0)

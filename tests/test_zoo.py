@@ -219,7 +219,7 @@ def test_training_page_curves_of_a_bundled_run():
     assert epochs == list(range(1, len(epochs) + 1)), "epochs counted over the whole chain, from 1"
     runs = [read_checkpoint(PRETRAINED / f"{run}.pt")["meta"]["history"] for run in chain]
     total_min = sum(run[-1]["elapsed_s"] for run in runs) / 60
-    assert at.metric[3].value == f"{total_min:.1f} min", "the chain's training time, not the last run's"
+    assert at.metric[2].value == f"{total_min:.1f} min", "the chain's training time, not the last run's"
     accuracy = charts[1]["data"]
     last_stage = [trace for trace in accuracy if trace["name"].startswith(f"{FINE_TUNED}: ")]
     assert len(last_stage) == 2 and all(len(plotly_values(trace["y"])) == 6 for trace in last_stage)  # train, test

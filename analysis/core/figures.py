@@ -256,15 +256,23 @@ def short_name(name: str) -> str:
     return short or name
 
 
+MARKER_RADIUS_PT = 3.5  # half a default scatter marker (6 pt across) and a little room
+
+
 def place_labels(ax, points, fontsize: float = 5, **style) -> int:
     """Label points ``[(x, y, text), ...]`` (or ``(x, y, text, colour)``) without overlap: each label tries a few
     offsets around its point (right, below, left, ...) and takes the first that overlaps no label placed before it and
     stays inside the axes; one that fits nowhere is left out (the legend or a table names it). Returns how many were
-    left out."""
+    left out. The points' markers count as placed too: a label never covers another model's marker."""
+    from matplotlib.transforms import Bbox
+
     figure = ax.figure
     renderer = figure.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
-    placed, left_out = [], 0
+    radius = MARKER_RADIUS_PT * figure.dpi / 72
+    markers = [ax.transData.transform((x, y)) for x, y, *_ in points]
+    placed = [Bbox.from_extents(mx - radius, my - radius, mx + radius, my + radius) for mx, my in markers]
+    left_out = 0
     for x, y, text, *colour in points:
         for dx, dy in LABEL_OFFSETS:
             label = ax.annotate(

@@ -61,10 +61,10 @@ def exit_confidences(entries: list[dict]) -> go.Figure:
         figure.add_hline(y=threshold, line_dash="dash", line_color="gray", annotation_text=f"threshold {threshold:g}")
     taken = next((d["layer"] for d in entries if d["exited"]), "?")
     return figure.update_layout(
-        title=f"Left at {taken} after {len(entries)} exit(s) visited (red = exit taken)",
+        title=f"Left at {taken} after {len(entries)} exit(s) visited<br><sup>red = the exit taken</sup>",
         yaxis=dict(range=[0, 1.1], title="max softmax"),
-        height=260,
-        **COMPACT,
+        height=270,
+        **{**COMPACT, "margin": dict(l=10, r=10, t=55, b=10)},
     )
 
 

@@ -77,10 +77,11 @@ def skip_strip(decisions: list[dict]) -> go.Figure:
     )
     n_run = sum(executed[0])
     return figure.update_layout(
-        title=f"Blocks executed: {n_run} of {len(layers)} gated (dark = run, number = gate probability)"
-        f"<br><sup>{no_gate_note(layers)}</sup>",
-        height=190,
-        **{**COMPACT, "margin": dict(l=10, r=10, t=60, b=10)},
+        # the legend under the title, not in it: a half-width column (Inspect's side by side) cuts a long title
+        title=f"Blocks executed: {n_run} of {len(layers)} gated"
+        f"<br><sup>dark = run, number = gate probability<br>{no_gate_note(layers)}</sup>",
+        height=205,
+        **{**COMPACT, "margin": dict(l=10, r=10, t=75, b=10)},
     )
 
 

@@ -4,6 +4,7 @@ per-layer decision statistics, and the knob sweep against the static alternative
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 import plotly.express as px
 import streamlit as st
@@ -17,6 +18,8 @@ from routescope.analysis.core.sweeps import COLUMNS as SWEEP_COLUMNS, flat_sweep
 from routescope.analysis.core.tradeoff import POINTS, table_point, tradeoff_figure
 from routescope.analysis.core.units import MILLION, macs_axis
 from routescope.app.components import show_section
+from routescope.app.gallery import gallery as show_gallery, image_caption
+from routescope.app.model_vs_model import against_another_model
 from routescope.app.formatting import cost_delta, macs, percent, show_table
 from routescope.app.resources import (
     cached_adaptive_sweep,
@@ -27,7 +30,6 @@ from routescope.app.resources import (
     image_names,
     images_for,
     load_bundled,
-    picture,
     show_model,
     sweep_seconds,
 )
@@ -79,17 +81,9 @@ def stop_sweep() -> None:
     st.session_state["sweep-run"] = False
 
 
-def gallery(subset: pd.DataFrame) -> None:
-    """The images of ``subset``, decoded only now (a big test set is never held in memory)."""
-    st.image(
-        [picture(images, i) for i in subset.index],
-        caption=[
-            (f"{row['class']} → " if isinstance(row["class"], str) else "? → ")
-            + f"{row['predicted']} · {macs(row['macs'])}".replace(" M", "\u00a0M")
-            for _, row in subset.iterrows()
-        ],
-        width=84,
-    )
+def gallery(subset: pd.DataFrame, caption: Callable[[pd.Series], str] = image_caption) -> None:
+    """``app.gallery`` of this page's test set."""
+    show_gallery(choice, images, subset, caption)
 
 
 a, b, c = st.columns(3)
@@ -223,6 +217,14 @@ for title, subset in zip(("Easy", "Hard"), easy_and_hard(table, k)):
         f"MACs {macs(subset['macs'].mean(), 2)} · accuracy {accuracy_text(subset)}"
     )
     gallery(subset)
+
+st.subheader("Against another model")
+if st.toggle(
+    "Trace a second model on the same images",
+    key="compare-second",
+    help="Where the two predict differently, and which images one finds easy and the other hard.",
+):
+    against_another_model(model, choice, full_table, k, gallery)
 
 st.subheader("Cost per class" if labelled else "Cost per predicted class")
 cost = per_class_cost(by_class).reset_index()

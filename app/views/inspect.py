@@ -24,9 +24,11 @@ from routescope.app.resources import (
     chosen_test_set,
     choose_model,
     chosen_bundled_name,
+    open_linked_image,
     reference_for,
     sample_pictures,
     show_model,
+    test_image_index,
 )
 from routescope.analysis.core.catalog import sample_images
 
@@ -43,6 +45,8 @@ show_model(model)
 
 chosen = chosen_test_set(model)  # the test set chosen on Compare (or the model's default): a few images per class
 extra = sample_pictures(*chosen) if chosen is not None else {}
+if chosen is not None:
+    open_linked_image(*chosen, extra)  # ?index=N: a Compare gallery's image
 
 mode = st.radio("View", ["Images", "Side by side", "Across all bundled models"], horizontal=True, key="inspect-mode")
 
@@ -66,7 +70,9 @@ if mode == "Images":
                 if st.toggle("Explain this prediction or a decision (captum)", key=f"img{i}-explain"):
                     explain(model, trace, key=f"img{i}")
     first = inputs[0][0] if inputs and inputs[0][0] in {p.name for p in sample_images()} else None
-    share_view(chosen_bundled_name(), first)
+    on_server = chosen is not None and chosen[0].upload is None  # an uploaded zip's image has no name a link carries
+    index = test_image_index(inputs[0][0]) if inputs and first is None and on_server and inputs[0][0] in extra else None
+    share_view(chosen_bundled_name(), first, index=index)
 elif mode == "Side by side":
     side_by_side(model, extra)
 else:

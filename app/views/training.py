@@ -69,12 +69,19 @@ def chained(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
 
 def _curves(frame: pd.DataFrame) -> None:
     last = frame.iloc[-1]
-    cols = st.columns(4)
-    cols[0].metric("Epochs done", len(frame), help="over the whole chain of runs")
-    cols[1].metric("Stage", str(last["stage"]).split(": ")[-1], help=str(last["stage"]))
-    cols[2].metric("Test accuracy", percent(last["test_acc"], 2))
+    cols = st.columns(3)
+    stage = str(last["stage"]).split(": ")[-1]  # the stage's own name: a metric's value is cut when it is long
+    cols[0].metric(
+        "Epochs done",
+        len(frame),
+        f"last stage: {stage}",
+        delta_color="off",
+        delta_arrow="off",
+        help=f"Over the whole chain of runs; the last epoch's stage is {last['stage']}.",
+    )
+    cols[1].metric("Test accuracy", percent(last["test_acc"], 2))
     elapsed = float(last.get("chain_elapsed_s", last.get("elapsed_s", 0.0)))
-    cols[3].metric("Elapsed", f"{elapsed / 60:.1f} min", help="training time of the whole chain of runs")
+    cols[2].metric("Elapsed", f"{elapsed / 60:.1f} min", help="training time of the whole chain of runs")
     x = "global_epoch"
     loss = px.line(
         frame,
