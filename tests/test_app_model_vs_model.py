@@ -77,6 +77,21 @@ def test_the_adaptive_grid_samples_where_the_curve_changes():
     assert any(0.8 < v < 0.9 for v in values)
 
 
+def test_a_step_at_the_end_does_not_take_every_point():
+    """SkipNet's threshold: MACs fall over 0-0.25, then stay flat until a cliff at exactly 1 (no gate reaches it).
+    Bisection toward the cliff alone would spend the budget on 0.875, 0.9375, ... 0.9961."""
+    from routescope.analysis.core.sweeps import adaptive_values
+
+    def skipnet_like(value: float) -> dict:
+        if value >= 1.0:
+            return {"macs_mean": 3e6, "accuracy": 0.15}
+        return {"macs_mean": 31e6 - 11e6 * min(value / 0.25, 1.0), "accuracy": 0.95}
+
+    values = [r["value"] for r in adaptive_values(skipnet_like, 0.0, 1.0, budget=11)]
+    assert any(0.0 < v < 0.25 for v in values), values  # the broad change gets points too
+    assert any(0.95 < v < 1.0 for v in values), values  # and the cliff is still closed in on
+
+
 def test_the_adaptive_grid_stops_after_the_current_value_keeping_the_rest():
     from routescope.analysis.core.sweeps import adaptive_values
 

@@ -355,3 +355,27 @@ def test_a_compare_gallery_image_opens_in_inspect(server, page):
     expect(page.get_by_text(re.compile(rf"#{index} \(.*\): the exact input the model saw"))).to_be_visible()
     expect(page.get_by_test_id("stCaptionContainer").filter(has_text=f"Model: {flagship}")).to_have_count(1)
     expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+@pytest.mark.heavy
+def test_the_knob_sweep_stops_after_the_current_value(page, tmp_path, monkeypatch):
+    """The knob sweep's stop button in a real browser: it ends the sweep after the value being traced and the page
+    shows the values done (its own server, with an empty table store, so every value is really traced)."""
+    from playwright.sync_api import expect
+
+    if _missing():
+        pytest.skip(_missing())
+    monkeypatch.setenv("ROUTESCOPE_CACHE", str(tmp_path / "cache"))
+    with running_app(tmp_path / "server.log", WAIT_S) as app:
+        page.goto(f"{app.url}/compare?model={_skipnet()}")
+        expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
+        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+        page.get_by_text(re.compile(r"^Sweep threshold over up to \d+ values")).click()
+        expect(page.get_by_text(re.compile(r"^1 of up to \d+ values done"))).to_be_visible()
+        page.get_by_role("button", name="Stop after the current value").click()
+        stopped = page.get_by_text(re.compile(r"^Stopped after \d+ of up to \d+ values"))
+        expect(stopped).to_be_visible()
+        done = int(re.search(r"Stopped after (\d+)", stopped.inner_text()).group(1))
+        assert 1 <= done < 11, stopped.inner_text()
+        expect(page.get_by_role("button", name="Stop after the current value")).to_have_count(0)
+        expect(page.get_by_test_id("stException")).to_have_count(0)

@@ -78,7 +78,8 @@ def adaptive_values(
 ) -> list[dict]:
     """Up to ``budget`` rows of ``evaluate(value)`` (a dict with ``macs_mean`` and ``accuracy``) over ``[low, high]``,
     sampled where the decisions change: ``start`` evenly spaced values first, then, one at a time, the midpoint of
-    the interval over which MACs and accuracy (each relative to its range so far) change most. A knob on saturated
+    the interval over which MACs and accuracy (each relative to its range so far) change most, weighed by the root
+    of the interval's width (a step is not bisected forever). A knob on saturated
     gates, whose curve only moves near one end, gets its points there instead of on a flat stretch. Values are
     rounded to ``digits``; an interval too narrow to split at that rounding is left alone.
 
@@ -110,8 +111,11 @@ def adaptive_values(
             middle = round((a["value"] + b["value"]) / 2, digits)
             if middle in rows or not a["value"] < middle < b["value"]:
                 continue
-            # the change, then the wider interval first (a tie on a flat curve fills the largest gap)
-            candidates.append((_change(a, b, spans), b["value"] - a["value"], middle))
+            # the change, weighed by the square root of the interval's share of the range: a jump (a step the
+            # bisection could chase forever: SkipNet's threshold at exactly 1) loses priority as its interval
+            # shrinks, so a broad change elsewhere gets points too; then the wider interval first (a flat curve)
+            width = b["value"] - a["value"]
+            candidates.append((_change(a, b, spans) * math.sqrt(width / (high - low)), width, middle))
         if not candidates:
             break
         _, _, middle = max(candidates)

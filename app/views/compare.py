@@ -287,7 +287,8 @@ if knobs:
     partial = st.session_state.get("sweep-partial")
     curve = None
     if running:
-        st.button(
+        stop_slot = st.empty()  # the button shows while values are traced, and goes once the sweep is done
+        stop_slot.button(
             "Stop after the current value",
             key="sweep-stop",
             icon=":material/stop_circle:",
@@ -309,6 +310,7 @@ if knobs:
 
         curve = cached_adaptive_sweep(model, images, knob, count, low, high, done=value_done)
         bar.empty()
+        stop_slot.empty()
         st.session_state.pop("sweep-partial", None)
     elif partial is not None and partial["key"] == sweep_key and partial["rows"]:
         curve = pd.DataFrame(sorted(partial["rows"], key=lambda r: r["value"]), columns=SWEEP_COLUMNS)
