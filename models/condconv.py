@@ -26,6 +26,8 @@ Design choices and deviations from the paper (and its TF code):
   fit the CPU budget; it is then compared with the plain ResNet fine-tuned for the same epochs.
   ``--expert-weight-decay`` optionally sets a different weight decay for the expert kernels (default: the same as
   ``--weight-decay``).
+- A routing forced (an intervention) runs without the router; one forced all onto one expert (weight 1, the others
+  0) runs that expert's kernel alone, no mixture (``CondConv2d.expert_forward``: exactly the one-hot mixture).
 - The batched conv is exact (equal to a per-example loop and to ``sum_e a_e conv(x, W_e)``), works at
   batch 1 and on channels_last inputs (``reshape``, never ``view``, on activations).
 
@@ -73,7 +75,7 @@ class CondConvBlock(BasicBlock):
         self.router = Router(in_ch, num_experts)
         self.layer_name = ""  # the trace name ("layer3.0"), set by CondConvResNet
 
-    def residual(self, x: torch.Tensor, routing: torch.Tensor | None = None) -> torch.Tensor:
+    def residual(self, x: torch.Tensor, routing: torch.Tensor | int | None = None) -> torch.Tensor:
         if routing is None:
             routing = self.router(x)
         return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x, routing))), routing))
@@ -89,11 +91,10 @@ class CondConvBlock(BasicBlock):
             and self.conv1.weight.dtype == torch.float32
         )
 
-    def _routed_one(self, x: torch.Tensor, forced) -> tuple[torch.Tensor, torch.Tensor]:
-        """``routed`` at batch 1 with nothing to record: the compiled router and mixtures, then two plain convs."""
-        weights = None if forced is None else forced_routing(forced, x.new_zeros(1, self.router.fc.out_features))
+    def _routed_one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``routed`` at batch 1, unforced, nothing to record: the compiled router and mixtures, two plain convs."""
         routing, k1, k2 = torch.ops.routescope.condconv_mix(
-            x, self.router.fc.weight, self.router.fc.bias, weights, self.conv1.weight, self.conv2.weight
+            x, self.router.fc.weight, self.router.fc.bias, None, self.conv1.weight, self.conv2.weight
         )
         c1, c2 = self.conv1, self.conv2
         h = F.relu(F.conv2d(x, k1.view(c1.weight_shape), c1.shift, c1.stride, c1.padding, 1, c1.groups))
@@ -103,27 +104,40 @@ class CondConvBlock(BasicBlock):
     def routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(output, routing (B, E))``; records the routing to the active trace."""
         trace = current_trace()
-        if self.compiled and runs_compiled(x) and x.shape[0] == 1 and (trace is None or not trace.observe):
-            return self._routed_one(x, trace.forced(self.layer_name, ROUTING) if trace is not None else None)
-        routing = decide_routing(self.router, x, self.layer_name)
-        return F.relu(self.residual(x, routing) + self.shortcut(x)), routing
+        forced = trace.forced(self.layer_name, ROUTING) if trace is not None else None
+        # the compiled kernel routes and mixes; a forced routing needs neither (``decide_routing``)
+        if self.compiled and runs_compiled(x) and x.shape[0] == 1 and forced is None and not (trace and trace.observe):
+            return self._routed_one(x)
+        routing, runs = decide_routing(self.router, x, self.layer_name)
+        return F.relu(self.residual(x, runs) + self.shortcut(x)), routing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.routed(x)[0]
 
 
-def decide_routing(router: Router, x: torch.Tensor, layer: str) -> torch.Tensor:
-    """The ``(B, E)`` routing a CondConv block named ``layer`` runs with: its router's on ``x``, or the one an
-    override of the active trace forces; recorded to the trace (``"forced": true`` when forced). Shared by every
+def decide_routing(router: Router, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """The routing a CondConv block named ``layer`` runs with, as ``(weights (B, E), what the convs take)``: its
+    router's on ``x``, or the one an override of the active trace forces (the router then does not run); recorded
+    to the trace (``"forced": true`` when forced). A forced routing that is all on one expert is handed to the
+    convs as that expert's index (``CondConv2d.expert_forward``: its kernel alone, no mixture). Shared by every
     model whose blocks route their CondConv layers with one router (``models.efficientnet`` too)."""
     trace = current_trace()
-    routing = router(x)
     forced = trace.forced(layer, ROUTING) if trace is not None else None
-    if forced is not None:
-        routing = forced_routing(forced, routing)
+    if forced is None:
+        routing = router(x)
+    else:
+        routing = forced_routing(forced, x.new_zeros(x.shape[0], router.fc.out_features))
     if trace is not None:
         trace.record(layer, ROUTING, weights=routing, **({"forced": True} if forced is not None else {}))
-    return routing
+    expert = one_expert(forced) if forced is not None else None
+    return routing, (routing if expert is None else expert)
+
+
+def one_expert(weights) -> int | None:
+    """The expert a routing override puts all its weight on (1 on it, 0 on every other), else None."""
+    values = [float(w) for w in torch.as_tensor(weights).flatten().tolist()]
+    ones = [e for e, w in enumerate(values) if w == 1.0]
+    return ones[0] if len(ones) == 1 and all(w == 0.0 for e, w in enumerate(values) if e != ones[0]) else None
 
 
 def forced_routing(weights, routing: torch.Tensor) -> torch.Tensor:

@@ -111,11 +111,12 @@ class MBConv(nn.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
 
     @staticmethod
-    def _run(conv: nn.Module, x: torch.Tensor, routing: torch.Tensor | None) -> torch.Tensor:
+    def _run(conv: nn.Module, x: torch.Tensor, routing: torch.Tensor | int | None) -> torch.Tensor:
         return conv(x) if routing is None else conv(x, routing)
 
-    def residual(self, x: torch.Tensor, routing: torch.Tensor | None = None) -> torch.Tensor:
-        """The block's branch; ``routing`` (B, E) mixes the experts of a CondConv block's three convs."""
+    def residual(self, x: torch.Tensor, routing: torch.Tensor | int | None = None) -> torch.Tensor:
+        """The block's branch; ``routing`` (B, E) mixes the experts of a CondConv block's three convs (an ``int``:
+        the one expert they run)."""
         h = F.silu(self.bn1(self._run(self.conv1, x, routing))) if self.expands else x
         h = F.silu(self.bn2(self._run(self.conv2, self.pad2(h), routing)))
         return self.bn3(self._run(self.conv3, self.se(h), routing))
@@ -150,8 +151,8 @@ class CondConvMBConv(MBConv):
 
     def routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(output, routing (B, E))``; records the routing to the active trace, or runs a forced one."""
-        routing = decide_routing(self.router, x, self.layer_name)
-        y = self.residual(x, routing)
+        routing, runs = decide_routing(self.router, x, self.layer_name)
+        y = self.residual(x, runs)
         return (y + x if self.has_skip else y), routing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,8 +216,11 @@ class EfficientNet(RouteScopeModel):
         return self.classify(self.blocks(self.stem(x)))
 
     def plain(self) -> "EfficientNet":
-        """A freshly built dense EfficientNet-B0 with this model's classes, input channels and numerics."""
-        return EfficientNet(self.fc.out_features, self.in_chans, self.tf_same, self.bn_eps)
+        """A freshly built dense EfficientNet-B0 with this model's classes, input channels and numerics, named as
+        the registry names that network (what tables and benches call it)."""
+        dense = EfficientNet(self.fc.out_features, self.in_chans, self.tf_same, self.bn_eps)
+        dense.arch = "tf_efficientnet_b0" if self.tf_same else "efficientnet_b0"
+        return dense
 
 
 class CondConvEfficientNet(EfficientNet):

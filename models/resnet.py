@@ -190,6 +190,7 @@ class ResNet(RouteScopeModel):
         plain = ResNet(
             self.depth, self.fc.out_features, self.stem[0].in_channels, tuple(widths or self.widths), **self.backbone
         )
+        plain.arch = f"resnet{self.depth}"  # as the registry names it (what tables and benches call it)
         return load_plain(plain, self, state_dict, shared_only)
 
 

@@ -433,3 +433,10 @@ def test_a_speed_target_is_met_only_when_the_whole_interval_clears_it():
     assert target_status(row, ("saving", 0.95), noise=0.01) == "**no**"  # 0.62: below the whole interval
     assert target_status(row, ("ratio", 0.72), noise=0.05) == "not measurable"  # the noise exceeds the margin
     assert target_status({**row, "latency_ratio_high": 0.69, "latency_ratio_low": 0.6}, ("ratio", 0.7), 0.0) == "yes"
+
+
+def test_a_method_that_saves_no_macs_keeps_its_latency_target_at_paper_scale():
+    """CondConv forced to one expert saves no MACs: held to its own latency ratio, not to a share of a saving."""
+    assert results.paper_target(["ratio", 1.15]) == ("ratio", 1.15)
+    assert results.paper_target(["saving", 0.7]) == ("saving", results.PAPER_TARGET)
+    assert results.paper_target(None) == ("saving", results.PAPER_TARGET)

@@ -68,6 +68,41 @@ def test_batched_conv_equals_loop_and_expert_mixture(groups, stride, bias, batch
     assert conv.combined_kernel(routing).shape == (batch, 12, 8 // groups, 3, 3)
 
 
+@pytest.mark.parametrize("groups,bias,folded", [(1, False, False), (2, True, False), (1, True, True)])
+@torch.no_grad()
+def test_one_expert_runs_its_kernel_alone_and_equals_the_one_hot_mixture(groups, bias, folded):
+    conv = CondConv2d(8, 12, 3, 1, 1, groups=groups, num_experts=4, bias=bias)
+    if folded:
+        conv.fold_batchnorm(randomize_batchnorm(nn.BatchNorm2d(12)).eval())
+    x = torch.randn(3, 8, 9, 9)
+    one_hot = torch.tensor([[0.0, 0.0, 1.0, 0.0]]).expand(3, 4)
+    torch.testing.assert_close(conv(x, 2), conv(x, one_hot), atol=1e-5, rtol=1e-5)
+    with FlopCounterMode(display=False) as counter:
+        conv(x, 2)
+    assert counter.get_total_flops() // 2 == 3 * 12 * (8 // groups) * 9 * 9 * 9  # the conv, no mixture (E x P)
+    with pytest.raises(ValueError, match="expert must be in 0..3"):
+        conv(x, 4)
+
+
+@torch.no_grad()
+def test_a_block_forced_to_one_expert_runs_neither_router_nor_mixture():
+    model = create_model("condconv_resnet20", num_classes=10, in_chans=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    layer = model.routing_layers()[0]
+    one, mixed = {layer: {"weights": [0.0, 1.0, 0.0, 0.0]}}, {layer: {"weights": [0.0, 1.0, 0.0, 1e-9]}}
+    logits_one, trace_one = traced_forward(model, x, overrides=one)
+    logits_mixed, trace_mixed = traced_forward(model, x, overrides=mixed)
+    torch.testing.assert_close(logits_one, logits_mixed, atol=1e-4, rtol=1e-4)  # the same kernel, up to 1e-9
+    entry = next(d for d in trace_one.decisions[0] if d["layer"] == layer)
+    assert entry["forced"] and entry["weights"] == [0.0, 1.0, 0.0, 0.0]
+    block = model.get_submodule(layer)
+    router = block.router.fc
+    mixing = sum(conv.weight.numel() for conv in (block.conv1, block.conv2))  # (1, E) @ (E, P) per image and conv
+    assert trace_mixed.macs[0] - trace_one.macs[0] == mixing, "forced to one expert: no mixture is computed"
+    _, routed = traced_forward(model, x)
+    assert routed.macs[0] - trace_mixed.macs[0] == router.in_features * router.out_features, "no router when forced"
+
+
 @torch.no_grad()
 def test_channels_last_inputs_and_model():
     conv = CondConv2d(6, 6, 3, 1, 1, groups=2, num_experts=8)

@@ -179,17 +179,17 @@ PAPER_NETS = {"resnet110": (32, ()), "resnet50": (224, ("widths",))}
 
 
 def flagships(paths: list[Path]) -> dict[str, Path]:
-    """Per dynamic method its featured flagship (``featured.json``), else the most accurate checkpoint that saves
-    compute (mean MACs < 90% of dense)."""
+    """Per dynamic method its featured flagship (``featured.json``; CondConv's costs more MACs than dense, and is
+    still its method's flagship), else the most accurate checkpoint that saves compute (mean MACs < 90% of dense)."""
     chosen = {method: entry["flagship"] for method, entry in featured().items()}
     best: dict[str, tuple[float, Path]] = {}
     for path, payload in read_checkpoints(paths):
         meta = payload["meta"]
         metrics = meta.get("metrics", {})
+        if chosen.get(meta.get("method")) == path.stem:
+            best[meta["method"]] = (math.inf, path)
         if meta.get("method") == "baseline" or metrics.get("mac_ratio", 1.0) >= 0.9:
             continue
-        if chosen.get(meta["method"]) == path.stem:
-            best[meta["method"]] = (math.inf, path)
         if metrics.get("test_acc", 0) > best.get(meta["method"], (-1.0, None))[0]:
             best[meta["method"]] = (metrics["test_acc"], path)
     return {method: path for method, (_, path) in best.items()}
@@ -216,18 +216,21 @@ def paper_scale_row(
     table = dataset_table(bundled, *load_test_images())
     views = [kind_view(k) for k in sorted(set(bundled.decision_layers().values()))]
     views = [v for v in views if v is not None and v.force_like is not None]
+    if not views:  # a method with no per-image decision to force (RePr, DGConv)
+        return None
     arch = bundled.arch.replace(f"resnet{bundled.depth}", net) if target is None else target.arch
-    if not views or (target is None and (arch == bundled.arch or arch not in list_models())):
+    if target is None and (arch == bundled.arch or arch not in list_models()):
         return None
     config = {k: v for k, v in bundled.arch_config.items() if k not in ("num_classes", "in_chans", *layout_keys)}
     torch.manual_seed(seed)
     label = f"{arch} at {size}x{size} (random weights, decisions of {bundled.meta['name']})"
-    if target is None:
-        target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).to(device).eval())
-    else:
+    converted = target is not None
+    if converted:
         label = f"{target.meta['name']} at {size}x{size} (converted, decisions of {bundled.meta['name']})"
-        net = target.arch.split("_")[-1]
+    else:
+        target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).to(device).eval())
     dense = target.dense_counterpart()
+    reference = getattr(dense, "arch", target.arch) if converted else net  # a converted model's own dense network
     samplers = [v.force_like(table, bundled, target) for v in views]
     rng = np.random.default_rng(seed)
     xs = [torch.randn(1, 3, size, size).to(device) for _ in range(images)]
@@ -248,7 +251,7 @@ def paper_scale_row(
     return {
         "model": label,
         "method": bundled.meta["method"],
-        "vs": f"dense {net}, same form",
+        "vs": f"dense {reference}, same form",
         "test_acc": None,
         "macs_mean": statistics.mean(macs),
         "macs_ref": dense_macs,

@@ -1,14 +1,14 @@
 """Decisions of a small bundled model carried over to a bigger network of the same method (the bench's
 ``--scale paper``): blocks are matched by relative depth, stage-aware, so ``layer2.1`` of a ResNet-20 (three stages
 of three blocks) stands for the middle of ``layer2`` in a ResNet-110 and for the block at 5/9 of the stages of a
-ResNet-50 (four stages of 3, 4, 6 and 3 blocks)."""
+ResNet-50 (four stages of 3, 4, 6 and 3 blocks); EfficientNet's ``blocks.S.J`` are placed the same way."""
 
 from __future__ import annotations
 
 import re
 from typing import Iterable
 
-_BLOCK = re.compile(r"layer(\d+)\.(\d+)$")
+_BLOCK = re.compile(r"(?:layer|blocks\.)(\d+)\.(\d+)$")  # ResNet's layer2.1, EfficientNet's (timm's) blocks.5.0
 
 
 def block_positions(blocks: Iterable[str]) -> dict[str, float]:

@@ -8,6 +8,8 @@ route by class. ``class_specificity`` puts one number on that per layer.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -25,6 +27,7 @@ from routescope.analysis.core.kinds import (
     Widget,
     register_view,
 )
+from routescope.analysis.core.scaling import nearest_layer
 from routescope.models.condconv import ROUTING
 
 
@@ -144,6 +147,30 @@ def routing_control(entry: dict, model) -> Control:
     )
 
 
+def route_like(table: pd.DataFrame, bundled, target) -> Callable:
+    """Each routing block of ``target`` forced to one expert (weight 1, the others 0), drawn with the frequency at
+    which the bundled block at the same position puts its largest weight on each expert (the bench's ``--scale
+    paper``: a forced routing runs that expert's kernel alone). Which expert runs does not change the cost, so a
+    target with more experts than ``bundled`` draws among the first ones."""
+    layers = routing_layers(table)
+    dominant = {
+        layer: table[routing_columns(table, layer)].to_numpy().argmax(1).astype(int) for layer in layers
+    }  # each image's dominant expert
+    blocks = lambda model: [name for name, _ in model.named_blocks()]  # noqa: E731
+    targets = target.routing_layers()
+    source = {t: nearest_layer(t, blocks(target), layers, blocks(bundled)) for t in targets}
+    experts = {t: target.get_submodule(t).router.fc.out_features for t in targets}
+
+    def sample(rng) -> dict:
+        out = {}
+        for t in targets:
+            expert = int(rng.choice(dominant[source[t]])) % experts[t]
+            out[t] = {"weights": [1.0 if e == expert else 0.0 for e in range(experts[t])]}
+        return out
+
+    return sample
+
+
 register_view(
     KindView(
         ROUTING,
@@ -155,6 +182,7 @@ register_view(
             AttributionTarget(f"routing weight of expert {e}", "weights", e) for e in range(len(d["weights"]))
         ],
         control=routing_control,
+        force_like=route_like,
     )
 )
 

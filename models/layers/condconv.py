@@ -66,7 +66,11 @@ class CondConv2d(nn.Module):
         """Each example's kernel, ``(B, out, in/groups, k, k)``, from routing ``(B, E)``."""
         return (routing @ self.weight).reshape(routing.shape[0], *self.weight_shape)
 
-    def forward(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, routing: torch.Tensor | int) -> torch.Tensor:
+        """``routing`` (B, E) mixes each example's kernel; an ``int`` is the one expert every example runs (a routing
+        forced to weight 1 on one expert, 0 on the others): its kernel as it is, no mixture, one plain conv."""
+        if isinstance(routing, int):
+            return self.expert_forward(x, routing)
         b, c, h, w = x.shape
         if routing.shape != (b, self.num_experts):
             raise ValueError(f"routing must be ({b}, {self.num_experts}), got {tuple(routing.shape)}")
@@ -79,6 +83,17 @@ class CondConv2d(nn.Module):
         bias = bias.reshape(b * self.out_channels) if bias is not None else None
         y = F.conv2d(x.reshape(1, b * c, h, w), kernel, bias, self.stride, self.padding, groups=b * self.groups)
         return y.reshape(b, self.out_channels, *y.shape[-2:])
+
+    def expert_forward(self, x: torch.Tensor, expert: int) -> torch.Tensor:
+        """Expert ``expert`` alone on the whole batch: exactly the mixture with weight 1 on it and 0 on the others
+        (``1 * w + 0 * v == w``), without reading the other experts' kernels."""
+        if not 0 <= expert < self.num_experts:
+            raise ValueError(f"expert must be in 0..{self.num_experts - 1}, got {expert}")
+        bias = self.bias[expert] if self.bias is not None else None
+        if self.shift is not None:
+            bias = self.shift if bias is None else bias + self.shift
+        kernel = self.weight[expert].view(self.weight_shape)
+        return F.conv2d(x, kernel, bias, self.stride, self.padding, groups=self.groups)
 
     @torch.no_grad()
     def fold_batchnorm(self, bn: nn.BatchNorm2d) -> "CondConv2d":
