@@ -185,11 +185,14 @@ TINY_META = {
 }
 
 
-def start(script: str = APP) -> AppTest:
-    """The whole app (or one page's script), run once without an exception."""
+def start(script: str = APP, params: dict | None = None) -> AppTest:
+    """The whole app (or one page's script), run once without an exception; ``params``: its URL's query parameters
+    (a shared link)."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(script, default_timeout=TIMEOUT)
+    for key, value in (params or {}).items():
+        at.query_params[key] = value
     at.run()
     assert not at.exception, at.exception
     return at

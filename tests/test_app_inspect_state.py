@@ -7,13 +7,12 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from routescope.analysis.core.catalog import featured, featured_names, model_labels
 from routescope.analysis.core.familiarity import familiarity, reference
 from routescope.models.data import SAMPLE_IMAGES
 
-from helpers import APP, TIMEOUT, encode, start
+from helpers import encode, start
 
 
 def colour_photo() -> bytes:
@@ -21,15 +20,6 @@ def colour_photo() -> bytes:
     img = Image.new("RGB", (400, 300), (30, 140, 190))
     img.paste((210, 40, 40), (120, 90, 300, 220))
     return encode(img, "JPEG")
-
-
-def run_with(params: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for k, v in (params or {}).items():
-        at.query_params[k] = v
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_picker_labels_star_only_the_flagships_and_name_the_checkpoint():
@@ -98,7 +88,7 @@ def test_perturb_and_explain_round_trip_through_the_url(models_dir):
     assert "strength" in params
 
     st.cache_data.clear()
-    again = run_with(params)
+    again = start(params=params)
     assert again.toggle(key="img0-perturb").value and again.selectbox(key="img0-ptype").value == "occlusion"
     assert again.slider(key="img0-prange-occlusion").value == (low, (low + high) / 2)
     assert again.number_input(key="img0-psteps").value == 5
@@ -108,7 +98,7 @@ def test_perturb_and_explain_round_trip_through_the_url(models_dir):
 
 
 def test_a_bad_perturb_or_explain_link_is_a_message(models_dir):
-    at = run_with({"perturb": "melt", "explain": "gates: layer9"})
+    at = start(params={"perturb": "melt", "explain": "gates: layer9"})
     messages = [w.value for w in at.warning]
     assert any("perturbation `melt`" in m for m in messages)
     assert any("explain `gates: layer9`" in m for m in messages), messages

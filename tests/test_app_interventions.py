@@ -12,7 +12,7 @@ from routescope.analysis.core.catalog import sample_images
 from routescope.models import create_model
 from routescope.models.checkpoint import save_checkpoint
 
-from helpers import APP, TIMEOUT, TINY_META, array_shape, chart_data, fingerprint, page, plotly_values
+from helpers import TINY_META, array_shape, chart_data, fingerprint, page, plotly_values, start
 
 SAMPLE = sample_images()[0].name
 TINY = {
@@ -41,19 +41,8 @@ def dynamic_dir(tmp_path, monkeypatch):
 
 
 def inspect_with(model: str, params: dict | None = None):
-    at = start_with(params)
+    at = start(params=params)
     at.sidebar.selectbox[0].set_value(model).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def start_with(params: dict | None):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for k, v in (params or {}).items():
-        at.query_params[k] = v
-    at.run()
     assert not at.exception, at.exception
     return at
 
@@ -160,7 +149,7 @@ def test_url_restores_the_view(dynamic_dir):
         "override": ["layer2.0.executed=false"],
         "knob": ["threshold=0.3"],
     }
-    at = start_with(params)
+    at = start(params=params)
     assert at.sidebar.selectbox[0].value == "skipnet"
     assert at.multiselect(key="inspect-samples").value == [sample_images()[1].name]
     assert at.toggle(key="img0-intervene").value and at.slider(key="img0-knob-threshold").value == 0.3
@@ -182,7 +171,7 @@ def test_url_restores_the_view(dynamic_dir):
     ],
 )
 def test_bad_url_is_a_message(dynamic_dir, params, message):
-    at = start_with(params)
+    at = start(params=params)
     if "override" in params and "width" in params["override"][0]:
         intervene(at)  # a well-formed override the model refuses only when it runs
     messages = [m.value for m in [*at.error, *at.warning]]
@@ -265,7 +254,7 @@ def test_refuse_the_exit_of_the_bundled_early_exit_model(tmp_path, monkeypatch):
     monkeypatch.setenv("ROUTESCOPE_MODELS", str(tmp_path))
     st.cache_resource.clear()
     st.cache_data.clear()
-    at = intervene(start_with(None))
+    at = intervene(start())
     taken = next(t for t in at.toggle if t.key and t.key.startswith("img0-ctl-") and t.value)
     if taken.disabled:
         pytest.skip("the sample image leaves at the final exit: there is no early exit to refuse")
