@@ -14,7 +14,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 app: install
-	$(VENV)/bin/streamlit run app/streamlit_app.py $(STREAMLIT_FLAGS)
+	$(PY) -m routescope.app.serve $(STREAMLIT_FLAGS)
 
 # the import contract, ruff (lint and format) and the default tests (pyproject's addopts leave out the tests
 # marked slow or heavy): under 3 minutes on 2 cores

@@ -54,9 +54,7 @@ def running_app(log: Path, timeout_s: float = 600) -> Iterator[Server]:
             [
                 sys.executable,
                 "-m",
-                "streamlit",
-                "run",
-                "app/streamlit_app.py",
+                "routescope.app.serve",  # `make app`'s launcher: warmed, then `streamlit run app/streamlit_app.py`
                 "--server.port",
                 str(port),
                 "--server.address",
