@@ -33,13 +33,13 @@ from routescope.analysis.core.archive import (
     read_image_archive,
 )
 from routescope.analysis.core.catalog import bundled_checkpoints, featured_names, model_labels
-from routescope.analysis.core.familiarity import DATASET_NAMES, Reference, colourfulness, reference
+from routescope.analysis.core.familiarity import Reference, colourfulness, reference
 from routescope.analysis.core.images import ImageError, ModelInput, load_model_input, open_image
 from routescope.analysis.core.latency import Latency, dense_counterpart, paired_latency
 from routescope.analysis.core.perturb import perturbation_sweep, perturbed, pixels_tensor
 from routescope.analysis.core.trace import trace_batch
 from routescope.analysis.core.tradeoff import static_points
-from routescope.analysis.core.sweeps import adaptive_sweep, knob_sweep, seconds_per_value
+from routescope.analysis.core.sweeps import adaptive_sweep, seconds_per_value
 from routescope.analysis.core.table import as_table
 from routescope.analysis.core.table_store import Progress, model_fingerprint, stored_table
 from routescope.analysis.core.testsets import BUNDLED, UNLABELLED, ModelImages, TestSet, label_map, open_test_set
@@ -51,6 +51,7 @@ from routescope.models.loading import PLUGIN_PREFIX, load_model
 from routescope.models.plugin_registry import installed_plugins
 from routescope.models.data import (
     CIFAR10,
+    DATASET_TITLES,
     FASHION_MNIST,
     SVHN,
     SYSTEM_FASHION_MNIST,
@@ -432,12 +433,6 @@ def attribution(_model: torch.nn.Module, model_key: str, image: np.ndarray, targ
 TESTSET = "chosen-testset"  # the test-set choice, kept like the model's (a session key that is no widget's)
 UPLOAD_OPTION = "upload"  # the picker's option for an uploaded zip
 KNOWN_LAYOUTS = {"cifar-10-batches-py", "cifar-100-python", "svhn", "fashion-mnist", "FashionMNIST"}
-NAMES = {
-    "fashion-mnist": "Fashion-MNIST test set",
-    "cifar10": "CIFAR-10 test set",
-    "cifar100": "CIFAR-100 test set",
-    "svhn": "SVHN test set",
-}
 ZIP_HELP = (
     "An ImageFolder tree (a folder per class, named after the model's classes: its images are labelled) or a flat "
     f"folder of images (unlabelled: routing and cost, no accuracy). Up to {DEFAULT_LIMITS.max_files:,} files and "
@@ -566,7 +561,7 @@ def set_label(test_set: TestSet) -> str:
         return f"{folder}/ (a folder per class)"
     if test_set.name == "folder":
         return f"{folder}/ (images, unlabelled)"
-    return f"{NAMES.get(test_set.name, test_set.name)} ({folder}/)"
+    return f"{DATASET_TITLES.get(test_set.name, test_set.name)} test set ({folder}/)"
 
 
 @dataclass(frozen=True)
@@ -816,7 +811,7 @@ def test_set_reference(_images: ModelImages, fingerprint: str, meta_key: str) ->
     dataset = _images.meta.get("dataset")
     return reference(
         (picture(_images, int(i)) for i in indices),
-        DATASET_NAMES.get(dataset, dataset or "the test set"),
+        DATASET_TITLES.get(dataset, dataset or "the test set"),
         coloured=int(_images.meta["input_size"][0]) == 3,
     )
 
@@ -1024,20 +1019,6 @@ def _bounded_store(store: dict, key, make, limit: int = 32):
 def _sweep_store() -> dict:
     """Knob sweeps and static points shared by all sessions, keyed by (model, test set, what)."""
     return {}
-
-
-def cached_sweep(model: torch.nn.Module, images: ModelImages, knob: str, values: tuple[float, ...]) -> pd.DataFrame:
-    """``knob_sweep`` over a test set (each value's table stored), with a progress bar the first time, reused per
-    (model, test set, knob, values)."""
-
-    def make() -> pd.DataFrame:
-        text = f"Sweeping {knob} over {len(values)} values on {len(images):,} images…"
-        bar = st.progress(0.0, text=text)
-        out = knob_sweep(model, knob, values, images, progress=lambda f: bar.progress(f, text=f"{text} {f:.0%}"))
-        bar.empty()
-        return out
-
-    return _bounded_store(_sweep_store(), (model.cache_key, images.fingerprint, knob, values), make)
 
 
 @st.cache_data(show_spinner="Timing one value of the sweep on a few images…", max_entries=64)

@@ -94,7 +94,7 @@ class CondConvBlock(BasicBlock):
     def _routed_one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``routed`` at batch 1, unforced, nothing to record: the compiled router and mixtures, two plain convs."""
         routing, k1, k2 = torch.ops.routescope.condconv_mix(
-            x, self.router.fc.weight, self.router.fc.bias, None, self.conv1.weight, self.conv2.weight
+            x, self.router.fc.weight, self.router.fc.bias, self.conv1.weight, self.conv2.weight
         )
         c1, c2 = self.conv1, self.conv2
         h = F.relu(F.conv2d(x, k1.view(c1.weight_shape), c1.shift, c1.stride, c1.padding, 1, c1.groups))

@@ -78,6 +78,7 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "svhn", "imagefolder")
 # what a test set may also be: the bundled subset, and a plain folder of images without labels
 TEST_SET_NAMES = ("fashion-mnist-subset", *DATASET_NAMES, "folder")
+DATASET_TITLES = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN"}
 
 
 class TensorImages(Dataset):

@@ -48,7 +48,8 @@ class Recipe:
     ``stages(args)`` builds the list of ``stages.Stage``; ``options`` is the dataclass of the options only this
     method reads (``models.options``: ``models.train`` adds them when ``--model`` is of this method, so another
     method's option is an error); ``model_args(args)`` turns some of them into builder arguments (e.g. SkipNet's
-    ``--gate``); ``title`` heads the options in ``--help``.
+    ``--gate``); ``title`` heads the options in ``--help``; ``name`` is how pages and figures call the method
+    (``DS-Net``; default: ``method``).
     """
 
     method: str
@@ -56,21 +57,32 @@ class Recipe:
     options: type | None = None
     model_args: Callable | None = None
     title: str | None = None
+    name: str | None = None
 
 
 _RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(
-    method: str, options: type | None = None, model_args: Callable | None = None, title: str | None = None
+    method: str,
+    options: type | None = None,
+    model_args: Callable | None = None,
+    title: str | None = None,
+    name: str | None = None,
 ):
     """Register ``fn(args) -> list[Stage]`` as the training recipe of models whose ``method`` is ``method``."""
 
     def wrap(fn: Callable) -> Callable:
-        _RECIPES[method] = Recipe(method, fn, options, model_args, title)
+        _RECIPES[method] = Recipe(method, fn, options, model_args, title, name)
         return fn
 
     return wrap
+
+
+def method_name(method: str) -> str:
+    """How pages and figures call a method: its recipe's ``name``, else the method itself (a plug-in's)."""
+    recipe = _RECIPES.get(method)
+    return recipe.name if recipe is not None and recipe.name else method
 
 
 def recipe_of(method: str) -> Recipe:

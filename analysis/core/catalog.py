@@ -10,7 +10,8 @@ from typing import Callable, Iterable, Iterator
 
 from routescope.models.checkpoint import CheckpointError, read_checkpoint
 from routescope.models.data import SAMPLE_IMAGES
-from routescope.models.factory import PRETRAINED, models_folder  # noqa: F401 (PRETRAINED re-exported); the path logic lives in models.factory
+from routescope.models.registry import method_name
+from routescope.models.factory import PRETRAINED, models_folder, read_manifest  # noqa: F401 (PRETRAINED re-exported); the path logic lives in models.factory
 from routescope.analysis.core.units import percent
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -50,15 +51,6 @@ def featured_names(folder: Path | None = None) -> list[str]:
     return names
 
 
-METHOD_TITLES = {
-    "skipnet": "SkipNet",
-    "dsnet": "DS-Net",
-    "condconv": "CondConv",
-    "dgconv": "DGConv",
-    "repr": "RePr",
-    "early_exit": "Early exit",
-    "grouped": "Grouped ResNet",
-}
 FLAGSHIP = "★"  # marks a method's flagship in the model picker (its controls are not starred)
 
 
@@ -77,8 +69,8 @@ def _arch_title(arch: str) -> str:
     """``resnet20`` -> ``ResNet-20``, ``grouped_resnet20`` -> ``Grouped ResNet-20``, ``convnet3`` -> ``ConvNet-3``;
     a method's model is its method's name (``skipnet_resnet20`` -> ``SkipNet``)."""
     prefix, _, base = arch.rpartition("_")
-    if prefix in METHOD_TITLES and prefix != "grouped":
-        return METHOD_TITLES[prefix]
+    if prefix and prefix != "grouped" and method_name(prefix) != prefix:  # a method's model: its method's name
+        return method_name(prefix)
     match = re.fullmatch(r"(resnet|convnet)(\d+)", base)
     title = f"{'ResNet' if match.group(1) == 'resnet' else 'ConvNet'}-{match.group(2)}" if match else base
     return f"Grouped {title}" if prefix == "grouped" else (title if not prefix else f"{prefix} {title}")
@@ -100,8 +92,7 @@ def model_facts(folder: Path | None = None) -> dict[str, dict]:
     """``{name: {"arch", "test_acc", "mac_ratio", "epochs"}}`` of every bundled checkpoint, from ``manifest.json``
     (its command names the architecture), else from the checkpoint's own meta."""
     folder = Path(folder or models_folder())
-    manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_manifest(folder)
     out = {}
     for name, path in bundled_checkpoints(folder).items():
         entry = manifest.get(name)
@@ -125,8 +116,8 @@ def model_label(name: str, facts: dict, role: tuple[str, str] | None = None) -> 
     numbers = [percent(accuracy) if accuracy is not None else None, f"{ratio:.0%} MACs" if ratio is not None else None]
     numbers = [n for n in numbers if n]
     if role is not None and role[0] == "flagship":
-        return " · ".join([f"{FLAGSHIP} {METHOD_TITLES.get(role[1], role[1])}", "flagship", *numbers])
-    what = _arch_title(arch) if arch else METHOD_TITLES.get(facts.get("method"), facts.get("method") or name)
+        return " · ".join([f"{FLAGSHIP} {method_name(role[1])}", "flagship", *numbers])
+    what = _arch_title(arch) if arch else method_name(facts["method"]) if facts.get("method") else name
     if role is not None:
         epochs = facts.get("epochs")
         return " · ".join([what, "control" + (f", {epochs} epochs" if epochs else ""), *numbers])

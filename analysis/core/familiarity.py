@@ -21,7 +21,6 @@ FAR = 4.0  # a statistic this many standard deviations from the test images' mea
 NEAR = 2.5  # this far and predicted with low confidence: flagged too
 LOW_CONFIDENCE = 0.6
 COLOUR = 0.15  # mean saturation over which a picture is a colour photo (grey data sets: 0)
-DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN"}
 
 
 def pixel_stats(pixels: np.ndarray) -> dict[str, float]:

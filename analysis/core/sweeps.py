@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from routescope.analysis.core.table_store import stored_table, table_path
+from routescope.analysis.core.table_store import stored_table
 from routescope.analysis.core.testsets import ModelImages
 from routescope.models.trace import check_interventions
 
@@ -179,10 +179,3 @@ def seconds_per_value(model: torch.nn.Module, knob: str, images: ModelImages, pr
         model, images, model.meta["mean"], model.meta["std"], device, limit=n, progress=False, knobs={knob: default}
     )
     return (time.perf_counter() - started) * len(images) / n
-
-
-def stored_values(
-    model: torch.nn.Module, knob: str, values: Sequence[float], images: ModelImages, root: Path | None = None
-) -> list[float]:
-    """Which of ``values`` already have their table stored (read, not traced, by a sweep)."""
-    return [v for v in values if table_path(model, images, {knob: float(v)}, root).exists()]

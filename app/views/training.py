@@ -3,17 +3,17 @@ epoch), with its loss and accuracy curves per epoch and stage."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from routescope.analysis.core.catalog import featured, models_folder
+from routescope.analysis.core.catalog import featured_names, models_folder
 from routescope.analysis.core.training_log import SUFFIX, MetricsError, metrics_files, read_metrics
 from routescope.app.formatting import percent, show_table
 from routescope.models.data import REPO_ROOT
+from routescope.models.factory import read_manifest
 
 REFRESH_S = 5
 EPOCH_AXIS = dict(tickformat="d", dtick=None, tick0=1, rangemode="tozero")  # whole epochs: no 0.5 ticks
@@ -25,21 +25,6 @@ def _label(path: Path) -> str:
         return str(path.resolve().relative_to(REPO_ROOT))
     except ValueError:
         return str(path)
-
-
-def read_manifest(folder: Path) -> dict:
-    """``manifest.json`` of a models folder (``{}`` where there is none or it cannot be read)."""
-    try:
-        return json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def featured_flagship() -> str | None:
-    """The featured SkipNet flagship (``featured.json``), else the first method's: the run the page opens on."""
-    entries = featured()
-    entry = entries.get("skipnet") or next(iter(entries.values()), None)
-    return entry["flagship"] if entry else None
 
 
 def chained(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
@@ -146,7 +131,7 @@ st.caption(
     "the checkpoint. Try: pick a run from the bundled models, their experiments or `runs/`, and follow a live one."
 )
 labels = run_files()
-flagship = featured_flagship()
+flagship = next(iter(featured_names()), None)  # the model picker's default: the first featured flagship
 if flagship is not None and st.session_state.get("training-file") not in labels:  # the first visit: the flagship
     default = next((label for label, p in labels.items() if p.name == f"{flagship}{SUFFIX}"), None)
     if default is not None:

@@ -12,8 +12,8 @@ both of its mixed kernels.
 It is built once with ``torch.utils.cpp_extension.load_inline`` where a C++ compiler is present, by ``make install``
 (``main``), into the Python environment itself (``build_directory``: ``.venv/torch_extensions``, or
 ``$TORCH_EXTENSIONS_DIR`` where that is set): it lives as long as the install, and clearing the per-user caches
-(``~/.cache``) does not put a 20-second compile in front of the app's first prediction. It is used by the fast inference form only, on
-CPU float32 tensors only (``runs_compiled``: every other device takes the PyTorch path);
+(``~/.cache``) does not put a 20-second compile in front of the app's first prediction. It is used by the fast
+inference form only, on CPU float32 tensors only (``runs_compiled``: every other device takes the PyTorch path);
 without a compiler, or with ``ROUTESCOPE_FUSED=0``, the Python step runs instead (same result within float32
 rounding). Its multiply-adds are registered with ``torch.utils.flop_counter``, so ``FlopCounterMode`` and the
 trace's MAC counter count it exactly as the operators it replaces.
@@ -139,10 +139,10 @@ std::tuple<at::Tensor, double> exit_head(const at::Tensor& x, double alpha, cons
 }
 
 // A CondConv block's routing and both mixed kernels at batch 1: r = sigmoid(mean_hw(x) @ router_w^T + router_b);
-// kernel_i = r' @ experts_i, with r' = forced if given (the router still runs, as in the batched path).
+// kernel_i = r @ experts_i (a forced routing does not come here: it needs neither router nor mixture).
 // Returns (r (1, E), kernel1 (P1), kernel2 (P2)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> condconv_mix(const at::Tensor& x, const at::Tensor& router_w,
-                                                            const at::Tensor& router_b, const c10::optional<at::Tensor>& forced,
+                                                            const at::Tensor& router_b,
                                                             const at::Tensor& experts1, const at::Tensor& experts2) {
   TORCH_CHECK(x.dim() == 4 && x.size(0) == 1 && x.scalar_type() == at::kFloat, "condconv_mix: x must be float (1, C, H, W)");
   at::Tensor xc = x.contiguous();
@@ -159,20 +159,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> condconv_mix(const at::Tensor& x,
     for (int64_t ch = 0; ch < C; ++ch) s += pooled[ch] * rw[e * C + ch];
     r[e] = 1.f / (1.f + std::exp(-s));
   }
-  at::Tensor used = routing;
-  if (forced.has_value()) {
-    TORCH_CHECK(forced->numel() == E, "condconv_mix: forced routing needs one weight per expert");
-    used = forced->reshape({1, E}).to(routing.scalar_type());
-  }
   // the mixtures read E kernels each: memory-bound, so BLAS (vectorized, threaded) does them
-  return {used, at::mm(used, experts1).view({-1}), at::mm(used, experts2).view({-1})};
+  return {routing, at::mm(routing, experts1).view({-1}), at::mm(routing, experts2).view({-1})};
 }
 
 TORCH_LIBRARY(routescope, m) {
   m.def("rnn_gate_step(Tensor x, Tensor(a!) hc, Tensor w_embed, Tensor b_embed, Tensor w_ih, Tensor w_hh, "
         "Tensor bias, Tensor w_proj, Tensor b_proj) -> float");
   m.def("exit_head(Tensor x, float alpha, Tensor weight, Tensor bias, int reduced) -> (Tensor, float)");
-  m.def("condconv_mix(Tensor x, Tensor router_w, Tensor router_b, Tensor? forced, Tensor experts1, Tensor experts2) "
+  m.def("condconv_mix(Tensor x, Tensor router_w, Tensor router_b, Tensor experts1, Tensor experts2) "
         "-> (Tensor, Tensor, Tensor)");
 }
 
@@ -246,7 +241,7 @@ def _register_flops() -> None:
 
     @register_flop_formula(torch.ops.routescope.condconv_mix)
     def mix_flops(
-        x_shape, router_w_shape, router_b_shape, forced_shape, experts1_shape, experts2_shape, *_, out_shape=None, **__
+        x_shape, router_w_shape, router_b_shape, experts1_shape, experts2_shape, *_, out_shape=None, **__
     ) -> int:
         """2 x the multiply-adds of the router's linear layer and of both kernel mixtures (``routing @ experts``)."""
         experts, channels = router_w_shape

@@ -46,6 +46,7 @@ class CondConvOptions:
 
 @register_recipe(
     "condconv",
+    name="CondConv",
     options=CondConvOptions,
     title='CondConv (builder options via --model-args \'{"num_experts": 8, "condconv_stages": [2, 3]}\')',
 )

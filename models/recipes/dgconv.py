@@ -119,7 +119,7 @@ class DGConvOptions:
     )
 
 
-@register_recipe("dgconv", options=DGConvOptions, title="DGConv")
+@register_recipe("dgconv", name="DGConv", options=DGConvOptions, title="DGConv")
 def dgconv_recipe(args: argparse.Namespace) -> list[Stage]:
     """One supervised stage (``--epochs``, ``--lr``) with the budget term on the gates."""
     opt = options_of(DGConvOptions, args)

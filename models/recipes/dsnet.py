@@ -265,7 +265,7 @@ class DSNetOptions:
     )
 
 
-@register_recipe("dsnet", options=DSNetOptions, title="DS-Net")
+@register_recipe("dsnet", name="DS-Net", options=DSNetOptions, title="DS-Net")
 def dsnet_recipe(args: argparse.Namespace) -> list[Stage]:
     """IEB supernet (``--supernet-epochs``, ``--lr``), BN recalibration, then SGS gate training (``--gate-epochs``)."""
     opt = options_of(DSNetOptions, args)

@@ -184,7 +184,9 @@ def early_exit_model_args(args: argparse.Namespace) -> dict:
     return out
 
 
-@register_recipe("early_exit", options=EarlyExitOptions, model_args=early_exit_model_args, title="early exit")
+@register_recipe(
+    "early_exit", name="Early exit", options=EarlyExitOptions, model_args=early_exit_model_args, title="early exit"
+)
 def early_exit_recipe(args: argparse.Namespace) -> list[Stage]:
     """One joint stage (``--epochs``, ``--lr``) of every exit's loss with SDN's schedule."""
     opt = options_of(EarlyExitOptions, args)

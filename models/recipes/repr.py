@@ -370,7 +370,7 @@ class RePrOptions:
     )
 
 
-@register_recipe("repr", options=RePrOptions, title="RePr (paper: S1=20, S2=10, N=3, p=0.3)")
+@register_recipe("repr", name="RePr", options=RePrOptions, title="RePr (paper: S1=20, S2=10, N=3, p=0.3)")
 def repr_recipe(args: argparse.Namespace) -> list[Stage]:
     """One stage of ``--epochs`` with ``--repr-cycles`` prune/re-init cycles inside it."""
     opt = options_of(RePrOptions, args)

@@ -206,7 +206,7 @@ def skipnet_model_args(args: argparse.Namespace) -> dict:
     return {"gate": gate} if gate else {}
 
 
-@register_recipe("skipnet", options=SkipNetOptions, model_args=skipnet_model_args, title="SkipNet")
+@register_recipe("skipnet", name="SkipNet", options=SkipNetOptions, model_args=skipnet_model_args, title="SkipNet")
 def skipnet_recipe(args: argparse.Namespace) -> list[Stage]:
     """Supervised pre-training (``--epochs``, ``--lr``), hybrid RL (``--rl-epochs``, ``--rl-lr``), then optionally
     fine-tuning under the frozen policy (``--ft-epochs``, ``--ft-lr``)."""
