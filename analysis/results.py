@@ -472,9 +472,41 @@ def table_bench(path: Path) -> str:
     )
 
 
+def device_checks(folder: Path = PRETRAINED) -> str:
+    """Each saved ``tools.device_check`` run (``device_check_*.json``): agreement with the CPU, batch-1 latency and
+    batched throughput against the dense network on that device, and the host reads of one batched forward."""
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("device_check_*.json"))]
+    lines = []
+    for run in runs:
+        lines += [
+            f"Measured by `{run['command']}` on {run['device_name']} (torch {run['torch']}), {run['date']}; "
+            f"batch-1 over {run['singles']} images, throughput at batch {run['rows'][0]['batch']}, "
+            f"ratios against the dense network in the same form, alternately in one run.",
+            "",
+            "| model | agreement with the CPU (batched / batch 1) | batch-1 latency (ms) | dense (ms) | ratio "
+            "| throughput (img/s) | dense (img/s) | ratio | host reads per batch | synchronisations reported |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in run["rows"]:
+            syncs = "-" if r.get("device_syncs") is None else str(r["device_syncs"])
+            lines.append(
+                f"| `{r['model']}` | {r['agreement']:.4f} / {r['batch1_agreement']:.4f} | {r['latency_ms']:.2f} "
+                f"| {r['latency_dense_ms']:.2f} | {r['latency_ms'] / r['latency_dense_ms']:.3f} "
+                f"| {r['throughput']:,.0f} | {r['throughput_dense']:,.0f} "
+                f"| {r['throughput'] / r['throughput_dense']:.3f} | {r['host_reads']} | {syncs} |"
+            )
+        lines.append("")
+    if not any(run["device"].startswith("cuda") for run in runs):
+        lines.append(
+            "_No GPU run recorded yet: on a machine with a GPU, `python -m tools.device_check --device cuda --save "
+            "models/pretrained/device_check_cuda.json`, then `python -m routescope.analysis.results --update`._"
+        )
+    return "\n".join(lines).strip()
+
+
 def block_text(key: str, folder: Path = PRETRAINED) -> str:
     """The generated text of one block: ``results``, ``featured``, ``speed`` (``bench.json``), ``speed:paper``
-    (``bench_paper.json``), ``speed:targets``, ``seeds``,
+    (``bench_paper.json``), ``speed:targets``, ``device-check``, ``seeds``,
     ``variants:NAME``, ``comparison:NAME``, from the manifest and benchmarks in ``folder``."""
     kind, _, arg = key.partition(":")
     manifest = folder / "manifest.json"
@@ -487,6 +519,7 @@ def block_text(key: str, folder: Path = PRETRAINED) -> str:
         "frontier": lambda: frontier_table(arg.split(","), manifest),
         "comparison": lambda: comparison_table(arg, folder),
         "table-bench": lambda: table_bench(folder / "table_bench.json"),
+        "device-check": lambda: device_checks(folder),
         "speed": lambda: (
             speed_targets(folder) if arg == "targets" else speed_table(folder / f"bench{'_' + arg if arg else ''}.json")
         ),

@@ -48,7 +48,7 @@ from .layers.condconv import CondConv2d, Router
 from .layers.fused import fused_ops, runs_compiled
 from .registry import register_model
 from .resnet import BasicBlock, ResNet, init_weights
-from .trace import current_trace
+from .trace import PerRow, current_trace
 from .decisions import DecisionKind, register_kind
 
 
@@ -129,7 +129,7 @@ def decide_routing(router: Router, x: torch.Tensor, layer: str) -> tuple[torch.T
         routing = forced_routing(forced, x.new_zeros(x.shape[0], router.fc.out_features))
     if trace is not None:
         trace.record(layer, ROUTING, weights=routing, **({"forced": True} if forced is not None else {}))
-    expert = one_expert(forced) if forced is not None else None
+    expert = one_expert(forced) if forced is not None and not isinstance(forced, PerRow) else None
     return routing, (routing if expert is None else expert)
 
 
@@ -141,10 +141,11 @@ def one_expert(weights) -> int | None:
 
 
 def forced_routing(weights, routing: torch.Tensor) -> torch.Tensor:
-    """An override's expert weights as the (B, E) routing the block then runs with."""
-    forced = torch.as_tensor(weights, dtype=routing.dtype, device=routing.device).flatten()
-    if forced.numel() != routing.shape[1]:
-        raise ValueError(f"routing override needs {routing.shape[1]} expert weights, got {forced.numel()}")
+    """An override's expert weights (or a ``PerRow`` of them) as the (B, E) routing the block then runs with."""
+    rows = weights if isinstance(weights, PerRow) else [weights]
+    forced = torch.as_tensor(rows, dtype=routing.dtype, device=routing.device).flatten(1)
+    if forced.shape[1] != routing.shape[1]:
+        raise ValueError(f"routing override needs {routing.shape[1]} expert weights, got {forced.shape[1]}")
     return forced.expand_as(routing)
 
 

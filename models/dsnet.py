@@ -25,8 +25,9 @@ ResNet-50, ``dsnet_resnet50``, four stages of ``DSBottleneck``, whose inner and 
 
 Forward modes (none mutates the model; one model serves many requests at once):
 
-- ``model(x)``: dynamic (train and eval). The batch is split by the chosen width of each dynamic stage,
-  each group runs at its width on its rows only (``index_select``, compute, reassemble), inside
+- ``model(x)``: dynamic (train and eval). At each dynamic stage the rows are grouped by chosen width on the
+  device (one host read of the group sizes per gate, nothing else waits for the device), each group runs at
+  its width on its rows only (``index_select``, compute, reassemble in the input's order), inside
   ``trace.subset(rows)``; every gate records ``kind="width"`` with width, channels, max_channels and
   probabilities. ``model(x, return_gates=True)`` returns ``DSOutput`` (logits, width logits, choices).
 - ``model(x, width=w)`` / ``model.forward_at_width(x, w)``: a static subnet, ``w`` one of the choices
@@ -42,6 +43,7 @@ Training (IEB supernet, then SGS gates) and what its gradients see: ``models.rec
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from contextlib import nullcontext
 from typing import Callable, NamedTuple, Sequence
@@ -56,7 +58,7 @@ from .layers.batchnorm_fold import fold_weights
 from .layers.slimmable import SlimBatchNorm2d, SlimConv2d, WidthGate
 from .registry import register_model
 from .resnet import RESNET50, RESNET50_WIDTHS, BasicBlock, Bottleneck, ResNet, make_stem, stage_layers
-from .trace import Trace, current_trace
+from .trace import PerRow, Trace, current_trace
 from .decisions import DecisionKind, register_kind
 
 WIDTH_CHOICES = (0.25, 0.5, 0.75, 1.0)
@@ -80,6 +82,11 @@ WIDTH = register_kind(
         forcible=("width",),
     )
 )
+
+
+def _inverse(order: torch.Tensor) -> torch.Tensor:
+    """The permutation that puts rows in ``order`` back where they came from."""
+    return torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
 
 
 class DSOutput(NamedTuple):
@@ -422,11 +429,18 @@ class DSResNet(ResNet):
     def _run_stage(
         self, s: int, x: torch.Tensor, index: int, in_index: int, attention: torch.Tensor | None
     ) -> torch.Tensor:
-        channels = self.stage_channels[s - 1][index]
-        blocks = list(getattr(self, f"layer{s}"))
-        x = blocks[0](x, channels, index, in_index, attention)
-        for block in blocks[1:]:
-            x = block(x, channels, index)
+        return self._later_blocks(s, self._first_block(s, x, index, in_index, attention), index)
+
+    def _first_block(
+        self, s: int, x: torch.Tensor, index: int, in_index: int, attention: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Stage ``s``'s first block at choice ``index`` on ``x`` of the previous stage's choice ``in_index``."""
+        return getattr(self, f"layer{s}")[0](x, self.stage_channels[s - 1][index], index, in_index, attention)
+
+    def _later_blocks(self, s: int, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Stage ``s``'s other blocks at choice ``index``."""
+        for block in list(getattr(self, f"layer{s}"))[1:]:
+            x = block(x, self.stage_channels[s - 1][index], index)
         return x
 
     def _forward_static(self, x: torch.Tensor, config: Config) -> torch.Tensor:
@@ -456,8 +470,7 @@ class DSResNet(ResNet):
         return self.head(x)
 
     def _forward_dynamic(self, x: torch.Tensor) -> DSOutput:
-        logits, width_logits, choices = self._dynamic_from(self.stem(x), 1, 0, current_trace())
-        return DSOutput(logits, width_logits, choices)
+        return self._dynamic_grouped(self.stem(x), current_trace())
 
     def _tilted(self, z: torch.Tensor, trace: Trace | None) -> torch.Tensor:
         """The width logits with the ``width_bias`` knob applied: one step of bias per choice, from -bias to +bias."""
@@ -468,7 +481,7 @@ class DSResNet(ResNet):
 
     def _forward_one(self, x: torch.Tensor, trace: Trace | None) -> torch.Tensor:
         """Batch 1 with nothing to record (plain inference, or a forced path being timed): the choices of
-        ``_dynamic_from`` taken with Python control flow, without splitting and reassembling the batch."""
+        ``_dynamic_grouped`` taken with Python control flow, without grouping and reassembling the batch."""
         x, in_index = self.stem(x), 0
         for s in range(1, len(self.widths) + 1):
             name = f"layer{s}"
@@ -486,61 +499,107 @@ class DSResNet(ResNet):
             x, in_index = self._run_stage(s, x, index, in_index, gate.attention(h, self.inner_of(s, index))), index
         return self.head(x)
 
-    def _dynamic_from(
-        self, x: torch.Tensor, s: int, in_index: int, trace: Trace | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stages ``s..3`` and the head on ``x``; each gate splits its rows by chosen width (recursively)."""
-        if s > len(self.widths):
-            n = len(x)
-            return (
-                self.head(x),
-                x.new_zeros(n, 0, self.num_choices),
-                torch.zeros(n, 0, dtype=torch.long, device=x.device),
-            )
-        name = f"layer{s}"
-        if name not in self.gates:
-            return self._dynamic_from(self._run_stage(s, x, 0, in_index, None), s + 1, 0, trace)
-        gate = self.gates[name]
-        h = gate.hidden(x)
-        z = self._tilted(gate.width_logits(h), trace)  # > 0 tilts towards wider choices, < 0 towards narrower
-        choice = z.argmax(1)
-        forced = trace.forced(name, WIDTH) if trace is not None else None
-        if forced is not None:
-            choice = torch.full_like(choice, self.choice_of(forced))
-        options = self.stage_channels[s - 1]
-        if trace is not None:
-            trace.record(
-                name,
-                WIDTH,
-                width=torch.tensor(self.widths_choices, dtype=torch.float64)[choice.cpu()],
-                channels=torch.tensor(options)[choice.cpu()],
-                max_channels=self.stage_channels[s - 1][-1],
-                probabilities=z.softmax(1),  # kept differentiable for attributions (Trace(keep_tensors=True))
-                **({"forced": True} if forced is not None else {}),
-            )
-        groups = torch.unique(choice).tolist()
-        parts, order = [], []
-        for index in groups:
-            if len(groups) == 1:
-                xs, hs, context = x, h, nullcontext()
+    def _dynamic_grouped(self, x: torch.Tensor, trace: Trace | None) -> DSOutput:
+        """Stages and head on a batch, each stage once per chosen width: the rows of one width run together.
+
+        The batch is kept as *pieces*, contiguous runs of rows at one width (channels differ between pieces), and
+        ``order``, the input row of each position. At a gate the rows are sorted by (choice, piece) on the device
+        and the group sizes are read once (the stage's only host read); a stage's first block runs once per
+        (previous width, width) pair, as its BN statistics and input channels depend on both, its later blocks
+        once per width. Logits, width logits and choices return in the input's order (differentiable: cat and
+        index_select). Each group runs inside ``trace.subset`` of its rows when tracing.
+        """
+        n, k = len(x), self.num_choices
+        pieces: list[tuple[torch.Tensor, int]] = [(x, 0)]  # (rows, the choice they ran at) in the current order
+        order = torch.arange(n, device=x.device)
+        z_per_gate, choice_per_gate = [], []
+
+        def rows_of(start: int, count: int):  # the trace's view of the current positions start..start+count
+            return trace.subset(order[start : start + count]) if trace is not None and count < n else nullcontext()
+
+        for s in range(1, len(self.widths) + 1):
+            name = f"layer{s}"
+            starts = list(itertools.accumulate([len(p) for p, _ in pieces], initial=0))
+            attention_from = None
+            if name in self.gates:
+                gate = self.gates[name]
+                hidden = []
+                for (piece, _), start in zip(pieces, starts):
+                    with rows_of(start, len(piece)):
+                        hidden.append(gate.hidden(piece))
+                h = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
+                z = self._tilted(gate.width_logits(h), trace)  # > 0 tilts towards wider choices, < 0 narrower
+                choice = z.argmax(1)
+                forced = trace.forced(name, WIDTH) if trace is not None else None
+                if isinstance(forced, PerRow):  # given in the input's order
+                    choice = torch.tensor([self.choice_of(w) for w in forced], device=x.device).index_select(0, order)
+                elif forced is not None:
+                    choice = torch.full_like(choice, self.choice_of(forced))
+                back = _inverse(order)
+                z_batch, choice_batch = z.index_select(0, back), choice.index_select(0, back)
+                z_per_gate.append(z_batch)
+                choice_per_gate.append(choice_batch)
+                if trace is not None:
+                    options, on_host = self.stage_channels[s - 1], choice_batch.cpu()
+                    trace.record(
+                        name,
+                        WIDTH,
+                        width=torch.tensor(self.widths_choices, dtype=torch.float64)[on_host],
+                        channels=torch.tensor(options)[on_host],
+                        max_channels=options[-1],
+                        probabilities=z_batch.softmax(1),  # kept differentiable for attributions (keep_tensors)
+                        **({"forced": True} if forced is not None else {}),
+                    )
+                attention_from = (gate, h)
+                piece_of = torch.cat([torch.full((len(p),), i, device=x.device) for i, (p, _) in enumerate(pieces)])
+                key = choice * len(pieces) + piece_of  # choice-major: the rows of one width end up contiguous
+                sizes = torch.zeros(k * len(pieces), dtype=torch.long, device=x.device)
+                sizes = sizes.index_add_(0, key, torch.ones_like(key)).tolist()  # the one host read of this stage
+            else:  # a fixed stage runs every row at its one width
+                sizes = [len(p) for p, _ in pieces] + [0] * ((k - 1) * len(pieces))
+            groups = [(c, i) for c in range(k) for i in range(len(pieces)) if sizes[c * len(pieces) + i]]
+            if [i for _, i in groups] == list(range(len(pieces))):
+                perm = None  # each piece chose one width, in the order of the pieces: nothing moves
             else:
-                rows = (choice == index).nonzero().squeeze(1)
-                order.append(rows)
-                xs, hs = x.index_select(0, rows), h.index_select(0, rows)
-                context = trace.subset(rows) if trace is not None else nullcontext()
-            with context:
-                y = self._run_stage(s, xs, index, in_index, gate.attention(hs, self.inner_of(s, index)))
-                parts.append(self._dynamic_from(y, s + 1, index, trace))
-        if len(groups) == 1:
-            logits, rest_logits, rest_choices = parts[0]
-        else:  # reassemble in the batch's order (differentiable: cat + index_select)
-            perm = torch.cat(order)
-            inverse = torch.empty_like(perm)
-            inverse[perm] = torch.arange(len(perm), device=perm.device)
-            logits, rest_logits, rest_choices = (
-                torch.cat([p[i] for p in parts]).index_select(0, inverse) for i in range(3)
-            )
-        return logits, torch.cat([z.unsqueeze(1), rest_logits], 1), torch.cat([choice.unsqueeze(1), rest_choices], 1)
+                perm = torch.sort(key, stable=True).indices
+                order = order.index_select(0, perm)
+            h_sorted = None
+            if attention_from is not None:
+                h_sorted = attention_from[1] if perm is None else attention_from[1].index_select(0, perm)
+            offset, next_pieces = 0, []
+            for c in range(k):
+                first_blocks, first_offset = [], offset
+                for i, (piece, in_index) in enumerate(pieces):
+                    count = sizes[c * len(pieces) + i]
+                    if not count:
+                        continue
+                    if count == len(piece):
+                        rows = piece  # stable sort: a piece that chose one width keeps its order
+                    else:
+                        rows = piece.index_select(0, perm[offset : offset + count] - starts[i])
+                    with rows_of(offset, count):
+                        attention = None
+                        if attention_from is not None:
+                            attention = attention_from[0].attention(
+                                h_sorted[offset : offset + count], self.inner_of(s, c)
+                            )
+                        first_blocks.append(self._first_block(s, rows, c, in_index, attention))
+                    offset += count
+                if first_blocks:
+                    y = torch.cat(first_blocks) if len(first_blocks) > 1 else first_blocks[0]
+                    with rows_of(first_offset, len(y)):
+                        next_pieces.append((self._later_blocks(s, y, c), c))
+            pieces = next_pieces
+        starts = list(itertools.accumulate([len(p) for p, _ in pieces], initial=0))
+        logits = []
+        for (piece, _), start in zip(pieces, starts):
+            with rows_of(start, len(piece)):
+                logits.append(self.head(piece))
+        back = _inverse(order)
+        logits = (torch.cat(logits) if len(logits) > 1 else logits[0]).index_select(0, back)
+        if not z_per_gate:
+            return DSOutput(logits, x.new_zeros(n, 0, k), torch.zeros(n, 0, dtype=torch.long, device=x.device))
+        return DSOutput(logits, torch.stack(z_per_gate, 1), torch.stack(choice_per_gate, 1))
 
     # --- static subnets -------------------------------------------------------------------------------
     def _bn_keys(self, config: Config) -> dict[str, int]:

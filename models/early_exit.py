@@ -32,7 +32,7 @@ from .errors import UsageError
 from .layers.exit_head import ExitHead
 from .registry import register_model
 from .resnet import RESNET50, RESNET50_WIDTHS, ResNet
-from .trace import current_trace
+from .trace import PerRow, current_trace
 from .decisions import DecisionKind, register_kind
 
 FINAL_EXIT = "fc"
@@ -164,7 +164,9 @@ class EarlyExitResNet(ResNet):
                 confidence = z.softmax(1).amax(1)
                 done = confidence >= threshold if exit_at is None else torch.ones_like(confidence, dtype=torch.bool)
                 forced = trace.forced(name, EXIT) if trace is not None else None
-                if forced is not None:
+                if isinstance(forced, PerRow):
+                    done = torch.tensor(forced, dtype=torch.bool, device=done.device)
+                elif forced is not None:
                     done = torch.full_like(done, bool(forced))
                 if trace is not None:
                     trace.record(
@@ -177,14 +179,15 @@ class EarlyExitResNet(ResNet):
                     )
                 if logits is None:
                     logits = z.new_zeros(len(active), z.shape[1])
-                if bool(done.all()):
+                keep = (~done).nonzero().squeeze(1)  # the exit's one host read: how many rows go on
+                if not len(keep):
                     return logits.index_copy(0, active, z)
-                if bool(done.any()):
-                    logits = logits.index_copy(0, active[done], z[done])
-                    keep = (~done).nonzero().squeeze(1)
+                if len(keep) < len(x):
+                    leaving = torch.where(done.unsqueeze(1), z, logits.index_select(0, active))
+                    logits = logits.index_copy(0, active, leaving)
                     if trace is not None:
                         subsets.enter_context(trace.subset(keep))
-                    x, active = x.index_select(0, keep), active[keep]
+                    x, active = x.index_select(0, keep), active.index_select(0, keep)
             z = self.head(x)
             if trace is not None and trace.forced(FINAL_EXIT, EXIT) is False:
                 raise ValueError("the final exit (fc) cannot be refused: every image leaves there at the latest")

@@ -35,7 +35,7 @@ from .decisions import DecisionKind
 from .errors import UsageError
 from .plugins import DecisionPoint, ModelPlugin, Site
 from .protocol import RouteScopeModel
-from .trace import Trace, current_trace
+from .trace import PerRow, Trace, current_trace
 
 
 class _EndForward(BaseException):
@@ -200,6 +200,8 @@ class PluginModel(RouteScopeModel):
         replaced = None
         forced = trace.forced(point.name, kind) if kind.forcible else None
         ending = point.ending_field()
+        if isinstance(forced, PerRow):
+            raise ValueError(f"plug-in {self.meta['name']!r}: {point.name} takes one forced value for the whole batch")
         if forced is not None:
             if point.force is not None:
                 replaced = point.force(site, forced)

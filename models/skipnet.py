@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .layers.skip_gates import GateBank, build_gates
 from .registry import register_model
 from .resnet import RESNET50, RESNET50_WIDTHS, RESNET101, ResNet
-from .trace import Trace, current_trace
+from .trace import PerRow, Trace, current_trace
 from .decisions import DecisionKind, register_kind
 
 GATE_MODES = ("infer", "st", "sample", "greedy")
@@ -131,17 +131,19 @@ class SkipNet(ResNet):
             p = torch.sigmoid(z)
             on = p > threshold
             forced = trace.forced(name, SKIP) if trace is not None else None
-            if forced is not None:
+            if isinstance(forced, PerRow):
+                on = torch.tensor(forced, dtype=torch.bool, device=on.device)
+            elif forced is not None:
                 on = torch.full_like(on, bool(forced))
             if trace is not None:
                 trace.record(name, SKIP, executed=on, probability=p, **({"forced": True} if forced is not None else {}))
             shortcut = block.shortcut(
                 x
             )  # a skipped identity block returns x itself; a skipped downsampler its projection
-            if bool(on.all()):
+            rows = on.nonzero().squeeze(1)  # the block's one host read: how many rows run it
+            if len(rows) == len(x):
                 x = F.relu(block.residual(x) + shortcut)
-            elif bool(on.any()):
-                rows = on.nonzero().squeeze(1)
+            elif len(rows):
                 with trace.subset(rows) if trace is not None else nullcontext():
                     ran = F.relu(block.residual(x.index_select(0, rows)) + shortcut.index_select(0, rows))
                 x = shortcut.index_copy(0, rows, ran)  # a new tensor: the skipped rows keep their shortcut

@@ -30,6 +30,22 @@ def current_trace() -> "Trace | None":
     return _ACTIVE.get()
 
 
+class PerRow(tuple):
+    """An override with one value per row of the batch, e.g. ``tools.bench`` forcing each image of a batch to the
+    decisions drawn for it. Built in code only (a URL or command line forces one value for every image);
+    ``Trace.forced`` hands each layer its current rows' values, as a ``PerRow`` where they differ. None for a row
+    that never reaches the layer (an image that left at an earlier exit)."""
+
+    @classmethod
+    def combine(cls, per_image: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, "PerRow"]]:
+        """One override dict per image (``{layer: {field: value}}``) as one for the batch of those images."""
+        fields = {(layer, field) for overrides in per_image for layer, forced in overrides.items() for field in forced}
+        out: dict[str, dict[str, PerRow]] = {}
+        for layer, field in sorted(fields):
+            out.setdefault(layer, {})[field] = cls(o.get(layer, {}).get(field) for o in per_image)
+        return out
+
+
 class _MacCounter(TorchDispatchMode):
     """Adds the MACs of every counted ATen op to the samples of the trace's current subset.
 
@@ -81,6 +97,12 @@ class Trace:
         self.unneeded: torch.Tensor | None = None
         self.decisions: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
         self._rows = [torch.arange(batch_size)]
+        per_row = [v for fields in self.overrides.values() for v in fields.values() if isinstance(v, PerRow)]
+        if any(len(v) != batch_size for v in per_row):
+            raise ValueError(f"a per-row override needs one value for each of the {batch_size} inputs")
+        # which rows a subset holds matters only to what is recorded, counted or forced row by row: a forced
+        # forward being timed skips the bookkeeping (and its host read of the rows)
+        self._tracks_rows = observe or bool(per_row)
 
     @property
     def rows(self) -> torch.Tensor:
@@ -90,6 +112,9 @@ class Trace:
     @contextmanager
     def subset(self, local_rows: torch.Tensor) -> Iterator[None]:
         """Run a block on part of the current batch; ``local_rows`` index the current subset."""
+        if not self._tracks_rows:
+            yield
+            return
         self._rows.append(self.rows[local_rows.cpu()])
         try:
             yield
@@ -104,11 +129,16 @@ class Trace:
 
     def forced(self, layer: str, kind: DecisionKind) -> Any | None:
         """The value an override forces for ``layer``'s decision of ``kind`` (its ``forced_field``; None: decide
-        as the model would)."""
+        as the model would); for a per-row override, a ``PerRow`` of the current rows' values where they differ."""
         field = kind.forced_field
         value = self.overrides.get(layer, {}).get(field)
         if value is not None:
             self.applied.add((layer, field))
+        if isinstance(value, PerRow):  # the current rows' values: one value if they agree
+            value = PerRow(value[r] for r in self.rows.tolist())
+            if None in value and any(v is not None for v in value):
+                raise ValueError(f"a per-row override of {layer} must force every row that reaches it")
+            return value[0] if all(v == value[0] for v in value) else value
         return value
 
     def knob(self, name: str, default: float) -> float:
@@ -170,7 +200,11 @@ def check_interventions(
             if field not in kind.forcible:
                 raise ValueError(f"{layer} ({layers[layer]}) can force {', '.join(kind.forcible)}, not {field!r}")
             try:
-                typed.setdefault(layer, {})[field] = kind.typed(field, value)
+                typed.setdefault(layer, {})[field] = (
+                    PerRow(None if v is None else kind.typed(field, v) for v in value)
+                    if isinstance(value, PerRow)
+                    else kind.typed(field, value)
+                )
             except ValueError as e:
                 raise ValueError(f"{layer}.{field} {e}") from None
     declared = model.knobs()

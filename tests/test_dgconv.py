@@ -204,7 +204,7 @@ def test_each_execution_plan_is_the_same_function_and_counting_sees_the_grouped_
     with torch.no_grad():
         assert torch.equal(layer(x), dense) and torch.equal(layer(x), dense)
         layer(x[:1])
-    assert measured == [(2, 16, 7, 7), (1, 16, 7, 7)] and layer.plans[(2, 16, 7, 7)] == "dense"
+    assert measured == [(2, 16, 7, 7), (1, 16, 7, 7)] and layer.plans[("cpu", 2, 16, 7, 7)] == "dense"
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         assert torch.equal(layer(x), grouped)
     assert counter.get_total_flops() == 2 * 2 * layer.conv.weight.numel() * 7 * 7

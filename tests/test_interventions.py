@@ -14,6 +14,8 @@ from routescope.analysis.core.testsets import in_memory_test_set
 from routescope.models import create_model, load_checkpoint
 from routescope.models.trace import traced_forward
 
+from helpers import routing_decisions
+
 SKIPNET = PRETRAINED / "skipnet_resnet20_fmnist_a0.75_fta6kd.pt"
 
 
@@ -215,3 +217,61 @@ def test_sweep_cli_json(capsys):
     assert [r["value"] for r in rows] == [0.3, 0.5]
     assert set(rows[0]) == {"value", "accuracy", "macs_mean", "macs_min", "macs_max"}
     assert sweep.main(["--checkpoint", str(SKIPNET), "--knob", "nope", "--values", "1"]) == 2
+
+
+def _per_image_overrides(model, n: int) -> list[dict]:
+    """A different forced decision at every decision layer for each of ``n`` images (the final exit left free)."""
+    out = []
+    for i in range(n):
+        overrides = {}
+        for j, (layer, kind) in enumerate(model.decision_layers().items()):
+            if kind == "skip":
+                overrides[layer] = {"executed": (i + j) % 2 == 0}
+            elif kind == "width":
+                overrides[layer] = {"width": model.widths_choices[(i + j) % len(model.widths_choices)]}
+            elif kind == "routing":
+                experts = model.get_submodule(layer).conv1.num_experts
+                chosen = ((i + j) % experts, (i + j + 1) % experts)  # two experts: alone, too, it runs the mixture
+                overrides[layer] = {"weights": [0.5 if e in chosen else 0.0 for e in range(experts)]}
+            elif kind == "exit" and layer != "fc" and j <= i % 5 + 2:  # later exits: never reached
+                overrides[layer] = {"exited": j == i % 5 + 2}
+        out.append(overrides)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "skipnet_resnet20_fmnist_a0.75_fta6kd",
+        "dsnet_resnet20_fmnist_sn12_grid4_hw6",
+        "condconv_resnet20_fmnist",
+        "early_exit_resnet20_fmnist",
+    ],
+)
+def test_per_row_overrides_force_each_image_as_alone(name):
+    """A batch forced image by image (``PerRow``, what the bench's batched rows use) computes, decides and counts
+    what each image forced alone does, and a plain forced forward takes the same values."""
+    from routescope.models.trace import PerRow, check_interventions
+    from routescope.models.trace import forced_forward as plain_forced_forward
+
+    model = load_checkpoint(PRETRAINED / f"{name}.pt")
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    singles = _per_image_overrides(model, len(x))
+    batch = PerRow.combine(singles)
+    logits, trace = traced_forward(model, x, overrides=batch)
+    for i in range(len(x)):
+        one, one_trace = traced_forward(model, x[i : i + 1], overrides=singles[i])
+        torch.testing.assert_close(logits[i : i + 1], one, atol=1e-4, rtol=1e-5)
+        assert routing_decisions(trace)[i] == routing_decisions(one_trace)[0]
+        assert trace.macs[i].item() == pytest.approx(one_trace.macs[0].item(), rel=1e-9)
+    with torch.inference_mode():
+        torch.testing.assert_close(plain_forced_forward(model, x, batch), logits, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="one value for each"):
+        traced_forward(model, x[:2], overrides=batch)
+    layer = next(iter(batch))
+    field = next(iter(batch[layer]))
+    with pytest.raises(ValueError, match=layer):
+        check_interventions(model, {layer: {field: PerRow(["nonsense"] * len(x))}}, None)
+    some = {layer: {field: PerRow([batch[layer][field][0]] + [None] * (len(x) - 1))}}
+    with pytest.raises(ValueError, match="every row that reaches it"):
+        traced_forward(model, x, overrides=some)

@@ -3,17 +3,21 @@
 Every featured flagship (and the dense ResNet they are measured against) is loaded on the CPU and on the device.
 On the same test images it compares, batched and at batch 1: the predictions (agreement), the decisions and the
 mean MACs each image really executed; then it times the model against its dense counterpart on the device (batch-1
-latency through the app's and the bench's timing path, batched throughput), alternately in one run. A decision
-whose gate sits on its threshold may flip with float rounding, so agreement is reported, not required to be 1;
-the exit status is non-zero when agreement falls below ``--min-agreement`` or the mean MACs differ by more than 1%.
+latency through the app's and the bench's timing path, batched throughput), alternately in one run, and counts the
+host reads of one batched forward (``models.host_sync.HostReads``; on CUDA also the synchronisations PyTorch
+reports). A decision whose gate sits on its threshold may flip with float rounding, so agreement is reported, not
+required to be 1; the exit status is non-zero when agreement falls below ``--min-agreement`` or the mean MACs differ
+by more than 1%.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import statistics
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +29,9 @@ from routescope.models.checkpoint import CheckpointError, load_checkpoint
 from routescope.models.data import normalize
 from routescope.models.devices import add_device_argument, model_device, resolve_device
 from routescope.models.errors import UsageError
+from routescope.models.host_sync import HostReads
 from routescope.models.trace import forced_forward
+from tools.bench import machine_name
 
 
 def flagship_names() -> list[str]:
@@ -68,6 +74,24 @@ def throughput(model, dense, x: torch.Tensor, rounds: int, device: torch.device)
     return len(x) / a, len(x) / b
 
 
+@torch.no_grad()
+def host_reads(model, x: torch.Tensor) -> tuple[int, int | None]:
+    """Reads of device values by the host in one batched forward (``HostReads``, any device) and, on CUDA, the
+    synchronising operations PyTorch itself reports (``torch.cuda.set_sync_debug_mode``)."""
+    with torch.inference_mode(), HostReads() as reads:
+        model(x)
+    if x.device.type != "cuda":
+        return reads.total, None
+    with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return reads.total, sum("synchroniz" in str(w.message) for w in caught)
+
+
 def check(
     name: str,
     path: Path,
@@ -97,13 +121,14 @@ def check(
     big = x[:batch].to(device) if len(x) >= batch else x.repeat(-(-batch // len(x)), 1, 1, 1)[:batch].to(device)
     row["throughput"], row["throughput_dense"] = throughput(dev_model, dense, big, rounds, device)
     row["batch"] = len(big)
+    row["host_reads"], row["device_syncs"] = host_reads(dev_model, big)
     return row
 
 
 def format_rows(rows: list[dict]) -> str:
     header = (
         f"{'model':<38} {'agree':>6} {'b1 agree':>8} {'same dec':>8} {'MACs cpu':>9} {'MACs dev':>9} "
-        f"{'b1 ms':>7} {'dense ms':>8} {'img/s':>9} {'dense img/s':>11}"
+        f"{'b1 ms':>7} {'dense ms':>8} {'img/s':>9} {'dense img/s':>11} {'reads':>5} {'syncs':>5}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -111,7 +136,8 @@ def format_rows(rows: list[dict]) -> str:
         lines.append(
             f"{r['model']:<38} {r['agreement']:>6.4f} {r['batch1_agreement']:>8.4f} {same:>8} "
             f"{r['macs_cpu'] / 1e6:>8.2f}M {r['macs_device'] / 1e6:>8.2f}M {r['latency_ms']:>7.2f} "
-            f"{r['latency_dense_ms']:>8.2f} {r['throughput']:>9.0f} {r['throughput_dense']:>11.0f}"
+            f"{r['latency_dense_ms']:>8.2f} {r['throughput']:>9.0f} {r['throughput_dense']:>11.0f} "
+            f"{r['host_reads']:>5} {'-' if r['device_syncs'] is None else r['device_syncs']:>5}"
         )
     return "\n".join(lines)
 
@@ -134,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = {Path(c).stem: Path(c) for c in args.checkpoint} or {
             n: bundled_checkpoints()[n] for n in flagship_names()
         }
-        name = (
-            torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else f"{device.type} (torch {torch.__version__})"
-        )
+        name = machine_name(device)
         print(f"device: {device} = {name}; {len(images)} {args.dataset} images; torch {torch.__version__}", flush=True)
         rows = []
         for model_name, path in paths.items():
@@ -150,7 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + format_rows(rows))
     if args.save:
         args.save.write_text(
-            json.dumps({"device": str(device), "device_name": name, "torch": torch.__version__, "rows": rows}, indent=2)
+            json.dumps(
+                {
+                    "device": str(device),
+                    "device_name": name,
+                    "torch": torch.__version__,
+                    "date": dt.date.today().isoformat(),
+                    "command": "python -m tools.device_check " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "singles": args.singles,
+                    "rows": rows,
+                },
+                indent=2,
+            )
             + "\n"
         )
     bad = [

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from routescope.models.devices import model_device
+from routescope.models.host_sync import synchronize
 from routescope.models.protocol import RouteScopeModel
 from routescope.models.trace import check_interventions, forced_forward
 
@@ -60,11 +61,6 @@ def latency_comparison(a: Latency, b: Latency) -> float | None:
 NO_DIFFERENCE = "no measurable difference"
 
 
-def _synchronize(device: torch.device | str | None) -> None:
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def alternating(
     sides: Sequence[Callable[[], object]], rounds: int, device: torch.device | str | None = None
 ) -> list[list[float]]:
@@ -74,10 +70,10 @@ def alternating(
     times: list[list[float]] = [[] for _ in sides]
     for r in range(rounds):
         for side in range(len(sides)) if r % 2 == 0 else reversed(range(len(sides))):
-            _synchronize(device)
+            synchronize(device)
             tic = time.perf_counter()
             sides[side]()
-            _synchronize(device)
+            synchronize(device)
             times[side].append(time.perf_counter() - tic)
     return times
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from ..host_sync import synchronize
 from .batchnorm_fold import bn_scale_shift
 
 STE_KINDS = ("sigmoid", "identity")
@@ -220,6 +221,7 @@ class DGConv2d(nn.Module, _GroupStructure):
 
 PLANS = ("grouped", "dense")  # the exact executions a GroupedConv2d chooses from (see ``GroupedConv2d``)
 PLAN_REPEATS = 7  # timed runs per plan when a shape is first seen (median)
+MEASURED = ("cpu", "cuda", "mps")  # devices whose plans are timed (others, e.g. meta, run "grouped")
 
 
 def _active_dispatch_mode() -> bool:
@@ -238,8 +240,9 @@ class GroupedConv2d(nn.Module, _GroupStructure):
     Execution plan, chosen per input shape by measurement: the grouped conv with its gathers (``"grouped"``: the
     MACs of the structure) or one dense conv whose weight has the zero blocks (``"dense"``: no gathers, every MAC;
     faster where the two channel gathers cost more than the saved multiply-adds, e.g. batched with a permutation).
-    Both compute the same function (equal up to float32 summation order). Each CPU input shape is timed once in
-    inference (``PLAN_REPEATS`` runs of each plan, median); training, other devices and any counting mode (the
+    Both compute the same function (equal up to float32 summation order). Each input shape is timed once per device
+    in inference (``PLAN_REPEATS`` runs of each plan, median, the device's queue drained around each run: on a GPU
+    a grouped conv with many groups is often the slower plan); training, other devices and any counting mode (the
     trace's MAC counter, ``FlopCounterMode``) always run ``"grouped"``, so the reported MACs are the structure's.
     """
 
@@ -252,7 +255,7 @@ class GroupedConv2d(nn.Module, _GroupStructure):
         trivial = _is_identity(perm)
         self.register_buffer("perm", None if trivial else perm)
         self.register_buffer("inverse", None if trivial else inverse)
-        self.plans: dict[tuple[int, ...], str] = {}  # input shape -> the fastest plan measured for it
+        self.plans: dict[tuple, str] = {}  # (device type, *input shape) -> the fastest plan measured for it
         self._dense: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     @classmethod
@@ -318,16 +321,18 @@ class GroupedConv2d(nn.Module, _GroupStructure):
             run(x)
             samples = []
             for _ in range(PLAN_REPEATS):
+                synchronize(x.device)
                 start = time.perf_counter()
                 run(x)
+                synchronize(x.device)
                 samples.append(time.perf_counter() - start)
             timings[plan] = sorted(samples)[len(samples) // 2]
         return min(timings, key=timings.get)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or x.device.type != "cpu" or torch.is_grad_enabled() or _active_dispatch_mode():
+        if self.training or x.device.type not in MEASURED or torch.is_grad_enabled() or _active_dispatch_mode():
             return self._grouped(x)
-        shape = tuple(x.shape)
+        shape = (x.device.type, *x.shape)
         plan = self.plans.get(shape)
         if plan is None:
             plan = self.plans[shape] = self._measure(x)
