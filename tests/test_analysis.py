@@ -407,6 +407,9 @@ def test_paper_scale_forces_the_bundled_rates_onto_resnet110():
     assert abs(share - bundled_share) < 0.1  # the same execution rate, block by block on average
     row = bench.paper_scale_row(bundled, images=2, rounds=1)
     assert row["model"].startswith("skipnet_resnet110") and row["batch"] == 1 and 0.3 < row["mac_ratio"] < 0.9
+    row = bench.paper_scale_row(bundled, images=2, rounds=1, batch=4)  # each image of a batch forced on its own
+    assert row["batch"] == 4 and 0.3 < row["throughput_mac_ratio"] < 0.9 and row["throughput"] > 0
+    assert row["throughput_time_ratio_low"] <= 1 / row["throughput_ratio"] * 1.0001
 
 
 def test_static_frontier_interpolates_in_macs():
@@ -433,6 +436,24 @@ def test_a_speed_target_is_met_only_when_the_whole_interval_clears_it():
     assert target_status(row, ("saving", 0.95), noise=0.01) == "**no**"  # 0.62: below the whole interval
     assert target_status(row, ("ratio", 0.72), noise=0.05) == "not measurable"  # the noise exceeds the margin
     assert target_status({**row, "latency_ratio_high": 0.69, "latency_ratio_low": 0.6}, ("ratio", 0.7), 0.0) == "yes"
+
+
+def test_batched_rows_and_device_checks_are_generated_from_their_saved_runs(tmp_path):
+    assert "No batched paper-scale run" in results.batched_targets(tmp_path)
+    assert "No GPU run recorded yet" in results.device_checks(tmp_path)
+    row = {"model": "m", "batch": 64, "throughput": 300.0, "throughput_ref": 200.0, "throughput_ratio": 1.5}
+    row |= {"throughput_mac_ratio": 0.5, "throughput_time_ratio_low": 0.64, "throughput_time_ratio_high": 0.69}
+    record = {"command": "python -m tools.bench", "machine": "here", "torch": "2", "date": "today", "rows": [row]}
+    (tmp_path / "bench_paper.json").write_text(json.dumps(record))
+    table = results.batched_targets(tmp_path)
+    assert "| `m` | 64 | 0.500 | 0.667 (0.640-0.690) | 67% | saving >= 70% | within noise |" in table
+    check = {"model": "m", "agreement": 1.0, "batch1_agreement": 0.999, "latency_ms": 1.0, "latency_dense_ms": 2.0}
+    check |= {"throughput": 100.0, "throughput_dense": 50.0, "host_reads": 2, "device_syncs": 3, "batch": 256}
+    run = {"device": "cuda", "device_name": "GPU X", "torch": "2", "date": "today", "command": "c", "singles": 8}
+    (tmp_path / "device_check_cuda.json").write_text(json.dumps(run | {"rows": [check]}))
+    text = results.device_checks(tmp_path)
+    assert "GPU X" in text and "| 1.0000 / 0.9990 | 1.00 | 2.00 | 0.500 | 100 | 50 | 2.000 | 2 | 3 |" in text
+    assert "No GPU run" not in text
 
 
 def test_a_method_that_saves_no_macs_keeps_its_latency_target_at_paper_scale():

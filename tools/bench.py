@@ -42,7 +42,7 @@ from routescope.models.devices import add_device_argument, model_device, resolve
 from routescope.models.errors import UsageError
 from routescope.models.inference import fast_form
 from routescope.models.protocol import RouteScopeModel, RunsCompiled
-from routescope.models.trace import check_interventions, forced_forward, traced_forward
+from routescope.models.trace import PerRow, check_interventions, forced_forward, traced_forward
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -205,12 +205,14 @@ def paper_scale_row(
     size: int | None = None,
     device: torch.device | str = "cpu",
     target: torch.nn.Module | None = None,
+    batch: int = 0,
 ) -> dict | None:
     """``bundled``'s method on ``net`` (``PAPER_NETS``) at ``size`` x ``size`` x 3 with random weights, its decisions
     forced to the rates ``bundled`` shows on the bundled test subset (each kind's ``KindView.force_like``), timed at
     batch 1 against the dense ``net`` in the same form, alternately. ``target``: time this model (a converted
-    checkpoint, in its fast form) instead of a random-weight ``net``. None if no kind of the method can be forced or
-    the method has no ``net``."""
+    checkpoint, in its fast form) instead of a random-weight ``net``. ``batch``: also the throughput of batches of
+    that many images, each image forced to decisions of its own (``PerRow``), against the dense ``net`` on the same
+    batch. None if no kind of the method can be forced or the method has no ``net``."""
     side, layout_keys = PAPER_NETS[net]
     size = size or (target.meta["input_size"][-1] if target is not None else side)
     table = dataset_table(bundled, *load_test_images())
@@ -248,6 +250,7 @@ def paper_scale_row(
     times, times_ref = alternating([subject, batch_one_pass(dense, xs)], rounds, device)
     latency, latency_ref = (t / len(xs) for t in medians([times, times_ref]))
     low, high = ratio_interval(times, times_ref)
+    batched = batched_forced_throughput(target, dense, samplers, rng, batch, size, rounds, device) if batch else {}
     return {
         "model": label,
         "method": bundled.meta["method"],
@@ -265,9 +268,43 @@ def paper_scale_row(
         "throughput_ref": None,
         "throughput_ratio": None,
         "batch": 1,
+        **batched,
         "images": images,
         "image_size": size,
         "threads": torch.get_num_threads(),
+    }
+
+
+@torch.no_grad()
+def batched_forced_throughput(
+    target: torch.nn.Module,
+    dense: torch.nn.Module,
+    samplers: list[Callable],
+    rng: np.random.Generator,
+    batch: int,
+    size: int,
+    rounds: int,
+    device: torch.device | str,
+) -> dict:
+    """Images per second of ``target`` on a batch of random images, each forced to decisions drawn for it, and of
+    ``dense`` on the same batch, alternately; with the batch's own MAC ratio and the interval of the time ratio."""
+    x = torch.randn(batch, 3, size, size).to(device)
+    drawn = [{layer: fields for sample in samplers for layer, fields in sample(rng).items()} for _ in range(batch)]
+    overrides = check_interventions(target, PerRow.combine(drawn), None)[0]
+    macs = float(traced_forward(target, x, overrides=overrides)[1].macs.mean())
+    forward = lambda: forced_forward(target, x, overrides, checked=True)  # noqa: E731
+    forward(), dense(x)  # warm-up
+    times, times_ref = alternating([forward, lambda: dense(x)], rounds, device)
+    seconds, seconds_ref = medians([times, times_ref])
+    low, high = ratio_interval(times, times_ref)
+    return {
+        "batch": batch,
+        "throughput": batch / seconds,
+        "throughput_ref": batch / seconds_ref,
+        "throughput_ratio": seconds_ref / seconds,
+        "throughput_time_ratio_low": low,
+        "throughput_time_ratio_high": high,
+        "throughput_mac_ratio": macs / count_macs(dense, x[:1]),
     }
 
 
@@ -412,6 +449,14 @@ def main(argv: list[str] | None = None) -> int:
         help="with --scale paper: time this converted checkpoint (models.convert) with its method's flagship decision "
         "rates forced, against its dense network",
     )
+    p.add_argument(
+        "--paper-batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --scale paper: also time batches of N images, each forced to decisions of its own, against the "
+        "dense network on the same batch (0: batch 1 only)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--save",
@@ -479,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                         rounds=args.rounds,
                         size=args.image_size,
                         device=device,
+                        batch=args.paper_batch,
                     )
                     rows += [row] if row is not None else []
         else:
