@@ -202,6 +202,11 @@ CONVERTED_CONDCONV = 1.15  # a converted CondConv EfficientNet against its dense
 GATE_OVERHEAD = 1.1  # DS-Net against its static subnets of equal MACs: what its gates and dispatch may cost
 
 
+def interval_text(r: dict) -> str:
+    """The interval of a row's latency ratio as " (low-high)"; "" for a row saved before intervals were recorded."""
+    return f" ({r['latency_ratio_low']:.3f}-{r['latency_ratio_high']:.3f})" if "latency_ratio_low" in r else ""
+
+
 def target_status(r: dict, target: tuple[str, float], noise: float) -> str:
     """ "yes" when the whole interval of the ratio (interquartile range of the alternating rounds) clears the target,
     "**no**" when none of it does, "within noise" between; "not measurable" when the run's same-vs-same spread
@@ -248,7 +253,7 @@ def speed_targets(folder: Path = PRETRAINED) -> str:
     by_method = {method: entry.get("speed_target") for method, entry in featured(folder).items()}
     rows += [
         (r, paper_target(by_method.get(r.get("method"))))
-        for path in sorted(folder.glob("bench_paper*.json"))
+        for path in cpu_runs(folder, "bench_paper*.json")
         for r in saved_bench(path)["rows"]
     ]
     # the converted CondConv EfficientNet-B0 with its own routing (router and mixture per image), for comparison
@@ -260,7 +265,7 @@ def speed_targets(folder: Path = PRETRAINED) -> str:
         share = (1 - r["latency_ratio"]) / (1 - r["mac_ratio"]) if r["mac_ratio"] < 1 else None
         kind, value = target
         wanted = f"saving >= {value:.0%}" if kind == "saving" else f"latency ratio <= {value:.2f}"
-        interval = f" ({r['latency_ratio_low']:.3f}-{r['latency_ratio_high']:.3f})" if "latency_ratio_low" in r else ""
+        interval = interval_text(r)
         against = "" if r["vs"].startswith("dense") and r["vs"] != OWN_ROUTING else f" vs {r['vs']}"
         lines.append(
             f"| `{r['model']}`{against} | {r['mac_ratio']:.3f} | {r['latency_ratio']:.3f}{interval} | "
@@ -278,22 +283,26 @@ def speed_targets(folder: Path = PRETRAINED) -> str:
 
 
 BATCHED_TARGET = 0.70  # share of the MAC saving that should show in batched throughput (the issue sets it on a GPU)
+GPU_LATENCY, GPU_THROUGHPUT = 1.2, 0.8  # the 28 x 28 flagships on a GPU: batch-1 latency at most, throughput at least
+GPU = "_cuda.json"  # a saved run of tools/device_run.sh on a GPU (bench_cuda.json, bench_paper_cuda.json, ...)
 
 
-def batched_targets(folder: Path = PRETRAINED) -> str:
-    """The paper-scale rows measured batched (``tools.bench --scale paper --paper-batch N``): throughput against the
-    dense network on the same batch, each image forced to decisions of its own, set against BATCHED_TARGET."""
-    records = [saved_bench(path) for path in sorted(folder.glob("bench_paper*.json"))]
-    rows = [(record, r) for record in records for r in record["rows"] if r.get("throughput") is not None]
-    if not rows:
-        return (
-            "_No batched paper-scale run saved yet: `python -m tools.bench --scale paper --paper-batch 64 --save ...`._"
-        )
+def cpu_runs(folder: Path, pattern: str) -> list[Path]:
+    """The saved runs matching ``pattern`` measured here (the GPU's runs have their own block)."""
+    return [path for path in sorted(folder.glob(pattern)) if not path.name.endswith(GPU)]
+
+
+def batched_table(record: dict) -> list[str]:
+    """A bench record's batched paper-scale rows (``--paper-batch N``), set against BATCHED_TARGET."""
     lines = [
+        bench_source(record),
+        "",
         "| model | batch | MAC ratio | time ratio (interval) | MAC saving shown in throughput | target | met |",
         "|---|---|---|---|---|---|---|",
     ]
-    for _, r in rows:
+    for r in record["rows"]:
+        if r.get("throughput") is None:
+            continue
         timed = {
             "mac_ratio": r["throughput_mac_ratio"],
             "latency_ratio": 1 / r["throughput_ratio"],
@@ -306,11 +315,56 @@ def batched_targets(folder: Path = PRETRAINED) -> str:
         wanted = f"saving >= {BATCHED_TARGET:.0%}" if saving else f"time ratio <= {CONVERTED_CONDCONV:.2f}"
         lines.append(
             f"| `{r['model']}` | {r['batch']} | {timed['mac_ratio']:.3f} | {timed['latency_ratio']:.3f} "
-            f"({timed['latency_ratio_low']:.3f}-{timed['latency_ratio_high']:.3f}) | {share} | {wanted} | "
+            f"{interval_text(timed).strip()} | {share} | {wanted} | "
             f"{target_status(timed, target, 0.0)} |"
         )
-    record = rows[0][0]
-    return "\n".join([bench_source(record), "", *lines])
+    return lines
+
+
+def batched_targets(folder: Path = PRETRAINED) -> str:
+    """The paper-scale rows measured batched here (``tools.bench --scale paper --paper-batch N``): throughput
+    against the dense network on the same batch, each image forced to decisions of its own."""
+    records = [saved_bench(path) for path in cpu_runs(folder, "bench_paper*.json")]
+    records = [r for r in records if any(row.get("throughput") is not None for row in r["rows"])]
+    if not records:
+        return "_No batched paper-scale run saved yet: `python -m tools.bench --scale paper --paper-batch 64`._"
+    return "\n\n".join("\n".join(batched_table(record)) for record in records)
+
+
+def gpu_targets(folder: Path = PRETRAINED) -> str:
+    """The runs of ``tools/device_run.sh`` on a GPU (``bench_cuda.json``, ``bench_paper_cuda.json``) against the
+    issue's GPU targets: each 28 x 28 flagship's batch-1 latency at most GPU_LATENCY and batch-256 throughput at
+    least GPU_THROUGHPUT of the dense network's, and the paper-scale batches' BATCHED_TARGET."""
+    bench, paper = saved_bench(folder / f"bench{GPU}"), saved_bench(folder / f"bench_paper{GPU}")
+    if bench is None and paper is None:
+        return (
+            "_No GPU run recorded yet: on a lent GPU, `sh tools/device_run.sh` (see below), its JSON copied into "
+            "models/pretrained/, then `python -m routescope.analysis.results --update`._"
+        )
+    lines = []
+    if bench is not None:
+        flagships = {entry["flagship"] for entry in featured(folder).values()}
+        lines += [
+            bench_source(bench),
+            "",
+            "| model | MAC ratio | batch-1 latency ratio (interval) | target | met | batch | throughput ratio | "
+            "target | met |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in bench["rows"]:
+            if r["model"] not in flagships or not r["vs"].startswith("dense"):
+                continue
+            interval = interval_text(r)
+            met = "yes" if r["throughput_ratio"] >= GPU_THROUGHPUT else "**no**"
+            lines.append(
+                f"| `{r['model']}` | {r['mac_ratio']:.3f} | {r['latency_ratio']:.3f}{interval} | "
+                f"<= {GPU_LATENCY:.2f} | {target_status(r, ('ratio', GPU_LATENCY), 0.0)} | {r['batch']} | "
+                f"{r['throughput_ratio']:.3f} | >= {GPU_THROUGHPUT:.2f} | {met} |"
+            )
+        lines.append("")
+    if paper is not None:
+        lines += batched_table(paper)
+    return "\n".join(lines).strip()
 
 
 def training(entry: dict) -> str:
@@ -541,11 +595,13 @@ def device_checks(folder: Path = PRETRAINED) -> str:
 
 
 def speed_block(arg: str, folder: Path) -> str:
-    """``speed:targets``, ``speed:batched``, else the rows of ``bench[_ARG].json``."""
+    """``speed:targets``, ``speed:batched``, ``speed:gpu``, else the rows of ``bench[_ARG].json``."""
     if arg == "targets":
         return speed_targets(folder)
     if arg == "batched":
         return batched_targets(folder)
+    if arg == "gpu":
+        return gpu_targets(folder)
     return speed_table(folder / f"bench{'_' + arg if arg else ''}.json")
 
 
