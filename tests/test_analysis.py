@@ -454,6 +454,10 @@ def test_batched_rows_and_device_checks_are_generated_from_their_saved_runs(tmp_
     text = results.device_checks(tmp_path)
     assert "GPU X" in text and "| 1.0000 / 0.9990 | 1.00 | 2.00 | 0.500 | 100 | 50 | 2.000 | 2 | 3 |" in text
     assert "No GPU run" not in text
+    assert "No GPU run recorded yet" in results.gpu_targets(tmp_path)
+    (tmp_path / "bench_paper_cuda.json").write_text(json.dumps(record | {"machine": "GPU X"}))
+    assert "on GPU X" in results.gpu_targets(tmp_path)
+    assert results.batched_targets(tmp_path) == table, "a GPU's run stays out of this machine's tables"
 
 
 def test_a_method_that_saves_no_macs_keeps_its_latency_target_at_paper_scale():
