@@ -594,14 +594,36 @@ def device_checks(folder: Path = PRETRAINED) -> str:
     return "\n".join(lines).strip()
 
 
+def plans_table(folder: Path = PRETRAINED) -> str:
+    """``tools.bench --plans``: batched throughput with the measured plans against the reference plans."""
+    record = saved_bench(folder / "bench_plans.json")
+    if record is None:
+        return "_Not measured yet: `python -m tools.bench --plans --save models/pretrained/bench_plans.json`._"
+    lines = [
+        bench_source(record),
+        "",
+        "| model | batch | plans chosen (layers) | throughput (img/s) | reference plans | time ratio (interval) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        chosen = ", ".join(f"{plan} ({n})" for plan, n in r["plans"].items())
+        lines.append(
+            f"| `{r['model']}` | {r['batch']} | {chosen} | {r['throughput']:,.0f} | {r['throughput_ref']:,.0f} | "
+            f"{r['time_ratio']:.3f} ({r['time_ratio_low']:.3f}-{r['time_ratio_high']:.3f}) |"
+        )
+    return "\n".join(lines)
+
+
 def speed_block(arg: str, folder: Path) -> str:
-    """``speed:targets``, ``speed:batched``, ``speed:gpu``, else the rows of ``bench[_ARG].json``."""
+    """``speed:targets``, ``speed:batched``, ``speed:gpu``, ``speed:plans``, else the rows of ``bench[_ARG].json``."""
     if arg == "targets":
         return speed_targets(folder)
     if arg == "batched":
         return batched_targets(folder)
     if arg == "gpu":
         return gpu_targets(folder)
+    if arg == "plans":
+        return plans_table(folder)
     return speed_table(folder / f"bench{'_' + arg if arg else ''}.json")
 
 

@@ -310,3 +310,29 @@ def test_upcycled_experts_reproduce_the_dense_network_at_neutral_routing(tmp_pat
         assert torch.allclose(block.conv1.experts[0], block.conv1.experts[3])
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(model(x), dense.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_batched_plans_compute_the_same_and_are_measured_once_per_shape(monkeypatch):
+    """A batch in chunks runs each example's own mixture and conv, as the whole batch does; which plan runs is
+    measured once per shape in inference, and autograd and counting always run the whole batch at once."""
+    from routescope.models.layers import plans
+    from routescope.models.layers.condconv import CHUNKS
+
+    layer = CondConv2d(8, 8, 3, padding=1).eval()
+    x, routing = torch.randn(40, 8, 7, 7), torch.rand(40, 4)
+    with torch.no_grad():
+        whole = layer._mixed(x, routing)
+        for n in CHUNKS:
+            torch.testing.assert_close(layer._chunked(x, routing, n), whole, rtol=0, atol=1e-6)
+    chosen = []
+    monkeypatch.setattr(plans, "fastest", lambda options, device: chosen.append(sorted(options)) or "chunks of 16")
+    with torch.no_grad():
+        layer(x, routing), layer(x, routing)
+        with FlopCounterMode(display=False):
+            layer(x, routing)
+    with torch.enable_grad():
+        layer(x, routing)
+    assert chosen == [["chunks of 16", "chunks of 32", "whole batch"]], "measured once; 40 examples: no chunk of 64"
+    assert layer.plans.chosen == {("cpu", 40, 8, 7, 7): "chunks of 16"}
+    layer.fold_batchnorm(torch.nn.BatchNorm2d(8).eval())
+    assert layer.plans.chosen == {}, "new weights: measured again"

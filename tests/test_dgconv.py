@@ -18,6 +18,7 @@ from routescope.models.cost import count_macs, full_macs
 from routescope.models.data import FASHION_MNIST
 from routescope.models.dgconv import DGConvResNet
 from routescope.models.layers.dgconv import DGConv2d, GroupedConv2d, group_index, kron_mask
+from routescope.models.layers import plans
 from routescope.models.recipes.dgconv import BudgetedStage, DGConvOptions, budget_loss, dgconv_recipe
 from routescope.models.trace import traced_forward
 
@@ -200,11 +201,12 @@ def test_each_execution_plan_is_the_same_function_and_counting_sees_the_grouped_
         grouped, dense = layer._grouped(x), layer._dense_conv(x)
     assert torch.allclose(grouped, dense, atol=1e-5)
     measured = []
-    monkeypatch.setattr(GroupedConv2d, "_measure", lambda self, x: measured.append(tuple(x.shape)) or "dense")
+    monkeypatch.setattr(plans, "fastest", lambda options, device: measured.append(sorted(options)) or "dense")
     with torch.no_grad():
         assert torch.equal(layer(x), dense) and torch.equal(layer(x), dense)
         layer(x[:1])
-    assert measured == [(2, 16, 7, 7), (1, 16, 7, 7)] and layer.plans[("cpu", 2, 16, 7, 7)] == "dense"
+    assert measured == [["dense", "grouped"]] * 2, "once per input shape"
+    assert set(layer.plans.chosen) == {("cpu", 2, 16, 7, 7), ("cpu", 1, 16, 7, 7)}
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         assert torch.equal(layer(x), grouped)
     assert counter.get_total_flops() == 2 * 2 * layer.conv.weight.numel() * 7 * 7

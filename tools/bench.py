@@ -22,6 +22,7 @@ import os
 import platform
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,6 +43,7 @@ from routescope.models.devices import add_device_argument, model_device, resolve
 from routescope.models.errors import UsageError
 from routescope.models.inference import fast_form
 from routescope.models.protocol import RouteScopeModel, RunsCompiled
+from routescope.models.layers.plans import MeasuredPlans, reference_plans
 from routescope.models.trace import PerRow, check_interventions, forced_forward, traced_forward
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -309,6 +311,42 @@ def batched_forced_throughput(
 
 
 @torch.no_grad()
+def plan_rows(path: Path, images: torch.Tensor, batch: int, rounds: int, device: torch.device) -> list[dict]:
+    """Batched throughput of a model whose layers run the plans measured fastest (``models.layers.plans``: DGConv's
+    exported convs, CondConv's chunks) against the same model running every layer's reference plan, alternately;
+    [] for a model without such layers."""
+    model = load_checkpoint(path, map_location=device)
+    layers = [m for m in model.modules() if isinstance(getattr(m, "plans", None), MeasuredPlans)]
+    if not layers:
+        return []
+    x = normalize(images, model.meta["mean"], model.meta["std"])
+    x = x.repeat(-(-batch // len(x)), 1, 1, 1)[:batch].to(device)
+
+    def reference() -> None:
+        with reference_plans():
+            model(x)
+
+    with torch.inference_mode():
+        model(x), reference()  # the first call measures each layer's plans for this shape
+        times, times_ref = alternating([lambda: model(x), reference], rounds, device)
+    chosen = Counter(plan for m in layers for key, plan in m.plans.chosen.items() if key[1] == len(x))
+    seconds, seconds_ref = medians([times, times_ref])
+    low, high = ratio_interval(times, times_ref)
+    return [
+        {
+            "model": model.meta["name"],
+            "batch": len(x),
+            "plans": dict(sorted(chosen.items())),
+            "throughput": len(x) / seconds,
+            "throughput_ref": len(x) / seconds_ref,
+            "time_ratio": seconds / seconds_ref,
+            "time_ratio_low": low,
+            "time_ratio_high": high,
+        }
+    ]
+
+
+@torch.no_grad()
 def profile_table(model: torch.nn.Module, images: torch.Tensor, rows: int = 15) -> str:
     """``torch.profiler`` over batch-1 forwards of the model and of its dense counterpart: operators by self CPU
     time (where the time goes when the latency ratio does not follow the MAC ratio)."""
@@ -393,6 +431,18 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save_record(path: Path, rows: list[dict], device: torch.device, argv: list[str] | None) -> None:
+    """The rows with the date, machine, torch and command (what ``analysis.results`` generates the docs from)."""
+    record = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine_name(device),
+        "torch": torch.__version__,
+        "command": "python -m tools.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "rows": rows,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", action="append", default=[], help="benchmark these (default: every bundled model)")
@@ -457,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --scale paper: also time batches of N images, each forced to decisions of its own, against the "
         "dense network on the same batch (0: batch 1 only)",
     )
+    p.add_argument(
+        "--plans",
+        action="store_true",
+        help="batched throughput with each layer's measured plan against every layer's reference plan "
+        "(models with such layers: DGConv, CondConv)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--save",
@@ -489,6 +545,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         model = load_checkpoint(args.profile)
         print(profile_table(model, images_of(model)))
+        return 0
+    if args.plans:
+        rows = [
+            row
+            for path in paths
+            for row in plan_rows(
+                path, images_of(load_checkpoint(path)), args.batch or DEFAULT_BATCH, args.rounds, device
+            )
+        ]
+        for r in rows:
+            print(
+                f"{r['model']:<38} batch {r['batch']}: {r['throughput']:.0f} img/s with {r['plans']} vs "
+                f"{r['throughput_ref']:.0f} with the reference plans: time ratio {r['time_ratio']:.3f} "
+                f"({r['time_ratio_low']:.3f}-{r['time_ratio_high']:.3f})"
+            )
+        if args.save:
+            save_record(args.save, rows, device, argv)
         return 0
     if args.formats:
         rows = [row for path in paths for row in form_rows(path, images_of(load_checkpoint(path)), args.rounds)]
@@ -535,14 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.save:
-        record = {
-            "date": dt.date.today().isoformat(),
-            "machine": machine_name(device),
-            "torch": torch.__version__,
-            "command": "python -m tools.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "rows": rows,
-        }
-        args.save.write_text(json.dumps(record, indent=2) + "\n")
+        save_record(args.save, rows, device, argv)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

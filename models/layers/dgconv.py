@@ -23,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from ..host_sync import synchronize
 from .batchnorm_fold import bn_scale_shift
+from .plans import MeasuredPlans
 
 STE_KINDS = ("sigmoid", "identity")
 
@@ -219,30 +219,17 @@ class DGConv2d(nn.Module, _GroupStructure):
         )
 
 
-PLANS = ("grouped", "dense")  # the exact executions a GroupedConv2d chooses from (see ``GroupedConv2d``)
-PLAN_REPEATS = 7  # timed runs per plan when a shape is first seen (median)
-MEASURED = ("cpu", "cuda", "mps")  # devices whose plans are timed (others, e.g. meta, run "grouped")
-
-
-def _active_dispatch_mode() -> bool:
-    """Whether a ``TorchDispatchMode`` (the trace's MAC counter, ``FlopCounterMode``) is watching the operators."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return _get_current_dispatch_mode() is not None
-
-
 class GroupedConv2d(nn.Module, _GroupStructure):
     """Exported DGConv2d: gather channels by group, ``nn.Conv2d(C, C, k, groups=G)``, scatter back.
 
     Buffers keep the learned gates (so ``mask()`` and ``group_of_channel()`` still work) and the two
     permutations (``None`` when the groups are already contiguous: no gather at all).
 
-    Execution plan, chosen per input shape by measurement: the grouped conv with its gathers (``"grouped"``: the
-    MACs of the structure) or one dense conv whose weight has the zero blocks (``"dense"``: no gathers, every MAC;
-    faster where the two channel gathers cost more than the saved multiply-adds, e.g. batched with a permutation).
-    Both compute the same function (equal up to float32 summation order). Each input shape is timed once per device
-    in inference (``PLAN_REPEATS`` runs of each plan, median, the device's queue drained around each run: on a GPU
-    a grouped conv with many groups is often the slower plan); training, other devices and any counting mode (the
+    Execution plan, chosen per device and input shape by measurement (``layers.plans``): the grouped conv with its
+    gathers (``"grouped"``: the MACs of the structure) or one dense conv whose weight has the zero blocks
+    (``"dense"``: no gathers, every MAC; faster where the two channel gathers cost more than the saved multiply-adds,
+    e.g. batched with a permutation, and on a GPU, where a grouped conv with many groups is often slower). Both
+    compute the same function (equal up to float32 summation order). Training, autograd and any counting mode (the
     trace's MAC counter, ``FlopCounterMode``) always run ``"grouped"``, so the reported MACs are the structure's.
     """
 
@@ -255,7 +242,7 @@ class GroupedConv2d(nn.Module, _GroupStructure):
         trivial = _is_identity(perm)
         self.register_buffer("perm", None if trivial else perm)
         self.register_buffer("inverse", None if trivial else inverse)
-        self.plans: dict[tuple, str] = {}  # (device type, *input shape) -> the fastest plan measured for it
+        self.plans = MeasuredPlans()
         self._dense: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     @classmethod
@@ -293,7 +280,8 @@ class GroupedConv2d(nn.Module, _GroupStructure):
         bias = self.conv.bias * s + t if self.conv.bias is not None else t
         self.conv.weight.mul_(s.view(-1, 1, 1, 1))
         self.conv.bias = nn.Parameter(bias.clone(), requires_grad=False)
-        self._dense, self.plans = None, {}  # the weights changed: the dense plan's weight and timings are stale
+        self._dense = None  # the weights changed: the dense plan's weight and timings are stale
+        self.plans.forget()
         return self
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
@@ -311,32 +299,9 @@ class GroupedConv2d(nn.Module, _GroupStructure):
         conv = self.conv
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
 
-    @torch.no_grad()
-    def _measure(self, x: torch.Tensor) -> str:
-        """The faster plan on ``x``, each timed ``PLAN_REPEATS`` times after a warm-up (median)."""
-        import time
-
-        timings = {}
-        for plan, run in (("grouped", self._grouped), ("dense", self._dense_conv)):
-            run(x)
-            samples = []
-            for _ in range(PLAN_REPEATS):
-                synchronize(x.device)
-                start = time.perf_counter()
-                run(x)
-                synchronize(x.device)
-                samples.append(time.perf_counter() - start)
-            timings[plan] = sorted(samples)[len(samples) // 2]
-        return min(timings, key=timings.get)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or x.device.type not in MEASURED or torch.is_grad_enabled() or _active_dispatch_mode():
-            return self._grouped(x)
-        shape = (x.device.type, *x.shape)
-        plan = self.plans.get(shape)
-        if plan is None:
-            plan = self.plans[shape] = self._measure(x)
-        return self._dense_conv(x) if plan == "dense" else self._grouped(x)
+        plans = {"grouped": lambda: self._grouped(x), "dense": lambda: self._dense_conv(x)}
+        return self.plans.run(self, x, plans, reference="grouped")
 
     def dense_weight(self) -> torch.Tensor:
         return dense_from_grouped(self.conv.weight.detach(), self.gates)

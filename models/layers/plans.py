@@ -1,0 +1,83 @@
+"""The fastest exact execution of a layer, chosen by measurement once per device and input shape.
+
+Some layers can compute their function in more than one way: DGConv's exported conv as the grouped conv with its
+channel gathers or as one dense conv holding the zero blocks; CondConv's per-example convolution over the whole batch
+or over chunks of it that stay in cache. Which is faster depends on the device, the shape and the machine, so each
+plan is timed ``PLAN_REPEATS`` times (median, the device's queue drained around each run) the first time an input
+shape is seen in inference. Training, autograd and any counting mode (the trace's MAC counter, ``FlopCounterMode``)
+run the layer's reference plan, the one its method describes, so what is counted is that plan's work.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from ..host_sync import synchronize
+
+PLAN_REPEATS = 7  # timed runs per plan when a shape is first seen (median)
+MEASURED = ("cpu", "cuda", "mps")  # devices whose plans are timed (others, e.g. meta, run the reference plan)
+_REFERENCE_ONLY: ContextVar[bool] = ContextVar("routescope_reference_plans", default=False)
+
+
+@contextmanager
+def reference_plans() -> Iterator[None]:
+    """Every layer runs its reference plan inside (what ``tools.bench --plans`` times the measured choice against)."""
+    token = _REFERENCE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE_ONLY.reset(token)
+
+
+def counting() -> bool:
+    """Whether a ``TorchDispatchMode`` (the trace's MAC counter, ``FlopCounterMode``) is watching the operators."""
+    return _get_current_dispatch_mode() is not None
+
+
+def fastest(plans: dict[str, Callable[[], torch.Tensor]], device: torch.device) -> str:
+    """The name of the fastest plan, each run once to warm up, then timed ``PLAN_REPEATS`` times (median)."""
+    timings = {}
+    for name, run in plans.items():
+        run()
+        samples = []
+        for _ in range(PLAN_REPEATS):
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            samples.append(time.perf_counter() - start)
+        timings[name] = sorted(samples)[len(samples) // 2]
+    return min(timings, key=timings.get)
+
+
+class MeasuredPlans:
+    """A layer's choice among exact plans, per ``(device type, *input shape)``; ``chosen`` holds what was measured."""
+
+    def __init__(self) -> None:
+        self.chosen: dict[tuple, str] = {}
+
+    def run(
+        self, layer: nn.Module, x: torch.Tensor, plans: dict[str, Callable[[], torch.Tensor]], reference: str
+    ) -> torch.Tensor:
+        """``plans[reference]()`` in training, autograd, a counting mode or on an unmeasured device; else the plan
+        measured fastest for ``x``'s device and shape (measured now if this is the first such input)."""
+        if layer.training or x.device.type not in MEASURED or torch.is_grad_enabled() or counting():
+            return plans[reference]()
+        if _REFERENCE_ONLY.get():
+            return plans[reference]()
+        key = (x.device.type, *x.shape)
+        name = self.chosen.get(key)
+        if name is None:
+            name = self.chosen[key] = fastest(plans, x.device)
+        return plans[name]()
+
+    def forget(self) -> None:
+        """Drop every measurement (the layer's weights changed)."""
+        self.chosen.clear()
