@@ -8,6 +8,7 @@ import torch
 
 from routescope.analysis import figures, results
 from tools import bench
+from routescope.analysis.core.catalog import PRETRAINED
 from routescope.analysis.core.attributions import explain_decision, explain_prediction
 from routescope.analysis.core.charts import top_classes
 from routescope.analysis.core.kinds import attribution_targets, inspect_charts, kind_views
@@ -436,6 +437,17 @@ def test_a_speed_target_is_met_only_when_the_whole_interval_clears_it():
     assert target_status(row, ("saving", 0.95), noise=0.01) == "**no**"  # 0.62: below the whole interval
     assert target_status(row, ("ratio", 0.72), noise=0.05) == "not measurable"  # the noise exceeds the margin
     assert target_status({**row, "latency_ratio_high": 0.69, "latency_ratio_low": 0.6}, ("ratio", 0.7), 0.0) == "yes"
+
+
+def test_bench_plans_times_measured_against_reference_plans(tmp_path, capsys):
+    out = tmp_path / "bench_plans.json"
+    args = ["--plans", "--batch", "24", "--rounds", "2", "--images", "8", "--save", str(out)]
+    condconv, dense = PRETRAINED / "condconv_resnet20_fmnist.pt", PRETRAINED / "resnet20_fmnist.pt"
+    assert bench.main(args + ["--checkpoint", str(condconv), "--checkpoint", str(dense)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]  # the dense ResNet has no layer with plans: no row
+    assert row["model"] == "condconv_resnet20_fmnist" and row["batch"] == 24 and sum(row["plans"].values()) == 6
+    assert "with the reference plans" in capsys.readouterr().out
+    assert "| `condconv_resnet20_fmnist` | 24 |" in results.plans_table(tmp_path)
 
 
 def test_batched_rows_and_device_checks_are_generated_from_their_saved_runs(tmp_path):
