@@ -119,7 +119,8 @@ def decide_routing(router: Router, x: torch.Tensor, layer: str) -> tuple[torch.T
     """The routing a CondConv block named ``layer`` runs with, as ``(weights (B, E), what the convs take)``: its
     router's on ``x``, or the one an override of the active trace forces (the router then does not run); recorded
     to the trace (``"forced": true`` when forced). A forced routing that is all on one expert is handed to the
-    convs as that expert's index (``CondConv2d.expert_forward``: its kernel alone, no mixture). Shared by every
+    convs as that expert's index (``CondConv2d.expert_forward``: its kernel alone, no mixture), a per-row one with
+    one expert per image as their indices (each expert's images together). Shared by every
     model whose blocks route their CondConv layers with one router (``models.efficientnet`` too)."""
     trace = current_trace()
     forced = trace.forced(layer, ROUTING) if trace is not None else None
@@ -129,7 +130,10 @@ def decide_routing(router: Router, x: torch.Tensor, layer: str) -> tuple[torch.T
         routing = forced_routing(forced, x.new_zeros(x.shape[0], router.fc.out_features))
     if trace is not None:
         trace.record(layer, ROUTING, weights=routing, **({"forced": True} if forced is not None else {}))
-    expert = one_expert(forced) if forced is not None and not isinstance(forced, PerRow) else None
+    if isinstance(forced, PerRow):  # one expert per image where every image is forced onto one
+        experts = [one_expert(weights) for weights in forced]
+        return routing, routing if None in experts else torch.tensor(experts, device=x.device)
+    expert = one_expert(forced) if forced is not None else None
     return routing, (routing if expert is None else expert)
 
 

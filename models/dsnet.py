@@ -46,7 +46,7 @@ import functools
 import itertools
 import math
 from contextlib import nullcontext
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, ContextManager, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -55,6 +55,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from .errors import UsageError
 from .layers.batchnorm_fold import fold_weights
+from .layers.row_groups import group_rows, inverse_permutation
 from .layers.slimmable import SlimBatchNorm2d, SlimConv2d, WidthGate
 from .registry import register_model
 from .resnet import RESNET50, RESNET50_WIDTHS, BasicBlock, Bottleneck, ResNet, make_stem, stage_layers
@@ -84,9 +85,37 @@ WIDTH = register_kind(
 )
 
 
-def _inverse(order: torch.Tensor) -> torch.Tensor:
-    """The permutation that puts rows in ``order`` back where they came from."""
-    return torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` without the copy of a single part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class _GroupedBatch:
+    """A batch being run group by group (``DSResNet._dynamic_grouped``): ``pieces``, contiguous runs of rows at one
+    width choice (their channels differ), and ``order``, the input row of each position."""
+
+    def __init__(self, x: torch.Tensor, trace: Trace | None) -> None:
+        self.pieces: list[tuple[torch.Tensor, int]] = [(x, 0)]  # (rows, the choice they ran at)
+        self.order = torch.arange(len(x), device=x.device)
+        self.trace = trace
+
+    def starts(self) -> list[int]:
+        return list(itertools.accumulate([len(p) for p, _ in self.pieces], initial=0))
+
+    def rows(self, start: int, count: int) -> ContextManager:
+        """Inside: the trace works on the positions ``start..start+count`` (nothing to do without a trace or for
+        the whole batch)."""
+        if self.trace is None or count == len(self.order):
+            return nullcontext()
+        return self.trace.subset(self.order[start : start + count])
+
+    def each_piece(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """``fn`` on each piece, each inside its rows."""
+        out = []
+        for (piece, _), start in zip(self.pieces, self.starts()):
+            with self.rows(start, len(piece)):
+                out.append(fn(piece))
+        return out
 
 
 class DSOutput(NamedTuple):
@@ -502,104 +531,100 @@ class DSResNet(ResNet):
     def _dynamic_grouped(self, x: torch.Tensor, trace: Trace | None) -> DSOutput:
         """Stages and head on a batch, each stage once per chosen width: the rows of one width run together.
 
-        The batch is kept as *pieces*, contiguous runs of rows at one width (channels differ between pieces), and
-        ``order``, the input row of each position. At a gate the rows are sorted by (choice, piece) on the device
-        and the group sizes are read once (the stage's only host read); a stage's first block runs once per
-        (previous width, width) pair, as its BN statistics and input channels depend on both, its later blocks
-        once per width. Logits, width logits and choices return in the input's order (differentiable: cat and
-        index_select). Each group runs inside ``trace.subset`` of its rows when tracing.
+        At a gate the rows are sorted by (choice, previous choice) on the device and the group sizes are read once
+        (the stage's only host read); a stage's first block runs once per (previous width, width) pair, as its BN
+        statistics and input channels depend on both, its later blocks once per width (``_run_grouped``). Logits,
+        width logits and choices return in the input's order (differentiable: cat and index_select). Each group
+        runs inside ``trace.subset`` of its rows when tracing.
         """
-        n, k = len(x), self.num_choices
-        pieces: list[tuple[torch.Tensor, int]] = [(x, 0)]  # (rows, the choice they ran at) in the current order
-        order = torch.arange(n, device=x.device)
+        batch = _GroupedBatch(x, trace)
         z_per_gate, choice_per_gate = [], []
-
-        def rows_of(start: int, count: int):  # the trace's view of the current positions start..start+count
-            return trace.subset(order[start : start + count]) if trace is not None and count < n else nullcontext()
-
         for s in range(1, len(self.widths) + 1):
-            name = f"layer{s}"
-            starts = list(itertools.accumulate([len(p) for p, _ in pieces], initial=0))
-            attention_from = None
-            if name in self.gates:
-                gate = self.gates[name]
-                hidden = []
-                for (piece, _), start in zip(pieces, starts):
-                    with rows_of(start, len(piece)):
-                        hidden.append(gate.hidden(piece))
-                h = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
-                z = self._tilted(gate.width_logits(h), trace)  # > 0 tilts towards wider choices, < 0 narrower
-                choice = z.argmax(1)
-                forced = trace.forced(name, WIDTH) if trace is not None else None
-                if isinstance(forced, PerRow):  # given in the input's order
-                    choice = torch.tensor([self.choice_of(w) for w in forced], device=x.device).index_select(0, order)
-                elif forced is not None:
-                    choice = torch.full_like(choice, self.choice_of(forced))
-                back = _inverse(order)
-                z_batch, choice_batch = z.index_select(0, back), choice.index_select(0, back)
-                z_per_gate.append(z_batch)
-                choice_per_gate.append(choice_batch)
-                if trace is not None:
-                    options, on_host = self.stage_channels[s - 1], choice_batch.cpu()
-                    trace.record(
-                        name,
-                        WIDTH,
-                        width=torch.tensor(self.widths_choices, dtype=torch.float64)[on_host],
-                        channels=torch.tensor(options)[on_host],
-                        max_channels=options[-1],
-                        probabilities=z_batch.softmax(1),  # kept differentiable for attributions (keep_tensors)
-                        **({"forced": True} if forced is not None else {}),
-                    )
-                attention_from = (gate, h)
-                piece_of = torch.cat([torch.full((len(p),), i, device=x.device) for i, (p, _) in enumerate(pieces)])
-                key = choice * len(pieces) + piece_of  # choice-major: the rows of one width end up contiguous
-                sizes = torch.zeros(k * len(pieces), dtype=torch.long, device=x.device)
-                sizes = sizes.index_add_(0, key, torch.ones_like(key)).tolist()  # the one host read of this stage
-            else:  # a fixed stage runs every row at its one width
-                sizes = [len(p) for p, _ in pieces] + [0] * ((k - 1) * len(pieces))
-            groups = [(c, i) for c in range(k) for i in range(len(pieces)) if sizes[c * len(pieces) + i]]
-            if [i for _, i in groups] == list(range(len(pieces))):
-                perm = None  # each piece chose one width, in the order of the pieces: nothing moves
-            else:
-                perm = torch.sort(key, stable=True).indices
-                order = order.index_select(0, perm)
-            h_sorted = None
-            if attention_from is not None:
-                h_sorted = attention_from[1] if perm is None else attention_from[1].index_select(0, perm)
-            offset, next_pieces = 0, []
-            for c in range(k):
-                first_blocks, first_offset = [], offset
-                for i, (piece, in_index) in enumerate(pieces):
-                    count = sizes[c * len(pieces) + i]
-                    if not count:
-                        continue
-                    if count == len(piece):
-                        rows = piece  # stable sort: a piece that chose one width keeps its order
-                    else:
-                        rows = piece.index_select(0, perm[offset : offset + count] - starts[i])
-                    with rows_of(offset, count):
-                        attention = None
-                        if attention_from is not None:
-                            attention = attention_from[0].attention(
-                                h_sorted[offset : offset + count], self.inner_of(s, c)
-                            )
-                        first_blocks.append(self._first_block(s, rows, c, in_index, attention))
-                    offset += count
-                if first_blocks:
-                    y = torch.cat(first_blocks) if len(first_blocks) > 1 else first_blocks[0]
-                    with rows_of(first_offset, len(y)):
-                        next_pieces.append((self._later_blocks(s, y, c), c))
-            pieces = next_pieces
-        starts = list(itertools.accumulate([len(p) for p, _ in pieces], initial=0))
-        logits = []
-        for (piece, _), start in zip(pieces, starts):
-            with rows_of(start, len(piece)):
-                logits.append(self.head(piece))
-        back = _inverse(order)
-        logits = (torch.cat(logits) if len(logits) > 1 else logits[0]).index_select(0, back)
+            gate = self.gates[f"layer{s}"] if f"layer{s}" in self.gates else None
+            choice = h = None
+            if gate is not None:
+                h = _cat(batch.each_piece(gate.hidden))
+                choice, z_in_order, choice_in_order = self._decide_widths(s, h, batch.order, trace)
+                z_per_gate.append(z_in_order)
+                choice_per_gate.append(choice_in_order)
+            self._run_grouped(s, batch, choice, gate, h)
+        logits = _cat(batch.each_piece(self.head)).index_select(0, inverse_permutation(batch.order))
+        n, k = len(x), self.num_choices
         if not z_per_gate:
             return DSOutput(logits, x.new_zeros(n, 0, k), torch.zeros(n, 0, dtype=torch.long, device=x.device))
         return DSOutput(logits, torch.stack(z_per_gate, 1), torch.stack(choice_per_gate, 1))
+
+    def _decide_widths(
+        self, s: int, h: torch.Tensor, order: torch.Tensor, trace: Trace | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage ``s``'s gate on the hidden features ``h`` (rows in the current ``order``), forced and recorded as
+        the trace says: the choice in the current order, then the width logits and the choice in the input's."""
+        name = f"layer{s}"
+        z = self._tilted(self.gates[name].width_logits(h), trace)  # > 0 tilts towards wider choices, < 0 narrower
+        choice = z.argmax(1)
+        forced = trace.forced(name, WIDTH) if trace is not None else None
+        if isinstance(forced, PerRow):  # given in the input's order
+            choice = torch.tensor([self.choice_of(w) for w in forced], device=h.device).index_select(0, order)
+        elif forced is not None:
+            choice = torch.full_like(choice, self.choice_of(forced))
+        back = inverse_permutation(order)
+        z_in_order, choice_in_order = z.index_select(0, back), choice.index_select(0, back)
+        if trace is not None:
+            options, on_host = self.stage_channels[s - 1], choice_in_order.cpu()
+            trace.record(
+                name,
+                WIDTH,
+                width=torch.tensor(self.widths_choices, dtype=torch.float64)[on_host],
+                channels=torch.tensor(options)[on_host],
+                max_channels=options[-1],
+                probabilities=z_in_order.softmax(1),  # kept differentiable for attributions (keep_tensors)
+                **({"forced": True} if forced is not None else {}),
+            )
+        return choice, z_in_order, choice_in_order
+
+    def _run_grouped(
+        self,
+        s: int,
+        batch: "_GroupedBatch",
+        choice: torch.Tensor | None,
+        gate: WidthGate | None,
+        h: torch.Tensor | None,
+    ) -> None:
+        """Stage ``s`` on ``batch`` at each row's ``choice`` (None: a fixed stage, every row at its one width): the
+        rows sorted by (choice, piece), the first block once per non-empty (choice, piece), the rest once per choice;
+        ``batch`` then holds one piece per choice taken."""
+        pieces, k, starts = batch.pieces, self.num_choices, batch.starts()
+        if choice is None:
+            perm, sizes = None, [len(p) for p, _ in pieces] + [0] * ((k - 1) * len(pieces))
+        else:
+            piece_of = torch.cat([torch.full((len(p),), i, device=choice.device) for i, (p, _) in enumerate(pieces)])
+            # choice-major: the rows of one width end up contiguous; the sizes are this stage's one host read
+            perm, sizes = group_rows(choice * len(pieces) + piece_of, k * len(pieces))
+        groups = [(c, i) for c in range(k) for i in range(len(pieces)) if sizes[c * len(pieces) + i]]
+        if [i for _, i in groups] == list(range(len(pieces))):
+            perm = None  # each piece chose one width, in the order of the pieces: nothing moves
+        else:
+            batch.order = batch.order.index_select(0, perm)
+            h = h.index_select(0, perm)
+        offset, next_pieces = 0, []
+        for c in range(k):
+            first, start = [], offset
+            for i, (piece, in_index) in enumerate(pieces):
+                count = sizes[c * len(pieces) + i]
+                if not count:
+                    continue
+                span = slice(offset, offset + count)
+                # stable sort: a piece that chose one width keeps its order
+                rows = piece if count == len(piece) else piece.index_select(0, perm[span] - starts[i])
+                with batch.rows(offset, count):
+                    attention = None if gate is None else gate.attention(h[span], self.inner_of(s, c))
+                    first.append(self._first_block(s, rows, c, in_index, attention))
+                offset += count
+            if first:
+                y = _cat(first)
+                with batch.rows(start, len(y)):
+                    next_pieces.append((self._later_blocks(s, y, c), c))
+        batch.pieces = next_pieces
 
     # --- static subnets -------------------------------------------------------------------------------
     def _bn_keys(self, config: Config) -> dict[str, int]:

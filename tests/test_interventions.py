@@ -275,3 +275,29 @@ def test_per_row_overrides_force_each_image_as_alone(name):
     some = {layer: {field: PerRow([batch[layer][field][0]] + [None] * (len(x) - 1))}}
     with pytest.raises(ValueError, match="every row that reaches it"):
         traced_forward(model, x, overrides=some)
+
+
+def test_per_row_one_expert_each_runs_each_experts_images_together():
+    """CondConv forced onto one expert per image (what the bench's batched rows force): each expert's images run
+    its kernel alone, as each image forced alone does (``CondConv2d.expert_forward``), with the same MACs."""
+    from routescope.models.layers.condconv import CondConv2d
+    from routescope.models.trace import PerRow
+
+    model = load_checkpoint(PRETRAINED / "condconv_resnet20_fmnist.pt")
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    layers = [name for name, kind in model.decision_layers().items() if kind == "routing"]
+    singles = [
+        {layer: {"weights": [float(e == (i + j) % 4) for e in range(4)]} for j, layer in enumerate(layers)}
+        for i in range(6)
+    ]
+    mixed = []
+    original = CondConv2d._mixed
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CondConv2d, "_mixed", lambda self, *a: mixed.append(1) or original(self, *a))
+        logits, trace = traced_forward(model, x, overrides=PerRow.combine(singles))
+    assert not mixed, "no kernel mixture runs: each image's one expert"
+    for i in range(len(x)):
+        one, one_trace = traced_forward(model, x[i : i + 1], overrides=singles[i])
+        torch.testing.assert_close(logits[i : i + 1], one, atol=1e-4, rtol=1e-5)
+        assert routing_decisions(trace)[i] == routing_decisions(one_trace)[0]
+        assert trace.macs[i].item() == pytest.approx(one_trace.macs[0].item(), rel=1e-9)

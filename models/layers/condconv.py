@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from .batchnorm_fold import bn_scale_shift
 from .plans import MeasuredPlans
+from .row_groups import group_rows, inverse_permutation
 
 CHUNKS = (64, 32, 16)  # the chunk sizes a batched CondConv2d may run in (see the module's docstring)
 
@@ -79,15 +80,26 @@ class CondConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, routing: torch.Tensor | int) -> torch.Tensor:
         """``routing`` (B, E) mixes each example's kernel; an ``int`` is the one expert every example runs (a routing
-        forced to weight 1 on one expert, 0 on the others): its kernel as it is, no mixture, one plain conv."""
+        forced to weight 1 on one expert, 0 on the others): its kernel as it is, no mixture, one plain conv; an
+        integer tensor (B,) one expert per example, each expert's examples together."""
         if isinstance(routing, int):
             return self.expert_forward(x, routing)
+        if not routing.is_floating_point():
+            return self._per_expert(x, routing)
         b = x.shape[0]
         if routing.shape != (b, self.num_experts):
             raise ValueError(f"routing must be ({b}, {self.num_experts}), got {tuple(routing.shape)}")
         plans = {"whole batch": lambda: self._mixed(x, routing)}
         plans |= {f"chunks of {n}": functools.partial(self._chunked, x, routing, n) for n in CHUNKS if b > n}
         return self.plans.run(self, x, plans, reference="whole batch") if len(plans) > 1 else self._mixed(x, routing)
+
+    def _per_expert(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Example ``i`` through expert ``experts[i]`` alone: the examples sorted by expert on the device, one read of
+        how many each expert has, one plain conv per expert, the outputs back in the batch's order."""
+        order, sizes = group_rows(experts, self.num_experts)
+        groups = x.index_select(0, order).split(sizes)
+        y = torch.cat([self.expert_forward(g, e) for e, g in enumerate(groups) if len(g)])
+        return y.index_select(0, inverse_permutation(order))
 
     def _chunked(self, x: torch.Tensor, routing: torch.Tensor, n: int) -> torch.Tensor:
         return torch.cat([self._mixed(xc, rc) for xc, rc in zip(x.split(n), routing.split(n))])
