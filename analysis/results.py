@@ -15,6 +15,7 @@ import json
 import re
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -164,10 +165,22 @@ def saved_bench(bench_path: Path) -> dict | None:
     return json.loads(bench_path.read_text()) if bench_path.exists() else None
 
 
+def memory_formats(rows: list[dict]) -> str:
+    """What memory format the timed networks chose (rows saved before ``models.memory_format``: nothing)."""
+    formats = Counter(f for r in rows for f in r.get("memory_formats", []) if f)
+    sides = sum(formats.values())
+    chosen = ", ".join(f"{name} on {n} of {sides} timed sides" for name, n in formats.most_common())
+    return (
+        f" Weights in the memory format each network measured faster (`models.memory_format`): {chosen}."
+        if chosen
+        else ""
+    )
+
+
 def bench_source(record: dict) -> str:
     return (
         f"Measured by `{record['command']}` on {record['machine']} (torch {record['torch']}), {record['date']}; "
-        "ratios are model / reference, measured alternately in one run."
+        "ratios are model / reference, measured alternately in one run." + memory_formats(record.get("rows", []))
     )
 
 
@@ -571,7 +584,7 @@ def device_checks(folder: Path = PRETRAINED) -> str:
         lines += [
             f"Measured by `{run['command']}` on {run['device_name']} (torch {run['torch']}), {run['date']}; "
             f"batch-1 over {run['singles']} images, throughput at batch {run['rows'][0]['batch']}, "
-            f"ratios against the dense network in the same form, alternately in one run.",
+            f"ratios against the dense network in the same form, alternately in one run." + memory_formats(run["rows"]),
             "",
             "| model | agreement with the CPU (batched / batch 1) | batch-1 latency (ms) | dense (ms) | ratio "
             "| throughput (img/s) | dense (img/s) | ratio | host reads per batch | synchronisations reported |",

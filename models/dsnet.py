@@ -196,6 +196,22 @@ class DSBlock(nn.Module):
             folded[(k_in, c, key)] = (path, shortcut)
         self.folded = folded
 
+    def _apply(self, fn, recurse: bool = True):
+        """``Module.to`` (device, dtype, memory format) reaches the folded weights too: they are not parameters."""
+        if self.folded is not None:
+
+            def convert(t: torch.Tensor | None) -> torch.Tensor | None:
+                return None if t is None else fn(t)
+
+            self.folded = {
+                key: (
+                    [(convert(w), convert(b)) for w, b in path],
+                    None if shortcut is None else tuple(map(convert, shortcut)),
+                )
+                for key, (path, shortcut) in self.folded.items()
+            }
+        return super()._apply(fn, recurse)
+
     def _forward_folded(self, x: torch.Tensor, channels: int, key: int, attention: torch.Tensor | None) -> torch.Tensor:
         path, shortcut = self.folded[(x.shape[1], channels, key)]
         h = x

@@ -12,7 +12,9 @@ form removes operators without changing what is computed:
 - modules that have a cheaper inference computation provide ``prepare_fast_form()`` (``protocol.PreparesFastForm``:
   SkipNet's recurrent gate as one affine map and one sigmoid per step);
 - no autograd bookkeeping (``requires_grad_(False)``); callers may run it under ``no_grad`` or
-  ``torch.inference_mode``, which decide and count the same.
+  ``torch.inference_mode``, which decide and count the same;
+- the weights in the memory format measured faster for the model on its device (``models.memory_format``:
+  channels-last or contiguous), the dense counterpart chosen the same way.
 
 The form counts exactly the multiply-adds of the training form (BatchNorm is not a multiply-add that
 ``FlopCounterMode`` counts; a folded bias is an addition), so traces, golden files and MAC ratios do not
@@ -26,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from .layers.batchnorm_fold import fold_weights
+from .memory_format import choose_memory_format
 from .protocol import FoldsBatchNorm, FoldsOwnBatchNorms, PreparesFastForm, RouteScopeModel
 
 FORMS = ("fast", "train")
@@ -86,16 +89,21 @@ def fold_batchnorms(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def fast_form(model: RouteScopeModel) -> RouteScopeModel:
-    """``model`` (in eval mode) turned into its fast inference form, in place: a model made for inference only."""
+def fast_form(model: RouteScopeModel, input_size: tuple[int, int, int] | None = None) -> RouteScopeModel:
+    """``model`` (in eval mode) turned into its fast inference form, in place: a model made for inference only.
+    ``input_size`` (default: ``model.meta["input_size"]``, where there is one) is what the memory format is
+    measured with."""
     model.eval()
+    if input_size is None:
+        input_size = getattr(model, "meta", {}).get("input_size")
     counterpart = model.dense_counterpart()
     if counterpart is not None:  # built from the training-form weights, before they are folded; in the same form
-        model.keep_dense_counterpart(fast_form(counterpart.eval()))
+        model.keep_dense_counterpart(fast_form(counterpart.eval(), input_size))
     fold_batchnorms(model)
     for m in model.modules():
         if isinstance(m, PreparesFastForm):
             m.prepare_fast_form()
     model.requires_grad_(False).eval()  # the folded convs are new modules: in eval mode like the rest
     model.is_fast_form = True
+    choose_memory_format(model, input_size)
     return model

@@ -26,6 +26,7 @@ class RouteScopeModel(nn.Module):
     static_variants: str | None = None  # label prefix of the evaluation_variants() that are static networks
     benchmark_batch: int | None = None  # the batch tools.bench measures throughput at (None: its default)
     is_fast_form: bool = False  # set by models.inference.fast_form; save_checkpoint refuses such a model
+    memory_format: str = "contiguous"  # of the weights (models.memory_format; the fast form measures it)
 
     def decision_layers(self) -> dict[str, str]:
         """``{layer: kind name}`` of every per-image decision the model can take (what overrides may name)."""

@@ -333,7 +333,7 @@ def test_batched_plans_compute_the_same_and_are_measured_once_per_shape(monkeypa
     with torch.enable_grad():
         layer(x, routing)
     assert chosen == [["chunks of 16", "chunks of 32", "whole batch"]], "measured once; 40 examples: no chunk of 64"
-    assert layer.plans.chosen == {("cpu", 40, 8, 7, 7): "chunks of 16"}
+    assert layer.plans.chosen == {("cpu", True, 40, 8, 7, 7): "chunks of 16"}
     monkeypatch.setattr(layer, "_chunked", lambda *args: pytest.fail("reference_plans runs the whole batch"))
     with torch.no_grad(), plans.reference_plans():
         torch.testing.assert_close(layer(x, routing), whole, rtol=0, atol=1e-6)

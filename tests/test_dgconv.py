@@ -206,7 +206,7 @@ def test_each_execution_plan_is_the_same_function_and_counting_sees_the_grouped_
         assert torch.equal(layer(x), dense) and torch.equal(layer(x), dense)
         layer(x[:1])
     assert measured == [["dense", "grouped"]] * 2, "once per input shape"
-    assert set(layer.plans.chosen) == {("cpu", 2, 16, 7, 7), ("cpu", 1, 16, 7, 7)}
+    assert set(layer.plans.chosen) == {("cpu", True, 2, 16, 7, 7), ("cpu", True, 1, 16, 7, 7)}
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         assert torch.equal(layer(x), grouped)
     assert counter.get_total_flops() == 2 * 2 * layer.conv.weight.numel() * 7 * 7

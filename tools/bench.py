@@ -44,6 +44,7 @@ from routescope.models.errors import UsageError
 from routescope.models.inference import fast_form
 from routescope.models.protocol import RouteScopeModel, RunsCompiled
 from routescope.models.layers.plans import MeasuredPlans, reference_plans
+from routescope.models.memory_format import FORMATS, set_memory_format
 from routescope.models.trace import PerRow, check_interventions, forced_forward, traced_forward
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -169,9 +170,15 @@ def bench_model(model: RouteScopeModel, images: torch.Tensor, batch: int | None 
                 "images": len(images),
                 "image_size": images.shape[-1],
                 "threads": torch.get_num_threads(),
+                "memory_formats": formats_of(subject, reference),
             }
         )
     return rows
+
+
+def formats_of(*forwards: Forward) -> list[str | None]:
+    """The memory format each side's weights run in (``models.memory_format``; None: a forward of another model's)."""
+    return [getattr(f, "memory_format", None) for f in forwards]
 
 
 # the networks of ``--scale paper``: the CIFAR ResNet-110 of the SkipNet and SDN papers and the ImageNet ResNet-50
@@ -232,7 +239,7 @@ def paper_scale_row(
     if converted:
         label = f"{target.meta['name']} at {size}x{size} (converted, decisions of {bundled.meta['name']})"
     else:
-        target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).to(device).eval())
+        target = fast_form(create_model(arch, num_classes=10, in_chans=3, **config).to(device).eval(), (3, size, size))
     dense = target.dense_counterpart()
     reference = getattr(dense, "arch", target.arch) if converted else net  # a converted model's own dense network
     samplers = [v.force_like(table, bundled, target) for v in views]
@@ -257,6 +264,7 @@ def paper_scale_row(
         "model": label,
         "method": bundled.meta["method"],
         "vs": f"dense {reference}, same form",
+        "memory_formats": formats_of(target, dense),
         "test_acc": None,
         "macs_mean": statistics.mean(macs),
         "macs_ref": dense_macs,
@@ -329,7 +337,7 @@ def plan_rows(path: Path, images: torch.Tensor, batch: int, rounds: int, device:
     with torch.inference_mode():
         model(x), reference()  # the first call measures each layer's plans for this shape
         times, times_ref = alternating([lambda: model(x), reference], rounds, device)
-    chosen = Counter(plan for m in layers for key, plan in m.plans.chosen.items() if key[1] == len(x))
+    chosen = Counter(plan for m in layers for (_, _, batch, *_), plan in m.plans.chosen.items() if batch == len(x))
     seconds, seconds_ref = medians([times, times_ref])
     low, high = ratio_interval(times, times_ref)
     return [
@@ -381,11 +389,8 @@ def form_rows(path: Path, images: torch.Tensor, rounds: int) -> list[dict]:
         if isinstance(module, RunsCompiled) and module.compiled:
             module.compiled = False  # the compiled batch-1 kernels off (models.layers.fused)
     options = {
-        "fast form": (fast, x),
-        "fast form, channels_last": (
-            copy.deepcopy(fast).to(memory_format=torch.channels_last),
-            x.contiguous(memory_format=torch.channels_last),
-        ),
+        f"fast form (measured: {fast.memory_format})": (fast, x),
+        **{f"fast form, {name}": (set_memory_format(copy.deepcopy(fast), name), x) for name in FORMATS},
         "fast form, no compiled kernels": (operators_only, x),
     }
     rows = []

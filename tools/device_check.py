@@ -122,6 +122,7 @@ def check(
     row["throughput"], row["throughput_dense"] = throughput(dev_model, dense, big, rounds, device)
     row["batch"] = len(big)
     row["host_reads"], row["device_syncs"] = host_reads(dev_model, big)
+    row["memory_formats"] = [getattr(f, "memory_format", None) for f in (dev_model, dense)]  # measured on the device
     return row
 
 

@@ -284,6 +284,11 @@ class GroupedConv2d(nn.Module, _GroupStructure):
         self.plans.forget()
         return self
 
+    def _apply(self, fn, recurse: bool = True):
+        """After ``Module.to`` (device, dtype, memory format) the dense plan's weight is made again from the new one."""
+        self._dense = None
+        return super()._apply(fn, recurse)
+
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
         if self.perm is None:
             return self.conv(x)
@@ -294,7 +299,12 @@ class GroupedConv2d(nn.Module, _GroupStructure):
             bias = self.conv.bias
             if bias is not None and self.inverse is not None:
                 bias = bias.index_select(0, self.inverse)
-            self._dense = (self.dense_weight().contiguous(), None if bias is None else bias.detach())
+            w = self.conv.weight
+            channels_last = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+            weight = self.dense_weight().contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format
+            )
+            self._dense = (weight, None if bias is None else bias.detach())
         weight, bias = self._dense
         conv = self.conv
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)

@@ -58,7 +58,8 @@ def fastest(plans: dict[str, Callable[[], torch.Tensor]], device: torch.device) 
 
 
 class MeasuredPlans:
-    """A layer's choice among exact plans, per ``(device type, *input shape)``; ``chosen`` holds what was measured."""
+    """A layer's choice among exact plans, per ``(device type, contiguous?, *input shape)``; ``chosen`` holds what
+    was measured."""
 
     def __init__(self) -> None:
         self.chosen: dict[tuple, str] = {}
@@ -72,7 +73,7 @@ class MeasuredPlans:
             return plans[reference]()
         if _REFERENCE_ONLY.get():
             return plans[reference]()
-        key = (x.device.type, *x.shape)
+        key = (x.device.type, x.is_contiguous(), *x.shape)  # the layout too: channels-last may change the fastest
         name = self.chosen.get(key)
         if name is None:
             name = self.chosen[key] = fastest(plans, x.device)

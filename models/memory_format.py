@@ -1,0 +1,86 @@
+"""The memory format of a fast form's weights, chosen by measurement once per model and device.
+
+Why: PyTorch runs a batch-1 convolution of these small networks either through its NCHW path (im2col + GEMM,
+``aten::_slow_conv2d_forward``) or, when the tensors are channels-last, through oneDNN. Which is faster depends on
+the machine: on one CPU of these sessions channels-last made the dense ResNet-20 1.65 times faster at batch 1 and
+1.5 times batched, on an earlier one it was slower at 28 x 28. So ``models.inference.fast_form`` times the model in
+both formats on a batch-1 input of its own size (alternately, median) and keeps the faster; the dense counterpart
+it is compared with is chosen the same way, so both sides run their own fastest form.
+
+The weights decide: a convolution whose weight is channels-last returns channels-last activations whatever its
+input's layout, so the network follows from its first conv without converting the caller's input (and a
+1-channel image is both layouts). The format never changes what is computed (equal up to float32 summation order).
+
+``ROUTESCOPE_MEMORY_FORMAT`` = ``auto`` (measure, the default), ``contiguous`` or ``channels_last`` fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from statistics import median
+
+import torch
+import torch.nn as nn
+
+from .devices import model_device
+from .errors import UsageError
+from .host_sync import synchronize
+from .layers.plans import MEASURED
+
+ENV = "ROUTESCOPE_MEMORY_FORMAT"
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+ROUNDS = 3  # alternating rounds (ABBA order) per format when measuring
+FORWARDS = 4  # timed batch-1 forwards per round
+
+
+def requested_memory_format() -> str:
+    """``$ROUTESCOPE_MEMORY_FORMAT`` (``auto`` when unset); a ``UsageError`` for any other value."""
+    name = os.environ.get(ENV) or "auto"
+    if name != "auto" and name not in FORMATS:
+        raise UsageError(f"{ENV}={name!r}: expected auto, {' or '.join(FORMATS)}")
+    return name
+
+
+def set_memory_format(model: nn.Module, name: str) -> nn.Module:
+    """``model`` with its 4-D weights in format ``name`` (``Module.to``; modules holding derived weights convert
+    them in ``_apply``), recorded as ``model.memory_format``."""
+    model.to(memory_format=FORMATS[name])
+    model.memory_format = name
+    return model
+
+
+@torch.no_grad()  # not inference_mode: the converted weights must stay usable by autograd (captum's attributions)
+def fastest_memory_format(model: nn.Module, input_size: tuple[int, int, int]) -> str:
+    """The format in which ``model`` runs batch-1 forwards of a random ``input_size`` image faster, timed
+    alternately; the model is left in the last format it was timed in."""
+    device = model_device(model)
+    x = torch.randn(1, *input_size, device=device)
+    samples: dict[str, list[float]] = {name: [] for name in FORMATS}
+    for r in range(ROUNDS):
+        for name in FORMATS if r % 2 == 0 else reversed(FORMATS):
+            set_memory_format(model, name)
+            model(x)  # warm-up (and the layers' plans for this format)
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(FORWARDS):
+                model(x)
+            synchronize(device)
+            samples[name].append(time.perf_counter() - start)
+    return min(samples, key=lambda name: median(samples[name]))
+
+
+def choose_memory_format(model: nn.Module, input_size: tuple[int, int, int] | None) -> str:
+    """Put ``model`` in the requested format, or the measured faster one (``auto``; contiguous where there is no
+    input size to measure with, no input of that size runs through it, or the device's speed is not measured);
+    returns its name."""
+    name = requested_memory_format()
+    if name == "auto":
+        name = "contiguous"
+        if input_size is not None and model_device(model).type in MEASURED:
+            try:
+                name = fastest_memory_format(model, tuple(input_size))
+            except RuntimeError:  # the input does not run through it: check_usable says why, in the user's words
+                name = "contiguous"
+    set_memory_format(model, name)
+    return name

@@ -1,0 +1,107 @@
+"""The fast form runs its weights in the memory format measured faster (issue "Speed on every device": against what
+a user would pick instead, the dense network in its own fastest form); either format computes the same function."""
+
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from routescope.analysis.core.catalog import bundled_checkpoints, featured
+from routescope.analysis.core.table import load_test_images
+from routescope.models import load_checkpoint
+from routescope.models import memory_format as mf
+from routescope.models.data import normalize
+from routescope.models.errors import UsageError
+from routescope.models.trace import traced_forward
+
+from helpers import routing_decisions
+
+FLAGSHIPS = [entry["flagship"] for entry in featured().values()]
+CL = torch.channels_last
+
+
+def conv_weights(model: nn.Module) -> list[torch.Tensor]:
+    """Every 4-D weight a forward can use, the DS-Net's folded per-width weights included."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    for m in model.modules():
+        for path, shortcut in (getattr(m, "folded", None) or {}).values():
+            weights += [w for w, _ in path] + ([shortcut[0]] if shortcut else [])
+    return weights
+
+
+def in_layout(t: torch.Tensor, name: str) -> bool:
+    ambiguous = t.is_contiguous() and t.is_contiguous(memory_format=CL)  # e.g. one input channel: both layouts
+    return ambiguous or t.is_contiguous(memory_format=mf.FORMATS[name])
+
+
+@pytest.mark.parametrize("name", FLAGSHIPS)
+def test_either_format_computes_the_same_decisions_and_logits(name, monkeypatch):
+    x = load_test_images()[0][:64]
+    runs = {}
+    for fmt in mf.FORMATS:
+        monkeypatch.setenv(mf.ENV, fmt)
+        model = load_checkpoint(bundled_checkpoints()[name])
+        dense = model.dense_counterpart()
+        assert model.memory_format == fmt and (dense is None or dense.memory_format == fmt)
+        assert all(in_layout(w, fmt) for w in conv_weights(model)), f"{name}: a weight is not {fmt}"
+        xn = normalize(x, model.meta["mean"], model.meta["std"])
+        with torch.inference_mode():
+            batch_one = torch.cat([model(xn[i : i + 1]) for i in range(8)])
+            batched = model(xn)
+        logits, trace = traced_forward(model, xn)
+        runs[fmt] = (batch_one, batched, logits, routing_decisions(trace))
+    (b1, bn, lg, dec), (b1_cl, bn_cl, lg_cl, dec_cl) = runs.values()
+    assert dec == dec_cl
+    for a, b in ((b1, b1_cl), (bn, bn_cl), (lg, lg_cl)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+class _LayoutSensitive(nn.Module):
+    """A conv that is slow in one layout (a sleep), to check that the measurement keeps the faster one."""
+
+    def __init__(self, slow: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.slow = slow
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if in_layout(self.conv.weight, self.slow):
+            time.sleep(0.002)
+        return F.relu(self.conv(x))
+
+
+@pytest.mark.parametrize("slow", list(mf.FORMATS))
+def test_auto_keeps_the_format_measured_faster(slow, monkeypatch):
+    monkeypatch.delenv(mf.ENV, raising=False)
+    model = _LayoutSensitive(slow).eval()
+    chosen = mf.choose_memory_format(model, (2, 8, 8))
+    assert chosen == model.memory_format and chosen != slow
+    assert in_layout(model.conv.weight, chosen) and not in_layout(model.conv.weight, slow)
+    assert mf.choose_memory_format(_LayoutSensitive(slow), None) == "contiguous", "nothing to measure with"
+
+
+def test_the_environment_fixes_the_format_and_rejects_other_values(monkeypatch):
+    monkeypatch.setenv(mf.ENV, "channels_last")
+    assert mf.choose_memory_format(_LayoutSensitive("channels_last").eval(), (2, 8, 8)) == "channels_last"
+    monkeypatch.setenv(mf.ENV, "nhwc")
+    with pytest.raises(UsageError, match="ROUTESCOPE_MEMORY_FORMAT='nhwc'"):
+        mf.requested_memory_format()
+
+
+def test_layers_with_derived_weights_follow_the_format(monkeypatch):
+    """DGConv's dense plan makes its weight again in the new layout; its plans are measured per layout."""
+    monkeypatch.setenv(mf.ENV, "contiguous")
+    model = load_checkpoint(bundled_checkpoints()["dgconv_resnet20_fmnist_b0.6_e8"])
+    x = normalize(load_test_images()[0][:2], model.meta["mean"], model.meta["std"])
+    layers = [m for m in model.modules() if hasattr(m, "_dense_conv")]
+    with torch.inference_mode():
+        want = model(x)
+        [layer._dense_conv(torch.randn(1, layer.conv.in_channels, 7, 7)) for layer in layers]
+        mf.set_memory_format(model, "channels_last")
+        assert all(layer._dense is None for layer in layers), "the cached dense weight is dropped"
+        got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert all(in_layout(layer._dense[0], "channels_last") for layer in layers if layer._dense is not None)
+    assert any(key[1] is False for layer in layers for key in layer.plans.chosen), "channels-last shapes keyed apart"
