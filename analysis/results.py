@@ -627,8 +627,27 @@ def plans_table(folder: Path = PRETRAINED) -> str:
     return "\n".join(lines)
 
 
+def formats_table(folder: Path = PRETRAINED) -> str:
+    """``tools.bench --formats``: each inference-form option's batch-1 latency against the training form."""
+    record = saved_bench(folder / "bench_formats.json")
+    if record is None:
+        return "_Not measured yet: `python -m tools.bench --formats --save models/pretrained/bench_formats.json`._"
+    lines = [
+        bench_source(record),
+        "",
+        "| model | form | batch-1 latency (ms) | training form (ms) | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(
+            f"| `{r['model']}` | {r['option']} | {r['latency_ms']:.2f} | {r['train_form_ms']:.2f} | {r['ratio']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def speed_block(arg: str, folder: Path) -> str:
-    """``speed:targets``, ``speed:batched``, ``speed:gpu``, ``speed:plans``, else the rows of ``bench[_ARG].json``."""
+    """``speed:targets``, ``speed:batched``, ``speed:gpu``, ``speed:plans``, ``speed:formats``, else the rows of
+    ``bench[_ARG].json``."""
     if arg == "targets":
         return speed_targets(folder)
     if arg == "batched":
@@ -637,6 +656,8 @@ def speed_block(arg: str, folder: Path) -> str:
         return gpu_targets(folder)
     if arg == "plans":
         return plans_table(folder)
+    if arg == "formats":
+        return formats_table(folder)
     return speed_table(folder / f"bench{'_' + arg if arg else ''}.json")
 
 

@@ -450,6 +450,22 @@ def test_bench_plans_times_measured_against_reference_plans(tmp_path, capsys):
     assert "| `condconv_resnet20_fmnist` | 24 |" in results.plans_table(tmp_path)
 
 
+def test_bench_formats_times_each_memory_format_and_the_measured_one(tmp_path, capsys):
+    out = tmp_path / "bench_formats.json"
+    args = ["--formats", "--rounds", "2", "--images", "4", "--save", str(out)]
+    assert bench.main(args + ["--checkpoint", str(PRETRAINED / "resnet20_fmnist.pt")]) == 0
+    options = [r["option"] for r in json.loads(out.read_text())["rows"]]
+    assert options[0].startswith("fast form (measured: ") and options[1:3] == [
+        "fast form, contiguous",
+        "fast form, channels_last",
+    ]
+    assert "| `resnet20_fmnist` | fast form, channels_last |" in results.formats_table(tmp_path)
+    record = {"command": "c", "machine": "here", "torch": "2", "date": "today"}
+    rows = [{"memory_formats": ["channels_last", "channels_last"]}, {"memory_formats": ["contiguous", None]}]
+    assert "channels_last on 2 of 3 timed sides, contiguous on 1 of 3" in results.bench_source(record | {"rows": rows})
+    assert "memory format" not in results.bench_source(record | {"rows": [{}]}), "runs saved before: no sentence"
+
+
 def test_batched_rows_and_device_checks_are_generated_from_their_saved_runs(tmp_path):
     assert "No batched paper-scale run" in results.batched_targets(tmp_path)
     assert "No GPU run recorded yet" in results.device_checks(tmp_path)

@@ -339,3 +339,23 @@ def test_batched_plans_compute_the_same_and_are_measured_once_per_shape(monkeypa
         torch.testing.assert_close(layer(x, routing), whole, rtol=0, atol=1e-6)
     layer.fold_batchnorm(torch.nn.BatchNorm2d(8).eval())
     assert layer.plans.chosen == {}, "new weights: measured again"
+
+
+def test_channels_last_inputs_get_channels_last_kernels_with_the_same_outputs():
+    """In a channels-last fast form the mixed kernels and single experts are made channels-last (no reorder per
+    call), from a copy of the experts that follows every change of the weights; the outputs do not change."""
+    layer = CondConv2d(8, 6, 3, padding=1, num_experts=3).eval()
+    x = torch.randn(4, 8, 7, 7)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(4, 3)
+    with torch.no_grad():
+        for run in (lambda t: layer._mixed(t[:1], routing[:1]), lambda t: layer.expert_forward(t, 2)):
+            torch.testing.assert_close(run(xl), run(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer._mixed(xl, routing), layer._mixed(x, routing), rtol=1e-5, atol=1e-5)
+        kernel = layer.kernel(layer.flat_experts(xl)[1], xl)
+        assert kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous()
+        torch.testing.assert_close(kernel, layer.experts[1])
+        layer.weight.mul_(2.0)
+        torch.testing.assert_close(layer.kernel(layer.flat_experts(xl)[1], xl), layer.experts[1])
+    with torch.enable_grad():
+        assert layer.flat_experts(xl) is layer.weight, "autograd reaches the parameter itself"

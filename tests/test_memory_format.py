@@ -14,6 +14,7 @@ from routescope.models import load_checkpoint
 from routescope.models import memory_format as mf
 from routescope.models.data import normalize
 from routescope.models.errors import UsageError
+from routescope.models.layers.derived import DerivedWeight
 from routescope.models.trace import traced_forward
 
 from helpers import routing_decisions
@@ -95,13 +96,33 @@ def test_layers_with_derived_weights_follow_the_format(monkeypatch):
     monkeypatch.setenv(mf.ENV, "contiguous")
     model = load_checkpoint(bundled_checkpoints()["dgconv_resnet20_fmnist_b0.6_e8"])
     x = normalize(load_test_images()[0][:2], model.meta["mean"], model.meta["std"])
-    layers = [m for m in model.modules() if hasattr(m, "_dense_conv")]
+    layers = [m for m in model.modules() if hasattr(m, "_dense_conv") and m.conv.groups > 1]
+
+    def dense_weights() -> list[torch.Tensor]:
+        return [layer._dense.get(layer.conv.weight, layer._dense_weight_and_bias)[0] for layer in layers]
+
     with torch.inference_mode():
         want = model(x)
-        [layer._dense_conv(torch.randn(1, layer.conv.in_channels, 7, 7)) for layer in layers]
+        assert all(in_layout(w, "contiguous") for w in dense_weights())
         mf.set_memory_format(model, "channels_last")
-        assert all(layer._dense is None for layer in layers), "the cached dense weight is dropped"
+        assert all(in_layout(w, "channels_last") for w in dense_weights())
         got = model(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert all(in_layout(layer._dense[0], "channels_last") for layer in layers if layer._dense is not None)
     assert any(key[1] is False for layer in layers for key in layer.plans.chosen), "channels-last shapes keyed apart"
+
+
+def test_a_derived_weight_is_made_again_when_its_weight_changes():
+    made = []
+    derived, weight = DerivedWeight(), torch.ones(3, 3)
+
+    def make(w: torch.Tensor) -> torch.Tensor:
+        made.append(1)
+        return w * 2
+
+    assert torch.equal(derived.get(weight, make), torch.full((3, 3), 2.0))
+    derived.get(weight, make)
+    assert len(made) == 1, "kept while the weight is unchanged"
+    weight.add_(1.0)
+    assert torch.equal(derived.get(weight, make), torch.full((3, 3), 4.0)), "in place: its version moved"
+    weight.data = torch.zeros(3, 3)
+    assert torch.equal(derived.get(weight, make), torch.zeros(3, 3)), "new storage (Module.to)"

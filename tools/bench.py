@@ -580,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
                 for r in rows
             )
         )
+        if args.save:
+            save_record(args.save, rows, device, argv)
         return 0
     rows = []
     try:

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .batchnorm_fold import bn_scale_shift
+from .derived import DerivedWeight
+from .layout import channels_last
 from .plans import MeasuredPlans
 from .row_groups import group_rows, inverse_permutation
 
@@ -58,6 +60,7 @@ class CondConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_experts, out_ch)) if bias else None
         self.register_buffer("shift", None)  # a per-channel constant added after the mixture (a folded BatchNorm)
         self.plans = MeasuredPlans()
+        self._channels_last = DerivedWeight()  # the experts in (out, k, k, in) order, for channels-last inputs
         self.reset_parameters()
 
     @property
@@ -73,6 +76,26 @@ class CondConv2d(nn.Module):
         if self.bias is not None:
             bound = 1.0 / math.sqrt(math.prod(self.weight_shape[1:]))
             nn.init.uniform_(self.bias, -bound, bound)
+
+    def flat_experts(self, x: torch.Tensor) -> torch.Tensor:
+        """The experts as ``(E, P)`` in the order a kernel for input ``x`` wants: ``(out, in, k, k)``, or, for a
+        channels-last ``x`` in inference, ``(out, k, k, in)`` (a copy, made again when the weight changes), so that the
+        mixed kernel is channels-last too and the convolution does not reorder it on every call."""
+        if not self._kernels_channels_last(x):
+            return self.weight
+        shape = (self.num_experts, *self.weight_shape)
+        return self._channels_last.get(self.weight, lambda w: w.view(shape).permute(0, 1, 3, 4, 2).flatten(1))
+
+    def kernel(self, mixed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Rows in ``flat_experts(x)``'s order (mixtures or experts) as conv weights ``(rows * out, in/groups, k, k)``:
+        views, channels-last where the rows are."""
+        _, cin, k, _ = self.weight_shape
+        if not self._kernels_channels_last(x):
+            return mixed.reshape(-1, cin, k, k)
+        return mixed.reshape(-1, k, k, cin).permute(0, 3, 1, 2)
+
+    def _kernels_channels_last(self, x: torch.Tensor) -> bool:
+        return channels_last(x) and not self.training and not torch.is_grad_enabled()
 
     def combined_kernel(self, routing: torch.Tensor) -> torch.Tensor:
         """Each example's kernel, ``(B, out, in/groups, k, k)``, from routing ``(B, E)``."""
@@ -107,14 +130,15 @@ class CondConv2d(nn.Module):
     def _mixed(self, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
         """Each example's mixed kernel, then one grouped conv over the examples of ``x``."""
         b, c, h, w = x.shape
-        kernel = (routing @ self.weight).reshape(b * self.out_channels, *self.weight_shape[1:])
+        x = x.reshape(1, b * c, h, w)  # a view at batch 1, else a contiguous copy: the kernels follow its layout
+        kernel = self.kernel(routing @ self.flat_experts(x), x)
         bias = None
         if self.bias is not None:
             bias = routing @ self.bias if self.shift is None else torch.addmm(self.shift, routing, self.bias)
         elif self.shift is not None:
             bias = self.shift.expand(b, self.out_channels)
         bias = bias.reshape(b * self.out_channels) if bias is not None else None
-        y = F.conv2d(x.reshape(1, b * c, h, w), kernel, bias, self.stride, self.padding, groups=b * self.groups)
+        y = F.conv2d(x, kernel, bias, self.stride, self.padding, groups=b * self.groups)
         return y.reshape(b, self.out_channels, *y.shape[-2:])
 
     def expert_forward(self, x: torch.Tensor, expert: int) -> torch.Tensor:
@@ -125,7 +149,7 @@ class CondConv2d(nn.Module):
         bias = self.bias[expert] if self.bias is not None else None
         if self.shift is not None:
             bias = self.shift if bias is None else bias + self.shift
-        kernel = self.weight[expert].view(self.weight_shape)
+        kernel = self.kernel(self.flat_experts(x)[expert], x)
         return F.conv2d(x, kernel, bias, self.stride, self.padding, groups=self.groups)
 
     @torch.no_grad()

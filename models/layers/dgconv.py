@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .batchnorm_fold import bn_scale_shift
+from .derived import DerivedWeight
+from .layout import layout_of
 from .plans import MeasuredPlans
 
 STE_KINDS = ("sigmoid", "identity")
@@ -243,7 +245,7 @@ class GroupedConv2d(nn.Module, _GroupStructure):
         self.register_buffer("perm", None if trivial else perm)
         self.register_buffer("inverse", None if trivial else inverse)
         self.plans = MeasuredPlans()
-        self._dense: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._dense = DerivedWeight()  # the dense plan's weight and bias
 
     @classmethod
     @torch.no_grad()
@@ -280,36 +282,31 @@ class GroupedConv2d(nn.Module, _GroupStructure):
         bias = self.conv.bias * s + t if self.conv.bias is not None else t
         self.conv.weight.mul_(s.view(-1, 1, 1, 1))
         self.conv.bias = nn.Parameter(bias.clone(), requires_grad=False)
-        self._dense = None  # the weights changed: the dense plan's weight and timings are stale
-        self.plans.forget()
+        self.plans.forget()  # the timings are stale (the dense plan's weight follows the weight's version)
         return self
-
-    def _apply(self, fn, recurse: bool = True):
-        """After ``Module.to`` (device, dtype, memory format) the dense plan's weight is made again from the new one."""
-        self._dense = None
-        return super()._apply(fn, recurse)
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
         if self.perm is None:
             return self.conv(x)
         return self.conv(x.index_select(1, self.perm)).index_select(1, self.inverse)
 
+    def _dense_weight_and_bias(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The dense plan's weight (zero blocks included, in the grouped weight's layout) and bias, channels in the
+        layer's order."""
+        bias = self.conv.bias
+        if bias is not None and self.inverse is not None:
+            bias = bias.index_select(0, self.inverse)
+        dense = dense_from_grouped(weight.detach(), self.gates).contiguous(memory_format=layout_of(weight))
+        return dense, None if bias is None else bias.detach()
+
     def _dense_conv(self, x: torch.Tensor) -> torch.Tensor:
-        if self._dense is None:
-            bias = self.conv.bias
-            if bias is not None and self.inverse is not None:
-                bias = bias.index_select(0, self.inverse)
-            w = self.conv.weight
-            channels_last = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
-            weight = self.dense_weight().contiguous(
-                memory_format=torch.channels_last if channels_last else torch.contiguous_format
-            )
-            self._dense = (weight, None if bias is None else bias.detach())
-        weight, bias = self._dense
+        weight, bias = self._dense.get(self.conv.weight, self._dense_weight_and_bias)
         conv = self.conv
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv.groups == 1:  # no structure learned: both plans are this one conv
+            return self.conv(x)
         plans = {"grouped": lambda: self._grouped(x), "dense": lambda: self._dense_conv(x)}
         return self.plans.run(self, x, plans, reference="grouped")
 

@@ -2,10 +2,11 @@
 
 Some layers can compute their function in more than one way: DGConv's exported conv as the grouped conv with its
 channel gathers or as one dense conv holding the zero blocks; CondConv's per-example convolution over the whole batch
-or over chunks of it that stay in cache. Which is faster depends on the device, the shape and the machine, so each
-plan is timed ``PLAN_REPEATS`` times (median, the device's queue drained around each run) the first time an input
-shape is seen in inference. Training, autograd and any counting mode (the trace's MAC counter, ``FlopCounterMode``)
-run the layer's reference plan, the one its method describes, so what is counted is that plan's work.
+or over chunks of it that stay in cache. Which is faster depends on the device, the shape, the memory layout and the
+machine, so each plan is timed ``PLAN_REPEATS`` times (median, the plans taking turns, the device's queue drained
+around each run) the first time an input shape and layout is seen in inference. Training, autograd and any counting
+mode (the trace's MAC counter, ``FlopCounterMode``) run the layer's reference plan, the one its method describes, so
+what is counted is that plan's work.
 """
 
 from __future__ import annotations
@@ -42,19 +43,19 @@ def counting() -> bool:
 
 
 def fastest(plans: dict[str, Callable[[], torch.Tensor]], device: torch.device) -> str:
-    """The name of the fastest plan, each run once to warm up, then timed ``PLAN_REPEATS`` times (median)."""
-    timings = {}
-    for name, run in plans.items():
+    """The name of the fastest plan, each run once to warm up, then timed ``PLAN_REPEATS`` times (median), the plans
+    taking turns (in ABBA order) so that a slow spell of the machine falls on all of them."""
+    samples: dict[str, list[float]] = {name: [] for name in plans}
+    for run in plans.values():
         run()
-        samples = []
-        for _ in range(PLAN_REPEATS):
+    for r in range(PLAN_REPEATS):
+        for name in plans if r % 2 == 0 else reversed(plans):
             synchronize(device)
             start = time.perf_counter()
-            run()
+            plans[name]()
             synchronize(device)
-            samples.append(time.perf_counter() - start)
-        timings[name] = sorted(samples)[len(samples) // 2]
-    return min(timings, key=timings.get)
+            samples[name].append(time.perf_counter() - start)
+    return min(samples, key=lambda name: sorted(samples[name])[PLAN_REPEATS // 2])
 
 
 class MeasuredPlans:
