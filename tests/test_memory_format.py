@@ -126,3 +126,12 @@ def test_a_derived_weight_is_made_again_when_its_weight_changes():
     assert torch.equal(derived.get(weight, make), torch.full((3, 3), 4.0)), "in place: its version moved"
     weight.data = torch.zeros(3, 3)
     assert torch.equal(derived.get(weight, make), torch.zeros(3, 3)), "new storage (Module.to)"
+
+
+def test_a_model_loaded_under_inference_mode_runs(monkeypatch):
+    """Weights made under ``torch.inference_mode`` keep no version counter; the derived weights still work."""
+    monkeypatch.setenv(mf.ENV, "channels_last")
+    with torch.inference_mode():
+        for name in ("condconv_resnet20_fmnist", "dgconv_resnet20_fmnist_b0.6_e8"):
+            model = load_checkpoint(bundled_checkpoints()[name])
+            assert model(torch.randn(1, 1, 28, 28)).shape == model(torch.randn(3, 1, 28, 28))[:1].shape

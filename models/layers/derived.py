@@ -22,7 +22,8 @@ class DerivedWeight:
         self._value: torch.Tensor | tuple | None = None
 
     def get(self, weight: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor | tuple]) -> torch.Tensor | tuple:
-        key = (weight.data_ptr(), weight._version)
+        # an inference tensor (made under torch.inference_mode) keeps no version counter: its storage alone
+        key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)
         if key != self._key:
             self._value, self._key = make(weight), key
         return self._value

@@ -300,13 +300,14 @@ class GroupedConv2d(nn.Module, _GroupStructure):
         return dense, None if bias is None else bias.detach()
 
     def _dense_conv(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self._dense.get(self.conv.weight, self._dense_weight_and_bias)
-        conv = self.conv
+        conv = self.conv  # one submodule lookup: at batch 1 each costs about as much as a small operator
+        weight, bias = self._dense.get(conv.weight, self._dense_weight_and_bias)
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.conv.groups == 1:  # no structure learned: both plans are this one conv
-            return self.conv(x)
+        conv = self.conv
+        if conv.groups == 1:  # no structure learned: both plans are this one conv
+            return conv(x)
         plans = {"grouped": lambda: self._grouped(x), "dense": lambda: self._dense_conv(x)}
         return self.plans.run(self, x, plans, reference="grouped")
 

@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..host_sync import synchronize
 
-PLAN_REPEATS = 7  # timed runs per plan when a shape is first seen (median)
+PLAN_REPEATS = 11  # timed runs per plan when a shape is first seen (median; near ties need several)
 MEASURED = ("cpu", "cuda", "mps")  # devices whose plans are timed (others, e.g. meta, run the reference plan)
 _REFERENCE_ONLY: ContextVar[bool] = ContextVar("routescope_reference_plans", default=False)
 
