@@ -15,8 +15,12 @@ from routescope.models.layers.fused import fused_ops
 pytestmark = pytest.mark.skipif(not fused_ops(), reason="no C++ compiler for the compiled kernels")
 
 
+LAYOUTS = [torch.contiguous_format, torch.channels_last]  # the kernels read either without a copy
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(1, 16, 28, 28), (1, 64, 7, 7), (1, 2048, 3, 3)])
-def test_compiled_gate_step_equals_the_pytorch_step(shape):
+def test_compiled_gate_step_equals_the_pytorch_step(shape, layout):
     gates = fast_form(create_model("skipnet_resnet20", in_chans=1)).gates
     torch.manual_seed(0)
     with torch.no_grad():
@@ -26,7 +30,7 @@ def test_compiled_gate_step_equals_the_pytorch_step(shape):
     gates.embed[0] = torch.nn.Conv2d(channels, 10, 1)
     gates.prepare_fast_form()
     assert gates.compiled
-    x = torch.randn(shape)
+    x = torch.randn(shape).contiguous(memory_format=layout)
     h, c = torch.randn(1, 10), torch.randn(1, 10)
     with torch.inference_mode():
         want_z, (want_h, want_c) = gates._fused_step(0, x, (h, c))
@@ -48,12 +52,13 @@ def test_python_fallback_gives_the_same_logits():
 
 @pytest.mark.parametrize("kind", ["sdn", "pool"])
 @pytest.mark.parametrize("side", [28, 14, 7, 4, 3])
-def test_compiled_exit_head_equals_the_pytorch_head(kind, side):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compiled_exit_head_equals_the_pytorch_head(kind, side, layout):
     from routescope.models.layers.exit_head import ExitHead
 
     torch.manual_seed(side)
     head = ExitHead(32, 10, kind).eval()
-    x = torch.randn(1, 32, side, side)
+    x = torch.randn(1, 32, side, side).contiguous(memory_format=layout)
     with torch.inference_mode():
         want = head(x)
         head.prepare_fast_form()
@@ -63,7 +68,8 @@ def test_compiled_exit_head_equals_the_pytorch_head(kind, side):
     assert confidence == pytest.approx(float(want.softmax(1).amax()), abs=1e-6)
 
 
-def test_compiled_condconv_routing_equals_the_pytorch_block():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compiled_condconv_routing_equals_the_pytorch_block(layout):
     from routescope.models.trace import forced_forward
 
     model = load_checkpoint(bundled_checkpoints()["condconv_resnet20_fmnist"])
@@ -71,7 +77,7 @@ def test_compiled_condconv_routing_equals_the_pytorch_block():
     for block in fallback.layer3:
         assert block.compiled
         block.compiled = False
-    x = torch.randn(1, 64, 7, 7)
+    x = torch.randn(1, 64, 7, 7).contiguous(memory_format=layout)
     with torch.inference_mode():
         got, routing = model.layer3[1].routed(x)
         want, want_routing = fallback.layer3[1].routed(x)

@@ -50,6 +50,25 @@ static float plane_mean(const float* row, int64_t n) {
   return s / static_cast<float>(n);
 }
 
+// The per-channel means of a (1, C, H, W) map as it lies, NCHW or channels-last (the fast form's layout, see
+// models.memory_format), without copying it.
+static std::vector<float> channel_means(const at::Tensor& x) {
+  const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
+  std::vector<float> means(C, 0.f);
+  if (x.is_contiguous()) {
+    const float* p = x.data_ptr<float>();
+    for (int64_t ch = 0; ch < C; ++ch) means[ch] = plane_mean(p + ch * HW, HW);
+  } else if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    const float* p = x.data_ptr<float>();
+    for (int64_t k = 0; k < HW; ++k)
+      for (int64_t ch = 0; ch < C; ++ch) means[ch] += p[k * C + ch];
+    for (auto& v : means) v /= static_cast<float>(HW);
+  } else {
+    return channel_means(x.contiguous());
+  }
+  return means;
+}
+
 // One SkipNet RNN-gate step at batch 1 (the fast form's pre-arranged weights, see RNNGate.prepare_inference):
 // e = mean_hw(x) @ w_embed + b_embed; a = sigmoid(bias + e @ w_ih + h @ w_hh) (the g rows doubled, so
 // tanh(g) = 2 a_g - 1); c = f c + i (2 a_g - 1); h = o tanh(c); returns h @ w_proj + b_proj. hc = [h; c], in place.
@@ -57,21 +76,18 @@ double rnn_gate_step(const at::Tensor& x, at::Tensor hc, const at::Tensor& w_emb
                      const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
                      const at::Tensor& w_proj, const at::Tensor& b_proj) {
   TORCH_CHECK(x.dim() == 4 && x.size(0) == 1 && x.scalar_type() == at::kFloat, "rnn_gate_step: x must be float (1, C, H, W)");
-  at::Tensor xc = x.contiguous();
-  const int64_t C = xc.size(1), HW = xc.size(2) * xc.size(3), E = w_embed.size(1), H = w_hh.size(0);
+  const int64_t C = x.size(1), E = w_embed.size(1), H = w_hh.size(0);
   TORCH_CHECK(w_embed.size(0) == C && w_ih.size(0) == E && w_ih.size(1) == 4 * H && hc.size(1) == H,
               "rnn_gate_step: weight shapes do not fit");
-  const float* xp = xc.data_ptr<float>();
+  const std::vector<float> pooled = channel_means(x);
   const float* we = w_embed.data_ptr<float>();
   const float* wi = w_ih.data_ptr<float>();
   const float* wh = w_hh.data_ptr<float>();
   float* h = hc.data_ptr<float>();
   float* c = h + H;
   std::vector<float> e(b_embed.data_ptr<float>(), b_embed.data_ptr<float>() + E);
-  for (int64_t ch = 0; ch < C; ++ch) {
-    const float s = plane_mean(xp + ch * HW, HW);
-    for (int64_t j = 0; j < E; ++j) e[j] += s * we[ch * E + j];
-  }
+  for (int64_t ch = 0; ch < C; ++ch)
+    for (int64_t j = 0; j < E; ++j) e[j] += pooled[ch] * we[ch * E + j];
   std::vector<float> a(bias.data_ptr<float>(), bias.data_ptr<float>() + 4 * H);
   for (int64_t k = 0; k < E; ++k)
     for (int64_t j = 0; j < 4 * H; ++j) a[j] += e[k] * wi[k * 4 * H + j];
@@ -93,23 +109,23 @@ double rnn_gate_step(const at::Tensor& x, at::Tensor hc, const at::Tensor& w_emb
 std::tuple<at::Tensor, double> exit_head(const at::Tensor& x, double alpha, const at::Tensor& weight,
                                          const at::Tensor& bias, int64_t o) {
   TORCH_CHECK(x.dim() == 4 && x.size(0) == 1 && x.scalar_type() == at::kFloat, "exit_head: x must be float (1, C, H, W)");
-  at::Tensor xc = x.contiguous();
-  const int64_t C = xc.size(1), H = xc.size(2), W = xc.size(3), K = weight.size(0);
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), K = weight.size(0);
   TORCH_CHECK(weight.size(1) == C * o * o, "exit_head: weight does not fit the pooled features");
-  const float* xp = xc.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  const int64_t sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);  // any layout (NCHW, channels-last), no copy
   std::vector<float> feat(C * o * o);
   const bool same = H == o && W == o;  // the map is already o x o: it is used as it is
   for (int64_t ch = 0; ch < C; ++ch) {
-    const float* plane = xp + ch * H * W;
+    const float* plane = xp + ch * sc;
     for (int64_t i = 0; i < o; ++i) {
       const int64_t h0 = (i * H) / o, h1 = ((i + 1) * H + o - 1) / o;
       for (int64_t j = 0; j < o; ++j) {
         float* out = &feat[(ch * o + i) * o + j];
-        if (same) { *out = plane[i * W + j]; continue; }
+        if (same) { *out = plane[i * sh + j * sw]; continue; }
         const int64_t w0 = (j * W) / o, w1 = ((j + 1) * W + o - 1) / o;
         float mx = -INFINITY, sum = 0.f;
         for (int64_t a = h0; a < h1; ++a)
-          for (int64_t b = w0; b < w1; ++b) { const float v = plane[a * W + b]; mx = v > mx ? v : mx; sum += v; }
+          for (int64_t b = w0; b < w1; ++b) { const float v = plane[a * sh + b * sw]; mx = v > mx ? v : mx; sum += v; }
         const float avg = sum / static_cast<float>((h1 - h0) * (w1 - w0));
         *out = alpha == 0.0 ? avg : static_cast<float>(alpha) * mx + (1.f - static_cast<float>(alpha)) * avg;
       }
@@ -145,15 +161,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> condconv_mix(const at::Tensor& x,
                                                             const at::Tensor& router_b,
                                                             const at::Tensor& experts1, const at::Tensor& experts2) {
   TORCH_CHECK(x.dim() == 4 && x.size(0) == 1 && x.scalar_type() == at::kFloat, "condconv_mix: x must be float (1, C, H, W)");
-  at::Tensor xc = x.contiguous();
-  const int64_t C = xc.size(1), HW = xc.size(2) * xc.size(3), E = router_w.size(0);
+  const int64_t C = x.size(1), E = router_w.size(0);
   TORCH_CHECK(router_w.size(1) == C && experts1.size(0) == E && experts2.size(0) == E, "condconv_mix: shapes do not fit");
-  const float* xp = xc.data_ptr<float>();
   const float* rw = router_w.data_ptr<float>();
   at::Tensor routing = at::empty({1, E}, router_w.options());
   float* r = routing.data_ptr<float>();
-  std::vector<float> pooled(C);
-  for (int64_t ch = 0; ch < C; ++ch) pooled[ch] = plane_mean(xp + ch * HW, HW);
+  const std::vector<float> pooled = channel_means(x);
   for (int64_t e = 0; e < E; ++e) {
     float s = router_b.data_ptr<float>()[e];
     for (int64_t ch = 0; ch < C; ++ch) s += pooled[ch] * rw[e * C + ch];
