@@ -32,6 +32,7 @@ ENV = "ROUTESCOPE_MEMORY_FORMAT"
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 ROUNDS = 3  # alternating rounds (ABBA order) per format when measuring
 FORWARDS = 4  # timed batch-1 forwards per round
+BUDGET_S = 2.0  # a network too slow to measure fully within this (an uploaded giant) gets one round of one forward
 
 
 def requested_memory_format() -> str:
@@ -53,17 +54,24 @@ def set_memory_format(model: nn.Module, name: str) -> nn.Module:
 @torch.no_grad()  # not inference_mode: the converted weights must stay usable by autograd (captum's attributions)
 def fastest_memory_format(model: nn.Module, input_size: tuple[int, int, int]) -> str:
     """The format in which ``model`` runs batch-1 forwards of a random ``input_size`` image faster, timed
-    alternately; the model is left in the last format it was timed in."""
+    alternately (``ROUNDS`` of ``FORWARDS``, or one of one where that would take over ``BUDGET_S``); the model is
+    left in the last format it was timed in."""
     device = model_device(model)
     x = torch.randn(1, *input_size, device=device)
+    synchronize(device)
+    start = time.perf_counter()
+    model(x)
+    synchronize(device)
+    full = (time.perf_counter() - start) * FORWARDS * ROUNDS * len(FORMATS) <= BUDGET_S
+    rounds, forwards = (ROUNDS, FORWARDS) if full else (1, 1)
     samples: dict[str, list[float]] = {name: [] for name in FORMATS}
-    for r in range(ROUNDS):
+    for r in range(rounds):
         for name in FORMATS if r % 2 == 0 else reversed(FORMATS):
             set_memory_format(model, name)
             model(x)  # warm-up (and the layers' plans for this format)
             synchronize(device)
             start = time.perf_counter()
-            for _ in range(FORWARDS):
+            for _ in range(forwards):
                 model(x)
             synchronize(device)
             samples[name].append(time.perf_counter() - start)

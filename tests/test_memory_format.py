@@ -83,6 +83,20 @@ def test_auto_keeps_the_format_measured_faster(slow, monkeypatch):
     assert mf.choose_memory_format(_LayoutSensitive(slow), None) == "contiguous", "nothing to measure with"
 
 
+def test_a_network_too_slow_to_measure_fully_gets_one_round(monkeypatch):
+    """An uploaded giant does not hold the app for dozens of forwards: one round of one timed forward per format."""
+    monkeypatch.delenv(mf.ENV, raising=False)
+    model = _LayoutSensitive("channels_last").eval()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    mf.choose_memory_format(model, (2, 8, 8))
+    assert len(calls) == 1 + mf.ROUNDS * len(mf.FORMATS) * (1 + mf.FORWARDS)
+    monkeypatch.setattr(mf, "BUDGET_S", 0.0)
+    calls.clear()
+    assert mf.choose_memory_format(model, (2, 8, 8)) == "contiguous"
+    assert len(calls) == 1 + len(mf.FORMATS) * 2, "the first forward, then a warm-up and one timed run per format"
+
+
 def test_the_environment_fixes_the_format_and_rejects_other_values(monkeypatch):
     monkeypatch.setenv(mf.ENV, "channels_last")
     assert mf.choose_memory_format(_LayoutSensitive("channels_last").eval(), (2, 8, 8)) == "channels_last"
