@@ -17,6 +17,7 @@ import statistics
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -607,42 +608,55 @@ def device_checks(folder: Path = PRETRAINED) -> str:
     return "\n".join(lines).strip()
 
 
+def saved_rows_table(path: Path, flag: str, header: list[str], cells: Callable[[dict], list[str]]) -> str:
+    """The rows ``python -m tools.bench FLAG --save PATH`` saved, one table row of ``cells(row)`` each, under their
+    command, machine and date."""
+    record = saved_bench(path)
+    if record is None:
+        return f"_Not measured yet: `python -m tools.bench {flag} --save models/pretrained/{path.name}`._"
+    lines = [bench_source(record), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells(r)) + " |" for r in record["rows"]])
+
+
 def plans_table(folder: Path = PRETRAINED) -> str:
     """``tools.bench --plans``: batched throughput with the measured plans against the reference plans."""
-    record = saved_bench(folder / "bench_plans.json")
-    if record is None:
-        return "_Not measured yet: `python -m tools.bench --plans --save models/pretrained/bench_plans.json`._"
-    lines = [
-        bench_source(record),
-        "",
-        "| model | batch | plans chosen (layers) | throughput (img/s) | reference plans | time ratio (interval) |",
-        "|---|---|---|---|---|---|",
+    header = [
+        "model",
+        "batch",
+        "plans chosen (layers)",
+        "throughput (img/s)",
+        "reference plans",
+        "time ratio (interval)",
     ]
-    for r in record["rows"]:
-        chosen = ", ".join(f"{plan} ({n})" for plan, n in r["plans"].items())
-        lines.append(
-            f"| `{r['model']}` | {r['batch']} | {chosen} | {r['throughput']:,.0f} | {r['throughput_ref']:,.0f} | "
-            f"{r['time_ratio']:.3f} ({r['time_ratio_low']:.3f}-{r['time_ratio_high']:.3f}) |"
-        )
-    return "\n".join(lines)
+    return saved_rows_table(
+        folder / "bench_plans.json",
+        "--plans",
+        header,
+        lambda r: [
+            f"`{r['model']}`",
+            str(r["batch"]),
+            ", ".join(f"{plan} ({n})" for plan, n in r["plans"].items()),
+            f"{r['throughput']:,.0f}",
+            f"{r['throughput_ref']:,.0f}",
+            f"{r['time_ratio']:.3f} ({r['time_ratio_low']:.3f}-{r['time_ratio_high']:.3f})",
+        ],
+    )
 
 
 def formats_table(folder: Path = PRETRAINED) -> str:
     """``tools.bench --formats``: each inference-form option's batch-1 latency against the training form."""
-    record = saved_bench(folder / "bench_formats.json")
-    if record is None:
-        return "_Not measured yet: `python -m tools.bench --formats --save models/pretrained/bench_formats.json`._"
-    lines = [
-        bench_source(record),
-        "",
-        "| model | form | batch-1 latency (ms) | training form (ms) | ratio |",
-        "|---|---|---|---|---|",
-    ]
-    for r in record["rows"]:
-        lines.append(
-            f"| `{r['model']}` | {r['option']} | {r['latency_ms']:.2f} | {r['train_form_ms']:.2f} | {r['ratio']:.3f} |"
-        )
-    return "\n".join(lines)
+    return saved_rows_table(
+        folder / "bench_formats.json",
+        "--formats",
+        ["model", "form", "batch-1 latency (ms)", "training form (ms)", "ratio"],
+        lambda r: [
+            f"`{r['model']}`",
+            r["option"],
+            f"{r['latency_ms']:.2f}",
+            f"{r['train_form_ms']:.2f}",
+            f"{r['ratio']:.3f}",
+        ],
+    )
 
 
 def speed_block(arg: str, folder: Path) -> str:
