@@ -56,7 +56,7 @@ def run_one(kind: str, data_dir: str | None, workers: int, store: str) -> dict:
         model = load_checkpoint(FLAGSHIP)
         images = open_test_set(TestSet("fashion-mnist", data_dir), model.meta)
     else:
-        model = fast_form(create_model("dsnet_resnet50", num_classes=3).eval())
+        model = fast_form(create_model("dsnet_resnet50", num_classes=3).eval(), (3, 224, 224))
         model.meta = {
             "name": "dsnet_resnet50 (random weights)",
             "classes": ["bag", "dress", "sneaker"],
