@@ -94,11 +94,12 @@ class CondConvBlock(BasicBlock):
     def _routed_one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``routed`` at batch 1, unforced, nothing to record: the compiled router and mixtures, two plain convs."""
         c1, c2 = self.conv1, self.conv2
+        layout = c1.kernels_channels_last(x)  # h, the second conv's input, is laid out as x
         routing, k1, k2 = torch.ops.routescope.condconv_mix(
-            x, self.router.fc.weight, self.router.fc.bias, c1.flat_experts(x), c2.flat_experts(x)
+            x, self.router.fc.weight, self.router.fc.bias, c1.flat_experts(layout), c2.flat_experts(layout)
         )
-        h = F.relu(F.conv2d(x, c1.kernel(k1, x), c1.shift, c1.stride, c1.padding, 1, c1.groups))
-        h = F.conv2d(h, c2.kernel(k2, x), c2.shift, c2.stride, c2.padding, 1, c2.groups)
+        h = F.relu(F.conv2d(x, c1.kernel(k1, layout), c1.shift, c1.stride, c1.padding, 1, c1.groups))
+        h = F.conv2d(h, c2.kernel(k2, layout), c2.shift, c2.stride, c2.padding, 1, c2.groups)
         return F.relu(h + self.shortcut(x)), routing
 
     def routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

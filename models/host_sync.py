@@ -7,13 +7,16 @@ one such read per block is what keeps a GPU launch-bound. ``HostReads`` counts t
 decision point that needs sizes on the host) without a GPU; ``torch.cuda.set_sync_debug_mode`` says the same on
 a GPU, where ``tools.device_check`` reports both.
 
-``synchronize`` waits for a device's queue, for timing code that must measure work and not its launch.
+``synchronize`` waits for a device's queue, for timing code that must measure work and not its launch;
+``alternating`` times several calls round by round with it (the one timing loop of the app, the benches, the
+layers' measured plans and the fast form's memory format).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -72,3 +75,20 @@ def synchronize(device: torch.device | str | None) -> None:
         torch.cuda.synchronize(device)
     elif kind == "mps":
         torch.mps.synchronize()
+
+
+def alternating(
+    sides: Sequence[Callable[[], object]], rounds: int, device: torch.device | str | None = None
+) -> list[list[float]]:
+    """Seconds of each side's call per round, the sides timed round by round in ABBA order: the side that goes first
+    swaps every round, so cache state and clock drift fall on both alike. ``device``: synchronised (CUDA) before each
+    clock reading, so the time is the work's, not its launch's."""
+    times: list[list[float]] = [[] for _ in sides]
+    for r in range(rounds):
+        for side in range(len(sides)) if r % 2 == 0 else reversed(range(len(sides))):
+            synchronize(device)
+            tic = time.perf_counter()
+            sides[side]()
+            synchronize(device)
+            times[side].append(time.perf_counter() - tic)
+    return times

@@ -16,8 +16,8 @@ input's layout, so the network follows from its first conv without converting th
 
 from __future__ import annotations
 
+import copy
 import os
-import time
 from statistics import median
 
 import torch
@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .devices import model_device
 from .errors import UsageError
-from .host_sync import synchronize
+from .host_sync import alternating
 from .layers.plans import MEASURED
 
 ENV = "ROUTESCOPE_MEMORY_FORMAT"
@@ -53,29 +53,18 @@ def set_memory_format(model: nn.Module, name: str) -> nn.Module:
 
 @torch.no_grad()  # not inference_mode: the converted weights must stay usable by autograd (captum's attributions)
 def fastest_memory_format(model: nn.Module, input_size: tuple[int, int, int]) -> str:
-    """The format in which ``model`` runs batch-1 forwards of a random ``input_size`` image faster, timed
-    alternately (``ROUNDS`` of ``FORWARDS``, or one of one where that would take over ``BUDGET_S``); the model is
-    left in the last format it was timed in."""
+    """The format in which ``model`` runs batch-1 forwards of a random ``input_size`` image faster: a copy of it in
+    each format, warmed up (and its layers' plans measured), then ``FORWARDS`` forwards per side timed alternately
+    for ``ROUNDS`` rounds (one forward, one round where that would take over ``BUDGET_S``)."""
     device = model_device(model)
     x = torch.randn(1, *input_size, device=device)
-    synchronize(device)
-    start = time.perf_counter()
-    model(x)
-    synchronize(device)
-    full = (time.perf_counter() - start) * FORWARDS * ROUNDS * len(FORMATS) <= BUDGET_S
+    copies = {name: set_memory_format(copy.deepcopy(model), name) for name in FORMATS}
+    first = alternating([lambda m=m: m(x) for m in copies.values()], 1, device)  # the warm-up, timed
+    full = max(t for side in first for t in side) * FORWARDS * ROUNDS * len(FORMATS) <= BUDGET_S
     rounds, forwards = (ROUNDS, FORWARDS) if full else (1, 1)
-    samples: dict[str, list[float]] = {name: [] for name in FORMATS}
-    for r in range(rounds):
-        for name in FORMATS if r % 2 == 0 else reversed(FORMATS):
-            set_memory_format(model, name)
-            model(x)  # warm-up (and the layers' plans for this format)
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(forwards):
-                model(x)
-            synchronize(device)
-            samples[name].append(time.perf_counter() - start)
-    return min(samples, key=lambda name: median(samples[name]))
+    sides = [lambda m=m: [m(x) for _ in range(forwards)] for m in copies.values()]
+    times = dict(zip(copies, alternating(sides, rounds, device)))
+    return min(times, key=lambda name: median(times[name]))
 
 
 def choose_memory_format(model: nn.Module, input_size: tuple[int, int, int] | None) -> str:

@@ -352,10 +352,11 @@ def test_channels_last_inputs_get_channels_last_kernels_with_the_same_outputs():
         for run in (lambda t: layer._mixed(t[:1], routing[:1]), lambda t: layer.expert_forward(t, 2)):
             torch.testing.assert_close(run(xl), run(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(layer._mixed(xl, routing), layer._mixed(x, routing), rtol=1e-5, atol=1e-5)
-        kernel = layer.kernel(layer.flat_experts(xl)[1], xl)
+        assert layer.kernels_channels_last(xl) and not layer.kernels_channels_last(x)
+        kernel = layer.kernel(layer.flat_experts(True)[1], True)
         assert kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous()
         torch.testing.assert_close(kernel, layer.experts[1])
         layer.weight.mul_(2.0)
-        torch.testing.assert_close(layer.kernel(layer.flat_experts(xl)[1], xl), layer.experts[1])
+        torch.testing.assert_close(layer.kernel(layer.flat_experts(True)[1], True), layer.experts[1])
     with torch.enable_grad():
-        assert layer.flat_experts(xl) is layer.weight, "autograd reaches the parameter itself"
+        assert not layer.kernels_channels_last(xl), "autograd reaches the parameter itself"

@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from routescope.analysis.core.catalog import bundled_checkpoints, featured, read_checkpoints
 from routescope.analysis.core.kinds import kind_view
-from routescope.analysis.core.latency import alternating
+from routescope.models.host_sync import alternating
 from routescope.analysis.core.table import dataset_table, load_test_images
 from routescope.analysis.core.testsets import add_test_set_arguments, open_test_set, test_set_of
 from routescope.models import create_model, list_models
@@ -389,13 +389,13 @@ def form_rows(path: Path, images: torch.Tensor, rounds: int) -> list[dict]:
         if isinstance(module, RunsCompiled) and module.compiled:
             module.compiled = False  # the compiled batch-1 kernels off (models.layers.fused)
     options = {
-        f"fast form (measured: {fast.memory_format})": (fast, x),
-        **{f"fast form, {name}": (set_memory_format(copy.deepcopy(fast), name), x) for name in FORMATS},
-        "fast form, no compiled kernels": (operators_only, x),
+        f"fast form (measured: {fast.memory_format})": fast,
+        **{f"fast form, {name}": set_memory_format(copy.deepcopy(fast), name) for name in FORMATS},
+        "fast form, no compiled kernels": operators_only,
     }
     rows = []
-    for label, (forward, inputs) in options.items():
-        latency, latency_ref = _paired_inputs(forward, inputs, train, x, rounds)
+    for label, forward in options.items():
+        latency, latency_ref = _paired(forward, train, x, rounds)
         rows.append(
             {
                 "model": train.meta["name"],
@@ -408,12 +408,12 @@ def form_rows(path: Path, images: torch.Tensor, rounds: int) -> list[dict]:
     return rows
 
 
-def _paired_inputs(a: Forward, xa: torch.Tensor, b: Forward, xb: torch.Tensor, rounds: int) -> tuple[float, float]:
-    """Batch-1 medians of ``a`` on ``xa`` and ``b`` on ``xb`` (inputs may differ in memory format), alternately."""
-    n = min(len(xa), 64)
-    a(xa[:1]), b(xb[:1])  # warm-up
-    sides = [batch_one_pass(a, [xa[i : i + 1] for i in range(n)]), batch_one_pass(b, [xb[i : i + 1] for i in range(n)])]
-    return tuple(t / n for t in medians(alternating(sides, rounds)))  # type: ignore[return-value]
+def _paired(a: Forward, b: Forward, x: torch.Tensor, rounds: int) -> tuple[float, float]:
+    """Batch-1 medians of ``a`` and ``b`` over the images of ``x``, alternately."""
+    singles = [x[i : i + 1] for i in range(min(len(x), 64))]
+    a(singles[0]), b(singles[0])  # warm-up
+    sides = [batch_one_pass(a, singles), batch_one_pass(b, singles)]
+    return tuple(t / len(singles) for t in medians(alternating(sides, rounds)))  # type: ignore[return-value]
 
 
 def format_table(rows: list[dict]) -> str:

@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 
 from routescope.analysis.core.catalog import bundled_checkpoints, featured
-from routescope.analysis.core.latency import alternating, dense_counterpart, paired_latency
+from routescope.analysis.core.latency import dense_counterpart, paired_latency
 from routescope.analysis.core.table import dataset_table, load_test_images
 from routescope.models.checkpoint import CheckpointError, load_checkpoint
 from routescope.models.data import normalize
 from routescope.models.devices import add_device_argument, model_device, resolve_device
 from routescope.models.errors import UsageError
-from routescope.models.host_sync import HostReads
+from routescope.models.host_sync import HostReads, alternating
 from routescope.models.trace import forced_forward
-from tools.bench import machine_name
+from tools.bench import formats_of, machine_name
 
 
 def flagship_names() -> list[str]:
@@ -122,7 +122,7 @@ def check(
     row["throughput"], row["throughput_dense"] = throughput(dev_model, dense, big, rounds, device)
     row["batch"] = len(big)
     row["host_reads"], row["device_syncs"] = host_reads(dev_model, big)
-    row["memory_formats"] = [getattr(f, "memory_format", None) for f in (dev_model, dense)]  # measured on the device
+    row["memory_formats"] = formats_of(dev_model, dense)  # measured on the device
     return row
 
 

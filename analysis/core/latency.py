@@ -10,7 +10,6 @@ falls on both. On a GPU each call is synchronised before the clock stops.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from routescope.models.devices import model_device
-from routescope.models.host_sync import synchronize
+from routescope.models.host_sync import alternating
 from routescope.models.protocol import RouteScopeModel
 from routescope.models.trace import check_interventions, forced_forward
 
@@ -59,23 +58,6 @@ def latency_comparison(a: Latency, b: Latency) -> float | None:
 
 
 NO_DIFFERENCE = "no measurable difference"
-
-
-def alternating(
-    sides: Sequence[Callable[[], object]], rounds: int, device: torch.device | str | None = None
-) -> list[list[float]]:
-    """Seconds of each side's call per round, the sides timed round by round in ABBA order: the side that goes first
-    swaps every round, so cache state and clock drift fall on both alike. ``device``: synchronised (CUDA) before each
-    clock reading, so the time is the work's, not its launch's."""
-    times: list[list[float]] = [[] for _ in sides]
-    for r in range(rounds):
-        for side in range(len(sides)) if r % 2 == 0 else reversed(range(len(sides))):
-            synchronize(device)
-            tic = time.perf_counter()
-            sides[side]()
-            synchronize(device)
-            times[side].append(time.perf_counter() - tic)
-    return times
 
 
 def decided_call(

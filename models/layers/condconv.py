@@ -77,25 +77,26 @@ class CondConv2d(nn.Module):
             bound = 1.0 / math.sqrt(math.prod(self.weight_shape[1:]))
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def flat_experts(self, x: torch.Tensor) -> torch.Tensor:
-        """The experts as ``(E, P)`` in the order a kernel for input ``x`` wants: ``(out, in, k, k)``, or, for a
-        channels-last ``x`` in inference, ``(out, k, k, in)`` (a copy, made again when the weight changes), so that the
-        mixed kernel is channels-last too and the convolution does not reorder it on every call."""
-        if not self._kernels_channels_last(x):
+    def kernels_channels_last(self, x: torch.Tensor) -> bool:
+        """Whether kernels for input ``x`` are made channels-last: ``x`` is, in inference (autograd needs the
+        parameter itself), so that the convolution does not reorder a mixed kernel on every call."""
+        return channels_last(x) and not self.training and not torch.is_grad_enabled()
+
+    def flat_experts(self, channels_last: bool) -> torch.Tensor:
+        """The experts as ``(E, P)``: ``(out, in, k, k)`` order, or ``(out, k, k, in)`` for channels-last kernels (a
+        copy, made again when the weight changes)."""
+        if not channels_last:
             return self.weight
         shape = (self.num_experts, *self.weight_shape)
         return self._channels_last.get(self.weight, lambda w: w.view(shape).permute(0, 1, 3, 4, 2).flatten(1))
 
-    def kernel(self, mixed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Rows in ``flat_experts(x)``'s order (mixtures or experts) as conv weights ``(rows * out, in/groups, k, k)``:
-        views, channels-last where the rows are."""
+    def kernel(self, mixed: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        """Rows in ``flat_experts(channels_last)``'s order (mixtures or experts) as conv weights ``(rows * out,
+        in/groups, k, k)``: views, channels-last where the rows are."""
         _, cin, k, _ = self.weight_shape
-        if not self._kernels_channels_last(x):
+        if not channels_last:
             return mixed.reshape(-1, cin, k, k)
         return mixed.reshape(-1, k, k, cin).permute(0, 3, 1, 2)
-
-    def _kernels_channels_last(self, x: torch.Tensor) -> bool:
-        return channels_last(x) and not self.training and not torch.is_grad_enabled()
 
     def combined_kernel(self, routing: torch.Tensor) -> torch.Tensor:
         """Each example's kernel, ``(B, out, in/groups, k, k)``, from routing ``(B, E)``."""
@@ -131,7 +132,8 @@ class CondConv2d(nn.Module):
         """Each example's mixed kernel, then one grouped conv over the examples of ``x``."""
         b, c, h, w = x.shape
         x = x.reshape(1, b * c, h, w)  # a view at batch 1, else a contiguous copy: the kernels follow its layout
-        kernel = self.kernel(routing @ self.flat_experts(x), x)
+        layout = self.kernels_channels_last(x)
+        kernel = self.kernel(routing @ self.flat_experts(layout), layout)
         bias = None
         if self.bias is not None:
             bias = routing @ self.bias if self.shift is None else torch.addmm(self.shift, routing, self.bias)
@@ -149,7 +151,8 @@ class CondConv2d(nn.Module):
         bias = self.bias[expert] if self.bias is not None else None
         if self.shift is not None:
             bias = self.shift if bias is None else bias + self.shift
-        kernel = self.kernel(self.flat_experts(x)[expert], x)
+        layout = self.kernels_channels_last(x)
+        kernel = self.kernel(self.flat_experts(layout)[expert], layout)
         return F.conv2d(x, kernel, bias, self.stride, self.padding, groups=self.groups)
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ what is counted is that plan's work.
 
 from __future__ import annotations
 
-import time
+from statistics import median
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Callable, Iterator
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from ..host_sync import synchronize
+from ..host_sync import alternating
 
 PLAN_REPEATS = 11  # timed runs per plan when a shape is first seen (median; near ties need several)
 MEASURED = ("cpu", "cuda", "mps")  # devices whose plans are timed (others, e.g. meta, run the reference plan)
@@ -44,18 +44,11 @@ def counting() -> bool:
 
 def fastest(plans: dict[str, Callable[[], torch.Tensor]], device: torch.device) -> str:
     """The name of the fastest plan, each run once to warm up, then timed ``PLAN_REPEATS`` times (median), the plans
-    taking turns (in ABBA order) so that a slow spell of the machine falls on all of them."""
-    samples: dict[str, list[float]] = {name: [] for name in plans}
+    taking turns (``alternating``) so that a slow spell of the machine falls on all of them."""
     for run in plans.values():
         run()
-    for r in range(PLAN_REPEATS):
-        for name in plans if r % 2 == 0 else reversed(plans):
-            synchronize(device)
-            start = time.perf_counter()
-            plans[name]()
-            synchronize(device)
-            samples[name].append(time.perf_counter() - start)
-    return min(samples, key=lambda name: sorted(samples[name])[PLAN_REPEATS // 2])
+    times = dict(zip(plans, alternating(list(plans.values()), PLAN_REPEATS, device)))
+    return min(times, key=lambda name: median(times[name]))
 
 
 class MeasuredPlans:
