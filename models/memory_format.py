@@ -2,7 +2,7 @@
 
 Why: PyTorch runs the batch-1 convolutions of these small networks through im2col + GEMM
 (``aten::_slow_conv2d_forward``) in either layout, and how fast depends on the layout and the machine: on one CPU of
-these sessions channels-last made the dense ResNet-20 1.65 times faster at batch 1 and 1.5 times batched, on an
+these sessions channels-last made the dense ResNet-20 much faster (``tools.bench --formats``, docs/speed.md), on an
 earlier one it was slower at 28 x 28. So ``models.inference.fast_form`` times the model in
 both formats on a batch-1 input of its own size (alternately, median) and keeps the faster; the dense counterpart
 it is compared with is chosen the same way, so both sides run their own fastest form.
