@@ -198,7 +198,7 @@ def test_each_execution_plan_is_the_same_function_and_counting_sees_the_grouped_
     layer = GroupedConv2d.from_dgconv(set_gates(DGConv2d(16, bias=True), gates)).eval()
     x = torch.randn(2, 16, 7, 7)
     with torch.no_grad():
-        grouped, dense = layer._grouped(x), layer._dense_conv(x)
+        grouped, dense = layer._grouped(x), layer._dense_conv(x, layer.conv)
     assert torch.allclose(grouped, dense, atol=1e-5)
     measured = []
     monkeypatch.setattr(plans, "fastest", lambda options, device: measured.append(sorted(options)) or "dense")

@@ -26,7 +26,7 @@ from ..errors import UsageError
 from .batchnorm_fold import bn_scale_shift
 from .derived import DerivedWeight
 from .layout import layout_of
-from .plans import MeasuredPlans
+from .plans import MeasuredPlans, Plans
 
 STE_KINDS = ("sigmoid", "identity")
 
@@ -299,17 +299,20 @@ class GroupedConv2d(nn.Module, _GroupStructure):
         dense = dense_from_grouped(weight.detach(), self.gates).contiguous(memory_format=layout_of(weight))
         return dense, None if bias is None else bias.detach()
 
-    def _dense_conv(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv  # one submodule lookup: at batch 1 each costs about as much as a small operator
+    def _dense_conv(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         weight, bias = self._dense.get(conv.weight, self._dense_weight_and_bias)
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
 
+    def _plans(self, x: torch.Tensor, conv: nn.Conv2d) -> Plans:
+        return {"grouped": lambda: self._grouped(x), "dense": lambda: self._dense_conv(x, conv)}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
+        conv = self.conv  # one submodule lookup: at batch 1 each costs about as much as a small operator
         if conv.groups == 1:  # no structure learned: both plans are this one conv
             return conv(x)
-        plans = {"grouped": lambda: self._grouped(x), "dense": lambda: self._dense_conv(x)}
-        return self.plans.run(self, x, plans, reference="grouped")
+        if self.plans.choose(self, x, lambda: self._plans(x, conv), reference="grouped") == "dense":
+            return self._dense_conv(x, conv)
+        return self._grouped(x)
 
     def dense_weight(self) -> torch.Tensor:
         return dense_from_grouped(self.conv.weight.detach(), self.gates)

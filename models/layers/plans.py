@@ -25,6 +25,7 @@ from ..host_sync import alternating
 PLAN_REPEATS = 11  # timed runs per plan when a shape is first seen (median; near ties need several)
 MEASURED = ("cpu", "cuda", "mps")  # devices whose plans are timed (others, e.g. meta, run the reference plan)
 _REFERENCE_ONLY: ContextVar[bool] = ContextVar("routescope_reference_plans", default=False)
+Plans = dict[str, Callable[[], torch.Tensor]]  # each exact way of computing the layer's output, by name
 
 
 @contextmanager
@@ -42,7 +43,7 @@ def counting() -> bool:
     return _get_current_dispatch_mode() is not None
 
 
-def fastest(plans: dict[str, Callable[[], torch.Tensor]], device: torch.device) -> str:
+def fastest(plans: Plans, device: torch.device) -> str:
     """The name of the fastest plan, each run once to warm up, then timed ``PLAN_REPEATS`` times (median), the plans
     taking turns (``alternating``) so that a slow spell of the machine falls on all of them."""
     for run in plans.values():
@@ -58,20 +59,24 @@ class MeasuredPlans:
     def __init__(self) -> None:
         self.chosen: dict[tuple, str] = {}
 
-    def run(
-        self, layer: nn.Module, x: torch.Tensor, plans: dict[str, Callable[[], torch.Tensor]], reference: str
-    ) -> torch.Tensor:
-        """``plans[reference]()`` in training, autograd, a counting mode or on an unmeasured device; else the plan
-        measured fastest for ``x``'s device and shape (measured now if this is the first such input)."""
-        if layer.training or x.device.type not in MEASURED or torch.is_grad_enabled() or counting():
-            return plans[reference]()
-        if _REFERENCE_ONLY.get():
-            return plans[reference]()
+    def choose(self, layer: nn.Module, x: torch.Tensor, plans: Callable[[], Plans], reference: str) -> str:
+        """The name of the plan to run on ``x``: ``reference`` in training, autograd, a counting mode or on an
+        unmeasured device; else the plan measured fastest for ``x``'s device, layout and shape, measured now if this
+        is the first such input. ``plans()`` makes the runnable plans only then: a layer that knows its choice pays
+        a dictionary lookup per call (at batch 1 a layer's Python costs as much as a small operator)."""
+        if layer.training or torch.is_grad_enabled() or counting() or _REFERENCE_ONLY.get():
+            return reference
         key = (x.device.type, x.is_contiguous(), *x.shape)  # the layout too: channels-last may change the fastest
         name = self.chosen.get(key)
         if name is None:
-            name = self.chosen[key] = fastest(plans, x.device)
-        return plans[name]()
+            if key[0] not in MEASURED:
+                return reference
+            name = self.chosen[key] = fastest(plans(), x.device)
+        return name
+
+    def run(self, layer: nn.Module, x: torch.Tensor, plans: Plans, reference: str) -> torch.Tensor:
+        """The chosen plan of ``plans``, run (``choose``)."""
+        return plans[self.choose(layer, x, lambda: plans, reference)]()
 
     def forget(self) -> None:
         """Drop every measurement (the layer's weights changed)."""
