@@ -432,6 +432,9 @@ class DSResNet(ResNet):
     def decision_layers(self) -> dict[str, str]:
         return {name: WIDTH.name for name in self.gate_names}
 
+    def costliest_path(self) -> dict[str, dict]:
+        return {name: {"width": self.widths_choices[-1]} for name in self.gate_names}
+
     def fold_batchnorms(self) -> int:
         """The fast inference form (``models.inference``): the stem's BN folded as in any ResNet, each block's per
         width and statistics row (``DSBlock.fold_widths``)."""

@@ -204,6 +204,9 @@ class EarlyExitResNet(ResNet):
     def decision_layers(self) -> dict[str, str]:
         return {name: EXIT.name for name in (*self.exit_names, FINAL_EXIT)}
 
+    def costliest_path(self) -> dict[str, dict]:
+        return {name: {"exited": False} for name in self.exit_names}
+
     def knobs(self) -> dict[str, dict]:
         return {
             "threshold": {

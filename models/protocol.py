@@ -32,6 +32,13 @@ class RouteScopeModel(nn.Module):
         """``{layer: kind name}`` of every per-image decision the model can take (what overrides may name)."""
         return {}
 
+    def costliest_path(self) -> dict[str, dict]:
+        """Overrides (``{layer: {field: value}}``) under which an image runs every layer the model has: every block,
+        the widest width, no early exit. The fast form measures the memory format on it, so that a random image's
+        own decisions (noise leaving at the first exit) do not choose the layout for the layers real images reach;
+        {} (the default): the model's work does not depend on its input."""
+        return {}
+
     def knobs(self) -> dict[str, dict]:
         """Inference settings with their ranges: ``{name: {"low", "high", "default", "help"}}``; {} if none."""
         return {}

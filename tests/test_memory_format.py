@@ -149,3 +149,31 @@ def test_a_model_loaded_under_inference_mode_runs(monkeypatch):
         for name in ("condconv_resnet20_fmnist", "dgconv_resnet20_fmnist_b0.6_e8"):
             model = load_checkpoint(bundled_checkpoints()[name])
             assert model(torch.randn(1, 1, 28, 28)).shape == model(torch.randn(3, 1, 28, 28))[:1].shape
+
+
+@pytest.mark.parametrize("name", FLAGSHIPS)
+def test_the_costliest_path_runs_at_least_what_any_image_runs(name):
+    """The path the format is measured on: every layer (no skip, the widest width, no early exit), the same for every
+    image, and no cheaper than any image's own path; {} for a model whose work does not depend on the input."""
+    model = load_checkpoint(bundled_checkpoints()[name])
+    x = normalize(load_test_images()[0][:32], model.meta["mean"], model.meta["std"])
+    path = model.costliest_path()
+    _, own = traced_forward(model, x)
+    if not path:
+        assert torch.all(own.macs == own.macs[0]), f"{name}'s work depends on the input: it needs a costliest path"
+        return
+    _, costliest = traced_forward(model, x, overrides=path)
+    assert torch.all(costliest.macs == costliest.macs[0]), "one path for every image"
+    assert costliest.macs[0] >= own.macs.max() and costliest.macs[0] > own.macs.min()
+
+
+def test_the_format_is_measured_along_the_costliest_path(monkeypatch):
+    """Noise leaves the early-exit flagship at its first exits, where both layouts are about as fast; the layers real
+    images reach are measured only along the costliest path."""
+    monkeypatch.delenv(mf.ENV, raising=False)
+    model = load_checkpoint(bundled_checkpoints()[featured()["early_exit"]["flagship"]])
+    seen = []
+    monkeypatch.setattr(mf, "forced_forward", lambda m, x, overrides, *args, **kw: seen.append(overrides) or m(x))
+    mf.choose_memory_format(model, tuple(model.meta["input_size"]))
+    assert len(seen) == len(mf.FORMATS) * (1 + mf.ROUNDS * mf.FORWARDS)
+    assert all(o == {name: {"exited": False} for name in model.exit_names} for o in seen)
