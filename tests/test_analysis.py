@@ -469,9 +469,16 @@ def test_bench_formats_times_each_memory_format_and_the_measured_one(tmp_path, c
 def test_batched_rows_and_device_checks_are_generated_from_their_saved_runs(tmp_path):
     assert "No batched paper-scale run" in results.batched_targets(tmp_path)
     assert "No GPU run recorded yet" in results.device_checks(tmp_path)
-    row = {"model": "m", "batch": 64, "throughput": 300.0, "throughput_ref": 200.0, "throughput_ratio": 1.5}
-    row |= {"throughput_mac_ratio": 0.5, "throughput_time_ratio_low": 0.64, "throughput_time_ratio_high": 0.69}
+    row = {"model": "m", "vs": "dense r, same form", "batch": 64, "throughput": 300.0, "throughput_ref": 200.0}
+    row |= {"throughput_ratio": 1.5, "throughput_mac_ratio": 0.5}
+    row |= {"throughput_time_ratio_low": 0.64, "throughput_time_ratio_high": 0.69}
+    itself = row | {"model": "r", "vs": "itself (noise)", "throughput_mac_ratio": 1.0}
+    itself |= {"throughput_time_ratio_low": 0.9, "throughput_time_ratio_high": 1.1}
     record = {"command": "python -m tools.bench", "machine": "here", "torch": "2", "date": "today", "rows": [row]}
+    (tmp_path / "bench_paper.json").write_text(json.dumps(record | {"rows": [row, itself]}))
+    noisy = results.batched_targets(tmp_path)
+    assert "| `m` | 64 | 0.500 | 0.667 (0.640-0.690) | 67% | saving >= 70% | not measurable |" in noisy
+    assert "`r`" not in noisy and "time ratio spread by ±0.100" in noisy, "the noise row is the run's noise"
     (tmp_path / "bench_paper.json").write_text(json.dumps(record))
     table = results.batched_targets(tmp_path)
     assert "| `m` | 64 | 0.500 | 0.667 (0.640-0.690) | 67% | saving >= 70% | within noise |" in table
@@ -493,3 +500,40 @@ def test_a_method_that_saves_no_macs_keeps_its_latency_target_at_paper_scale():
     assert results.paper_target(["ratio", 1.15]) == ("ratio", 1.15)
     assert results.paper_target(["saving", 0.7]) == ("saving", results.PAPER_TARGET)
     assert results.paper_target(None) == ("saving", results.PAPER_TARGET)
+
+
+def test_each_run_is_judged_with_its_own_noise(tmp_path):
+    """A paper-scale run with a dense-vs-itself row is judged with its own spread, not the 28 x 28 run's; the noise
+    rows themselves set no target."""
+    (tmp_path / "featured.json").write_text((PRETRAINED / "featured.json").read_text())
+
+    def row(model, vs, ratio, low, high, mac_ratio=0.5, method="skipnet"):
+        return {
+            "model": model,
+            "vs": vs,
+            "method": method,
+            "mac_ratio": mac_ratio,
+            "latency_ratio": ratio,
+            "latency_ratio_low": low,
+            "latency_ratio_high": high,
+        }
+
+    quiet = [row("resnet20_fmnist", "itself (noise)", 1.0, 0.99, 1.01, 1.0, "baseline")]
+    near = row("skipnet_resnet110 at 32x32", "dense resnet110, same form", 0.56, 0.55, 0.57)  # target ratio 0.575
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": quiet}))
+    for noisy, status in ((0.10, "not measurable"), (0.004, "yes")):
+        itself = row(
+            "resnet110 at 32x32 (random weights)", "itself (noise)", 1.0, 1 - noisy, 1 + noisy, 1.0, "baseline"
+        )
+        (tmp_path / "bench_paper.json").write_text(json.dumps({"rows": [near, itself]}))
+        text = results.speed_targets(tmp_path)
+        assert f"| saving >= 85% | {status} |" in text
+        assert "resnet110 at 32x32 (random weights)`" not in text, "a noise row sets no target"
+        assert f"`bench.json` ±0.010; `bench_paper.json` ±{noisy:.3f}" in text
+
+
+def test_the_paper_scale_noise_row_times_the_dense_network_against_itself():
+    r = bench.paper_noise_row("resnet110", images=1, rounds=2, size=8, batch=2)
+    assert r["vs"] == bench.SAME and r["mac_ratio"] == 1.0 and r["throughput_mac_ratio"] == 1.0
+    assert r["model"] == "resnet110 at 8x8 (random weights)" and r["macs_mean"] == r["macs_ref"] > 0
+    assert r["latency_ratio_low"] <= r["latency_ratio_high"] and r["batch"] == 2 and r["throughput"] > 0

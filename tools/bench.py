@@ -286,6 +286,59 @@ def paper_scale_row(
 
 
 @torch.no_grad()
+def paper_noise_row(
+    net: str,
+    images: int = 16,
+    rounds: int = 6,
+    size: int | None = None,
+    device: torch.device | str = "cpu",
+    batch: int = 0,
+) -> dict:
+    """The dense ``net`` of the paper-scale rows timed against a copy of itself, as those rows are timed (batch 1 on
+    random images and, with ``batch``, batched): the noise of the run, which says where its targets are measurable."""
+    size = size or PAPER_NETS[net][0]
+    torch.manual_seed(0)
+    dense = fast_form(create_model(net, num_classes=10, in_chans=3).to(device).eval(), (3, size, size))
+    twin = copy.deepcopy(dense)
+    xs = [torch.randn(1, 3, size, size).to(device) for _ in range(images)]
+    sides = [batch_one_pass(dense, xs), batch_one_pass(twin, xs)]
+    for side in sides:  # warm-up
+        side()
+    times, times_ref = alternating(sides, rounds, device)
+    latency, latency_ref = (t / len(xs) for t in medians([times, times_ref]))
+    low, high = ratio_interval(times, times_ref)
+    batched = {}
+    if batch:
+        x = torch.randn(batch, 3, size, size).to(device)
+        dense(x), twin(x)
+        batched = throughput_fields(batch, *alternating([lambda: dense(x), lambda: twin(x)], rounds, device), 1.0)
+    macs = count_macs(dense, xs[0])
+    return {
+        "model": f"{net} at {size}x{size} (random weights)",
+        "method": "baseline",
+        "vs": SAME,
+        "memory_formats": formats_of(dense, twin),
+        "test_acc": None,
+        "macs_mean": macs,
+        "macs_ref": macs,
+        "mac_ratio": 1.0,
+        "latency_ms": latency * 1e3,
+        "latency_ref_ms": latency_ref * 1e3,
+        "latency_ratio": latency / latency_ref,
+        "latency_ratio_low": low,
+        "latency_ratio_high": high,
+        "throughput": None,
+        "throughput_ref": None,
+        "throughput_ratio": None,
+        "batch": 1,
+        **batched,
+        "images": images,
+        "image_size": size,
+        "threads": torch.get_num_threads(),
+    }
+
+
+@torch.no_grad()
 def batched_forced_throughput(
     target: torch.nn.Module,
     dense: torch.nn.Module,
@@ -305,6 +358,11 @@ def batched_forced_throughput(
     forward = lambda: forced_forward(target, x, overrides, checked=True)  # noqa: E731
     forward(), dense(x)  # warm-up
     times, times_ref = alternating([forward, lambda: dense(x)], rounds, device)
+    return throughput_fields(batch, times, times_ref, macs / count_macs(dense, x[:1]))
+
+
+def throughput_fields(batch: int, times: list[float], times_ref: list[float], mac_ratio: float) -> dict:
+    """A row's batched columns from the alternating rounds' seconds per batch of each side."""
     seconds, seconds_ref = medians([times, times_ref])
     low, high = ratio_interval(times, times_ref)
     return {
@@ -314,7 +372,7 @@ def batched_forced_throughput(
         "throughput_ratio": seconds_ref / seconds,
         "throughput_time_ratio_low": low,
         "throughput_time_ratio_high": high,
-        "throughput_mac_ratio": macs / count_macs(dense, x[:1]),
+        "throughput_mac_ratio": mac_ratio,
     }
 
 
@@ -595,18 +653,20 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 rows += [row] if row is not None else []
         elif args.scale == "paper":
+            images = min(args.images, 16)
             for net in args.paper_net or PAPER_NETS:
                 for path in flagships(paths).values():
                     row = paper_scale_row(
                         load_checkpoint(path, map_location=device),
                         net,
-                        images=min(args.images, 16),
+                        images=images,
                         rounds=args.rounds,
                         size=args.image_size,
                         device=device,
                         batch=args.paper_batch,
                     )
                     rows += [row] if row is not None else []
+                rows.append(paper_noise_row(net, images, args.rounds, args.image_size, device, args.paper_batch))
         else:
             for path in paths:
                 model = load_checkpoint(path, map_location=device)
