@@ -533,7 +533,7 @@ def test_each_run_is_judged_with_its_own_noise(tmp_path):
 
 
 def test_the_paper_scale_noise_row_times_the_dense_network_against_itself():
-    r = bench.paper_noise_row("resnet110", images=1, rounds=2, size=8, batch=2)
+    r = bench.noise_row(bench.paper_dense("resnet110", 8), "resnet110 at 8x8", 8, images=1, rounds=2, batch=2)
     assert r["vs"] == bench.SAME and r["mac_ratio"] == 1.0 and r["throughput_mac_ratio"] == 1.0
-    assert r["model"] == "resnet110 at 8x8 (random weights)" and r["macs_mean"] == r["macs_ref"] > 0
+    assert r["model"] == "resnet110 at 8x8" and r["macs_mean"] == r["macs_ref"] > 0
     assert r["latency_ratio_low"] <= r["latency_ratio_high"] and r["batch"] == 2 and r["throughput"] > 0

@@ -285,20 +285,24 @@ def paper_scale_row(
     }
 
 
+def paper_dense(net: str, size: int, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The dense ``net`` of ``PAPER_NETS`` with random weights (seed 0) in its fast form at ``size`` x ``size`` x 3."""
+    torch.manual_seed(0)
+    return fast_form(create_model(net, num_classes=10, in_chans=3).to(device).eval(), (3, size, size))
+
+
 @torch.no_grad()
-def paper_noise_row(
-    net: str,
+def noise_row(
+    dense: torch.nn.Module,
+    label: str,
+    size: int,
     images: int = 16,
     rounds: int = 6,
-    size: int | None = None,
     device: torch.device | str = "cpu",
     batch: int = 0,
 ) -> dict:
-    """The dense ``net`` of the paper-scale rows timed against a copy of itself, as those rows are timed (batch 1 on
+    """A paper-scale run's dense network timed against a copy of itself, as the rows beside it are timed (batch 1 on
     random images and, with ``batch``, batched): the noise of the run, which says where its targets are measurable."""
-    size = size or PAPER_NETS[net][0]
-    torch.manual_seed(0)
-    dense = fast_form(create_model(net, num_classes=10, in_chans=3).to(device).eval(), (3, size, size))
     twin = copy.deepcopy(dense)
     xs = [torch.randn(1, 3, size, size).to(device) for _ in range(images)]
     sides = [batch_one_pass(dense, xs), batch_one_pass(twin, xs)]
@@ -314,7 +318,7 @@ def paper_noise_row(
         batched = throughput_fields(batch, *alternating([lambda: dense(x), lambda: twin(x)], rounds, device), 1.0)
     macs = count_macs(dense, xs[0])
     return {
-        "model": f"{net} at {size}x{size} (random weights)",
+        "model": label,
         "method": "baseline",
         "vs": SAME,
         "memory_formats": formats_of(dense, twin),
@@ -648,10 +652,15 @@ def main(argv: list[str] | None = None) -> int:
             for path in args.converted:
                 target = load_checkpoint(path, map_location=device)
                 bundled = load_checkpoint(chosen[target.meta["method"]], map_location=device)
-                row = paper_scale_row(
-                    bundled, "resnet110", images=min(args.images, 16), rounds=args.rounds, device=device, target=target
-                )
+                images = min(args.images, 16)
+                row = paper_scale_row(bundled, "resnet110", images, args.rounds, device=device, target=target)
                 rows += [row] if row is not None else []
+                size = target.meta["input_size"][-1]
+                dense = target.dense_counterpart()
+                label = (
+                    f"{getattr(dense, 'arch', target.arch)} at {size}x{size} (dense network of {target.meta['name']})"
+                )
+                rows.append(noise_row(dense, label, size, images, args.rounds, device))
         elif args.scale == "paper":
             images = min(args.images, 16)
             for net in args.paper_net or PAPER_NETS:
@@ -666,7 +675,10 @@ def main(argv: list[str] | None = None) -> int:
                         batch=args.paper_batch,
                     )
                     rows += [row] if row is not None else []
-                rows.append(paper_noise_row(net, images, args.rounds, args.image_size, device, args.paper_batch))
+                size = args.image_size or PAPER_NETS[net][0]
+                dense = paper_dense(net, size, device)
+                label = f"{net} at {size}x{size} (random weights)"
+                rows.append(noise_row(dense, label, size, images, args.rounds, device, args.paper_batch))
         else:
             for path in paths:
                 model = load_checkpoint(path, map_location=device)
