@@ -256,9 +256,7 @@ def paper_scale_row(
 
     for x, o in zip(xs[:2], overrides):  # warm-up
         forced_forward(target, x, o, checked=True), dense(x)
-    times, times_ref = alternating([subject, batch_one_pass(dense, xs)], rounds, device)
-    latency, latency_ref = (t / len(xs) for t in medians([times, times_ref]))
-    low, high = ratio_interval(times, times_ref)
+    times = alternating([subject, batch_one_pass(dense, xs)], rounds, device)
     batched = batched_forced_throughput(target, dense, samplers, rng, batch, size, rounds, device) if batch else {}
     return {
         "model": label,
@@ -269,6 +267,16 @@ def paper_scale_row(
         "macs_mean": statistics.mean(macs),
         "macs_ref": dense_macs,
         "mac_ratio": statistics.mean(macs) / dense_macs,
+        **timed_fields(*times, len(xs), size, batched),
+    }
+
+
+def timed_fields(times: list[float], times_ref: list[float], images: int, size: int, batched: dict) -> dict:
+    """A paper-scale row's timing columns: batch-1 latencies from the alternating rounds' seconds per pass over
+    ``images`` images of ``size`` x ``size``, their ratio's interval, and the batched columns (``batched``) if any."""
+    latency, latency_ref = (t / images for t in medians([times, times_ref]))
+    low, high = ratio_interval(times, times_ref)
+    return {
         "latency_ms": latency * 1e3,
         "latency_ref_ms": latency_ref * 1e3,
         "latency_ratio": latency / latency_ref,
@@ -308,9 +316,7 @@ def noise_row(
     sides = [batch_one_pass(dense, xs), batch_one_pass(twin, xs)]
     for side in sides:  # warm-up
         side()
-    times, times_ref = alternating(sides, rounds, device)
-    latency, latency_ref = (t / len(xs) for t in medians([times, times_ref]))
-    low, high = ratio_interval(times, times_ref)
+    times = alternating(sides, rounds, device)
     batched = {}
     if batch:
         x = torch.randn(batch, 3, size, size).to(device)
@@ -326,19 +332,7 @@ def noise_row(
         "macs_mean": macs,
         "macs_ref": macs,
         "mac_ratio": 1.0,
-        "latency_ms": latency * 1e3,
-        "latency_ref_ms": latency_ref * 1e3,
-        "latency_ratio": latency / latency_ref,
-        "latency_ratio_low": low,
-        "latency_ratio_high": high,
-        "throughput": None,
-        "throughput_ref": None,
-        "throughput_ratio": None,
-        "batch": 1,
-        **batched,
-        "images": images,
-        "image_size": size,
-        "threads": torch.get_num_threads(),
+        **timed_fields(*times, len(xs), size, batched),
     }
 
 
