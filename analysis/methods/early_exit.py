@@ -52,13 +52,20 @@ def exit_confidences(entries: list[dict]) -> go.Figure:
             y=[d["confidence"] for d in entries],
             marker_color=["#e45756" if d["exited"] else "#9ecae9" for d in entries],
             text=["exit" if d["exited"] else "" for d in entries],
-            textposition="outside",
+            textposition="inside",  # outside, it ran into the threshold's label above the last bar
+            insidetextanchor="end",
             hovertemplate="%{x}: confidence %{y:.3f}<extra></extra>",
         )
     )
     threshold = next((d["threshold"] for d in entries if "threshold" in d), None)
     if threshold is not None and threshold <= 1:
-        figure.add_hline(y=threshold, line_dash="dash", line_color="gray", annotation_text=f"threshold {threshold:g}")
+        figure.add_hline(
+            y=threshold,
+            line_dash="dash",
+            line_color="gray",
+            annotation_text=f"threshold {threshold:g}",
+            annotation_position="top left",
+        )
     taken = next((d["layer"] for d in entries if d["exited"]), "?")
     return figure.update_layout(
         title=f"Left at {taken} after {len(entries)} exit(s) visited<br><sup>red = the exit taken</sup>",
