@@ -246,9 +246,14 @@ def paper_target(method_target: list | tuple | None) -> tuple[str, float]:
     return ("saving", PAPER_TARGET)
 
 
+def same_vs_same(r: dict) -> bool:
+    """Whether a saved row times a network against itself (``tools.bench``'s "itself (noise)"): its run's noise."""
+    return r["vs"].startswith("itself")
+
+
 def run_noise(rows: list[dict], low: str = "latency_ratio_low", high: str = "latency_ratio_high") -> float | None:
     """A run's noise: half the largest spread of its same-vs-same rows' ratios (None: the run has no such row)."""
-    spreads = [(r[high] - r[low]) / 2 for r in rows if r["vs"].startswith("itself") and r.get(low) is not None]
+    spreads = [(r[high] - r[low]) / 2 for r in rows if same_vs_same(r) and r.get(low) is not None]
     return max(spreads) if spreads else None
 
 
@@ -263,34 +268,35 @@ def speed_targets(folder: Path = PRETRAINED) -> str:
         "|---|---|---|---|---|---|",
     ]
     targets = {entry["flagship"]: entry.get("speed_target") for entry in featured(folder).values()}
-    bench = (saved_bench(folder / "bench.json") or {}).get("rows", [])
-    noise = run_noise(bench)
-    noises = {"bench.json": noise} if noise is not None else {}
-    noise = noise or 0.0
-    rows = [(r, targets.get(r["model"]), noise) for r in bench if r["model"] in targets and r["vs"].startswith("dense")]
+    runs = {"bench.json": (saved_bench(folder / "bench.json") or {}).get("rows", [])}
+    bench = runs["bench.json"]
+    # (row, target, the run it comes from)
+    rows = [
+        (r, targets.get(r["model"]), "bench.json")
+        for r in bench
+        if r["model"] in targets and r["vs"].startswith("dense")
+    ]
     # DS-Net's gate and dispatch overhead: against the static subnets of equal MACs (each image at its widths)
-    rows += [(r, ("ratio", GATE_OVERHEAD), noise) for r in bench if r["model"] in targets and r["vs"] == SAME_WIDTHS]
+    rows += [
+        (r, ("ratio", GATE_OVERHEAD), "bench.json") for r in bench if r["model"] in targets and r["vs"] == SAME_WIDTHS
+    ]
     # paper-scale and converted rows (decisions forced at the flagship's rates): a method that saves MACs is held to
     # PAPER_TARGET of its saving; one that does not (CondConv: forced to one expert) to its own latency ratio
     by_method = {method: entry.get("speed_target") for method, entry in featured(folder).items()}
     for path in cpu_runs(folder, "bench_paper*.json"):
-        record = saved_bench(path)["rows"]
-        own = run_noise(record)
-        if own is not None:
-            noises[path.name] = own
+        runs[path.name] = saved_bench(path)["rows"]
         rows += [
-            (r, paper_target(by_method.get(r.get("method"))), noise if own is None else own)
-            for r in record
-            if not r["vs"].startswith("itself")
+            (r, paper_target(by_method.get(r.get("method"))), path.name) for r in runs[path.name] if not same_vs_same(r)
         ]
     # the converted CondConv EfficientNet-B0 with its own routing (router and mixture per image), for comparison
-    converted = (saved_bench(folder / "bench_converted.json") or {}).get("rows", [])
+    runs["bench_converted.json"] = (saved_bench(folder / "bench_converted.json") or {}).get("rows", [])
     rows += [
-        (r | {"vs": OWN_ROUTING}, ("ratio", CONVERTED_CONDCONV), noise)
-        for r in converted
+        (r | {"vs": OWN_ROUTING}, ("ratio", CONVERTED_CONDCONV), "bench_converted.json")
+        for r in runs["bench_converted.json"]
         if r["vs"].startswith("dense")
     ]
-    for r, target, row_noise in rows:
+    noises = {name: noise for name, noise in ((n, run_noise(rs)) for n, rs in runs.items()) if noise is not None}
+    for r, target, run in rows:
         if target is None:
             continue
         share = (1 - r["latency_ratio"]) / (1 - r["mac_ratio"]) if r["mac_ratio"] < 1 else None
@@ -298,9 +304,10 @@ def speed_targets(folder: Path = PRETRAINED) -> str:
         wanted = f"saving >= {value:.0%}" if kind == "saving" else f"latency ratio <= {value:.2f}"
         interval = interval_text(r)
         against = "" if r["vs"].startswith("dense") and r["vs"] != OWN_ROUTING else f" vs {r['vs']}"
+        noise = noises.get(run, noises.get("bench.json", 0.0))
         lines.append(
             f"| `{r['model']}`{against} | {r['mac_ratio']:.3f} | {r['latency_ratio']:.3f}{interval} | "
-            f"{'-' if share is None else f'{share:.0%}'} | {wanted} | {target_status(r, target, row_noise)} |"
+            f"{'-' if share is None else f'{share:.0%}'} | {wanted} | {target_status(r, target, noise)} |"
         )
     if not noises:
         return "\n".join(lines)
@@ -335,7 +342,7 @@ def batched_table(record: dict) -> list[str]:
     ]
     noise = run_noise(record["rows"], "throughput_time_ratio_low", "throughput_time_ratio_high")
     for r in record["rows"]:
-        if r.get("throughput") is None or r["vs"].startswith("itself"):
+        if r.get("throughput") is None or same_vs_same(r):
             continue
         timed = {
             "mac_ratio": r["throughput_mac_ratio"],

@@ -641,12 +641,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     try:
+        images = min(args.images, 16)  # random images per paper-scale row, each forced to its own decisions
         if args.scale == "paper" and args.converted:
             chosen = flagships(paths)
             for path in args.converted:
                 target = load_checkpoint(path, map_location=device)
                 bundled = load_checkpoint(chosen[target.meta["method"]], map_location=device)
-                images = min(args.images, 16)
                 row = paper_scale_row(bundled, "resnet110", images, args.rounds, device=device, target=target)
                 rows += [row] if row is not None else []
                 size = target.meta["input_size"][-1]
@@ -656,7 +656,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 rows.append(noise_row(dense, label, size, images, args.rounds, device))
         elif args.scale == "paper":
-            images = min(args.images, 16)
             for net in args.paper_net or PAPER_NETS:
                 for path in flagships(paths).values():
                     row = paper_scale_row(
